@@ -1,0 +1,53 @@
+"""What every component of a :class:`~store_fs.store.FileStore` shares: paths, clock, settings.
+
+Per-process state (open file descriptors, caches) is rebuilt after ``fork`` so a
+child never writes into its parent's per-writer files.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .clock import Clock
+from .fsio import writer_tag
+from .layout import Layout
+
+__all__ = ["Context", "Durability"]
+
+Durability = Literal["process", "fsync"]
+
+
+@dataclass
+class Context:
+    layout: Layout
+    clock: Clock
+    durability: Durability = "process"
+    # Extra seconds granted before a heartbeat written by another machine's wall clock
+    # is judged stale by ours (only matters to observers that have not watched it move).
+    clock_skew_seconds: float = 0.0
+    _pid: int = field(default_factory=os.getpid)
+    _local: dict[str, Any] = field(default_factory=dict)
+    lock: threading.RLock = field(default_factory=threading.RLock)
+
+    @property
+    def durable(self) -> bool:
+        return self.durability == "fsync"
+
+    @property
+    def writer(self) -> str:
+        return writer_tag()
+
+    def local(self, name: str, factory: type[Any]) -> Any:
+        """A per-process object named ``name``, created by ``factory()`` (fresh after fork)."""
+        pid = os.getpid()
+        with self.lock:
+            if pid != self._pid:
+                self._pid = pid
+                self._local = {}
+            obj = self._local.get(name)
+            if obj is None:
+                obj = self._local[name] = factory()
+            return obj

@@ -1,0 +1,173 @@
+"""Filesystem primitives every other module builds on.
+
+Guarantees (see docs/format.md for the reasons):
+
+* :func:`publish` and :func:`create_exclusive` make a file appear whole or not
+  at all: the bytes go to a dot-prefixed temporary file in the same directory
+  first. Readers ignore dot-files.
+* :func:`create_exclusive` is a compare-and-swap on a name: ``link(2)`` of the
+  complete temporary file, which fails if the name exists. Atomic on local
+  filesystems and on NFS.
+* :func:`move` is ``rename(2)`` with ``ENOENT`` reported as ``False``: of several
+  processes moving one file, exactly one gets ``True``.
+* With ``durable=True`` data is fsynced before it is published and the
+  directory is fsynced after, so the change survives power loss.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+__all__ = [
+    "WRITER_TAG",
+    "append",
+    "create_exclusive",
+    "fsync_dir",
+    "list_names",
+    "move",
+    "publish",
+    "read_bytes",
+    "writer_tag",
+]
+
+
+def _sanitise(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)[:40] or "host"
+
+
+_HOST = _sanitise(socket.gethostname())
+
+
+def writer_tag() -> str:
+    """``<host>-<pid>``: names this process in per-writer file names (recomputed after fork)."""
+    return f"{_HOST}-{os.getpid()}"
+
+
+WRITER_TAG = writer_tag
+
+
+def _tmp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{writer_tag()}-{secrets.token_hex(4)}.tmp")
+
+
+def fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_tmp(path: Path, data: bytes, durable: bool) -> Path:
+    tmp = _tmp_path(path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        append(fd, data)
+        if durable:
+            os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        _unlink_quiet(tmp)
+        raise
+    os.close(fd)
+    return tmp
+
+
+def _unlink_quiet(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def publish(path: Path, data: bytes, *, durable: bool = False) -> None:
+    """Replace ``path`` with ``data`` atomically (last writer wins)."""
+    tmp = _write_tmp(path, data, durable)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink_quiet(tmp)
+        raise
+    if durable:
+        fsync_dir(path.parent)
+
+
+def create_exclusive(path: Path, data: bytes, *, durable: bool = False) -> bool:
+    """Create ``path`` holding ``data`` unless it exists. True if this call created it."""
+    tmp = _write_tmp(path, data, durable)
+    try:
+        os.link(tmp, path)
+        created = True
+    except FileExistsError:
+        # A lost reply to a retransmitted LINK over NFS can report EEXIST for a
+        # link that was made: the temporary file's link count tells the truth.
+        created = os.stat(tmp).st_nlink == 2
+    finally:
+        _unlink_quiet(tmp)
+    if created and durable:
+        fsync_dir(path.parent)
+    return created
+
+
+def move(src: Path, dst: Path, *, durable: bool = False) -> bool:
+    """Rename ``src`` to ``dst``. False if ``src`` was gone (another process moved it first)."""
+    try:
+        os.rename(src, dst)
+    except FileNotFoundError:
+        # Either src is gone (we lost the race) or dst's directory is missing.
+        if not dst.parent.exists():
+            raise
+        return False
+    except OSError as err:
+        # Ambiguous outcome (e.g. ESTALE): the unique target name tells whether it happened.
+        if err.errno in (errno.ESTALE, errno.EIO) and dst.exists() and not src.exists():
+            return True
+        raise
+    if durable:
+        fsync_dir(dst.parent)
+        if src.parent != dst.parent:
+            fsync_dir(src.parent)
+    return True
+
+
+def read_bytes(path: Path) -> bytes | None:
+    """The file's content, or None if it does not exist."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+    except NotADirectoryError:
+        return None
+
+
+def list_names(directory: Path) -> list[str]:
+    """Names in ``directory`` not starting with '.', unsorted; [] if it does not exist."""
+    try:
+        return [name for name in os.listdir(directory) if not name.startswith(".")]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def iter_dirs(directory: Path) -> Iterator[os.DirEntry[str]]:
+    """Visible sub-directories of ``directory`` (none if it does not exist)."""
+    try:
+        with os.scandir(directory) as it:
+            for entry in it:
+                if not entry.name.startswith(".") and entry.is_dir():
+                    yield entry
+    except FileNotFoundError:
+        return
+
+
+def append(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to ``fd`` (one ``write(2)`` in the common case)."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]

@@ -1,0 +1,115 @@
+"""Where everything lives inside a store directory (docs/format.md describes each file).
+
+Only this module turns ids into paths, and it is only ever given ids that
+:mod:`store_fs.ids` has validated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+__all__ = ["FORMAT_VERSION", "Layout"]
+
+FORMAT_VERSION: Final = 1
+
+
+@dataclass(frozen=True)
+class Layout:
+    root: Path
+
+    # -- top level -----------------------------------------------------------------
+    @property
+    def format_file(self) -> Path:
+        return self.root / "FORMAT.json"
+
+    @property
+    def pending(self) -> Path:
+        return self.root / "queue" / "pending"
+
+    @property
+    def claimed(self) -> Path:
+        return self.root / "queue" / "claimed"
+
+    @property
+    def done(self) -> Path:
+        return self.root / "queue" / "done"
+
+    @property
+    def expired(self) -> Path:
+        return self.root / "queue" / "expired"
+
+    @property
+    def rollouts(self) -> Path:
+        return self.root / "rollouts"
+
+    @property
+    def events(self) -> Path:
+        return self.root / "events"
+
+    @property
+    def workers(self) -> Path:
+        return self.root / "workers"
+
+    @property
+    def resource_objects(self) -> Path:
+        return self.root / "resources" / "objects"
+
+    @property
+    def resource_versions(self) -> Path:
+        return self.root / "resources" / "versions"
+
+    @property
+    def resource_ids(self) -> Path:
+        return self.root / "resources" / "by-id"
+
+    @property
+    def locks(self) -> Path:
+        return self.root / "locks"
+
+    def directories(self) -> list[Path]:
+        """Every directory a new store starts with."""
+        return [
+            self.pending,
+            self.claimed,
+            self.done,
+            self.expired,
+            self.rollouts,
+            self.events,
+            self.workers,
+            self.resource_objects,
+            self.resource_versions,
+            self.resource_ids,
+            self.locks,
+        ]
+
+    # -- rollouts ------------------------------------------------------------------
+    def rollout_dir(self, rollout_id: str) -> Path:
+        # ro-<hex>: fan out on the first two hex digits so no directory grows huge.
+        return self.rollouts / rollout_id[3:5] / rollout_id
+
+    def history_dir(self, rollout_id: str) -> Path:
+        return self.rollout_dir(rollout_id) / "history"
+
+    def mirror_file(self, rollout_id: str) -> Path:
+        return self.rollout_dir(rollout_id) / "rollout.json"
+
+    def span_seq_dir(self, rollout_id: str) -> Path:
+        return self.rollout_dir(rollout_id) / "span-seq"
+
+    def attempt_dir(self, rollout_id: str, sequence_id: int, attempt_id: str) -> Path:
+        return self.rollout_dir(rollout_id) / "attempts" / f"{sequence_id:04d}-{attempt_id}"
+
+    def attempts_dir(self, rollout_id: str) -> Path:
+        return self.rollout_dir(rollout_id) / "attempts"
+
+    # -- resources and workers -----------------------------------------------------
+    def resource_object(self, digest: str) -> Path:
+        return self.resource_objects / digest[:2] / f"{digest}.json"
+
+    def resource_id_dir(self, resources_id: str) -> Path:
+        return self.resource_ids / resources_id
+
+    def worker_dir(self, worker_id: str) -> Path:
+        return self.workers / worker_id

@@ -1,0 +1,193 @@
+"""Queue tokens: small files whose name says what they stand for, moved by ``rename(2)``.
+
+* ``queue/pending/<enqueue_us>-<rollout_id>-<seq>.json``: attempt ``seq`` of a
+  rollout waits for a runner. Names sort in FIFO order.
+* ``queue/claimed/<rollout_id>.<seq>.<attempt_id>.json``: a live attempt. Whoever
+  moves this token out of ``claimed/`` decides the attempt's fate, exactly once.
+* ``queue/done/<rollout_id>.<seq>.<attempt_id>.<status>.json`` and
+  ``queue/expired/<...>.<reason>.json``: a decision taken and not yet fully
+  applied to the rollout record. The mover applies it and removes the token; if
+  it dies first, any reaper re-applies it (applying is idempotent).
+
+Pending tokens are hints, not authority: the rollout record's compare-and-swap
+decides which claimer creates attempt ``seq``, so a duplicate or stale pending
+token costs one wasted rename, never a double execution.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from . import codec, fsio
+from .context import Context
+
+__all__ = ["ClaimToken", "JournalEntry", "PendingToken", "Queue"]
+
+JournalKind = Literal["done", "expired"]
+
+
+@dataclass(frozen=True)
+class PendingToken:
+    name: str
+    rollout_id: str
+    sequence_id: int
+
+    @classmethod
+    def parse(cls, name: str) -> PendingToken | None:
+        stem, dot, ext = name.rpartition(".")
+        parts = stem.split("-")
+        # <us>-ro-<hex>-<seq>
+        if ext != "json" or not dot or len(parts) != 4 or not parts[0].isdigit() or not parts[3].isdigit():
+            return None
+        return cls(name, f"{parts[1]}-{parts[2]}", int(parts[3]))
+
+
+@dataclass(frozen=True)
+class ClaimToken:
+    rollout_id: str
+    sequence_id: int
+    attempt_id: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.rollout_id}.{self.sequence_id}.{self.attempt_id}.json"
+
+    @classmethod
+    def parse(cls, name: str) -> ClaimToken | None:
+        parts = name.split(".")
+        if len(parts) != 4 or parts[3] != "json" or not parts[1].isdigit():
+            return None
+        return cls(parts[0], int(parts[1]), parts[2])
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    kind: JournalKind
+    token: ClaimToken
+    outcome: str
+    path: Path
+
+    @classmethod
+    def parse(cls, kind: JournalKind, path: Path) -> JournalEntry | None:
+        parts = path.name.split(".")
+        if len(parts) != 5 or parts[4] != "json" or not parts[1].isdigit():
+            return None
+        return cls(kind, ClaimToken(parts[0], int(parts[1]), parts[2]), parts[3], path)
+
+
+class _Stamp:
+    """Strictly increasing microsecond stamps within a process (FIFO for same-instant enqueues)."""
+
+    def __init__(self) -> None:
+        self.last = 0
+        self.lock = threading.Lock()
+
+
+class Queue:
+    def __init__(self, ctx: Context) -> None:
+        self._ctx = ctx
+        self._layout = ctx.layout
+
+    def _stamp(self) -> int:
+        stamp: _Stamp = self._ctx.local("queue-stamp", _Stamp)
+        with stamp.lock:
+            stamp.last = max(stamp.last + 1, int(self._ctx.clock.time() * 1_000_000))
+            return stamp.last
+
+    # -- pending -------------------------------------------------------------------
+    def publish_pending(self, rollout_id: str, sequence_id: int) -> PendingToken:
+        name = f"{self._stamp():016d}-{rollout_id}-{sequence_id}.json"
+        body = codec.dumps_record(
+            {"rollout_id": rollout_id, "sequence_id": sequence_id, "enqueue_time": self._ctx.clock.time()}
+        )
+        fsio.publish(self._layout.pending / name, body, durable=self._ctx.durable)
+        return PendingToken(name, rollout_id, sequence_id)
+
+    def list_pending(self) -> list[PendingToken]:
+        """Pending tokens, oldest first."""
+        tokens = (PendingToken.parse(n) for n in sorted(fsio.list_names(self._layout.pending)))
+        return [t for t in tokens if t is not None]
+
+    def pending_path(self, token: PendingToken) -> Path:
+        return self._layout.pending / token.name
+
+    def discard_pending(self, token: PendingToken) -> bool:
+        try:
+            os.unlink(self.pending_path(token))
+            return True
+        except FileNotFoundError:
+            return False
+
+    def claim(self, token: PendingToken, attempt_id: str) -> ClaimToken | None:
+        """Move a pending token into ``claimed/``; None if another process took it first."""
+        claim = ClaimToken(token.rollout_id, token.sequence_id, attempt_id)
+        if fsio.move(self.pending_path(token), self.claimed_path(claim), durable=self._ctx.durable):
+            return claim
+        return None
+
+    # -- claimed -------------------------------------------------------------------
+    def claimed_path(self, token: ClaimToken) -> Path:
+        return self._layout.claimed / token.name
+
+    def create_claimed(self, token: ClaimToken) -> None:
+        body = codec.dumps_record(
+            {"rollout_id": token.rollout_id, "sequence_id": token.sequence_id, "attempt_id": token.attempt_id}
+        )
+        fsio.create_exclusive(self.claimed_path(token), body, durable=self._ctx.durable)
+
+    def drop_claimed(self, token: ClaimToken) -> None:
+        try:
+            os.unlink(self.claimed_path(token))
+        except FileNotFoundError:
+            pass
+
+    def is_claimed(self, token: ClaimToken) -> bool:
+        return self.claimed_path(token).exists()
+
+    def list_claimed(self) -> list[ClaimToken]:
+        tokens = (ClaimToken.parse(n) for n in fsio.list_names(self._layout.claimed))
+        return [t for t in tokens if t is not None]
+
+    def claimed_age(self, token: ClaimToken) -> float | None:
+        """Seconds since the token entered ``claimed/``, by its ctime (None if gone)."""
+        try:
+            return self._ctx.clock.time() - os.stat(self.claimed_path(token)).st_ctime
+        except FileNotFoundError:
+            return None
+
+    # -- decisions -----------------------------------------------------------------
+    def settle(self, token: ClaimToken, kind: JournalKind, outcome: str) -> JournalEntry | None:
+        """Take the attempt's fate into ``done/`` or ``expired/``: the one decision point.
+
+        None when the token was already gone (committed, reaped or cancelled by someone else).
+        """
+        directory = self._layout.done if kind == "done" else self._layout.expired
+        target = directory / f"{token.rollout_id}.{token.sequence_id}.{token.attempt_id}.{outcome}.json"
+        if fsio.move(self.claimed_path(token), target, durable=self._ctx.durable):
+            return JournalEntry(kind, token, outcome, target)
+        return None
+
+    def list_journal(self) -> list[JournalEntry]:
+        entries: list[JournalEntry] = []
+        for kind, directory in (("done", self._layout.done), ("expired", self._layout.expired)):
+            for name in fsio.list_names(directory):
+                entry = JournalEntry.parse(kind, directory / name)  # type: ignore[arg-type]
+                if entry is not None:
+                    entries.append(entry)
+        return entries
+
+    def journal_age(self, entry: JournalEntry) -> float | None:
+        try:
+            return self._ctx.clock.time() - os.stat(entry.path).st_ctime
+        except FileNotFoundError:
+            return None
+
+    def close_journal(self, entry: JournalEntry) -> None:
+        try:
+            os.unlink(entry.path)
+        except FileNotFoundError:
+            pass

@@ -1,0 +1,211 @@
+"""Rollout records: a rollout and all its attempts, changed only by compare-and-swap.
+
+Each rollout directory holds ``history/00000001.json``, ``00000002.json``...: every
+change of the rollout or of one of its attempts is a new revision, created with
+an exclusive ``link(2)``. Creating revision ``n+1`` succeeds for exactly one
+writer, so concurrent writers (runners, the reaper, the CLI) never lose each
+other's updates and no lock is taken; the loser re-reads and re-applies its
+change. The newest revision is the truth. ``rollout.json`` is a copy of it for
+people and ``jq``; each writer re-publishes it until it matches the newest
+revision, so it converges as soon as writers stop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from . import codec, fsio
+from .context import Context
+from .errors import CorruptRecordError, RolloutNotFoundError
+from .models import Attempt, AttemptedRollout, Rollout
+
+__all__ = ["RecordStore", "RolloutRecord"]
+
+log = logging.getLogger(__name__)
+
+
+class RolloutRecord(Rollout):
+    """A rollout plus its attempts in sequence order (the on-disk record)."""
+
+    attempts: list[Attempt] = []
+
+    def latest(self) -> Attempt | None:
+        return self.attempts[-1] if self.attempts else None
+
+    def find(self, attempt_id: str) -> Attempt | None:
+        for attempt in self.attempts:
+            if attempt.attempt_id == attempt_id:
+                return attempt
+        return None
+
+    def public(self) -> Rollout | AttemptedRollout:
+        """Upstream's view: an ``AttemptedRollout`` once an attempt exists, else a ``Rollout``."""
+        data = self.model_dump(exclude={"attempts"})
+        if self.attempts:
+            return AttemptedRollout.model_validate({**data, "attempt": self.attempts[-1]})
+        return Rollout.model_validate(data)
+
+    def plain(self) -> Rollout:
+        return Rollout.model_validate(self.model_dump(exclude={"attempts"}))
+
+
+def _rev_name(rev: int) -> str:
+    return f"{rev:08d}.json"
+
+
+class _Cache:
+    def __init__(self) -> None:
+        self.heads: dict[str, tuple[int, RolloutRecord]] = {}
+
+
+Mutation = Callable[[RolloutRecord], RolloutRecord | None]
+Observer = Callable[[RolloutRecord | None, RolloutRecord], None]
+
+
+class RecordStore:
+    """Reads and compare-and-swaps rollout records."""
+
+    def __init__(self, ctx: Context, on_change: Observer) -> None:
+        self._ctx = ctx
+        self._layout = ctx.layout
+        self._on_change = on_change
+
+    def _cache(self) -> _Cache:
+        cache: _Cache = self._ctx.local("records", _Cache)
+        return cache
+
+    # -- reading -------------------------------------------------------------------
+    def _parse(self, path: Path, data: bytes) -> RolloutRecord:
+        try:
+            return RolloutRecord.model_validate(codec.loads(data))
+        except (codec.DecodeError, ValidationError) as err:
+            raise CorruptRecordError(str(path), str(err).splitlines()[0]) from None
+
+    def _head_rev(self, rollout_id: str) -> int:
+        revs = [n for n in fsio.list_names(self._layout.history_dir(rollout_id)) if n.endswith(".json")]
+        return max((int(n[:-5]) for n in revs if n[:-5].isdigit()), default=0)
+
+    def head(self, rollout_id: str) -> tuple[int, RolloutRecord] | None:
+        """The newest revision number and record, or None if the rollout does not exist."""
+        cache = self._cache()
+        hist = self._layout.history_dir(rollout_id)
+        cached = cache.heads.get(rollout_id)
+        if cached is not None and not os.path.exists(hist / _rev_name(cached[0] + 1)):
+            return cached
+        while True:
+            rev = self._head_rev(rollout_id)
+            if rev == 0:
+                return None
+            path = hist / _rev_name(rev)
+            data = fsio.read_bytes(path)
+            if data is None:  # pruned between listing and reading: list again
+                continue
+            record = self._parse(path, data)
+            cache.heads[rollout_id] = (rev, record)
+            return rev, record
+
+    def get(self, rollout_id: str) -> RolloutRecord | None:
+        found = self.head(rollout_id)
+        return None if found is None else found[1].model_copy(deep=True)
+
+    def require(self, rollout_id: str) -> RolloutRecord:
+        record = self.get(rollout_id)
+        if record is None:
+            raise RolloutNotFoundError(rollout_id)
+        return record
+
+    def exists(self, rollout_id: str) -> bool:
+        return os.path.exists(self._layout.history_dir(rollout_id) / _rev_name(1))
+
+    def all_ids(self) -> Iterator[str]:
+        """Ids of every rollout directory, in no particular order."""
+        for bucket in fsio.iter_dirs(self._layout.rollouts):
+            for entry in fsio.iter_dirs(Path(bucket.path)):
+                yield entry.name
+
+    def iter_records(self) -> Iterator[RolloutRecord]:
+        """Every readable record; corrupt ones are logged and skipped (``check`` reports them)."""
+        for rollout_id in self.all_ids():
+            try:
+                record = self.get(rollout_id)
+            except CorruptRecordError as err:
+                log.warning("%s", err)
+                continue
+            if record is not None:
+                yield record
+
+    # -- writing -------------------------------------------------------------------
+    def create(self, record: RolloutRecord) -> bool:
+        """Create the rollout's directory and first revision. False if it already existed."""
+        rid = record.rollout_id
+        hist = self._layout.history_dir(rid)
+        hist.mkdir(parents=True, exist_ok=True)
+        seq_dir = self._layout.span_seq_dir(rid)
+        seq_dir.mkdir(exist_ok=True)
+        if not fsio.list_names(seq_dir):
+            # The span sequence counter: one empty file whose name is the last issued number.
+            fsio.create_exclusive(seq_dir / "0", b"", durable=self._ctx.durable)
+        if not fsio.create_exclusive(hist / _rev_name(1), codec.dumps_record(record), durable=self._ctx.durable):
+            return False
+        self._cache().heads[rid] = (1, record)
+        self._publish_mirror(rid, 1, record)
+        self._on_change(None, record)
+        return True
+
+    def update(self, rollout_id: str, mutate: Mutation) -> RolloutRecord:
+        """Apply ``mutate`` to the newest record and store the result as the next revision.
+
+        ``mutate`` receives a private copy; returning None means "no change". It may be
+        called several times when other writers race, so it must be a pure function of
+        its argument. Raises :class:`RolloutNotFoundError`, or whatever ``mutate`` raises.
+        """
+        hist = self._layout.history_dir(rollout_id)
+        while True:
+            found = self.head(rollout_id)
+            if found is None:
+                raise RolloutNotFoundError(rollout_id)
+            rev, current = found
+            updated = mutate(current.model_copy(deep=True))
+            if updated is None:
+                return current.model_copy(deep=True)
+            data = codec.dumps_record(updated)
+            if fsio.create_exclusive(hist / _rev_name(rev + 1), data, durable=self._ctx.durable):
+                self._cache().heads[rollout_id] = (rev + 1, updated)
+                self._publish_mirror(rollout_id, rev + 1, updated)
+                self._on_change(current, updated)
+                return updated.model_copy(deep=True)
+            log.debug("lost the race for %s revision %d; retrying", rollout_id, rev + 1)
+
+    def _publish_mirror(self, rollout_id: str, rev: int, record: RolloutRecord) -> None:
+        mirror = self._layout.mirror_file(rollout_id)
+        hist = self._layout.history_dir(rollout_id)
+        while True:
+            fsio.publish(mirror, codec.dumps_record(record), durable=self._ctx.durable)
+            # A newer revision published its mirror before ours landed: copy it instead.
+            if not os.path.exists(hist / _rev_name(rev + 1)):
+                return
+            found = self.head(rollout_id)
+            if found is None:
+                return
+            rev, record = found
+
+    def mirror_matches(self, rollout_id: str) -> bool:
+        """Whether ``rollout.json`` equals the newest revision (used by ``check``)."""
+        found = self.head(rollout_id)
+        data = fsio.read_bytes(self._layout.mirror_file(rollout_id))
+        return found is not None and data == codec.dumps_record(found[1])
+
+    def republish_mirror(self, rollout_id: str) -> None:
+        found = self.head(rollout_id)
+        if found is not None:
+            self._publish_mirror(rollout_id, *found)
+
+
+def record_data(record: RolloutRecord) -> dict[str, Any]:
+    return record.model_dump(mode="json")

@@ -1,0 +1,162 @@
+"""Versioned, content-addressed resource snapshots.
+
+* ``resources/objects/<2 hex>/<sha256>.json``: the canonical JSON of a
+  ``NamedResources`` body. Immutable; the same body is stored once.
+* ``resources/by-id/<resources_id>/<version>.json``: one file per version of a
+  snapshot id (``update_resources`` on an existing id adds the next version).
+  Versions are allocated by exclusive create: two writers never get one number.
+* ``resources/versions/<n>.json``: the global publication order. The highest
+  ``n`` names the latest snapshot (upstream's ``get_latest_resources``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from pathlib import Path
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from . import codec, fsio
+from .context import Context
+from .errors import CorruptRecordError
+from .ids import check_name_id, new_resources_id
+from .models import NamedResources, ResourcesUpdate
+
+__all__ = ["ResourceStore"]
+
+_NAMED = TypeAdapter(NamedResources)
+
+
+def _num(name: str) -> int | None:
+    stem = name[:-5] if name.endswith(".json") else ""
+    return int(stem) if stem.isdigit() else None
+
+
+def _highest(directory: Path) -> int:
+    return max((n for n in map(_num, fsio.list_names(directory)) if n is not None), default=0)
+
+
+class _Cursor:
+    def __init__(self) -> None:
+        self.global_version = -1
+        self.lock = threading.Lock()
+
+
+class ResourceStore:
+    def __init__(self, ctx: Context) -> None:
+        self._ctx = ctx
+        self._layout = ctx.layout
+
+    def _cursor(self) -> _Cursor:
+        cursor: _Cursor = self._ctx.local("resources-cursor", _Cursor)
+        return cursor
+
+    def _load(self, path: Path) -> dict[str, Any] | None:
+        data = fsio.read_bytes(path)
+        if data is None:
+            return None
+        try:
+            obj = codec.loads(data)
+        except codec.DecodeError as err:
+            raise CorruptRecordError(str(path), str(err)) from None
+        if not isinstance(obj, dict):
+            raise CorruptRecordError(str(path), "not a JSON object")
+        return obj
+
+    def _write_object(self, resources: NamedResources) -> str:
+        body = codec.dumps_record(_NAMED.dump_python(resources, mode="json"))
+        digest = hashlib.sha256(body).hexdigest()
+        path = self._layout.resource_object(digest)
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fsio.create_exclusive(path, body, durable=self._ctx.durable)  # identical bytes if it exists
+        return digest
+
+    def _publish_latest(self, resources_id: str, version: int) -> None:
+        cursor = self._cursor()
+        body = codec.dumps_record({"resources_id": resources_id, "version": version})
+        with cursor.lock:
+            n = max(cursor.global_version, _highest(self._layout.resource_versions)) + 1
+            while not fsio.create_exclusive(
+                self._layout.resource_versions / f"{n:08d}.json", body, durable=self._ctx.durable
+            ):
+                n += 1
+            cursor.global_version = n
+
+    def put(self, resources_id: str | None, resources: NamedResources) -> ResourcesUpdate:
+        """Store a new snapshot (``resources_id=None``) or the next version of an existing id."""
+        resources = _NAMED.validate_python(resources)
+        rid = check_name_id("resources", resources_id) if resources_id is not None else new_resources_id()
+        digest = self._write_object(resources)
+        directory = self._layout.resource_id_dir(rid)
+        directory.mkdir(parents=True, exist_ok=True)
+        now = self._ctx.clock.time()
+        while True:
+            version = _highest(directory)
+            first = self._load(directory / f"{version:06d}.json") if version else None
+            record = {
+                "resources_id": rid,
+                "version": version + 1,
+                "create_time": first["create_time"] if first else now,
+                "update_time": now,
+                "object": digest,
+            }
+            path = directory / f"{version + 1:06d}.json"
+            if fsio.create_exclusive(path, codec.dumps_record(record), durable=self._ctx.durable):
+                break
+        self._publish_latest(rid, version + 1)
+        return ResourcesUpdate(
+            resources_id=rid,
+            version=version + 1,
+            create_time=record["create_time"],
+            update_time=now,
+            resources=resources,
+        )
+
+    def _materialise(self, path: Path, record: dict[str, Any]) -> ResourcesUpdate:
+        body = self._load(self._layout.resource_object(str(record.get("object", ""))))
+        if body is None:
+            raise CorruptRecordError(str(path), f"resource object {record.get('object')} is missing")
+        try:
+            return ResourcesUpdate.model_validate({**record, "resources": body})
+        except ValidationError as err:
+            raise CorruptRecordError(str(path), str(err).splitlines()[0]) from None
+
+    def get(self, resources_id: str) -> ResourcesUpdate | None:
+        rid = check_name_id("resources", resources_id)
+        directory = self._layout.resource_id_dir(rid)
+        version = _highest(directory)
+        if not version:
+            return None
+        path = directory / f"{version:06d}.json"
+        record = self._load(path)
+        return None if record is None else self._materialise(path, record)
+
+    def latest(self) -> ResourcesUpdate | None:
+        cursor = self._cursor()
+        with cursor.lock:
+            n = cursor.global_version
+            if n < 0 or (self._layout.resource_versions / f"{n + 1:08d}.json").exists():
+                n = _highest(self._layout.resource_versions)
+            cursor.global_version = n
+        if n <= 0:
+            return None
+        path = self._layout.resource_versions / f"{n:08d}.json"
+        pointer = self._load(path)
+        if pointer is None:
+            return None
+        return self.get(str(pointer["resources_id"]))
+
+    def latest_id(self) -> str | None:
+        latest = self.latest()
+        return latest.resources_id if latest else None
+
+    def all(self) -> list[ResourcesUpdate]:
+        """Every snapshot id at its newest version, oldest snapshot first."""
+        out = [self.get(entry.name) for entry in fsio.iter_dirs(self._layout.resource_ids)]
+        return sorted((r for r in out if r is not None), key=lambda r: (r.create_time, r.resources_id))
+
+    def count(self) -> int:
+        return sum(1 for _ in fsio.iter_dirs(self._layout.resource_ids))
