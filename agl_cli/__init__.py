@@ -1,0 +1,1 @@
+"""agl: the command-line face of store_fs (a thin typer layer)."""

@@ -1,0 +1,206 @@
+"""The claim / commit / requeue protocol over records and queue tokens.
+
+Invariants (docs/format.md explains them at length):
+
+1. The rollout record's compare-and-swap decides every state change; queue
+   tokens are how work is found and how live attempts are watched.
+2. A live attempt has a token in ``claimed/``. Moving that token out
+   (``settle``) is the one decision about the attempt's fate; the mover then
+   applies it to the record and removes the journal token.
+3. Applying a journal token is idempotent, so if the mover dies in between,
+   any reaper applies it again, and a requeue is never done twice: attempt
+   ``n+1`` can only be created by one compare-and-swap.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from .context import Context
+from .errors import AttemptNotFoundError, ConflictError, NotFoundError, RolloutNotFoundError
+from .ids import new_attempt_id
+from .models import Attempt, AttemptedRollout, AttemptStatus
+from .queue import ClaimToken, JournalEntry, PendingToken, Queue
+from .records import RecordStore, RolloutRecord
+from .span_log import SpanLog
+from .transitions import FINAL_ATTEMPT_STATUSES, LIVE_ATTEMPT_STATUSES, set_attempt_status
+from .workers import WorkerStore
+
+__all__ = ["Engine"]
+
+log = logging.getLogger(__name__)
+
+
+class _Stale(Exception):
+    """The token no longer matches the record (another attempt was created first)."""
+
+
+class Engine:
+    def __init__(
+        self, ctx: Context, records: RecordStore, queue: Queue, spans: SpanLog, workers: WorkerStore
+    ) -> None:
+        self.ctx = ctx
+        self.records = records
+        self.queue = queue
+        self.spans = spans
+        self.workers = workers
+
+    def attempt_dir(self, attempt: Attempt) -> Path:
+        return self.ctx.layout.attempt_dir(attempt.rollout_id, attempt.sequence_id, attempt.attempt_id)
+
+    # -- starting attempts ---------------------------------------------------------
+    def begin(self, claim: ClaimToken, worker_id: str | None, *, from_queue: bool) -> AttemptedRollout | None:
+        """Turn an owned token into attempt ``claim.sequence_id`` of the rollout.
+
+        None (and the token dropped) when the token turned out stale.
+        """
+        now = self.ctx.clock.time()
+
+        def add_attempt(record: RolloutRecord) -> RolloutRecord:
+            if len(record.attempts) + 1 != claim.sequence_id:
+                raise _Stale
+            if from_queue and record.status not in ("queuing", "requeuing"):
+                raise _Stale
+            if record.status == "cancelled":
+                raise ConflictError(f"rollout {record.rollout_id} is cancelled", rollout_id=record.rollout_id)
+            record.attempts.append(
+                Attempt(
+                    rollout_id=record.rollout_id,
+                    attempt_id=claim.attempt_id,
+                    sequence_id=claim.sequence_id,
+                    start_time=now,
+                    worker_id=worker_id,
+                )
+            )
+            record.status = "preparing"
+            return record
+
+        try:
+            record = self.records.update(claim.rollout_id, add_attempt)
+        except (_Stale, ConflictError, RolloutNotFoundError):
+            self.queue.drop_claimed(claim)
+            if from_queue:
+                return None
+            raise
+        attempt = record.attempts[-1]
+        self.spans.heartbeat(self.attempt_dir(attempt), force=True)
+        self.workers.sync(attempt, dequeue=from_queue)
+        public = record.public()
+        assert isinstance(public, AttemptedRollout)
+        return public
+
+    def claim_next(self, worker_id: str | None) -> AttemptedRollout | None:
+        """Claim the oldest claimable pending token. None when the queue is exhausted."""
+        for token in self.queue.list_pending():
+            record = self.records.get(token.rollout_id)
+            if record is None:
+                continue  # enqueue in flight: the record follows its token
+            if not self._claimable(record, token):
+                self.queue.discard_pending(token)
+                continue
+            claim = self.queue.claim(token, new_attempt_id())
+            if claim is None:
+                continue  # another runner was faster
+            result = self.begin(claim, worker_id, from_queue=True)
+            if result is not None:
+                return result
+        return None
+
+    @staticmethod
+    def _claimable(record: RolloutRecord, token: PendingToken) -> bool:
+        return record.status in ("queuing", "requeuing") and len(record.attempts) + 1 == token.sequence_id
+
+    def start_attempt(self, rollout_id: str, worker_id: str | None) -> AttemptedRollout:
+        while True:
+            record = self.records.require(rollout_id)
+            if record.status == "cancelled":
+                raise ConflictError(f"rollout {rollout_id} is cancelled", rollout_id=rollout_id)
+            claim = ClaimToken(rollout_id, len(record.attempts) + 1, new_attempt_id())
+            self.queue.create_claimed(claim)
+            try:
+                result = self.begin(claim, worker_id, from_queue=False)
+            except _Stale:
+                continue  # someone created that attempt number first: take the next
+            assert result is not None
+            return result
+
+    # -- settling attempts ---------------------------------------------------------
+    def ensure_pending(self, record: RolloutRecord) -> None:
+        """A queuing/requeuing rollout must have a pending token for its next attempt."""
+        if record.status not in ("queuing", "requeuing"):
+            return
+        seq = len(record.attempts) + 1
+        if not any(t.rollout_id == record.rollout_id and t.sequence_id == seq for t in self.queue.list_pending()):
+            self.queue.publish_pending(record.rollout_id, seq)
+
+    def settle(self, attempt: Attempt, status: AttemptStatus) -> JournalEntry | None:
+        """Take the decision for a live attempt; None when its token is gone or never existed."""
+        token = ClaimToken(attempt.rollout_id, attempt.sequence_id, attempt.attempt_id)
+        kind = "done" if status in ("succeeded", "failed") else "expired"
+        return self.queue.settle(token, kind, status)
+
+    def finish(self, journal: JournalEntry | None, record: RolloutRecord, became_requeuing: bool) -> None:
+        """The consequences of a stored decision: requeue, then close the journal token."""
+        if became_requeuing:
+            self.queue.publish_pending(record.rollout_id, len(record.attempts) + 1)
+        if journal is not None:
+            self.queue.close_journal(journal)
+
+    def apply(self, entry: JournalEntry) -> None:
+        """Apply a decision token again (its mover may have died). Idempotent."""
+        token, outcome = entry.token, entry.outcome
+        now = self.ctx.clock.time()
+        record = self.records.get(token.rollout_id)
+        if record is None:
+            self.queue.close_journal(entry)
+            return
+        synced: list[Attempt] = []
+
+        def decide(rec: RolloutRecord) -> RolloutRecord | None:
+            synced.clear()
+            attempt = rec.find(token.attempt_id)
+            if outcome not in FINAL_ATTEMPT_STATUSES:
+                return None  # cancelled: nothing to do to the attempt
+            if attempt is None:
+                if len(rec.attempts) + 1 != token.sequence_id:
+                    return None
+                # The claimer died between claiming and recording its attempt: record the
+                # attempt it had begun, as dead, so the retry rules apply as to any crash.
+                attempt = Attempt(
+                    rollout_id=rec.rollout_id,
+                    attempt_id=token.attempt_id,
+                    sequence_id=token.sequence_id,
+                    start_time=now,
+                )
+                rec.attempts.append(attempt)
+            elif entry.kind == "expired" and attempt.status not in LIVE_ATTEMPT_STATUSES:
+                return None  # finished before the verdict landed
+            elif attempt.status == outcome:
+                return None  # already applied
+            set_attempt_status(rec, attempt, outcome, now)  # type: ignore[arg-type]
+            synced.append(attempt)
+            return rec
+
+        record = self.records.update(token.rollout_id, decide)
+        for attempt in synced:
+            self.workers.sync(attempt)
+        self.ensure_pending(record)
+        self.queue.close_journal(entry)
+
+    def find_attempt(self, record: RolloutRecord, attempt_id: str) -> Attempt:
+        if not record.attempts:
+            raise NotFoundError(f"No attempts found for rollout {record.rollout_id}", rollout_id=record.rollout_id)
+        attempt = record.latest() if attempt_id == "latest" else record.find(attempt_id)
+        if attempt is None:
+            raise AttemptNotFoundError(record.rollout_id, attempt_id)
+        return attempt
+
+    def expire_live(self, record: RolloutRecord, reason: str) -> None:
+        """Take the tokens of every live attempt (cancellation); runners see it at their next check."""
+        for attempt in record.attempts:
+            if attempt.status in LIVE_ATTEMPT_STATUSES:
+                token = ClaimToken(attempt.rollout_id, attempt.sequence_id, attempt.attempt_id)
+                entry = self.queue.settle(token, "expired", reason)
+                if entry is not None:
+                    self.queue.close_journal(entry)

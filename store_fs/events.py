@@ -1,0 +1,57 @@
+"""The change feed: ``events/<writer>.jsonl``, one line per rollout status change.
+
+Each process appends only to its own file. The lines are for people
+(``tail -f events/*.jsonl | jq``) and wake waiters up; waiters still re-read the
+records, so a lost or torn event line costs latency, never correctness.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from . import codec, fsio
+from .context import Context
+from .records import RolloutRecord
+
+__all__ = ["EventLog"]
+
+
+class _Fd:
+    def __init__(self) -> None:
+        self.fd: int | None = None
+        self.lock = threading.Lock()
+
+
+class EventLog:
+    def __init__(self, ctx: Context) -> None:
+        self._ctx = ctx
+
+    def _fd(self) -> _Fd:
+        holder: _Fd = self._ctx.local("events-fd", _Fd)
+        return holder
+
+    def record_change(self, old: RolloutRecord | None, new: RolloutRecord) -> None:
+        if old is not None and old.status == new.status:
+            return
+        line = codec.dumps_line(
+            {
+                "rollout_id": new.rollout_id,
+                "status": new.status,
+                "previous": old.status if old else None,
+                "time": self._ctx.clock.time(),
+            }
+        )
+        holder = self._fd()
+        with holder.lock:
+            if holder.fd is None:
+                path = self._ctx.layout.events / f"{self._ctx.writer}.jsonl"
+                holder.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            fsio.append(holder.fd, line)
+
+    def close(self) -> None:
+        holder = self._fd()
+        with holder.lock:
+            if holder.fd is not None:
+                os.close(holder.fd)
+                holder.fd = None

@@ -1,0 +1,81 @@
+"""Pure status rules: how attempt outcomes move a rollout (spec section 2.4).
+
+These functions change a :class:`RolloutRecord` in memory; callers store the
+result with a compare-and-swap, so the rules apply atomically.
+
+Deliberate deviation from upstream: ``cancelled`` is sticky. Attempt updates
+and spans never move a cancelled rollout (upstream lets a late ``succeeded``
+overwrite the cancellation); only an explicit ``update_rollout(status=...)``
+does.
+"""
+
+from __future__ import annotations
+
+from .models import Attempt, AttemptStatus, RolloutConfig, RolloutStatus
+from .records import RolloutRecord
+
+__all__ = [
+    "FINAL_ATTEMPT_STATUSES",
+    "LIVE_ATTEMPT_STATUSES",
+    "mark_running",
+    "rollout_status_for",
+    "set_attempt_status",
+]
+
+LIVE_ATTEMPT_STATUSES: frozenset[str] = frozenset({"preparing", "running"})
+FINAL_ATTEMPT_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "timeout", "unresponsive"})
+_TERMINAL_ROLLOUT: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+
+
+def rollout_status_for(attempt: Attempt, config: RolloutConfig) -> RolloutStatus:
+    """The rollout status implied by its latest attempt."""
+    status = attempt.status
+    if status in ("preparing", "running", "succeeded"):
+        return status
+    retry = status in config.retry_condition and attempt.sequence_id < config.max_attempts
+    return "requeuing" if retry else "failed"
+
+
+def _propagate(record: RolloutRecord, attempt: Attempt, now: float) -> None:
+    latest = record.latest()
+    if latest is None or latest.attempt_id != attempt.attempt_id or record.status == "cancelled":
+        return
+    new = rollout_status_for(attempt, record.config)
+    if new != record.status:
+        record.status = new
+        if new in _TERMINAL_ROLLOUT:
+            record.end_time = now
+
+
+def set_attempt_status(record: RolloutRecord, attempt: Attempt, status: AttemptStatus, now: float) -> None:
+    """Set an attempt's status as ``update_attempt`` does, then re-derive the rollout status.
+
+    ``succeeded``/``failed`` stamp the attempt's ``end_time``. The rollout follows only
+    from its latest attempt.
+    """
+    attempt.status = status
+    if status in ("succeeded", "failed"):
+        attempt.end_time = now
+    _propagate(record, attempt, now)
+
+
+def touch_attempt(record: RolloutRecord, attempt: Attempt, now: float) -> None:
+    """Re-derive the rollout from an attempt changed in other fields (upstream recomputes on any update)."""
+    _propagate(record, attempt, now)
+
+
+def mark_running(record: RolloutRecord, attempt: Attempt, now: float) -> bool:
+    """A span arrived for ``attempt``: the heartbeat rule. Returns whether anything changed."""
+    changed = False
+    if attempt.status in ("preparing", "unresponsive"):
+        attempt.status = "running"
+        changed = True
+    latest = record.latest()
+    is_latest = latest is not None and latest.attempt_id == attempt.attempt_id
+    # Upstream also means to promote "queuing" but misspells it; like upstream we do not.
+    if is_latest and record.status in ("preparing", "requeuing"):
+        record.status = "running"
+        changed = True
+    if changed:
+        attempt.last_heartbeat_time = now
+    return changed

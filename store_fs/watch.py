@@ -1,0 +1,119 @@
+"""Waking up when the store changes, with watchfiles.
+
+Events are hints: callers re-read the tree after every wake-up. Writers append
+one line to ``events/<writer>.jsonl`` on every rollout status change, so waiters
+watch that one small directory (not the whole tree, which would exhaust inotify
+watches on big stores).
+
+inotify cannot see changes made by other NFS clients, so on network
+filesystems (detected from ``/proc/mounts``) watchfiles polls instead; the
+``AGL_WATCH`` environment variable (``auto``, ``inotify`` or ``poll``) or the
+``watch_mode`` store setting overrides the choice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncGenerator
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = ["ChangeFeed", "WatchMode", "is_network_fs", "resolve_mode"]
+
+WatchMode = Literal["auto", "inotify", "poll"]
+
+_NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "ceph", "glusterfs", "lustre", "gpfs", "afs"}
+_NETWORK_FUSE = ("fuse.sshfs", "fuse.glusterfs", "fuse.s3fs", "fuse.gcsfuse", "fuse.rclone")
+
+POLL_DELAY_MS = 250
+
+
+def _mount_fstype(path: Path) -> str | None:
+    try:
+        with open("/proc/mounts") as f:
+            mounts = [line.split() for line in f]
+    except OSError:
+        return None
+    target = str(path.resolve())
+    best: tuple[int, str] | None = None
+    for fields in mounts:
+        if len(fields) < 3:
+            continue
+        mount_point = fields[1].replace("\\040", " ")
+        if target == mount_point or target.startswith(mount_point.rstrip("/") + "/"):
+            if best is None or len(mount_point) > best[0]:
+                best = (len(mount_point), fields[2])
+    return best[1] if best else None
+
+
+def is_network_fs(path: Path) -> bool:
+    fstype = _mount_fstype(path) or ""
+    return fstype in _NETWORK_FS or fstype.startswith(_NETWORK_FUSE)
+
+
+def resolve_mode(mode: WatchMode, path: Path) -> Literal["inotify", "poll"]:
+    chosen = os.environ.get("AGL_WATCH", mode)
+    if chosen == "poll":
+        return "poll"
+    if chosen == "inotify":
+        return "inotify"
+    return "poll" if is_network_fs(path) else "inotify"
+
+
+class ChangeFeed:
+    """Wake-ups for changes under one directory; usable as ``async with``.
+
+    The watcher starts before :meth:`__aenter__` returns, so a change made after
+    that is never missed. :meth:`next` returns at the latest after ``tick``
+    seconds so callers can check their deadline.
+    """
+
+    def __init__(self, directory: Path, mode: Literal["inotify", "poll"], tick: float = 0.25) -> None:
+        self._directory = directory
+        self._mode = mode
+        self._tick = tick
+        self._stop = asyncio.Event()
+        self._gen: AsyncGenerator[set[tuple[Any, str]], None] | None = None
+        self._task: asyncio.Future[set[tuple[Any, str]]] | None = None
+
+    async def __aenter__(self) -> ChangeFeed:
+        import watchfiles  # imported lazily: only waiters need it
+
+        self._gen = watchfiles.awatch(
+            self._directory,
+            stop_event=self._stop,
+            step=2,
+            debounce=50,
+            rust_timeout=max(int(self._tick * 1000), 1),
+            yield_on_timeout=True,
+            force_polling=self._mode == "poll",
+            poll_delay_ms=POLL_DELAY_MS,
+            recursive=False,
+            watch_filter=None,
+        )
+        self._task = asyncio.ensure_future(self._gen.__anext__())
+        # Let the generator run up to its first wait: the watcher exists from then on.
+        for _ in range(3):
+            await asyncio.sleep(0)
+        return self
+
+    async def next(self) -> bool:
+        """Wait one tick or until a change; True if something changed."""
+        assert self._gen is not None and self._task is not None
+        try:
+            changes = await asyncio.shield(self._task)
+        except StopAsyncIteration:
+            return False
+        self._task = asyncio.ensure_future(self._gen.__anext__())
+        return bool(changes)
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._task is not None:
+            try:
+                await self._task
+            except (StopAsyncIteration, asyncio.CancelledError):
+                pass
+        if self._gen is not None:
+            await self._gen.aclose()

@@ -1,0 +1,168 @@
+"""The reaper: any process using the store may run it; several at once are safe.
+
+A scan looks at the few tokens in ``queue/claimed``, ``queue/done`` and
+``queue/expired``:
+
+* a live attempt past ``timeout_seconds`` or silent for ``unresponsive_seconds``
+  is expired by renaming its token (only the winner of that rename applies the
+  retry rule, so two reapers never retry twice);
+* a decision token older than the grace period is applied again (its mover died);
+* a claimed token whose attempt was never recorded is, after the grace period,
+  expired as ``unresponsive``: its claimer died right after claiming.
+
+Liveness is judged twice and the longer silence wins: by watching the heartbeat
+counters move on this process's monotonic clock (immune to clock skew; needs
+this process to have watched for a while), and by the wall-clock times the
+heartbeats carry (lets a fresh process judge at once; ``clock_skew_seconds``
+widens it for stores shared by machines whose clocks differ).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+from .context import Context
+from .engine import Engine
+from .errors import AglError
+from .models import Attempt
+from .queue import ClaimToken, JournalEntry
+from .records import RolloutRecord
+from .transitions import LIVE_ATTEMPT_STATUSES
+
+__all__ = ["Reaper"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Seen:
+    signature: object
+    first_seen: float
+    changed_at: float
+
+
+class _Tracker:
+    def __init__(self) -> None:
+        self.seen: dict[object, _Seen] = {}
+        self.lock = threading.Lock()
+        self.last_scan: float | None = None
+        self.scanning = False
+
+
+class Reaper:
+    def __init__(self, ctx: Context, engine: Engine, *, debounce: float, grace: float) -> None:
+        self._ctx = ctx
+        self._engine = engine
+        self.debounce = debounce
+        self.grace = grace
+
+    def _tracker(self) -> _Tracker:
+        tracker: _Tracker = self._ctx.local("reaper", _Tracker)
+        return tracker
+
+    def _observe(self, key: object, signature: object) -> _Seen:
+        now = self._ctx.clock.monotonic()
+        tracker = self._tracker()
+        seen = tracker.seen.get(key)
+        if seen is None:
+            seen = tracker.seen[key] = _Seen(signature, now, now)
+        elif seen.signature != signature:
+            seen.signature, seen.changed_at = signature, now
+        return seen
+
+    def _age(self, key: object, wall_age: float | None) -> float:
+        seen = self._observe(key, None)
+        return max(self._ctx.clock.monotonic() - seen.first_seen, wall_age or 0.0)
+
+    # -- entry points --------------------------------------------------------------
+    def maybe_scan(self) -> int:
+        """Scan unless one ran less than ``debounce`` seconds ago in this process."""
+        tracker = self._tracker()
+        now = self._ctx.clock.monotonic()
+        with tracker.lock:
+            if tracker.scanning:
+                return 0
+            if tracker.last_scan is not None and now - tracker.last_scan < self.debounce:
+                return 0
+            tracker.last_scan = now
+            tracker.scanning = True
+        try:
+            return self.scan()
+        finally:
+            tracker.scanning = False
+
+    def scan(self) -> int:
+        """One pass; returns the number of attempts expired. Errors on one token never stop the pass."""
+        expired = 0
+        for entry in self._engine.queue.list_journal():
+            self._guard(self._revisit, entry)
+        for token in self._engine.queue.list_claimed():
+            expired += bool(self._guard(self._check_claim, token))
+        return expired
+
+    def _guard(self, fn: object, arg: object) -> object:
+        try:
+            return fn(arg)  # type: ignore[operator]
+        except (AglError, OSError) as err:
+            log.warning("reaper skipped %s: %s", arg, err)
+            return None
+
+    # -- decisions -----------------------------------------------------------------
+    def _revisit(self, entry: JournalEntry) -> None:
+        if self._age(("journal", entry.path.name), self._engine.queue.journal_age(entry)) >= self.grace:
+            log.info("re-applying %s %s of %s", entry.kind, entry.outcome, entry.token.rollout_id)
+            self._engine.apply(entry)
+
+    def _check_claim(self, token: ClaimToken) -> bool:
+        record = self._engine.records.get(token.rollout_id)
+        attempt = record.find(token.attempt_id) if record else None
+        if record is None or attempt is None or attempt.sequence_id != token.sequence_id:
+            return self._check_orphan(token, record)
+        if attempt.status not in LIVE_ATTEMPT_STATUSES:
+            if self._age(("claim", token.name), self._engine.queue.claimed_age(token)) >= self.grace:
+                self._engine.queue.drop_claimed(token)  # decided through the record; token left over
+            return False
+        verdict = self._verdict(record, attempt)
+        if verdict is None:
+            return False
+        entry = self._engine.settle(attempt, verdict)  # type: ignore[arg-type]
+        if entry is None:
+            return False  # another reaper, or the runner's commit, got there first
+        log.info("attempt %s of %s is %s", attempt.attempt_id, attempt.rollout_id, verdict)
+        self._engine.apply(entry)
+        return True
+
+    def _check_orphan(self, token: ClaimToken, record: RolloutRecord | None) -> bool:
+        if self._age(("claim", token.name), self._engine.queue.claimed_age(token)) < self.grace:
+            return False  # its claimer may still be about to record the attempt
+        if record is None or len(record.attempts) >= token.sequence_id:
+            self._engine.queue.drop_claimed(token)  # lost a race, or its rollout never came to be
+            return False
+        entry = self._engine.queue.settle(token, "expired", "unresponsive")
+        if entry is None:
+            return False
+        log.info("claim %s was abandoned before its attempt was recorded", token.name)
+        self._engine.apply(entry)
+        return True
+
+    def _verdict(self, record: RolloutRecord, attempt: Attempt) -> str | None:
+        config = record.config
+        if config.timeout_seconds is None and config.unresponsive_seconds is None:
+            return None
+        clock = self._ctx.clock
+        beats = self._engine.spans.heartbeats(self._engine.attempt_dir(attempt))
+        signature = (tuple(sorted((b.counter, b.time) for b in beats)), attempt.last_heartbeat_time)
+        seen = self._observe(("attempt", attempt.rollout_id, attempt.attempt_id), signature)
+        mono = clock.monotonic()
+        skew = self._ctx.clock_skew_seconds
+        wall_age = clock.time() - attempt.start_time - skew
+        if config.timeout_seconds is not None and max(wall_age, mono - seen.first_seen) > config.timeout_seconds:
+            return "timeout"
+        if config.unresponsive_seconds is not None:
+            last_sign = max([attempt.start_time, attempt.last_heartbeat_time or 0.0] + [b.time for b in beats])
+            silence = max(clock.time() - last_sign - skew, mono - seen.changed_at)
+            if silence > config.unresponsive_seconds:
+                return "unresponsive"
+        return None
