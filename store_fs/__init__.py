@@ -1,11 +1,11 @@
 """store_fs: an Agent-lightning LightningStore kept in a directory.
 
-    >>> import asyncio, tempfile
-    >>> from store_fs import FileStore
-    >>> store = FileStore(tempfile.mkdtemp())
-    >>> rollout = asyncio.run(store.enqueue_rollout(input={"question": "2+2?"}))
-    >>> rollout.status
-    'queuing'
+>>> import asyncio, tempfile
+>>> from store_fs import FileStore
+>>> store = FileStore(tempfile.mkdtemp())
+>>> rollout = asyncio.run(store.enqueue_rollout(input={"question": "2+2?"}))
+>>> rollout.status
+'queuing'
 """
 
 from __future__ import annotations

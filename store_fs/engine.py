@@ -131,14 +131,17 @@ class Engine:
         if record.status not in ("queuing", "requeuing"):
             return
         seq = len(record.attempts) + 1
-        if not any(t.rollout_id == record.rollout_id and t.sequence_id == seq for t in self.queue.list_pending()):
+        if not any(
+            t.rollout_id == record.rollout_id and t.sequence_id == seq for t in self.queue.list_pending()
+        ):
             self.queue.publish_pending(record.rollout_id, seq)
 
     def settle(self, attempt: Attempt, status: AttemptStatus) -> JournalEntry | None:
         """Take the decision for a live attempt; None when its token is gone or never existed."""
         token = ClaimToken(attempt.rollout_id, attempt.sequence_id, attempt.attempt_id)
-        kind = "done" if status in ("succeeded", "failed") else "expired"
-        return self.queue.settle(token, kind, status)
+        if status in ("succeeded", "failed"):
+            return self.queue.settle(token, "done", status)
+        return self.queue.settle(token, "expired", status)
 
     def finish(self, journal: JournalEntry | None, record: RolloutRecord, became_requeuing: bool) -> None:
         """The consequences of a stored decision: requeue, then close the journal token."""
@@ -190,7 +193,9 @@ class Engine:
 
     def find_attempt(self, record: RolloutRecord, attempt_id: str) -> Attempt:
         if not record.attempts:
-            raise NotFoundError(f"No attempts found for rollout {record.rollout_id}", rollout_id=record.rollout_id)
+            raise NotFoundError(
+                f"No attempts found for rollout {record.rollout_id}", rollout_id=record.rollout_id
+            )
         attempt = record.latest() if attempt_id == "latest" else record.find(attempt_id)
         if attempt is None:
             raise AttemptNotFoundError(record.rollout_id, attempt_id)

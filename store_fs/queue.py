@@ -122,6 +122,12 @@ class Queue:
         except FileNotFoundError:
             return False
 
+    def pending_age(self, token: PendingToken) -> float | None:
+        try:
+            return self._ctx.clock.time() - os.stat(self.pending_path(token)).st_ctime
+        except FileNotFoundError:
+            return None
+
     def claim(self, token: PendingToken, attempt_id: str) -> ClaimToken | None:
         """Move a pending token into ``claimed/``; None if another process took it first."""
         claim = ClaimToken(token.rollout_id, token.sequence_id, attempt_id)

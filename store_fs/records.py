@@ -151,7 +151,9 @@ class RecordStore:
         if not fsio.list_names(seq_dir):
             # The span sequence counter: one empty file whose name is the last issued number.
             fsio.create_exclusive(seq_dir / "0", b"", durable=self._ctx.durable)
-        if not fsio.create_exclusive(hist / _rev_name(1), codec.dumps_record(record), durable=self._ctx.durable):
+        if not fsio.create_exclusive(
+            hist / _rev_name(1), codec.dumps_record(record), durable=self._ctx.durable
+        ):
             return False
         self._cache().heads[rid] = (1, record)
         self._publish_mirror(rid, 1, record)

@@ -204,7 +204,9 @@ class SpanLog:
             chunks: list[bytes] = []
             for span in spans:
                 if span.span_id in known:
-                    log.error("Duplicated span added: %s/%s/%s", span.rollout_id, span.attempt_id, span.span_id)
+                    log.error(
+                        "Duplicated span added: %s/%s/%s", span.rollout_id, span.attempt_id, span.span_id
+                    )
                     continue
                 known.add(span.span_id)
                 fresh.append(span)
@@ -246,10 +248,14 @@ class SpanLog:
 
     # -- reading -------------------------------------------------------------------
     def _span_files(self, attempt_dir: Path) -> list[Path]:
-        names = sorted(n for n in fsio.list_names(attempt_dir) if n.startswith("spans.") and n.endswith(".jsonl"))
+        names = sorted(
+            n for n in fsio.list_names(attempt_dir) if n.startswith("spans.") and n.endswith(".jsonl")
+        )
         return [attempt_dir / n for n in names]
 
-    def _iter_attempt_lines(self, attempt_dir: Path, bad: list[BadLine] | None = None) -> Iterator[dict[str, object]]:
+    def _iter_attempt_lines(
+        self, attempt_dir: Path, bad: list[BadLine] | None = None
+    ) -> Iterator[dict[str, object]]:
         for path in self._span_files(attempt_dir):
             yield from read_span_file(path, bad)
 

@@ -63,7 +63,13 @@ from .queue import ClaimToken, Queue
 from .records import RecordStore, RolloutRecord
 from .resources_store import ResourceStore
 from .span_log import SpanLog
-from .transitions import FINAL_ATTEMPT_STATUSES, LIVE_ATTEMPT_STATUSES, mark_running, set_attempt_status, touch_attempt
+from .transitions import (
+    FINAL_ATTEMPT_STATUSES,
+    LIVE_ATTEMPT_STATUSES,
+    mark_running,
+    set_attempt_status,
+    touch_attempt,
+)
 from .watch import ChangeFeed, WatchMode, resolve_mode
 from .watchdog import Reaper
 from .workers import WorkerStore
@@ -83,7 +89,9 @@ def init_store(root: str | Path) -> Path:
         directory.mkdir(parents=True, exist_ok=True)
     from . import __version__
 
-    body = codec.dumps_record({"format": "agl-store", "version": FORMAT_VERSION, "created_by": f"agl {__version__}"})
+    body = codec.dumps_record(
+        {"format": "agl-store", "version": FORMAT_VERSION, "created_by": f"agl {__version__}"}
+    )
     fsio.create_exclusive(layout.format_file, body)
     gitignore = layout.root / ".gitignore"
     if not gitignore.exists():
@@ -152,7 +160,9 @@ class FileStore:
         self._resources = ResourceStore(self._ctx)
         self._workers = WorkerStore(self._ctx)
         self._engine = Engine(self._ctx, self._records, self._queue, self._spans, self._workers)
-        self._reaper = Reaper(self._ctx, self._engine, debounce=scan_debounce_seconds, grace=claim_grace_seconds)
+        self._reaper = Reaper(
+            self._ctx, self._engine, debounce=scan_debounce_seconds, grace=claim_grace_seconds
+        )
         self._watch_mode = watch_mode
         self._started = self._clock.monotonic()
 
@@ -191,7 +201,9 @@ class FileStore:
             return attempt
         beats = self._spans.heartbeats(self._engine.attempt_dir(attempt))
         latest = max((b.time for b in beats if b.counter > 1), default=None)
-        if latest is not None and (attempt.last_heartbeat_time is None or latest > attempt.last_heartbeat_time):
+        if latest is not None and (
+            attempt.last_heartbeat_time is None or latest > attempt.last_heartbeat_time
+        ):
             return attempt.model_copy(update={"last_heartbeat_time": latest})
         return attempt
 
@@ -317,7 +329,7 @@ class FileStore:
         self._healthcheck()
         if idempotency_keys is not None and len(idempotency_keys) != len(rollouts):
             raise ValueError("idempotency_keys must have one key per rollout")
-        latest: str | None | Unset = UNSET
+        latest: str | Unset | None = UNSET
         out: list[Rollout] = []
         for i, raw in enumerate(rollouts):
             request = EnqueueRolloutRequest.model_validate(raw)
@@ -326,7 +338,9 @@ class FileStore:
                 if isinstance(latest, Unset):
                     latest = self._resources.latest_id()
                 resources_id = latest
-            out.append(self._enqueue(request, resources_id, idempotency_keys[i] if idempotency_keys else None))
+            out.append(
+                self._enqueue(request, resources_id, idempotency_keys[i] if idempotency_keys else None)
+            )
         return out
 
     async def dequeue_rollout(self, worker_id: str | None = None) -> AttemptedRollout | None:
@@ -383,7 +397,9 @@ class FileStore:
             warnings.warn("'status' is deprecated; use 'status_in'", DeprecationWarning, stacklevel=2)
             status_in = status if status_in is None else status_in
         if rollout_ids is not None:
-            warnings.warn("'rollout_ids' is deprecated; use 'rollout_id_in'", DeprecationWarning, stacklevel=2)
+            warnings.warn(
+                "'rollout_ids' is deprecated; use 'rollout_id_in'", DeprecationWarning, stacklevel=2
+            )
             rollout_id_in = rollout_ids if rollout_id_in is None else rollout_id_in
         check_page_args(limit, offset)
         filters = build_filter(
@@ -418,11 +434,11 @@ class FileStore:
         self,
         rollout_id: str,
         input: TaskInput | Unset = UNSET,
-        mode: RolloutMode | None | Unset = UNSET,
-        resources_id: str | None | Unset = UNSET,
+        mode: RolloutMode | Unset | None = UNSET,
+        resources_id: str | Unset | None = UNSET,
         status: RolloutStatus | Unset = UNSET,
         config: RolloutConfig | Unset = UNSET,
-        metadata: dict[str, Any] | None | Unset = UNSET,
+        metadata: dict[str, Any] | Unset | None = UNSET,
     ) -> Rollout:
         """Overwrite the given fields. A terminal status stamps ``end_time``; ``queuing`` or
         ``requeuing`` puts the rollout back in the queue; ``cancelled`` also takes the live
@@ -441,7 +457,9 @@ class FileStore:
             }.items()
             if not isinstance(v, Unset)
         }
-        validated = Rollout.model_validate({"rollout_id": rollout_id, "input": None, "start_time": 0.0, **fields})
+        validated = Rollout.model_validate(
+            {"rollout_id": rollout_id, "input": None, "start_time": 0.0, **fields}
+        )
         now = self._clock.time()
 
         def apply(record: RolloutRecord) -> RolloutRecord | None:
@@ -479,7 +497,9 @@ class FileStore:
         record = self._records.get(rollout_id) if self._known_rollout(rollout_id) else None
         attempts = [self._with_heartbeat(a) for a in record.attempts] if record else []
         ordered = sort_items(attempts, sort_by, sort_order, Attempt)
-        return PaginatedResult(items=paginate(ordered, limit, offset), limit=limit, offset=offset, total=len(ordered))
+        return PaginatedResult(
+            items=paginate(ordered, limit, offset), limit=limit, offset=offset, total=len(ordered)
+        )
 
     async def get_latest_attempt(self, rollout_id: str) -> Attempt | None:
         self._healthcheck()
@@ -494,7 +514,7 @@ class FileStore:
         status: AttemptStatus | Unset = UNSET,
         worker_id: str | Unset = UNSET,
         last_heartbeat_time: float | Unset = UNSET,
-        metadata: dict[str, Any] | None | Unset = UNSET,
+        metadata: dict[str, Any] | Unset | None = UNSET,
     ) -> Attempt:
         """Overwrite the given fields of an attempt (``attempt_id`` may be ``"latest"``).
 
@@ -543,7 +563,9 @@ class FileStore:
             if not self._queue.is_claimed(token):
                 self._queue.create_claimed(token)  # live again: the reaper must watch it
         self._engine.finish(journal, record, bool(requeued and requeued[0]))
-        if (not isinstance(worker_id, Unset) and worker_id) or (not isinstance(status, Unset) and updated.worker_id):
+        if (not isinstance(worker_id, Unset) and worker_id) or (
+            not isinstance(status, Unset) and updated.worker_id
+        ):
             self._workers.sync(updated)
         return self._with_heartbeat(updated)
 
@@ -585,11 +607,15 @@ class FileStore:
         filters = build_filter(
             "and",
             resources_id=("exact", resources_id) if resources_id is not None else None,
-            resources_id__c=("contains", resources_id_contains) if resources_id_contains is not None else None,
+            resources_id__c=("contains", resources_id_contains)
+            if resources_id_contains is not None
+            else None,
         )
         selected = [r for r in self._resources.all() if matches(r, filters)]
         ordered = sort_items(selected, sort_by, sort_order, ResourcesUpdate)
-        return PaginatedResult(items=paginate(ordered, limit, offset), limit=limit, offset=offset, total=len(ordered))
+        return PaginatedResult(
+            items=paginate(ordered, limit, offset), limit=limit, offset=offset, total=len(ordered)
+        )
 
     # -- spans ---------------------------------------------------------------------
     async def get_next_span_sequence_id(self, rollout_id: str, attempt_id: str) -> int:
@@ -598,7 +624,9 @@ class FileStore:
             raise RolloutNotFoundError(rollout_id)
         return self._spans.allocate(rollout_id)
 
-    async def get_many_span_sequence_ids(self, rollout_attempt_ids: Sequence[tuple[str, str]]) -> Sequence[int]:
+    async def get_many_span_sequence_ids(
+        self, rollout_attempt_ids: Sequence[tuple[str, str]]
+    ) -> Sequence[int]:
         counts: dict[str, int] = {}
         for rollout_id, _ in rollout_attempt_ids:
             counts[rollout_id] = counts.get(rollout_id, 0) + 1
@@ -613,7 +641,9 @@ class FileStore:
             firsts[rollout_id] += 1
         return out
 
-    def _store_group(self, rollout_id: str, attempt_id: str, spans: Sequence[Span]) -> tuple[list[Span], Path | None]:
+    def _store_group(
+        self, rollout_id: str, attempt_id: str, spans: Sequence[Span]
+    ) -> tuple[list[Span], Path | None]:
         if not self._known_rollout(rollout_id):
             raise RolloutNotFoundError(rollout_id)
         record = self._records.require(rollout_id)
@@ -721,10 +751,14 @@ class FileStore:
         spans = self._spans.read(self._engine.attempt_dir(a) for a in attempts)
         selected = [s for s in spans if matches(s, filters)]
         ordered = sort_items(selected, sort_by, sort_order, Span)
-        return PaginatedResult(items=paginate(ordered, limit, offset), limit=limit, offset=offset, total=len(ordered))
+        return PaginatedResult(
+            items=paginate(ordered, limit, offset), limit=limit, offset=offset, total=len(ordered)
+        )
 
     # -- waiting -------------------------------------------------------------------
-    async def wait_for_rollouts(self, *, rollout_ids: list[str], timeout: float | None = None) -> list[Rollout]:
+    async def wait_for_rollouts(
+        self, *, rollout_ids: list[str], timeout: float | None = None
+    ) -> list[Rollout]:
         """Rollouts among ``rollout_ids`` that are finished (succeeded, failed, cancelled)
         within ``timeout`` seconds (None: wait as long as it takes). Unknown ids are left
         out; the order of the result follows ``rollout_ids``."""
@@ -774,7 +808,9 @@ class FileStore:
         )
         selected = [w for w in self._workers.all() if matches(w, filters)]
         ordered = sort_items(selected, sort_by, sort_order, Worker)
-        return PaginatedResult(items=paginate(ordered, limit, offset), limit=limit, offset=offset, total=len(ordered))
+        return PaginatedResult(
+            items=paginate(ordered, limit, offset), limit=limit, offset=offset, total=len(ordered)
+        )
 
     async def get_worker_by_id(self, worker_id: str) -> Worker | None:
         return self._workers.get(worker_id)
@@ -785,4 +821,3 @@ class FileStore:
             raise TypeError("heartbeat_stats must be a dict when given, not None")
         stats = None if isinstance(heartbeat_stats, Unset) else dict(heartbeat_stats)
         return self._workers.heartbeat(worker_id, stats)
-

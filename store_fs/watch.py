@@ -41,9 +41,9 @@ def _mount_fstype(path: Path) -> str | None:
         if len(fields) < 3:
             continue
         mount_point = fields[1].replace("\\040", " ")
-        if target == mount_point or target.startswith(mount_point.rstrip("/") + "/"):
-            if best is None or len(mount_point) > best[0]:
-                best = (len(mount_point), fields[2])
+        inside = target == mount_point or target.startswith(mount_point.rstrip("/") + "/")
+        if inside and (best is None or len(mount_point) > best[0]):
+            best = (len(mount_point), fields[2])
     return best[1] if best else None
 
 
@@ -100,7 +100,8 @@ class ChangeFeed:
 
     async def next(self) -> bool:
         """Wait one tick or until a change; True if something changed."""
-        assert self._gen is not None and self._task is not None
+        assert self._gen is not None
+        assert self._task is not None
         try:
             changes = await asyncio.shield(self._task)
         except StopAsyncIteration:

@@ -48,6 +48,8 @@ class _Tracker:
         self.seen: dict[object, _Seen] = {}
         self.lock = threading.Lock()
         self.last_scan: float | None = None
+        self.last_sweep: float | None = None
+        self.touched: set[object] = set()
         self.scanning = False
 
 
@@ -65,6 +67,7 @@ class Reaper:
     def _observe(self, key: object, signature: object) -> _Seen:
         now = self._ctx.clock.monotonic()
         tracker = self._tracker()
+        tracker.touched.add(key)
         seen = tracker.seen.get(key)
         if seen is None:
             seen = tracker.seen[key] = _Seen(signature, now, now)
@@ -96,11 +99,33 @@ class Reaper:
     def scan(self) -> int:
         """One pass; returns the number of attempts expired. Errors on one token never stop the pass."""
         expired = 0
+        tracker = self._tracker()
+        tracker.touched = set()
         for entry in self._engine.queue.list_journal():
             self._guard(self._revisit, entry)
         for token in self._engine.queue.list_claimed():
             expired += bool(self._guard(self._check_claim, token))
+        swept = self._sweep_pending()
+        # Forget what is gone, so a long-running process does not accumulate observations.
+        keep = tracker.touched if swept else tracker.touched | {k for k in tracker.seen if k[0] == "pending"}  # type: ignore[index]
+        tracker.seen = {k: v for k, v in tracker.seen.items() if k in keep}
         return expired
+
+    def _sweep_pending(self) -> bool:
+        """Remove pending tokens whose rollout never came to be (the enqueuer died)."""
+        tracker = self._tracker()
+        now = self._ctx.clock.monotonic()
+        if tracker.last_sweep is not None and now - tracker.last_sweep < self.grace:
+            return False  # listing a big queue is not free: once per grace period is plenty
+        tracker.last_sweep = now
+        queue = self._engine.queue
+        for token in queue.list_pending():
+            if self._engine.records.exists(token.rollout_id):
+                continue
+            if self._age(("pending", token.name), queue.pending_age(token)) >= self.grace:
+                log.info("removing orphan pending token %s", token.name)
+                queue.discard_pending(token)
+        return True
 
     def _guard(self, fn: object, arg: object) -> object:
         try:
@@ -158,10 +183,15 @@ class Reaper:
         mono = clock.monotonic()
         skew = self._ctx.clock_skew_seconds
         wall_age = clock.time() - attempt.start_time - skew
-        if config.timeout_seconds is not None and max(wall_age, mono - seen.first_seen) > config.timeout_seconds:
+        if (
+            config.timeout_seconds is not None
+            and max(wall_age, mono - seen.first_seen) > config.timeout_seconds
+        ):
             return "timeout"
         if config.unresponsive_seconds is not None:
-            last_sign = max([attempt.start_time, attempt.last_heartbeat_time or 0.0] + [b.time for b in beats])
+            last_sign = max(
+                [attempt.start_time, attempt.last_heartbeat_time or 0.0] + [b.time for b in beats]
+            )
             silence = max(clock.time() - last_sign - skew, mono - seen.changed_at)
             if silence > config.unresponsive_seconds:
                 return "unresponsive"

@@ -30,8 +30,8 @@ from .query import (
 )
 from .resources import LLM, NamedResources, PromptTemplate, ProxyLLM, Resource, ResourcesUpdate, ResourceUnion
 from .spans import (
-    AttributeValue,
     Attributes,
+    AttributeValue,
     Event,
     Link,
     OtelResource,

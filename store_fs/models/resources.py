@@ -8,7 +8,15 @@ from pydantic import BaseModel, Field
 
 from .core import AttemptedRollout
 
-__all__ = ["LLM", "NamedResources", "PromptTemplate", "ProxyLLM", "Resource", "ResourceUnion", "ResourcesUpdate"]
+__all__ = [
+    "LLM",
+    "NamedResources",
+    "PromptTemplate",
+    "ProxyLLM",
+    "Resource",
+    "ResourceUnion",
+    "ResourcesUpdate",
+]
 
 
 class Resource(BaseModel):
@@ -33,7 +41,7 @@ class ProxyLLM(LLM):
 
     resource_type: Literal["proxy_llm"] = "proxy_llm"  # type: ignore[assignment]
 
-    def get_base_url(self, rollout_id: str | None = None, attempt_id: str | None = None) -> str:  # type: ignore[override]
+    def get_base_url(self, rollout_id: str | None = None, attempt_id: str | None = None) -> str:
         """``endpoint`` with ``/rollout/<rid>/attempt/<aid>`` inserted before a trailing ``/v1``."""
         if rollout_id is None and attempt_id is None:
             return self.endpoint
