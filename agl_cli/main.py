@@ -11,6 +11,11 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def _root() -> None:
+    """agl: an Agent-lightning store that is a directory."""
+
+
 @app.command()
 def init(path: str = typer.Argument("runs/default", help="Directory of the new store.")) -> None:
     """Create a store (idempotent): `agl init runs/exp1`."""

@@ -91,11 +91,15 @@ class RecordStore:
         revs = [n for n in fsio.list_names(self._layout.history_dir(rollout_id)) if n.endswith(".json")]
         return max((int(n[:-5]) for n in revs if n[:-5].isdigit()), default=0)
 
-    def head(self, rollout_id: str) -> tuple[int, RolloutRecord] | None:
-        """The newest revision number and record, or None if the rollout does not exist."""
+    def head(self, rollout_id: str, *, cached_ok: bool = True) -> tuple[int, RolloutRecord] | None:
+        """The newest revision number and record, or None if the rollout does not exist.
+
+        Revisions are immutable, so a cached one stays right until a newer revision
+        appears; one ``stat`` tells. ``cached_ok=False`` re-reads the file (``check``).
+        """
         cache = self._cache()
         hist = self._layout.history_dir(rollout_id)
-        cached = cache.heads.get(rollout_id)
+        cached = cache.heads.get(rollout_id) if cached_ok else None
         if cached is not None and not os.path.exists(hist / _rev_name(cached[0] + 1)):
             return cached
         while True:
@@ -110,8 +114,8 @@ class RecordStore:
             cache.heads[rollout_id] = (rev, record)
             return rev, record
 
-    def get(self, rollout_id: str) -> RolloutRecord | None:
-        found = self.head(rollout_id)
+    def get(self, rollout_id: str, *, cached_ok: bool = True) -> RolloutRecord | None:
+        found = self.head(rollout_id, cached_ok=cached_ok)
         return None if found is None else found[1].model_copy(deep=True)
 
     def require(self, rollout_id: str) -> RolloutRecord:

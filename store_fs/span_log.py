@@ -122,7 +122,8 @@ class _GroupSync:
 class _WriterState:
     def __init__(self) -> None:
         self.fds: OrderedDict[Path, int] = OrderedDict()
-        self.known_ids: dict[Path, set[str]] = {}
+        self.known_ids: OrderedDict[Path, set[str]] = OrderedDict()
+        self.counters: dict[str, int] = {}
         self.heartbeats: dict[Path, tuple[int, float]] = {}
         self.lock = threading.Lock()
         self.group = _GroupSync()
@@ -155,14 +156,25 @@ class SpanLog:
         while True:
             directory, last = self._counter(rollout_id)
             if fsio.move(directory / str(last), directory / str(last + count)):
+                self._remember(rollout_id, last + count)
                 return last + 1
 
     def bump(self, rollout_id: str, at_least: int) -> None:
         """Make sure the counter is at least ``at_least`` (explicit numbers push it up, never down)."""
+        # The counter only grows, so a value this process saw is a lower bound of the truth.
+        if self._state().counters.get(rollout_id, -1) >= at_least:
+            return
         while True:
             directory, last = self._counter(rollout_id)
             if last >= at_least or fsio.move(directory / str(last), directory / str(at_least)):
+                self._remember(rollout_id, max(last, at_least))
                 return
+
+    def _remember(self, rollout_id: str, value: int) -> None:
+        counters = self._state().counters
+        if len(counters) > 4096:
+            counters.clear()
+        counters[rollout_id] = max(counters.get(rollout_id, 0), value)
 
     def last_issued(self, rollout_id: str) -> int:
         return self._counter(rollout_id)[1]
@@ -186,6 +198,10 @@ class SpanLog:
         if known is None:
             known = {str(obj.get("span_id")) for obj in self._iter_attempt_lines(attempt_dir)}
             state.known_ids[attempt_dir] = known
+            while len(state.known_ids) > _MAX_OPEN_FILES:
+                state.known_ids.popitem(last=False)
+        else:
+            state.known_ids.move_to_end(attempt_dir)
         return known
 
     def append(self, attempt_dir: Path, spans: Sequence[Span]) -> tuple[list[Span], Path | None]:

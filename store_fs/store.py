@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from . import codec, fsio
+from .check import Problem, check_store
 from .clock import Clock, SystemClock
 from .context import Context, Durability
 from .engine import Engine
@@ -181,6 +182,14 @@ class FileStore:
     # -- helpers -------------------------------------------------------------------
     def _healthcheck(self) -> None:
         self._reaper.maybe_scan()
+
+    def check(self, *, fix: bool = False) -> list[Problem]:
+        """Look for damage and half-finished work; with ``fix``, repair what is safe to repair.
+
+        Orphan-pending tokens are only safe to remove when no enqueue is in flight: run
+        ``check(fix=True)`` on a quiet store.
+        """
+        return check_store(self._engine, fix=fix)
 
     def reap(self) -> int:
         """Run one reaper scan now; returns how many attempts were expired."""

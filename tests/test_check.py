@@ -1,0 +1,72 @@
+"""FileStore.check: finds half-finished work and damage; fix repairs only what is safe."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from store_fs import FileStore, Span
+from store_fs.queue import ClaimToken
+
+
+def _span(rid: str, aid: str, seq: int) -> Span:
+    return Span.from_attributes(attributes={"k": seq}, rollout_id=rid, attempt_id=aid, sequence_id=seq)
+
+
+async def test_clean_store_has_no_problems(store: FileStore) -> None:
+    r = await store.enqueue_rollout(input=1)
+    a = await store.dequeue_rollout()
+    assert a is not None
+    await store.add_span(_span(r.rollout_id, a.attempt.attempt_id, 1))
+    await store.update_attempt(r.rollout_id, a.attempt.attempt_id, status="succeeded")
+    assert store.check() == []
+
+
+async def test_finds_and_fixes_half_finished_work(store: FileStore) -> None:
+    done = await store.enqueue_rollout(input="done")
+    queued = await store.enqueue_rollout(input="queued")
+    a = await store.dequeue_rollout()
+    assert a is not None and a.rollout_id == done.rollout_id
+    aid = a.attempt.attempt_id
+    await store.add_span(_span(done.rollout_id, aid, 1))
+    # A committer that renamed its token to done/ and died before updating the record.
+    entry = store._queue.settle(ClaimToken(done.rollout_id, 1, aid), "done", "succeeded")
+    assert entry is not None
+    # A torn span line, a stale mirror, a lost pending token, an old temp file, an orphan token.
+    span_file = next(store._engine.attempt_dir(a.attempt).glob("spans.*.jsonl"))
+    with open(span_file, "ab") as f:
+        f.write(b'{"half": ')
+    mirror = store.layout.mirror_file(queued.rollout_id)
+    mirror.write_text("{}\n")
+    for token in store._queue.list_pending():
+        store._queue.discard_pending(token)
+    tmp = store.layout.rollouts / ".leftover.json.x.tmp"
+    tmp.write_text("x")
+    old = time.time() - 7200
+    os.utime(tmp, (old, old))
+    store._queue.publish_pending("ro-000000000000", 1)
+
+    kinds = sorted(p.kind for p in store.check())
+    assert kinds == ["not-queued", "orphan-pending", "stale-mirror", "temp-file", "unapplied-decision"]
+
+    fixed = store.check(fix=True)
+    assert all(p.fixed for p in fixed)
+    # The torn tail shows once the attempt is no longer live, i.e. after its decision is applied.
+    assert "torn-tail" in {p.kind for p in fixed}
+    assert store.check() == []
+    rollout = await store.get_rollout_by_id(done.rollout_id)
+    assert rollout is not None and rollout.status == "succeeded"
+    again = await store.dequeue_rollout()
+    assert again is not None and again.rollout_id == queued.rollout_id
+    assert mirror.read_text() != "{}\n"
+    assert len(await store.query_spans(done.rollout_id)) == 1
+
+
+async def test_corrupt_record_is_reported_not_touched(store: FileStore) -> None:
+    r = await store.enqueue_rollout(input=1)
+    head = store.layout.history_dir(r.rollout_id) / "00000001.json"
+    head.write_bytes(b'{"rollout_id": ')
+    problems = store.check(fix=True)
+    assert [p.kind for p in problems] == ["corrupt-record"]
+    assert not problems[0].fixed
+    assert head.read_bytes() == b'{"rollout_id": '
