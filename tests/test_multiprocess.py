@@ -23,9 +23,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import mp_workers
 import pytest
 
-import mp_workers
 from store_fs import EnqueueRolloutRequest, FileStore, RolloutConfig
 
 SPAWN = multiprocessing.get_context("spawn")
@@ -129,7 +129,7 @@ def _drain(tmp_path: Path, n_rollouts: int, n_procs: int, timeout: float) -> Non
         async def attempts_of_all() -> list[Any]:
             return [await fresh.query_attempts(rid) for rid in enqueued]
 
-        for rid, attempts in zip(enqueued, run(attempts_of_all())):
+        for rid, attempts in zip(enqueued, run(attempts_of_all()), strict=True):
             assert [(a.attempt_id, a.status) for a in attempts] == [(claimed_attempt[rid], "succeeded")]
         assert queue_names(fresh) == {"pending": [], "claimed": [], "done": [], "expired": []}
         fresh.close()
@@ -171,7 +171,7 @@ def _killed_and_retried(tmp_path: Path, n_doomed: int, per_child: int, n_reapers
             lines: list[list[dict[str, Any]]] = [[] for _ in doomed]
             while not all(any(x.get("ready") for x in got) for got in lines):
                 assert time.monotonic() < deadline, "doomed children never got ready"
-                for i, (proc, path) in enumerate(zip(doomed, claim_files)):
+                for i, (proc, path) in enumerate(zip(doomed, claim_files, strict=True)):
                     error = Path(str(path) + ".error")
                     assert not error.exists(), json.loads(error.read_text())["error"]
                     assert proc.is_alive(), f"doomed child {i} exited with {proc.exitcode}"
@@ -188,7 +188,8 @@ def _killed_and_retried(tmp_path: Path, n_doomed: int, per_child: int, n_reapers
 
         # Their attempts are still live: nobody has judged them yet.
         before = queue_names(store)
-        assert len(before["claimed"]) == n_rollouts and not before["pending"]
+        assert len(before["claimed"]) == n_rollouts
+        assert not before["pending"]
 
         go = SPAWN.Event()
         reaper_outs = [tmp_path / f"reaper-{i}.json" for i in range(n_reapers)]
@@ -278,7 +279,8 @@ def _no_partial_reads(tmp_path: Path, seconds: float) -> None:
         written, read = read_result(writer_out), read_result(reader_out)
         print(f"\nwriter: {written}; reader: {read['counts']}")
         assert read["errors"] == [], "\n".join(read["errors"][:3])
-        assert written["updates"] > 10 and written["spans"] > 30
+        assert written["updates"] > 10
+        assert written["spans"] > 30
         assert min(read["counts"].values()) > 5, read["counts"]
 
         fresh = FileStore(root, create=False)
@@ -313,7 +315,7 @@ def _sequence_ids(tmp_path: Path, per_proc: int, batches: list[int]) -> None:
         go = SPAWN.Event()
         outs = [tmp_path / f"seq-{i}.json" for i in range(len(batches))]
         with children() as kids:
-            for out, batch in zip(outs, batches):
+            for out, batch in zip(outs, batches, strict=True):
                 kids.start(
                     mp_workers.allocate_sequence_ids, str(root), rid, aid, str(out), per_proc, batch, go
                 )
@@ -323,7 +325,8 @@ def _sequence_ids(tmp_path: Path, per_proc: int, batches: list[int]) -> None:
             assert [p.exitcode for p in kids.procs] == [0] * len(batches)
         got = [read_result(out)["ids"] for out in outs]
         for ids in got:
-            assert ids == sorted(ids) and len(ids) == per_proc  # each process sees its own increase
+            assert len(ids) == per_proc
+            assert ids == sorted(ids)  # each process sees its own numbers increase
         everything = sorted(i for ids in got for i in ids)
         total = per_proc * len(batches)
         dupes = [i for i, n in Counter(everything).items() if n > 1]

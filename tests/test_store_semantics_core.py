@@ -54,7 +54,9 @@ async def test_b02_enqueue_without_metadata_stores_empty_dict(store: FileStore) 
     assert rollout.metadata == {}
     assert rollout.input is None
     fetched = await store.get_rollout_by_id(rollout.rollout_id)
-    assert fetched is not None and fetched.metadata == {} and fetched.input is None
+    assert fetched is not None
+    assert fetched.metadata == {}
+    assert fetched.input is None
 
 
 async def test_b03_start_rollout_creates_first_attempt(store: FileStore) -> None:
@@ -70,7 +72,8 @@ async def test_b03_start_rollout_creates_first_attempt(store: FileStore) -> None
     attempts = await store.query_attempts(started.rollout_id)
     assert [a.attempt_id for a in attempts] == [started.attempt.attempt_id]
     latest = await store.get_latest_attempt(started.rollout_id)
-    assert latest is not None and latest.attempt_id == started.attempt.attempt_id
+    assert latest is not None
+    assert latest.attempt_id == started.attempt.attempt_id
     # start_rollout does not queue the rollout
     assert await store.dequeue_rollout() is None
 
@@ -93,7 +96,8 @@ async def test_b04_config_is_copied(store: FileStore) -> None:
     rollout = await store.enqueue_rollout(input=1, config=cfg)
     cfg.retry_condition.append("timeout")
     fetched = await store.get_rollout_by_id(rollout.rollout_id)
-    assert fetched is not None and fetched.config.retry_condition == ["failed"]
+    assert fetched is not None
+    assert fetched.config.retry_condition == ["failed"]
 
 
 async def test_b05_fifo_dequeue(store: FileStore) -> None:
@@ -117,12 +121,15 @@ async def test_b06_dequeue_skips_finished(store: FileStore) -> None:
     await store.update_rollout(a.rollout_id, status="succeeded")
     await store.update_rollout(b.rollout_id, status="failed")
     got = await store.dequeue_rollout()
-    assert got is not None and got.rollout_id == c.rollout_id
+    assert got is not None
+    assert got.rollout_id == c.rollout_id
     assert await store.dequeue_rollout() is None
     ra = await store.get_rollout_by_id(a.rollout_id)
     rb = await store.get_rollout_by_id(b.rollout_id)
-    assert ra is not None and ra.status == "succeeded"
-    assert rb is not None and rb.status == "failed"
+    assert ra is not None
+    assert ra.status == "succeeded"
+    assert rb is not None
+    assert rb.status == "failed"
     assert await store.get_latest_attempt(a.rollout_id) is None
 
 
@@ -139,7 +146,8 @@ async def test_b07_requeue_via_update_rollout(store: FileStore) -> None:
     assert len(attempts) == 2
     latest = await store.get_latest_attempt(r.rollout_id)
     assert latest is not None
-    assert latest.sequence_id == 2 and latest.status == "preparing"
+    assert latest.sequence_id == 2
+    assert latest.status == "preparing"
     assert latest.attempt_id != first.attempt.attempt_id
     assert await store.dequeue_rollout() is None
 
@@ -211,10 +219,11 @@ async def test_b10_query_rollouts_status_filter(store: FileStore) -> None:
     only_q = await store.query_rollouts(status_in=["queuing"])
     assert [r.rollout_id for r in only_q] == [queued.rollout_id]
     assert len(await store.query_rollouts(status_in=[])) == 0
-    with pytest.warns(DeprecationWarning):
+    with pytest.warns(DeprecationWarning, match="'status' is deprecated"):
         legacy = await store.query_rollouts(status=[])
-    assert len(legacy) == 0 and legacy.total == 0
-    with pytest.warns(DeprecationWarning):
+    assert len(legacy) == 0
+    assert legacy.total == 0
+    with pytest.warns(DeprecationWarning, match="'status' is deprecated"):
         legacy_q = await store.query_rollouts(status=["queuing"])
     assert [r.rollout_id for r in legacy_q] == [queued.rollout_id]
 
@@ -229,13 +238,11 @@ async def test_b10_default_order_is_insertion(store: FileStore, clock: FakeClock
 
 async def test_b11_new_params_win_over_legacy(store: FileStore) -> None:
     queued, running, failed = await _three_mixed(store)
-    with pytest.warns(DeprecationWarning):
+    with pytest.warns(DeprecationWarning, match="'status' is deprecated"):
         res = await store.query_rollouts(status_in=["failed"], status=["queuing"])
     assert [r.rollout_id for r in res] == [failed.rollout_id]
-    with pytest.warns(DeprecationWarning):
-        res = await store.query_rollouts(
-            rollout_id_in=[running.rollout_id], rollout_ids=[queued.rollout_id]
-        )
+    with pytest.warns(DeprecationWarning, match="'rollout_ids' is deprecated"):
+        res = await store.query_rollouts(rollout_id_in=[running.rollout_id], rollout_ids=[queued.rollout_id])
     assert [r.rollout_id for r in res] == [running.rollout_id]
     res = await store.query_rollouts(rollout_id_in=[queued.rollout_id, UNKNOWN_RID, "bogus"])
     assert [r.rollout_id for r in res] == [queued.rollout_id]
@@ -244,11 +251,11 @@ async def test_b11_new_params_win_over_legacy(store: FileStore) -> None:
 async def test_b12_filter_logic_and_or(store: FileStore) -> None:
     queued, running, failed = await _three_mixed(store)
     needle = queued.rollout_id[3:]
-    assert needle not in failed.rollout_id and needle not in running.rollout_id
-    res_and = await store.query_rollouts(
-        status_in=["failed"], rollout_id_contains=needle, filter_logic="and"
-    )
-    assert len(res_and) == 0 and res_and.total == 0
+    assert needle not in failed.rollout_id
+    assert needle not in running.rollout_id
+    res_and = await store.query_rollouts(status_in=["failed"], rollout_id_contains=needle, filter_logic="and")
+    assert len(res_and) == 0
+    assert res_and.total == 0
     res_or = await store.query_rollouts(status_in=["failed"], rollout_id_contains=needle, filter_logic="or")
     assert {r.rollout_id for r in res_or} == {failed.rollout_id, queued.rollout_id}
     # rollout_id_in and rollout_id_contains are separate pool entries
@@ -267,13 +274,19 @@ async def test_b13_pagination(store: FileStore, clock: FakeClock) -> None:
         clock.advance(1)
     page = await store.query_rollouts(limit=1, offset=1)
     assert isinstance(page, PaginatedResult)
-    assert page.limit == 1 and page.offset == 1 and page.total == 3
-    assert len(page) == 1 and page[0].rollout_id == ids[1]
+    assert page.limit == 1
+    assert page.offset == 1
+    assert page.total == 3
+    assert len(page) == 1
+    assert page[0].rollout_id == ids[1]
     assert [r.rollout_id for r in page.items] == [ids[1]]
     empty = await store.query_rollouts(offset=10)
-    assert len(empty) == 0 and empty.total == 3
+    assert len(empty) == 0
+    assert empty.total == 3
     zero = await store.query_rollouts(limit=0)
-    assert len(zero) == 0 and zero.total == 3 and zero.limit == 0
+    assert len(zero) == 0
+    assert zero.total == 3
+    assert zero.limit == 0
 
 
 async def test_query_rollouts_sorting(store: FileStore, clock: FakeClock) -> None:
@@ -288,9 +301,9 @@ async def test_query_rollouts_sorting(store: FileStore, clock: FakeClock) -> Non
     assert [r.rollout_id for r in desc] == [a.rollout_id, c.rollout_id, b.rollout_id]
     by_time = await store.query_rollouts(sort_by="start_time", sort_order="desc")
     assert [r.rollout_id for r in by_time] == [c.rollout_id, b.rollout_id, a.rollout_id]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="sort_by"):
         await store.query_rollouts(sort_by="no_such_field")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"[Ll]imit"):
         await store.query_rollouts(limit=-2)
 
 
@@ -310,7 +323,8 @@ async def test_b14_attempted_vs_plain_rollouts(store: FileStore) -> None:
     by_id = {r.rollout_id: r for r in await store.query_rollouts()}
     assert not isinstance(by_id[plain.rollout_id], AttemptedRollout)
     listed = by_id[started.rollout_id]
-    assert isinstance(listed, AttemptedRollout) and listed.attempt.sequence_id == 3
+    assert isinstance(listed, AttemptedRollout)
+    assert listed.attempt.sequence_id == 3
 
 
 async def test_b15_get_rollout_by_unknown_id(store: FileStore) -> None:
@@ -327,10 +341,12 @@ async def test_b16_query_attempts_sort_and_page(store: FileStore) -> None:
     desc = await store.query_attempts(r.rollout_id, sort_order="desc")
     assert [a.sequence_id for a in desc] == [3, 2, 1]
     page = await store.query_attempts(r.rollout_id, limit=1, offset=1)
-    assert [a.sequence_id for a in page] == [2] and page.total == 3
+    assert [a.sequence_id for a in page] == [2]
+    assert page.total == 3
     assert len(await store.query_attempts(r.rollout_id, offset=10)) == 0
     zero = await store.query_attempts(r.rollout_id, limit=0)
-    assert len(zero) == 0 and zero.total == 3
+    assert len(zero) == 0
+    assert zero.total == 3
 
 
 async def test_query_attempts_unknown_rollout_is_empty(store: FileStore) -> None:
@@ -373,8 +389,10 @@ async def test_update_rollout_explicit_none_and_noop(store: FileStore) -> None:
     assert cleared.mode is None
     assert cleared.metadata == {"a": 1}  # untouched
     same = await store.update_rollout(r.rollout_id)
-    assert same.rollout_id == r.rollout_id and same.input == "x" and same.status == "queuing"
-    with pytest.raises(ValueError):
+    assert same.rollout_id == r.rollout_id
+    assert same.input == "x"
+    assert same.status == "queuing"
+    with pytest.raises(ValueError, match="status"):
         await store.update_rollout(r.rollout_id, status="bogus")  # type: ignore[arg-type]
 
 
@@ -394,7 +412,8 @@ async def test_b19_terminal_status_sets_end_time(store: FileStore, clock: FakeCl
     assert done.end_time > done.start_time
     assert done.end_time == clock.time()
     fetched = await store.get_rollout_by_id(r.rollout_id)
-    assert fetched is not None and fetched.end_time == done.end_time
+    assert fetched is not None
+    assert fetched.end_time == done.end_time
 
 
 async def test_update_rollout_requeue_from_terminal(store: FileStore) -> None:
@@ -403,7 +422,8 @@ async def test_update_rollout_requeue_from_terminal(store: FileStore) -> None:
     assert await store.dequeue_rollout() is None
     await store.update_rollout(r.rollout_id, status="queuing")
     got = await store.dequeue_rollout()
-    assert got is not None and got.rollout_id == r.rollout_id
+    assert got is not None
+    assert got.rollout_id == r.rollout_id
     assert got.end_time is not None  # never cleared
 
 
@@ -418,12 +438,14 @@ async def test_b20_update_worker(store: FileStore, clock: FakeClock) -> None:
     clock.advance(1)
     w2 = await store.update_worker("worker-1")
     assert w2.heartbeat_stats == {"cpu": 0.5}
-    assert w2.last_heartbeat_time is not None and w2.last_heartbeat_time >= first
+    assert w2.last_heartbeat_time is not None
+    assert w2.last_heartbeat_time >= first
     assert w2.last_heartbeat_time == clock.time()
     with pytest.raises(TypeError):
         await store.update_worker("worker-1", heartbeat_stats=None)  # type: ignore[arg-type]
     got = await store.get_worker_by_id("worker-1")
-    assert got is not None and got.heartbeat_stats == {"cpu": 0.5}
+    assert got is not None
+    assert got.heartbeat_stats == {"cpu": 0.5}
     assert await store.get_worker_by_id("nobody") is None
 
 
@@ -436,12 +458,15 @@ async def _assert_busy(store: FileStore, worker_id: str, rollout_id: str, attemp
     assert w.last_busy_time is not None
 
 
-async def _assert_idle_after_success(store: FileStore, worker_id: str, rollout_id: str, attempt_id: str) -> None:
+async def _assert_idle_after_success(
+    store: FileStore, worker_id: str, rollout_id: str, attempt_id: str
+) -> None:
     await store.update_attempt(rollout_id, attempt_id, status="succeeded")
     w = await store.get_worker_by_id(worker_id)
     assert w is not None
     assert w.status == "idle"
-    assert w.current_rollout_id is None and w.current_attempt_id is None
+    assert w.current_rollout_id is None
+    assert w.current_attempt_id is None
     assert w.last_idle_time is not None
 
 
@@ -455,17 +480,20 @@ async def test_b21_worker_sync_start_rollout(store: FileStore) -> None:
 async def test_b21_worker_sync_dequeue(store: FileStore, clock: FakeClock) -> None:
     await store.enqueue_rollout(input="x")
     r = await store.dequeue_rollout(worker_id="w-deq")
-    assert r is not None and r.attempt.worker_id == "w-deq"
+    assert r is not None
+    assert r.attempt.worker_id == "w-deq"
     await _assert_busy(store, "w-deq", r.rollout_id, r.attempt.attempt_id)
     w = await store.get_worker_by_id("w-deq")
-    assert w is not None and w.last_dequeue_time == clock.time()
+    assert w is not None
+    assert w.last_dequeue_time == clock.time()
     await _assert_idle_after_success(store, "w-deq", r.rollout_id, r.attempt.attempt_id)
 
 
 async def test_b21_worker_sync_start_attempt(store: FileStore) -> None:
     q = await store.enqueue_rollout(input="x")
     r = await store.start_attempt(q.rollout_id, worker_id="w-att")
-    assert r.attempt.sequence_id == 1 and r.attempt.worker_id == "w-att"
+    assert r.attempt.sequence_id == 1
+    assert r.attempt.worker_id == "w-att"
     await _assert_busy(store, "w-att", r.rollout_id, r.attempt.attempt_id)
     await _assert_idle_after_success(store, "w-att", r.rollout_id, r.attempt.attempt_id)
     # the queue entry of the started rollout became stale
@@ -476,7 +504,9 @@ async def test_worker_failed_attempt_makes_idle(store: FileStore) -> None:
     r = await store.start_rollout(input="x", worker_id="w-f")
     await store.update_attempt(r.rollout_id, "latest", status="failed")
     w = await store.get_worker_by_id("w-f")
-    assert w is not None and w.status == "idle" and w.current_rollout_id is None
+    assert w is not None
+    assert w.status == "idle"
+    assert w.current_rollout_id is None
 
 
 async def test_empty_dequeue_marks_worker_idle(store: FileStore, clock: FakeClock) -> None:
@@ -489,7 +519,8 @@ async def test_empty_dequeue_marks_worker_idle(store: FileStore, clock: FakeCloc
     clock.advance(3)
     assert await store.dequeue_many_rollouts(limit=2, worker_id="lonely") == []
     w = await store.get_worker_by_id("lonely")
-    assert w is not None and w.last_dequeue_time == clock.time()
+    assert w is not None
+    assert w.last_dequeue_time == clock.time()
     assert w.last_idle_time == clock.time() - 3  # already idle: not re-stamped
 
 
@@ -538,5 +569,7 @@ async def test_b23_query_workers(store: FileStore) -> None:
     assert [w.worker_id for w in desc] == ["idle-2", "gpu-busy", "cpu-1"]
     page = await store.query_workers(sort_by="worker_id", limit=1, offset=1)
     assert [w.worker_id for w in page] == ["gpu-busy"]
-    assert page.total == 3 and page.limit == 1 and page.offset == 1
+    assert page.total == 3
+    assert page.limit == 1
+    assert page.offset == 1
     assert len(await store.query_workers(offset=5)) == 0

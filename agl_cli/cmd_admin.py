@@ -1,0 +1,84 @@
+"""agl init / workers / stats / check / export."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from . import output
+from .errors import EXIT_CORRUPT
+from .state import open_store, run, store_path
+
+workers_app = typer.Typer(help="Inspect workers.", no_args_is_help=True)
+
+
+def init(
+    path: Annotated[
+        str | None, typer.Argument(help="Directory of the store (default: --store or runs/default).")
+    ] = None,
+) -> None:
+    """Create a store (safe to run again on an existing one).
+
+    \b
+    agl init runs/exp1 && export AGL_STORE=runs/exp1
+    """
+    from store_fs import init_store
+
+    root = init_store(path or store_path())
+    output.info(f"store ready at {root}")
+
+
+@workers_app.command("list")
+def list_workers() -> None:
+    """Workers with their status and current rollout."""
+    store = open_store()
+    output.emit_records(
+        list(run(store.query_workers(sort_by="worker_id"))),
+        [("worker_id", 20), ("status", 8), ("current_rollout_id", 15), ("last_heartbeat_time", 18)],
+    )
+
+
+def stats() -> None:
+    """Counts of rollouts, attempts, spans, resources and workers."""
+    store = open_store()
+    output.emit_json(run(store.statistics()))
+
+
+def check(fix: Annotated[bool, typer.Option(help="Repair what is safe to repair.")] = False) -> None:
+    """Look for torn span lines, orphan tokens, temp files, stale copies and corrupt records.
+
+    Exits 7 if problems remain (after --fix: those it could not repair). Run --fix on a quiet store.
+    """
+    store = open_store()
+    problems = store.check(fix=fix)
+    for problem in problems:
+        if output.machine_output():
+            output.emit_line(
+                {"kind": problem.kind, "path": problem.path, "detail": problem.detail, "fixed": problem.fixed}
+            )
+        else:
+            output.info(str(problem))
+    left = [p for p in problems if not p.fixed]
+    output.info(f"{len(problems)} problem(s), {len(problems) - len(left)} fixed")
+    if left:
+        raise typer.Exit(EXIT_CORRUPT)
+
+
+def export(rollout_id: Annotated[str, typer.Argument(help="Rollout id.")]) -> None:
+    """A rollout with its attempts and spans as one JSON document.
+
+    \b
+    agl export "$RID" > "$RID.json"
+    """
+    store = open_store()
+    rollout = run(store.get_rollout_by_id(rollout_id))
+    if rollout is None:
+        from store_fs import RolloutNotFoundError
+
+        raise RolloutNotFoundError(rollout_id)
+    data = rollout.model_dump(mode="json")
+    data.pop("attempt", None)
+    data["attempts"] = [a.model_dump(mode="json") for a in run(store.query_attempts(rollout_id))]
+    data["spans"] = [s.model_dump(mode="json") for s in run(store.query_spans(rollout_id))]
+    output.emit_json(data)

@@ -1,0 +1,193 @@
+"""agl enqueue / dequeue / wait: the algorithm's and the runner's side of the queue."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import time
+from typing import Annotated, Any
+
+import orjson
+import typer
+
+from . import output
+from .errors import EXIT_EMPTY, EXIT_NOT_ALL_SUCCEEDED, EXIT_NOT_FOUND, EXIT_TIMEOUT, CliError
+from .inputs import read_lines, read_object, read_value
+from .state import open_store, run
+
+ROLLOUT_COLUMNS = [("rollout_id", 15), ("status", 10), ("mode", 5), ("resources_id", 15), ("input", 50)]
+
+
+def _config(
+    max_attempts: int | None, timeout: float | None, unresponsive: float | None, retry_on: list[str]
+) -> Any:
+    from store_fs import RolloutConfig
+
+    if max_attempts is None and timeout is None and unresponsive is None and not retry_on:
+        return None
+    return RolloutConfig.model_validate(
+        {
+            "max_attempts": max_attempts or 1,
+            "timeout_seconds": timeout,
+            "unresponsive_seconds": unresponsive,
+            "retry_condition": retry_on,
+        }
+    )
+
+
+def _derived_key(value: Any, mode: str | None, resources_id: str | None) -> str:
+    body = orjson.dumps(
+        {"input": value, "mode": mode, "resources_id": resources_id}, option=orjson.OPT_SORT_KEYS
+    )
+    return "input-sha256:" + hashlib.sha256(body).hexdigest()
+
+
+def enqueue(
+    input: Annotated[
+        str | None,
+        typer.Argument(
+            help="Task input as JSON, or @FILE. Omit (or '-') to read one input per line of stdin."
+        ),
+    ] = None,
+    mode: Annotated[str | None, typer.Option(help="train, val or test.")] = None,
+    resources_id: Annotated[
+        str | None, typer.Option("--resources-id", help="Resources snapshot (default: the latest).")
+    ] = None,
+    max_attempts: Annotated[
+        int | None, typer.Option("--max-attempts", help="Attempts allowed in all.")
+    ] = None,
+    timeout: Annotated[
+        float | None, typer.Option(help="Seconds an attempt may run before it times out.")
+    ] = None,
+    unresponsive: Annotated[
+        float | None, typer.Option(help="Seconds without a heartbeat before an attempt is unresponsive.")
+    ] = None,
+    retry_on: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--retry-on", help="Attempt outcome that allows a retry: failed, timeout, unresponsive."
+        ),
+    ] = None,
+    metadata: Annotated[str | None, typer.Option(help="Metadata as a JSON object, or @FILE.")] = None,
+    key: Annotated[
+        str | None,
+        typer.Option(help="Idempotency key: enqueueing the same key again returns the same rollout."),
+    ] = None,
+    idempotent: Annotated[
+        bool, typer.Option(help="Derive each rollout's key from its input, mode and resources id.")
+    ] = False,
+) -> None:
+    """Queue rollouts for runners to pick up.
+
+    \b
+    agl enqueue '{"question": "What is 2+2?"}' --mode train
+    agl enqueue @task.json --max-attempts 3 --retry-on failed --retry-on timeout
+    jq -c '.[]' tasks.json | agl enqueue --idempotent      # one rollout per line
+    """
+    from store_fs import EnqueueRolloutRequest
+
+    store = open_store()
+    config = _config(max_attempts, timeout, unresponsive, retry_on or [])
+    meta = read_object(metadata, "--metadata")
+    if input is None or input == "-":
+        if sys.stdin.isatty():
+            raise CliError("no input: pass a JSON argument, @FILE, or JSON lines on stdin")
+        values = [value for _, value in read_lines("-")]  # parse everything before changing anything
+        if key is not None and len(values) != 1:
+            raise CliError("--key names one rollout; use --idempotent for many")
+    else:
+        values = [read_value(input, "input")]
+    requests = [
+        EnqueueRolloutRequest(input=v, mode=mode, resources_id=resources_id, config=config, metadata=meta)  # type: ignore[arg-type]
+        for v in values
+    ]
+    keys = None
+    if key is not None:
+        keys = [key]
+    elif idempotent:
+        keys = [_derived_key(v, mode, resources_id) for v in values]
+    rollouts = run(store.enqueue_many_rollouts(requests, idempotency_keys=keys))
+    if len(rollouts) == 1 and output.machine_output():
+        output.emit_json(rollouts[0])
+    else:
+        output.emit_records(rollouts, ROLLOUT_COLUMNS)
+    output.info(f"queued {len(rollouts)} rollout(s)")
+
+
+def dequeue(
+    worker_id: Annotated[str | None, typer.Option("--worker-id", help="Worker claiming the rollout.")] = None,
+    wait: Annotated[float, typer.Option(help="Seconds to wait for work when the queue is empty.")] = 0.0,
+) -> None:
+    """Claim the oldest queued rollout and start an attempt on it.
+
+    Prints the rollout with its new attempt (`.attempt.attempt_id`). Exits 10 when the queue
+    stays empty.
+
+    \b
+    R=$(agl dequeue --worker-id w1 --wait 30) || exit 0
+    RID=$(jq -r .rollout_id <<<"$R"); AID=$(jq -r .attempt.attempt_id <<<"$R")
+    """
+    store = open_store()
+    deadline = time.monotonic() + max(wait, 0.0)
+    while True:
+        attempted = run(store.dequeue_rollout(worker_id=worker_id))
+        if attempted is not None:
+            output.emit_json(attempted)
+            return
+        if time.monotonic() >= deadline:
+            output.info("queue is empty")
+            raise typer.Exit(EXIT_EMPTY)
+        time.sleep(min(0.05, max(deadline - time.monotonic(), 0)))
+
+
+def wait(
+    rollout_ids: Annotated[
+        list[str], typer.Argument(help="Rollouts to wait for ('-': read ids from stdin).")
+    ],
+    timeout: Annotated[
+        float | None, typer.Option(help="Give up after this many seconds (default: never).")
+    ] = None,
+) -> None:
+    """Wait until rollouts finish; print them; exit 0 only if all succeeded.
+
+    Exits 11 if the timeout passed first, 12 if all finished but some failed or were cancelled.
+
+    \b
+    agl wait ro-0123456789ab ro-ba9876543210 --timeout 600
+    agl rollouts list --status queuing | jq -r .rollout_id | agl wait -
+    """
+    ids = list(rollout_ids)
+    if ids == ["-"]:
+        ids = [line.strip() for line in sys.stdin if line.strip()]
+    store = open_store()
+    for rid in dict.fromkeys(ids):
+        if run(store.get_rollout_by_id(rid)) is None:
+            raise CliError(f"unknown rollout {rid}", EXIT_NOT_FOUND)
+    finished = run(_wait_with_progress(store, ids, timeout))
+    output.emit_records(finished, ROLLOUT_COLUMNS)
+    unique = set(ids)
+    if len({r.rollout_id for r in finished}) < len(unique):
+        output.info(f"{len(unique) - len({r.rollout_id for r in finished})} rollout(s) not finished")
+        raise typer.Exit(EXIT_TIMEOUT)
+    if any(r.status != "succeeded" for r in finished):
+        raise typer.Exit(EXIT_NOT_ALL_SUCCEEDED)
+
+
+async def _wait_with_progress(store: Any, ids: list[str], timeout: float | None) -> list[Any]:
+    """Wait in short slices so a terminal can show progress."""
+    if not sys.stderr.isatty():
+        result: list[Any] = await store.wait_for_rollouts(rollout_ids=ids, timeout=timeout)
+        return result
+    start = time.monotonic()
+    total = len(set(ids))
+    while True:
+        remaining = None if timeout is None else timeout - (time.monotonic() - start)
+        step = 1.0 if remaining is None else max(min(1.0, remaining), 0.0)
+        done = await store.wait_for_rollouts(rollout_ids=ids, timeout=step)
+        count = len({r.rollout_id for r in done})
+        bar = "#" * (30 * count // max(total, 1))
+        sys.stderr.write(f"\r[{bar:<30}] {count}/{total} finished")
+        sys.stderr.flush()
+        if count == total or (remaining is not None and remaining <= 0):
+            sys.stderr.write("\n")
+            return list(done)

@@ -1,0 +1,121 @@
+"""agl resources add / update / list / show."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from . import output
+from .errors import CliError
+from .inputs import read_object
+from .state import open_store, run
+
+resources_app = typer.Typer(help="Publish and inspect versioned resources.", no_args_is_help=True)
+
+RESOURCE_COLUMNS = [("resources_id", 20), ("version", 7), ("update_time", 18), ("resources", 60)]
+
+
+def _named_resources(
+    body: str | None,
+    name: str,
+    template: str | None,
+    template_file: Path | None,
+    engine: str,
+    llm_endpoint: str | None,
+    model: str | None,
+) -> dict[str, Any]:
+    if body is not None:
+        data = read_object(body, "--body")
+        assert data is not None
+        return data
+    if template_file is not None:
+        try:
+            template = template_file.read_text()
+        except OSError as err:
+            raise CliError(f"cannot read {template_file}: {err.strerror}") from None
+    if template is not None:
+        return {name: {"resource_type": "prompt_template", "template": template, "engine": engine}}
+    if llm_endpoint is not None or model is not None:
+        if not (llm_endpoint and model):
+            raise CliError("an LLM resource needs both --llm-endpoint and --model")
+        return {name: {"resource_type": "llm", "endpoint": llm_endpoint, "model": model}}
+    raise CliError("nothing to publish: give --template, --template-file, --llm-endpoint/--model or --body")
+
+
+Body = Annotated[str | None, typer.Option("--body", help="NamedResources as a JSON object, or @FILE.")]
+Name = Annotated[str, typer.Option("--name", help="Resource name for --template/--llm-endpoint.")]
+Template = Annotated[str | None, typer.Option("--template", help="Prompt template text.")]
+TemplateFile = Annotated[
+    Path | None, typer.Option("--template-file", help="Read the prompt template from a file.")
+]
+Engine = Annotated[str, typer.Option("--engine", help="Template engine: f-string, jinja or poml.")]
+Endpoint = Annotated[str | None, typer.Option("--llm-endpoint", help="OpenAI-compatible base URL.")]
+Model = Annotated[str | None, typer.Option("--model", help="Model name for --llm-endpoint.")]
+
+
+@resources_app.command("add")
+def add(
+    body: Body = None,
+    name: Name = "main_prompt",
+    template: Template = None,
+    template_file: TemplateFile = None,
+    engine: Engine = "f-string",
+    llm_endpoint: Endpoint = None,
+    model: Model = None,
+) -> None:
+    """Publish a new snapshot (it becomes the latest; new rollouts use it).
+
+    \b
+    agl resources add --template "Answer briefly: {any_question}"
+    agl resources add --body '{"llm": {"resource_type": "llm", "endpoint": "http://127.0.0.1:8000/v1", "model": "m"}}'
+    """
+    store = open_store()
+    resources = _named_resources(body, name, template, template_file, engine, llm_endpoint, model)
+    update = run(store.add_resources(resources))
+    output.emit_json(update)
+    output.info(f"published {update.resources_id}")
+
+
+@resources_app.command("update")
+def update(
+    resources_id: Annotated[str, typer.Argument(help="Snapshot id to update (created if new).")],
+    body: Body = None,
+    name: Name = "main_prompt",
+    template: Template = None,
+    template_file: TemplateFile = None,
+    engine: Engine = "f-string",
+    llm_endpoint: Endpoint = None,
+    model: Model = None,
+) -> None:
+    """Replace a snapshot's resources (its version goes up by one; it becomes the latest)."""
+    store = open_store()
+    resources = _named_resources(body, name, template, template_file, engine, llm_endpoint, model)
+    result = run(store.update_resources(resources_id, resources))
+    output.emit_json(result)
+    output.info(f"{result.resources_id} is now version {result.version}")
+
+
+@resources_app.command("list")
+def list_resources() -> None:
+    """Every snapshot at its newest version, oldest first."""
+    store = open_store()
+    output.emit_records(list(run(store.query_resources())), RESOURCE_COLUMNS)
+
+
+@resources_app.command("show")
+def show(resources_id: Annotated[str, typer.Argument(help="Snapshot id, or 'latest'.")] = "latest") -> None:
+    """One snapshot (the latest by default)."""
+    store = open_store()
+    if resources_id == "latest":
+        result = run(store.get_latest_resources())
+        if result is None:
+            raise CliError("no resources published yet", 3)
+    else:
+        result = run(store.get_resources_by_id(resources_id))
+        if result is None:
+            from store_fs import ResourcesNotFoundError
+
+            raise ResourcesNotFoundError(resources_id)
+    output.emit_json(result)

@@ -1,0 +1,180 @@
+"""agl spans add / list / tail, and agl reward."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Annotated, Any
+
+import typer
+
+from . import output
+from .errors import EXIT_INTERRUPTED, CliError
+from .inputs import read_lines
+from .state import open_store, run
+
+spans_app = typer.Typer(help="Add, list and follow spans.", no_args_is_help=True)
+
+SPAN_COLUMNS = [("sequence_id", 6), ("attempt_id", 11), ("name", 40), ("span_id", 16), ("start_time", 18)]
+_SPAN_KEYS = {"rollout_id", "attempt_id", "sequence_id", "trace_id", "span_id", "parent_id", "name"}
+_PARTIAL_KEYS = _SPAN_KEYS | {"attributes", "start_time", "end_time", "status"}
+
+
+def _build_span(store: Any, obj: Any, where: str, rollout_id: str | None, attempt_id: str | None) -> Any:
+    from store_fs import Span, TraceStatus
+
+    if not isinstance(obj, dict):
+        raise CliError(f"{where}: a span must be a JSON object")
+    obj = dict(obj)
+    if rollout_id:
+        obj.setdefault("rollout_id", rollout_id)
+    if attempt_id:
+        obj.setdefault("attempt_id", attempt_id)
+    if not obj.get("rollout_id") or not obj.get("attempt_id"):
+        raise CliError(f"{where}: rollout_id and attempt_id are needed (in the line or as arguments)")
+    if obj["attempt_id"] == "latest":
+        latest = run(store.get_latest_attempt(obj["rollout_id"]))
+        if latest is None:
+            raise CliError(f"{where}: rollout {obj['rollout_id']} has no attempt", 3)
+        obj["attempt_id"] = latest.attempt_id
+    if "resource" in obj and "context" in obj:
+        return Span.model_validate(obj)  # a complete span, as upstream writes it
+    unknown = set(obj) - _PARTIAL_KEYS
+    if unknown:
+        raise CliError(f"{where}: unknown span keys {sorted(unknown)} (give a full span or a partial one)")
+    status = obj.pop("status", None)
+    return Span.from_attributes(
+        **{k: v for k, v in obj.items() if k != "attributes"},
+        attributes=obj.get("attributes") or {},
+        status=TraceStatus.model_validate(status) if status else None,
+    )
+
+
+@spans_app.command("add")
+def add(
+    rollout_id: Annotated[str | None, typer.Argument(help="Rollout of spans that do not name one.")] = None,
+    attempt_id: Annotated[
+        str | None, typer.Argument(help="Attempt (or 'latest') of spans that do not name one.")
+    ] = None,
+    file: Annotated[str, typer.Option("--file", "-f", help="JSONL file to read ('-': stdin).")] = "-",
+) -> None:
+    """Store spans read as JSON lines: full upstream spans, or partial ones such as
+    {"name": "tool.call", "attributes": {...}}; missing sequence ids are allocated.
+
+    \b
+    echo '{"name": "step", "attributes": {"n": 1}}' | agl spans add "$RID" "$AID"
+    """
+    store = open_store()
+    lines = list(read_lines(file))
+    spans = [_build_span(store, obj, f"line {n}", rollout_id, attempt_id) for n, obj in lines]
+    for pair in dict.fromkeys((s.rollout_id, s.attempt_id) for s in spans):
+        _check_attempt(store, *pair)
+    for span in spans:  # allocate only once every line is known to be valid
+        if not span.sequence_id:
+            span.sequence_id = run(store.get_next_span_sequence_id(span.rollout_id, span.attempt_id))
+    stored = run(store.add_many_spans(spans))
+    for span in stored:
+        if output.machine_output():
+            output.emit_line(span)
+    output.info(
+        f"stored {len(stored)} span(s)"
+        + (f", {len(spans) - len(stored)} duplicate(s)" if len(stored) < len(spans) else "")
+    )
+
+
+@spans_app.command("list")
+def list_spans(
+    rollout_id: Annotated[str, typer.Argument(help="Rollout id.")],
+    attempt: Annotated[str | None, typer.Option(help="Only this attempt ('latest' for the newest).")] = None,
+    name_contains: Annotated[str | None, typer.Option("--name-contains")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many (-1: all).")] = -1,
+) -> None:
+    """Spans of a rollout in sequence order (JSONL when piped).
+
+    \b
+    agl spans list "$RID" | jq -c '{sequence_id, name}'
+    """
+    store = open_store()
+    _require(store, rollout_id)
+    result = run(store.query_spans(rollout_id, attempt, name_contains=name_contains, limit=limit))
+    output.emit_records(list(result), SPAN_COLUMNS)
+
+
+def _check_attempt(store: Any, rollout_id: str, attempt_id: str) -> None:
+    _require(store, rollout_id)
+    if not any(a.attempt_id == attempt_id for a in run(store.query_attempts(rollout_id))):
+        from store_fs import AttemptNotFoundError
+
+        raise AttemptNotFoundError(rollout_id, attempt_id)
+
+
+def _require(store: Any, rollout_id: str) -> Any:
+    rollout = run(store.get_rollout_by_id(rollout_id))
+    if rollout is None:
+        from store_fs import RolloutNotFoundError
+
+        raise RolloutNotFoundError(rollout_id)
+    return rollout
+
+
+@spans_app.command("tail")
+def tail(
+    rollout_id: Annotated[str, typer.Argument(help="Rollout id.")],
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new spans until the rollout ends.")
+    ] = False,
+    interval: Annotated[float, typer.Option(help="Seconds between looks for new spans.")] = 0.2,
+) -> None:
+    """Print a rollout's spans, and with -f new ones as they arrive (JSONL).
+
+    \b
+    agl spans tail -f "$RID" | jq -c '{sequence_id, name}'
+    """
+    store = open_store()
+    _require(store, rollout_id)
+    seen: set[tuple[str, str]] = set()
+    try:
+        while True:
+            finished = _require(store, rollout_id).status in ("succeeded", "failed", "cancelled")
+            for span in run(store.query_spans(rollout_id)):
+                key = (span.attempt_id, span.span_id)
+                if key not in seen:
+                    seen.add(key)
+                    output.emit_line(span)
+            if not follow or finished:
+                return
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        sys.stderr.write("\n")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+def reward(
+    rollout_id: Annotated[str, typer.Argument(help="Rollout id.")],
+    value: Annotated[
+        float, typer.Argument(help="The reward (the rollout's final reward if it is the last).")
+    ],
+    attempt_id: Annotated[str, typer.Option("--attempt", help="Attempt id, or 'latest'.")] = "latest",
+) -> None:
+    """Record a reward as upstream's annotation span, so algorithms read it unchanged.
+
+    \b
+    agl reward "$RID" 0.85 --attempt "$AID"
+    """
+    from store_fs.rewards import reward_span
+
+    store = open_store()
+    if attempt_id == "latest":
+        latest = run(store.get_latest_attempt(rollout_id))
+        if latest is None:
+            _require(store, rollout_id)
+            raise CliError(f"rollout {rollout_id} has no attempt", 3)
+        attempt_id = latest.attempt_id
+    _check_attempt(store, rollout_id, attempt_id)
+    seq = run(store.get_next_span_sequence_id(rollout_id, attempt_id))
+    span = run(
+        store.add_span(reward_span(value, rollout_id=rollout_id, attempt_id=attempt_id, sequence_id=seq))
+    )
+    if span is not None and output.machine_output():
+        output.emit_line(span)
+    output.info(f"reward {value} recorded for {rollout_id}")
