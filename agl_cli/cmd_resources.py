@@ -69,7 +69,7 @@ def add(
 
     \b
     agl resources add --template "Answer briefly: {any_question}"
-    agl resources add --body '{"llm": {"resource_type": "llm", "endpoint": "http://127.0.0.1:8000/v1", "model": "m"}}'
+    agl resources add --body @resources.json
     """
     store = open_store()
     resources = _named_resources(body, name, template, template_file, engine, llm_endpoint, model)

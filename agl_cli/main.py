@@ -87,14 +87,13 @@ def main() -> None:
         sys.exit(EXIT_INTERRUPTED)
     except typer.Exit as done:
         sys.exit(done.exit_code)
-    except Exception as err:  # noqa: BLE001 - the one place errors become exit codes
-        import click
-
-        if isinstance(err, click.exceptions.Abort):
+    except Exception as err:
+        if isinstance(err, typer.Abort):
             sys.exit(EXIT_INTERRUPTED)
-        if isinstance(err, click.ClickException):
-            err.show()
-            sys.exit(err.exit_code)
+        show = getattr(err, "show", None)
+        if callable(show) and isinstance(getattr(err, "exit_code", None), int):  # usage errors
+            show()
+            sys.exit(err.exit_code)  # type: ignore[attr-defined]
         code = exit_code_for(err)
         if code is None:
             raise
