@@ -34,7 +34,9 @@ ANNOTATION_SPAN_NAME = "agentlightning.annotation"
 _PREFIX = "agentlightning.reward."
 
 
-def reward_attributes(reward: float | Mapping[str, float], *, primary_key: str | None = None) -> dict[str, Any]:
+def reward_attributes(
+    reward: float | Mapping[str, float], *, primary_key: str | None = None
+) -> dict[str, Any]:
     """Flattened reward attributes; a mapping needs ``primary_key``, which comes first."""
     if isinstance(reward, Mapping):
         if primary_key is None:
@@ -55,7 +57,9 @@ def reward_attributes(reward: float | Mapping[str, float], *, primary_key: str |
     return attributes
 
 
-def reward_core_fields(reward: float | Mapping[str, float], *, primary_key: str | None = None) -> SpanCoreFields:
+def reward_core_fields(
+    reward: float | Mapping[str, float], *, primary_key: str | None = None
+) -> SpanCoreFields:
     now = time.time()
     return SpanCoreFields(
         name=ANNOTATION_SPAN_NAME,
@@ -121,7 +125,11 @@ def get_reward_value(span: Span) -> float | None:
         if value is not None:
             return value
     legacy = span.attributes.get("reward")
-    if span.name == ANNOTATION_SPAN_NAME and isinstance(legacy, (int, float)) and not isinstance(legacy, bool):
+    if (
+        span.name == ANNOTATION_SPAN_NAME
+        and isinstance(legacy, (int, float))
+        and not isinstance(legacy, bool)
+    ):
         return float(legacy)
     return None
 

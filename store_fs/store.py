@@ -669,18 +669,33 @@ class FileStore:
         return written, path
 
     def _promote(self, record: RolloutRecord, attempt: Attempt) -> None:
-        """The span-as-heartbeat rule, skipped when it would change nothing."""
+        """The span-as-heartbeat rule, skipped when it would change nothing.
+
+        Live attempts report heartbeats from the heartbeat files; a finished attempt's
+        record is stamped instead (rare, and throttled like heartbeats).
+        """
+        now = self._clock.time()
         latest = record.latest()
         is_latest = latest is not None and latest.attempt_id == attempt.attempt_id
-        if attempt.status not in ("preparing", "unresponsive") and not (
+        revive = attempt.status in ("preparing", "unresponsive") or (
             is_latest and record.status in ("preparing", "requeuing")
-        ):
+        )
+        stamp = (
+            attempt.status in FINAL_ATTEMPT_STATUSES and now - (attempt.last_heartbeat_time or 0.0) >= 0.25
+        )
+        if not revive and not stamp:
             return
-        now = self._clock.time()
 
         def promote(rec: RolloutRecord) -> RolloutRecord | None:
             current = rec.find(attempt.attempt_id)
-            return rec if current is not None and mark_running(rec, current, now) else None
+            if current is None:
+                return None
+            if mark_running(rec, current, now):
+                return rec
+            if current.status in FINAL_ATTEMPT_STATUSES:
+                current.last_heartbeat_time = now
+                return rec
+            return None
 
         self._records.update(record.rollout_id, promote)
 
