@@ -69,6 +69,8 @@ def _check_unsafe(kind: str, value: object) -> str:
         raise InvalidIdError(kind, value, "contains a path separator")
     if value.startswith("."):
         raise InvalidIdError(kind, value, "starts with '.'")
+    if ".." in value:
+        raise InvalidIdError(kind, value, "contains '..'")
     if any(ord(c) < 32 or ord(c) == 127 for c in value):
         raise InvalidIdError(kind, value, "contains a control character")
     if len(value) > MAX_NAME_LENGTH:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -656,11 +657,12 @@ class FileStore:
         if not self._known_rollout(rollout_id):
             raise RolloutNotFoundError(rollout_id)
         record = self._records.require(rollout_id)
-        self._spans.bump(rollout_id, max(s.sequence_id for s in spans))
         check_attempt_id(attempt_id)
         attempt = record.find(attempt_id)
         if attempt is None:
             raise AttemptNotFoundError(rollout_id, attempt_id)
+        # Upstream syncs the counter before validating; here a refused span changes nothing.
+        self._spans.bump(rollout_id, max(s.sequence_id for s in spans))
         attempt_dir = self._engine.attempt_dir(attempt)
         written, path = self._spans.append(attempt_dir, spans)
         if written:
@@ -766,6 +768,8 @@ class FileStore:
             name=("exact", name),
             name__c=("contains", name_contains),
         )
+        if attempt_id is not None and attempt_id != "latest":
+            check_attempt_id(attempt_id)
         record = self._records.get(rollout_id) if self._known_rollout(rollout_id) else None
         attempts = record.attempts if record else []
         if attempt_id == "latest":
@@ -789,7 +793,9 @@ class FileStore:
         self._healthcheck()
         finished: dict[str, Rollout] = {}
         waiting = {r for r in rollout_ids if self._known_rollout(r)}
-        deadline = None if timeout is None else self._clock.monotonic() + timeout
+        # Waiting sleeps for real, so its deadline is on the real clock even when an
+        # injected clock drives timestamps and liveness.
+        deadline = None if timeout is None else time.monotonic() + timeout
 
         def check() -> None:
             for rid in list(waiting):
@@ -805,7 +811,7 @@ class FileStore:
             mode = resolve_mode(self._watch_mode, self.root)
             async with ChangeFeed(self.layout.events, mode) as feed:
                 check()  # the feed is live: nothing that happens from here on is missed
-                while waiting and (deadline is None or self._clock.monotonic() < deadline):
+                while waiting and (deadline is None or time.monotonic() < deadline):
                     await feed.next()
                     self._reaper.maybe_scan()
                     check()

@@ -29,9 +29,9 @@ _NETWORK_FUSE = ("fuse.sshfs", "fuse.glusterfs", "fuse.s3fs", "fuse.gcsfuse", "f
 POLL_DELAY_MS = 250
 
 
-def _mount_fstype(path: Path) -> str | None:
+def _mount_fstype(path: Path, mounts: Path) -> str | None:
     try:
-        with open("/proc/mounts") as f:
+        with open(mounts) as f:
             mounts = [line.split() for line in f]
     except OSError:
         return None
@@ -47,12 +47,14 @@ def _mount_fstype(path: Path) -> str | None:
     return best[1] if best else None
 
 
-def is_network_fs(path: Path) -> bool:
-    fstype = _mount_fstype(path) or ""
+def is_network_fs(path: Path, mounts: Path = Path("/proc/mounts")) -> bool:
+    """Whether ``path`` lives on a filesystem where inotify misses other machines' changes."""
+    fstype = _mount_fstype(path, mounts) or ""
     return fstype in _NETWORK_FS or fstype.startswith(_NETWORK_FUSE)
 
 
 def resolve_mode(mode: WatchMode, path: Path) -> Literal["inotify", "poll"]:
+    """``AGL_WATCH`` overrides ``mode``; ``auto`` polls on network filesystems only."""
     chosen = os.environ.get("AGL_WATCH", mode)
     if chosen == "poll":
         return "poll"

@@ -40,7 +40,9 @@ def _json(model: BaseModel) -> dict[str, Any]:
     return model.model_dump(mode="json")
 
 
-def _both_ways(ours: BaseModel, up_cls: type[BaseModel], ours_cls: type[BaseModel] | None = None) -> BaseModel:
+def _both_ways(
+    ours: BaseModel, up_cls: type[BaseModel], ours_cls: type[BaseModel] | None = None
+) -> BaseModel:
     """Our dump validates with upstream's class, upstream's dump validates with ours; values agree."""
     ours_cls = ours_cls or type(ours)
     data = _json(ours)
@@ -100,10 +102,14 @@ def _resources() -> dict[str, Any]:
 def test_rollout_config() -> None:
     _both_ways(_rollout_config(), agl.RolloutConfig)
     _both_ways(store_fs.RolloutConfig(), agl.RolloutConfig)
-    _from_upstream(agl.RolloutConfig(max_attempts=2, retry_condition=["unresponsive"]), store_fs.RolloutConfig)
+    _from_upstream(
+        agl.RolloutConfig(max_attempts=2, retry_condition=["unresponsive"]), store_fs.RolloutConfig
+    )
 
 
-@pytest.mark.parametrize("status", ["queuing", "preparing", "running", "failed", "succeeded", "cancelled", "requeuing"])
+@pytest.mark.parametrize(
+    "status", ["queuing", "preparing", "running", "failed", "succeeded", "cancelled", "requeuing"]
+)
 def test_rollout(status: str) -> None:
     rollout = store_fs.Rollout(
         rollout_id="ro-0123456789ab",
@@ -234,9 +240,9 @@ def test_proxy_llm_get_base_url_half_given_raises_like_upstream() -> None:
     ours = store_fs.ProxyLLM(endpoint="http://h/v1", model="m")
     theirs = agl.ProxyLLM(endpoint="http://h/v1", model="m")
     for args in (("ro-1", None), (None, "at-1")):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="rollout_id and attempt_id must"):
             theirs.get_base_url(*args)
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="rollout_id and attempt_id must"):
             ours.get_base_url(*args)
 
 
@@ -255,7 +261,10 @@ def test_proxy_llm_with_attempted_rollout() -> None:
 
 def _full_span() -> store_fs.Span:
     ctx = store_fs.SpanContext(
-        trace_id="0af7651916cd43dd8448eb211c80319c", span_id="b7ad6b7169203331", is_remote=False, trace_state={}
+        trace_id="0af7651916cd43dd8448eb211c80319c",
+        span_id="b7ad6b7169203331",
+        is_remote=False,
+        trace_state={},
     )
     parent = store_fs.SpanContext(
         trace_id="0af7651916cd43dd8448eb211c80319c",
@@ -282,7 +291,9 @@ def _full_span() -> store_fs.Span:
             "li": [1, 2, 3],
             "lf": [0.25, 1.5],
         },
-        events=[store_fs.Event(name="exception", attributes={"exception.type": "ValueError"}, timestamp=12.5)],
+        events=[
+            store_fs.Event(name="exception", attributes={"exception.type": "ValueError"}, timestamp=12.5)
+        ],
         links=[store_fs.Link(context=parent, attributes={"kind": "follows"}), store_fs.Link(context=ctx)],
         start_time=10.0,
         end_time=11.25,
@@ -299,7 +310,9 @@ def test_span_full() -> None:
 
 
 def test_span_minimal_and_upstream_built() -> None:
-    span = store_fs.Span.from_attributes(attributes={"x": 1}, rollout_id="ro-1", attempt_id="at-1", sequence_id=1)
+    span = store_fs.Span.from_attributes(
+        attributes={"x": 1}, rollout_id="ro-1", attempt_id="at-1", sequence_id=1
+    )
     _both_ways(span, agl.Span)
     up = agl.Span.from_attributes(attributes={"y": "z"}, rollout_id="ro-2", attempt_id="at-2", sequence_id=3)
     _from_upstream(up, store_fs.Span)
@@ -367,7 +380,9 @@ def test_reward_span_from_core_fields() -> None:
 
 def test_paginated_result() -> None:
     rollouts = [
-        store_fs.Rollout(rollout_id=f"ro-00000000000{i}", input=i, start_time=float(i), config=_rollout_config())
+        store_fs.Rollout(
+            rollout_id=f"ro-00000000000{i}", input=i, start_time=float(i), config=_rollout_config()
+        )
         for i in range(3)
     ]
     page = store_fs.PaginatedResult[store_fs.Rollout](items=rollouts, limit=3, offset=2, total=10)
@@ -404,7 +419,8 @@ async def _populate(store: FileStore) -> tuple[str, str]:
         input={"q": "2+2?"}, mode="train", config=_rollout_config(), metadata={"tag": "x"}
     )
     attempted = await store.dequeue_rollout(worker_id="worker-1")
-    assert attempted is not None and attempted.rollout_id == rollout.rollout_id
+    assert attempted is not None
+    assert attempted.rollout_id == rollout.rollout_id
     _both_ways(attempted, agl.AttemptedRollout)
     rid, aid = attempted.rollout_id, attempted.attempt.attempt_id
     for i, src in enumerate(_otel_spans()):
@@ -415,7 +431,8 @@ async def _populate(store: FileStore) -> tuple[str, str]:
     await store.add_span(span)
     await store.update_attempt(rid, aid, status="failed")  # retried: requeuing
     again = await store.dequeue_rollout(worker_id="worker-2")
-    assert again is not None and again.rollout_id == rid
+    assert again is not None
+    assert again.rollout_id == rid
     await store.update_attempt(rid, again.attempt.attempt_id, status="succeeded")
     await store.update_worker("worker-1", heartbeat_stats={"load": 1})
     await store.enqueue_rollout(input={"q": "queued only"}, mode="val")
@@ -475,7 +492,8 @@ async def test_files_on_disk_validate_with_upstream(store: FileStore) -> None:
     for line in lines:
         data = loads(line)
         theirs = agl.Span.model_validate(data)
-        assert theirs.rollout_id == rid and theirs.attempt_id == aid
+        assert theirs.rollout_id == rid
+        assert theirs.attempt_id == aid
         names.append(theirs.name)
         for key in agl.Span.model_fields:
             assert _json(theirs)[key] == data[key], key
@@ -490,19 +508,47 @@ async def test_upstream_reward_helpers_read_stored_spans(store: FileStore) -> No
         assert await store.add_span(span) is not None
 
     seq = await store.get_next_span_sequence_id(rid, aid)
-    await add(store_fs.Span.from_attributes(attributes={"gen_ai.prompt": "hi"}, rollout_id=rid, attempt_id=aid,
-                                            sequence_id=seq, name="llm.call", start_time=1.0))
+    await add(
+        store_fs.Span.from_attributes(
+            attributes={"gen_ai.prompt": "hi"},
+            rollout_id=rid,
+            attempt_id=aid,
+            sequence_id=seq,
+            name="llm.call",
+            start_time=1.0,
+        )
+    )
     early = agl_emitter.emit_reward(0.1, propagate=False)
     seq = await store.get_next_span_sequence_id(rid, aid)
-    await add(store_fs.Span.from_core_fields(store_fs.SpanCoreFields.model_validate(_json(early)),
-                                             rollout_id=rid, attempt_id=aid, sequence_id=seq))
+    await add(
+        store_fs.Span.from_core_fields(
+            store_fs.SpanCoreFields.model_validate(_json(early)),
+            rollout_id=rid,
+            attempt_id=aid,
+            sequence_id=seq,
+        )
+    )
     final = agl_emitter.emit_reward(0.9, propagate=False)
     seq = await store.get_next_span_sequence_id(rid, aid)
-    await add(store_fs.Span.from_core_fields(store_fs.SpanCoreFields.model_validate(_json(final)),
-                                             rollout_id=rid, attempt_id=aid, sequence_id=seq))
+    await add(
+        store_fs.Span.from_core_fields(
+            store_fs.SpanCoreFields.model_validate(_json(final)),
+            rollout_id=rid,
+            attempt_id=aid,
+            sequence_id=seq,
+        )
+    )
     seq = await store.get_next_span_sequence_id(rid, aid)
-    await add(store_fs.Span.from_attributes(attributes={"done": True}, rollout_id=rid, attempt_id=aid,
-                                            sequence_id=seq, name="tail", start_time=2.0))
+    await add(
+        store_fs.Span.from_attributes(
+            attributes={"done": True},
+            rollout_id=rid,
+            attempt_id=aid,
+            sequence_id=seq,
+            name="tail",
+            start_time=2.0,
+        )
+    )
 
     spans = list(await store.query_spans(rid))
     assert len(spans) == 4
@@ -511,8 +557,10 @@ async def test_upstream_reward_helpers_read_stored_spans(store: FileStore) -> No
     assert agl_emitter.find_final_reward(up_spans) == pytest.approx(0.9)
     assert agl_emitter.find_final_reward(spans) == pytest.approx(0.9)
     values = [agl_emitter.get_reward_value(s) for s in up_spans]
-    assert values[0] is None and values[3] is None
-    assert values[1] == pytest.approx(0.1) and values[2] == pytest.approx(0.9)
+    assert values[0] is None
+    assert values[3] is None
+    assert values[1] == pytest.approx(0.1)
+    assert values[2] == pytest.approx(0.9)
     assert [agl_emitter.get_reward_value(s) for s in spans] == values
 
     # A span made by upstream's own converter and stored here reads back the same.
@@ -521,5 +569,7 @@ async def test_upstream_reward_helpers_read_stored_spans(store: FileStore) -> No
     up_span = agl.Span.from_core_fields(core, rollout_id=rid, attempt_id=aid, sequence_id=seq)
     await add(store_fs.Span.model_validate(_json(up_span)))
     stored = list(await store.query_spans(rid, attempt_id=aid))
-    assert agl_emitter.find_final_reward([agl.Span.model_validate(_json(s)) for s in stored]) == pytest.approx(0.75)
+    assert agl_emitter.find_final_reward(
+        [agl.Span.model_validate(_json(s)) for s in stored]
+    ) == pytest.approx(0.75)
     assert _json(stored[-1]) == _json(up_span)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import string
 from collections.abc import Iterator
 from pathlib import Path
@@ -222,14 +223,16 @@ def test_paginate(values: list[int], limit: int, offset: int) -> None:
 @FAST
 @given(st.integers(max_value=-2), st.integers(min_value=0))
 def test_paginate_rejects_bad_limit(limit: int, offset: int) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="Limit"):
         paginate([1, 2], limit, offset)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="Offset"):
         paginate([1, 2], 1, -1 - offset)
 
 
 @FAST
-@given(items_st, st.sampled_from(["score", "name", "tag", "end_time", "idx"]), st.sampled_from(["asc", "desc"]))
+@given(
+    items_st, st.sampled_from(["score", "name", "tag", "end_time", "idx"]), st.sampled_from(["asc", "desc"])
+)
 def test_sort_is_stable_and_ordered(items: list[Item], field: str, order: str) -> None:
     out = sort_items(list(items), field, order)
     assert sorted(i.idx for i in out) == [i.idx for i in items]  # a permutation
@@ -243,7 +246,7 @@ def test_sort_is_stable_and_ordered(items: list[Item], field: str, order: str) -
     keys = [key(i) for i in out]
     assert keys == sorted(keys, reverse=order == "desc")
     # Stable: equal keys keep their input order, in both directions.
-    for a, b in zip(out, out[1:]):
+    for a, b in itertools.pairwise(out):
         if key(a) == key(b):
             assert a.idx < b.idx
 
@@ -380,7 +383,8 @@ def test_query_rollouts_total_and_limit(
     if order == "desc":
         expected.reverse()
     assert result.total == len(expected)
-    assert result.limit == limit and result.offset == offset
+    assert result.limit == limit
+    assert result.offset == offset
     if limit != -1:
         assert len(result.items) <= limit
     want = expected[offset:] if limit == -1 else expected[offset : offset + limit]
@@ -451,7 +455,9 @@ def test_claim_token_parses_back(rollout_id: str, seq: int, attempt_id: str) -> 
     attempt_ids,
     st.sampled_from([*ATTEMPT_STATUSES, "cancelled", "dead"]),
 )
-def test_journal_entry_parses_back(kind: str, rollout_id: str, seq: int, attempt_id: str, outcome: str) -> None:
+def test_journal_entry_parses_back(
+    kind: str, rollout_id: str, seq: int, attempt_id: str, outcome: str
+) -> None:
     token = ClaimToken(rollout_id, seq, attempt_id)
     path = Path("/store/queue") / kind / f"{rollout_id}.{seq}.{attempt_id}.{outcome}.json"
     entry = JournalEntry.parse(kind, path)  # type: ignore[arg-type]
