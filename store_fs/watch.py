@@ -29,9 +29,9 @@ _NETWORK_FUSE = ("fuse.sshfs", "fuse.glusterfs", "fuse.s3fs", "fuse.gcsfuse", "f
 POLL_DELAY_MS = 250
 
 
-def _mount_fstype(path: Path, mounts: Path) -> str | None:
+def _mount_fstype(path: Path, mounts_file: Path) -> str | None:
     try:
-        with open(mounts) as f:
+        with open(mounts_file) as f:
             mounts = [line.split() for line in f]
     except OSError:
         return None
