@@ -15,6 +15,8 @@ Invariants (docs/format.md explains them at length):
 from __future__ import annotations
 
 import logging
+import random
+import threading
 from pathlib import Path
 
 from .context import Context
@@ -30,6 +32,16 @@ from .workers import WorkerStore
 __all__ = ["Engine"]
 
 log = logging.getLogger(__name__)
+
+
+_SPREAD = 8
+
+
+class _PendingCache:
+    def __init__(self) -> None:
+        self.tokens: list[PendingToken] = []
+        self.contended = False
+        self.lock = threading.Lock()
 
 
 class _Stale(Exception):
@@ -90,9 +102,33 @@ class Engine:
         assert isinstance(public, AttemptedRollout)
         return public
 
+    def _next_candidate(self, relisted: list[bool]) -> PendingToken | None:
+        """The next pending token to try, from this process's cached listing.
+
+        The listing is re-read only when the cache runs dry, so a dequeue costs one
+        ``rename`` instead of a directory scan. After losing a race, the next pick is
+        random among the first few, so runners stop colliding on the same head token.
+        """
+        cache: _PendingCache = self.ctx.local("pending-cache", _PendingCache)
+        with cache.lock:
+            if not cache.tokens:
+                if relisted[0]:
+                    return None
+                relisted[0] = True
+                cache.tokens = self.queue.list_pending()
+                cache.tokens.reverse()  # pop() from the end takes the oldest
+                if not cache.tokens:
+                    return None
+            index = -1
+            if cache.contended:
+                index = -1 - random.randrange(min(_SPREAD, len(cache.tokens)))
+            return cache.tokens.pop(index)
+
     def claim_next(self, worker_id: str | None) -> AttemptedRollout | None:
         """Claim the oldest claimable pending token. None when the queue is exhausted."""
-        for token in self.queue.list_pending():
+        relisted = [False]
+        cache: _PendingCache = self.ctx.local("pending-cache", _PendingCache)
+        while (token := self._next_candidate(relisted)) is not None:
             record = self.records.get(token.rollout_id)
             if record is None:
                 continue  # enqueue in flight: the record follows its token
@@ -100,6 +136,7 @@ class Engine:
                 self.queue.discard_pending(token)
                 continue
             claim = self.queue.claim(token, new_attempt_id())
+            cache.contended = claim is None
             if claim is None:
                 continue  # another runner was faster
             result = self.begin(claim, worker_id, from_queue=True)
