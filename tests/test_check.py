@@ -26,7 +26,8 @@ async def test_finds_and_fixes_half_finished_work(store: FileStore) -> None:
     done = await store.enqueue_rollout(input="done")
     queued = await store.enqueue_rollout(input="queued")
     a = await store.dequeue_rollout()
-    assert a is not None and a.rollout_id == done.rollout_id
+    assert a is not None
+    assert a.rollout_id == done.rollout_id
     aid = a.attempt.attempt_id
     await store.add_span(_span(done.rollout_id, aid, 1))
     # A committer that renamed its token to done/ and died before updating the record.
@@ -55,9 +56,11 @@ async def test_finds_and_fixes_half_finished_work(store: FileStore) -> None:
     assert "torn-tail" in {p.kind for p in fixed}
     assert store.check() == []
     rollout = await store.get_rollout_by_id(done.rollout_id)
-    assert rollout is not None and rollout.status == "succeeded"
+    assert rollout is not None
+    assert rollout.status == "succeeded"
     again = await store.dequeue_rollout()
-    assert again is not None and again.rollout_id == queued.rollout_id
+    assert again is not None
+    assert again.rollout_id == queued.rollout_id
     assert mirror.read_text() != "{}\n"
     assert len(await store.query_spans(done.rollout_id)) == 1
 
