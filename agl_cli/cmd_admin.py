@@ -31,7 +31,11 @@ def init(
 
 @workers_app.command("list")
 def list_workers() -> None:
-    """Workers with their status and current rollout."""
+    """Workers with their status and current rollout.
+
+    \b
+    agl workers list | jq -r 'select(.status=="busy") | .worker_id'
+    """
     store = open_store()
     output.emit_records(
         list(run(store.query_workers(sort_by="worker_id"))),
@@ -40,7 +44,11 @@ def list_workers() -> None:
 
 
 def stats() -> None:
-    """Counts of rollouts, attempts, spans, resources and workers."""
+    """Counts of rollouts, attempts, spans, resources and workers.
+
+    \b
+    agl stats | jq .total_rollouts
+    """
     store = open_store()
     output.emit_json(run(store.statistics()))
 
@@ -49,6 +57,9 @@ def check(fix: Annotated[bool, typer.Option(help="Repair what is safe to repair.
     """Look for torn span lines, orphan tokens, temp files, stale copies and corrupt records.
 
     Exits 7 if problems remain (after --fix: those it could not repair). Run --fix on a quiet store.
+
+    \b
+    agl check || agl check --fix
     """
     store = open_store()
     problems = store.check(fix=fix)

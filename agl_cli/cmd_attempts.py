@@ -87,7 +87,11 @@ def update(
 
 @attempts_app.command("list")
 def list_attempts(rollout_id: RolloutArg) -> None:
-    """All attempts of a rollout, oldest first."""
+    """All attempts of a rollout, oldest first.
+
+    \b
+    agl attempts list "$RID" | jq -c '{sequence_id, status}'
+    """
     store = open_store()
     if run(store.get_rollout_by_id(rollout_id)) is None:
         from store_fs import RolloutNotFoundError

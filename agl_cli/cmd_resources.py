@@ -89,7 +89,11 @@ def update(
     llm_endpoint: Endpoint = None,
     model: Model = None,
 ) -> None:
-    """Replace a snapshot's resources (its version goes up by one; it becomes the latest)."""
+    """Replace a snapshot's resources (its version goes up by one; it becomes the latest).
+
+    \b
+    agl resources update prompt-v1 --template-file prompt.txt
+    """
     store = open_store()
     resources = _named_resources(body, name, template, template_file, engine, llm_endpoint, model)
     result = run(store.update_resources(resources_id, resources))
@@ -99,14 +103,22 @@ def update(
 
 @resources_app.command("list")
 def list_resources() -> None:
-    """Every snapshot at its newest version, oldest first."""
+    """Every snapshot at its newest version, oldest first.
+
+    \b
+    agl resources list | jq -c '{resources_id, version}'
+    """
     store = open_store()
     output.emit_records(list(run(store.query_resources())), RESOURCE_COLUMNS)
 
 
 @resources_app.command("show")
 def show(resources_id: Annotated[str, typer.Argument(help="Snapshot id, or 'latest'.")] = "latest") -> None:
-    """One snapshot (the latest by default)."""
+    """One snapshot (the latest by default).
+
+    \b
+    agl resources show latest | jq -r '.resources.main_prompt.template'
+    """
     store = open_store()
     if resources_id == "latest":
         result = run(store.get_latest_resources())

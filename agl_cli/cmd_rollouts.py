@@ -63,7 +63,11 @@ def list_rollouts(
 
 @rollouts_app.command("show")
 def show(rollout_id: Annotated[str, typer.Argument(help="Rollout id.")]) -> None:
-    """One rollout with all its attempts (one JSON document)."""
+    """One rollout with all its attempts (one JSON document).
+
+    \b
+    agl rollouts show "$RID" | jq '.attempts[-1].status'
+    """
     store = open_store()
     rollout = _require(store, rollout_id)
     attempts = run(store.query_attempts(rollout_id))
@@ -75,7 +79,11 @@ def show(rollout_id: Annotated[str, typer.Argument(help="Rollout id.")]) -> None
 
 @rollouts_app.command("cancel")
 def cancel(rollout_ids: Annotated[list[str], typer.Argument(help="Rollouts to cancel.")]) -> None:
-    """Cancel rollouts: queued ones never run; running ones' runners are told at their next heartbeat."""
+    """Cancel rollouts: queued ones never run; running ones' runners are told at their next heartbeat.
+
+    \b
+    agl rollouts list --status queuing | jq -r .rollout_id | xargs agl rollouts cancel
+    """
     store = open_store()
     for rid in rollout_ids:
         _require(store, rid)  # all ids are checked before anything changes
@@ -88,7 +96,11 @@ def cancel(rollout_ids: Annotated[list[str], typer.Argument(help="Rollouts to ca
 
 @rollouts_app.command("retry")
 def retry(rollout_ids: Annotated[list[str], typer.Argument(help="Rollouts to queue again.")]) -> None:
-    """Queue rollouts again (status requeuing), whatever their status, cancelled included."""
+    """Queue rollouts again (status requeuing), whatever their status, cancelled included.
+
+    \b
+    agl rollouts list --status failed | jq -r .rollout_id | xargs agl rollouts retry
+    """
     store = open_store()
     for rid in rollout_ids:
         _require(store, rid)
