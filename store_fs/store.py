@@ -581,7 +581,9 @@ class FileStore:
 
     async def heartbeat(self, rollout_id: str, attempt_id: str) -> bool:
         """Signal that an attempt is alive (no span needed). False if its token was taken
-        (cancelled or expired): the caller should stop working on it."""
+        (cancelled or expired): the caller should stop working on it. Runs the reaper,
+        so a lone runner's own overdue attempt is expired (and the runner told) too."""
+        self._healthcheck()
         record = self._record(rollout_id)
         attempt = self._engine.find_attempt(record, attempt_id)
         self._spans.heartbeat(self._engine.attempt_dir(attempt), force=True)

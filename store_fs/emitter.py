@@ -1,0 +1,65 @@
+"""Emit rewards, messages and annotations from inside an agent, in upstream's span formats.
+
+With ``propagate=True`` (the default) the span goes to the store through the
+tracer whose trace context the caller runs in; outside one that is an error.
+With ``propagate=False`` the span's fields are only returned.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from .models import SpanCoreFields, TraceStatus
+from .rewards import ANNOTATION_SPAN_NAME, reward_attributes
+from .tracing.tracer import active_tracer
+
+__all__ = ["emit_annotation", "emit_message", "emit_reward"]
+
+MESSAGE_SPAN_NAME = "agentlightning.message"
+
+
+def _emit(name: str, attributes: dict[str, Any], propagate: bool) -> SpanCoreFields:
+    if not propagate:
+        now = time.time()
+        return SpanCoreFields(
+            name=name,
+            status=TraceStatus(status_code="OK"),
+            attributes=attributes,
+            start_time=now,
+            end_time=now,
+        )
+    found = active_tracer()
+    if found is None:
+        raise RuntimeError(
+            f"no active tracer to record {name!r}: emit inside a runner's rollout, or propagate=False"
+        )
+    tracer, _ = found
+    return tracer.create_span(name, attributes)
+
+
+def emit_reward(
+    reward: float | Mapping[str, float],
+    *,
+    primary_key: str | None = None,
+    attributes: dict[str, Any] | None = None,
+    propagate: bool = True,
+) -> SpanCoreFields:
+    """Record a reward (a number, or named dimensions with ``primary_key`` first)."""
+    if isinstance(reward, bool):
+        reward = float(reward)
+    attrs = {**reward_attributes(reward, primary_key=primary_key), **(attributes or {})}
+    return _emit(ANNOTATION_SPAN_NAME, attrs, propagate)
+
+
+def emit_annotation(annotation: dict[str, Any], *, propagate: bool = True) -> SpanCoreFields:
+    """Record arbitrary attributes as an annotation span."""
+    return _emit(ANNOTATION_SPAN_NAME, dict(annotation), propagate)
+
+
+def emit_message(
+    text: str, *, attributes: dict[str, Any] | None = None, propagate: bool = True
+) -> SpanCoreFields:
+    """Record a free-text message."""
+    return _emit(MESSAGE_SPAN_NAME, {"agentlightning.message.body": text, **(attributes or {})}, propagate)

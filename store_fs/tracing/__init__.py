@@ -1,0 +1,1 @@
+"""Tracing: OpenTelemetry tracers, span routing to rollouts, and OpenAI instrumentation."""

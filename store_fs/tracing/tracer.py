@@ -1,0 +1,192 @@
+"""Tracers: record what an agent does during a rollout as spans in the store.
+
+:class:`OtelTracer` (the default) owns a private OpenTelemetry ``TracerProvider``
+(it never replaces the global one), records every OpenAI chat completion through
+:mod:`store_fs.tracing.openai_instrument`, and sends spans to the rollout's
+store as they end. It needs no network and no API key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+from opentelemetry import trace as otel_trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import Status, StatusCode
+
+from store_fs.models import Attributes, Span, SpanCoreFields, TraceStatus
+
+from .binding import RolloutBinding, SpanSink, StoreWriter, bind, current_binding, unbind
+from .processor import LightningSpanProcessor
+
+__all__ = ["OtelTracer", "Tracer", "active_tracer"]
+
+log = logging.getLogger(__name__)
+
+
+class Tracer:
+    """What a runner needs from a tracer. Subclasses decide how spans are produced."""
+
+    def __init__(self) -> None:
+        self._writer = StoreWriter()
+        self._store: SpanSink | None = None
+        self._last: list[Span] = []
+
+    # -- lifecycle -----------------------------------------------------------------
+    def init(self) -> None:
+        """Prepare the tracer in the process that will run rollouts."""
+
+    def init_worker(self, worker_id: int, store: SpanSink | None = None) -> None:
+        self._store = store
+
+    def teardown_worker(self, worker_id: int) -> None:
+        self._store = None
+
+    def teardown(self) -> None:
+        self._writer.close()
+
+    @contextlib.contextmanager
+    def lifespan(self, store: SpanSink | None = None) -> Iterator[Tracer]:
+        self.init()
+        self.init_worker(0, store)
+        try:
+            yield self
+        finally:
+            self.teardown_worker(0)
+            self.teardown()
+
+    # -- tracing -------------------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def trace_context(
+        self,
+        name: str | None = None,
+        *,
+        store: SpanSink | None = None,
+        rollout_id: str | None = None,
+        attempt_id: str | None = None,
+    ) -> AsyncIterator[RolloutBinding]:
+        """Everything traced inside belongs to ``rollout_id``/``attempt_id`` (give both or neither).
+
+        On exit, waits until all the context's spans are stored.
+        """
+        if (rollout_id is None) != (attempt_id is None):
+            raise ValueError("rollout_id and attempt_id must be given together")
+        if current_binding() is not None:
+            raise RuntimeError("a trace context is already open in this task")
+        binding = RolloutBinding(rollout_id, attempt_id, store or self._store, self._writer, owner=self)
+        token = bind(binding)
+        try:
+            yield binding
+        finally:
+            unbind(token)
+            self.flush_instrumentation()
+            await binding.drain()
+            self._last = list(binding.spans)
+
+    def flush_instrumentation(self) -> None:
+        """Make sure spans that ended inside the context have reached the processor."""
+
+    def get_last_trace(self) -> list[Span]:
+        """Spans captured in the most recently closed trace context."""
+        return list(self._last)
+
+    def create_span(
+        self,
+        name: str,
+        attributes: Attributes | None = None,
+        timestamp: float | None = None,
+        status: TraceStatus | None = None,
+    ) -> SpanCoreFields:
+        """Record an instant span (rewards, annotations) in the current trace context."""
+        now = time.time() if timestamp is None else timestamp
+        return SpanCoreFields(
+            name=name,
+            status=status or TraceStatus(status_code="OK"),
+            attributes=dict(attributes or {}),
+            start_time=now,
+            end_time=now,
+        )
+
+
+def active_tracer() -> tuple[Tracer, RolloutBinding] | None:
+    """The tracer whose trace context the caller runs in, if any."""
+    binding = current_binding()
+    if binding is None or not isinstance(binding.owner, Tracer):
+        return None
+    return binding.owner, binding
+
+
+class OtelTracer(Tracer):
+    """OpenTelemetry SDK + our OpenAI instrumentation; spans go to the rollout's store.
+
+    Args:
+        instrument_openai: record OpenAI chat completions (sync, async, streaming).
+        instrument: extra ``callable(tracer_provider) -> uninstrument`` hooks, e.g. for
+            other OpenTelemetry instrumentations that accept a ``tracer_provider``.
+    """
+
+    def __init__(
+        self,
+        *,
+        instrument_openai: bool = True,
+        instrument: list[Callable[[TracerProvider], Callable[[], None]]] | None = None,
+    ) -> None:
+        super().__init__()
+        self._instrument_openai = instrument_openai
+        self._extra = list(instrument or [])
+        self._provider: TracerProvider | None = None
+        self._undo: list[Callable[[], None]] = []
+
+    @property
+    def provider(self) -> TracerProvider:
+        if self._provider is None:
+            raise RuntimeError("call init() first")
+        return self._provider
+
+    def init(self) -> None:
+        if self._provider is not None:
+            return
+        self._provider = TracerProvider()
+        self._provider.add_span_processor(LightningSpanProcessor())
+        if self._instrument_openai:
+            from .openai_instrument import instrument_openai
+
+            self._undo.append(instrument_openai(self._provider.get_tracer("agentlightning.openai")))
+        self._undo.extend(hook(self._provider) for hook in self._extra)
+
+    def teardown(self) -> None:
+        for undo in reversed(self._undo):
+            undo()
+        self._undo.clear()
+        if self._provider is not None:
+            self._provider.shutdown()
+            self._provider = None
+        super().teardown()
+
+    def _tracer(self) -> otel_trace.Tracer:
+        return self.provider.get_tracer("agentlightning")
+
+    def create_span(
+        self,
+        name: str,
+        attributes: Attributes | None = None,
+        timestamp: float | None = None,
+        status: TraceStatus | None = None,
+    ) -> SpanCoreFields:
+        core = super().create_span(name, attributes, timestamp, status)
+        start_ns = int((core.start_time or time.time()) * 1e9)
+        span = self._tracer().start_span(name, attributes=dict(core.attributes), start_time=start_ns)
+        code = {"OK": StatusCode.OK, "ERROR": StatusCode.ERROR}.get(core.status.status_code, StatusCode.UNSET)
+        span.set_status(Status(code, core.status.description))
+        span.end(end_time=start_ns)
+        return core
+
+    @contextlib.contextmanager
+    def operation(self, name: str, attributes: dict[str, Any] | None = None) -> Iterator[Any]:
+        """A span around a block of the agent's own code."""
+        with self._tracer().start_as_current_span(name, attributes=attributes) as span:
+            yield span
