@@ -49,7 +49,7 @@ def run(
     reaper, which retries them as their rollout's config allows.
 
     \b
-    agl --store runs/exp1 run examples.apo_custom_algorithm:apo_rollout --workers 4
+    AGL_STORE=runs/exp1 agl run examples.apo_custom_algorithm:apo_rollout --workers 4
     """
     import multiprocessing as mp
     import signal

@@ -202,7 +202,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tracer", choices=["otel", "agentops"], default="otel")
     parser.add_argument("--runners", type=int, default=2, help="runner processes in demo mode")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("store_fs").setLevel(logging.INFO)
     if args.mode == "runner":
         run_runner(args.store, args.tracer)
     elif args.mode == "algo":

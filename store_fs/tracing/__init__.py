@@ -1,1 +1,14 @@
-"""Tracing: OpenTelemetry tracers, span routing to rollouts, and OpenAI instrumentation."""
+"""Tracing: OpenTelemetry tracers, span routing to rollouts, and OpenAI instrumentation.
+
+``OtelTracer`` is the default. ``AgentOpsTracer`` (in ``store_fs.tracing.agentops_tracer``)
+is opt-in and imported only when chosen, because importing AgentOps is slow and patches
+the interpreter's import machinery.
+"""
+
+from __future__ import annotations
+
+from store_fs.tracing.openai_instrument import instrument_openai
+from store_fs.tracing.processor import LightningSpanProcessor
+from store_fs.tracing.tracer import OtelTracer, Tracer, active_tracer
+
+__all__ = ["LightningSpanProcessor", "OtelTracer", "Tracer", "active_tracer", "instrument_openai"]

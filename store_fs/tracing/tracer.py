@@ -36,6 +36,16 @@ class Tracer:
         self._store: SpanSink | None = None
         self._last: list[Span] = []
 
+    # Tracers travel to runner processes (spawn): only their settings are pickled.
+    _RUNTIME: tuple[str, ...] = ("_writer", "_store", "_last")
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k not in self._RUNTIME}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        Tracer.__init__(self)
+
     # -- lifecycle -----------------------------------------------------------------
     def init(self) -> None:
         """Prepare the tracer in the process that will run rollouts."""
@@ -140,6 +150,13 @@ class OtelTracer(Tracer):
         self._extra = list(instrument or [])
         self._provider: TracerProvider | None = None
         self._undo: list[Callable[[], None]] = []
+
+    _RUNTIME = (*Tracer._RUNTIME, "_provider", "_undo")
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._provider = None
+        self._undo = []
 
     @property
     def provider(self) -> TracerProvider:
