@@ -30,6 +30,37 @@ from .models import *  # noqa: F403 - the data model is part of the public surfa
 from .models import __all__ as _models_all
 from .store import FileStore, init_store
 
+# Names upstream exposes at the top level, loaded on first use: the runner and tracers pull in
+# OpenTelemetry and OpenAI, which a process that only reads the store should not pay for.
+_LAZY = {
+    "LitAgent": "store_fs.agent",
+    "rollout": "store_fs.agent",
+    "prompt_rollout": "store_fs.agent",
+    "llm_rollout": "store_fs.agent",
+    "LitAgentRunner": "store_fs.runner",
+    "emit_reward": "store_fs.emitter",
+    "emit_message": "store_fs.emitter",
+    "emit_annotation": "store_fs.emitter",
+    "find_final_reward": "store_fs.rewards",
+    "get_reward_value": "store_fs.rewards",
+    "Tracer": "store_fs.tracing",
+    "OtelTracer": "store_fs.tracing",
+    "Trainer": "store_fs.trainer",
+    "Algorithm": "store_fs.trainer",
+    "algo": "store_fs.trainer",
+    "LightningStoreClient": "store_fs.client",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'store_fs' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
+
+
 __all__ = [
     "AglError",
     "AttemptNotFoundError",
