@@ -36,7 +36,7 @@ def store(
 
     \b
     Example:
-      agl --store runs/exp1 store --port 4747 &
+      AGL_STORE=runs/exp1 agl store --port 4747 &
       curl -s localhost:4747/v1/agl/statistics
     """
     from store_fs.server import run_server

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from . import cmd_admin, cmd_attempts, cmd_queue, cmd_rollouts, cmd_run, cmd_spans
+from . import cmd_admin, cmd_attempts, cmd_queue, cmd_rollouts, cmd_run, cmd_server, cmd_spans
 from .cmd_resources import resources_app
 from .errors import EXIT_INTERRUPTED, exit_code_for, one_line
 from .state import settings
@@ -70,6 +70,7 @@ app.command("stats")(cmd_admin.stats)
 app.command("check")(cmd_admin.check)
 app.command("export")(cmd_admin.export)
 app.command("run")(cmd_run.run)
+app.command("store")(cmd_server.store)
 app.add_typer(cmd_rollouts.rollouts_app, name="rollouts")
 app.add_typer(cmd_attempts.attempts_app, name="attempts")
 app.add_typer(cmd_spans.spans_app, name="spans")

@@ -1,0 +1,477 @@
+"""``LightningStoreClient``: FileStore's async API over HTTP, against ``store_fs.server``.
+
+Same method names, signatures and return types as :class:`store_fs.FileStore`, and the
+same exceptions: 404 → the store's not-found error (``RolloutNotFoundError`` ...), 409 →
+``ConflictError``, 400 → ``InvalidIdError`` or ``ValueError``, 422 → ``ValueError``;
+other failures raise :class:`RemoteStoreError`. Getters return None for unknown ids.
+
+Retries happen only for connection errors (see :mod:`store_fs.transport`): a request
+that never reached the server is retried for every call; one whose answer was lost only
+for calls that are safe to repeat (reads, updates, span uploads, and enqueues, which
+always carry an idempotency key). Dequeue, start_rollout, start_attempt, add_resources
+and sequence-id allocation are never re-sent once sent.
+Unlike upstream's client, ``wait_for_rollouts`` accepts any timeout.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Sequence
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+from pydantic import BaseModel, TypeAdapter
+
+from store_fs.models import (
+    UNSET,
+    Attempt,
+    AttemptedRollout,
+    AttemptStatus,
+    EnqueueRolloutRequest,
+    LightningStoreCapabilities,
+    LightningStoreStatistics,
+    NamedResources,
+    PaginatedResult,
+    ResourcesUpdate,
+    Rollout,
+    RolloutConfig,
+    RolloutMode,
+    RolloutStatus,
+    Span,
+    TaskInput,
+    Unset,
+    Worker,
+    WorkerStatus,
+)
+from store_fs.store import FilterLogic, SortOrder
+from store_fs.transport import RemoteStoreError, Transport
+
+__all__ = ["LightningStoreClient", "RemoteStoreError"]
+
+M = TypeVar("M", bound=BaseModel)
+_ROLLOUTS: TypeAdapter[list[Rollout]] = TypeAdapter(list[Rollout])
+_NAMED: TypeAdapter[NamedResources] = TypeAdapter(NamedResources)
+
+
+def _seg(value: str) -> str:
+    """One percent-encoded path segment; dot segments are encoded too, or URL normalisation
+    would drop them and the request would reach another route instead of being refused."""
+    encoded = quote(value, safe="")
+    return encoded.replace(".", "%2E") if encoded in (".", "..") else encoded
+
+
+def _rollout(data: Any) -> Rollout | AttemptedRollout:
+    return AttemptedRollout.model_validate(data) if "attempt" in data else Rollout.model_validate(data)
+
+
+class LightningStoreClient:
+    """Talk to an agl store server at ``url`` (e.g. ``http://127.0.0.1:4747``).
+
+    Args:
+        token: bearer token (default: ``AGL_STORE_TOKEN``).
+        timeout: seconds for one request (``wait_for_rollouts`` adds its own timeout).
+        retry_delays: sleeps between retries of connection failures (see module docstring).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        timeout: float = 30.0,
+        retry_delays: Sequence[float] = (0.2, 0.5, 1.0, 2.0, 4.0),
+    ) -> None:
+        self.url = url.rstrip("/")
+        token = token if token is not None else os.environ.get("AGL_STORE_TOKEN") or None
+        self._http = Transport(self.url + "/v1/agl", token=token, timeout=timeout, retry_delays=retry_delays)
+        self._call = self._http.call
+
+    def __repr__(self) -> str:
+        return f"LightningStoreClient({self.url!r})"
+
+    @property
+    def capabilities(self) -> LightningStoreCapabilities:
+        return {"thread_safe": True, "async_safe": True, "zero_copy": True, "otlp_traces": True}
+
+    def otlp_traces_endpoint(self) -> str:
+        return self.url + "/v1/traces"
+
+    async def close(self) -> None:
+        """Close this event loop's connection pool (the client stays usable)."""
+        await self._http.close()
+
+    async def __aenter__(self) -> LightningStoreClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- capabilities and statistics -----------------------------------------------
+    async def statistics(self) -> LightningStoreStatistics:
+        stats: LightningStoreStatistics = await self._call("GET", "/statistics", idempotent=True)
+        return stats
+
+    # -- rollouts ------------------------------------------------------------------
+    async def start_rollout(
+        self,
+        input: TaskInput,
+        mode: RolloutMode | None = None,
+        resources_id: str | None = None,
+        config: RolloutConfig | None = None,
+        metadata: dict[str, Any] | None = None,
+        worker_id: str | None = None,
+    ) -> AttemptedRollout:
+        body = {
+            "input": input,
+            "mode": mode,
+            "resources_id": resources_id,
+            "config": config.model_dump(mode="json") if config else None,
+            "metadata": metadata,
+            "worker_id": worker_id,
+        }
+        return AttemptedRollout.model_validate(
+            await self._call("POST", "/rollouts", json=body, idempotent=False)
+        )
+
+    async def enqueue_rollout(
+        self,
+        input: TaskInput,
+        mode: RolloutMode | None = None,
+        resources_id: str | None = None,
+        config: RolloutConfig | None = None,
+        metadata: dict[str, Any] | None = None,
+        *,
+        idempotency_key: str | None = None,
+    ) -> Rollout:
+        request = EnqueueRolloutRequest(
+            input=input, mode=mode, resources_id=resources_id, config=config, metadata=metadata
+        )
+        keys = [idempotency_key] if idempotency_key is not None else None
+        return (await self.enqueue_many_rollouts([request], idempotency_keys=keys))[0]
+
+    async def enqueue_many_rollouts(
+        self, rollouts: Sequence[EnqueueRolloutRequest], *, idempotency_keys: Sequence[str] | None = None
+    ) -> Sequence[Rollout]:
+        if idempotency_keys is not None and len(idempotency_keys) != len(rollouts):
+            raise ValueError("idempotency_keys must have one key per rollout")
+        if not rollouts:
+            return []
+        # Without caller keys, fresh ones make a retried request find the rollouts it made.
+        keys = (
+            list(idempotency_keys) if idempotency_keys is not None else [uuid.uuid4().hex for _ in rollouts]
+        )
+        items = [
+            {**EnqueueRolloutRequest.model_validate(r).model_dump(mode="json"), "idempotency_key": k}
+            for r, k in zip(rollouts, keys, strict=True)
+        ]
+        data = await self._call("POST", "/queues/rollouts/enqueue", json={"rollouts": items}, idempotent=True)
+        return _ROLLOUTS.validate_python(data)
+
+    async def dequeue_rollout(self, worker_id: str | None = None) -> AttemptedRollout | None:
+        got = await self.dequeue_many_rollouts(limit=1, worker_id=worker_id)
+        return got[0] if got else None
+
+    async def dequeue_many_rollouts(
+        self, *, limit: int = 1, worker_id: str | None = None
+    ) -> Sequence[AttemptedRollout]:
+        if limit <= 0:
+            return []
+        body = {"limit": limit, "worker_id": worker_id}
+        data = await self._call("POST", "/queues/rollouts/dequeue", json=body, idempotent=False)
+        return [AttemptedRollout.model_validate(d) for d in data]
+
+    async def start_attempt(self, rollout_id: str, worker_id: str | None = None) -> AttemptedRollout:
+        data = await self._call(
+            "POST", f"/rollouts/{_seg(rollout_id)}/attempts", json={"worker_id": worker_id}, idempotent=False
+        )
+        return AttemptedRollout.model_validate(data)
+
+    async def query_rollouts(
+        self,
+        *,
+        status_in: Sequence[RolloutStatus] | None = None,
+        rollout_id_in: Sequence[str] | None = None,
+        rollout_id_contains: str | None = None,
+        filter_logic: FilterLogic = "and",
+        sort_by: str | None = None,
+        sort_order: SortOrder = "asc",
+        limit: int = -1,
+        offset: int = 0,
+        status: Sequence[RolloutStatus] | None = None,
+        rollout_ids: Sequence[str] | None = None,
+    ) -> PaginatedResult[Rollout | AttemptedRollout]:
+        """As FileStore; ``limit=0`` returns an empty page without asking (the API refuses 0)."""
+        status_in = status_in if status_in is not None else status
+        rollout_id_in = rollout_id_in if rollout_id_in is not None else rollout_ids
+        body: dict[str, Any] = {
+            "rollout_id_contains": rollout_id_contains,
+            "filter_logic": filter_logic,
+            "sort_by": sort_by,
+            "sort_order": sort_order,
+            "limit": limit,
+            "offset": offset,
+        }
+        if status_in is not None:
+            body["status_in"] = list(status_in)
+        if rollout_id_in is not None:
+            body["rollout_id_in"] = list(rollout_id_in)
+        data = await self._page("/rollouts/search", body)
+        return PaginatedResult(
+            items=[_rollout(d) for d in data["items"]],
+            limit=data["limit"],
+            offset=data["offset"],
+            total=data["total"],
+        )
+
+    async def _page(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        if body.get("limit") == 0:
+            # The REST API refuses limit=0 (upstream's rule); FileStore answers the total.
+            counted: dict[str, Any] = await self._call(
+                "POST", path, json={**body, "limit": -1}, idempotent=True
+            )
+            return {**counted, "items": [], "limit": 0}
+        result: dict[str, Any] = await self._call("POST", path, json=body, idempotent=True)
+        return result
+
+    async def get_rollout_by_id(self, rollout_id: str) -> Rollout | AttemptedRollout | None:
+        data = await self._call("GET", f"/rollouts/{_seg(rollout_id)}", idempotent=True)
+        return None if data is None else _rollout(data)
+
+    async def update_rollout(
+        self,
+        rollout_id: str,
+        input: TaskInput | Unset = UNSET,
+        mode: RolloutMode | Unset | None = UNSET,
+        resources_id: str | Unset | None = UNSET,
+        status: RolloutStatus | Unset = UNSET,
+        config: RolloutConfig | Unset = UNSET,
+        metadata: dict[str, Any] | Unset | None = UNSET,
+    ) -> Rollout:
+        fields = {
+            "input": input,
+            "mode": mode,
+            "resources_id": resources_id,
+            "status": status,
+            "config": config.model_dump(mode="json") if isinstance(config, RolloutConfig) else config,
+            "metadata": metadata,
+        }
+        body = {k: v for k, v in fields.items() if not isinstance(v, Unset)}
+        data = await self._call("POST", f"/rollouts/{_seg(rollout_id)}", json=body, idempotent=True)
+        return Rollout.model_validate(data)
+
+    async def cancel_rollout(self, rollout_id: str) -> Rollout:
+        return await self.update_rollout(rollout_id, status="cancelled")
+
+    # -- attempts ------------------------------------------------------------------
+    async def query_attempts(
+        self,
+        rollout_id: str,
+        *,
+        sort_by: str | None = "sequence_id",
+        sort_order: SortOrder = "asc",
+        limit: int = -1,
+        offset: int = 0,
+    ) -> PaginatedResult[Attempt]:
+        body = {"sort_by": sort_by, "sort_order": sort_order, "limit": limit, "offset": offset}
+        data = await self._page(f"/rollouts/{_seg(rollout_id)}/attempts/search", body)
+        return _paginated(data, Attempt)
+
+    async def get_latest_attempt(self, rollout_id: str) -> Attempt | None:
+        data = await self._call("GET", f"/rollouts/{_seg(rollout_id)}/attempts/latest", idempotent=True)
+        return None if data is None else Attempt.model_validate(data)
+
+    async def update_attempt(
+        self,
+        rollout_id: str,
+        attempt_id: str,
+        status: AttemptStatus | Unset = UNSET,
+        worker_id: str | Unset = UNSET,
+        last_heartbeat_time: float | Unset = UNSET,
+        metadata: dict[str, Any] | Unset | None = UNSET,
+    ) -> Attempt:
+        """As FileStore, except that ``metadata=None`` is refused by the REST API (a ValueError)."""
+        fields = {
+            "status": status,
+            "worker_id": worker_id,
+            "last_heartbeat_time": last_heartbeat_time,
+            "metadata": metadata,
+        }
+        body = {k: v for k, v in fields.items() if not isinstance(v, Unset)}
+        path = f"/rollouts/{_seg(rollout_id)}/attempts/{_seg(attempt_id)}"
+        return Attempt.model_validate(await self._call("POST", path, json=body, idempotent=True))
+
+    async def heartbeat(self, rollout_id: str, attempt_id: str) -> bool:
+        """Signal that an attempt is alive; False if it is no longer the caller's (cancelled, expired)."""
+        path = f"/rollouts/{_seg(rollout_id)}/attempts/{_seg(attempt_id)}/heartbeat"
+        data = await self._call("POST", path, idempotent=True)
+        return bool(data["alive"])
+
+    # -- resources -----------------------------------------------------------------
+    async def add_resources(self, resources: NamedResources) -> ResourcesUpdate:
+        body = _NAMED.dump_python(_NAMED.validate_python(resources), mode="json")
+        return ResourcesUpdate.model_validate(
+            await self._call("POST", "/resources", json=body, idempotent=False)
+        )
+
+    async def update_resources(self, resources_id: str, resources: NamedResources) -> ResourcesUpdate:
+        body = _NAMED.dump_python(_NAMED.validate_python(resources), mode="json")
+        data = await self._call("POST", f"/resources/{_seg(resources_id)}", json=body, idempotent=True)
+        return ResourcesUpdate.model_validate(data)
+
+    async def get_resources_by_id(self, resources_id: str) -> ResourcesUpdate | None:
+        data = await self._call("GET", f"/resources/{_seg(resources_id)}", idempotent=True)
+        return None if data is None else ResourcesUpdate.model_validate(data)
+
+    async def get_latest_resources(self) -> ResourcesUpdate | None:
+        data = await self._call("GET", "/resources/latest", idempotent=True)
+        return None if data is None else ResourcesUpdate.model_validate(data)
+
+    async def query_resources(
+        self,
+        *,
+        resources_id: str | None = None,
+        resources_id_contains: str | None = None,
+        sort_by: str | None = None,
+        sort_order: SortOrder = "asc",
+        limit: int = -1,
+        offset: int = 0,
+    ) -> PaginatedResult[ResourcesUpdate]:
+        params = {
+            k: v
+            for k, v in {
+                "resources_id": resources_id,
+                "resources_id_contains": resources_id_contains,
+                "sort_by": sort_by,
+                "sort_order": sort_order,
+                "limit": -1 if limit == 0 else limit,
+                "offset": offset,
+            }.items()
+            if v is not None
+        }
+        data = await self._call("GET", "/resources", params=params, idempotent=True)
+        if limit == 0:
+            data = {**data, "items": [], "limit": 0}
+        return _paginated(data, ResourcesUpdate)
+
+    # -- spans ---------------------------------------------------------------------
+    async def get_next_span_sequence_id(self, rollout_id: str, attempt_id: str) -> int:
+        body = {"rollout_id": rollout_id, "attempt_id": attempt_id}
+        data = await self._call("POST", "/spans/next", json=body, idempotent=False)
+        return int(data["sequence_id"])
+
+    async def get_many_span_sequence_ids(
+        self, rollout_attempt_ids: Sequence[tuple[str, str]]
+    ) -> Sequence[int]:
+        return [await self.get_next_span_sequence_id(r, a) for r, a in rollout_attempt_ids]
+
+    async def add_span(self, span: Span) -> Span | None:
+        """Store a span; None if its ``span_id`` is already stored (also after a retried upload)."""
+        data = await self._call("POST", "/spans", json=span.model_dump(mode="json"), idempotent=True)
+        return None if data is None else Span.model_validate(data)
+
+    async def add_many_spans(self, spans: Sequence[Span]) -> Sequence[Span]:
+        stored = [await self.add_span(s) for s in spans]
+        return [s for s in stored if s is not None]
+
+    async def add_otel_span(
+        self, rollout_id: str, attempt_id: str, readable_span: Any, sequence_id: int | None = None
+    ) -> Span | None:
+        if sequence_id is None:
+            sequence_id = await self.get_next_span_sequence_id(rollout_id, attempt_id)
+        return await self.add_span(
+            Span.from_opentelemetry(readable_span, rollout_id, attempt_id, sequence_id)
+        )
+
+    async def query_spans(
+        self,
+        rollout_id: str,
+        attempt_id: str | None = None,
+        *,
+        trace_id: str | None = None,
+        trace_id_contains: str | None = None,
+        span_id: str | None = None,
+        span_id_contains: str | None = None,
+        parent_id: str | None = None,
+        parent_id_contains: str | None = None,
+        name: str | None = None,
+        name_contains: str | None = None,
+        filter_logic: FilterLogic = "and",
+        limit: int = -1,
+        offset: int = 0,
+        sort_by: str | None = "sequence_id",
+        sort_order: SortOrder = "asc",
+    ) -> PaginatedResult[Span]:
+        body = {
+            "rollout_id": rollout_id,
+            "attempt_id": attempt_id,
+            "trace_id": trace_id,
+            "trace_id_contains": trace_id_contains,
+            "span_id": span_id,
+            "span_id_contains": span_id_contains,
+            "parent_id": parent_id,
+            "parent_id_contains": parent_id_contains,
+            "name": name,
+            "name_contains": name_contains,
+            "filter_logic": filter_logic,
+            "limit": limit,
+            "offset": offset,
+            "sort_by": sort_by,
+            "sort_order": sort_order,
+        }
+        return _paginated(await self._page("/spans/search", body), Span)
+
+    # -- waiting -------------------------------------------------------------------
+    async def wait_for_rollouts(
+        self, *, rollout_ids: list[str], timeout: float | None = None
+    ) -> list[Rollout]:
+        """As FileStore: any timeout (None: as long as it takes) is honoured by the server."""
+        body = {"rollout_ids": list(rollout_ids), "timeout": timeout}
+        http_timeout = None if timeout is None else timeout + self._http.timeout
+        data = await self._call("POST", "/waits/rollouts", json=body, idempotent=True, timeout=http_timeout)
+        return _ROLLOUTS.validate_python(data)
+
+    # -- workers -------------------------------------------------------------------
+    async def query_workers(
+        self,
+        *,
+        status_in: Sequence[WorkerStatus] | None = None,
+        worker_id_contains: str | None = None,
+        filter_logic: FilterLogic = "and",
+        sort_by: str | None = None,
+        sort_order: SortOrder = "asc",
+        limit: int = -1,
+        offset: int = 0,
+    ) -> PaginatedResult[Worker]:
+        body: dict[str, Any] = {
+            "worker_id_contains": worker_id_contains,
+            "filter_logic": filter_logic,
+            "sort_by": sort_by,
+            "sort_order": sort_order,
+            "limit": limit,
+            "offset": offset,
+        }
+        if status_in is not None:
+            body["status_in"] = list(status_in)
+        return _paginated(await self._page("/workers/search", body), Worker)
+
+    async def get_worker_by_id(self, worker_id: str) -> Worker | None:
+        data = await self._call("GET", f"/workers/{_seg(worker_id)}", idempotent=True)
+        return None if data is None else Worker.model_validate(data)
+
+    async def update_worker(self, worker_id: str, heartbeat_stats: dict[str, Any] | Unset = UNSET) -> Worker:
+        """Record a worker heartbeat, replacing its stats when given (None is a TypeError)."""
+        if heartbeat_stats is None:
+            raise TypeError("heartbeat_stats must be a dict when given, not None")
+        body = None if isinstance(heartbeat_stats, Unset) else {"heartbeat_stats": heartbeat_stats}
+        data = await self._call("POST", f"/workers/{_seg(worker_id)}", json=body, idempotent=True)
+        return Worker.model_validate(data)
+
+
+def _paginated(data: dict[str, Any], model: type[M]) -> PaginatedResult[M]:
+    return PaginatedResult(
+        items=[model.model_validate(d) for d in data["items"]],
+        limit=data["limit"],
+        offset=data["offset"],
+        total=data["total"],
+    )

@@ -1,0 +1,15 @@
+"""HTTP bridge: a FileStore served over Agent-lightning's v1 REST API and OTLP/HTTP traces.
+
+>>> from store_fs import FileStore
+>>> from store_fs.server import run_server
+>>> run_server(FileStore("runs/exp1"), port=4747)  # doctest: +SKIP
+
+Clients: upstream's ``agentlightning.LightningStoreClient`` or ``store_fs.client.LightningStoreClient``.
+Command line: ``python -m store_fs.server --store DIR`` (or ``agl store``).
+"""
+
+from __future__ import annotations
+
+from .app import StoreServer, run_server
+
+__all__ = ["StoreServer", "run_server"]

@@ -1,0 +1,226 @@
+"""``StoreServer``: a FileStore served over upstream's v1 REST API and OTLP/HTTP traces.
+
+Status codes: success codes as upstream (spec 4.2). Caller mistakes are 4xx with
+``{"detail": "<one line>"}`` (plus ``error_type``/``error_attrs`` for the store's own
+errors, so clients can raise the same exception class): not found 404, invalid id /
+bad JSON / bad paging 400, conflict 409, validation 422 (``detail`` is a list),
+missing token 401, body too large 413. Anything unexpected is a 500 and the server
+keeps serving. Getters answer 200 ``null`` for unknown ids, as upstream does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ValidationError
+
+from store_fs.errors import (
+    AglError,
+    ConflictError,
+    CorruptRecordError,
+    FormatVersionError,
+    InvalidIdError,
+    NotFoundError,
+    StoreNotFoundError,
+)
+from store_fs.store import FileStore
+
+from . import otlp
+from .api import PREFIX, Call, StoreApi
+from .http import HttpServer, Request, Response
+from .schemas import BadRequest
+
+__all__ = ["StoreServer", "run_server"]
+
+log = logging.getLogger("store_fs.server")
+
+_OTLP_UNSUPPORTED = frozenset({"/v1/metrics", "/v1/logs", "/v1/development/profiles"})
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value
+
+
+def json_response(status: int, payload: Any) -> Response:
+    return Response(status, orjson.dumps(_jsonable(payload), default=str))
+
+
+def error_response(status: int, detail: str, **extra: Any) -> Response:
+    one_line = " ".join(detail.split()) if isinstance(detail, str) else detail
+    return json_response(status, {"detail": one_line, **extra})
+
+
+def _error_attrs(err: AglError) -> dict[str, Any]:
+    return {
+        k: v
+        for k, v in vars(err).items()
+        if not k.startswith("_") and k != "message" and isinstance(v, (str, int, float, bool, type(None)))
+    }
+
+
+def response_for_exception(err: Exception) -> Response:
+    """Map an exception raised while serving a request to its response (see module docstring)."""
+    if isinstance(err, BadRequest):
+        return error_response(400, err.detail)
+    if isinstance(err, ValidationError):
+        detail = orjson.loads(err.json(include_url=False, include_context=False))
+        return json_response(422, {"detail": detail})
+    status = 0
+    if isinstance(err, NotFoundError):
+        status = 404
+    elif isinstance(err, ConflictError):
+        status = 409
+    elif isinstance(err, InvalidIdError):
+        status = 400
+    if status and isinstance(err, AglError):
+        return error_response(status, str(err), error_type=type(err).__name__, error_attrs=_error_attrs(err))
+    if isinstance(err, (CorruptRecordError, StoreNotFoundError, FormatVersionError)):
+        # Damage or a missing store is the server's problem, not the caller's.
+        log.error("store error: %s", err)
+        return error_response(500, str(err), error_type=type(err).__name__)
+    if isinstance(err, (ValueError, TypeError)):
+        # The store's argument checks (paging, key counts, None where a dict is needed).
+        log.debug("rejected request argument", exc_info=err)
+        return error_response(400, str(err) or type(err).__name__, error_type=type(err).__name__)
+    log.exception("unexpected error", exc_info=err)
+    return error_response(500, "Internal server error", error_type=type(err).__name__)
+
+
+class StoreServer:
+    """Serve ``store`` on ``host:port`` (port 0 picks a free port; see :attr:`port`).
+
+    The server keeps no state of its own, so any number of servers (and direct FileStore
+    users) may share one store directory. ``token``: require ``Authorization: Bearer``
+    on everything but ``GET /v1/agl/health``.
+    """
+
+    def __init__(
+        self,
+        store: FileStore,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 4747,
+        token: str | None = None,
+        max_body_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
+        self.store = store
+        self.host = host
+        self.port = port
+        self.api = StoreApi(store)
+        self._has_token = bool(token)
+        self.http = HttpServer(
+            self.handle,
+            lambda status, detail: error_response(status, detail),
+            token=token,
+            public_paths=frozenset({PREFIX + "/health"}),
+            max_body_bytes=max_body_bytes,
+        )
+
+    @property
+    def endpoint(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    async def start(self) -> None:
+        if self.host in ("0.0.0.0", "::", ""):
+            log.warning(
+                "binding %s: the store is reachable from other machines%s",
+                self.host or "all interfaces",
+                "" if self._has_token else " without a token (set --token / AGL_STORE_TOKEN)",
+            )
+        await self.http.start(self.host, self.port)
+        bound = self.http.sockets
+        if bound:
+            self.port = bound[0][1]
+        log.warning("agl store server listening on %s (store %s)", self.endpoint, self.store.root)
+
+    async def stop(self) -> None:
+        await self.http.stop()
+        self.store.close()
+
+    async def handle(self, request: Request) -> Response:
+        """Answer one request; never raises."""
+        try:
+            if request.path == "/v1/traces":
+                if request.method != "POST":
+                    return error_response(405, "Method Not Allowed")
+                return await self._traces(request)
+            if request.path in _OTLP_UNSUPPORTED:
+                return Response(501, b"", content_type="text/plain")
+            found = self.api.match(request.method, request.path)
+            if found is None:
+                return error_response(404, "Not Found")
+            if found is False:
+                return error_response(405, "Method Not Allowed")
+            handler, params = found
+            status, payload = await handler(Call(request, params, self.store))
+            return json_response(status, payload)
+        except Exception as err:
+            return response_for_exception(err)
+
+    async def _traces(self, request: Request) -> Response:
+        content_type = request.header("content-type").split(";")[0].strip().lower()
+        if content_type != otlp.PROTOBUF:
+            return _otlp_status(400, f"Content-Type must be {otlp.PROTOBUF}")
+        try:
+            payload = otlp.decode_body(
+                request.body, request.header("content-encoding"), self.http.max_body_bytes
+            )
+            reply = await otlp.export(self.store, payload)
+        except Exception as err:
+            response = response_for_exception(err)
+            message = orjson.loads(response.body).get("detail", "error")
+            return _otlp_status(response.status, str(message))
+        headers: dict[str, str] = {}
+        if "gzip" in request.header("accept-encoding").lower():
+            reply = otlp.gzip_bytes(reply)
+            headers["Content-Encoding"] = "gzip"
+        return Response(200, reply, content_type=otlp.PROTOBUF, headers=headers)
+
+
+def _otlp_status(status: int, message: str) -> Response:
+    """OTLP/HTTP errors carry a protobuf ``google.rpc.Status`` (plain text if that is unavailable)."""
+    try:
+        from google.rpc import status_pb2  # type: ignore[import-untyped,unused-ignore]
+    except ImportError:
+        return Response(status, message.encode(), content_type="text/plain")
+    body: bytes = status_pb2.Status(code=3, message=message).SerializeToString()
+    return Response(status, body, content_type=otlp.PROTOBUF)
+
+
+def run_server(
+    store: FileStore,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 4747,
+    token: str | None = None,
+    max_body_bytes: int = 64 * 1024 * 1024,
+) -> None:
+    """Serve in the foreground until SIGINT/SIGTERM, then stop cleanly (open requests are cut)."""
+    server = StoreServer(store, host=host, port=port, token=token, max_body_bytes=max_body_bytes)
+
+    async def main() -> None:
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stopping.set)
+        await server.start()
+        try:
+            await stopping.wait()
+        finally:
+            log.warning("agl store server stopping")
+            await server.stop()
+
+    asyncio.run(main())
