@@ -10,6 +10,7 @@ import http.client
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -40,13 +41,9 @@ class ServerProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def command(self) -> list[str]:
-        if self.cli:
-            # agl_cli.main does not register `store` yet: mount the command on a bare typer app.
-            code = (
-                "import sys, typer; from agl_cli import cmd_server; app = typer.Typer(); "
-                "app.command()(cmd_server.store); app()"
-            )
-            return [sys.executable, "-c", code, "--port", str(self.port), *self.args]
+        if self.cli:  # through the installed `agl store` command
+            agl = shutil.which("agl") or str(Path(sys.executable).parent / "agl")
+            return [agl, "--store", str(self.store), "store", "--port", str(self.port), *self.args]
         base = [sys.executable, "-m", "store_fs.server", "--store", str(self.store)]
         return [*base, "--port", str(self.port), *self.args]
 

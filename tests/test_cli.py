@@ -821,3 +821,10 @@ def test_shell_loop_example(tmp_path: Path) -> None:
         assert match, line
         assert float(match.group(2)) == pytest.approx(0.17)  # "question number N" has 17 characters
     assert len({line.split()[1] for line in lines}) == 4
+
+
+def test_shell_completion_suggests_subcommands(tmp_path: Path) -> None:
+    env = {**os.environ, "_AGL_COMPLETE": "complete_bash", "COMP_WORDS": "agl rollouts l", "COMP_CWORD": "2"}
+    result = subprocess.run([AGL], capture_output=True, text=True, timeout=30, env=env)
+    assert result.returncode == 0
+    assert "list" in result.stdout.split()

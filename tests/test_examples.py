@@ -127,6 +127,17 @@ def test_runner_and_algo_modes_share_a_store(tmp_path: Path, mock: MockOpenAISer
     assert _best_printed(algo.stdout) == max(rewards, key=lambda t: rewards[t])
 
 
+def test_demo_runs_against_agl_store_over_http(tmp_path: Path) -> None:
+    from server_helpers import ServerProcess
+
+    FileStore(tmp_path / "apo")
+    with ServerProcess(tmp_path / "apo", tmp_path / "server.log", cli=True) as server:
+        result = _run([str(EXAMPLES / "apo_custom_algorithm.py"), "demo", "--store", server.url])
+    assert result.returncode == 0, result.stderr
+    rewards = _rewards_by_template(tmp_path / "apo")
+    assert _best_printed(result.stdout) == max(rewards, key=lambda t: rewards[t])
+
+
 def _agl() -> str:
     found = shutil.which("agl") or str(Path(sys.executable).parent / "agl")
     assert Path(found).exists()
