@@ -68,7 +68,7 @@ def run(
         FileStore(store, create=False)  # fail now, not in every child
     tracer_obj: Any = None
     if tracer == "agentops":
-        from store_fs.tracing.agentops_tracer import AgentOpsTracer  # type: ignore[import-not-found, unused-ignore]
+        from store_fs.tracing.agentops_tracer import AgentOpsTracer
 
         tracer_obj = AgentOpsTracer()
     ctx = mp.get_context("spawn")

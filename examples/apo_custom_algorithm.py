@@ -148,7 +148,7 @@ async def find_best_prompt(
 
 def make_tracer(kind: str) -> Any:
     if kind == "agentops":
-        from store_fs.tracing.agentops_tracer import AgentOpsTracer  # type: ignore[import-not-found, unused-ignore]
+        from store_fs.tracing.agentops_tracer import AgentOpsTracer
 
         return AgentOpsTracer()
     from store_fs.tracing import OtelTracer

@@ -29,7 +29,7 @@ def open_store(location: Any) -> Any:
         return location
     text = str(location)
     if text.startswith(("http://", "https://")):
-        from .client import LightningStoreClient  # type: ignore[import-not-found, unused-ignore]
+        from .client import LightningStoreClient
 
         return LightningStoreClient(text)
     from .store import FileStore

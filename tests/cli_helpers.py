@@ -40,11 +40,17 @@ SPAN_KEYS = {
 
 
 def agl_executable() -> str:
-    """The installed ``agl`` console script: on PATH, else next to this interpreter."""
-    found = shutil.which("agl")
-    if found:
-        return found
-    return str(Path(sys.executable).parent / "agl")
+    """The installed ``agl`` console script of the environment running the tests (else PATH's).
+
+    Upstream's package installs a command of the same name; the test command installs ours last,
+    and this check makes a mix-up fail loudly instead of as dozens of confusing errors.
+    """
+    beside = Path(sys.executable).parent / "agl"
+    found = str(beside) if beside.exists() else shutil.which("agl")
+    assert found, "the agl command is not installed"
+    text = Path(found).read_text(errors="replace")
+    assert "agl_cli" in text, f"{found} is not agl_cli's command (upstream's agl installed over it?)"
+    return found
 
 
 AGL = agl_executable()

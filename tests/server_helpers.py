@@ -10,7 +10,6 @@ import http.client
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -42,8 +41,9 @@ class ServerProcess:
 
     def command(self) -> list[str]:
         if self.cli:  # through the installed `agl store` command
-            agl = shutil.which("agl") or str(Path(sys.executable).parent / "agl")
-            return [agl, "--store", str(self.store), "store", "--port", str(self.port), *self.args]
+            from cli_helpers import AGL
+
+            return [AGL, "--store", str(self.store), "store", "--port", str(self.port), *self.args]
         base = [sys.executable, "-m", "store_fs.server", "--store", str(self.store)]
         return [*base, "--port", str(self.port), *self.args]
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -139,9 +138,9 @@ def test_demo_runs_against_agl_store_over_http(tmp_path: Path) -> None:
 
 
 def _agl() -> str:
-    found = shutil.which("agl") or str(Path(sys.executable).parent / "agl")
-    assert Path(found).exists()
-    return found
+    from cli_helpers import AGL
+
+    return AGL
 
 
 def test_agl_run_starts_runners_and_ctrl_c_stops_them(tmp_path: Path, mock: MockOpenAIServer) -> None:
