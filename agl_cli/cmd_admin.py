@@ -8,7 +8,7 @@ import typer
 
 from . import output
 from .errors import EXIT_CORRUPT
-from .state import open_store, run, store_path
+from .state import open_store, require_rollout, run, store_path
 
 workers_app = typer.Typer(help="Inspect workers.", no_args_is_help=True)
 
@@ -83,12 +83,7 @@ def export(rollout_id: Annotated[str, typer.Argument(help="Rollout id.")]) -> No
     agl export "$RID" > "$RID.json"
     """
     store = open_store()
-    rollout = run(store.get_rollout_by_id(rollout_id))
-    if rollout is None:
-        from store_fs import RolloutNotFoundError
-
-        raise RolloutNotFoundError(rollout_id)
-    data = rollout.model_dump(mode="json")
+    data = require_rollout(store, rollout_id).model_dump(mode="json")
     data.pop("attempt", None)
     data["attempts"] = [a.model_dump(mode="json") for a in run(store.query_attempts(rollout_id))]
     data["spans"] = [s.model_dump(mode="json") for s in run(store.query_spans(rollout_id))]

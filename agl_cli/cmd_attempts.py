@@ -9,7 +9,7 @@ import typer
 from . import output
 from .errors import EXIT_LOST
 from .inputs import read_object
-from .state import open_store, run
+from .state import open_store, require_rollout, run
 
 attempts_app = typer.Typer(help="Inspect and update attempts.", no_args_is_help=True)
 
@@ -93,10 +93,7 @@ def list_attempts(rollout_id: RolloutArg) -> None:
     agl attempts list "$RID" | jq -c '{sequence_id, status}'
     """
     store = open_store()
-    if run(store.get_rollout_by_id(rollout_id)) is None:
-        from store_fs import RolloutNotFoundError
-
-        raise RolloutNotFoundError(rollout_id)
+    require_rollout(store, rollout_id)
     result = run(store.query_attempts(rollout_id))
     output.emit_records(
         list(result),

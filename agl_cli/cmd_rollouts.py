@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from . import output
 from .cmd_queue import ROLLOUT_COLUMNS
-from .state import open_store, run
+from .state import open_store, require_rollout, run
 
 rollouts_app = typer.Typer(help="List, inspect, cancel and retry rollouts.", no_args_is_help=True)
-
-
-def _require(store: Any, rollout_id: str) -> Any:
-    rollout = run(store.get_rollout_by_id(rollout_id))
-    if rollout is None:
-        from store_fs import RolloutNotFoundError
-
-        raise RolloutNotFoundError(rollout_id)
-    return rollout
 
 
 @rollouts_app.command("list")
@@ -69,7 +60,7 @@ def show(rollout_id: Annotated[str, typer.Argument(help="Rollout id.")]) -> None
     agl rollouts show "$RID" | jq '.attempts[-1].status'
     """
     store = open_store()
-    rollout = _require(store, rollout_id)
+    rollout = require_rollout(store, rollout_id)
     attempts = run(store.query_attempts(rollout_id))
     data = rollout.model_dump(mode="json")
     data.pop("attempt", None)
@@ -86,7 +77,7 @@ def cancel(rollout_ids: Annotated[list[str], typer.Argument(help="Rollouts to ca
     """
     store = open_store()
     for rid in rollout_ids:
-        _require(store, rid)  # all ids are checked before anything changes
+        require_rollout(store, rid)  # all ids are checked before anything changes
     for rid in rollout_ids:
         rollout = run(store.cancel_rollout(rid))
         if output.machine_output():
@@ -103,7 +94,7 @@ def retry(rollout_ids: Annotated[list[str], typer.Argument(help="Rollouts to que
     """
     store = open_store()
     for rid in rollout_ids:
-        _require(store, rid)
+        require_rollout(store, rid)
     for rid in rollout_ids:
         rollout = run(store.update_rollout(rid, status="requeuing"))
         if output.machine_output():

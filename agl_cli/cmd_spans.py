@@ -11,7 +11,7 @@ import typer
 from . import output
 from .errors import EXIT_INTERRUPTED, CliError
 from .inputs import read_lines
-from .state import open_store, run
+from .state import open_store, require_rollout, run
 
 spans_app = typer.Typer(help="Add, list and follow spans.", no_args_is_help=True)
 
@@ -95,26 +95,17 @@ def list_spans(
     agl spans list "$RID" | jq -c '{sequence_id, name}'
     """
     store = open_store()
-    _require(store, rollout_id)
+    require_rollout(store, rollout_id)
     result = run(store.query_spans(rollout_id, attempt, name_contains=name_contains, limit=limit))
     output.emit_records(list(result), SPAN_COLUMNS)
 
 
 def _check_attempt(store: Any, rollout_id: str, attempt_id: str) -> None:
-    _require(store, rollout_id)
+    require_rollout(store, rollout_id)
     if not any(a.attempt_id == attempt_id for a in run(store.query_attempts(rollout_id))):
         from store_fs import AttemptNotFoundError
 
         raise AttemptNotFoundError(rollout_id, attempt_id)
-
-
-def _require(store: Any, rollout_id: str) -> Any:
-    rollout = run(store.get_rollout_by_id(rollout_id))
-    if rollout is None:
-        from store_fs import RolloutNotFoundError
-
-        raise RolloutNotFoundError(rollout_id)
-    return rollout
 
 
 @spans_app.command("tail")
@@ -131,11 +122,11 @@ def tail(
     agl spans tail -f "$RID" | jq -c '{sequence_id, name}'
     """
     store = open_store()
-    _require(store, rollout_id)
+    require_rollout(store, rollout_id)
     seen: set[tuple[str, str]] = set()
     try:
         while True:
-            finished = _require(store, rollout_id).status in ("succeeded", "failed", "cancelled")
+            finished = require_rollout(store, rollout_id).status in ("succeeded", "failed", "cancelled")
             for span in run(store.query_spans(rollout_id)):
                 key = (span.attempt_id, span.span_id)
                 if key not in seen:
@@ -167,7 +158,7 @@ def reward(
     if attempt_id == "latest":
         latest = run(store.get_latest_attempt(rollout_id))
         if latest is None:
-            _require(store, rollout_id)
+            require_rollout(store, rollout_id)
             raise CliError(f"rollout {rollout_id} has no attempt", 3)
         attempt_id = latest.attempt_id
     _check_attempt(store, rollout_id, attempt_id)

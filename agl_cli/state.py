@@ -39,3 +39,13 @@ def open_store() -> FileStore:
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
+
+
+def require_rollout(store: FileStore, rollout_id: str) -> Any:
+    """The rollout, or RolloutNotFoundError (exit 3): commands check ids before changing anything."""
+    rollout = run(store.get_rollout_by_id(rollout_id))
+    if rollout is None:
+        from store_fs import RolloutNotFoundError
+
+        raise RolloutNotFoundError(rollout_id)
+    return rollout
