@@ -14,7 +14,6 @@ import importlib
 import logging
 import os
 import threading
-import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
@@ -25,11 +24,9 @@ from opentelemetry.sdk.trace import Span as SdkSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import Status, StatusCode
 
-from store_fs.models import Attributes, SpanCoreFields, TraceStatus
-
 from .binding import RolloutBinding, SpanSink, current_binding
 from .processor import LightningSpanProcessor
-from .tracer import Tracer
+from .tracer import ProviderTracer
 
 __all__ = ["AgentOpsTracer"]
 
@@ -74,7 +71,7 @@ class _GatedProcessor(LightningSpanProcessor):
             super().on_start(span, parent_context)
 
 
-class AgentOpsTracer(Tracer):
+class AgentOpsTracer(ProviderTracer):
     """Each rollout is one agentops trace; its spans go to the rollout's store.
 
     ``agentops_service=True`` also sends them to AgentOps (needs ``AGENTOPS_API_KEY``); otherwise
@@ -86,22 +83,6 @@ class AgentOpsTracer(Tracer):
         super().__init__()
         self.agentops_service = agentops_service
         self.token_ids = token_ids
-        self._provider: TracerProvider | None = None
-        self._undo: list[Callable[[], object]] = []
-
-    _RUNTIME = (*Tracer._RUNTIME, "_provider", "_undo")
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        self._provider = None
-        self._undo = []
-
-    @property
-    def provider(self) -> TracerProvider:
-        """agentops' TracerProvider (the global one, unless another was set before)."""
-        if self._provider is None:
-            raise RuntimeError("call init() first")
-        return self._provider
 
     def init(self) -> None:
         if self._provider is not None:
@@ -153,11 +134,8 @@ class AgentOpsTracer(Tracer):
             builtins.print = printing._original_print
 
     def teardown(self) -> None:
-        for undo in reversed(self._undo):
-            undo()
-        self._undo.clear()
-        self._provider = None  # agentops stays initialised: it cannot be re-initialised in-process
         super().teardown()
+        self._provider = None  # agentops stays initialised: it cannot be re-initialised in-process
 
     @contextlib.asynccontextmanager
     async def trace_context(
@@ -186,22 +164,6 @@ class AgentOpsTracer(Tracer):
     def flush_instrumentation(self) -> None:
         if self._provider is not None:
             self._provider.force_flush(5_000)
-
-    def create_span(
-        self,
-        name: str,
-        attributes: Attributes | None = None,
-        timestamp: float | None = None,
-        status: TraceStatus | None = None,
-    ) -> SpanCoreFields:
-        core = super().create_span(name, attributes, timestamp, status)
-        start_ns = int((core.start_time or time.time()) * 1e9)
-        tracer = self.provider.get_tracer("agentlightning")
-        span = tracer.start_span(name, attributes=dict(core.attributes), start_time=start_ns)
-        code = {"OK": StatusCode.OK, "ERROR": StatusCode.ERROR}.get(core.status.status_code, StatusCode.UNSET)
-        span.set_status(Status(code, core.status.description))
-        span.end(end_time=start_ns)
-        return core
 
 
 _lock = threading.Lock()

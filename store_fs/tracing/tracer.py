@@ -23,7 +23,7 @@ from store_fs.models import Attributes, Span, SpanCoreFields, TraceStatus
 from .binding import RolloutBinding, SpanSink, StoreWriter, bind, current_binding, unbind
 from .processor import LightningSpanProcessor
 
-__all__ = ["OtelTracer", "Tracer", "active_tracer"]
+__all__ = ["OtelTracer", "ProviderTracer", "Tracer", "active_tracer"]
 
 log = logging.getLogger(__name__)
 
@@ -130,26 +130,17 @@ def active_tracer() -> tuple[Tracer, RolloutBinding] | None:
     return binding.owner, binding
 
 
-class OtelTracer(Tracer):
-    """OpenTelemetry SDK + our OpenAI instrumentation; spans go to the rollout's store.
+class ProviderTracer(Tracer):
+    """A tracer whose spans come from an OpenTelemetry ``TracerProvider`` it sets up in ``init``.
 
-    Args:
-        instrument_openai: record OpenAI chat completions (sync, async, streaming).
-        instrument: extra ``callable(tracer_provider) -> uninstrument`` hooks, e.g. for
-            other OpenTelemetry instrumentations that accept a ``tracer_provider``.
+    Subclasses set ``_provider`` and push undo callbacks onto ``_undo`` in ``init``;
+    ``teardown`` runs the undos in reverse order.
     """
 
-    def __init__(
-        self,
-        *,
-        instrument_openai: bool = True,
-        instrument: list[Callable[[TracerProvider], Callable[[], None]]] | None = None,
-    ) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self._instrument_openai = instrument_openai
-        self._extra = list(instrument or [])
         self._provider: TracerProvider | None = None
-        self._undo: list[Callable[[], None]] = []
+        self._undo: list[Callable[[], object]] = []
 
     _RUNTIME = (*Tracer._RUNTIME, "_provider", "_undo")
 
@@ -164,24 +155,10 @@ class OtelTracer(Tracer):
             raise RuntimeError("call init() first")
         return self._provider
 
-    def init(self) -> None:
-        if self._provider is not None:
-            return
-        self._provider = TracerProvider()
-        self._provider.add_span_processor(LightningSpanProcessor())
-        if self._instrument_openai:
-            from .openai_instrument import instrument_openai
-
-            self._undo.append(instrument_openai(self._provider.get_tracer("agentlightning.openai")))
-        self._undo.extend(hook(self._provider) for hook in self._extra)
-
     def teardown(self) -> None:
         for undo in reversed(self._undo):
             undo()
         self._undo.clear()
-        if self._provider is not None:
-            self._provider.shutdown()
-            self._provider = None
         super().teardown()
 
     def _tracer(self) -> otel_trace.Tracer:
@@ -201,6 +178,43 @@ class OtelTracer(Tracer):
         span.set_status(Status(code, core.status.description))
         span.end(end_time=start_ns)
         return core
+
+
+class OtelTracer(ProviderTracer):
+    """OpenTelemetry SDK + our OpenAI instrumentation; spans go to the rollout's store.
+
+    Args:
+        instrument_openai: record OpenAI chat completions (sync, async, streaming).
+        instrument: extra ``callable(tracer_provider) -> uninstrument`` hooks, e.g. for
+            other OpenTelemetry instrumentations that accept a ``tracer_provider``.
+    """
+
+    def __init__(
+        self,
+        *,
+        instrument_openai: bool = True,
+        instrument: list[Callable[[TracerProvider], Callable[[], None]]] | None = None,
+    ) -> None:
+        super().__init__()
+        self._instrument_openai = instrument_openai
+        self._extra = list(instrument or [])
+
+    def init(self) -> None:
+        if self._provider is not None:
+            return
+        self._provider = TracerProvider()
+        self._provider.add_span_processor(LightningSpanProcessor())
+        if self._instrument_openai:
+            from .openai_instrument import instrument_openai
+
+            self._undo.append(instrument_openai(self._provider.get_tracer("agentlightning.openai")))
+        self._undo.extend(hook(self._provider) for hook in self._extra)
+
+    def teardown(self) -> None:
+        super().teardown()
+        if self._provider is not None:
+            self._provider.shutdown()
+            self._provider = None
 
     @contextlib.contextmanager
     def operation(self, name: str, attributes: dict[str, Any] | None = None) -> Iterator[Any]:
