@@ -24,10 +24,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = [
-    "WRITER_TAG",
     "append",
     "create_exclusive",
     "fsync_dir",
+    "iter_dirs",
     "list_names",
     "move",
     "publish",
@@ -46,9 +46,6 @@ _HOST = _sanitise(socket.gethostname())
 def writer_tag() -> str:
     """``<host>-<pid>``: names this process in per-writer file names (recomputed after fork)."""
     return f"{_HOST}-{os.getpid()}"
-
-
-WRITER_TAG = writer_tag
 
 
 def _tmp_path(path: Path) -> Path:

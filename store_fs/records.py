@@ -16,7 +16,6 @@ import logging
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 from pydantic import ValidationError
 
@@ -211,7 +210,3 @@ class RecordStore:
         found = self.head(rollout_id)
         if found is not None:
             self._publish_mirror(rollout_id, *found)
-
-
-def record_data(record: RolloutRecord) -> dict[str, Any]:
-    return record.model_dump(mode="json")

@@ -176,9 +176,6 @@ class SpanLog:
             counters.clear()
         counters[rollout_id] = max(counters.get(rollout_id, 0), value)
 
-    def last_issued(self, rollout_id: str) -> int:
-        return self._counter(rollout_id)[1]
-
     # -- writing -------------------------------------------------------------------
     def _fd(self, state: _WriterState, path: Path) -> int:
         fd = state.fds.get(path)
