@@ -39,6 +39,6 @@ def dumps_line(obj: Any) -> bytes:
     return orjson.dumps(obj, default=_default, option=_LINE)
 
 
-def loads(data: bytes | str) -> Any:
+def loads(data: bytes | bytearray | memoryview | str) -> Any:
     """Parse JSON; raises :data:`DecodeError` (a ``ValueError``) on bad input."""
     return orjson.loads(data)

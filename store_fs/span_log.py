@@ -6,7 +6,8 @@
   ``write(2)``, so a span is in the kernel when the call returns and survives a
   ``kill -9`` of the writer. Readers merge the files, ignore a trailing line
   without a newline (a write in progress), and log, never hide, a complete line
-  that does not parse.
+  that does not parse or does not validate. Reading is the hot path of
+  ``query_spans``: lines are decoded by :mod:`store_fs.span_decode`.
 * The span sequence counter of a rollout is one empty file in ``span-seq/`` whose
   *name* is the last number issued. Allocating ``k`` numbers renames ``n`` to
   ``n+k``; exactly one of several racing processes wins each rename.
@@ -25,6 +26,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 from pydantic import ValidationError
 
@@ -32,6 +34,7 @@ from . import codec, fsio
 from .context import Context
 from .errors import RolloutNotFoundError
 from .models import Span
+from .span_decode import decode_span
 
 __all__ = ["Heartbeat", "SpanLog", "read_span_file"]
 
@@ -273,21 +276,33 @@ class SpanLog:
             yield from read_span_file(path, bad)
 
     def read(self, attempt_dirs: Iterable[Path], bad: list[BadLine] | None = None) -> list[Span]:
-        """Spans of the given attempts, first copy of each ``span_id`` per attempt, file order."""
+        """Spans of the given attempts, first copy of each ``span_id`` per attempt, file order.
+
+        Every call decodes the files afresh and the caller owns the spans returned.
+        Complete lines that do not parse, are not JSON objects, or whose first copy
+        of a ``span_id`` does not validate are logged and appended to ``bad``; bytes
+        after the last newline (a write in progress) are skipped silently.
+        """
         out: list[Span] = []
         for attempt_dir in attempt_dirs:
             seen: set[object] = set()
-            for obj in self._iter_attempt_lines(attempt_dir, bad):
-                span_id = obj.get("span_id")
-                if span_id in seen:
-                    continue
-                seen.add(span_id)
-                try:
-                    out.append(Span.model_validate(obj))
-                except ValidationError as err:
-                    log.warning("skipping invalid span in %s: %s", attempt_dir, str(err).splitlines()[0])
-                    if bad is not None:
-                        bad.append(BadLine(attempt_dir, -1, "does not validate as a Span"))
+            for path in self._span_files(attempt_dir):
+                for key, span, reason, offset in _read_lines(path):
+                    if span is None:
+                        if key is _UNPARSED:
+                            log.warning(
+                                "skipping corrupt span line in %s at byte %d: %s", path, offset, reason
+                            )
+                        elif key is not _BLANK:
+                            if key in seen:
+                                continue
+                            seen.add(key)
+                            log.warning("skipping invalid span in %s at byte %d: %s", path, offset, reason)
+                        if bad is not None:
+                            bad.append(BadLine(path, offset, reason))
+                    elif key not in seen:
+                        seen.add(key)
+                        out.append(span)
         return out
 
     def count(self, attempt_dir: Path) -> int:
@@ -306,3 +321,71 @@ class SpanLog:
                 # Caught mid-rewrite: report it as movement, which errs towards "alive".
                 out.append(Heartbeat(-1, 0.0))
         return out
+
+
+# -- reading span files -------------------------------------------------------------------
+# One complete line of a span file, decoded: (dedup key, span or None, problem, byte offset).
+# The key is the line's raw ``span_id`` (readers keep the first copy of each), or one of
+# the markers below for lines that are not JSON objects.
+_Line = tuple[object, Span | None, str, int]
+_UNPARSED: Final = object()  # not JSON, or not an object: logged and reported
+_BLANK: Final = object()  # only NUL / blank bytes (a preallocated tail): reported, not logged
+
+
+def _dedup_key(span_id: object) -> object:
+    # A span_id that is not a string fails validation anyway; one that cannot be hashed
+    # (a list, an object) is its own key instead of crashing the set lookup.
+    try:
+        hash(span_id)
+    except TypeError:
+        return object()
+    return span_id
+
+
+def _decode_lines(data: bytes) -> list[_Line]:
+    """Decode the complete lines of a span file's content ``data``, in order.
+
+    The bytes after the last newline are a write in progress and are left out.
+    """
+    out: list[_Line] = []
+    view = memoryview(data)
+    find = data.find
+    loads = codec.loads
+    pos, end = 0, data.rfind(b"\n") + 1
+    while pos < end:
+        newline = find(b"\n", pos)
+        line = view[pos:newline]  # a view: no copy of the line's bytes
+        offset = pos
+        pos = newline + 1
+        if not line:
+            continue
+        try:
+            obj = loads(line)
+        except ValueError as err:
+            if bytes(line).strip(b"\x00 \t\r"):
+                out.append((_UNPARSED, None, str(err).splitlines()[0], offset))
+            else:
+                out.append((_BLANK, None, "NUL or blank bytes", offset))
+            continue
+        if type(obj) is not dict:
+            out.append((_UNPARSED, None, "not a JSON object", offset))
+            continue
+        span_id = obj.get("span_id")
+        key = span_id if type(span_id) is str else _dedup_key(span_id)
+        try:
+            out.append((key, decode_span(obj), "", offset))
+        except ValidationError as err:
+            out.append((key, None, _invalid_reason(err), offset))
+    return out
+
+
+def _invalid_reason(err: ValidationError) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "line"
+    more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return f"does not validate as a Span: {where}: {first['msg']}{more}"
+
+
+def _read_lines(path: Path) -> list[_Line]:
+    """The decoded complete lines of one span file (none if it does not exist)."""
+    return _decode_lines(fsio.read_bytes(path) or b"")
