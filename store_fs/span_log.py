@@ -165,8 +165,16 @@ class SpanLog:
     def bump(self, rollout_id: str, at_least: int) -> None:
         """Make sure the counter is at least ``at_least`` (explicit numbers push it up, never down)."""
         # The counter only grows, so a value this process saw is a lower bound of the truth.
-        if self._state().counters.get(rollout_id, -1) >= at_least:
+        seen = self._state().counters.get(rollout_id, -1)
+        if seen >= at_least:
             return
+        if seen >= 0:
+            # Try the name last seen before listing the directory: whichever file is renamed
+            # to ``at_least``, the highest name (the counter) is then at least that.
+            directory = self._layout.span_seq_dir(rollout_id)
+            if fsio.move(directory / str(seen), directory / str(at_least)):
+                self._remember(rollout_id, at_least)
+                return
         while True:
             directory, last = self._counter(rollout_id)
             if last >= at_least or fsio.move(directory / str(last), directory / str(at_least)):
