@@ -16,6 +16,7 @@ from . import fsio
 from .engine import Engine
 from .errors import CorruptRecordError
 from .queue import ClaimToken
+from .rollout_index import Entry, IndexView, RolloutIndex, entry_of
 from .span_log import BadLine
 from .transitions import LIVE_ATTEMPT_STATUSES
 
@@ -57,21 +58,25 @@ def _temp_files(root: Path, fix: bool) -> list[Problem]:
     return out
 
 
-def _rollouts(engine: Engine, fix: bool) -> list[Problem]:
+def _rollouts(engine: Engine, fix: bool, heads: dict[str, Entry | None]) -> list[Problem]:
+    """Problems of each rollout; fills ``heads`` with each one's index entry (None: unreadable)."""
     out: list[Problem] = []
     pending = {(t.rollout_id, t.sequence_id) for t in engine.queue.list_pending()}
     for rollout_id in engine.records.all_ids():
+        heads[rollout_id] = None
         try:
-            record = engine.records.get(rollout_id, cached_ok=False)
+            found = engine.records.head(rollout_id, cached_ok=False)
         except CorruptRecordError as err:
             out.append(Problem("corrupt-record", err.path, err.reason))  # type: ignore[attr-defined]
             continue
         mirror = str(engine.ctx.layout.mirror_file(rollout_id))
-        if record is None:
+        if found is None:
             out.append(
                 Problem("no-record", str(engine.ctx.layout.rollout_dir(rollout_id)), "no history revision")
             )
             continue
+        heads[rollout_id] = entry_of(*found)
+        record = found[1].model_copy(deep=True)
         if not engine.records.mirror_matches(rollout_id):
             if fix:
                 engine.records.republish_mirror(rollout_id)
@@ -140,7 +145,85 @@ def _tokens(engine: Engine, fix: bool) -> list[Problem]:
     return out
 
 
-def check_store(engine: Engine, *, fix: bool = False) -> list[Problem]:
+def _index_disagreements(
+    engine: Engine, index: RolloutIndex, heads: dict[str, Entry | None], view: IndexView
+) -> tuple[IndexView, dict[str, tuple[Entry, str]], dict[str, str]]:
+    """(the index re-read, {rollout: (its entry, why)} for entries behind their record,
+    {rollout: why} for entries that appending cannot fix)."""
+    suspects = {rid for rid, head in heads.items() if head is not None and view.entries.get(rid) != head}
+    suspects |= view.entries.keys() - heads.keys()
+    if not suspects:
+        return view, {}, {}
+    # Re-read the suspects' records, then the index: a writer between its revision and its
+    # line, or a rollout created after the first pass, is not damage.
+    fresh: dict[str, Entry | None] = {}
+    for rid in suspects:
+        try:
+            found = engine.records.head(rid, cached_ok=False)
+        except CorruptRecordError:
+            continue  # reported as corrupt-record
+        fresh[rid] = entry_of(*found) if found else None
+    view = index.load()
+    behind: dict[str, tuple[Entry, str]] = {}
+    wrong: dict[str, str] = {}
+    for rid, record in fresh.items():
+        entry = view.entries.get(rid)
+        if entry == record:
+            continue
+        if record is None:
+            wrong[rid] = f"{rid}: in the index but there is no such rollout"
+        elif entry is None:
+            behind[rid] = (record, f"{rid}: not in the index (record revision {record.rev}, {record.status})")
+        elif entry.rev < record.rev:
+            behind[rid] = (
+                record,
+                f"{rid}: index at revision {entry.rev} ({entry.status}), "
+                f"record at revision {record.rev} ({record.status})",
+            )
+        else:
+            wrong[rid] = (
+                f"{rid}: index at revision {entry.rev} ({entry.status}) but the record is revision "
+                f"{record.rev} ({record.status}); restored from an older copy?"
+            )
+    return view, behind, wrong
+
+
+def _index(engine: Engine, index: RolloutIndex, heads: dict[str, Entry | None], fix: bool) -> list[Problem]:
+    """The rollout index against the records read by :func:`_rollouts`.
+
+    Entries behind their record are repaired by appending the record's entry from this
+    process; entries ahead of it, of rollouts that do not exist, and corrupt lines by
+    rebuilding the index from the records (which assumes a quiet store, like all of
+    ``fix``). A missing ``complete.json`` is one problem, not one per rollout.
+    """
+    where = str(engine.ctx.layout.rollout_index)
+    view, behind, wrong = _index_disagreements(engine, index, heads, index.load())
+    complete = index.is_complete()
+    rebuild = fix and bool(wrong or view.bad)
+    if rebuild:
+        index.remove()
+        index.append(e for e in heads.values() if e is not None)
+    elif fix:
+        index.append(entry for entry, _why in behind.values())
+    if fix and (rebuild or not complete):
+        index.mark_complete("rebuilt by agl check --fix")
+    out = [
+        Problem("corrupt-index-line", str(b.path), f"byte {b.offset}: {b.reason}", rebuild) for b in view.bad
+    ]
+    out += [Problem("index-ahead", where, why, rebuild) for why in wrong.values()]
+    if not complete:
+        detail = f"no {engine.ctx.layout.rollout_index_marker.name}: listings read every record"
+        out.append(Problem("index-incomplete", where, f"{detail} ({len(behind)} rollouts not indexed)", fix))
+    else:
+        out += [Problem("stale-index", where, why, fix) for _entry, why in behind.values()]
+    return out
+
+
+def check_store(engine: Engine, index: RolloutIndex | None = None, *, fix: bool = False) -> list[Problem]:
     """Every problem found in the store; with ``fix``, repaired where that is safe."""
     root = engine.ctx.layout.root
-    return _tokens(engine, fix) + _rollouts(engine, fix) + _temp_files(root, fix)
+    heads: dict[str, Entry | None] = {}
+    out = _tokens(engine, fix) + _rollouts(engine, fix, heads)
+    if index is not None:
+        out += _index(engine, index, heads, fix)
+    return out + _temp_files(root, fix)

@@ -68,6 +68,15 @@ class Layout:
     def locks(self) -> Path:
         return self.root / "locks"
 
+    @property
+    def rollout_index(self) -> Path:
+        return self.root / "index" / "rollouts"
+
+    @property
+    def rollout_index_marker(self) -> Path:
+        # Its presence says the logs cover every rollout (see store_fs/rollout_index.py).
+        return self.rollout_index / "complete.json"
+
     def directories(self) -> list[Path]:
         """Every directory a new store starts with."""
         return [
@@ -81,6 +90,7 @@ class Layout:
             self.resource_objects,
             self.resource_versions,
             self.resource_ids,
+            self.rollout_index,
             self.locks,
         ]
 

@@ -8,6 +8,10 @@ other's updates and no lock is taken; the loser re-reads and re-applies its
 change. The newest revision is the truth. ``rollout.json`` is a copy of it for
 people and ``jq``; each writer re-publishes it until it matches the newest
 revision, so it converges as soon as writers stop.
+
+Observers run after each successful revision, in the writing process: first
+``on_revision`` (the rollout index: as soon as possible after the revision, so a
+crash leaves the smallest window), then, after the mirror, ``on_change`` (events).
 """
 
 from __future__ import annotations
@@ -65,15 +69,19 @@ class _Cache:
 
 Mutation = Callable[[RolloutRecord], RolloutRecord | None]
 Observer = Callable[[RolloutRecord | None, RolloutRecord], None]
+RevisionObserver = Callable[[int, RolloutRecord], None]
 
 
 class RecordStore:
     """Reads and compare-and-swaps rollout records."""
 
-    def __init__(self, ctx: Context, on_change: Observer) -> None:
+    def __init__(
+        self, ctx: Context, on_change: Observer, on_revision: RevisionObserver | None = None
+    ) -> None:
         self._ctx = ctx
         self._layout = ctx.layout
         self._on_change = on_change
+        self._on_revision = on_revision
 
     def _cache(self) -> _Cache:
         cache: _Cache = self._ctx.local("records", _Cache)
@@ -159,6 +167,8 @@ class RecordStore:
         ):
             return False
         self._cache().heads[rid] = (1, record)
+        if self._on_revision is not None:
+            self._on_revision(1, record)
         self._publish_mirror(rid, 1, record)
         self._on_change(None, record)
         return True
@@ -182,6 +192,8 @@ class RecordStore:
             data = codec.dumps_record(updated)
             if fsio.create_exclusive(hist / _rev_name(rev + 1), data, durable=self._ctx.durable):
                 self._cache().heads[rollout_id] = (rev + 1, updated)
+                if self._on_revision is not None:
+                    self._on_revision(rev + 1, updated)
                 self._publish_mirror(rollout_id, rev + 1, updated)
                 self._on_change(current, updated)
                 return updated.model_copy(deep=True)

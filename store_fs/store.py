@@ -16,6 +16,7 @@ allocated for rollouts that exist.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 import warnings
@@ -28,7 +29,13 @@ from .check import Problem, check_store
 from .clock import Clock, SystemClock
 from .context import Context, Durability
 from .engine import Engine
-from .errors import AttemptNotFoundError, FormatVersionError, RolloutNotFoundError, StoreNotFoundError
+from .errors import (
+    AttemptNotFoundError,
+    CorruptRecordError,
+    FormatVersionError,
+    RolloutNotFoundError,
+    StoreNotFoundError,
+)
 from .events import EventLog
 from .ids import (
     check_attempt_id,
@@ -64,6 +71,8 @@ from .query import build_filter, check_page_args, matches, paginate, sort_items
 from .queue import ClaimToken, Queue
 from .records import RecordStore, RolloutRecord
 from .resources_store import ResourceStore
+from .rollout_index import Entry, RolloutIndex, publish_marker
+from .rollout_index import ordered as index_order
 from .span_log import SpanLog
 from .transitions import (
     FINAL_ATTEMPT_STATUSES,
@@ -94,11 +103,16 @@ def init_store(root: str | Path) -> Path:
     body = codec.dumps_record(
         {"format": "agl-store", "version": FORMAT_VERSION, "created_by": f"agl {__version__}"}
     )
-    fsio.create_exclusive(layout.format_file, body)
+    created = fsio.create_exclusive(layout.format_file, body)
+    if created and not any(fsio.iter_dirs(layout.rollouts)):
+        # A new, empty store: every rollout it will ever hold gets an index line, so the
+        # index is complete from the start. Stores made by older builds are not marked.
+        publish_marker(layout, "new store", now=time.time())
     gitignore = layout.root / ".gitignore"
     if not gitignore.exists():
-        # Queue churn and per-process change feeds are operational, not history.
-        fsio.create_exclusive(gitignore, b"queue/\nevents/\nlocks/\n")
+        # Queue churn, per-process change feeds and the (rebuildable) index are operational,
+        # not history.
+        fsio.create_exclusive(gitignore, b"queue/\nevents/\nindex/\nlocks/\n")
     return layout.root
 
 
@@ -156,7 +170,8 @@ class FileStore:
         self._clock = clock or SystemClock()
         self._ctx = Context(layout, self._clock, durability, clock_skew_seconds)
         self._events = EventLog(self._ctx)
-        self._records = RecordStore(self._ctx, self._events.record_change)
+        self._index = RolloutIndex(self._ctx)
+        self._records = RecordStore(self._ctx, self._events.record_change, self._index.record)
         self._queue = Queue(self._ctx)
         self._spans = SpanLog(self._ctx)
         self._resources = ResourceStore(self._ctx)
@@ -167,6 +182,7 @@ class FileStore:
         )
         self._watch_mode = watch_mode
         self._started = self._clock.monotonic()
+        self._warned_index_ahead = False
 
     def __repr__(self) -> str:
         return f"FileStore({str(self.root)!r})"
@@ -176,9 +192,10 @@ class FileStore:
         return self._ctx.layout
 
     def close(self) -> None:
-        """Close this process's open span and event files (reopened on next use)."""
+        """Close this process's open span, event and index files (reopened on next use)."""
         self._spans.close()
         self._events.close()
+        self._index.close()
 
     # -- helpers -------------------------------------------------------------------
     def _healthcheck(self) -> None:
@@ -187,10 +204,11 @@ class FileStore:
     def check(self, *, fix: bool = False) -> list[Problem]:
         """Look for damage and half-finished work; with ``fix``, repair what is safe to repair.
 
-        Orphan-pending tokens are only safe to remove when no enqueue is in flight: run
-        ``check(fix=True)`` on a quiet store.
+        Orphan-pending tokens are only safe to remove when no enqueue is in flight, and a
+        rollout index that appending cannot correct is rebuilt: run ``check(fix=True)`` on
+        a quiet store.
         """
-        return check_store(self._engine, fix=fix)
+        return check_store(self._engine, self._index, fix=fix)
 
     def reap(self) -> int:
         """Run one reaper scan now; returns how many attempts were expired."""
@@ -253,12 +271,19 @@ class FileStore:
         return {"thread_safe": True, "async_safe": True, "zero_copy": True, "otlp_traces": False}
 
     async def statistics(self) -> LightningStoreStatistics:
-        """Counts read from the tree (cost grows with the store; meant for inspection)."""
-        rollouts = attempts = spans = 0
-        for record in self._records.iter_records():
-            rollouts += 1
-            attempts += len(record.attempts)
-            spans += sum(self._spans.count(self._engine.attempt_dir(a)) for a in record.attempts)
+        """Counts for inspection. Rollouts and attempts come from the rollout index (as late
+        as the index, see store_fs/rollout_index.py); spans are counted in the span files of
+        rollouts that have attempts. Without a complete index, every record is read."""
+        counts = self._index.counts()
+        if counts is not None:
+            rollouts, attempts, attempted = counts
+            spans = sum(self._count_spans(rollout_id) for rollout_id in attempted)
+        else:
+            rollouts = attempts = spans = 0
+            for record in self._records.iter_records():
+                rollouts += 1
+                attempts += len(record.attempts)
+                spans += sum(self._spans.count(self._engine.attempt_dir(a)) for a in record.attempts)
         return {
             "name": type(self).__name__,
             "total_rollouts": rollouts,
@@ -268,6 +293,10 @@ class FileStore:
             "total_workers": self._workers.count(),
             "uptime": self._clock.monotonic() - self._started,
         }
+
+    def _count_spans(self, rollout_id: str) -> int:
+        attempts = self.layout.attempts_dir(rollout_id)
+        return sum(self._spans.count(attempts / entry.name) for entry in fsio.iter_dirs(attempts))
 
     # -- rollouts ------------------------------------------------------------------
     async def start_rollout(
@@ -401,7 +430,12 @@ class FileStore:
         status: Sequence[RolloutStatus] | None = None,
         rollout_ids: Sequence[str] | None = None,
     ) -> PaginatedResult[Rollout | AttemptedRollout]:
-        """Filter, sort and page rollouts. Without ``sort_by``, oldest first."""
+        """Filter, sort and page rollouts. Without ``sort_by``, oldest first.
+
+        With a complete rollout index (store_fs/rollout_index.py) the candidates come
+        from the index and only the records of the page are read (see
+        :meth:`_query_indexed` for what ``total`` means then); without one, every record.
+        """
         self._healthcheck()
         if status is not None:
             warnings.warn("'status' is deprecated; use 'status_in'", DeprecationWarning, stacklevel=2)
@@ -411,6 +445,9 @@ class FileStore:
                 "'rollout_ids' is deprecated; use 'rollout_id_in'", DeprecationWarning, stacklevel=2
             )
             rollout_id_in = rollout_ids if rollout_id_in is None else rollout_id_in
+        # Materialised once: the filter, the index and the direct read each go through them.
+        status_in = None if status_in is None else list(status_in)
+        rollout_id_in = None if rollout_id_in is None else list(rollout_id_in)
         check_page_args(limit, offset)
         filters = build_filter(
             filter_logic,
@@ -424,7 +461,15 @@ class FileStore:
             found = [self._records.get(r) for r in ids]
             records = [r for r in found if r is not None]
         else:
-            records = list(self._records.iter_records())
+            picked = self._index.select(
+                status_in=status_in,
+                rollout_id_in=rollout_id_in,
+                rollout_id_contains=rollout_id_contains,
+                logic=filter_logic,
+            )
+            if picked is not None:
+                return self._query_indexed(picked, filters, sort_by, sort_order, limit, offset)
+            records = list(self._records.iter_records())  # no complete index: read the tree
         selected = [r for r in records if matches(r, filters)]
         selected.sort(key=lambda r: (r.start_time, r.rollout_id))
         ordered = sort_items(selected, sort_by, sort_order, Rollout)
@@ -432,6 +477,72 @@ class FileStore:
         return PaginatedResult(
             items=[self._public(r) for r in page], limit=limit, offset=offset, total=len(ordered)
         )
+
+    def _query_indexed(
+        self,
+        picked: list[Entry],
+        filters: dict[str, Any],
+        sort_by: str | None,
+        sort_order: SortOrder,
+        limit: int,
+        offset: int,
+    ) -> PaginatedResult[Rollout | AttemptedRollout]:
+        """``query_rollouts`` over the candidates the index picked.
+
+        Every returned rollout is re-checked on its record, so a stale index entry can
+        leave a rollout out (late) but never return one that does not match. In the
+        index's orders (none, ``start_time``, ``rollout_id``) only the page is read:
+        the ``offset`` rollouts before it are skipped by their index entries, and
+        ``total`` is the index's count less the candidates found stale while reading.
+        Other orders need every candidate's record.
+        """
+        if sort_by not in (None, "start_time", "rollout_id"):
+            records = [r for r in map(self._verified, picked, itertools.repeat(filters)) if r is not None]
+            records.sort(key=lambda r: (r.start_time, r.rollout_id))
+            ordered_records = sort_items(records, sort_by, sort_order, Rollout)
+            return PaginatedResult(
+                items=[self._public(r) for r in paginate(ordered_records, limit, offset)],
+                limit=limit,
+                offset=offset,
+                total=len(ordered_records),
+            )
+        sort_items([], sort_by, sort_order)  # the same argument check as the full scan
+        need = None if limit == -1 else offset + limit + 8  # a few spare for stale entries
+        page: list[RolloutRecord] = []
+        stale = 0
+        for entry in itertools.islice(index_order(picked, sort_by, sort_order == "desc", need), offset, None):
+            if len(page) == limit:
+                break
+            record = self._verified(entry, filters)
+            if record is None:
+                stale += 1
+            else:
+                page.append(record)
+        return PaginatedResult(
+            items=[self._public(r) for r in page], limit=limit, offset=offset, total=len(picked) - stale
+        )
+
+    def _verified(self, entry: Entry, filters: dict[str, Any]) -> RolloutRecord | None:
+        """The record of an index candidate if it really matches ``filters``, else None."""
+        try:
+            found = self._records.head(entry.rollout_id)
+        except CorruptRecordError as err:
+            log.warning("%s", err)  # like the full scan: skipped here, reported by check
+            return None
+        if found is None:
+            return None
+        rev, record = found
+        if rev < entry.rev and not self._warned_index_ahead:
+            self._warned_index_ahead = True
+            log.warning(
+                "the rollout index is ahead of %s (revision %d, index %d): if `agl check` agrees, "
+                "records were restored from an older copy and `agl check --fix` rebuilds the index",
+                entry.rollout_id,
+                rev,
+                entry.rev,
+            )
+        # The cached head is shared: only read it (``_public`` builds new objects).
+        return record if matches(record, filters) else None
 
     async def get_rollout_by_id(self, rollout_id: str) -> Rollout | AttemptedRollout | None:
         self._healthcheck()
