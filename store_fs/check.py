@@ -80,7 +80,7 @@ def _rollouts(engine: Engine, fix: bool, heads: dict[str, Entry | None]) -> list
         if not engine.records.mirror_matches(rollout_id):
             if fix:
                 engine.records.republish_mirror(rollout_id)
-            out.append(Problem("stale-mirror", mirror, "differs from the newest history revision", fix))
+            out.append(Problem("stale-mirror", mirror, "does not link to the newest history revision", fix))
         if (
             record.status in ("queuing", "requeuing")
             and (rollout_id, len(record.attempts) + 1) not in pending

@@ -31,6 +31,7 @@ __all__ = [
     "list_names",
     "move",
     "publish",
+    "publish_symlink",
     "read_bytes",
     "writer_tag",
 ]
@@ -60,9 +61,9 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _write_tmp(path: Path, data: bytes, durable: bool) -> Path:
+def _write_tmp(path: Path, data: bytes, durable: bool, mode: int = 0o644) -> Path:
     tmp = _tmp_path(path)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         append(fd, data)
         if durable:
@@ -94,9 +95,24 @@ def publish(path: Path, data: bytes, *, durable: bool = False) -> None:
         fsync_dir(path.parent)
 
 
-def create_exclusive(path: Path, data: bytes, *, durable: bool = False) -> bool:
-    """Create ``path`` holding ``data`` unless it exists. True if this call created it."""
-    tmp = _write_tmp(path, data, durable)
+def publish_symlink(path: Path, target: str, *, durable: bool = False) -> None:
+    """Make ``path`` a symlink to ``target`` atomically (last writer wins)."""
+    tmp = _tmp_path(path)
+    os.symlink(target, tmp)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink_quiet(tmp)
+        raise
+    if durable:
+        fsync_dir(path.parent)
+
+
+def create_exclusive(path: Path, data: bytes, *, durable: bool = False, mode: int = 0o644) -> bool:
+    """Create ``path`` holding ``data`` unless it exists. True if this call created it.
+
+    ``mode`` applies to the new file (``0o444`` for files nobody may change)."""
+    tmp = _write_tmp(path, data, durable, mode)
     try:
         os.link(tmp, path)
         created = True

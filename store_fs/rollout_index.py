@@ -406,6 +406,17 @@ class RolloutIndex:
                 return None
             return view.select(status_in, rollout_id_in, rollout_id_contains, logic)
 
+    def lookup(self, rollout_ids: Iterable[str]) -> dict[str, Entry] | None:
+        """The newest entry of each of ``rollout_ids`` that has one (one refresh, then dict
+        look-ups), or None when the index is not complete."""
+        view = self._view()
+        with view.lock:
+            view.refresh(self._dir)
+            if not self.is_complete():
+                return None
+            entries = view.entries
+            return {rid: entry for rid in rollout_ids if (entry := entries.get(rid)) is not None}
+
     def counts(self) -> tuple[int, int, list[str]] | None:
         """(rollouts, attempts, ids of rollouts with attempts), or None if not complete."""
         view = self._view()

@@ -20,7 +20,7 @@ import itertools
 import logging
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -84,6 +84,10 @@ from .transitions import (
 from .watch import ChangeFeed, WatchMode, resolve_mode
 from .watchdog import Reaper
 from .workers import WorkerStore
+
+FINISHED_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+# A waiter re-reads every record it waits for at least this often (index lines are hints).
+FULL_RECHECK_SECONDS = 1.0
 
 __all__ = ["FileStore", "init_store"]
 
@@ -910,24 +914,39 @@ class FileStore:
         # injected clock drives timestamps and liveness.
         deadline = None if timeout is None else time.monotonic() + timeout
 
-        def check() -> None:
-            for rid in list(waiting):
-                record = self._records.get(rid)
-                if record is None:
+        def check(candidates: Iterable[str]) -> None:
+            for rid in candidates:
+                found = self._records.head(rid)
+                if found is None:
                     waiting.discard(rid)
-                elif record.status in ("succeeded", "failed", "cancelled"):
-                    finished[rid] = record.plain()
+                elif found[1].status in FINISHED_STATUSES:
+                    finished[rid] = found[1].plain()
                     waiting.discard(rid)
 
-        check()
+        last_full = time.monotonic()
+
+        def check_changed() -> None:
+            # The index tells which waited-for rollouts finished, so a wake-up costs one
+            # index refresh instead of a look at every record. Index lines are hints too (a
+            # crash can lose one): a full pass every FULL_RECHECK_SECONDS covers that.
+            nonlocal last_full
+            now = time.monotonic()
+            entries = None if now - last_full >= FULL_RECHECK_SECONDS else self._index.lookup(waiting)
+            if entries is None:
+                last_full = now
+                check(list(waiting))
+            else:
+                check([rid for rid, entry in entries.items() if entry.status in FINISHED_STATUSES])
+
+        check(list(waiting))
         if waiting and (timeout is None or timeout > 0):
             mode = resolve_mode(self._watch_mode, self.root)
             async with ChangeFeed(self.layout.events, mode) as feed:
-                check()  # the feed is live: nothing that happens from here on is missed
+                check(list(waiting))  # the feed is live: nothing that happens from here on is missed
                 while waiting and (deadline is None or time.monotonic() < deadline):
                     await feed.next()
                     self._reaper.maybe_scan()
-                    check()
+                    check_changed()
         return [finished[r] for r in rollout_ids if r in finished]
 
     # -- workers -------------------------------------------------------------------

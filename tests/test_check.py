@@ -6,6 +6,7 @@ import os
 import time
 
 from store_fs import FileStore, Span
+from store_fs.codec import loads
 from store_fs.queue import ClaimToken
 
 
@@ -38,6 +39,7 @@ async def test_finds_and_fixes_half_finished_work(store: FileStore) -> None:
     with open(span_file, "ab") as f:
         f.write(b'{"half": ')
     mirror = store.layout.mirror_file(queued.rollout_id)
+    mirror.unlink()  # replaced by a stale copy (as an older build wrote it)
     mirror.write_text("{}\n")
     for token in store._queue.list_pending():
         store._queue.discard_pending(token)
@@ -73,3 +75,18 @@ async def test_corrupt_record_is_reported_not_touched(store: FileStore) -> None:
     assert [p.kind for p in problems] == ["corrupt-record"]
     assert not problems[0].fixed
     assert head.read_bytes() == b'{"rollout_id": '
+
+
+async def test_rollout_json_links_to_the_newest_read_only_revision(store: FileStore) -> None:
+    rollout = await store.enqueue_rollout(input={"q": 1})
+    attempted = await store.dequeue_rollout()
+    assert attempted is not None
+    mirror = store.layout.mirror_file(rollout.rollout_id)
+    history = store.layout.history_dir(rollout.rollout_id)
+    newest = max(history.glob("*.json"))
+    assert mirror.is_symlink()
+    assert os.readlink(mirror) == f"history/{newest.name}"
+    assert loads(mirror.read_bytes())["status"] == "preparing"
+    # Revisions are immutable: nobody may write through the link into history.
+    assert all(p.stat().st_mode & 0o777 == 0o444 for p in history.glob("*.json"))
+    assert store.check() == []
