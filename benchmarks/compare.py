@@ -59,15 +59,35 @@ def size(name: str, backend: Backend, scale: float) -> int:
     return n if name == "runner start-up" else max(5, round(n * scale))
 
 
-async def measure(name: str, backend: Backend, base: Path, scale: float) -> dict[str, Any]:
+async def measure(name: str, backend: Backend, base: Path, scale: float, settle: float) -> dict[str, Any]:
     fn = PLAN[name][0]
     n = size(name, backend, scale)
     with deployed(backend, base) as dep:
         result = await fn(dep, n)
+    if settle:
+        # Deleting the last store leaves the disk busy (writeback, journal, discards):
+        # let it finish untimed, so it does not slow whichever backend runs next.
+        os.sync()
+        time.sleep(settle)
     return {"n": n, **result}
 
 
-def run(backends: list[Backend], names: list[str], reps: int, scale: float, base: Path) -> dict[str, Any]:
+def measure_in_child(name: str, backend: Backend, base: Path, scale: float, settle: float) -> dict[str, Any]:
+    """One measurement in a fresh interpreter: the measuring process (the algorithm, or
+    everything for up-mem) starts clean every time, so one measurement's leftovers (a
+    big heap for the garbage collector to walk, open stores) cannot slow the next."""
+    args = ["--measure", name, backend.name, "--dir", str(base)]
+    args += ["--scale", str(scale), "--settle", str(settle)]
+    proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
+    if proc.returncode != 0:  # keep going: one broken backend must not lose the rest
+        return {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1]}
+    outcome: dict[str, Any] = json.loads(proc.stdout.splitlines()[-1])
+    return outcome
+
+
+def run(
+    backends: list[Backend], names: list[str], reps: int, scale: float, base: Path, settle: float
+) -> dict[str, Any]:
     """results[workload][backend] = {"runs": [...], "median": float}"""
     results: dict[str, dict[str, Any]] = {}
     for name in names:
@@ -76,10 +96,7 @@ def run(backends: list[Backend], names: list[str], reps: int, scale: float, base
             # Rotate the order every repetition so no backend always runs first.
             order = backends[rep % len(backends) :] + backends[: rep % len(backends)]
             for backend in order:
-                try:
-                    outcome = asyncio.run(measure(name, backend, base, scale))
-                except Exception as err:  # keep going: one broken backend must not lose the rest
-                    outcome = {"error": repr(err)}
+                outcome = measure_in_child(name, backend, base, scale, settle)
                 per[backend.name]["runs"].append(outcome)
                 shown = f"{outcome['value']:.2f}" if "value" in outcome else outcome["error"][:120]
                 print(f"  {name:<16} {backend.name:<9} rep {rep + 1}: {shown}", file=sys.stderr)
@@ -188,7 +205,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", metavar="PATH", help="write raw results as JSON to PATH")
     parser.add_argument("--dir", metavar="DIR", help="where to create the temporary stores")
+    parser.add_argument("--settle", type=float, default=1.0, help="rest after sync between measurements (s)")
+    parser.add_argument("--measure", nargs=2, metavar=("WORKLOAD", "BACKEND"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.measure:  # one measurement, printed as JSON (see measure_in_child)
+        name, backend_name = args.measure
+        base = Path(args.dir or tempfile.gettempdir())
+        outcome = asyncio.run(measure(name, BACKENDS[backend_name], base, args.scale or 1.0, args.settle))
+        print(json.dumps(outcome))
+        return 0
     reps = args.reps or (2 if args.quick else 3)
     try:
         backends = [BACKENDS[name] for name in args.backends.split(",")]
@@ -203,10 +228,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{meta['cpus']} CPUs ({meta['cpu']}), Python {meta['python']}, reps {reps}", file=sys.stderr)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="agl-compare-", dir=args.dir) as tmp:
-        results = run(backends, names, reps, scale, Path(tmp))
+        results = run(backends, names, reps, scale, Path(tmp), args.settle)
     cli = cli_timings(max(reps, 5)) if not args.only or "cli" in args.only else {}
     meta["total_seconds"] = time.perf_counter() - started
-    meta["reps"], meta["scale"] = reps, scale
+    meta["reps"], meta["scale"], meta["settle"] = reps, scale, args.settle
 
     print(render(results, backends))
     for label, timing in cli.items():

@@ -50,7 +50,16 @@ _CTX = multiprocessing.get_context("spawn")
 
 
 def _peak_rss_kb() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
+    """This process's peak resident set (VmHWM), in kilobytes.
+
+    Not ``getrusage().ru_maxrss``: Linux carries a forked parent's peak across
+    ``exec``, so every spawned child would report at least its parent's size.
+    """
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 async def _fill(store: Any, n: int) -> list[str]:
@@ -248,9 +257,15 @@ def _complete_child(spec: str, index: int, go: Any, stop: Any, results: Any, job
 
 
 async def wake_up(dep: Deployment, samples: int) -> dict[str, Any]:
-    """From the end of a completing ``update_attempt`` (another process) to the waiter's return."""
+    """From the end of a completing ``update_attempt`` (another process) to the waiter's return.
+
+    Over HTTP the server can wake the waiter before the completer has read its own
+    reply, so that figure is clipped at 0; ``from_call_start_ms`` (from the start of
+    the completing call, so including the write) is kept as well.
+    """
     store = dep.open()
     latencies: list[float] = []
+    from_start: list[float] = []  # from the start of the completing call instead
     try:
         jobs = _CTX.Queue()
         if dep.spec is not None:
@@ -261,16 +276,21 @@ async def wake_up(dep: Deployment, samples: int) -> dict[str, Any]:
             waiter = asyncio.create_task(_wait_done(store, rid))
             await asyncio.sleep(0.03)  # the waiter is asleep in wait_for_rollouts
             if dep.spec is None:
-                _, written = await _complete(store, rid, aid)
+                started, written = await _complete(store, rid, aid)
             else:
                 jobs.put((rid, aid))
-                _, written = await asyncio.to_thread(results.get, True, 60)
+                started, written = await asyncio.to_thread(results.get, True, 60)
             seen = await waiter
             latencies.append(max(0.0, seen - written) * 1000)
+            from_start.append((seen - started) * 1000)
         if dep.spec is not None:
             jobs.put(None)
             await asyncio.to_thread(_collect, children, results, 1)
-        return {"value": statistics.median(latencies), "max_ms": max(latencies)}
+        return {
+            "value": statistics.median(latencies),
+            "max_ms": max(latencies),
+            "from_call_start_ms": statistics.median(from_start),
+        }
     finally:
         await close_store(store)
 
@@ -381,14 +401,13 @@ async def startup(dep: Deployment, _: int) -> dict[str, Any]:
         + _STARTUP[kind].format(target=target)
         + "\nasyncio.run(store.dequeue_rollout(worker_id='probe'))\n"
         + ("asyncio.run(store.close())\n" if kind == "http" else "")
+        # The peak resident set of this interpreter (see _peak_rss_kb), for the parent to read.
+        + "print([l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0].split()[1])\n"
     )
     env = dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True", PYTHONPATH=str(ROOT))
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     elapsed = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
     if proc.returncode != 0:
-        raise RuntimeError(f"start-up probe failed: {err[-800:]}")
-    return {"value": elapsed * 1000, "peak_rss_kb": usage.ru_maxrss}
+        raise RuntimeError(f"start-up probe failed: {proc.stderr[-800:]}")
+    return {"value": elapsed * 1000, "peak_rss_kb": int(proc.stdout.split()[-1])}

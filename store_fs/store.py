@@ -182,7 +182,11 @@ class FileStore:
         self._workers = WorkerStore(self._ctx)
         self._engine = Engine(self._ctx, self._records, self._queue, self._spans, self._workers)
         self._reaper = Reaper(
-            self._ctx, self._engine, debounce=scan_debounce_seconds, grace=claim_grace_seconds
+            self._ctx,
+            self._engine,
+            debounce=scan_debounce_seconds,
+            grace=claim_grace_seconds,
+            index=self._index,
         )
         self._watch_mode = watch_mode
         self._started = self._clock.monotonic()

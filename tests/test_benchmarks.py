@@ -21,20 +21,9 @@ COMPARE = ROOT / "benchmarks" / "compare.py"
 def _run_compare(tmp_path: Path, *args: str) -> dict[str, object]:
     out = tmp_path / "results.json"
     env = dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True")
+    tiny = ["--reps", "1", "--scale", "0.02", "--settle", "0", "--dir", str(tmp_path), "--json", str(out)]
     proc = subprocess.run(
-        [
-            sys.executable,
-            str(COMPARE),
-            "--reps",
-            "1",
-            "--scale",
-            "0.02",
-            "--dir",
-            str(tmp_path),
-            "--json",
-            str(out),
-            *args,
-        ],
+        [sys.executable, str(COMPARE), *tiny, *args],
         capture_output=True,
         text=True,
         timeout=300,
