@@ -54,7 +54,8 @@ def stats() -> None:
 
 
 def check(fix: Annotated[bool, typer.Option(help="Repair what is safe to repair.")] = False) -> None:
-    """Look for torn span lines, orphan tokens, temp files, stale copies and corrupt records.
+    """Look for torn span lines, orphan tokens, temp files, stale rollout.json links, rollout index
+    gaps and corrupt records.
 
     Exits 7 if problems remain (after --fix: those it could not repair). Run --fix on a quiet store.
 

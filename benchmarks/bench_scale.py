@@ -25,6 +25,7 @@ Usage::
     python benchmarks/bench_scale.py                  # N=100,000 (building takes a few minutes)
     python benchmarks/bench_scale.py --n 20000 --reps 5
     python benchmarks/bench_scale.py --json out.json --dir /mnt/nfs --keep
+    python benchmarks/bench_scale.py --upstream       # the same on upstream's in-memory store
 """
 
 from __future__ import annotations
@@ -61,12 +62,23 @@ class Result:
         return statistics.median(self.ms)
 
 
-async def build(root: Path, n: int, active: int, batch: int) -> tuple[FileStore, float]:
-    """A store with ``n`` rollouts, ``active`` of them dequeued (half running, half succeeded)."""
-    store = FileStore(root)
+async def build(root: Path | None, n: int, active: int, batch: int) -> tuple[Any, float]:
+    """A store with ``n`` rollouts, ``active`` of them dequeued (half running, half succeeded).
+
+    ``root`` None builds upstream's ``InMemoryLightningStore`` the same way instead.
+    """
+    request: Any = EnqueueRolloutRequest
+    if root is None:
+        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no network at import
+        from agentlightning.store.memory import InMemoryLightningStore
+        from agentlightning.types import EnqueueRolloutRequest as request
+
+        store: Any = InMemoryLightningStore()
+    else:
+        store = FileStore(root)
     start = time.perf_counter()
     for first in range(0, n, batch):
-        requests = [EnqueueRolloutRequest(input={"task": i}) for i in range(first, min(n, first + batch))]
+        requests = [request(input={"task": i}) for i in range(first, min(n, first + batch))]
         await store.enqueue_many_rollouts(requests)
     for i in range(active):
         attempted = await store.dequeue_rollout(worker_id="bench")
@@ -95,7 +107,7 @@ def _size(out: Any) -> int | None:
     return None
 
 
-def queries(store_of: Callable[[], FileStore]) -> list[tuple[str, Callable[[], Awaitable[Any]]]]:
+def queries(store_of: Callable[[], Any]) -> list[tuple[str, Callable[[], Awaitable[Any]]]]:
     """The listing and counting calls, each on the store ``store_of()`` returns."""
     return [
         ("query running", lambda: store_of().query_rollouts(status_in=["running"])),
@@ -105,13 +117,15 @@ def queries(store_of: Callable[[], FileStore]) -> list[tuple[str, Callable[[], A
     ]
 
 
-async def measure(store: FileStore, reps: int, ids: list[str]) -> list[Result]:
+async def measure(store: Any, reps: int, ids: list[str]) -> list[Result]:
     out: list[Result] = []
     print("warm (the instance that built the store):", file=sys.stderr)
     for name, call in queries(lambda: store):
         out.append(await timed(name, reps, call))
     out.append(await timed("dequeue", reps, lambda: store.dequeue_rollout(worker_id="bench")))
     out.append(await timed("get_rollout_by_id", reps, lambda: store.get_rollout_by_id(random.choice(ids))))
+    if not isinstance(store, FileStore):
+        return out  # upstream's in-memory store has no cold start to measure
     print("cold (a new FileStore per call):", file=sys.stderr)
 
     def cold() -> FileStore:
@@ -137,7 +151,7 @@ def render(results: list[Result]) -> str:
 
 
 async def run(args: argparse.Namespace, base: Path) -> tuple[float, list[Result]]:
-    store, built = await build(base / "store", args.n, args.active, args.batch)
+    store, built = await build(None if args.upstream else base / "store", args.n, args.active, args.batch)
     print(f"built {args.n} rollouts in {built:.1f} s", file=sys.stderr)
     ids = [r.rollout_id for r in (await store.query_rollouts(limit=1000)).items]
     return built, await measure(store, args.reps, ids)
@@ -152,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="PATH", help="also write raw results as JSON to PATH")
     parser.add_argument("--dir", metavar="DIR", help="where to create the store")
     parser.add_argument("--keep", action="store_true", help="keep the store (its path is printed)")
+    parser.add_argument("--upstream", action="store_true", help="measure upstream's in-memory store instead")
     args = parser.parse_args(argv)
     if args.n < 1 or args.reps < 1 or args.batch < 1:
         parser.error("--n, --reps and --batch must be at least 1")
