@@ -63,6 +63,21 @@ BACKENDS: dict[str, Backend] = {
 BASELINE = "up-http"
 
 
+def peak_rss_kb(pid: int | str = "self") -> int | None:
+    """A process's peak resident set (VmHWM), in kilobytes; None if it is gone.
+
+    Not ``getrusage().ru_maxrss``: Linux carries a forked parent's peak across
+    ``exec``, so every spawned child would report at least its parent's size.
+    """
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -114,14 +129,8 @@ class ServerProcess:
         raise RuntimeError(f"{self.server} server did not start: {self.log.read_text()[-1500:]}")
 
     def peak_rss_kb(self) -> int | None:
-        """VmHWM of the live server: its peak resident set so far."""
-        try:
-            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-        except OSError:
-            return None
-        return None
+        """The live server's peak resident set so far."""
+        return peak_rss_kb(self.proc.pid)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

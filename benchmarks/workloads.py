@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -24,7 +23,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from backends import ROOT, Deployment, close_store, open_spec, span_model
+from backends import ROOT, Deployment, close_store, open_spec, peak_rss_kb, span_model
 from spans import span_dict
 
 UNITS = {
@@ -47,19 +46,6 @@ WAIT_POLL = 0.1  # upstream's client refuses wait_for_rollouts timeouts above 0.
 ALGO_POLL = 0.05  # an algorithm polling for finished rollouts asks every 50 ms (upstream's APO: 2 s)
 
 _CTX = multiprocessing.get_context("spawn")
-
-
-def _peak_rss_kb() -> int:
-    """This process's peak resident set (VmHWM), in kilobytes.
-
-    Not ``getrusage().ru_maxrss``: Linux carries a forked parent's peak across
-    ``exec``, so every spawned child would report at least its parent's size.
-    """
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 async def _fill(store: Any, n: int) -> list[str]:
@@ -333,7 +319,7 @@ def _runner_child(spec: str, index: int, go: Any, stop: Any, results: Any) -> No
     async def body(store: Any) -> tuple[int, int]:
         await asyncio.to_thread(go.wait, 120)
         done = await _runner(store, f"runner-{index}", stop.is_set, span_model(spec))
-        return done, _peak_rss_kb()
+        return done, peak_rss_kb()
 
     _child_main(body, spec, index, results)
 
@@ -363,7 +349,7 @@ async def loop(dep: Deployment, n: int, runners: int) -> dict[str, Any]:
         if dep.spec is None:
             stopping = True
             counts = await asyncio.gather(*tasks)
-            out["peak_rss_kb"] = {"all-in-one": _peak_rss_kb()}
+            out["peak_rss_kb"] = {"all-in-one": peak_rss_kb()}
         else:
             stop.set()
             reports = await asyncio.to_thread(_collect, children, results, runners)
@@ -401,7 +387,7 @@ async def startup(dep: Deployment, _: int) -> dict[str, Any]:
         + _STARTUP[kind].format(target=target)
         + "\nasyncio.run(store.dequeue_rollout(worker_id='probe'))\n"
         + ("asyncio.run(store.close())\n" if kind == "http" else "")
-        # The peak resident set of this interpreter (see _peak_rss_kb), for the parent to read.
+        # The peak resident set of this interpreter (see backends.peak_rss_kb), for the parent.
         + "print([l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0].split()[1])\n"
     )
     env = dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True", PYTHONPATH=str(ROOT))

@@ -77,6 +77,7 @@ from .span_log import SpanLog
 from .transitions import (
     FINAL_ATTEMPT_STATUSES,
     LIVE_ATTEMPT_STATUSES,
+    TERMINAL_ROLLOUT_STATUSES,
     mark_running,
     set_attempt_status,
     touch_attempt,
@@ -85,7 +86,6 @@ from .watch import ChangeFeed, WatchMode, resolve_mode
 from .watchdog import Reaper
 from .workers import WorkerStore
 
-FINISHED_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 # A waiter re-reads every record it waits for at least this often (index lines are hints).
 FULL_RECHECK_SECONDS = 1.0
 
@@ -479,8 +479,19 @@ class FileStore:
                 return self._query_indexed(picked, filters, sort_by, sort_order, limit, offset)
             records = list(self._records.iter_records())  # no complete index: read the tree
         selected = [r for r in records if matches(r, filters)]
-        selected.sort(key=lambda r: (r.start_time, r.rollout_id))
-        ordered = sort_items(selected, sort_by, sort_order, Rollout)
+        return self._page(selected, sort_by, sort_order, limit, offset)
+
+    def _page(
+        self,
+        records: list[RolloutRecord],
+        sort_by: str | None,
+        sort_order: SortOrder,
+        limit: int,
+        offset: int,
+    ) -> PaginatedResult[Rollout | AttemptedRollout]:
+        """Matching ``records`` sorted (oldest first, then by ``sort_by``) and paged."""
+        records.sort(key=lambda r: (r.start_time, r.rollout_id))
+        ordered = sort_items(records, sort_by, sort_order, Rollout)
         page = paginate(ordered, limit, offset)
         return PaginatedResult(
             items=[self._public(r) for r in page], limit=limit, offset=offset, total=len(ordered)
@@ -506,14 +517,7 @@ class FileStore:
         """
         if sort_by not in (None, "start_time", "rollout_id"):
             records = [r for r in map(self._verified, picked, itertools.repeat(filters)) if r is not None]
-            records.sort(key=lambda r: (r.start_time, r.rollout_id))
-            ordered_records = sort_items(records, sort_by, sort_order, Rollout)
-            return PaginatedResult(
-                items=[self._public(r) for r in paginate(ordered_records, limit, offset)],
-                limit=limit,
-                offset=offset,
-                total=len(ordered_records),
-            )
+            return self._page(records, sort_by, sort_order, limit, offset)
         sort_items([], sort_by, sort_order)  # the same argument check as the full scan
         need = None if limit == -1 else offset + limit + 8  # a few spare for stale entries
         page: list[RolloutRecord] = []
@@ -596,7 +600,7 @@ class FileStore:
                 return None
             for key in fields:
                 setattr(record, key, getattr(validated, key))
-            if "status" in fields and record.status in ("succeeded", "failed", "cancelled"):
+            if "status" in fields and record.status in TERMINAL_ROLLOUT_STATUSES:
                 record.end_time = now
             return record
 
@@ -923,7 +927,7 @@ class FileStore:
                 found = self._records.head(rid)
                 if found is None:
                     waiting.discard(rid)
-                elif found[1].status in FINISHED_STATUSES:
+                elif found[1].status in TERMINAL_ROLLOUT_STATUSES:
                     finished[rid] = found[1].plain()
                     waiting.discard(rid)
 
@@ -940,7 +944,7 @@ class FileStore:
                 last_full = now
                 check(list(waiting))
             else:
-                check([rid for rid, entry in entries.items() if entry.status in FINISHED_STATUSES])
+                check([rid for rid, entry in entries.items() if entry.status in TERMINAL_ROLLOUT_STATUSES])
 
         check(list(waiting))
         if waiting and (timeout is None or timeout > 0):

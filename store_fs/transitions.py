@@ -17,6 +17,7 @@ from .records import RolloutRecord
 __all__ = [
     "FINAL_ATTEMPT_STATUSES",
     "LIVE_ATTEMPT_STATUSES",
+    "TERMINAL_ROLLOUT_STATUSES",
     "mark_running",
     "rollout_status_for",
     "set_attempt_status",
@@ -24,7 +25,7 @@ __all__ = [
 
 LIVE_ATTEMPT_STATUSES: frozenset[str] = frozenset({"preparing", "running"})
 FINAL_ATTEMPT_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "timeout", "unresponsive"})
-_TERMINAL_ROLLOUT: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+TERMINAL_ROLLOUT_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 
 
 def rollout_status_for(attempt: Attempt, config: RolloutConfig) -> RolloutStatus:
@@ -43,7 +44,7 @@ def _propagate(record: RolloutRecord, attempt: Attempt, now: float) -> None:
     new = rollout_status_for(attempt, record.config)
     if new != record.status:
         record.status = new
-        if new in _TERMINAL_ROLLOUT:
+        if new in TERMINAL_ROLLOUT_STATUSES:
             record.end_time = now
 
 

@@ -12,6 +12,9 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from json_strategies import attribute_values as attribute_values_of
+from json_strategies import json_values as json_values_of
+from json_strategies import texts as texts_of
 from pydantic import BaseModel
 
 from store_fs import Attempt, FakeClock, FileStore, RolloutConfig, Span
@@ -29,27 +32,9 @@ ROLLOUT_STATUSES = ["queuing", "preparing", "running", "failed", "succeeded", "c
 
 # -- strategies ------------------------------------------------------------------------
 
-# orjson wants valid UTF-8 (no lone surrogates) and 64-bit integers.
-texts = st.text(st.characters(exclude_categories=("Cs",)), max_size=20)
-ints64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
-finite = st.floats(allow_nan=False, allow_infinity=False)
-
-json_values = st.recursive(
-    st.none() | st.booleans() | ints64 | finite | texts,
-    lambda children: st.lists(children, max_size=5) | st.dictionaries(texts, children, max_size=5),
-    max_leaves=25,
-)
-
-attribute_values = st.one_of(
-    texts,
-    st.booleans(),
-    ints64,
-    finite,
-    st.lists(texts, max_size=4),
-    st.lists(st.booleans(), max_size=4),
-    st.lists(ints64, max_size=4),
-    st.lists(finite, min_size=1, max_size=4),
-)
+texts = texts_of(20)
+json_values = json_values_of(texts, max_children=5, max_leaves=25)
+attribute_values = attribute_values_of(texts, min_floats=1)
 attributes = st.dictionaries(texts, attribute_values, max_size=6)
 hex_chars = "0123456789abcdef"
 rollout_ids = st.text(hex_chars, min_size=12, max_size=12).map(lambda h: "ro-" + h)

@@ -17,6 +17,10 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from json_strategies import attribute_values as attribute_values_of
+from json_strategies import finite, ints64
+from json_strategies import json_values as json_values_of
+from json_strategies import texts as texts_of
 from pydantic import BaseModel, ValidationError
 
 from store_fs import FileStore, Span, span_decode
@@ -28,24 +32,9 @@ from store_fs.span_log import BadLine
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # -- strategies: canonical span lines and lines that are not quite --------------------------
-texts = st.text(st.characters(exclude_categories=("Cs",)), max_size=12)
-ints64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
-finite = st.floats(allow_nan=False, allow_infinity=False)
-json_values = st.recursive(
-    st.none() | st.booleans() | ints64 | finite | texts,
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(texts, children, max_size=4),
-    max_leaves=12,
-)
-attribute_values = st.one_of(
-    texts,
-    st.booleans(),
-    ints64,
-    finite,
-    st.lists(texts, max_size=4),
-    st.lists(st.booleans(), max_size=4),
-    st.lists(ints64, max_size=4),
-    st.lists(finite, max_size=4),
-)
+texts = texts_of(12)
+json_values = json_values_of(texts, max_children=4, max_leaves=12)
+attribute_values = attribute_values_of(texts)
 attributes = st.dictionaries(texts, attribute_values, max_size=6)
 optional_times = st.none() | st.floats(min_value=0, max_value=4e9, allow_nan=False)
 
