@@ -1,17 +1,41 @@
-"""Worker records: ``workers/<worker_id>/heartbeat.json`` and ``status.json``.
+"""Worker records: ``workers/<worker_id>/log.<host>-<pid>.jsonl``, one log per writing process.
 
-The two halves have different writers: ``update_worker`` (the runner's periodic
-heartbeat) writes the first, the status sync of dequeues and attempt updates
-writes the second. Each half is replaced whole, so a reader never sees a torn
-record and a heartbeat never erases a status (or the reverse). Worker status is
-advisory, as upstream's is: two syncs of the same worker racing from two
-processes end with the last one's view.
+A worker's state is upstream's ``Worker``: a status (busy, idle, unknown), the
+rollout and attempt it works on, and the times of its last dequeue, busy and
+idle transitions and heartbeat. Several processes change it: the runner itself
+(dequeue, attempt updates, ``update_worker`` heartbeats), a reaper in any
+process (its attempt timed out), the CLI. Each process appends to its own log,
+one line per change holding only the fields that change sets, plus ``t``, the
+writer's wall time::
+
+    {"t": 1795564584.54, "status": "busy", "last_busy_time": 1795564584.54, ...}
+
+A reader folds every line of every log of the worker in ``t`` order (later
+lines win, field by field). Why a log rather than a record replaced by rename:
+a status change is then one ``write(2)`` with no read first, no temporary file,
+no rename and no inode freed. The rename-over-existing version cost a runner
+about 1 ms per rollout (two syncs per rollout, each a read, a new inode, a
+rename that made ext4 write the data out, and a freed inode), a quarter of its
+time in the loop benchmark (BENCHMARKS.md).
+
+Worker status is advisory, as upstream's is: ``t`` comes from each writer's
+clock, so with two machines writing about one worker at once, the fold follows
+their clocks. Nothing decides anything from it.
+
+A writer keeps its own log short: past ``COMPACT_BYTES`` it rewrites it (temporary
+file, then rename) as the few lines that still win a field, each keeping its
+``t``, so the fold of all logs is unchanged. Logs of exited processes stay (they
+are small); ``status.json`` and ``heartbeat.json`` written by older builds are read
+as the oldest layer.
 """
 
 from __future__ import annotations
 
+import os
+import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from . import codec, fsio
 from .context import Context
@@ -19,16 +43,34 @@ from .errors import CorruptRecordError
 from .ids import check_name_id
 from .models import Attempt, Worker
 
-__all__ = ["WorkerStore"]
+__all__ = ["COMPACT_BYTES", "WorkerStore", "fold_lines"]
 
-_STATUS_FIELDS = (
-    "status",
-    "last_dequeue_time",
-    "last_busy_time",
-    "last_idle_time",
-    "current_rollout_id",
-    "current_attempt_id",
-)
+COMPACT_BYTES: Final = 32 * 1024
+
+_LOG_PREFIX = "log."
+_LOG_SUFFIX = ".jsonl"
+# Written by builds before the logs: read as the base layer, never written.
+_LEGACY = ("status.json", "heartbeat.json")
+_FIELDS = frozenset(Worker.model_fields) - {"worker_id"}
+
+
+def fold_lines(lines: list[tuple[float, int, dict[str, Any]]]) -> dict[str, Any]:
+    """Fold ``(t, order, fields)`` changes into one state: by ``t``, then ``order``; later wins."""
+    state: dict[str, Any] = {}
+    for _, _, fields in sorted(lines, key=lambda line: (line[0], line[1])):
+        state.update(fields)
+    return state
+
+
+class _Writer:
+    """This process's view of the worker logs it appends to."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        # worker id -> the status this process last wrote or read (for mark_idle's rule)
+        self.status: dict[str, str] = {}
+        # worker id -> bytes in this process's log (to know when to compact)
+        self.size: dict[str, int] = {}
 
 
 class WorkerStore:
@@ -36,23 +78,56 @@ class WorkerStore:
         self._ctx = ctx
         self._layout = ctx.layout
 
-    def _read(self, path: Path) -> dict[str, Any]:
-        data = fsio.read_bytes(path)
-        if data is None:
-            return {}
+    def _writer(self) -> _Writer:
+        writer: _Writer = self._ctx.local("worker-logs", _Writer)
+        return writer
+
+    # -- reading -------------------------------------------------------------------
+    def _changes(self, directory: Path) -> Iterator[tuple[float, int, dict[str, Any]]]:
+        """Every change recorded for one worker, as ``(t, order, fields)``."""
+        order = 0
+        for name in _LEGACY:
+            path = directory / name
+            data = fsio.read_bytes(path)
+            if data:
+                obj = self._decode(path, data)
+                yield float("-inf"), order, {k: v for k, v in obj.items() if k in _FIELDS}
+                order += 1
+        for name in sorted(fsio.list_names(directory)):
+            if not (name.startswith(_LOG_PREFIX) and name.endswith(_LOG_SUFFIX)):
+                continue
+            path = directory / name
+            data = fsio.read_bytes(path) or b""
+            # Bytes after the last newline are a write in progress.
+            for line in data[: data.rfind(b"\n") + 1].splitlines():
+                if not line.strip():
+                    continue
+                obj = self._decode(path, line)
+                t = obj.get("t")
+                if not isinstance(t, (int, float)):
+                    raise CorruptRecordError(str(path), "a worker log line without a numeric 't'")
+                yield float(t), order, {k: v for k, v in obj.items() if k in _FIELDS}
+                order += 1
+
+    @staticmethod
+    def _decode(path: Path, data: bytes) -> dict[str, Any]:
         try:
             obj = codec.loads(data)
         except codec.DecodeError as err:
             raise CorruptRecordError(str(path), str(err)) from None
-        return obj if isinstance(obj, dict) else {}
+        if not isinstance(obj, dict):
+            raise CorruptRecordError(str(path), "not a JSON object")
+        return obj
 
-    def get(self, worker_id: str) -> Worker | None:
-        directory = self._layout.worker_dir(check_name_id("worker", worker_id))
+    def _state(self, worker_id: str) -> dict[str, Any] | None:
+        directory = self._layout.worker_dir(worker_id)
         if not directory.is_dir():
             return None
-        status = self._read(directory / "status.json")
-        beat = self._read(directory / "heartbeat.json")
-        return Worker(worker_id=worker_id, **{**status, **beat})
+        return fold_lines(list(self._changes(directory)))
+
+    def get(self, worker_id: str) -> Worker | None:
+        state = self._state(check_name_id("worker", worker_id))
+        return None if state is None else Worker(worker_id=worker_id, **state)
 
     def all(self) -> list[Worker]:
         workers = (self.get(entry.name) for entry in fsio.iter_dirs(self._layout.workers))
@@ -61,27 +136,62 @@ class WorkerStore:
     def count(self) -> int:
         return sum(1 for _ in fsio.iter_dirs(self._layout.workers))
 
-    def _write(self, worker_id: str, name: str, data: dict[str, Any]) -> None:
-        directory = self._layout.worker_dir(worker_id)
-        directory.mkdir(parents=True, exist_ok=True)
-        fsio.publish(directory / name, codec.dumps_record(data), durable=self._ctx.durable)
+    # -- writing -------------------------------------------------------------------
+    def _log_path(self, worker_id: str) -> Path:
+        return self._layout.worker_dir(worker_id) / f"{_LOG_PREFIX}{self._ctx.writer}{_LOG_SUFFIX}"
+
+    def _append(self, worker_id: str, fields: dict[str, Any]) -> None:
+        """Record one change: one appended line in this process's log of the worker."""
+        line = codec.dumps_line({"t": self._ctx.clock.time(), **fields})
+        path = self._log_path(worker_id)
+        writer = self._writer()
+        with writer.lock:
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            except FileNotFoundError:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                fsio.append(fd, line)
+                if self._ctx.durable:
+                    os.fsync(fd)
+                size = os.fstat(fd).st_size
+            finally:
+                os.close(fd)
+            if "status" in fields:
+                writer.status[worker_id] = fields["status"]
+            if size > COMPACT_BYTES:
+                self._compact(path)
+
+    def _compact(self, path: Path) -> None:
+        """Rewrite this process's log as the lines that still win a field (same fold)."""
+        data = fsio.read_bytes(path) or b""
+        lines: list[tuple[float, int, dict[str, Any]]] = []
+        for order, raw in enumerate(data[: data.rfind(b"\n") + 1].splitlines()):
+            if not raw.strip():
+                continue
+            obj = self._decode(path, raw)
+            lines.append((float(obj.pop("t")), order, obj))
+        latest: dict[str, tuple[float, Any]] = {}
+        for t, _, fields in sorted(lines, key=lambda line: (line[0], line[1])):  # as fold_lines does
+            for key, value in fields.items():
+                latest[key] = (t, value)
+        by_time: dict[float, dict[str, Any]] = {}
+        for key, (t, value) in latest.items():
+            by_time.setdefault(t, {})[key] = value
+        body = b"".join(codec.dumps_line({"t": t, **fields}) for t, fields in sorted(by_time.items()))
+        fsio.publish(path, body, durable=self._ctx.durable)
 
     def heartbeat(self, worker_id: str, stats: dict[str, Any] | None) -> Worker:
         """Record a heartbeat (and replace the stats when given)."""
         check_name_id("worker", worker_id)
-        path = self._layout.worker_dir(worker_id) / "heartbeat.json"
-        beat = self._read(path)
-        beat["last_heartbeat_time"] = self._ctx.clock.time()
+        fields: dict[str, Any] = {"last_heartbeat_time": self._ctx.clock.time()}
         if stats is not None:
-            beat["heartbeat_stats"] = dict(stats)
-        self._write(worker_id, "heartbeat.json", beat)
+            fields["heartbeat_stats"] = dict(stats)
+        self._append(worker_id, fields)
         worker = self.get(worker_id)
         assert worker is not None
         return worker
-
-    def _status(self, worker_id: str) -> dict[str, Any]:
-        data = self._read(self._layout.worker_dir(worker_id) / "status.json")
-        return {k: data.get(k) for k in _STATUS_FIELDS if k in data}
 
     def sync(self, attempt: Attempt, *, dequeue: bool = False) -> None:
         """Derive the worker's status from its attempt (upstream's rule)."""
@@ -90,27 +200,31 @@ class WorkerStore:
             return
         check_name_id("worker", worker_id)
         now = self._ctx.clock.time()
-        status = self._status(worker_id)
+        fields: dict[str, Any] = {}
         if dequeue:
-            status["last_dequeue_time"] = now
+            fields["last_dequeue_time"] = now
         if attempt.status in ("succeeded", "failed", "timeout", "unresponsive"):
-            status["status"] = "idle" if attempt.status in ("succeeded", "failed") else "unknown"
-            status["last_idle_time"] = now
-            status["current_rollout_id"] = status["current_attempt_id"] = None
+            fields["status"] = "idle" if attempt.status in ("succeeded", "failed") else "unknown"
+            fields["last_idle_time"] = now
+            fields["current_rollout_id"] = fields["current_attempt_id"] = None
         else:
-            status["status"] = "busy"
-            status["last_busy_time"] = now
-            status["current_rollout_id"] = attempt.rollout_id
-            status["current_attempt_id"] = attempt.attempt_id
-        self._write(worker_id, "status.json", status)
+            fields["status"] = "busy"
+            fields["last_busy_time"] = now
+            fields["current_rollout_id"] = attempt.rollout_id
+            fields["current_attempt_id"] = attempt.attempt_id
+        self._append(worker_id, fields)
 
     def mark_idle(self, worker_id: str) -> None:
-        """After a dequeue that found nothing."""
+        """After a dequeue that found nothing: idle, and ``last_idle_time`` only on the transition."""
         check_name_id("worker", worker_id)
         now = self._ctx.clock.time()
-        status = self._status(worker_id)
-        if status.get("status") != "idle":
-            status["status"] = "idle"
-            status["last_idle_time"] = now
-        status["last_dequeue_time"] = now
-        self._write(worker_id, "status.json", status)
+        writer = self._writer()
+        with writer.lock:
+            known = writer.status.get(worker_id)
+        if known is None:
+            state = self._state(worker_id) or {}
+            known = str(state.get("status", "unknown"))
+        fields: dict[str, Any] = {"status": "idle", "last_dequeue_time": now}
+        if known != "idle":
+            fields["last_idle_time"] = now
+        self._append(worker_id, fields)
