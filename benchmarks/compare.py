@@ -65,8 +65,8 @@ async def measure(name: str, backend: Backend, base: Path, scale: float, settle:
     with deployed(backend, base) as dep:
         result = await fn(dep, n)
     if settle:
-        # Deleting the last store leaves the disk busy (writeback, journal, discards):
-        # let it finish untimed, so it does not slow whichever backend runs next.
+        # The last measurement leaves dirty pages behind: write them out untimed, so they
+        # do not slow whichever backend runs next.
         os.sync()
         time.sleep(settle)
     return {"n": n, **result}
@@ -227,9 +227,10 @@ def main(argv: list[str] | None = None) -> int:
     meta = machine()
     print(f"{meta['cpus']} CPUs ({meta['cpu']}), Python {meta['python']}, reps {reps}", file=sys.stderr)
     started = time.perf_counter()
+    # Every store of the run is deleted at the end, after the last timing (see Deployment.close).
     with tempfile.TemporaryDirectory(prefix="agl-compare-", dir=args.dir) as tmp:
         results = run(backends, names, reps, scale, Path(tmp), args.settle)
-    cli = cli_timings(max(reps, 5)) if not args.only or "cli" in args.only else {}
+        cli = cli_timings(max(reps, 5)) if not args.only or "cli" in args.only else {}
     meta["total_seconds"] = time.perf_counter() - started
     meta["reps"], meta["scale"], meta["settle"] = reps, scale, args.settle
 

@@ -9,6 +9,7 @@ that ``SpanLog.read`` still reports every corrupt or invalid line.
 
 from __future__ import annotations
 
+import gc
 import logging
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from json_strategies import json_values as json_values_of
 from json_strategies import texts as texts_of
 from pydantic import BaseModel, ValidationError
 
-from store_fs import FileStore, Span, span_decode
+from store_fs import FileStore, Span, span_decode, span_log
 from store_fs.codec import dumps_line
 from store_fs.models import Event, Link, OtelResource, SpanContext, TraceStatus
 from store_fs.span_decode import decode_span
@@ -409,3 +410,28 @@ def test_models_decoded_are_the_span_models() -> None:
     assert type(span.context) is SpanContext
     assert type(span.events[0]) is Event
     assert type(span.links[0]) is Link
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_decoding_leaves_the_collector_as_it_found_it(enabled: bool) -> None:
+    line = dumps_line({"span_id": "x", "bad": True}) + b"not json\n"
+    was = gc.isenabled()
+    try:
+        gc.enable() if enabled else gc.disable()
+        seen: list[bool] = []
+        original = span_log.decode_span
+
+        def spy(obj: dict[str, Any]) -> Span:
+            seen.append(gc.isenabled())
+            return original(obj)
+
+        span_log.decode_span = spy  # type: ignore[assignment]
+        try:
+            lines = span_log._decode_lines(line)
+        finally:
+            span_log.decode_span = original
+        assert seen == [False]  # paused while decoding
+        assert [reason[:4] for _, _, reason, _ in lines] == ["does", "inva"]  # invalid span; not JSON
+        assert gc.isenabled() is enabled
+    finally:
+        gc.enable() if was else gc.disable()
