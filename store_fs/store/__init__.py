@@ -1,0 +1,70 @@
+"""``FileStore``: Agent-lightning's LightningStore API on a directory.
+
+Every method is ``async`` and has upstream's name, signature and return type.
+Any number of processes, on one machine or sharing the directory over NFS, may
+open the same store at once; no server and no lock on the hot path are needed.
+The reaper (timeouts, dead runners) runs inside the methods upstream runs its
+watchdog in, debounced by ``scan_debounce_seconds``, and while waiting.
+
+Deviations from upstream are deliberate and listed in docs/deviations.md:
+unknown ids in mutating calls raise typed not-found errors (``ValueError``
+subclasses); ``cancelled`` is sticky; ``query_spans`` with ``filter_logic="or"``
+and no conditions returns everything in scope; sequence ids can only be
+allocated for rollouts that exist.
+
+The class is assembled from one module per concept: ``core`` builds the shared
+components and helpers (and creates or opens the directory), and each of
+``stats``, ``dispatch`` (start, enqueue, dequeue), ``rollouts``, ``attempts``,
+``resources``, ``spans``, ``waiting`` and ``workers`` adds one part of the API
+as a mixin over ``core.StoreCore``.
+"""
+
+from __future__ import annotations
+
+# ``X as X`` marks a re-export: ``store_fs.client`` imports the two literals from here, and
+# FULL_RECHECK_SECONDS stays importable here (``wait_for_rollouts`` reads it from
+# ``store_fs.store.waiting``, so that is the module to patch).
+from .attempts import AttemptMethods
+from .core import FilterLogic as FilterLogic
+from .core import SortOrder as SortOrder
+from .core import init_store
+from .dispatch import DispatchMethods
+from .resources import ResourceMethods
+from .rollouts import RolloutMethods
+from .spans import SpanMethods
+from .stats import StatsMethods
+from .waiting import FULL_RECHECK_SECONDS as FULL_RECHECK_SECONDS
+from .waiting import WaitMethods
+from .workers import WorkerMethods
+
+__all__ = ["FileStore", "init_store"]
+
+
+class FileStore(
+    StatsMethods,
+    DispatchMethods,
+    RolloutMethods,
+    AttemptMethods,
+    ResourceMethods,
+    SpanMethods,
+    WaitMethods,
+    WorkerMethods,
+):
+    """A LightningStore kept in the directory ``root``.
+
+    Args:
+        root: the store directory.
+        create: create the store if ``root`` holds none (else :class:`StoreNotFoundError`).
+        durability: ``"process"`` (default) survives ``kill -9`` of any process: every
+            call's data is handed to the kernel before it returns. ``"fsync"`` also
+            survives power loss: data and directories are fsynced (span writes of
+            concurrent callers share one fsync).
+        scan_debounce_seconds: at most one reaper scan per this many seconds per process
+            (0: before every eligible call, like upstream's tests).
+        claim_grace_seconds: how long a decision or claim may stay half-applied before
+            another process finishes it for its (presumably dead) owner.
+        clock_skew_seconds: slack when judging heartbeats written by another machine's clock.
+        watch_mode: ``"auto"`` (polling on network filesystems, inotify elsewhere),
+            ``"inotify"`` or ``"poll"``.
+        clock: injectable time source (tests).
+    """

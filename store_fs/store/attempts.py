@@ -1,0 +1,121 @@
+"""Attempts of a rollout: query, latest, update (a final status is a commit), heartbeat."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from store_fs.errors import RolloutNotFoundError
+from store_fs.ids import check_attempt_id, check_name_id
+from store_fs.models import UNSET, Attempt, AttemptStatus, PaginatedResult, Unset
+from store_fs.query import check_page_args, paginate, sort_items
+from store_fs.queue import ClaimToken
+from store_fs.records import RolloutRecord
+from store_fs.transitions import (
+    FINAL_ATTEMPT_STATUSES,
+    LIVE_ATTEMPT_STATUSES,
+    set_attempt_status,
+    touch_attempt,
+)
+
+from .core import SortOrder, StoreCore
+
+
+class AttemptMethods(StoreCore):
+    """Reading and updating attempts; every live attempt reported carries its latest heartbeat."""
+
+    async def query_attempts(
+        self,
+        rollout_id: str,
+        *,
+        sort_by: str | None = "sequence_id",
+        sort_order: SortOrder = "asc",
+        limit: int = -1,
+        offset: int = 0,
+    ) -> PaginatedResult[Attempt]:
+        self._healthcheck()
+        check_page_args(limit, offset)
+        record = self._records.get(rollout_id) if self._known_rollout(rollout_id) else None
+        attempts = [self._with_heartbeat(a) for a in record.attempts] if record else []
+        ordered = sort_items(attempts, sort_by, sort_order, Attempt)
+        return PaginatedResult(
+            items=paginate(ordered, limit, offset), limit=limit, offset=offset, total=len(ordered)
+        )
+
+    async def get_latest_attempt(self, rollout_id: str) -> Attempt | None:
+        self._healthcheck()
+        record = self._records.get(rollout_id) if self._known_rollout(rollout_id) else None
+        latest = record.latest() if record else None
+        return self._with_heartbeat(latest) if latest else None
+
+    async def update_attempt(
+        self,
+        rollout_id: str,
+        attempt_id: str,
+        status: AttemptStatus | Unset = UNSET,
+        worker_id: str | Unset = UNSET,
+        last_heartbeat_time: float | Unset = UNSET,
+        metadata: dict[str, Any] | Unset | None = UNSET,
+    ) -> Attempt:
+        """Overwrite the given fields of an attempt (``attempt_id`` may be ``"latest"``).
+
+        A final status (succeeded, failed, timeout, unresponsive) of a live attempt is a
+        commit: it takes the attempt's token, so a racing reaper cannot also decide it.
+        The rollout's status follows from its latest attempt, unless it is cancelled.
+        """
+        self._healthcheck()
+        if attempt_id != "latest":
+            check_attempt_id(attempt_id)
+        if isinstance(worker_id, str) and worker_id:
+            check_name_id("worker", worker_id)
+        current = self._engine.find_attempt(self._record(rollout_id), attempt_id)
+        if not isinstance(status, Unset):
+            status = Attempt.model_validate({**current.model_dump(), "status": status}).status
+        journal = None
+        if not isinstance(status, Unset) and status in FINAL_ATTEMPT_STATUSES:
+            journal = self._engine.settle(current, status)
+        now = self._clock.time()
+        requeued: list[bool] = []
+
+        def apply(record: RolloutRecord) -> RolloutRecord:
+            requeued.clear()
+            attempt = record.find(current.attempt_id)
+            if attempt is None:  # cannot happen: attempts are never removed
+                raise RolloutNotFoundError(rollout_id)
+            before = record.status
+            if not isinstance(worker_id, Unset):
+                attempt.worker_id = worker_id
+            if not isinstance(last_heartbeat_time, Unset):
+                attempt.last_heartbeat_time = last_heartbeat_time
+            if not isinstance(metadata, Unset):
+                attempt.metadata = metadata
+            if isinstance(status, Unset):
+                touch_attempt(record, attempt, now)
+            else:
+                set_attempt_status(record, attempt, status, now)
+            requeued.append(record.status == "requeuing" and before != "requeuing")
+            return record
+
+        record = self._records.update(rollout_id, apply)
+        updated = record.find(current.attempt_id)
+        assert updated is not None
+        if not isinstance(status, Unset) and status in LIVE_ATTEMPT_STATUSES:
+            token = ClaimToken(rollout_id, updated.sequence_id, updated.attempt_id)
+            if not self._queue.is_claimed(token):
+                self._queue.create_claimed(token)  # live again: the reaper must watch it
+        self._engine.finish(journal, record, bool(requeued and requeued[0]))
+        if (not isinstance(worker_id, Unset) and worker_id) or (
+            not isinstance(status, Unset) and updated.worker_id
+        ):
+            self._workers.sync(updated)
+        return self._with_heartbeat(updated)
+
+    async def heartbeat(self, rollout_id: str, attempt_id: str) -> bool:
+        """Signal that an attempt is alive (no span needed). False if its token was taken
+        (cancelled or expired): the caller should stop working on it. Runs the reaper,
+        so a lone runner's own overdue attempt is expired (and the runner told) too."""
+        self._healthcheck()
+        record = self._record(rollout_id)
+        attempt = self._engine.find_attempt(record, attempt_id)
+        self._spans.heartbeat(self._engine.attempt_dir(attempt), force=True)
+        token = ClaimToken(rollout_id, attempt.sequence_id, attempt.attempt_id)
+        return self._queue.is_claimed(token)

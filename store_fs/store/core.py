@@ -1,0 +1,204 @@
+"""What every part of :class:`~store_fs.store.FileStore` shares: its components, the
+helpers its methods are written with, and creating or opening the store directory.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from store_fs import codec, fsio
+from store_fs.check import Problem, check_store
+from store_fs.clock import Clock, SystemClock
+from store_fs.context import Context, Durability
+from store_fs.engine import Engine
+from store_fs.errors import FormatVersionError, RolloutNotFoundError, StoreNotFoundError
+from store_fs.events import EventLog
+from store_fs.ids import is_rollout_id
+from store_fs.layout import FORMAT_VERSION, Layout
+from store_fs.models import (
+    Attempt,
+    AttemptedRollout,
+    Rollout,
+    RolloutConfig,
+    RolloutMode,
+    RolloutStatus,
+    TaskInput,
+)
+from store_fs.queue import Queue
+from store_fs.records import RecordStore, RolloutRecord
+from store_fs.resources_store import ResourceStore
+from store_fs.rollout_index import RolloutIndex, publish_marker
+from store_fs.span_log import SpanLog
+from store_fs.transitions import FINAL_ATTEMPT_STATUSES
+from store_fs.watch import WatchMode
+from store_fs.watchdog import Reaper
+from store_fs.workers import WorkerStore
+
+FilterLogic = Literal["and", "or"]
+SortOrder = Literal["asc", "desc"]
+
+
+def init_store(root: str | Path) -> Path:
+    """Create the store's directories and ``FORMAT.json`` (idempotent). Returns the root."""
+    layout = Layout(Path(root))
+    for directory in layout.directories():
+        directory.mkdir(parents=True, exist_ok=True)
+    from store_fs import __version__
+
+    body = codec.dumps_record(
+        {"format": "agl-store", "version": FORMAT_VERSION, "created_by": f"agl {__version__}"}
+    )
+    created = fsio.create_exclusive(layout.format_file, body)
+    if created and not any(fsio.iter_dirs(layout.rollouts)):
+        # A new, empty store: every rollout it will ever hold gets an index line, so the
+        # index is complete from the start. Stores made by older builds are not marked.
+        publish_marker(layout, "new store", now=time.time())
+    gitignore = layout.root / ".gitignore"
+    if not gitignore.exists():
+        # Queue churn, per-process change feeds and the (rebuildable) index are operational,
+        # not history.
+        fsio.create_exclusive(gitignore, b"queue/\nevents/\nindex/\nlocks/\n")
+    return layout.root
+
+
+def _check_format(layout: Layout) -> None:
+    data = fsio.read_bytes(layout.format_file)
+    if data is None:
+        raise StoreNotFoundError(str(layout.root))
+    try:
+        version = codec.loads(data).get("version")
+    except (ValueError, AttributeError):
+        version = None
+    if version != FORMAT_VERSION:
+        raise FormatVersionError(str(layout.root), version, FORMAT_VERSION)
+
+
+class StoreCore:
+    """The state and helpers of a :class:`~store_fs.store.FileStore`, which mixes the API in.
+
+    Every component (records, queue, spans, index, ...) is built here, once, so each
+    mixin reads the same objects; the arguments are documented on ``FileStore``.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        create: bool = True,
+        durability: Durability = "process",
+        scan_debounce_seconds: float = 1.0,
+        claim_grace_seconds: float = 30.0,
+        clock_skew_seconds: float = 0.0,
+        watch_mode: WatchMode = "auto",
+        clock: Clock | None = None,
+    ) -> None:
+        if durability not in ("process", "fsync"):
+            raise ValueError(f"durability must be 'process' or 'fsync', not {durability!r}")
+        self.root = Path(root)
+        layout = Layout(self.root)
+        if create and not layout.format_file.exists():
+            init_store(self.root)
+        _check_format(layout)
+        self._clock = clock or SystemClock()
+        self._ctx = Context(layout, self._clock, durability, clock_skew_seconds)
+        self._events = EventLog(self._ctx)
+        self._index = RolloutIndex(self._ctx)
+        self._records = RecordStore(self._ctx, self._events.record_change, self._index.record)
+        self._queue = Queue(self._ctx)
+        self._spans = SpanLog(self._ctx)
+        self._resources = ResourceStore(self._ctx)
+        self._workers = WorkerStore(self._ctx)
+        self._engine = Engine(self._ctx, self._records, self._queue, self._spans, self._workers)
+        self._reaper = Reaper(
+            self._ctx,
+            self._engine,
+            debounce=scan_debounce_seconds,
+            grace=claim_grace_seconds,
+            index=self._index,
+        )
+        self._watch_mode = watch_mode
+        self._started = self._clock.monotonic()
+        self._warned_index_ahead = False
+
+    def __repr__(self) -> str:
+        return f"FileStore({str(self.root)!r})"
+
+    @property
+    def layout(self) -> Layout:
+        return self._ctx.layout
+
+    def close(self) -> None:
+        """Close this process's open span, event and index files (reopened on next use)."""
+        self._spans.close()
+        self._events.close()
+        self._index.close()
+
+    # -- helpers -------------------------------------------------------------------
+    def _healthcheck(self) -> None:
+        self._reaper.maybe_scan()
+
+    def check(self, *, fix: bool = False) -> list[Problem]:
+        """Look for damage and half-finished work; with ``fix``, repair what is safe to repair.
+
+        Orphan-pending tokens are only safe to remove when no enqueue is in flight, and a
+        rollout index that appending cannot correct is rebuilt: run ``check(fix=True)`` on
+        a quiet store.
+        """
+        return check_store(self._engine, self._index, fix=fix)
+
+    def reap(self) -> int:
+        """Run one reaper scan now; returns how many attempts were expired."""
+        return self._reaper.scan()
+
+    def _known_rollout(self, rollout_id: str) -> bool:
+        """False for ids that cannot name a rollout; raises for ids that are unsafe in a path."""
+        return is_rollout_id(rollout_id)
+
+    def _record(self, rollout_id: str) -> RolloutRecord:
+        if not self._known_rollout(rollout_id):
+            raise RolloutNotFoundError(rollout_id)
+        return self._records.require(rollout_id)
+
+    def _with_heartbeat(self, attempt: Attempt) -> Attempt:
+        """Live attempts report the latest heartbeat written by any process."""
+        if attempt.status in FINAL_ATTEMPT_STATUSES - {"unresponsive"}:
+            return attempt
+        beats = self._spans.heartbeats(self._engine.attempt_dir(attempt))
+        latest = max((b.time for b in beats if b.counter > 1), default=None)
+        if latest is not None and (
+            attempt.last_heartbeat_time is None or latest > attempt.last_heartbeat_time
+        ):
+            return attempt.model_copy(update={"last_heartbeat_time": latest})
+        return attempt
+
+    def _public(self, record: RolloutRecord) -> Rollout | AttemptedRollout:
+        public = record.public()
+        if isinstance(public, AttemptedRollout):
+            public.attempt = self._with_heartbeat(public.attempt)
+        return public
+
+    def _resolve_resources(self, resources_id: str | None) -> str | None:
+        return resources_id if resources_id is not None else self._resources.latest_id()
+
+    def _new_record(
+        self,
+        rollout_id: str,
+        input: TaskInput,
+        mode: RolloutMode | None,
+        resources_id: str | None,
+        config: RolloutConfig | None,
+        metadata: dict[str, Any] | None,
+        status: RolloutStatus,
+    ) -> RolloutRecord:
+        return RolloutRecord(
+            rollout_id=rollout_id,
+            input=input,
+            start_time=self._clock.time(),
+            mode=mode,
+            resources_id=resources_id,
+            status=status,
+            config=config.model_copy(deep=True) if config else RolloutConfig(),
+            metadata=dict(metadata) if metadata else {},
+        )

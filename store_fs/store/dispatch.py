@@ -1,0 +1,142 @@
+"""Creating rollouts and handing them to runners: start, enqueue, dequeue, start_attempt."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from store_fs.ids import check_name_id, new_attempt_id, new_rollout_id, rollout_id_for_key
+from store_fs.models import (
+    UNSET,
+    AttemptedRollout,
+    EnqueueRolloutRequest,
+    Rollout,
+    RolloutConfig,
+    RolloutMode,
+    TaskInput,
+    Unset,
+)
+from store_fs.queue import ClaimToken
+
+from .core import StoreCore
+
+
+class DispatchMethods(StoreCore):
+    """Rollouts in: queued (or started at once), claimed by runners, or given a new attempt."""
+
+    async def start_rollout(
+        self,
+        input: TaskInput,
+        mode: RolloutMode | None = None,
+        resources_id: str | None = None,
+        config: RolloutConfig | None = None,
+        metadata: dict[str, Any] | None = None,
+        worker_id: str | None = None,
+    ) -> AttemptedRollout:
+        """Create a rollout with its first attempt already started (not queued)."""
+        self._healthcheck()
+        if worker_id:
+            check_name_id("worker", worker_id)
+        rollout_id = new_rollout_id()
+        record = self._new_record(
+            rollout_id, input, mode, self._resolve_resources(resources_id), config, metadata, "queuing"
+        )
+        # The record goes in without attempts, then the attempt is added like any other.
+        claim = ClaimToken(rollout_id, 1, new_attempt_id())
+        self._queue.create_claimed(claim)
+        self._records.create(record)
+        result = self._engine.begin(claim, worker_id, from_queue=False)
+        assert result is not None
+        return result
+
+    async def enqueue_rollout(
+        self,
+        input: TaskInput,
+        mode: RolloutMode | None = None,
+        resources_id: str | None = None,
+        config: RolloutConfig | None = None,
+        metadata: dict[str, Any] | None = None,
+        *,
+        idempotency_key: str | None = None,
+    ) -> Rollout:
+        """Queue a rollout. With ``idempotency_key``, enqueueing the same key again returns
+        the rollout created the first time instead of creating another."""
+        self._healthcheck()
+        request = EnqueueRolloutRequest(
+            input=input, mode=mode, resources_id=resources_id, config=config, metadata=metadata
+        )
+        return self._enqueue(request, self._resolve_resources(resources_id), idempotency_key)
+
+    def _enqueue(self, request: EnqueueRolloutRequest, resources_id: str | None, key: str | None) -> Rollout:
+        rollout_id = rollout_id_for_key(key) if key is not None else new_rollout_id()
+        if key is not None:
+            existing = self._records.get(rollout_id)
+            if existing is not None:
+                self._engine.ensure_pending(existing)
+                return existing.plain()
+        # Token first, record second: a claimer that finds a token without a record waits,
+        # so a crash in between leaves only a token the reaper removes, never a ghost rollout.
+        self._queue.publish_pending(rollout_id, 1)
+        record = self._new_record(
+            rollout_id, request.input, request.mode, resources_id, request.config, request.metadata, "queuing"
+        )
+        if not self._records.create(record):
+            existing = self._records.get(rollout_id)
+            assert existing is not None
+            return existing.plain()
+        return record.plain()
+
+    async def enqueue_many_rollouts(
+        self, rollouts: Sequence[EnqueueRolloutRequest], *, idempotency_keys: Sequence[str] | None = None
+    ) -> Sequence[Rollout]:
+        """Queue several rollouts in order; the latest resources id is looked up once."""
+        self._healthcheck()
+        if idempotency_keys is not None and len(idempotency_keys) != len(rollouts):
+            raise ValueError("idempotency_keys must have one key per rollout")
+        latest: str | Unset | None = UNSET
+        out: list[Rollout] = []
+        for i, raw in enumerate(rollouts):
+            request = EnqueueRolloutRequest.model_validate(raw)
+            resources_id = request.resources_id
+            if resources_id is None:
+                if isinstance(latest, Unset):
+                    latest = self._resources.latest_id()
+                resources_id = latest
+            out.append(
+                self._enqueue(request, resources_id, idempotency_keys[i] if idempotency_keys else None)
+            )
+        return out
+
+    async def dequeue_rollout(self, worker_id: str | None = None) -> AttemptedRollout | None:
+        """Claim the oldest queued rollout; None when nothing is queued (never blocks)."""
+        self._healthcheck()
+        if worker_id:
+            check_name_id("worker", worker_id)
+        result = self._engine.claim_next(worker_id)
+        if result is None and worker_id:
+            self._workers.mark_idle(worker_id)
+        return result
+
+    async def dequeue_many_rollouts(
+        self, *, limit: int = 1, worker_id: str | None = None
+    ) -> Sequence[AttemptedRollout]:
+        self._healthcheck()
+        if worker_id:
+            check_name_id("worker", worker_id)
+        out: list[AttemptedRollout] = []
+        while len(out) < limit:
+            result = self._engine.claim_next(worker_id)
+            if result is None:
+                break
+            out.append(result)
+        if not out and worker_id:
+            self._workers.mark_idle(worker_id)
+        return out
+
+    async def start_attempt(self, rollout_id: str, worker_id: str | None = None) -> AttemptedRollout:
+        """Start a new attempt now, whatever the rollout's status (except cancelled)."""
+        self._healthcheck()
+        if worker_id:
+            check_name_id("worker", worker_id)
+        self._record(rollout_id)
+        return self._engine.start_attempt(rollout_id, worker_id)

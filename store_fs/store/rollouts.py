@@ -1,0 +1,228 @@
+"""Reading and changing rollouts: ``query_rollouts`` (index-backed), get, update, cancel."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+from store_fs.errors import CorruptRecordError
+from store_fs.models import (
+    UNSET,
+    AttemptedRollout,
+    PaginatedResult,
+    Rollout,
+    RolloutConfig,
+    RolloutMode,
+    RolloutStatus,
+    TaskInput,
+    Unset,
+)
+from store_fs.query import build_filter, check_page_args, matches, paginate, sort_items
+from store_fs.records import RolloutRecord
+from store_fs.rollout_index import Entry
+from store_fs.rollout_index import ordered as index_order
+from store_fs.transitions import TERMINAL_ROLLOUT_STATUSES
+
+from .core import FilterLogic, SortOrder, StoreCore
+
+# Kept under the name the single-module store logged as, so logging configuration
+# and log lines stay as they were.
+log = logging.getLogger("store_fs.store")
+
+
+class RolloutMethods(StoreCore):
+    """Queries over rollouts, read from the rollout index when it is complete, and updates."""
+
+    async def query_rollouts(
+        self,
+        *,
+        status_in: Sequence[RolloutStatus] | None = None,
+        rollout_id_in: Sequence[str] | None = None,
+        rollout_id_contains: str | None = None,
+        filter_logic: FilterLogic = "and",
+        sort_by: str | None = None,
+        sort_order: SortOrder = "asc",
+        limit: int = -1,
+        offset: int = 0,
+        status: Sequence[RolloutStatus] | None = None,
+        rollout_ids: Sequence[str] | None = None,
+    ) -> PaginatedResult[Rollout | AttemptedRollout]:
+        """Filter, sort and page rollouts. Without ``sort_by``, oldest first.
+
+        With a complete rollout index (store_fs/rollout_index.py) the candidates come
+        from the index and only the records of the page are read (see
+        :meth:`_query_indexed` for what ``total`` means then); without one, every record.
+        """
+        self._healthcheck()
+        if status is not None:
+            warnings.warn("'status' is deprecated; use 'status_in'", DeprecationWarning, stacklevel=2)
+            status_in = status if status_in is None else status_in
+        if rollout_ids is not None:
+            warnings.warn(
+                "'rollout_ids' is deprecated; use 'rollout_id_in'", DeprecationWarning, stacklevel=2
+            )
+            rollout_id_in = rollout_ids if rollout_id_in is None else rollout_id_in
+        # Materialised once: the filter, the index and the direct read each go through them.
+        status_in = None if status_in is None else list(status_in)
+        rollout_id_in = None if rollout_id_in is None else list(rollout_id_in)
+        check_page_args(limit, offset)
+        filters = build_filter(
+            filter_logic,
+            status=("within", list(status_in)) if status_in is not None else None,
+            rollout_id=("within", list(rollout_id_in)) if rollout_id_in is not None else None,
+            rollout_id__c=("contains", rollout_id_contains) if rollout_id_contains is not None else None,
+        )
+        if rollout_id_in is not None and filter_logic == "and" and rollout_id_contains is None:
+            # Read just the named rollouts instead of the whole tree.
+            ids = [r for r in dict.fromkeys(rollout_id_in) if isinstance(r, str) and self._known_rollout(r)]
+            found = [self._records.get(r) for r in ids]
+            records = [r for r in found if r is not None]
+        else:
+            picked = self._index.select(
+                status_in=status_in,
+                rollout_id_in=rollout_id_in,
+                rollout_id_contains=rollout_id_contains,
+                logic=filter_logic,
+            )
+            if picked is not None:
+                return self._query_indexed(picked, filters, sort_by, sort_order, limit, offset)
+            records = list(self._records.iter_records())  # no complete index: read the tree
+        selected = [r for r in records if matches(r, filters)]
+        return self._page(selected, sort_by, sort_order, limit, offset)
+
+    def _page(
+        self,
+        records: list[RolloutRecord],
+        sort_by: str | None,
+        sort_order: SortOrder,
+        limit: int,
+        offset: int,
+    ) -> PaginatedResult[Rollout | AttemptedRollout]:
+        """Matching ``records`` sorted (oldest first, then by ``sort_by``) and paged."""
+        records.sort(key=lambda r: (r.start_time, r.rollout_id))
+        ordered = sort_items(records, sort_by, sort_order, Rollout)
+        page = paginate(ordered, limit, offset)
+        return PaginatedResult(
+            items=[self._public(r) for r in page], limit=limit, offset=offset, total=len(ordered)
+        )
+
+    def _query_indexed(
+        self,
+        picked: list[Entry],
+        filters: dict[str, Any],
+        sort_by: str | None,
+        sort_order: SortOrder,
+        limit: int,
+        offset: int,
+    ) -> PaginatedResult[Rollout | AttemptedRollout]:
+        """``query_rollouts`` over the candidates the index picked.
+
+        Every returned rollout is re-checked on its record, so a stale index entry can
+        leave a rollout out (late) but never return one that does not match. In the
+        index's orders (none, ``start_time``, ``rollout_id``) only the page is read:
+        the ``offset`` rollouts before it are skipped by their index entries, and
+        ``total`` is the index's count less the candidates found stale while reading.
+        Other orders need every candidate's record.
+        """
+        if sort_by not in (None, "start_time", "rollout_id"):
+            records = [r for r in map(self._verified, picked, itertools.repeat(filters)) if r is not None]
+            return self._page(records, sort_by, sort_order, limit, offset)
+        sort_items([], sort_by, sort_order)  # the same argument check as the full scan
+        need = None if limit == -1 else offset + limit + 8  # a few spare for stale entries
+        page: list[RolloutRecord] = []
+        stale = 0
+        for entry in itertools.islice(index_order(picked, sort_by, sort_order == "desc", need), offset, None):
+            if len(page) == limit:
+                break
+            record = self._verified(entry, filters)
+            if record is None:
+                stale += 1
+            else:
+                page.append(record)
+        return PaginatedResult(
+            items=[self._public(r) for r in page], limit=limit, offset=offset, total=len(picked) - stale
+        )
+
+    def _verified(self, entry: Entry, filters: dict[str, Any]) -> RolloutRecord | None:
+        """The record of an index candidate if it really matches ``filters``, else None."""
+        try:
+            found = self._records.head(entry.rollout_id)
+        except CorruptRecordError as err:
+            log.warning("%s", err)  # like the full scan: skipped here, reported by check
+            return None
+        if found is None:
+            return None
+        rev, record = found
+        if rev < entry.rev and not self._warned_index_ahead:
+            self._warned_index_ahead = True
+            log.warning(
+                "the rollout index is ahead of %s (revision %d, index %d): if `agl check` agrees, "
+                "records were restored from an older copy and `agl check --fix` rebuilds the index",
+                entry.rollout_id,
+                rev,
+                entry.rev,
+            )
+        # The cached head is shared: only read it (``_public`` builds new objects).
+        return record if matches(record, filters) else None
+
+    async def get_rollout_by_id(self, rollout_id: str) -> Rollout | AttemptedRollout | None:
+        self._healthcheck()
+        if not self._known_rollout(rollout_id):
+            return None
+        record = self._records.get(rollout_id)
+        return None if record is None else self._public(record)
+
+    async def update_rollout(
+        self,
+        rollout_id: str,
+        input: TaskInput | Unset = UNSET,
+        mode: RolloutMode | Unset | None = UNSET,
+        resources_id: str | Unset | None = UNSET,
+        status: RolloutStatus | Unset = UNSET,
+        config: RolloutConfig | Unset = UNSET,
+        metadata: dict[str, Any] | Unset | None = UNSET,
+    ) -> Rollout:
+        """Overwrite the given fields. A terminal status stamps ``end_time``; ``queuing`` or
+        ``requeuing`` puts the rollout back in the queue; ``cancelled`` also takes the live
+        attempts' tokens, so their runners learn it at their next check."""
+        self._healthcheck()
+        self._record(rollout_id)
+        fields: dict[str, Any] = {
+            k: v
+            for k, v in {
+                "input": input,
+                "mode": mode,
+                "resources_id": resources_id,
+                "status": status,
+                "config": config,
+                "metadata": metadata,
+            }.items()
+            if not isinstance(v, Unset)
+        }
+        validated = Rollout.model_validate(
+            {"rollout_id": rollout_id, "input": None, "start_time": 0.0, **fields}
+        )
+        now = self._clock.time()
+
+        def apply(record: RolloutRecord) -> RolloutRecord | None:
+            if not fields:
+                return None
+            for key in fields:
+                setattr(record, key, getattr(validated, key))
+            if "status" in fields and record.status in TERMINAL_ROLLOUT_STATUSES:
+                record.end_time = now
+            return record
+
+        record = self._records.update(rollout_id, apply)
+        if "status" in fields:
+            if record.status == "cancelled":
+                self._engine.expire_live(record, "cancelled")
+            self._engine.ensure_pending(record)
+        return record.plain()
+
+    async def cancel_rollout(self, rollout_id: str) -> Rollout:
+        """Cancel a rollout: queued, it will not run; running, its runner is told to stop."""
+        return await self.update_rollout(rollout_id, status="cancelled")

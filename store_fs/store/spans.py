@@ -1,0 +1,176 @@
+"""Spans: rollout-wide sequence ids, storing spans (each a heartbeat), and ``query_spans``."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from store_fs.errors import AttemptNotFoundError, RolloutNotFoundError
+from store_fs.ids import check_attempt_id
+from store_fs.models import Attempt, PaginatedResult, Span
+from store_fs.query import build_filter, check_page_args, matches, paginate, sort_items
+from store_fs.records import RolloutRecord
+from store_fs.transitions import FINAL_ATTEMPT_STATUSES, mark_running
+
+from .core import FilterLogic, SortOrder, StoreCore
+
+
+class SpanMethods(StoreCore):
+    """Allocating sequence ids, appending spans to the attempt's per-process log, reading them."""
+
+    async def get_next_span_sequence_id(self, rollout_id: str, attempt_id: str) -> int:
+        """The next number of the rollout-wide span sequence (``attempt_id`` is not used)."""
+        if not self._known_rollout(rollout_id) or not self._records.exists(rollout_id):
+            raise RolloutNotFoundError(rollout_id)
+        return self._spans.allocate(rollout_id)
+
+    async def get_many_span_sequence_ids(
+        self, rollout_attempt_ids: Sequence[tuple[str, str]]
+    ) -> Sequence[int]:
+        counts: dict[str, int] = {}
+        for rollout_id, _ in rollout_attempt_ids:
+            counts[rollout_id] = counts.get(rollout_id, 0) + 1
+        firsts: dict[str, int] = {}
+        for rollout_id, count in counts.items():
+            if not self._known_rollout(rollout_id) or not self._records.exists(rollout_id):
+                raise RolloutNotFoundError(rollout_id)
+            firsts[rollout_id] = self._spans.allocate(rollout_id, count)
+        out: list[int] = []
+        for rollout_id, _ in rollout_attempt_ids:
+            out.append(firsts[rollout_id])
+            firsts[rollout_id] += 1
+        return out
+
+    def _store_group(
+        self, rollout_id: str, attempt_id: str, spans: Sequence[Span]
+    ) -> tuple[list[Span], Path | None]:
+        if not self._known_rollout(rollout_id):
+            raise RolloutNotFoundError(rollout_id)
+        record = self._records.require(rollout_id)
+        check_attempt_id(attempt_id)
+        attempt = record.find(attempt_id)
+        if attempt is None:
+            raise AttemptNotFoundError(rollout_id, attempt_id)
+        # Upstream syncs the counter before validating; here a refused span changes nothing.
+        self._spans.bump(rollout_id, max(s.sequence_id for s in spans))
+        attempt_dir = self._engine.attempt_dir(attempt)
+        written, path = self._spans.append(attempt_dir, spans)
+        if written:
+            self._spans.heartbeat(attempt_dir)
+            self._promote(record, attempt)
+        return written, path
+
+    def _promote(self, record: RolloutRecord, attempt: Attempt) -> None:
+        """The span-as-heartbeat rule, skipped when it would change nothing.
+
+        Live attempts report heartbeats from the heartbeat files; a finished attempt's
+        record is stamped instead (rare, and throttled like heartbeats).
+        """
+        now = self._clock.time()
+        latest = record.latest()
+        is_latest = latest is not None and latest.attempt_id == attempt.attempt_id
+        revive = attempt.status in ("preparing", "unresponsive") or (
+            is_latest and record.status in ("preparing", "requeuing")
+        )
+        stamp = (
+            attempt.status in FINAL_ATTEMPT_STATUSES and now - (attempt.last_heartbeat_time or 0.0) >= 0.25
+        )
+        if not revive and not stamp:
+            return
+
+        def promote(rec: RolloutRecord) -> RolloutRecord | None:
+            current = rec.find(attempt.attempt_id)
+            if current is None:
+                return None
+            if mark_running(rec, current, now):
+                return rec
+            if current.status in FINAL_ATTEMPT_STATUSES:
+                current.last_heartbeat_time = now
+                return rec
+            return None
+
+        self._records.update(record.rollout_id, promote)
+
+    async def _durable(self, paths: Sequence[Path | None]) -> None:
+        if self._ctx.durable:
+            for path in {p for p in paths if p is not None}:
+                await asyncio.to_thread(self._spans.sync, path)
+
+    async def add_span(self, span: Span) -> Span | None:
+        """Store a span; None (and an error logged) if its ``span_id`` is already stored
+        for the attempt. The span counts as a heartbeat of its attempt."""
+        written, path = self._store_group(span.rollout_id, span.attempt_id, [span])
+        await self._durable([path])
+        return span if written else None
+
+    async def add_many_spans(self, spans: Sequence[Span]) -> Sequence[Span]:
+        """Store spans grouped by attempt (first-seen order); returns those actually stored."""
+        groups: dict[tuple[str, str], list[Span]] = {}
+        for span in spans:
+            groups.setdefault((span.rollout_id, span.attempt_id), []).append(span)
+        stored: list[Span] = []
+        paths: list[Path | None] = []
+        for (rollout_id, attempt_id), group in groups.items():
+            written, path = self._store_group(rollout_id, attempt_id, group)
+            stored.extend(written)
+            paths.append(path)
+        await self._durable(paths)
+        return stored
+
+    async def add_otel_span(
+        self, rollout_id: str, attempt_id: str, readable_span: Any, sequence_id: int | None = None
+    ) -> Span | None:
+        if sequence_id is None:
+            sequence_id = await self.get_next_span_sequence_id(rollout_id, attempt_id)
+        span = Span.from_opentelemetry(readable_span, rollout_id, attempt_id, sequence_id)
+        return await self.add_span(span)
+
+    async def query_spans(
+        self,
+        rollout_id: str,
+        attempt_id: str | None = None,
+        *,
+        trace_id: str | None = None,
+        trace_id_contains: str | None = None,
+        span_id: str | None = None,
+        span_id_contains: str | None = None,
+        parent_id: str | None = None,
+        parent_id_contains: str | None = None,
+        name: str | None = None,
+        name_contains: str | None = None,
+        filter_logic: FilterLogic = "and",
+        limit: int = -1,
+        offset: int = 0,
+        sort_by: str | None = "sequence_id",
+        sort_order: SortOrder = "asc",
+    ) -> PaginatedResult[Span]:
+        """Spans of a rollout (or of one attempt, or ``"latest"``), filtered, sorted, paged."""
+        self._healthcheck()
+        check_page_args(limit, offset)
+        filters = build_filter(
+            filter_logic,
+            trace_id=("exact", trace_id),
+            trace_id__c=("contains", trace_id_contains),
+            span_id=("exact", span_id),
+            span_id__c=("contains", span_id_contains),
+            parent_id=("exact", parent_id),
+            parent_id__c=("contains", parent_id_contains),
+            name=("exact", name),
+            name__c=("contains", name_contains),
+        )
+        if attempt_id is not None and attempt_id != "latest":
+            check_attempt_id(attempt_id)
+        record = self._records.get(rollout_id) if self._known_rollout(rollout_id) else None
+        attempts = record.attempts if record else []
+        if attempt_id == "latest":
+            attempts = attempts[-1:]
+        elif attempt_id is not None:
+            attempts = [a for a in attempts if a.attempt_id == attempt_id]
+        spans = self._spans.read(self._engine.attempt_dir(a) for a in attempts)
+        selected = [s for s in spans if matches(s, filters)]
+        ordered = sort_items(selected, sort_by, sort_order, Span)
+        return PaginatedResult(
+            items=paginate(ordered, limit, offset), limit=limit, offset=offset, total=len(ordered)
+        )
