@@ -18,7 +18,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel
 
-__all__ = ["build_filter", "check_page_args", "matches", "paginate", "sort_items"]
+__all__ = ["build_filter", "check_page_args", "has_conditions", "matches", "paginate", "sort_items"]
 
 T = TypeVar("T", bound=BaseModel)
 Logic = Literal["and", "or"]
@@ -69,6 +69,14 @@ def matches(item: BaseModel, filters: Mapping[str, Any] | None) -> bool:
     if not pool:
         return True
     return any(pool) if filters.get("_aggregate", "and") == "or" else all(pool)
+
+
+def has_conditions(filters: Mapping[str, Any] | None) -> bool:
+    """Whether ``filters`` can reject anything (``matches`` is then worth calling per item)."""
+    if not filters:
+        return False
+    must = filters.get("_must") or {}
+    return any(True for _ in _conditions(filters)) or any(True for _ in _conditions(must))
 
 
 def build_filter(logic: Logic, **conditions: tuple[str, Any] | None) -> dict[str, Any]:

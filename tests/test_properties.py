@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from store_fs import Attempt, FakeClock, FileStore, RolloutConfig, Span
 from store_fs.codec import dumps_line, dumps_record, loads
 from store_fs.models import TraceStatus
-from store_fs.query import build_filter, matches, paginate, sort_items
+from store_fs.query import build_filter, has_conditions, matches, paginate, sort_items
 from store_fs.queue import ClaimToken, JournalEntry, PendingToken
 from store_fs.records import RolloutRecord
 from store_fs.transitions import rollout_status_for
@@ -298,6 +298,8 @@ def test_matches_aggregate_semantics(
         expected = agg and all(_holds(item, *c) for c in must)
         assert matches(item, filters) is expected
     assert all(matches(i, None) and matches(i, {}) for i in items)
+    # Skipping ``matches`` when there is nothing to check is only right if nothing is rejected.
+    assert has_conditions(filters) == bool(conds or must)
 
 
 @FAST

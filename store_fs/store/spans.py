@@ -10,7 +10,7 @@ from typing import Any
 from store_fs.errors import AttemptNotFoundError, RolloutNotFoundError
 from store_fs.ids import check_attempt_id
 from store_fs.models import Attempt, PaginatedResult, Span
-from store_fs.query import build_filter, check_page_args, matches, paginate, sort_items
+from store_fs.query import build_filter, check_page_args, has_conditions, matches, paginate, sort_items
 from store_fs.records import RolloutRecord
 from store_fs.transitions import FINAL_ATTEMPT_STATUSES, mark_running
 
@@ -169,7 +169,7 @@ class SpanMethods(StoreCore):
         elif attempt_id is not None:
             attempts = [a for a in attempts if a.attempt_id == attempt_id]
         spans = self._spans.read(self._engine.attempt_dir(a) for a in attempts)
-        selected = [s for s in spans if matches(s, filters)]
+        selected = [s for s in spans if matches(s, filters)] if has_conditions(filters) else spans
         ordered = sort_items(selected, sort_by, sort_order, Span)
         return PaginatedResult(
             items=paginate(ordered, limit, offset), limit=limit, offset=offset, total=len(ordered)
