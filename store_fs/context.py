@@ -6,13 +6,12 @@ child never writes into its parent's per-writer files.
 
 from __future__ import annotations
 
-import os
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .clock import Clock
-from .fsio import writer_tag
+from .fsio import current_pid, writer_tag
 from .layout import Layout
 
 __all__ = ["Context", "Durability"]
@@ -28,7 +27,7 @@ class Context:
     # Extra seconds granted before a heartbeat written by another machine's wall clock
     # is judged stale by ours (only matters to observers that have not watched it move).
     clock_skew_seconds: float = 0.0
-    _pid: int = field(default_factory=os.getpid)
+    _pid: int = field(default_factory=current_pid)
     _local: dict[str, Any] = field(default_factory=dict)
     lock: threading.RLock = field(default_factory=threading.RLock)
 
@@ -42,7 +41,7 @@ class Context:
 
     def local(self, name: str, factory: type[Any]) -> Any:
         """A per-process object named ``name``, created by ``factory()`` (fresh after fork)."""
-        pid = os.getpid()
+        pid = current_pid()
         with self.lock:
             if pid != self._pid:
                 self._pid = pid

@@ -96,7 +96,9 @@ class Engine:
                 return None
             raise
         attempt = record.attempts[-1]
-        self.spans.heartbeat(self.attempt_dir(attempt), force=True)
+        attempt_dir = self.attempt_dir(attempt)
+        self.spans.new_attempt(attempt_dir)  # its id is ours, fresh: nobody has spans for it yet
+        self.spans.heartbeat(attempt_dir, force=True)
         self.workers.sync(attempt, dequeue=from_queue)
         public = record.public()
         assert isinstance(public, AttemptedRollout)

@@ -17,6 +17,7 @@ Guarantees (see docs/format.md for the reasons):
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import secrets
 import socket
@@ -26,6 +27,7 @@ from pathlib import Path
 __all__ = [
     "append",
     "create_exclusive",
+    "current_pid",
     "fsync_dir",
     "iter_dirs",
     "list_names",
@@ -44,13 +46,40 @@ def _sanitise(text: str) -> str:
 _HOST = _sanitise(socket.gethostname())
 
 
+# The process id, kept up to date across fork(): callers ask for it dozens of times per
+# rollout (per-process caches, per-writer file names), and each os.getpid() is a syscall.
+_PID = os.getpid()
+_TAG = f"{_HOST}-{_PID}"
+
+
+def _after_fork_in_child() -> None:
+    global _PID, _TAG
+    _PID = os.getpid()
+    _TAG = f"{_HOST}-{_PID}"
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def current_pid() -> int:
+    """This process's id (``os.getpid()`` without a system call; right after ``fork`` too)."""
+    return _PID
+
+
 def writer_tag() -> str:
     """``<host>-<pid>``: names this process in per-writer file names (recomputed after fork)."""
-    return f"{_HOST}-{os.getpid()}"
+    return _TAG
+
+
+# Temporary names: <host>-<pid> plus a per-process counter (next() on a count is atomic
+# under the GIL), instead of a getrandom(2) per file. The counter starts at a random value
+# so a leftover of a crashed process that had our pid is unlikely to be met, and a name
+# that exists anyway is skipped (exclusive create).
+_tmp_serial = itertools.count(secrets.randbits(40))
 
 
 def _tmp_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{writer_tag()}-{secrets.token_hex(4)}.tmp")
+    return path.with_name(f".{path.name}.{_TAG}-{next(_tmp_serial):x}.tmp")
 
 
 def fsync_dir(directory: Path) -> None:
@@ -62,8 +91,13 @@ def fsync_dir(directory: Path) -> None:
 
 
 def _write_tmp(path: Path, data: bytes, durable: bool, mode: int = 0o644) -> Path:
-    tmp = _tmp_path(path)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    while True:
+        tmp = _tmp_path(path)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+            break
+        except FileExistsError:
+            continue  # a leftover of a dead process: take the next name
     try:
         append(fd, data)
         if durable:
@@ -97,8 +131,13 @@ def publish(path: Path, data: bytes, *, durable: bool = False) -> None:
 
 def publish_symlink(path: Path, target: str, *, durable: bool = False) -> None:
     """Make ``path`` a symlink to ``target`` atomically (last writer wins)."""
-    tmp = _tmp_path(path)
-    os.symlink(target, tmp)
+    while True:
+        tmp = _tmp_path(path)
+        try:
+            os.symlink(target, tmp)
+            break
+        except FileExistsError:
+            continue  # a leftover of a dead process: take the next name
     try:
         os.replace(tmp, path)
     except BaseException:

@@ -124,6 +124,18 @@ class _GroupSync:
                     self.cond.notify_all()
 
 
+def _open_making_dirs(path: Path, flags: int) -> int:
+    """``os.open(path, flags)``, creating the missing parent directories if that fails.
+
+    Opening first saves a ``mkdir`` per call where the directory is usually there.
+    """
+    try:
+        return os.open(path, flags, 0o644)
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(path, flags, 0o644)
+
+
 class _WriterState:
     def __init__(self) -> None:
         self.fds: OrderedDict[Path, int] = OrderedDict()
@@ -167,16 +179,16 @@ class SpanLog:
     def bump(self, rollout_id: str, at_least: int) -> None:
         """Make sure the counter is at least ``at_least`` (explicit numbers push it up, never down)."""
         # The counter only grows, so a value this process saw is a lower bound of the truth.
-        seen = self._state().counters.get(rollout_id, -1)
+        seen = self._state().counters.get(rollout_id, 0)
         if seen >= at_least:
             return
-        if seen >= 0:
-            # Try the name last seen before listing the directory: whichever file is renamed
-            # to ``at_least``, the highest name (the counter) is then at least that.
-            directory = self._layout.span_seq_dir(rollout_id)
-            if fsio.move(directory / str(seen), directory / str(at_least)):
-                self._remember(rollout_id, at_least)
-                return
+        # Try the name last seen (a new rollout's counter, ``0``, if none) before listing the
+        # directory: whichever file is renamed to ``at_least``, the highest name (the counter)
+        # is then at least that, and ``seen < at_least`` means no name goes down.
+        directory = self._layout.span_seq_dir(rollout_id)
+        if fsio.move(directory / str(seen), directory / str(at_least)):
+            self._remember(rollout_id, at_least)
+            return
         while True:
             directory, last = self._counter(rollout_id)
             if last >= at_least or fsio.move(directory / str(last), directory / str(at_least)):
@@ -195,8 +207,7 @@ class SpanLog:
         if fd is not None:
             state.fds.move_to_end(path)
             return fd
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        fd = _open_making_dirs(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         state.fds[path] = fd
         while len(state.fds) > _MAX_OPEN_FILES:
             _, old = state.fds.popitem(last=False)
@@ -213,6 +224,17 @@ class SpanLog:
         else:
             state.known_ids.move_to_end(attempt_dir)
         return known
+
+    def new_attempt(self, attempt_dir: Path) -> None:
+        """Note that this process just created the attempt: it holds no spans anywhere yet.
+
+        Its first ``append`` then skips listing and reading the attempt's span files.
+        """
+        state = self._state()
+        with state.lock:
+            state.known_ids[attempt_dir] = set()
+            while len(state.known_ids) > _MAX_OPEN_FILES:
+                state.known_ids.popitem(last=False)
 
     def append(self, attempt_dir: Path, spans: Sequence[Span]) -> tuple[list[Span], Path | None]:
         """Write the spans whose ``span_id`` this attempt does not hold yet, in one write.
@@ -258,8 +280,7 @@ class SpanLog:
             counter += 1
             state.heartbeats[path] = (counter, now)
             data = f"{counter:020d} {self._ctx.clock.time():020.6f}\n".encode()
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+            fd = _open_making_dirs(path, os.O_WRONLY | os.O_CREAT)
             try:
                 os.pwrite(fd, data, 0)
             finally:

@@ -1,0 +1,43 @@
+"""fsio primitives: temporary names, and what a crashed writer's leftovers do to them."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from pathlib import Path
+
+import pytest
+
+from store_fs import fsio
+
+
+def test_a_leftover_temporary_name_is_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A crashed process that had our pid left the temporary names we are about to use.
+    monkeypatch.setattr(fsio, "_tmp_serial", itertools.count(7))
+    for serial in (7, 8):
+        (tmp_path / f".rec.json.{fsio.writer_tag()}-{serial:x}.tmp").write_bytes(b"junk")
+        (tmp_path / f".link.{fsio.writer_tag()}-{serial + 3:x}.tmp").symlink_to("junk")
+    fsio.publish(tmp_path / "rec.json", b"new\n")
+    assert (tmp_path / "rec.json").read_bytes() == b"new\n"
+    assert fsio.create_exclusive(tmp_path / "other.json", b"x")  # takes serial 10; the link then meets 11
+    fsio.publish_symlink(tmp_path / "link", "rec.json")
+    assert os.readlink(tmp_path / "link") == "rec.json"
+    leftovers = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("."))
+    assert len(leftovers) == 4  # untouched: `agl check` reports them
+
+
+def test_writer_tag_and_pid_follow_fork() -> None:
+    if not hasattr(os, "fork"):
+        pytest.skip("no fork on this platform")
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        ok = fsio.current_pid() == os.getpid() and fsio.writer_tag().endswith(f"-{os.getpid()}")
+        os.write(write, b"1" if ok else b"0")
+        os._exit(0)
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    assert os.read(read, 1) == b"1"
+    os.close(read)
+    assert status == 0
+    assert fsio.current_pid() == os.getpid()
