@@ -373,6 +373,14 @@ def _dedup_key(span_id: object) -> object:
     return span_id
 
 
+class _CollectorPause:
+    """Process-wide bookkeeping of :func:`_collector_paused` (threads decode at once)."""
+
+    lock = threading.Lock()
+    holders = 0
+    was_enabled = False
+
+
 @contextmanager
 def _collector_paused() -> Iterator[None]:
     """Hold off the cyclic garbage collector while a block allocates many containers.
@@ -381,16 +389,22 @@ def _collector_paused() -> Iterator[None]:
     young-generation collections and usually an old-generation one that walks the
     whole heap: 3-5 ms of a 15-20 ms ``query_spans`` (benchmarks/compare.py). Span
     objects form no reference cycles, so nothing is left for the collector to find;
-    it runs as usual once the block ends. The collector is only re-enabled if it was
-    enabled on entry (it is one switch for the whole process).
+    it runs as usual once the block ends. The collector is one switch for the whole
+    process, so threads pausing at once share it: the first one in notes whether it
+    was on, the last one out restores that.
     """
-    enabled = gc.isenabled()
-    gc.disable()
+    with _CollectorPause.lock:
+        if _CollectorPause.holders == 0:
+            _CollectorPause.was_enabled = gc.isenabled()
+            gc.disable()
+        _CollectorPause.holders += 1
     try:
         yield
     finally:
-        if enabled:
-            gc.enable()
+        with _CollectorPause.lock:
+            _CollectorPause.holders -= 1
+            if _CollectorPause.holders == 0 and _CollectorPause.was_enabled:
+                gc.enable()
 
 
 def _decode_lines(data: bytes) -> list[_Line]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -435,3 +436,29 @@ def test_decoding_leaves_the_collector_as_it_found_it(enabled: bool) -> None:
         assert gc.isenabled() is enabled
     finally:
         gc.enable() if was else gc.disable()
+
+
+def test_threads_decoding_at_once_leave_the_collector_on() -> None:
+    line = dumps_line({"span_id": "x", "bad": True})
+    inside, release = threading.Barrier(5), threading.Event()
+    original = span_log.decode_span
+
+    def slow(obj: dict[str, Any]) -> Span:
+        inside.wait(10)  # all four decoders are paused at once
+        release.wait(10)
+        return original(obj)
+
+    assert gc.isenabled()
+    span_log.decode_span = slow  # type: ignore[assignment]
+    try:
+        threads = [threading.Thread(target=span_log._decode_lines, args=(line,)) for _ in range(4)]
+        for t in threads:
+            t.start()
+        inside.wait(10)
+        assert not gc.isenabled()
+        release.set()
+        for t in threads:
+            t.join(10)
+    finally:
+        span_log.decode_span = original
+    assert gc.isenabled()
