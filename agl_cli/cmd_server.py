@@ -28,6 +28,10 @@ def store(
     max_body_mb: Annotated[
         float, typer.Option("--max-body-mb", help="Larger request bodies are refused with 413.")
     ] = 64.0,
+    threads: Annotated[
+        int | None,
+        typer.Option(min=1, help="Store calls served at once (default: 2 per CPU, at least 4, at most 8)."),
+    ] = None,
 ) -> None:
     """Serve the store over HTTP in the foreground until Ctrl-C.
 
@@ -53,6 +57,13 @@ def store(
     server_log.propagate = False
     opened = open_store()  # outside the try: a missing store keeps its own exit code
     try:
-        run_server(opened, host=host, port=port, token=token or None, max_body_bytes=int(max_body_mb * 2**20))
+        run_server(
+            opened,
+            host=host,
+            port=port,
+            token=token or None,
+            max_body_bytes=int(max_body_mb * 2**20),
+            threads=threads,
+        )
     except OSError as err:  # port in use, address not available...
         raise CliError(f"cannot serve on {host}:{port}: {err.strerror or err}", EXIT_ERROR) from err

@@ -1,4 +1,4 @@
-"""``python -m store_fs.server --store DIR [--host H] [--port P] [--token T]``: serve a store.
+"""``python -m store_fs.server --store DIR [--host H] [--port P] [--token T] [--threads N]``: serve a store.
 
 Logs (one line per request at INFO, warnings always) go to stderr. The first warning
 line names the bound address, so ``--port 0`` callers can learn the port.
@@ -24,11 +24,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=4747, help="0 picks a free port")
     parser.add_argument("--token", default=os.environ.get("AGL_STORE_TOKEN"), help="bearer token")
     parser.add_argument("--max-body-bytes", type=int, default=64 * 1024 * 1024)
+    parser.add_argument(
+        "--threads", type=int, default=None, help="store calls served at once (default: 2 per CPU, 4 to 8)"
+    )
     parser.add_argument("--create", action="store_true", help="create the store if missing")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     args = parser.parse_args(argv)
     if not args.store:
         parser.error("--store (or AGL_STORE) is required")
+    if args.threads is not None and args.threads < 1:
+        parser.error("--threads must be at least 1")
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         store = FileStore(args.store, create=args.create)
@@ -38,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
             port=args.port,
             token=args.token or None,
             max_body_bytes=args.max_body_bytes,
+            threads=args.threads,
         )
     except (AglError, OSError) as err:
         sys.stderr.write(f"agl store: {err}\n")

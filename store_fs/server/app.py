@@ -6,6 +6,10 @@ errors, so clients can raise the same exception class): not found 404, invalid i
 bad JSON / bad paging 400, conflict 409, validation 422 (``detail`` is a list),
 missing token 401, body too large 413. Anything unexpected is a 500 and the server
 keeps serving. Getters answer 200 ``null`` for unknown ids, as upstream does.
+
+Concurrency: the HTTP layer runs on one event loop; every store call (and the JSON
+encoding of its answer, and OTLP decoding) runs on a :class:`~.loops.LoopPool`, so
+requests on different connections overlap instead of queueing behind one another.
 """
 
 from __future__ import annotations
@@ -31,8 +35,9 @@ from store_fs.errors import (
 from store_fs.store import FileStore
 
 from . import otlp
-from .api import PREFIX, Call, StoreApi
+from .api import PREFIX, Call, Handler, StoreApi
 from .http import HttpServer, Request, Response
+from .loops import LoopPool, PoolClosedError
 from .schemas import BadRequest
 
 __all__ = ["StoreServer", "run_server"]
@@ -71,6 +76,8 @@ def _error_attrs(err: AglError) -> dict[str, Any]:
 
 def response_for_exception(err: Exception) -> Response:
     """Map an exception raised while serving a request to its response (see module docstring)."""
+    if isinstance(err, PoolClosedError):
+        return error_response(503, "server is shutting down")
     if isinstance(err, BadRequest):
         return error_response(400, err.detail)
     if isinstance(err, ValidationError):
@@ -102,7 +109,9 @@ class StoreServer:
 
     The server keeps no state of its own, so any number of servers (and direct FileStore
     users) may share one store directory. ``token``: require ``Authorization: Bearer``
-    on everything but ``GET /v1/agl/health``.
+    on everything but ``GET /v1/agl/health``. ``threads``: how many store calls run at
+    once (see :mod:`store_fs.server.loops`; None picks :func:`~.loops.default_size`);
+    waiting calls such as ``wait_for_rollouts`` do not count against it.
     """
 
     def __init__(
@@ -113,8 +122,10 @@ class StoreServer:
         port: int = 4747,
         token: str | None = None,
         max_body_bytes: int = 64 * 1024 * 1024,
+        threads: int | None = None,
     ) -> None:
         self.store = store
+        self.pool = LoopPool(threads)
         self.host = host
         self.port = port
         self.api = StoreApi(store)
@@ -139,14 +150,26 @@ class StoreServer:
                 self.host or "all interfaces",
                 "" if self._has_token else " without a token (set --token / AGL_STORE_TOKEN)",
             )
-        await self.http.start(self.host, self.port)
+        self.pool.start()  # before listening: the first request may come at once
+        try:
+            await self.http.start(self.host, self.port)
+        except BaseException:
+            await self.pool.aclose()
+            raise
         bound = self.http.sockets
         if bound:
             self.port = bound[0][1]
-        log.warning("agl store server listening on %s (store %s)", self.endpoint, self.store.root)
+        log.warning(
+            "agl store server listening on %s (store %s, %d store threads)",
+            self.endpoint,
+            self.store.root,
+            self.pool.size,
+        )
 
     async def stop(self) -> None:
-        await self.http.stop()
+        """Stop listening, cut open requests, then stop the store threads and close the store."""
+        await self.http.stop()  # cancelling the requests also cancels their store calls
+        await self.pool.aclose()
         self.store.close()
 
     async def handle(self, request: Request) -> Response:
@@ -164,8 +187,7 @@ class StoreServer:
             if found is False:
                 return error_response(405, "Method Not Allowed")
             handler, params = found
-            status, payload = await handler(Call(request, params, self.store))
-            return json_response(status, payload)
+            return await self.pool.run(_respond(handler, Call(request, params, self.store)))
         except Exception as err:
             return response_for_exception(err)
 
@@ -174,10 +196,7 @@ class StoreServer:
         if content_type != otlp.PROTOBUF:
             return _otlp_status(400, f"Content-Type must be {otlp.PROTOBUF}")
         try:
-            payload = otlp.decode_body(
-                request.body, request.header("content-encoding"), self.http.max_body_bytes
-            )
-            reply = await otlp.export(self.store, payload)
+            reply = await self.pool.run(self._export(request))
         except Exception as err:
             response = response_for_exception(err)
             message = orjson.loads(response.body).get("detail", "error")
@@ -187,6 +206,18 @@ class StoreServer:
             reply = otlp.gzip_bytes(reply)
             headers["Content-Encoding"] = "gzip"
         return Response(200, reply, content_type=otlp.PROTOBUF, headers=headers)
+
+    async def _export(self, request: Request) -> bytes:
+        """On a pool loop: inflate, parse and store an OTLP body; the serialized reply."""
+        payload = otlp.decode_body(request.body, request.header("content-encoding"), self.http.max_body_bytes)
+        return await otlp.export(self.store, payload)
+
+
+async def _respond(handler: Handler, call: Call) -> Response:
+    """On a pool loop: the store call and the encoding of its answer (a big page of spans
+    takes a while to encode, which would hold up every other request on the server's loop)."""
+    status, payload = await handler(call)
+    return json_response(status, payload)
 
 
 def _otlp_status(status: int, message: str) -> Response:
@@ -206,9 +237,15 @@ def run_server(
     port: int = 4747,
     token: str | None = None,
     max_body_bytes: int = 64 * 1024 * 1024,
+    threads: int | None = None,
 ) -> None:
-    """Serve in the foreground until SIGINT/SIGTERM, then stop cleanly (open requests are cut)."""
-    server = StoreServer(store, host=host, port=port, token=token, max_body_bytes=max_body_bytes)
+    """Serve in the foreground until SIGINT/SIGTERM, then stop cleanly (open requests are cut).
+
+    ``threads``: store calls run at once (None: :func:`store_fs.server.loops.default_size`).
+    """
+    server = StoreServer(
+        store, host=host, port=port, token=token, max_body_bytes=max_body_bytes, threads=threads
+    )
 
     async def main() -> None:
         stopping = asyncio.Event()
