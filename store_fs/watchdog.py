@@ -51,7 +51,8 @@ class _Tracker:
         self.last_scan: float | None = None
         self.last_sweep: float | None = None
         self.touched: set[object] = set()
-        self.scanning = False
+        # One pass at a time per process: passes share ``seen`` and ``touched``.
+        self.scan_lock = threading.Lock()
 
 
 class Reaper:
@@ -95,21 +96,25 @@ class Reaper:
         tracker = self._tracker()
         now = self._ctx.clock.monotonic()
         with tracker.lock:
-            if tracker.scanning:
-                return 0
             if tracker.last_scan is not None and now - tracker.last_scan < self.debounce:
                 return 0
             tracker.last_scan = now
-            tracker.scanning = True
+        if not tracker.scan_lock.acquire(blocking=False):
+            return 0  # another thread is scanning right now
         try:
-            return self.scan()
+            return self._scan(tracker)
         finally:
-            tracker.scanning = False
+            tracker.scan_lock.release()
 
     def scan(self) -> int:
-        """One pass; returns the number of attempts expired. Errors on one token never stop the pass."""
-        expired = 0
+        """One pass (after any pass another thread is making); returns the number of attempts
+        expired. Errors on one token never stop the pass."""
         tracker = self._tracker()
+        with tracker.scan_lock:
+            return self._scan(tracker)
+
+    def _scan(self, tracker: _Tracker) -> int:
+        expired = 0
         tracker.touched = set()
         for entry in self._engine.queue.list_journal():
             self._guard(self._revisit, entry)

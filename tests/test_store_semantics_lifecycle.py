@@ -4,7 +4,10 @@ sticky cancellation, id validation and statistics."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,6 +24,7 @@ from store_fs import (
     RolloutNotFoundError,
     Span,
 )
+from store_fs.watchdog import Reaper
 
 UNKNOWN_RID = "ro-000000000000"
 
@@ -407,6 +411,46 @@ async def test_watchdog_debounce(tmp_path: Path, clock: FakeClock) -> None:
         assert (await s.get_rollout_by_id(r.rollout_id)).status == "preparing"  # type: ignore[union-attr]
         clock.advance(0.5)  # interval fully elapsed
         assert (await s.get_rollout_by_id(r.rollout_id)).status == "failed"  # type: ignore[union-attr]
+    finally:
+        s.close()
+
+
+async def test_reaper_passes_from_several_threads_take_turns(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = FileStore(tmp_path / "threads", clock=clock, scan_debounce_seconds=1000, claim_grace_seconds=5)
+    try:
+        cfg = RolloutConfig(timeout_seconds=5)
+        started = [await s.start_rollout(input=i, config=cfg) for i in range(20)]
+        clock.advance(6)
+        # Passes share their bookkeeping: record how many ever run at once.
+        active, most, guard = [0], [0], threading.Lock()
+        real_scan = Reaper._scan
+
+        def watched_scan(self: Reaper, tracker: Any) -> int:
+            with guard:
+                active[0] += 1
+                most[0] = max(most[0], active[0])
+            try:
+                threading.Event().wait(0.02)  # room for another thread to barge in
+                return real_scan(self, tracker)
+            finally:
+                with guard:
+                    active[0] -= 1
+
+        monkeypatch.setattr(Reaper, "_scan", watched_scan)
+        start = threading.Barrier(4)
+
+        def reap() -> int:
+            start.wait(10)
+            return sum(s.reap() for _ in range(3))
+
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            expired = list(pool.map(lambda _: reap(), range(4)))
+        assert most[0] == 1
+        assert sum(expired) == 20  # each attempt expired by exactly one pass
+        for r in started:
+            assert (await s.get_rollout_by_id(r.rollout_id)).status == "failed"  # type: ignore[union-attr]
     finally:
         s.close()
 
