@@ -385,11 +385,12 @@ class _CollectorPause:
 def _collector_paused() -> Iterator[None]:
     """Hold off the cyclic garbage collector while a block allocates many containers.
 
-    Decoding 1,000 spans makes ~30,000 dicts and lists, which triggers dozens of
-    young-generation collections and usually an old-generation one that walks the
-    whole heap: 3-5 ms of a 15-20 ms ``query_spans`` (benchmarks/compare.py). Span
-    objects form no reference cycles, so nothing is left for the collector to find;
-    it runs as usual once the block ends. The collector is one switch for the whole
+    Decoding 1,000 spans makes ~30,000 dicts, lists and models, which triggered
+    dozens of young collections per ``query_spans`` and, every few calls, a full
+    one that walks the whole heap: ~9 ms per call on average (``gc.callbacks``,
+    BENCHMARKS.md). Span objects form no reference cycles, so nothing is left for
+    the collector to find; it runs as usual once the block ends (one young
+    collection, ~3 ms, is what remains). The collector is one switch for the whole
     process, so threads pausing at once share it: the first one in notes whether it
     was on, the last one out restores that.
     """
