@@ -32,6 +32,7 @@ __all__ = [
     "iter_dirs",
     "list_names",
     "move",
+    "open_making_dirs",
     "publish",
     "publish_symlink",
     "read_bytes",
@@ -185,6 +186,19 @@ def move(src: Path, dst: Path, *, durable: bool = False) -> bool:
         if src.parent != dst.parent:
             fsync_dir(src.parent)
     return True
+
+
+def open_making_dirs(path: Path, flags: int, mode: int = 0o644) -> int:
+    """``os.open(path, flags, mode)``, creating missing parent directories if that fails.
+
+    Opening first saves a ``mkdir`` per call on the hot path, where the directory
+    is almost always there already.
+    """
+    try:
+        return os.open(path, flags, mode)
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(path, flags, mode)
 
 
 def read_bytes(path: Path) -> bytes | None:

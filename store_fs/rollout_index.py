@@ -335,9 +335,8 @@ class RolloutIndex:
         if holder.fd is not None and os.fstat(holder.fd).st_nlink > 0:
             return holder.fd
         self._drop(holder)  # our file was deleted: appending to it would reach nobody
-        self._dir.mkdir(parents=True, exist_ok=True)
         path = self._dir / f"{self._ctx.writer}.jsonl"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        fd = fsio.open_making_dirs(path, os.O_RDWR | os.O_CREAT | os.O_APPEND)
         size = os.fstat(fd).st_size
         if size and os.pread(fd, 1, size - 1) != b"\n":
             # A dead process with our pid left a torn last line: end it, so that it

@@ -124,18 +124,6 @@ class _GroupSync:
                     self.cond.notify_all()
 
 
-def _open_making_dirs(path: Path, flags: int) -> int:
-    """``os.open(path, flags)``, creating the missing parent directories if that fails.
-
-    Opening first saves a ``mkdir`` per call where the directory is usually there.
-    """
-    try:
-        return os.open(path, flags, 0o644)
-    except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return os.open(path, flags, 0o644)
-
-
 class _WriterState:
     def __init__(self) -> None:
         self.fds: OrderedDict[Path, int] = OrderedDict()
@@ -207,7 +195,7 @@ class SpanLog:
         if fd is not None:
             state.fds.move_to_end(path)
             return fd
-        fd = _open_making_dirs(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        fd = fsio.open_making_dirs(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         state.fds[path] = fd
         while len(state.fds) > _MAX_OPEN_FILES:
             _, old = state.fds.popitem(last=False)
@@ -280,7 +268,7 @@ class SpanLog:
             counter += 1
             state.heartbeats[path] = (counter, now)
             data = f"{counter:020d} {self._ctx.clock.time():020.6f}\n".encode()
-            fd = _open_making_dirs(path, os.O_WRONLY | os.O_CREAT)
+            fd = fsio.open_making_dirs(path, os.O_WRONLY | os.O_CREAT)
             try:
                 os.pwrite(fd, data, 0)
             finally:

@@ -54,12 +54,21 @@ _LEGACY = ("status.json", "heartbeat.json")
 _FIELDS = frozenset(Worker.model_fields) - {"worker_id"}
 
 
-def fold_lines(lines: list[tuple[float, int, dict[str, Any]]]) -> dict[str, Any]:
+Change = tuple[float, int, dict[str, Any]]  # (t, order, fields)
+
+
+def _winners(changes: list[Change]) -> dict[str, tuple[float, Any]]:
+    """Per field, the ``(t, value)`` of the change that wins it: by ``t``, then ``order``; later wins."""
+    winners: dict[str, tuple[float, Any]] = {}
+    for t, _, fields in sorted(changes, key=lambda change: (change[0], change[1])):
+        for key, value in fields.items():
+            winners[key] = (t, value)
+    return winners
+
+
+def fold_lines(lines: list[Change]) -> dict[str, Any]:
     """Fold ``(t, order, fields)`` changes into one state: by ``t``, then ``order``; later wins."""
-    state: dict[str, Any] = {}
-    for _, _, fields in sorted(lines, key=lambda line: (line[0], line[1])):
-        state.update(fields)
-    return state
+    return {key: value for key, (_, value) in _winners(lines).items()}
 
 
 class _Writer:
@@ -94,20 +103,23 @@ class WorkerStore:
                 yield float("-inf"), order, {k: v for k, v in obj.items() if k in _FIELDS}
                 order += 1
         for name in sorted(fsio.list_names(directory)):
-            if not (name.startswith(_LOG_PREFIX) and name.endswith(_LOG_SUFFIX)):
+            if name.startswith(_LOG_PREFIX) and name.endswith(_LOG_SUFFIX):
+                for t, fields in self._log_lines(directory / name):
+                    yield t, order, {k: v for k, v in fields.items() if k in _FIELDS}
+                    order += 1
+
+    def _log_lines(self, path: Path) -> Iterator[tuple[float, dict[str, Any]]]:
+        """The complete lines of one log, as ``(t, the other fields)``, in write order."""
+        data = fsio.read_bytes(path) or b""
+        # Bytes after the last newline are a write in progress.
+        for line in data[: data.rfind(b"\n") + 1].splitlines():
+            if not line.strip():
                 continue
-            path = directory / name
-            data = fsio.read_bytes(path) or b""
-            # Bytes after the last newline are a write in progress.
-            for line in data[: data.rfind(b"\n") + 1].splitlines():
-                if not line.strip():
-                    continue
-                obj = self._decode(path, line)
-                t = obj.get("t")
-                if not isinstance(t, (int, float)):
-                    raise CorruptRecordError(str(path), "a worker log line without a numeric 't'")
-                yield float(t), order, {k: v for k, v in obj.items() if k in _FIELDS}
-                order += 1
+            fields = self._decode(path, line)
+            t = fields.pop("t", None)
+            if not isinstance(t, (int, float)):
+                raise CorruptRecordError(str(path), "a worker log line without a numeric 't'")
+            yield float(t), fields
 
     @staticmethod
     def _decode(path: Path, data: bytes) -> dict[str, Any]:
@@ -146,11 +158,7 @@ class WorkerStore:
         path = self._log_path(worker_id)
         writer = self._writer()
         with writer.lock:
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            except FileNotFoundError:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            fd = fsio.open_making_dirs(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
             try:
                 fsio.append(fd, line)
                 if self._ctx.durable:
@@ -165,19 +173,9 @@ class WorkerStore:
 
     def _compact(self, path: Path) -> None:
         """Rewrite this process's log as the lines that still win a field (same fold)."""
-        data = fsio.read_bytes(path) or b""
-        lines: list[tuple[float, int, dict[str, Any]]] = []
-        for order, raw in enumerate(data[: data.rfind(b"\n") + 1].splitlines()):
-            if not raw.strip():
-                continue
-            obj = self._decode(path, raw)
-            lines.append((float(obj.pop("t")), order, obj))
-        latest: dict[str, tuple[float, Any]] = {}
-        for t, _, fields in sorted(lines, key=lambda line: (line[0], line[1])):  # as fold_lines does
-            for key, value in fields.items():
-                latest[key] = (t, value)
+        changes = [(t, order, fields) for order, (t, fields) in enumerate(self._log_lines(path))]
         by_time: dict[float, dict[str, Any]] = {}
-        for key, (t, value) in latest.items():
+        for key, (t, value) in _winners(changes).items():
             by_time.setdefault(t, {})[key] = value
         body = b"".join(codec.dumps_line({"t": t, **fields}) for t, fields in sorted(by_time.items()))
         fsio.publish(path, body, durable=self._ctx.durable)
