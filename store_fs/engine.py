@@ -97,8 +97,9 @@ class Engine:
             raise
         attempt = record.attempts[-1]
         attempt_dir = self.attempt_dir(attempt)
-        self.spans.new_attempt(attempt_dir)  # its id is ours, fresh: nobody has spans for it yet
-        self.spans.heartbeat(attempt_dir, force=True)
+        # Its id is ours, fresh: nobody has spans for it yet. Its directory is made by the
+        # first span or heartbeat; until then the reaper dates its liveness from start_time.
+        self.spans.new_attempt(attempt_dir)
         self.workers.sync(attempt, dequeue=from_queue)
         public = record.public()
         assert isinstance(public, AttemptedRollout)
@@ -131,12 +132,12 @@ class Engine:
         relisted = [False]
         cache: _PendingCache = self.ctx.local("pending-cache", _PendingCache)
         while (token := self._next_candidate(relisted)) is not None:
-            record = self.records.get(token.rollout_id)
-            if record is None:
-                continue  # enqueue in flight: the record follows its token
-            if not self._claimable(record, token):
-                self.queue.discard_pending(token)
-                continue
+            if not self.records.exists(token.rollout_id):
+                continue  # enqueue in flight (the record follows its token), or an orphan the reaper sweeps
+            # Rename first, read the record after: a runner that loses the race for a token
+            # has then spent one stat and one failed rename, not a read of the record. A
+            # stale token (its attempt already exists, or the rollout left the queue) is
+            # recognised by ``begin`` and dropped from ``claimed/``.
             claim = self.queue.claim(token, new_attempt_id())
             cache.contended = claim is None
             if claim is None:
@@ -145,10 +146,6 @@ class Engine:
             if result is not None:
                 return result
         return None
-
-    @staticmethod
-    def _claimable(record: RolloutRecord, token: PendingToken) -> bool:
-        return record.status in ("queuing", "requeuing") and len(record.attempts) + 1 == token.sequence_id
 
     def start_attempt(self, rollout_id: str, worker_id: str | None) -> AttemptedRollout:
         while True:

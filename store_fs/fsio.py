@@ -23,6 +23,9 @@ import secrets
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypeAlias
+
+StrPath: TypeAlias = "str | os.PathLike[str]"
 
 __all__ = [
     "append",
@@ -34,7 +37,7 @@ __all__ = [
     "move",
     "open_making_dirs",
     "publish",
-    "publish_symlink",
+    "publish_link",
     "read_bytes",
     "writer_tag",
 ]
@@ -83,7 +86,7 @@ def _tmp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.{_TAG}-{next(_tmp_serial):x}.tmp")
 
 
-def fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: StrPath) -> None:
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -130,20 +133,25 @@ def publish(path: Path, data: bytes, *, durable: bool = False) -> None:
         fsync_dir(path.parent)
 
 
-def publish_symlink(path: Path, target: str, *, durable: bool = False) -> None:
-    """Make ``path`` a symlink to ``target`` atomically (last writer wins)."""
+def publish_link(path: Path, source: Path, *, durable: bool = False) -> None:
+    """Make ``path`` one more name of the existing file ``source``, atomically (last writer wins).
+
+    A hard link allocates no inode, and replacing one frees none (the old file keeps
+    its other name), unlike a symlink or a copy.
+    """
     while True:
         tmp = _tmp_path(path)
         try:
-            os.symlink(target, tmp)
+            os.link(source, tmp)
             break
         except FileExistsError:
             continue  # a leftover of a dead process: take the next name
     try:
         os.replace(tmp, path)
-    except BaseException:
+    finally:
+        # rename(2) does nothing when both names already link to one file, leaving the
+        # temporary name in place; otherwise it is gone and this unlink finds nothing.
         _unlink_quiet(tmp)
-        raise
     if durable:
         fsync_dir(path.parent)
 
@@ -167,24 +175,24 @@ def create_exclusive(path: Path, data: bytes, *, durable: bool = False, mode: in
     return created
 
 
-def move(src: Path, dst: Path, *, durable: bool = False) -> bool:
+def move(src: StrPath, dst: StrPath, *, durable: bool = False) -> bool:
     """Rename ``src`` to ``dst``. False if ``src`` was gone (another process moved it first)."""
     try:
         os.rename(src, dst)
     except FileNotFoundError:
         # Either src is gone (we lost the race) or dst's directory is missing.
-        if not dst.parent.exists():
+        if not os.path.isdir(os.path.dirname(dst)):
             raise
         return False
     except OSError as err:
         # Ambiguous outcome (e.g. ESTALE): the unique target name tells whether it happened.
-        if err.errno in (errno.ESTALE, errno.EIO) and dst.exists() and not src.exists():
+        if err.errno in (errno.ESTALE, errno.EIO) and os.path.exists(dst) and not os.path.exists(src):
             return True
         raise
     if durable:
-        fsync_dir(dst.parent)
-        if src.parent != dst.parent:
-            fsync_dir(src.parent)
+        fsync_dir(os.path.dirname(dst))
+        if os.path.dirname(src) != os.path.dirname(dst):
+            fsync_dir(os.path.dirname(src))
     return True
 
 

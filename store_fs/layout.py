@@ -7,6 +7,7 @@ Only this module turns ids into paths, and it is only ever given ids that
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Final
 
@@ -20,59 +21,59 @@ class Layout:
     root: Path
 
     # -- top level -----------------------------------------------------------------
-    @property
+    @cached_property
     def format_file(self) -> Path:
         return self.root / "FORMAT.json"
 
-    @property
+    @cached_property
     def pending(self) -> Path:
         return self.root / "queue" / "pending"
 
-    @property
+    @cached_property
     def claimed(self) -> Path:
         return self.root / "queue" / "claimed"
 
-    @property
+    @cached_property
     def done(self) -> Path:
         return self.root / "queue" / "done"
 
-    @property
+    @cached_property
     def expired(self) -> Path:
         return self.root / "queue" / "expired"
 
-    @property
+    @cached_property
     def rollouts(self) -> Path:
         return self.root / "rollouts"
 
-    @property
+    @cached_property
     def events(self) -> Path:
         return self.root / "events"
 
-    @property
+    @cached_property
     def workers(self) -> Path:
         return self.root / "workers"
 
-    @property
+    @cached_property
     def resource_objects(self) -> Path:
         return self.root / "resources" / "objects"
 
-    @property
+    @cached_property
     def resource_versions(self) -> Path:
         return self.root / "resources" / "versions"
 
-    @property
+    @cached_property
     def resource_ids(self) -> Path:
         return self.root / "resources" / "by-id"
 
-    @property
+    @cached_property
     def locks(self) -> Path:
         return self.root / "locks"
 
-    @property
+    @cached_property
     def rollout_index(self) -> Path:
         return self.root / "index" / "rollouts"
 
-    @property
+    @cached_property
     def rollout_index_marker(self) -> Path:
         # Its presence says the logs cover every rollout (see store_fs/rollout_index.py).
         return self.rollout_index / "complete.json"
@@ -97,7 +98,15 @@ class Layout:
     # -- rollouts ------------------------------------------------------------------
     def rollout_dir(self, rollout_id: str) -> Path:
         # ro-<hex>: fan out on the first two hex digits so no directory grows huge.
-        return self.rollouts / rollout_id[3:5] / rollout_id
+        return Path(self.rollout_dir_str(rollout_id))
+
+    def rollout_dir_str(self, rollout_id: str) -> str:
+        """``rollout_dir`` as a string: for hot paths, where building ``Path`` objects shows."""
+        return f"{self.rollouts_str}/{rollout_id[3:5]}/{rollout_id}"
+
+    @cached_property
+    def rollouts_str(self) -> str:
+        return str(self.rollouts)
 
     def history_dir(self, rollout_id: str) -> Path:
         return self.rollout_dir(rollout_id) / "history"

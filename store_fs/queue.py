@@ -91,6 +91,10 @@ class Queue:
     def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
         self._layout = ctx.layout
+        # Claiming probes tokens other runners may have taken: string paths keep a lost
+        # race at one failed rename, without building Path objects.
+        self._pending_str = str(ctx.layout.pending)
+        self._claimed_str = str(ctx.layout.claimed)
 
     def _stamp(self) -> int:
         stamp: _Stamp = self._ctx.local("queue-stamp", _Stamp)
@@ -131,9 +135,8 @@ class Queue:
     def claim(self, token: PendingToken, attempt_id: str) -> ClaimToken | None:
         """Move a pending token into ``claimed/``; None if another process took it first."""
         claim = ClaimToken(token.rollout_id, token.sequence_id, attempt_id)
-        if fsio.move(self.pending_path(token), self.claimed_path(claim), durable=self._ctx.durable):
-            return claim
-        return None
+        src, dst = f"{self._pending_str}/{token.name}", f"{self._claimed_str}/{claim.name}"
+        return claim if fsio.move(src, dst, durable=self._ctx.durable) else None
 
     # -- claimed -------------------------------------------------------------------
     def claimed_path(self, token: ClaimToken) -> Path:

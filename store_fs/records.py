@@ -5,9 +5,9 @@ change of the rollout or of one of its attempts is a new revision, created with
 an exclusive ``link(2)``. Creating revision ``n+1`` succeeds for exactly one
 writer, so concurrent writers (runners, the reaper, the CLI) never lose each
 other's updates and no lock is taken; the loser re-reads and re-applies its
-change. The newest revision is the truth. ``rollout.json`` is a symlink to it for
-people and ``jq``; each writer re-points it until it names the newest revision,
-so it converges as soon as writers stop.
+change. The newest revision is the truth. ``rollout.json`` is a hard link to it for
+people and ``jq``; each writer re-links it until it is the newest revision, so it
+converges as soon as writers stop.
 
 Observers run after each successful revision, in the writing process: first
 ``on_revision`` (the rollout index: as soon as possible after the revision, so a
@@ -58,7 +58,7 @@ class RolloutRecord(Rollout):
         return Rollout.model_validate(self.model_dump(exclude={"attempts"}))
 
 
-# Revisions are read-only: rollout.json links to the newest, and writing "through" it
+# Revisions are read-only: rollout.json is the newest, and writing "through" it
 # (an editor saving in place, ``echo > rollout.json``) must fail rather than rewrite history.
 REVISION_MODE = 0o444
 
@@ -67,13 +67,40 @@ def _rev_name(rev: int) -> str:
     return f"{rev:08d}.json"
 
 
-def _mirror_target(rev: int) -> str:
-    return f"history/{_rev_name(rev)}"
+class _Head:
+    """A rollout's newest revision known to this process: its number and bytes.
+
+    The record is decoded when first asked for and then shared by readers, who must
+    not change it. A private copy is decoded from the bytes again: that is several
+    times cheaper than ``model_copy(deep=True)``, which walks the models in Python.
+    """
+
+    __slots__ = ("_record", "data", "rev")
+
+    def __init__(self, rev: int, data: bytes, record: RolloutRecord | None = None) -> None:
+        self.rev = rev
+        self.data = data
+        self._record = record
+
+    def shared(self, path: Path) -> RolloutRecord:
+        if self._record is None:
+            self._record = _parse(path, self.data)
+        return self._record
+
+    def private(self, path: Path) -> RolloutRecord:
+        return _parse(path, self.data)
+
+
+def _parse(path: Path, data: bytes) -> RolloutRecord:
+    try:
+        return RolloutRecord.model_validate(codec.loads(data))
+    except (codec.DecodeError, ValidationError) as err:
+        raise CorruptRecordError(str(path), str(err).splitlines()[0]) from None
 
 
 class _Cache:
     def __init__(self) -> None:
-        self.heads: dict[str, tuple[int, RolloutRecord]] = {}
+        self.heads: dict[str, _Head] = {}
 
 
 Mutation = Callable[[RolloutRecord], RolloutRecord | None]
@@ -97,27 +124,21 @@ class RecordStore:
         return cache
 
     # -- reading -------------------------------------------------------------------
-    def _parse(self, path: Path, data: bytes) -> RolloutRecord:
-        try:
-            return RolloutRecord.model_validate(codec.loads(data))
-        except (codec.DecodeError, ValidationError) as err:
-            raise CorruptRecordError(str(path), str(err).splitlines()[0]) from None
-
     def _head_rev(self, rollout_id: str) -> int:
         revs = [n for n in fsio.list_names(self._layout.history_dir(rollout_id)) if n.endswith(".json")]
         return max((int(n[:-5]) for n in revs if n[:-5].isdigit()), default=0)
 
-    def head(self, rollout_id: str, *, cached_ok: bool = True) -> tuple[int, RolloutRecord] | None:
-        """The newest revision number and record, or None if the rollout does not exist.
+    def _newest(self, rollout_id: str, *, cached_ok: bool = True) -> _Head | None:
+        """The newest revision, or None if the rollout does not exist.
 
         Revisions are immutable, so a cached one stays right until a newer revision
         appears; one ``stat`` tells. ``cached_ok=False`` re-reads the file (``check``).
         """
         cache = self._cache()
-        hist = self._layout.history_dir(rollout_id)
         cached = cache.heads.get(rollout_id) if cached_ok else None
-        if cached is not None and not os.path.exists(hist / _rev_name(cached[0] + 1)):
+        if cached is not None and not os.path.exists(self._rev_str(rollout_id, cached.rev + 1)):
             return cached
+        hist = self._layout.history_dir(rollout_id)
         while True:
             rev = self._head_rev(rollout_id)
             if rev == 0:
@@ -126,13 +147,30 @@ class RecordStore:
             data = fsio.read_bytes(path)
             if data is None:  # pruned between listing and reading: list again
                 continue
-            record = self._parse(path, data)
-            cache.heads[rollout_id] = (rev, record)
-            return rev, record
+            head = _Head(rev, data, _parse(path, data))
+            cache.heads[rollout_id] = head
+            return head
+
+    def _rev_str(self, rollout_id: str, rev: int) -> str:
+        # A string, not a Path: every cached read and every write stats the next revision.
+        return f"{self._layout.rollout_dir_str(rollout_id)}/history/{_rev_name(rev)}"
+
+    def _path(self, rollout_id: str, rev: int) -> Path:
+        return self._layout.history_dir(rollout_id) / _rev_name(rev)
+
+    def head(self, rollout_id: str, *, cached_ok: bool = True) -> tuple[int, RolloutRecord] | None:
+        """The newest revision number and record, or None if the rollout does not exist.
+
+        The record is shared with this process's other readers: do not change it
+        (``get`` gives a private copy).
+        """
+        found = self._newest(rollout_id, cached_ok=cached_ok)
+        return None if found is None else (found.rev, found.shared(self._path(rollout_id, found.rev)))
 
     def get(self, rollout_id: str, *, cached_ok: bool = True) -> RolloutRecord | None:
-        found = self.head(rollout_id, cached_ok=cached_ok)
-        return None if found is None else found[1].model_copy(deep=True)
+        """The newest record, as a private copy the caller may change; None if it does not exist."""
+        found = self._newest(rollout_id, cached_ok=cached_ok)
+        return None if found is None else found.private(self._path(rollout_id, found.rev))
 
     def require(self, rollout_id: str) -> RolloutRecord:
         record = self.get(rollout_id)
@@ -141,7 +179,7 @@ class RecordStore:
         return record
 
     def exists(self, rollout_id: str) -> bool:
-        return os.path.exists(self._layout.history_dir(rollout_id) / _rev_name(1))
+        return os.path.exists(self._rev_str(rollout_id, 1))
 
     def all_ids(self) -> Iterator[str]:
         """Ids of every rollout directory, in no particular order."""
@@ -171,11 +209,12 @@ class RecordStore:
         if not fsio.list_names(seq_dir):
             # The span sequence counter: one empty file whose name is the last issued number.
             fsio.create_exclusive(seq_dir / "0", b"", durable=self._ctx.durable)
+        data = codec.dumps_record(record)
         if not fsio.create_exclusive(
-            hist / _rev_name(1), codec.dumps_record(record), durable=self._ctx.durable, mode=REVISION_MODE
+            hist / _rev_name(1), data, durable=self._ctx.durable, mode=REVISION_MODE
         ):
             return False
-        self._cache().heads[rid] = (1, record)
+        self._cache().heads[rid] = _Head(1, data)  # the caller keeps ``record``: decode our own
         if self._on_revision is not None:
             self._on_revision(1, record)
         self._publish_mirror(rid, 1)
@@ -189,41 +228,43 @@ class RecordStore:
         called several times when other writers race, so it must be a pure function of
         its argument. Raises :class:`RolloutNotFoundError`, or whatever ``mutate`` raises.
         """
-        hist = self._layout.history_dir(rollout_id)
         while True:
-            found = self.head(rollout_id)
+            found = self._newest(rollout_id)
             if found is None:
                 raise RolloutNotFoundError(rollout_id)
-            rev, current = found
-            updated = mutate(current.model_copy(deep=True))
+            rev, path = found.rev, self._path(rollout_id, found.rev)
+            current = found.shared(path)
+            updated = mutate(found.private(path))
             if updated is None:
-                return current.model_copy(deep=True)
+                return found.private(path)
             data = codec.dumps_record(updated)
             if fsio.create_exclusive(
-                hist / _rev_name(rev + 1), data, durable=self._ctx.durable, mode=REVISION_MODE
+                self._path(rollout_id, rev + 1), data, durable=self._ctx.durable, mode=REVISION_MODE
             ):
-                self._cache().heads[rollout_id] = (rev + 1, updated)
+                # ``updated`` goes to the caller, who may change it: the cache decodes its own.
+                self._cache().heads[rollout_id] = _Head(rev + 1, data)
                 if self._on_revision is not None:
                     self._on_revision(rev + 1, updated)
                 self._publish_mirror(rollout_id, rev + 1)
                 self._on_change(current, updated)
-                return updated.model_copy(deep=True)
+                return updated
             log.debug("lost the race for %s revision %d; retrying", rollout_id, rev + 1)
 
     def _publish_mirror(self, rollout_id: str, rev: int) -> None:
-        """Point ``rollout.json`` at revision ``rev``, or at a newer one that appeared meanwhile.
+        """Make ``rollout.json`` revision ``rev``, or a newer one that appeared meanwhile.
 
-        The mirror is a relative symlink, ``history/NNNNNNNN.json``, replaced by rename:
-        ``cat``, ``jq`` and editors read the current record through it, and it costs no
-        data write (rewriting a copy over the old one made ext4 flush the data on every
-        revision: about 15% of a runner's CPU per rollout, benchmarks/compare.py "loop").
+        The mirror is a hard link to the revision file, replaced by rename: ``cat``, ``jq``
+        and editors read the current record through it, and it costs no data write
+        (rewriting a copy over the old one made ext4 flush the data on every revision:
+        about 15% of a runner's CPU per rollout, benchmarks/compare.py "loop") and no
+        inode (a symlink cost one per revision, and freed the one it replaced).
         """
         mirror = self._layout.mirror_file(rollout_id)
         hist = self._layout.history_dir(rollout_id)
         while True:
-            fsio.publish_symlink(mirror, _mirror_target(rev), durable=self._ctx.durable)
+            fsio.publish_link(mirror, hist / _rev_name(rev), durable=self._ctx.durable)
             # A newer revision published its mirror before ours landed: point at that instead.
-            if not os.path.exists(hist / _rev_name(rev + 1)):
+            if not os.path.exists(self._rev_str(rollout_id, rev + 1)):
                 return
             found = self.head(rollout_id)
             if found is None:
@@ -231,13 +272,18 @@ class RecordStore:
             rev = found[0]
 
     def mirror_matches(self, rollout_id: str) -> bool:
-        """Whether ``rollout.json`` points at the newest revision (used by ``check``)."""
+        """Whether ``rollout.json`` is the newest revision (used by ``check``).
+
+        Older builds made it a symlink to the revision, or a copy; a symlink to the
+        newest revision still matches, a copy never does.
+        """
         found = self.head(rollout_id)
-        try:
-            target = os.readlink(self._layout.mirror_file(rollout_id))
-        except OSError:  # missing, or a regular file (a copy made by an older build)
+        if found is None:
             return False
-        return found is not None and target == _mirror_target(found[0])
+        try:
+            return os.path.samefile(self._layout.mirror_file(rollout_id), self._path(rollout_id, found[0]))
+        except OSError:  # missing, or a dangling symlink
+            return False
 
     def republish_mirror(self, rollout_id: str) -> None:
         found = self.head(rollout_id)

@@ -220,7 +220,8 @@ def read_loop(root: str, rollout_id: str, attempt_id: str, out: str, seconds: fl
                     seen_history[name] = data
                     counts["history"] += 1
 
-                for directory in attempt_dir.iterdir():
+                # The attempt's directory appears with its first span or heartbeat.
+                for directory in attempt_dir.iterdir() if attempt_dir.exists() else ():
                     for path in directory.glob("spans.*.jsonl"):
                         raw = path.read_bytes()
                         complete = raw[: raw.rfind(b"\n") + 1]

@@ -84,9 +84,24 @@ async def test_rollout_json_links_to_the_newest_read_only_revision(store: FileSt
     mirror = store.layout.mirror_file(rollout.rollout_id)
     history = store.layout.history_dir(rollout.rollout_id)
     newest = max(history.glob("*.json"))
-    assert mirror.is_symlink()
-    assert os.readlink(mirror) == f"history/{newest.name}"
+    assert mirror.samefile(newest)  # a hard link: no inode of its own
     assert loads(mirror.read_bytes())["status"] == "preparing"
     # Revisions are immutable: nobody may write through the link into history.
     assert all(p.stat().st_mode & 0o777 == 0o444 for p in history.glob("*.json"))
     assert store.check() == []
+
+
+async def test_a_symlink_mirror_from_an_older_build_is_kept_while_current(store: FileStore) -> None:
+    rollout = await store.enqueue_rollout(input={"q": 1})
+    mirror = store.layout.mirror_file(rollout.rollout_id)
+    mirror.unlink()
+    mirror.symlink_to("history/00000001.json")  # what builds before the hard link wrote
+    assert store.check() == []
+    assert await store.dequeue_rollout() is not None  # revision 2: the next writer re-links it
+    assert not mirror.is_symlink()
+    assert loads(mirror.read_bytes())["status"] == "preparing"
+    mirror.unlink()
+    mirror.symlink_to("history/00000001.json")  # stale now
+    assert [p.kind for p in store.check()] == ["stale-mirror"]
+    assert [p.fixed for p in store.check(fix=True)] == [True]
+    assert mirror.samefile(store.layout.history_dir(rollout.rollout_id) / "00000002.json")

@@ -20,8 +20,8 @@ def test_a_leftover_temporary_name_is_skipped(tmp_path: Path, monkeypatch: pytes
     fsio.publish(tmp_path / "rec.json", b"new\n")
     assert (tmp_path / "rec.json").read_bytes() == b"new\n"
     assert fsio.create_exclusive(tmp_path / "other.json", b"x")  # takes serial 10; the link then meets 11
-    fsio.publish_symlink(tmp_path / "link", "rec.json")
-    assert os.readlink(tmp_path / "link") == "rec.json"
+    fsio.publish_link(tmp_path / "link", tmp_path / "rec.json")
+    assert (tmp_path / "link").samefile(tmp_path / "rec.json")
     leftovers = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("."))
     assert len(leftovers) == 4  # untouched: `agl check` reports them
 
@@ -41,3 +41,13 @@ def test_writer_tag_and_pid_follow_fork() -> None:
     os.close(read)
     assert status == 0
     assert fsio.current_pid() == os.getpid()
+
+
+def test_relinking_a_name_to_the_file_it_already_is_leaves_no_temporary(tmp_path: Path) -> None:
+    (tmp_path / "rev1").write_bytes(b"1")
+    (tmp_path / "rev2").write_bytes(b"2")
+    for source in ("rev1", "rev1", "rev2"):  # the second rename(2) has nothing to do
+        fsio.publish_link(tmp_path / "mirror", tmp_path / source)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mirror", "rev1", "rev2"]
+    assert (tmp_path / "mirror").read_bytes() == b"2"
+    assert (tmp_path / "rev1").stat().st_nlink == 1

@@ -1,0 +1,84 @@
+"""Claiming from the queue: tokens are hints, the record decides (docs/format.md, "Claim").
+
+A runner renames a pending token into ``claimed/`` before it reads the record, so the
+record's compare-and-swap must turn away every token that no longer stands for a
+claimable attempt, and a token whose record is not written yet must stay queued.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from store_fs import FileStore
+
+
+def _names(directory: Path) -> list[str]:
+    return sorted(os.listdir(directory))
+
+
+def _old_token(store: FileStore, rollout_id: str, seq: int) -> str:
+    """A pending token older than every other one (so it is tried first), as an enqueuer writes it."""
+    name = f"{1:016d}-{rollout_id}-{seq}.json"
+    (store.layout.pending / name).write_bytes(
+        b'{"rollout_id": "%s", "sequence_id": %d}\n' % (rollout_id.encode(), seq)
+    )
+    return name
+
+
+async def test_a_stale_token_is_dropped_and_never_makes_an_attempt(store: FileStore) -> None:
+    first = await store.enqueue_rollout(input={"n": 1})
+    second = await store.enqueue_rollout(input={"n": 2})
+    attempted = await store.dequeue_rollout(worker_id="w")
+    assert attempted is not None
+    assert attempted.rollout_id == first.rollout_id
+    _old_token(store, first.rollout_id, 1)  # a duplicate: attempt 1 exists already
+
+    again = await store.dequeue_rollout(worker_id="w")
+    assert again is not None
+    assert again.rollout_id == second.rollout_id
+    assert await store.dequeue_rollout(worker_id="w") is None  # tries the stale token, drops it
+
+    assert _names(store.layout.pending) == []
+    claimed = _names(store.layout.claimed)
+    assert claimed == sorted(
+        f"{a.rollout_id}.1.{a.attempt.attempt_id}.json" for a in (attempted, again)
+    )  # the stale token went nowhere
+    record = await store.get_rollout_by_id(first.rollout_id)
+    assert record is not None
+    assert record.status == "preparing"
+    assert [a.attempt_id for a in list(await store.query_attempts(first.rollout_id))] == [
+        attempted.attempt.attempt_id
+    ]
+
+
+async def test_a_token_whose_record_is_not_written_yet_stays_queued(store: FileStore) -> None:
+    name = _old_token(store, "ro-0123456789ab", 1)  # an enqueue in flight: the record follows
+    assert await store.dequeue_rollout() is None
+    assert _names(store.layout.pending) == [name]
+    assert _names(store.layout.claimed) == []
+
+
+async def test_a_cancelled_rollout_is_never_claimed(store: FileStore) -> None:
+    rollout = await store.enqueue_rollout(input={"n": 1})
+    await store.update_rollout(rollout.rollout_id, status="cancelled")
+    _old_token(store, rollout.rollout_id, 1)  # whatever token is left behind
+
+    assert await store.dequeue_rollout() is None
+    assert _names(store.layout.pending) == []
+    assert _names(store.layout.claimed) == []
+    assert list(await store.query_attempts(rollout.rollout_id)) == []
+
+
+async def test_dequeue_makes_no_attempt_directory_until_the_attempt_writes(store: FileStore) -> None:
+    await store.enqueue_rollout(input={"n": 1})
+    attempted = await store.dequeue_rollout()
+    assert attempted is not None
+    attempts = store.layout.attempts_dir(attempted.rollout_id)
+    assert not attempts.exists()  # a claim costs no mkdir and no heartbeat file
+
+    assert await store.heartbeat(attempted.rollout_id, attempted.attempt.attempt_id)
+    assert [p.name for p in attempts.iterdir()] == [f"0001-{attempted.attempt.attempt_id}"]
+    fetched = await store.get_latest_attempt(attempted.rollout_id)
+    assert fetched is not None
+    assert fetched.status == "preparing"
