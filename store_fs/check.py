@@ -92,7 +92,7 @@ def _rollouts(engine: Engine, fix: bool, heads: dict[str, Entry | None]) -> list
                 out.append(Problem("not-queued", mirror, f"{record.status} but no pending token", fix))
         bad: list[BadLine] = []
         dirs = [engine.attempt_dir(a) for a in record.attempts]
-        engine.spans.read(dirs, bad)
+        engine.spans.read(dirs, bad, cached=False)  # the bytes on disk now, not what we decoded before
         out.extend(Problem("corrupt-span", str(b.path), f"byte {b.offset}: {b.reason}") for b in bad)
         for attempt in record.attempts:
             if attempt.status not in LIVE_ATTEMPT_STATUSES:

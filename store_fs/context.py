@@ -7,6 +7,7 @@ child never writes into its parent's per-writer files.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -39,7 +40,7 @@ class Context:
     def writer(self) -> str:
         return writer_tag()
 
-    def local(self, name: str, factory: type[Any]) -> Any:
+    def local(self, name: str, factory: Callable[[], Any]) -> Any:
         """A per-process object named ``name``, created by ``factory()`` (fresh after fork)."""
         pid = current_pid()
         with self.lock:

@@ -7,7 +7,8 @@
   ``kill -9`` of the writer. Readers merge the files, ignore a trailing line
   without a newline (a write in progress), and log, never hide, a complete line
   that does not parse or does not validate. Reading is the hot path of
-  ``query_spans``: lines are decoded by :mod:`store_fs.span_decode`.
+  ``query_spans``: files are decoded by :mod:`store_fs.span_read`, which keeps
+  what it decoded and reads only what was appended since.
 * The span sequence counter of a rollout is one empty file in ``span-seq/`` whose
   *name* is the last number issued. Allocating ``k`` numbers renames ``n`` to
   ``n+k``; exactly one of several racing processes wins each rename.
@@ -19,24 +20,20 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
-
-from pydantic import ValidationError
 
 from . import codec, fsio
 from .context import Context
 from .errors import RolloutNotFoundError
 from .models import Span
-from .span_decode import decode_span
+from .span_decode import copy_span
+from .span_read import BLANK, UNPARSED, SpanReadCache, collector_paused
 
 __all__ = ["Heartbeat", "SpanLog", "read_span_file"]
 
@@ -135,9 +132,10 @@ class _WriterState:
 
 
 class SpanLog:
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, *, cache_bytes: int = 0) -> None:
         self._ctx = ctx
         self._layout = ctx.layout
+        self._cache_bytes = cache_bytes
 
     def _state(self) -> _WriterState:
         state: _WriterState = self._ctx.local("span-writer", _WriterState)
@@ -294,25 +292,42 @@ class SpanLog:
         for path in self._span_files(attempt_dir):
             yield from read_span_file(path, bad)
 
-    def read(self, attempt_dirs: Iterable[Path], bad: list[BadLine] | None = None) -> list[Span]:
+    def read(
+        self, attempt_dirs: Iterable[Path], bad: list[BadLine] | None = None, *, cached: bool = True
+    ) -> list[Span]:
         """Spans of the given attempts, first copy of each ``span_id`` per attempt, file order.
 
-        Every call decodes the files afresh and the caller owns the spans returned.
-        Complete lines that do not parse, are not JSON objects, or whose first copy
-        of a ``span_id`` does not validate are logged and appended to ``bad``; bytes
-        after the last newline (a write in progress) are skipped silently.
+        Lines this process decoded before come from its :class:`SpanReadCache`
+        (``cached=False`` decodes every file afresh). Each span returned is the
+        caller's to change, except its nested values (status, context, events,
+        lists in attributes...), which are shared with the cache: replace those
+        rather than change them in place. Complete lines that do not parse, are
+        not JSON objects, or whose first copy of a ``span_id`` does not validate
+        are logged and appended to ``bad``; bytes after the last newline (a write
+        in progress) are skipped silently.
         """
+        cache: SpanReadCache = (
+            self._ctx.local("span-read-cache", lambda: SpanReadCache(self._cache_bytes))
+            if cached
+            else SpanReadCache(0)
+        )
+        with collector_paused():  # copies are many small containers, none in a cycle
+            return self._read(cache, attempt_dirs, bad)
+
+    def _read(
+        self, cache: SpanReadCache, attempt_dirs: Iterable[Path], bad: list[BadLine] | None
+    ) -> list[Span]:
         out: list[Span] = []
         for attempt_dir in attempt_dirs:
             seen: set[object] = set()
             for path in self._span_files(attempt_dir):
-                for key, span, reason, offset in _read_lines(path):
+                for key, span, reason, offset in cache.lines(path):
                     if span is None:
-                        if key is _UNPARSED:
+                        if key is UNPARSED:
                             log.warning(
                                 "skipping corrupt span line in %s at byte %d: %s", path, offset, reason
                             )
-                        elif key is not _BLANK:
+                        elif key is not BLANK:
                             if key in seen:
                                 continue
                             seen.add(key)
@@ -321,7 +336,7 @@ class SpanLog:
                             bad.append(BadLine(path, offset, reason))
                     elif key not in seen:
                         seen.add(key)
-                        out.append(span)
+                        out.append(copy_span(span))
         return out
 
     def count(self, attempt_dir: Path) -> int:
@@ -340,111 +355,3 @@ class SpanLog:
                 # Caught mid-rewrite: report it as movement, which errs towards "alive".
                 out.append(Heartbeat(-1, 0.0))
         return out
-
-
-# -- reading span files -------------------------------------------------------------------
-# One complete line of a span file, decoded: (dedup key, span or None, problem, byte offset).
-# The key is the line's raw ``span_id`` (readers keep the first copy of each), or one of
-# the markers below for lines that are not JSON objects.
-_Line = tuple[object, Span | None, str, int]
-_UNPARSED: Final = object()  # not JSON, or not an object: logged and reported
-_BLANK: Final = object()  # only NUL / blank bytes (a preallocated tail): reported, not logged
-
-
-def _dedup_key(span_id: object) -> object:
-    # A span_id that is not a string fails validation anyway; one that cannot be hashed
-    # (a list, an object) is its own key instead of crashing the set lookup.
-    try:
-        hash(span_id)
-    except TypeError:
-        return object()
-    return span_id
-
-
-class _CollectorPause:
-    """Process-wide bookkeeping of :func:`_collector_paused` (threads decode at once)."""
-
-    lock = threading.Lock()
-    holders = 0
-    was_enabled = False
-
-
-@contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Hold off the cyclic garbage collector while a block allocates many containers.
-
-    Decoding 1,000 spans makes ~30,000 dicts, lists and models, which triggered
-    dozens of young collections per ``query_spans`` and, every few calls, a full
-    one that walks the whole heap: ~9 ms per call on average (``gc.callbacks``,
-    BENCHMARKS.md). Span objects form no reference cycles, so nothing is left for
-    the collector to find; it runs as usual once the block ends (one young
-    collection, ~3 ms, is what remains). The collector is one switch for the whole
-    process, so threads pausing at once share it: the first one in notes whether it
-    was on, the last one out restores that.
-    """
-    with _CollectorPause.lock:
-        if _CollectorPause.holders == 0:
-            _CollectorPause.was_enabled = gc.isenabled()
-            gc.disable()
-        _CollectorPause.holders += 1
-    try:
-        yield
-    finally:
-        with _CollectorPause.lock:
-            _CollectorPause.holders -= 1
-            if _CollectorPause.holders == 0 and _CollectorPause.was_enabled:
-                gc.enable()
-
-
-def _decode_lines(data: bytes) -> list[_Line]:
-    """Decode the complete lines of a span file's content ``data``, in order.
-
-    The bytes after the last newline are a write in progress and are left out.
-    """
-    with _collector_paused():
-        return _decode_all(data)
-
-
-def _decode_all(data: bytes) -> list[_Line]:
-    out: list[_Line] = []
-    view = memoryview(data)
-    find = data.find
-    loads = codec.loads
-    pos, end = 0, data.rfind(b"\n") + 1
-    while pos < end:
-        newline = find(b"\n", pos)
-        line = view[pos:newline]  # a view: no copy of the line's bytes
-        offset = pos
-        pos = newline + 1
-        if not line:
-            continue
-        try:
-            obj = loads(line)
-        except ValueError as err:
-            if bytes(line).strip(b"\x00 \t\r"):
-                out.append((_UNPARSED, None, str(err).splitlines()[0], offset))
-            else:
-                out.append((_BLANK, None, "NUL or blank bytes", offset))
-            continue
-        if type(obj) is not dict:
-            out.append((_UNPARSED, None, "not a JSON object", offset))
-            continue
-        span_id = obj.get("span_id")
-        key = span_id if type(span_id) is str else _dedup_key(span_id)
-        try:
-            out.append((key, decode_span(obj), "", offset))
-        except ValidationError as err:
-            out.append((key, None, _invalid_reason(err), offset))
-    return out
-
-
-def _invalid_reason(err: ValidationError) -> str:
-    first = err.errors()[0]
-    where = ".".join(str(part) for part in first["loc"]) or "line"
-    more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
-    return f"does not validate as a Span: {where}: {first['msg']}{more}"
-
-
-def _read_lines(path: Path) -> list[_Line]:
-    """The decoded complete lines of one span file (none if it does not exist)."""
-    return _decode_lines(fsio.read_bytes(path) or b"")

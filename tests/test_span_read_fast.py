@@ -25,7 +25,7 @@ from json_strategies import json_values as json_values_of
 from json_strategies import texts as texts_of
 from pydantic import BaseModel, ValidationError
 
-from store_fs import FileStore, Span, span_decode, span_log
+from store_fs import FileStore, Span, span_decode, span_read
 from store_fs.codec import dumps_line
 from store_fs.models import Event, Link, OtelResource, SpanContext, TraceStatus
 from store_fs.span_decode import decode_span
@@ -283,8 +283,8 @@ def _span(seq: int, **attributes: Any) -> Span:
 class Files:
     """An attempt directory written by hand, read through one SpanLog."""
 
-    def __init__(self, tmp_path: Path) -> None:
-        self.store = FileStore(tmp_path / "store")
+    def __init__(self, tmp_path: Path, **options: Any) -> None:
+        self.store = FileStore(tmp_path / "store", **options)
         self.dir = tmp_path / "attempt"
         self.dir.mkdir()
         self.log = self.store._spans
@@ -326,20 +326,33 @@ def test_reads_follow_appends_and_skip_a_line_being_written(files: Files) -> Non
     assert files.read() == ([_span(i) for i in (1, 2, 3, 4)], [])
 
 
-def test_mutating_returned_spans_does_not_change_later_reads(files: Files) -> None:
+def test_changing_a_returned_span_does_not_change_later_reads(files: Files) -> None:
+    # The contract of SpanLog.read with its cache: fields and attribute keys are the caller's.
+    files.append(_lines(_span(1, scope="x")))
+    for _ in range(3):
+        [span], _ = files.read()
+        assert span == _span(1, scope="x")
+        span.attributes["n"] = 99
+        span.attributes["tokens"] = [7]
+        del span.attributes["scope"]
+        span.name = "changed"
+        span.status = TraceStatus(status_code="ERROR")
+        span.model_fields_set.discard("name")
+
+
+def test_without_the_cache_even_nested_values_are_the_callers(tmp_path: Path) -> None:
+    files = Files(tmp_path, span_cache_bytes=0)
     files.append(_lines(_span(1, scope="x")))
     for _ in range(2):
         [span], _ = files.read()
         assert span == _span(1, scope="x")
-        span.attributes["n"] = 99
         assert isinstance(span.attributes["tokens"], list)
         span.attributes["tokens"].append(7)
-        span.name = "changed"
         span.status.description = "changed"
         span.resource.attributes["extra"] = "changed"
         assert span.context is not None
         span.context.trace_state["k"] = "v"
-        span.model_fields_set.discard("name")
+    files.store.close()
 
 
 def test_bad_lines_are_reported_on_every_read(files: Files, caplog: pytest.LogCaptureFixture) -> None:
@@ -420,17 +433,17 @@ def test_decoding_leaves_the_collector_as_it_found_it(enabled: bool) -> None:
     try:
         gc.enable() if enabled else gc.disable()
         seen: list[bool] = []
-        original = span_log.decode_span
+        original = span_read.decode_span
 
         def spy(obj: dict[str, Any]) -> Span:
             seen.append(gc.isenabled())
             return original(obj)
 
-        span_log.decode_span = spy  # type: ignore[assignment]
+        span_read.decode_span = spy  # type: ignore[assignment]
         try:
-            lines = span_log._decode_lines(line)
+            lines = span_read._decode_lines(line)
         finally:
-            span_log.decode_span = original
+            span_read.decode_span = original
         assert seen == [False]  # paused while decoding
         assert [reason[:4] for _, _, reason, _ in lines] == ["does", "inva"]  # invalid span; not JSON
         assert gc.isenabled() is enabled
@@ -441,7 +454,7 @@ def test_decoding_leaves_the_collector_as_it_found_it(enabled: bool) -> None:
 def test_threads_decoding_at_once_leave_the_collector_on() -> None:
     line = dumps_line({"span_id": "x", "bad": True})
     inside, release = threading.Barrier(5), threading.Event()
-    original = span_log.decode_span
+    original = span_read.decode_span
 
     def slow(obj: dict[str, Any]) -> Span:
         inside.wait(10)  # all four decoders are paused at once
@@ -449,9 +462,9 @@ def test_threads_decoding_at_once_leave_the_collector_on() -> None:
         return original(obj)
 
     assert gc.isenabled()
-    span_log.decode_span = slow  # type: ignore[assignment]
+    span_read.decode_span = slow  # type: ignore[assignment]
     try:
-        threads = [threading.Thread(target=span_log._decode_lines, args=(line,)) for _ in range(4)]
+        threads = [threading.Thread(target=span_read._decode_lines, args=(line,)) for _ in range(4)]
         for t in threads:
             t.start()
         inside.wait(10)
@@ -460,5 +473,5 @@ def test_threads_decoding_at_once_leave_the_collector_on() -> None:
         for t in threads:
             t.join(10)
     finally:
-        span_log.decode_span = original
+        span_read.decode_span = original
     assert gc.isenabled()

@@ -66,5 +66,8 @@ class FileStore(
         clock_skew_seconds: slack when judging heartbeats written by another machine's clock.
         watch_mode: ``"auto"`` (polling on network filesystems, inotify elsewhere),
             ``"inotify"`` or ``"poll"``.
+        span_cache_bytes: how many bytes of span files each process keeps decoded, so
+            reading a rollout's spans again decodes only the lines appended since
+            (the objects take about three times this much memory; 0 turns it off).
         clock: injectable time source (tests).
     """

@@ -92,6 +92,7 @@ class StoreCore:
         claim_grace_seconds: float = 30.0,
         clock_skew_seconds: float = 0.0,
         watch_mode: WatchMode = "auto",
+        span_cache_bytes: int = 16 * 2**20,
         clock: Clock | None = None,
     ) -> None:
         if durability not in ("process", "fsync"):
@@ -107,7 +108,9 @@ class StoreCore:
         self._index = RolloutIndex(self._ctx)
         self._records = RecordStore(self._ctx, self._events.record_change, self._index.record)
         self._queue = Queue(self._ctx)
-        self._spans = SpanLog(self._ctx)
+        if span_cache_bytes < 0:
+            raise ValueError(f"span_cache_bytes must be >= 0, not {span_cache_bytes}")
+        self._spans = SpanLog(self._ctx, cache_bytes=span_cache_bytes)
         self._resources = ResourceStore(self._ctx)
         self._workers = WorkerStore(self._ctx)
         self._engine = Engine(self._ctx, self._records, self._queue, self._spans, self._workers)

@@ -146,7 +146,12 @@ class SpanMethods(StoreCore):
         sort_by: str | None = "sequence_id",
         sort_order: SortOrder = "asc",
     ) -> PaginatedResult[Span]:
-        """Spans of a rollout (or of one attempt, or ``"latest"``), filtered, sorted, paged."""
+        """Spans of a rollout (or of one attempt, or ``"latest"``), filtered, sorted, paged.
+
+        Each span is the caller's to change except its nested values (``status``,
+        ``context``, ``resource``, events, links, lists inside ``attributes``), which
+        this process's span read cache shares: replace them, do not change them in place.
+        """
         self._healthcheck()
         check_page_args(limit, offset)
         filters = build_filter(

@@ -1,0 +1,223 @@
+"""Reading span files: decoding their lines, and a per-process cache of what was decoded.
+
+A span file has one writer, which only ever appends whole lines
+(:mod:`store_fs.span_log`). So once a reader has decoded a file's first ``n``
+bytes, those bytes never need decoding again while the file is the same file
+(device and inode) and at least ``n`` bytes long: :class:`SpanReadCache` keeps
+the decoded lines of recently read files and decodes only what was appended
+since. Decoding 1,000 LLM-call spans (2.8 MB) takes ~15 ms, most of it turning
+JSON into objects and the collector's pass over them afterwards; re-reading
+them from the cache takes a ``stat`` and a copy of each span's field dict.
+
+Only a prefix of good lines is cached: a line that does not parse or does not
+validate, and everything after it, is decoded again on every read, so a reader
+of a file caught in an odd state (NUL bytes on NFS, a line completed later by
+a writer that reused a dead one's pid) sees what a fresh reader would.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Final
+
+from pydantic import ValidationError
+
+from . import codec, fsio
+from .models import Span
+from .span_decode import decode_span
+
+__all__ = ["BLANK", "UNPARSED", "Line", "SpanReadCache", "collector_paused", "read_lines"]
+
+log = logging.getLogger(__name__)
+
+# One complete line of a span file, decoded: (dedup key, span or None, problem, byte offset).
+# The key is the line's raw ``span_id`` (readers keep the first copy of each), or one of
+# the markers below for lines that are not JSON objects.
+Line = tuple[object, Span | None, str, int]
+UNPARSED: Final = object()  # not JSON, or not an object: logged and reported
+BLANK: Final = object()  # only NUL / blank bytes (a preallocated tail): reported, not logged
+
+
+def _dedup_key(span_id: object) -> object:
+    # A span_id that is not a string fails validation anyway; one that cannot be hashed
+    # (a list, an object) is its own key instead of crashing the set lookup.
+    try:
+        hash(span_id)
+    except TypeError:
+        return object()
+    return span_id
+
+
+class _CollectorPause:
+    """Process-wide bookkeeping of :func:`collector_paused` (threads decode at once)."""
+
+    lock = threading.Lock()
+    holders = 0
+    was_enabled = False
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """Hold off the cyclic garbage collector while a block allocates many containers.
+
+    Decoding 1,000 spans makes ~30,000 dicts, lists and models, which triggered
+    dozens of young collections per ``query_spans`` and, every few calls, a full
+    one that walks the whole heap: ~9 ms per call on average (``gc.callbacks``,
+    BENCHMARKS.md). Span objects form no reference cycles, so nothing is left for
+    the collector to find; it runs as usual once the block ends (one young
+    collection, ~3 ms, is what remains). The collector is one switch for the whole
+    process, so threads pausing at once share it: the first one in notes whether it
+    was on, the last one out restores that.
+    """
+    with _CollectorPause.lock:
+        if _CollectorPause.holders == 0:
+            _CollectorPause.was_enabled = gc.isenabled()
+            gc.disable()
+        _CollectorPause.holders += 1
+    try:
+        yield
+    finally:
+        with _CollectorPause.lock:
+            _CollectorPause.holders -= 1
+            if _CollectorPause.holders == 0 and _CollectorPause.was_enabled:
+                gc.enable()
+
+
+def _decode_lines(data: bytes) -> list[Line]:
+    """Decode the complete lines of a span file's content ``data``, in order.
+
+    The bytes after the last newline are a write in progress and are left out.
+    """
+    with collector_paused():
+        return _decode_all(data)
+
+
+def _decode_all(data: bytes) -> list[Line]:
+    out: list[Line] = []
+    view = memoryview(data)
+    find = data.find
+    loads = codec.loads
+    pos, end = 0, data.rfind(b"\n") + 1
+    while pos < end:
+        newline = find(b"\n", pos)
+        line = view[pos:newline]  # a view: no copy of the line's bytes
+        offset = pos
+        pos = newline + 1
+        if not line:
+            continue
+        try:
+            obj = loads(line)
+        except ValueError as err:
+            if bytes(line).strip(b"\x00 \t\r"):
+                out.append((UNPARSED, None, str(err).splitlines()[0], offset))
+            else:
+                out.append((BLANK, None, "NUL or blank bytes", offset))
+            continue
+        if type(obj) is not dict:
+            out.append((UNPARSED, None, "not a JSON object", offset))
+            continue
+        span_id = obj.get("span_id")
+        key = span_id if type(span_id) is str else _dedup_key(span_id)
+        try:
+            out.append((key, decode_span(obj), "", offset))
+        except ValidationError as err:
+            out.append((key, None, _invalid_reason(err), offset))
+    return out
+
+
+def _invalid_reason(err: ValidationError) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "line"
+    more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return f"does not validate as a Span: {where}: {first['msg']}{more}"
+
+
+def read_lines(path: Path) -> list[Line]:
+    """The decoded complete lines of one span file (none if it does not exist)."""
+    return _decode_lines(fsio.read_bytes(path) or b"")
+
+
+class _Decoded:
+    """The decoded good prefix of one span file (device, inode): its lines up to byte ``consumed``."""
+
+    __slots__ = ("consumed", "ident", "lines")
+
+    def __init__(self, ident: tuple[int, int]) -> None:
+        self.ident = ident
+        self.consumed = 0
+        self.lines: list[Line] = []  # replaced, never changed in place: callers iterate it unlocked
+
+
+class SpanReadCache:
+    """Decoded span files of one process, least recently read dropped past ``budget`` bytes.
+
+    ``budget`` counts span-file bytes; the objects decoded from them take about
+    three times as much memory. A budget of 0 turns the cache off. Thread-safe:
+    threads reading one file at once decode its new bytes once.
+    """
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self._files: OrderedDict[Path, _Decoded] = OrderedDict()
+        self._held = 0
+        self._lock = threading.Lock()
+
+    def lines(self, path: Path) -> list[Line]:
+        """What :func:`read_lines` returns for ``path``; the list must not be changed."""
+        if self.budget <= 0:
+            return read_lines(path)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return []
+        with self._lock:
+            entry = self._take(path, (st.st_dev, st.st_ino), st.st_size)
+            tail: list[Line] = []
+            if st.st_size > entry.consumed:
+                entry, tail = self._extend(path, entry)
+            if 0 < entry.consumed <= self.budget:
+                self._files[path] = entry
+                self._held += entry.consumed
+                while self._held > self.budget:
+                    _, dropped = self._files.popitem(last=False)
+                    self._held -= dropped.consumed
+            return entry.lines + tail if tail else entry.lines
+
+    def _take(self, path: Path, ident: tuple[int, int], size: int) -> _Decoded:
+        entry = self._files.pop(path, None)
+        if entry is None:
+            return _Decoded(ident)
+        self._held -= entry.consumed
+        if entry.ident != ident or size < entry.consumed:
+            return _Decoded(ident)  # replaced, or cut short: not the file we decoded
+        return entry
+
+    @staticmethod
+    def _extend(path: Path, entry: _Decoded) -> tuple[_Decoded, list[Line]]:
+        """Decode what follows ``entry.consumed``: the entry with its good lines, and the rest."""
+        try:
+            with open(path, "rb") as file:
+                st = os.fstat(file.fileno())
+                if (st.st_dev, st.st_ino) != entry.ident or st.st_size < entry.consumed:
+                    entry = _Decoded((st.st_dev, st.st_ino))  # replaced since our stat
+                file.seek(entry.consumed)
+                data = file.read()
+        except FileNotFoundError:
+            return _Decoded(entry.ident), []
+        base = entry.consumed
+        decoded = [(key, span, reason, base + at) for key, span, reason, at in _decode_lines(data)]
+        good = next((i for i, line in enumerate(decoded) if line[1] is None), len(decoded))
+        if good:
+            entry.lines = entry.lines + decoded[:good]
+        if good < len(decoded):
+            entry.consumed = decoded[good][3]
+            return entry, decoded[good:]
+        entry.consumed = base + data.rfind(b"\n") + 1
+        return entry, []
