@@ -321,7 +321,8 @@ class SpanLog:
         for attempt_dir in attempt_dirs:
             seen: set[object] = set()
             for path in self._span_files(attempt_dir):
-                for key, span, reason, offset in cache.lines(path):
+                lines, shared = cache.read(path)
+                for key, span, reason, offset in lines:
                     if span is None:
                         if key is UNPARSED:
                             log.warning(
@@ -336,7 +337,7 @@ class SpanLog:
                             bad.append(BadLine(path, offset, reason))
                     elif key not in seen:
                         seen.add(key)
-                        out.append(copy_span(span))
+                        out.append(copy_span(span) if shared else span)
         return out
 
     def count(self, attempt_dir: Path) -> int:

@@ -4,8 +4,8 @@ A span file has one writer, which only ever appends whole lines
 (:mod:`store_fs.span_log`). So once a reader has decoded a file's first ``n``
 bytes, those bytes never need decoding again while the file is the same file
 (device and inode) and at least ``n`` bytes long: :class:`SpanReadCache` keeps
-the decoded lines of recently read files and decodes only what was appended
-since. Decoding 1,000 LLM-call spans (2.8 MB) takes ~15 ms, most of it turning
+the decoded lines of files read more than once, recently, and decodes only what
+was appended since. Decoding 1,000 LLM-call spans (2.8 MB) takes ~15 ms, most of it turning
 JSON into objects and the collector's pass over them afterwards; re-reading
 them from the cache takes a ``stat`` and a copy of each span's field dict.
 
@@ -155,9 +155,16 @@ class _Decoded:
         self.lines: list[Line] = []  # replaced, never changed in place: callers iterate it unlocked
 
 
+# How many files read once are remembered, to recognise their second read.
+_SEEN_ONCE_MAX: Final = 4096
+
+
 class SpanReadCache:
     """Decoded span files of one process, least recently read dropped past ``budget`` bytes.
 
+    A file is kept from its second read on. A reader that reads each file once (a
+    trainer reading every finished rollout) would only pay for keeping them: the
+    memory, and the collector walking the kept objects on every full collection.
     ``budget`` counts span-file bytes; the objects decoded from them take about
     three times as much memory. A budget of 0 turns the cache off. Thread-safe:
     threads reading one file at once decode its new bytes once.
@@ -166,19 +173,41 @@ class SpanReadCache:
     def __init__(self, budget: int) -> None:
         self.budget = budget
         self._files: OrderedDict[Path, _Decoded] = OrderedDict()
+        self._seen_once: OrderedDict[Path, tuple[int, int]] = OrderedDict()
         self._held = 0
         self._lock = threading.Lock()
 
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of span files whose decoded lines are kept now."""
+        return self._held
+
     def lines(self, path: Path) -> list[Line]:
         """What :func:`read_lines` returns for ``path``; the list must not be changed."""
+        return self.read(path)[0]
+
+    def read(self, path: Path) -> tuple[list[Line], bool]:
+        """``lines(path)``, and whether their spans are kept (so shared with later readers).
+
+        Spans that are not kept belong to the caller alone, who need not copy them.
+        """
         if self.budget <= 0:
-            return read_lines(path)
+            return read_lines(path), False
         try:
             st = os.stat(path)
         except FileNotFoundError:
-            return []
+            return [], False
+        ident = (st.st_dev, st.st_ino)
         with self._lock:
-            entry = self._take(path, (st.st_dev, st.st_ino), st.st_size)
+            admitted = path in self._files or self._seen_once.pop(path, None) == ident
+            if not admitted:
+                self._seen_once[path] = ident
+                if len(self._seen_once) > _SEEN_ONCE_MAX:
+                    self._seen_once.popitem(last=False)
+        if not admitted:
+            return read_lines(path), False
+        with self._lock:
+            entry = self._take(path, ident, st.st_size)
             tail: list[Line] = []
             if st.st_size > entry.consumed:
                 entry, tail = self._extend(path, entry)
@@ -188,7 +217,7 @@ class SpanReadCache:
                 while self._held > self.budget:
                     _, dropped = self._files.popitem(last=False)
                     self._held -= dropped.consumed
-            return entry.lines + tail if tail else entry.lines
+            return (entry.lines + tail if tail else entry.lines), True
 
     def _take(self, path: Path, ident: tuple[int, int], size: int) -> _Decoded:
         entry = self._files.pop(path, None)

@@ -62,7 +62,7 @@ _steps = st.lists(
 )
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(steps=_steps, budget=st.sampled_from([1, 300, 1 << 20]))
 def test_cached_reads_equal_fresh_reads(
     tmp_path_factory: Any, steps: list[tuple[str, int]], budget: int
@@ -96,13 +96,30 @@ def test_cached_reads_equal_fresh_reads(
             fresh = path.with_name("new")
             fresh.write_bytes(_line(arg) * 2)
             os.replace(fresh, path)
-        assert _view(cache.lines(path)) == _view(read_lines(path))
+        fresh = _view(read_lines(path))
+        for _ in range(2):  # the first read of a file is not kept, the second is
+            assert _view(cache.lines(path)) == fresh
+
+
+def test_a_bad_line_is_never_kept_so_a_later_fix_is_seen(tmp_path: Path) -> None:
+    # NFS can show NUL bytes where data lands a moment later; a person can fix a line in place.
+    path = tmp_path / "spans.w.jsonl"
+    path.write_bytes(_line(1) + b"\x00\x00\x00\n" + _line(2))
+    cache = SpanReadCache(1 << 20)
+    for _ in range(2):
+        assert [reason for _, _, reason, _ in cache.lines(path)] == ["", "NUL or blank bytes", ""]
+    assert cache.held_bytes == len(_line(1))  # up to the bad line
+    data = path.read_bytes()
+    path.write_bytes(data.replace(b"\x00\x00\x00\n", b"{} \n"))  # same length, same inode
+    assert _view(cache.lines(path)) == _view(read_lines(path))
+    assert cache.lines(path)[1][2].startswith("does not validate as a Span")
 
 
 def test_an_unchanged_file_is_not_read_again(tmp_path: Path, monkeypatch: Any) -> None:
     path = tmp_path / "spans.w.jsonl"
     path.write_bytes(_line(1) + _line(2))
     cache = SpanReadCache(1 << 20)
+    cache.lines(path)  # a first read is not kept
     first = cache.lines(path)
     assert [span.sequence_id for _, span, _, _ in first if span is not None] == [1, 2]
     opened: list[object] = []
@@ -122,11 +139,41 @@ def test_the_budget_drops_least_recently_read_files(tmp_path: Path) -> None:
         path.write_bytes(_line(i + 1))
     size = paths[0].stat().st_size
     cache = SpanReadCache(2 * size + 10)
-    kept = [cache.lines(p) for p in paths]  # the third evicts the first
+    for path in paths:
+        cache.lines(path)
+    kept = [cache.lines(p) for p in paths]  # second reads: kept; the third evicts the first
+    assert cache.held_bytes == 2 * size
     assert cache.lines(paths[1]) is kept[1]
     assert cache.lines(paths[2]) is kept[2]
     assert cache.lines(paths[0]) is not kept[0]
     assert _view(cache.lines(paths[0])) == _view(kept[0])
+
+
+def test_a_reader_that_reads_each_file_once_keeps_nothing(tmp_path: Path) -> None:
+    cache = SpanReadCache(1 << 20)
+    for i in range(5):
+        path = tmp_path / f"spans.{i}.jsonl"
+        path.write_bytes(_line(i + 1))
+        assert [span.sequence_id for _, span, _, _ in cache.lines(path) if span is not None] == [i + 1]
+    assert cache.held_bytes == 0
+    replaced = tmp_path / "spans.0.jsonl"
+    fresh = tmp_path / "new"
+    fresh.write_bytes(_line(9))
+    os.replace(fresh, replaced)  # another file under a name read before: a first read again
+    cache.lines(replaced)
+    assert cache.held_bytes == 0
+    cache.lines(replaced)
+    assert cache.held_bytes == replaced.stat().st_size
+
+
+def test_spans_are_reported_shared_only_once_kept(tmp_path: Path) -> None:
+    # SpanLog copies shared spans for its caller; spans nobody keeps need no copy.
+    path = tmp_path / "spans.w.jsonl"
+    path.write_bytes(_line(1))
+    cache = SpanReadCache(1 << 20)
+    assert [cache.read(path)[1] for _ in range(3)] == [False, True, True]
+    assert SpanReadCache(0).read(path)[1] is False
+    assert SpanReadCache(1).read(path)[1] is False
 
 
 def test_a_missing_file_reads_as_empty(tmp_path: Path) -> None:
@@ -141,7 +188,7 @@ async def test_query_spans_follows_appends_and_check_sees_the_bytes_on_disk(tmp_
         await store.add_span(_span(seq).model_copy(update={"rollout_id": rid, "attempt_id": aid}))
     assert [s.sequence_id for s in await store.query_spans(rid)] == [1, 2]
     await store.add_span(_span(3).model_copy(update={"rollout_id": rid, "attempt_id": aid}))
-    spans = list(await store.query_spans(rid))
+    spans = list(await store.query_spans(rid))  # a second read: kept from now on
     assert [s.sequence_id for s in spans] == [1, 2, 3]
     spans[0].attributes["n"] = -1  # the caller's copy
     assert (await store.query_spans(rid)).items[0].attributes["n"] == 1
