@@ -124,7 +124,10 @@ def _tokens(engine: Engine, fix: bool) -> list[Problem]:
             engine.apply(entry)
         out.append(Problem("unapplied-decision", str(entry.path), f"{entry.kind} {entry.outcome}", fix))
     for token in engine.queue.list_claimed():
-        record = engine.records.get(token.rollout_id)
+        try:
+            record = engine.records.get(token.rollout_id)
+        except CorruptRecordError:
+            continue  # reported as a corrupt record; its tokens wait until it is repaired
         attempt = record.find(token.attempt_id) if record else None
         if attempt is not None and attempt.status in LIVE_ATTEMPT_STATUSES:
             continue

@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 
 _SPREAD = 8
+# A rollout in these statuses waits for its next attempt; a pending token for it is claimable.
+QUEUED_STATUSES = frozenset({"queuing", "requeuing"})
 
 
 class _PendingCache:
@@ -62,17 +64,21 @@ class Engine:
         return self.ctx.layout.attempt_dir(attempt.rollout_id, attempt.sequence_id, attempt.attempt_id)
 
     # -- starting attempts ---------------------------------------------------------
-    def begin(self, claim: ClaimToken, worker_id: str | None, *, from_queue: bool) -> AttemptedRollout | None:
+    def begin(
+        self, claim: ClaimToken, worker_id: str | None, *, pending: PendingToken | None = None
+    ) -> AttemptedRollout | None:
         """Turn an owned token into attempt ``claim.sequence_id`` of the rollout.
 
-        None (and the token dropped) when the token turned out stale.
+        ``pending`` is the queue token ``claim`` was taken from (None for ``start_attempt``).
+        None (and the token dropped) when a queue token turned out stale.
         """
         now = self.ctx.clock.time()
+        from_queue = pending is not None
 
         def add_attempt(record: RolloutRecord) -> RolloutRecord:
             if len(record.attempts) + 1 != claim.sequence_id:
                 raise _Stale
-            if from_queue and record.status not in ("queuing", "requeuing"):
+            if from_queue and record.status not in QUEUED_STATUSES:
                 raise _Stale
             if record.status == "cancelled":
                 raise ConflictError(f"rollout {record.rollout_id} is cancelled", rollout_id=record.rollout_id)
@@ -94,6 +100,15 @@ class Engine:
             self.queue.drop_claimed(claim)
             if from_queue:
                 return None
+            raise
+        except BaseException:
+            # The record could not be read or written (an I/O error, a corrupt file), so no
+            # attempt was recorded: a queued token goes back to wait for the next dequeue,
+            # rather than sit in claimed/ until the reaper records an attempt that never ran.
+            if pending is not None:
+                self.queue.unclaim(claim, pending)
+            else:
+                self.queue.drop_claimed(claim)
             raise
         attempt = record.attempts[-1]
         attempt_dir = self.attempt_dir(attempt)
@@ -142,7 +157,7 @@ class Engine:
             cache.contended = claim is None
             if claim is None:
                 continue  # another runner was faster
-            result = self.begin(claim, worker_id, from_queue=True)
+            result = self.begin(claim, worker_id, pending=token)
             if result is not None:
                 return result
         return None
@@ -155,7 +170,7 @@ class Engine:
             claim = ClaimToken(rollout_id, len(record.attempts) + 1, new_attempt_id())
             self.queue.create_claimed(claim)
             try:
-                result = self.begin(claim, worker_id, from_queue=False)
+                result = self.begin(claim, worker_id)
             except _Stale:
                 continue  # someone created that attempt number first: take the next
             assert result is not None
@@ -164,7 +179,7 @@ class Engine:
     # -- settling attempts ---------------------------------------------------------
     def ensure_pending(self, record: RolloutRecord) -> None:
         """A queuing/requeuing rollout must have a pending token for its next attempt."""
-        if record.status not in ("queuing", "requeuing"):
+        if record.status not in QUEUED_STATUSES:
             return
         seq = len(record.attempts) + 1
         if not any(
@@ -202,8 +217,8 @@ class Engine:
             if outcome not in FINAL_ATTEMPT_STATUSES:
                 return None  # cancelled: nothing to do to the attempt
             if attempt is None:
-                if len(rec.attempts) + 1 != token.sequence_id:
-                    return None
+                if len(rec.attempts) + 1 != token.sequence_id or rec.status not in QUEUED_STATUSES:
+                    return None  # a stale token: the claimer's compare-and-swap would have refused it
                 # The claimer died between claiming and recording its attempt: record the
                 # attempt it had begun, as dead, so the retry rules apply as to any crash.
                 attempt = Attempt(

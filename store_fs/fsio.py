@@ -38,6 +38,7 @@ __all__ = [
     "open_making_dirs",
     "publish",
     "publish_link",
+    "publish_symlink",
     "read_bytes",
     "writer_tag",
 ]
@@ -152,6 +153,24 @@ def publish_link(path: Path, source: Path, *, durable: bool = False) -> None:
         # rename(2) does nothing when both names already link to one file, leaving the
         # temporary name in place; otherwise it is gone and this unlink finds nothing.
         _unlink_quiet(tmp)
+    if durable:
+        fsync_dir(path.parent)
+
+
+def publish_symlink(path: Path, target: str, *, durable: bool = False) -> None:
+    """Make ``path`` a symlink to ``target`` atomically (last writer wins)."""
+    while True:
+        tmp = _tmp_path(path)
+        try:
+            os.symlink(target, tmp)
+            break
+        except FileExistsError:
+            continue  # a leftover of a dead process: take the next name
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink_quiet(tmp)
+        raise
     if durable:
         fsync_dir(path.parent)
 

@@ -138,6 +138,10 @@ class Queue:
         src, dst = f"{self._pending_str}/{token.name}", f"{self._claimed_str}/{claim.name}"
         return claim if fsio.move(src, dst, durable=self._ctx.durable) else None
 
+    def unclaim(self, claim: ClaimToken, token: PendingToken) -> None:
+        """Put ``claim``, taken from ``token``, back in ``pending/`` under its old name (and place)."""
+        fsio.move(self.claimed_path(claim), self.pending_path(token), durable=self._ctx.durable)
+
     # -- claimed -------------------------------------------------------------------
     def claimed_path(self, token: ClaimToken) -> Path:
         return self._layout.claimed / token.name

@@ -51,7 +51,8 @@ class RolloutRecord(Rollout):
         """Upstream's view: an ``AttemptedRollout`` once an attempt exists, else a ``Rollout``."""
         data = self.model_dump(exclude={"attempts"})
         if self.attempts:
-            return AttemptedRollout.model_validate({**data, "attempt": self.attempts[-1]})
+            # A dump, not the Attempt itself: this record may be a cached one other readers share.
+            return AttemptedRollout.model_validate({**data, "attempt": self.attempts[-1].model_dump()})
         return Rollout.model_validate(data)
 
     def plain(self) -> Rollout:
@@ -218,7 +219,7 @@ class RecordStore:
         if self._on_revision is not None:
             self._on_revision(1, record)
         self._publish_mirror(rid, 1)
-        self._on_change(None, record)
+        self._notify(None, record)
         return True
 
     def update(self, rollout_id: str, mutate: Mutation) -> RolloutRecord:
@@ -246,9 +247,16 @@ class RecordStore:
                 if self._on_revision is not None:
                     self._on_revision(rev + 1, updated)
                 self._publish_mirror(rollout_id, rev + 1)
-                self._on_change(current, updated)
+                self._notify(current, updated)
                 return updated
             log.debug("lost the race for %s revision %d; retrying", rollout_id, rev + 1)
+
+    def _notify(self, old: RolloutRecord | None, new: RolloutRecord) -> None:
+        try:
+            self._on_change(old, new)
+        except OSError as err:
+            # After the revision landed: raising would report a change that happened as failed.
+            log.warning("change of %s not logged: %s", new.rollout_id, err)
 
     def _publish_mirror(self, rollout_id: str, rev: int) -> None:
         """Make ``rollout.json`` revision ``rev``, or a newer one that appeared meanwhile.
@@ -262,7 +270,13 @@ class RecordStore:
         mirror = self._layout.mirror_file(rollout_id)
         hist = self._layout.history_dir(rollout_id)
         while True:
-            fsio.publish_link(mirror, hist / _rev_name(rev), durable=self._ctx.durable)
+            try:
+                self._link_mirror(mirror, hist, rev)
+            except OSError as err:
+                # The revision is already the truth; a stale mirror only waits for the next
+                # writer or `agl check --fix`.
+                log.warning("rollout.json of %s not updated to revision %d: %s", rollout_id, rev, err)
+                return
             # A newer revision published its mirror before ours landed: point at that instead.
             if not os.path.exists(self._rev_str(rollout_id, rev + 1)):
                 return
@@ -271,19 +285,32 @@ class RecordStore:
                 return
             rev = found[0]
 
+    def _link_mirror(self, mirror: Path, hist: Path, rev: int) -> None:
+        try:
+            fsio.publish_link(mirror, hist / _rev_name(rev), durable=self._ctx.durable)
+        except PermissionError:
+            # fs.protected_hardlinks: only its owner may hard-link a read-only file, so a
+            # revision another user wrote gets a symlink (readers cannot tell the difference).
+            fsio.publish_symlink(mirror, f"history/{_rev_name(rev)}", durable=self._ctx.durable)
+
     def mirror_matches(self, rollout_id: str) -> bool:
         """Whether ``rollout.json`` is the newest revision (used by ``check``).
 
         Older builds made it a symlink to the revision, or a copy; a symlink to the
-        newest revision still matches, a copy never does.
+        newest revision still matches, and so does a copy of its bytes.
         """
         found = self.head(rollout_id)
         if found is None:
             return False
+        mirror, newest = self._layout.mirror_file(rollout_id), self._path(rollout_id, found[0])
         try:
-            return os.path.samefile(self._layout.mirror_file(rollout_id), self._path(rollout_id, found[0]))
+            if os.path.samefile(mirror, newest):
+                return True
         except OSError:  # missing, or a dangling symlink
             return False
+        # A copy with the same bytes is as good: cp -r, rsync without -H and git turn hard
+        # links into copies.
+        return fsio.read_bytes(mirror) == fsio.read_bytes(newest)
 
     def republish_mirror(self, rollout_id: str) -> None:
         found = self.head(rollout_id)

@@ -63,6 +63,19 @@ class _CollectorPause:
     was_enabled = False
 
 
+def _reset_pause_in_child() -> None:
+    # A forked child has only the forking thread, which holds no pause: threads that were
+    # decoding in the parent will never resume the collector here, nor release the lock.
+    if _CollectorPause.holders and _CollectorPause.was_enabled:
+        gc.enable()
+    _CollectorPause.lock = threading.Lock()
+    _CollectorPause.holders = 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_pause_in_child)
+
+
 @contextmanager
 def collector_paused() -> Iterator[None]:
     """Hold off the cyclic garbage collector while a block allocates many containers.
@@ -194,30 +207,37 @@ class SpanReadCache:
         if self.budget <= 0:
             return read_lines(path), False
         try:
-            st = os.stat(path)
+            fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
             return [], False
-        ident = (st.st_dev, st.st_ino)
-        with self._lock:
-            admitted = path in self._files or self._seen_once.pop(path, None) == ident
+        try:
+            # fstat of the opened file, not stat(path): opening makes an NFS client check the
+            # file's size with the server (close-to-open), a stat may answer from a cache
+            # up to a minute old. And the bytes read below are then this very file's.
+            st = os.fstat(fd)
+            ident = (st.st_dev, st.st_ino)
+            with self._lock:
+                admitted = path in self._files or self._seen_once.pop(path, None) == ident
+                if not admitted:
+                    self._seen_once[path] = ident
+                    if len(self._seen_once) > _SEEN_ONCE_MAX:
+                        self._seen_once.popitem(last=False)
             if not admitted:
-                self._seen_once[path] = ident
-                if len(self._seen_once) > _SEEN_ONCE_MAX:
-                    self._seen_once.popitem(last=False)
-        if not admitted:
-            return read_lines(path), False
-        with self._lock:
-            entry = self._take(path, ident, st.st_size)
-            tail: list[Line] = []
-            if st.st_size > entry.consumed:
-                entry, tail = self._extend(path, entry)
-            if 0 < entry.consumed <= self.budget:
-                self._files[path] = entry
-                self._held += entry.consumed
-                while self._held > self.budget:
-                    _, dropped = self._files.popitem(last=False)
-                    self._held -= dropped.consumed
-            return (entry.lines + tail if tail else entry.lines), True
+                return _decode_lines(_read_from(fd, 0)), False
+            with self._lock:
+                entry = self._take(path, ident, st.st_size)
+                tail: list[Line] = []
+                if st.st_size > entry.consumed:
+                    tail = self._extend(fd, entry)
+                if 0 < entry.consumed <= self.budget:
+                    self._files[path] = entry
+                    self._held += entry.consumed
+                    while self._held > self.budget:
+                        _, dropped = self._files.popitem(last=False)
+                        self._held -= dropped.consumed
+                return (entry.lines + tail if tail else entry.lines), True
+        finally:
+            os.close(fd)
 
     def _take(self, path: Path, ident: tuple[int, int], size: int) -> _Decoded:
         entry = self._files.pop(path, None)
@@ -229,17 +249,9 @@ class SpanReadCache:
         return entry
 
     @staticmethod
-    def _extend(path: Path, entry: _Decoded) -> tuple[_Decoded, list[Line]]:
-        """Decode what follows ``entry.consumed``: the entry with its good lines, and the rest."""
-        try:
-            with open(path, "rb") as file:
-                st = os.fstat(file.fileno())
-                if (st.st_dev, st.st_ino) != entry.ident or st.st_size < entry.consumed:
-                    entry = _Decoded((st.st_dev, st.st_ino))  # replaced since our stat
-                file.seek(entry.consumed)
-                data = file.read()
-        except FileNotFoundError:
-            return _Decoded(entry.ident), []
+    def _extend(fd: int, entry: _Decoded) -> list[Line]:
+        """Decode what follows ``entry.consumed``: keep the good lines in ``entry``, return the rest."""
+        data = _read_from(fd, entry.consumed)
         base = entry.consumed
         decoded = [(key, span, reason, base + at) for key, span, reason, at in _decode_lines(data)]
         good = next((i for i, line in enumerate(decoded) if line[1] is None), len(decoded))
@@ -247,6 +259,15 @@ class SpanReadCache:
             entry.lines = entry.lines + decoded[:good]
         if good < len(decoded):
             entry.consumed = decoded[good][3]
-            return entry, decoded[good:]
+            return decoded[good:]
         entry.consumed = base + data.rfind(b"\n") + 1
-        return entry, []
+        return []
+
+
+def _read_from(fd: int, offset: int) -> bytes:
+    """Everything in the open file ``fd`` from ``offset`` to its end."""
+    chunks = []
+    while chunk := os.pread(fd, 1 << 20, offset):
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)

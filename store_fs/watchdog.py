@@ -24,7 +24,7 @@ import threading
 from dataclasses import dataclass
 
 from .context import Context
-from .engine import Engine
+from .engine import QUEUED_STATUSES, Engine
 from .errors import AglError
 from .models import Attempt
 from .queue import ClaimToken, JournalEntry
@@ -183,8 +183,14 @@ class Reaper:
     def _check_orphan(self, token: ClaimToken, record: RolloutRecord | None) -> bool:
         if self._age(("claim", token.name), self._engine.queue.claimed_age(token)) < self.grace:
             return False  # its claimer may still be about to record the attempt
-        if record is None or len(record.attempts) >= token.sequence_id:
-            self._engine.queue.drop_claimed(token)  # lost a race, or its rollout never came to be
+        if (
+            record is None
+            or len(record.attempts) >= token.sequence_id
+            or record.status not in QUEUED_STATUSES
+        ):
+            # Lost a race, its rollout never came to be, or a stale queue token (the rollout
+            # left the queue): the claimer's compare-and-swap would have refused it.
+            self._engine.queue.drop_claimed(token)
             return False
         entry = self._engine.queue.settle(token, "expired", "unresponsive")
         if entry is None:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import time
 
-from store_fs import FileStore, Span
+import pytest
+
+from store_fs import FileStore, Span, fsio
 from store_fs.codec import loads
 from store_fs.queue import ClaimToken
 
@@ -105,3 +109,56 @@ async def test_a_symlink_mirror_from_an_older_build_is_kept_while_current(store:
     assert [p.kind for p in store.check()] == ["stale-mirror"]
     assert [p.fixed for p in store.check(fix=True)] == [True]
     assert mirror.samefile(store.layout.history_dir(rollout.rollout_id) / "00000002.json")
+
+
+async def test_a_corrupt_record_with_a_live_claim_is_reported(store: FileStore) -> None:
+    r = await store.enqueue_rollout(input=1)
+    assert await store.dequeue_rollout() is not None
+    newest = max(store.layout.history_dir(r.rollout_id).glob("*.json"))
+    newest.chmod(0o644)
+    newest.write_bytes(b'{"rollout_id": ')
+    assert [p.kind for p in store.check()] == ["corrupt-record"]
+
+
+async def test_a_copy_of_the_newest_revision_is_a_good_mirror(store: FileStore) -> None:
+    r = await store.enqueue_rollout(input=1)
+    mirror = store.layout.mirror_file(r.rollout_id)
+    data = mirror.read_bytes()
+    mirror.unlink()
+    mirror.write_bytes(data)  # what cp -r, rsync without -H or git make of a hard link
+    assert store.check() == []
+
+
+async def test_a_revision_another_user_wrote_gets_a_symlink_mirror(
+    store: FileStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    r = await store.enqueue_rollout(input=1)
+
+    def protected(*args: object, **kwargs: object) -> None:  # fs.protected_hardlinks refusing
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(fsio, "publish_link", protected)
+    assert await store.dequeue_rollout() is not None
+    mirror = store.layout.mirror_file(r.rollout_id)
+    assert os.readlink(mirror) == "history/00000002.json"
+    assert store.check() == []
+
+
+async def test_a_mirror_that_cannot_be_updated_fails_no_update(
+    store: FileStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    r = await store.enqueue_rollout(input=1)
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(fsio, "publish_link", full)
+    with caplog.at_level(logging.WARNING, logger="store_fs.records"):
+        attempted = await store.dequeue_rollout()  # the revision is the truth: the call succeeds
+    assert attempted is not None
+    assert "rollout.json" in caplog.text
+    monkeypatch.undo()
+    assert [p.kind for p in store.check()] == ["stale-mirror"]
+    assert [p.fixed for p in store.check(fix=True)] == [True]
+    assert store.check() == []
+    assert r.rollout_id == attempted.rollout_id

@@ -122,15 +122,16 @@ def test_an_unchanged_file_is_not_read_again(tmp_path: Path, monkeypatch: Any) -
     cache.lines(path)  # a first read is not kept
     first = cache.lines(path)
     assert [span.sequence_id for _, span, _, _ in first if span is not None] == [1, 2]
-    opened: list[object] = []
-    real_open = open
-    monkeypatch.setattr("builtins.open", lambda *a, **k: opened.append(a) or real_open(*a, **k))
-    assert cache.lines(path) is first  # one stat, no read
+    reads: list[int] = []  # the offsets read from
+    real_pread = os.pread
+    monkeypatch.setattr(os, "pread", lambda fd, n, at: reads.append(at) or real_pread(fd, n, at))
+    assert cache.lines(path) is first  # an open and an fstat, no read
+    assert reads == []
     _append(path, _line(3))
     again = cache.lines(path)
     assert [span.sequence_id for _, span, _, _ in again if span is not None] == [1, 2, 3]
     assert all(a[1] is b[1] for a, b in zip(again[:2], first, strict=True))  # not decoded again
-    assert [mode for _, mode in opened if mode == "rb"] == ["rb"]
+    assert reads[0] == len(_line(1) + _line(2))  # only the new bytes were read
 
 
 def test_the_budget_drops_least_recently_read_files(tmp_path: Path) -> None:

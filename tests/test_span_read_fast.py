@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -474,4 +475,37 @@ def test_threads_decoding_at_once_leave_the_collector_on() -> None:
             t.join(10)
     finally:
         span_read.decode_span = original
+    assert gc.isenabled()
+
+
+def test_a_child_forked_while_another_thread_decodes_gets_its_collector_back() -> None:
+    if not hasattr(os, "fork"):
+        pytest.skip("no fork on this platform")
+    assert gc.isenabled()
+    inside, release = threading.Event(), threading.Event()
+
+    def decoding() -> None:
+        with span_read.collector_paused():
+            inside.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=decoding)
+    thread.start()
+    try:
+        assert inside.wait(10)
+        assert not gc.isenabled()
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child: the decoding thread does not exist here
+            with span_read.collector_paused():
+                pass
+            os.write(write, b"1" if gc.isenabled() else b"0")
+            os._exit(0)
+        os.close(write)
+        os.waitpid(pid, 0)
+        assert os.read(read, 1) == b"1"
+        os.close(read)
+    finally:
+        release.set()
+        thread.join(10)
     assert gc.isenabled()

@@ -169,7 +169,7 @@ class StoreCore:
         if attempt.status in FINAL_ATTEMPT_STATUSES - {"unresponsive"}:
             return attempt
         beats = self._spans.heartbeats(self._engine.attempt_dir(attempt))
-        latest = max((b.time for b in beats if b.counter > 1), default=None)
+        latest = max((b.time for b in beats if b.counter > 0), default=None)  # -1: caught mid-rewrite
         if latest is not None and (
             attempt.last_heartbeat_time is None or latest > attempt.last_heartbeat_time
         ):

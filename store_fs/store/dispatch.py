@@ -45,7 +45,7 @@ class DispatchMethods(StoreCore):
         claim = ClaimToken(rollout_id, 1, new_attempt_id())
         self._queue.create_claimed(claim)
         self._records.create(record)
-        result = self._engine.begin(claim, worker_id, from_queue=False)
+        result = self._engine.begin(claim, worker_id)
         assert result is not None
         return result
 
