@@ -105,10 +105,13 @@ class Engine:
             # The record could not be read or written (an I/O error, a corrupt file), so no
             # attempt was recorded: a queued token goes back to wait for the next dequeue,
             # rather than sit in claimed/ until the reaper records an attempt that never ran.
-            if pending is not None:
-                self.queue.unclaim(claim, pending)
-            else:
-                self.queue.drop_claimed(claim)
+            try:
+                if pending is not None:
+                    self.queue.unclaim(claim, pending)
+                else:
+                    self.queue.drop_claimed(claim)
+            except OSError as err:  # the same trouble, likely: report the first error, not this one
+                log.warning("claim %s left in claimed/ for the reaper: %s", claim.name, err)
             raise
         attempt = record.attempts[-1]
         attempt_dir = self.attempt_dir(attempt)
