@@ -21,7 +21,7 @@ import itertools
 import os
 import secrets
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeAlias
 
@@ -87,6 +87,17 @@ def _tmp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.{_TAG}-{next(_tmp_serial):x}.tmp")
 
 
+def _fresh_tmp(path: Path, make: Callable[[Path], None]) -> Path:
+    """Run ``make(tmp)`` on the first free temporary name for ``path``; that name."""
+    while True:
+        tmp = _tmp_path(path)
+        try:
+            make(tmp)
+            return tmp
+        except FileExistsError:
+            continue  # a leftover of a dead process: take the next name
+
+
 def fsync_dir(directory: StrPath) -> None:
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -140,13 +151,7 @@ def publish_link(path: Path, source: Path, *, durable: bool = False) -> None:
     A hard link allocates no inode, and replacing one frees none (the old file keeps
     its other name), unlike a symlink or a copy.
     """
-    while True:
-        tmp = _tmp_path(path)
-        try:
-            os.link(source, tmp)
-            break
-        except FileExistsError:
-            continue  # a leftover of a dead process: take the next name
+    tmp = _fresh_tmp(path, lambda tmp: os.link(source, tmp))
     try:
         os.replace(tmp, path)
     finally:
@@ -159,13 +164,7 @@ def publish_link(path: Path, source: Path, *, durable: bool = False) -> None:
 
 def publish_symlink(path: Path, target: str, *, durable: bool = False) -> None:
     """Make ``path`` a symlink to ``target`` atomically (last writer wins)."""
-    while True:
-        tmp = _tmp_path(path)
-        try:
-            os.symlink(target, tmp)
-            break
-        except FileExistsError:
-            continue  # a leftover of a dead process: take the next name
+    tmp = _fresh_tmp(path, lambda tmp: os.symlink(target, tmp))
     try:
         os.replace(tmp, path)
     except BaseException:
