@@ -5,9 +5,10 @@ A span file has one writer, which only ever appends whole lines
 bytes, those bytes never need decoding again while the file is the same file
 (device and inode) and at least ``n`` bytes long: :class:`SpanReadCache` keeps
 the decoded lines of files read more than once, recently, and decodes only what
-was appended since. Decoding 1,000 LLM-call spans (2.8 MB) takes ~15 ms, most of it turning
-JSON into objects and the collector's pass over them afterwards; re-reading
-them from the cache takes a ``stat`` and a copy of each span's field dict.
+was appended since. Decoding 1,000 LLM-call spans (2.8 MB) takes ~15 ms, most of
+it turning JSON into objects and the collector's pass over them afterwards;
+re-reading them from the cache takes an ``open``, an ``fstat`` and a copy of
+each span's field dict.
 
 Only a prefix of good lines is cached: a line that does not parse or does not
 validate, and everything after it, is decoded again on every read, so a reader
