@@ -162,7 +162,9 @@ class Reaper:
             self._engine.apply(entry)
 
     def _check_claim(self, token: ClaimToken) -> bool:
-        record = self._engine.records.get(token.rollout_id)
+        # Only read: the cached record, not a private copy (a scan looks at every live claim).
+        found = self._engine.records.head(token.rollout_id)
+        record = found[1] if found else None
         attempt = record.find(token.attempt_id) if record else None
         if record is None or attempt is None or attempt.sequence_id != token.sequence_id:
             return self._check_orphan(token, record)
