@@ -12,8 +12,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .clock import Clock, FakeClock, SystemClock
-from .errors import (
+from store_fs.clock import Clock, FakeClock, SystemClock
+from store_fs.errors import (
     AglError,
     AttemptNotFoundError,
     ConflictError,
@@ -26,9 +26,9 @@ from .errors import (
     StoreNotFoundError,
     WorkerNotFoundError,
 )
-from .models import *  # noqa: F403 - the data model is part of the public surface
-from .models import __all__ as _models_all
-from .store import FileStore, init_store
+from store_fs.models import *  # noqa: F403 - the data model is part of the public surface
+from store_fs.models import __all__ as _models_all
+from store_fs.store import FileStore, init_store
 
 # Names upstream exposes at the top level, loaded on first use: the runner and tracers pull in
 # OpenTelemetry and OpenAI, which a process that only reads the store should not pay for.

@@ -14,7 +14,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any, Literal
 
-from .models import LLM, AttemptedRollout, NamedResources, PromptTemplate, ProxyLLM
+from store_fs.models import LLM, AttemptedRollout, NamedResources, PromptTemplate, ProxyLLM
 
 __all__ = ["FunctionalLitAgent", "LitAgent", "llm_rollout", "prompt_rollout", "rollout"]
 

@@ -5,7 +5,7 @@ same exceptions: 404 → the store's not-found error (``RolloutNotFoundError`` .
 ``ConflictError``, 400 → ``InvalidIdError`` or ``ValueError``, 422 → ``ValueError``;
 other failures raise :class:`RemoteStoreError`. Getters return None for unknown ids.
 
-Retries happen only for connection errors (see :mod:`store_fs.transport`): a request
+Retries happen only for connection errors (see :mod:`store_fs._transport`): a request
 that never reached the server is retried for every call; one whose answer was lost only
 for calls that are safe to repeat (reads, updates, span uploads, and enqueues, which
 always carry an idempotency key). Dequeue, start_rollout, start_attempt, add_resources
@@ -23,6 +23,7 @@ from urllib.parse import quote
 
 from pydantic import BaseModel, TypeAdapter
 
+from store_fs._transport import RemoteStoreError, Transport
 from store_fs.models import (
     UNSET,
     Attempt,
@@ -45,7 +46,6 @@ from store_fs.models import (
     WorkerStatus,
 )
 from store_fs.store import FilterLogic, SortOrder
-from store_fs.transport import RemoteStoreError, Transport
 
 __all__ = ["LightningStoreClient", "RemoteStoreError"]
 

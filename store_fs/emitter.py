@@ -11,9 +11,9 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from .models import SpanCoreFields, TraceStatus
-from .rewards import ANNOTATION_SPAN_NAME, reward_attributes
-from .tracing.tracer import active_tracer
+from store_fs.models import SpanCoreFields, TraceStatus
+from store_fs.rewards import ANNOTATION_SPAN_NAME, reward_attributes
+from store_fs.tracing.tracer import active_tracer
 
 __all__ = ["emit_annotation", "emit_message", "emit_reward"]
 

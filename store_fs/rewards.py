@@ -16,7 +16,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .models import Span, SpanCoreFields, TraceStatus
+from store_fs.models import Span, SpanCoreFields, TraceStatus
 
 __all__ = [
     "ANNOTATION_SPAN_NAME",

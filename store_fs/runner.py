@@ -24,11 +24,11 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
-from .agent import LitAgent
-from .agent import rollout as rollout_decorator
-from .models import AttemptedRollout, NamedResources, Rollout, Span, SpanCoreFields
-from .rewards import find_final_reward, reward_span
-from .tracing.tracer import OtelTracer, Tracer
+from store_fs.agent import LitAgent
+from store_fs.agent import rollout as rollout_decorator
+from store_fs.models import AttemptedRollout, NamedResources, Rollout, Span, SpanCoreFields
+from store_fs.rewards import find_final_reward, reward_span
+from store_fs.tracing.tracer import OtelTracer, Tracer
 
 __all__ = ["LitAgentRunner", "StopEvent"]
 

@@ -29,10 +29,10 @@ def open_store(location: Any) -> Any:
         return location
     text = str(location)
     if text.startswith(("http://", "https://")):
-        from .client import LightningStoreClient
+        from store_fs.client import LightningStoreClient
 
         return LightningStoreClient(text)
-    from .store import FileStore
+    from store_fs.store import FileStore
 
     return FileStore(text)
 
@@ -87,7 +87,7 @@ def run_runner_process(
     runner_kwargs: Any = None,
 ) -> None:
     """Body of one runner process: run until ``stop`` is set or SIGINT/SIGTERM arrives."""
-    from .runner import LitAgentRunner
+    from store_fs.runner import LitAgentRunner
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("store_fs").setLevel(logging.INFO)  # completed rollouts, with durations

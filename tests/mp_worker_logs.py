@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from store_fs import SystemClock, workers
-from store_fs.context import Context
-from store_fs.layout import Layout
+from store_fs import SystemClock
+from store_fs._disk import worker_logs as workers
+from store_fs._disk.context import Context
+from store_fs._disk.layout import Layout
 from store_fs.models import Attempt
 
 

@@ -168,7 +168,7 @@ def rewrite_loop(root: str, rollout_id: str, attempt_id: str, out: str, seconds:
 
 
 def _check_record(data: bytes, rollout_id: str) -> int:
-    from store_fs.records import RolloutRecord
+    from store_fs._disk.rollout_history import RolloutRecord
 
     record = RolloutRecord.model_validate(json.loads(data))
     if record.rollout_id != rollout_id:

@@ -27,7 +27,7 @@ from store_fs import (
     StoreNotFoundError,
     WorkerNotFoundError,
 )
-from store_fs.codec import dumps_line
+from store_fs._disk.codec import dumps_line
 
 BAD_IDS = {
     "slash": "a/b",

@@ -9,9 +9,10 @@ import time
 
 import pytest
 
-from store_fs import FileStore, Span, fsio
-from store_fs.codec import loads
-from store_fs.queue import ClaimToken
+from store_fs import FileStore, Span
+from store_fs._disk import fsio
+from store_fs._disk.codec import loads
+from store_fs._disk.queue_tokens import ClaimToken
 
 
 def _span(rid: str, aid: str, seq: int) -> Span:
@@ -153,7 +154,7 @@ async def test_a_mirror_that_cannot_be_updated_fails_no_update(
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(fsio, "publish_link", full)
-    with caplog.at_level(logging.WARNING, logger="store_fs.records"):
+    with caplog.at_level(logging.WARNING, logger="store_fs._disk.rollout_history"):
         attempted = await store.dequeue_rollout()  # the revision is the truth: the call succeeds
     assert attempted is not None
     assert "rollout.json" in caplog.text

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from store_fs import fsio
+from store_fs._disk import fsio
 
 
 def test_a_leftover_temporary_name_is_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

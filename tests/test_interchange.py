@@ -28,7 +28,7 @@ from pydantic import BaseModel  # noqa: E402
 
 import store_fs  # noqa: E402
 from store_fs import FileStore  # noqa: E402
-from store_fs.codec import loads  # noqa: E402
+from store_fs._disk.codec import loads  # noqa: E402
 
 pytestmark = pytest.mark.upstream
 

@@ -18,12 +18,12 @@ from json_strategies import texts as texts_of
 from pydantic import BaseModel
 
 from store_fs import Attempt, FakeClock, FileStore, RolloutConfig, Span
-from store_fs.codec import dumps_line, dumps_record, loads
+from store_fs._disk.codec import dumps_line, dumps_record, loads
+from store_fs._disk.queue_tokens import ClaimToken, JournalEntry, PendingToken
+from store_fs._disk.rollout_history import RolloutRecord
+from store_fs._disk.status_rules import rollout_status_for
+from store_fs._filtering import build_filter, has_conditions, matches, paginate, sort_items
 from store_fs.models import TraceStatus
-from store_fs.query import build_filter, has_conditions, matches, paginate, sort_items
-from store_fs.queue import ClaimToken, JournalEntry, PendingToken
-from store_fs.records import RolloutRecord
-from store_fs.transitions import rollout_status_for
 
 FAST = settings(max_examples=75, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

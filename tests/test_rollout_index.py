@@ -1,4 +1,4 @@
-"""The rollout index (store_fs/rollout_index.py): listings and counts without reading every record.
+"""The rollout index (store_fs/_disk/rollout_index.py): listings and counts without reading every record.
 
 The reference for every answer is the full scan the store falls back to without a
 complete index: the index may make a listing late, never different.
@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from test_multiprocess import SPAWN, children, read_result
 
 from store_fs import FakeClock, FileStore, Span, init_store
-from store_fs.rollout_index import Entry, ordered
+from store_fs._disk.rollout_index import Entry, ordered
 
 STATUSES = ["queuing", "preparing", "running", "failed", "succeeded", "cancelled", "requeuing"]
 ATTEMPT_STATUSES = ["preparing", "running", "failed", "succeeded", "unresponsive", "timeout"]

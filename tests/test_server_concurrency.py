@@ -22,7 +22,7 @@ import pytest
 
 from store_fs import FileStore, init_store
 from store_fs.server import StoreServer
-from store_fs.server.loops import LoopPool, PoolClosedError, default_size
+from store_fs.server.loop_pool import LoopPool, PoolClosedError, default_size
 from tests.server_helpers import raw_request
 
 with warnings.catch_warnings(), contextlib.suppress(ImportError):

@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from store_fs import FileStore, Span
-from store_fs.codec import dumps_line
-from store_fs.span_read import SpanReadCache, read_lines
+from store_fs._disk.codec import dumps_line
+from store_fs._disk.span_read import SpanReadCache, read_lines
 
 
 def _span(seq: int) -> Span:

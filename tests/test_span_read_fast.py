@@ -1,6 +1,6 @@
 """The fast span read path: exact equivalence with validation, and bad lines still reported.
 
-``store_fs.span_decode`` builds Span objects without pydantic validation for lines of
+``store_fs._disk.span_decode`` builds Span objects without pydantic validation for lines of
 the canonical shape. That is only allowed if nobody can tell: these tests compare it
 with ``Span.model_validate`` down to value types and ``model_fields_set``, on generated
 canonical lines and on lines changed in every way the generator can think of, and check
@@ -26,11 +26,12 @@ from json_strategies import json_values as json_values_of
 from json_strategies import texts as texts_of
 from pydantic import BaseModel, ValidationError
 
-from store_fs import FileStore, Span, span_decode, span_read
-from store_fs.codec import dumps_line
+from store_fs import FileStore, Span
+from store_fs._disk import span_decode, span_read
+from store_fs._disk.codec import dumps_line
+from store_fs._disk.span_decode import decode_span
+from store_fs._disk.span_log import BadLine
 from store_fs.models import Event, Link, OtelResource, SpanContext, TraceStatus
-from store_fs.span_decode import decode_span
-from store_fs.span_log import BadLine
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -171,8 +172,8 @@ def _decoded(line: bytes) -> Span | type[ValidationError]:
 def test_fast_path_is_on() -> None:
     """The span models still have the layout the shortcut was written for.
 
-    If this fails, a model in store_fs/models/spans.py changed: update
-    store_fs/span_decode.py (its expected layout and checks) to match.
+    If this fails, a model in store_fs/models/span_types.py changed: update
+    store_fs/_disk/span_decode.py (its expected layout and checks) to match.
     """
     assert span_decode.FAST_PATH
 
@@ -363,7 +364,7 @@ def test_bad_lines_are_reported_on_every_read(files: Files, caplog: pytest.LogCa
     offsets = [len(good), len(good) + 10, len(good) + 17, len(good) + 20]
     for _ in range(3):
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="store_fs.span_log"):
+        with caplog.at_level(logging.WARNING, logger="store_fs._disk.span_log"):
             spans, bad = files.read()
         assert _ids(spans) == [1, 3]
         assert sorted(b.offset for b in bad) == offsets

@@ -24,7 +24,7 @@ from store_fs import (
     RolloutNotFoundError,
     Span,
 )
-from store_fs.watchdog import Reaper
+from store_fs._disk.reaper import Reaper
 
 UNKNOWN_RID = "ro-000000000000"
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from store_fs import FileStore
-from store_fs.watch import is_network_fs, resolve_mode
+from store_fs._disk.watch import is_network_fs, resolve_mode
 
 
 def _mounts(tmp_path: Path, lines: list[str]) -> Path:

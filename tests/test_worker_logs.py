@@ -1,4 +1,4 @@
-"""Worker logs (store_fs/workers.py): per-process change logs folded by time.
+"""Worker logs (store_fs/_disk/worker_logs.py): per-process change logs folded by time.
 
 The reference model applies each change to a dict in call order; the store must
 fold its logs (across writers, through compactions) to the same state.
@@ -16,12 +16,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mp_worker_logs import churn_worker
 
-from store_fs import FakeClock, init_store, workers
-from store_fs.context import Context
+from store_fs import FakeClock, init_store
+from store_fs._disk import worker_logs as workers
+from store_fs._disk.context import Context
+from store_fs._disk.layout import Layout
+from store_fs._disk.worker_logs import WorkerStore, fold_lines
 from store_fs.errors import CorruptRecordError
-from store_fs.layout import Layout
 from store_fs.models import Attempt, Worker
-from store_fs.workers import WorkerStore, fold_lines
 
 
 @dataclass

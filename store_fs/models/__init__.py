@@ -2,7 +2,25 @@
 
 from __future__ import annotations
 
-from .core import (
+from store_fs.models.query_types import (
+    UNSET,
+    FilterField,
+    LightningStoreCapabilities,
+    LightningStoreStatistics,
+    PaginatedResult,
+    SortOptions,
+    Unset,
+)
+from store_fs.models.resource_types import (
+    LLM,
+    NamedResources,
+    PromptTemplate,
+    ProxyLLM,
+    Resource,
+    ResourcesUpdate,
+    ResourceUnion,
+)
+from store_fs.models.rollout_types import (
     TERMINAL_ROLLOUT_STATUSES,
     Attempt,
     AttemptedRollout,
@@ -19,17 +37,7 @@ from .core import (
     is_queuing,
     is_running,
 )
-from .query import (
-    UNSET,
-    FilterField,
-    LightningStoreCapabilities,
-    LightningStoreStatistics,
-    PaginatedResult,
-    SortOptions,
-    Unset,
-)
-from .resources import LLM, NamedResources, PromptTemplate, ProxyLLM, Resource, ResourcesUpdate, ResourceUnion
-from .spans import (
+from store_fs.models.span_types import (
     Attributes,
     AttributeValue,
     Event,

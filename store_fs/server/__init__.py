@@ -10,6 +10,6 @@ Command line: ``python -m store_fs.server --store DIR`` (or ``agl store``).
 
 from __future__ import annotations
 
-from .app import StoreServer, run_server
+from store_fs.server.app import StoreServer, run_server
 
 __all__ = ["StoreServer", "run_server"]

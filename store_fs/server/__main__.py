@@ -12,9 +12,8 @@ import os
 import sys
 
 from store_fs.errors import AglError
+from store_fs.server.app import run_server
 from store_fs.store import FileStore
-
-from .app import run_server
 
 
 def main(argv: list[str] | None = None) -> int:

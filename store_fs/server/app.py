@@ -32,13 +32,12 @@ from store_fs.errors import (
     NotFoundError,
     StoreNotFoundError,
 )
+from store_fs.server import otlp
+from store_fs.server.http import HttpServer, Request, Response
+from store_fs.server.loop_pool import LoopPool, PoolClosedError
+from store_fs.server.routes import PREFIX, Call, Handler, StoreApi
+from store_fs.server.schemas import BadRequest
 from store_fs.store import FileStore
-
-from . import otlp
-from .api import PREFIX, Call, Handler, StoreApi
-from .http import HttpServer, Request, Response
-from .loops import LoopPool, PoolClosedError
-from .schemas import BadRequest
 
 __all__ = ["StoreServer", "run_server"]
 
@@ -110,7 +109,7 @@ class StoreServer:
     The server keeps no state of its own, so any number of servers (and direct FileStore
     users) may share one store directory. ``token``: require ``Authorization: Bearer``
     on everything but ``GET /v1/agl/health``. ``threads``: how many store calls run at
-    once (see :mod:`store_fs.server.loops`; None picks :func:`~.loops.default_size`);
+    once (see :mod:`store_fs.server.loop_pool`; None picks :func:`~.loops.default_size`);
     waiting calls such as ``wait_for_rollouts`` do not count against it.
     """
 
@@ -241,7 +240,7 @@ def run_server(
 ) -> None:
     """Serve in the foreground until SIGINT/SIGTERM, then stop cleanly (open requests are cut).
 
-    ``threads``: store calls run at once (None: :func:`store_fs.server.loops.default_size`).
+    ``threads``: store calls run at once (None: :func:`store_fs.server.loop_pool.default_size`).
     """
     server = StoreServer(
         store, host=host, port=port, token=token, max_body_bytes=max_body_bytes, threads=threads

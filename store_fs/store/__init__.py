@@ -23,19 +23,19 @@ from __future__ import annotations
 
 # ``X as X`` marks a re-export: ``store_fs.client`` imports the two literals from here, and
 # FULL_RECHECK_SECONDS stays importable here (``wait_for_rollouts`` reads it from
-# ``store_fs.store.waiting``, so that is the module to patch).
-from .attempts import AttemptMethods
-from .core import FilterLogic as FilterLogic
-from .core import SortOrder as SortOrder
-from .core import init_store
-from .dispatch import DispatchMethods
-from .resources import ResourceMethods
-from .rollouts import RolloutMethods
-from .spans import SpanMethods
-from .stats import StatsMethods
-from .waiting import FULL_RECHECK_SECONDS as FULL_RECHECK_SECONDS
-from .waiting import WaitMethods
-from .workers import WorkerMethods
+# ``store_fs.store._wait_ops``, so that is the module to patch).
+from store_fs.store._attempt_ops import AttemptMethods
+from store_fs.store._base import FilterLogic as FilterLogic
+from store_fs.store._base import SortOrder as SortOrder
+from store_fs.store._base import init_store
+from store_fs.store._dispatch_ops import DispatchMethods
+from store_fs.store._resource_ops import ResourceMethods
+from store_fs.store._rollout_ops import RolloutMethods
+from store_fs.store._span_ops import SpanMethods
+from store_fs.store._stats_ops import StatsMethods
+from store_fs.store._wait_ops import FULL_RECHECK_SECONDS as FULL_RECHECK_SECONDS
+from store_fs.store._wait_ops import WaitMethods
+from store_fs.store._worker_ops import WorkerMethods
 
 __all__ = ["FileStore", "init_store"]
 

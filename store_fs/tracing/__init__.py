@@ -8,7 +8,7 @@ the interpreter's import machinery.
 from __future__ import annotations
 
 from store_fs.tracing.openai_instrument import instrument_openai
-from store_fs.tracing.processor import LightningSpanProcessor
+from store_fs.tracing.span_processor import LightningSpanProcessor
 from store_fs.tracing.tracer import OtelTracer, Tracer, active_tracer
 
 __all__ = ["LightningSpanProcessor", "OtelTracer", "Tracer", "active_tracer", "instrument_openai"]

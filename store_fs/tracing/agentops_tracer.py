@@ -24,9 +24,9 @@ from opentelemetry.sdk.trace import Span as SdkSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import Status, StatusCode
 
-from .binding import RolloutBinding, SpanSink, current_binding
-from .processor import LightningSpanProcessor
-from .tracer import ProviderTracer
+from store_fs.tracing.rollout_binding import RolloutBinding, SpanSink, current_binding
+from store_fs.tracing.span_processor import LightningSpanProcessor
+from store_fs.tracing.tracer import ProviderTracer
 
 __all__ = ["AgentOpsTracer"]
 
@@ -93,7 +93,7 @@ class AgentOpsTracer(ProviderTracer):
         if not self.agentops_service and key is not None:
             del os.environ[API_KEY_ENV]  # a key makes agentops authenticate with its service at init
             self._undo.append(lambda: os.environ.setdefault(API_KEY_ENV, key))
-        from .openai_instrument import _active_tracer
+        from store_fs.tracing.openai_instrument import _active_tracer
 
         if _active_tracer() is not None:
             log.warning("store_fs' OpenAI instrumentation is active too: completions get two spans")

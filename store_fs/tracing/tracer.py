@@ -19,9 +19,15 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Status, StatusCode
 
 from store_fs.models import Attributes, Span, SpanCoreFields, TraceStatus
-
-from .binding import RolloutBinding, SpanSink, StoreWriter, bind, current_binding, unbind
-from .processor import LightningSpanProcessor
+from store_fs.tracing.rollout_binding import (
+    RolloutBinding,
+    SpanSink,
+    StoreWriter,
+    bind,
+    current_binding,
+    unbind,
+)
+from store_fs.tracing.span_processor import LightningSpanProcessor
 
 __all__ = ["OtelTracer", "ProviderTracer", "Tracer", "active_tracer"]
 
@@ -205,7 +211,7 @@ class OtelTracer(ProviderTracer):
         self._provider = TracerProvider()
         self._provider.add_span_processor(LightningSpanProcessor())
         if self._instrument_openai:
-            from .openai_instrument import instrument_openai
+            from store_fs.tracing.openai_instrument import instrument_openai
 
             self._undo.append(instrument_openai(self._provider.get_tracer("agentlightning.openai")))
         self._undo.extend(hook(self._provider) for hook in self._extra)

@@ -18,11 +18,11 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from . import codec, fsio
-from .context import Context
-from .errors import CorruptRecordError
-from .ids import check_name_id, new_resources_id
-from .models import NamedResources, ResourcesUpdate
+from store_fs._disk import codec, fsio
+from store_fs._disk.context import Context
+from store_fs._disk.ids import check_name_id, new_resources_id
+from store_fs.errors import CorruptRecordError
+from store_fs.models import NamedResources, ResourcesUpdate
 
 __all__ = ["ResourceStore"]
 

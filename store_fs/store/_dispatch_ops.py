@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from store_fs.ids import check_name_id, new_attempt_id, new_rollout_id, rollout_id_for_key
+from store_fs._disk.ids import check_name_id, new_attempt_id, new_rollout_id, rollout_id_for_key
+from store_fs._disk.queue_tokens import ClaimToken
 from store_fs.models import (
     UNSET,
     AttemptedRollout,
@@ -16,9 +17,7 @@ from store_fs.models import (
     TaskInput,
     Unset,
 )
-from store_fs.queue import ClaimToken
-
-from .core import StoreCore
+from store_fs.store._base import StoreCore
 
 
 class DispatchMethods(StoreCore):

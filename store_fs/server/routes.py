@@ -17,10 +17,8 @@ import orjson
 from pydantic import BaseModel
 
 from store_fs.models import Attempt, ResourcesUpdate, Rollout, Span, Worker
-from store_fs.store import FileStore
-
-from .http import Request
-from .schemas import (
+from store_fs.server.http import Request
+from store_fs.server.schemas import (
     LIST_PARAMS,
     NAMED_RESOURCES,
     AttemptQuery,
@@ -42,6 +40,7 @@ from .schemas import (
     optional_or_unset,
     required_or_unset,
 )
+from store_fs.store import FileStore
 
 __all__ = ["PREFIX", "Call", "Route", "StoreApi"]
 

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from . import codec, fsio
-from .context import Context
+from store_fs._disk import codec, fsio
+from store_fs._disk.context import Context
 
 __all__ = ["ClaimToken", "JournalEntry", "PendingToken", "Queue"]
 

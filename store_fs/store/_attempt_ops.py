@@ -4,20 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from store_fs.errors import RolloutNotFoundError
-from store_fs.ids import check_attempt_id, check_name_id
-from store_fs.models import UNSET, Attempt, AttemptStatus, PaginatedResult, Unset
-from store_fs.query import check_page_args, paginate, sort_items
-from store_fs.queue import ClaimToken
-from store_fs.records import RolloutRecord
-from store_fs.transitions import (
+from store_fs._disk.ids import check_attempt_id, check_name_id
+from store_fs._disk.queue_tokens import ClaimToken
+from store_fs._disk.rollout_history import RolloutRecord
+from store_fs._disk.status_rules import (
     FINAL_ATTEMPT_STATUSES,
     LIVE_ATTEMPT_STATUSES,
     set_attempt_status,
     touch_attempt,
 )
-
-from .core import SortOrder, StoreCore
+from store_fs._filtering import check_page_args, paginate, sort_items
+from store_fs.errors import RolloutNotFoundError
+from store_fs.models import UNSET, Attempt, AttemptStatus, PaginatedResult, Unset
+from store_fs.store._base import SortOrder, StoreCore
 
 
 class AttemptMethods(StoreCore):

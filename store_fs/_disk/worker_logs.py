@@ -37,11 +37,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
 
-from . import codec, fsio
-from .context import Context
-from .errors import CorruptRecordError
-from .ids import check_name_id
-from .models import Attempt, Worker
+from store_fs._disk import codec, fsio
+from store_fs._disk.context import Context
+from store_fs._disk.ids import check_name_id
+from store_fs.errors import CorruptRecordError
+from store_fs.models import Attempt, Worker
 
 __all__ = ["COMPACT_BYTES", "WorkerStore", "fold_lines"]
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
+from store_fs._disk.status_rules import TERMINAL_ROLLOUT_STATUSES
+from store_fs._disk.watch import ChangeFeed, resolve_mode
 from store_fs.models import Rollout
-from store_fs.transitions import TERMINAL_ROLLOUT_STATUSES
-from store_fs.watch import ChangeFeed, resolve_mode
-
-from .core import StoreCore
+from store_fs.store._base import StoreCore
 
 # A waiter re-reads every record it waits for at least this often (index lines are hints).
 FULL_RECHECK_SECONDS = 1.0

@@ -19,15 +19,15 @@ import random
 import threading
 from pathlib import Path
 
-from .context import Context
-from .errors import AttemptNotFoundError, ConflictError, NotFoundError, RolloutNotFoundError
-from .ids import new_attempt_id
-from .models import Attempt, AttemptedRollout, AttemptStatus
-from .queue import ClaimToken, JournalEntry, PendingToken, Queue
-from .records import RecordStore, RolloutRecord
-from .span_log import SpanLog
-from .transitions import FINAL_ATTEMPT_STATUSES, LIVE_ATTEMPT_STATUSES, set_attempt_status
-from .workers import WorkerStore
+from store_fs._disk.context import Context
+from store_fs._disk.ids import new_attempt_id
+from store_fs._disk.queue_tokens import ClaimToken, JournalEntry, PendingToken, Queue
+from store_fs._disk.rollout_history import RecordStore, RolloutRecord
+from store_fs._disk.span_log import SpanLog
+from store_fs._disk.status_rules import FINAL_ATTEMPT_STATUSES, LIVE_ATTEMPT_STATUSES, set_attempt_status
+from store_fs._disk.worker_logs import WorkerStore
+from store_fs.errors import AttemptNotFoundError, ConflictError, NotFoundError, RolloutNotFoundError
+from store_fs.models import Attempt, AttemptedRollout, AttemptStatus
 
 __all__ = ["Engine"]
 

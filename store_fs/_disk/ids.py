@@ -14,7 +14,7 @@ import re
 import uuid
 from typing import Final
 
-from .errors import InvalidIdError
+from store_fs.errors import InvalidIdError
 
 __all__ = [
     "attempt_id_from_name",

@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 import threading
 
-from . import codec, fsio
-from .context import Context
-from .records import RolloutRecord
+from store_fs._disk import codec, fsio
+from store_fs._disk.context import Context
+from store_fs._disk.rollout_history import RolloutRecord
 
 __all__ = ["EventLog"]
 

@@ -8,6 +8,11 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
+from store_fs._disk.rollout_history import RolloutRecord
+from store_fs._disk.rollout_index import Entry
+from store_fs._disk.rollout_index import ordered as index_order
+from store_fs._disk.status_rules import TERMINAL_ROLLOUT_STATUSES
+from store_fs._filtering import build_filter, check_page_args, matches, paginate, sort_items
 from store_fs.errors import CorruptRecordError
 from store_fs.models import (
     UNSET,
@@ -20,13 +25,7 @@ from store_fs.models import (
     TaskInput,
     Unset,
 )
-from store_fs.query import build_filter, check_page_args, matches, paginate, sort_items
-from store_fs.records import RolloutRecord
-from store_fs.rollout_index import Entry
-from store_fs.rollout_index import ordered as index_order
-from store_fs.transitions import TERMINAL_ROLLOUT_STATUSES
-
-from .core import FilterLogic, SortOrder, StoreCore
+from store_fs.store._base import FilterLogic, SortOrder, StoreCore
 
 # Kept under the name the single-module store logged as, so logging configuration
 # and log lines stay as they were.
@@ -52,7 +51,7 @@ class RolloutMethods(StoreCore):
     ) -> PaginatedResult[Rollout | AttemptedRollout]:
         """Filter, sort and page rollouts. Without ``sort_by``, oldest first.
 
-        With a complete rollout index (store_fs/rollout_index.py) the candidates come
+        With a complete rollout index (store_fs/_disk/rollout_index.py) the candidates come
         from the index and only the records of the page are read (see
         :meth:`_query_indexed` for what ``total`` means then); without one, every record.
         """

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from store_fs import fsio
+from store_fs._disk import fsio
 from store_fs.models import LightningStoreCapabilities, LightningStoreStatistics
-
-from .core import StoreCore
+from store_fs.store._base import StoreCore
 
 
 class StatsMethods(StoreCore):
@@ -17,7 +16,7 @@ class StatsMethods(StoreCore):
 
     async def statistics(self) -> LightningStoreStatistics:
         """Counts for inspection. Rollouts and attempts come from the rollout index (as late
-        as the index, see store_fs/rollout_index.py); spans are counted in the span files of
+        as the index, see store_fs/_disk/rollout_index.py); spans are counted in the span files of
         rollouts that have attempts. Without a complete index, every record is read."""
         counts = self._index.counts()
         if counts is not None:

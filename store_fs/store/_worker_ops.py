@@ -5,14 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from store_fs._filtering import build_filter, check_page_args, matches, paginate, sort_items
 from store_fs.models import UNSET, PaginatedResult, Unset, Worker, WorkerStatus
-from store_fs.query import build_filter, check_page_args, matches, paginate, sort_items
-
-from .core import FilterLogic, SortOrder, StoreCore
+from store_fs.store._base import FilterLogic, SortOrder, StoreCore
 
 
 class WorkerMethods(StoreCore):
-    """Reading workers and recording their heartbeats; :class:`~store_fs.workers.WorkerStore` holds them."""
+    """Reading workers and recording heartbeats, kept by :class:`~store_fs._disk.worker_logs.WorkerStore`."""
 
     async def query_workers(
         self,

@@ -8,7 +8,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from opentelemetry.sdk.trace import Span as SdkSpan
 
-from .binding import RolloutBinding, current_binding
+from store_fs.tracing.rollout_binding import RolloutBinding, current_binding
 
 __all__ = ["LightningSpanProcessor"]
 

@@ -33,7 +33,7 @@ from typing import Any, Final, Literal
 
 from pydantic import BaseModel
 
-from .models import Event, Link, OtelResource, Span, SpanContext, TraceStatus
+from store_fs.models import Event, Link, OtelResource, Span, SpanContext, TraceStatus
 
 __all__ = ["FAST_PATH", "copy_span", "decode_span"]
 

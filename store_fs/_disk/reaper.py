@@ -23,14 +23,14 @@ import logging
 import threading
 from dataclasses import dataclass
 
-from .context import Context
-from .engine import QUEUED_STATUSES, Engine
-from .errors import AglError
-from .models import Attempt
-from .queue import ClaimToken, JournalEntry
-from .records import RolloutRecord
-from .rollout_index import RolloutIndex
-from .transitions import LIVE_ATTEMPT_STATUSES
+from store_fs._disk.claims import QUEUED_STATUSES, Engine
+from store_fs._disk.context import Context
+from store_fs._disk.queue_tokens import ClaimToken, JournalEntry
+from store_fs._disk.rollout_history import RolloutRecord
+from store_fs._disk.rollout_index import RolloutIndex
+from store_fs._disk.status_rules import LIVE_ATTEMPT_STATUSES
+from store_fs.errors import AglError
+from store_fs.models import Attempt
 
 __all__ = ["Reaper"]
 

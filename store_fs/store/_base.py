@@ -8,15 +8,24 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from store_fs import codec, fsio
-from store_fs.check import Problem, check_store
+from store_fs._disk import codec, fsio
+from store_fs._disk.change_feed import EventLog
+from store_fs._disk.check import Problem, check_store
+from store_fs._disk.claims import Engine
+from store_fs._disk.context import Context, Durability
+from store_fs._disk.ids import is_rollout_id
+from store_fs._disk.layout import FORMAT_VERSION, Layout
+from store_fs._disk.queue_tokens import Queue
+from store_fs._disk.reaper import Reaper
+from store_fs._disk.resource_versions import ResourceStore
+from store_fs._disk.rollout_history import RecordStore, RolloutRecord
+from store_fs._disk.rollout_index import RolloutIndex, publish_marker
+from store_fs._disk.span_log import SpanLog
+from store_fs._disk.status_rules import FINAL_ATTEMPT_STATUSES
+from store_fs._disk.watch import WatchMode
+from store_fs._disk.worker_logs import WorkerStore
 from store_fs.clock import Clock, SystemClock
-from store_fs.context import Context, Durability
-from store_fs.engine import Engine
 from store_fs.errors import FormatVersionError, RolloutNotFoundError, StoreNotFoundError
-from store_fs.events import EventLog
-from store_fs.ids import is_rollout_id
-from store_fs.layout import FORMAT_VERSION, Layout
 from store_fs.models import (
     Attempt,
     AttemptedRollout,
@@ -26,15 +35,6 @@ from store_fs.models import (
     RolloutStatus,
     TaskInput,
 )
-from store_fs.queue import Queue
-from store_fs.records import RecordStore, RolloutRecord
-from store_fs.resources_store import ResourceStore
-from store_fs.rollout_index import RolloutIndex, publish_marker
-from store_fs.span_log import SpanLog
-from store_fs.transitions import FINAL_ATTEMPT_STATUSES
-from store_fs.watch import WatchMode
-from store_fs.watchdog import Reaper
-from store_fs.workers import WorkerStore
 
 FilterLogic = Literal["and", "or"]
 SortOrder = Literal["asc", "desc"]

@@ -61,12 +61,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, get_args
 
-from . import codec, fsio
-from .context import Context
-from .ids import ROLLOUT_ID_RE
-from .layout import Layout
-from .models import RolloutStatus
-from .records import RolloutRecord
+from store_fs._disk import codec, fsio
+from store_fs._disk.context import Context
+from store_fs._disk.ids import ROLLOUT_ID_RE
+from store_fs._disk.layout import Layout
+from store_fs._disk.rollout_history import RolloutRecord
+from store_fs.models import RolloutStatus
 
 __all__ = ["BadIndexLine", "Entry", "IndexView", "RolloutIndex", "entry_of", "ordered", "publish_marker"]
 
@@ -226,7 +226,7 @@ class IndexView:
         rollout_id_contains: Any,
         logic: str,
     ) -> list[Entry]:
-        """Entries matching the filter exactly as :func:`store_fs.query.matches` would on records."""
+        """Entries matching the filter exactly as :func:`store_fs._filtering.matches` would on records."""
         tests: list[Callable[[Entry], bool]] = []
         base: Iterable[Entry] = self.entries.values()
         if status_in is not None:

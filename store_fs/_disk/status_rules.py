@@ -11,8 +11,8 @@ does.
 
 from __future__ import annotations
 
-from .models import Attempt, AttemptStatus, RolloutConfig, RolloutStatus
-from .records import RolloutRecord
+from store_fs._disk.rollout_history import RolloutRecord
+from store_fs.models import Attempt, AttemptStatus, RolloutConfig, RolloutStatus
 
 __all__ = [
     "FINAL_ATTEMPT_STATUSES",

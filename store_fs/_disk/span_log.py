@@ -7,7 +7,7 @@
   ``kill -9`` of the writer. Readers merge the files, ignore a trailing line
   without a newline (a write in progress), and log, never hide, a complete line
   that does not parse or does not validate. Reading is the hot path of
-  ``query_spans``: files are decoded by :mod:`store_fs.span_read`, which keeps
+  ``query_spans``: files are decoded by :mod:`store_fs._disk.span_read`, which keeps
   what it decoded and reads only what was appended since.
 * The span sequence counter of a rollout is one empty file in ``span-seq/`` whose
   *name* is the last number issued. Allocating ``k`` numbers renames ``n`` to
@@ -15,7 +15,7 @@
 * ``attempts/<...>/heartbeat.<writer>`` holds ``<counter> <wall time>``,
   rewritten in place by its one writer on every span write (at most every
   0.25 s) and by explicit heartbeats. Observers judge liveness by watching the
-  counter move (see :mod:`store_fs.watchdog`).
+  counter move (see :mod:`store_fs._disk.reaper`).
 """
 
 from __future__ import annotations
@@ -28,12 +28,12 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import codec, fsio
-from .context import Context
-from .errors import RolloutNotFoundError
-from .models import Span
-from .span_decode import copy_span
-from .span_read import BLANK, UNPARSED, SpanReadCache, collector_paused
+from store_fs._disk import codec, fsio
+from store_fs._disk.context import Context
+from store_fs._disk.span_decode import copy_span
+from store_fs._disk.span_read import BLANK, UNPARSED, SpanReadCache, collector_paused
+from store_fs.errors import RolloutNotFoundError
+from store_fs.models import Span
 
 __all__ = ["Heartbeat", "SpanLog", "read_span_file"]
 

@@ -7,14 +7,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from store_fs._disk.ids import check_attempt_id
+from store_fs._disk.rollout_history import RolloutRecord
+from store_fs._disk.status_rules import FINAL_ATTEMPT_STATUSES, mark_running
+from store_fs._filtering import build_filter, check_page_args, has_conditions, matches, paginate, sort_items
 from store_fs.errors import AttemptNotFoundError, RolloutNotFoundError
-from store_fs.ids import check_attempt_id
 from store_fs.models import Attempt, PaginatedResult, Span
-from store_fs.query import build_filter, check_page_args, has_conditions, matches, paginate, sort_items
-from store_fs.records import RolloutRecord
-from store_fs.transitions import FINAL_ATTEMPT_STATUSES, mark_running
-
-from .core import FilterLogic, SortOrder, StoreCore
+from store_fs.store._base import FilterLogic, SortOrder, StoreCore
 
 
 class SpanMethods(StoreCore):

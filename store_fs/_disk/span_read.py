@@ -1,7 +1,7 @@
 """Reading span files: decoding their lines, and a per-process cache of what was decoded.
 
 A span file has one writer, which only ever appends whole lines
-(:mod:`store_fs.span_log`). So once a reader has decoded a file's first ``n``
+(:mod:`store_fs._disk.span_log`). So once a reader has decoded a file's first ``n``
 bytes, those bytes never need decoding again while the file is the same file
 (device and inode) and at least ``n`` bytes long: :class:`SpanReadCache` keeps
 the decoded lines of files read more than once, recently, and decodes only what
@@ -30,9 +30,9 @@ from typing import Final
 
 from pydantic import ValidationError
 
-from . import codec, fsio
-from .models import Span
-from .span_decode import decode_span
+from store_fs._disk import codec, fsio
+from store_fs._disk.span_decode import decode_span
+from store_fs.models import Span
 
 __all__ = ["BLANK", "UNPARSED", "Line", "SpanReadCache", "collector_paused", "read_lines"]
 

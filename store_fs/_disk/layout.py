@@ -1,7 +1,7 @@
 """Where everything lives inside a store directory (docs/format.md describes each file).
 
 Only this module turns ids into paths, and it is only ever given ids that
-:mod:`store_fs.ids` has validated.
+:mod:`store_fs._disk.ids` has validated.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ class Layout:
 
     @cached_property
     def rollout_index_marker(self) -> Path:
-        # Its presence says the logs cover every rollout (see store_fs/rollout_index.py).
+        # Its presence says the logs cover every rollout (see store_fs/_disk/rollout_index.py).
         return self.rollout_index / "complete.json"
 
     def directories(self) -> list[Path]:

@@ -23,10 +23,10 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from . import codec, fsio
-from .context import Context
-from .errors import CorruptRecordError, RolloutNotFoundError
-from .models import Attempt, AttemptedRollout, Rollout
+from store_fs._disk import codec, fsio
+from store_fs._disk.context import Context
+from store_fs.errors import CorruptRecordError, RolloutNotFoundError
+from store_fs.models import Attempt, AttemptedRollout, Rollout
 
 __all__ = ["RecordStore", "RolloutRecord"]
 

@@ -12,13 +12,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import fsio
-from .engine import Engine
-from .errors import CorruptRecordError
-from .queue import ClaimToken
-from .rollout_index import Entry, IndexView, RolloutIndex, entry_of
-from .span_log import BadLine
-from .transitions import LIVE_ATTEMPT_STATUSES
+from store_fs._disk import fsio
+from store_fs._disk.claims import Engine
+from store_fs._disk.queue_tokens import ClaimToken
+from store_fs._disk.rollout_index import Entry, IndexView, RolloutIndex, entry_of
+from store_fs._disk.span_log import BadLine
+from store_fs._disk.status_rules import LIVE_ATTEMPT_STATUSES
+from store_fs.errors import CorruptRecordError
 
 __all__ = ["Problem", "check_store"]
 

@@ -11,9 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .clock import Clock
-from .fsio import current_pid, writer_tag
-from .layout import Layout
+from store_fs._disk.fsio import current_pid, writer_tag
+from store_fs._disk.layout import Layout
+from store_fs.clock import Clock
 
 __all__ = ["Context", "Durability"]
 

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
-from .core import AttemptedRollout
+from store_fs.models.rollout_types import AttemptedRollout
 
 __all__ = [
     "LLM",

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+from store_fs._filtering import build_filter, check_page_args, matches, paginate, sort_items
 from store_fs.models import NamedResources, PaginatedResult, ResourcesUpdate
-from store_fs.query import build_filter, check_page_args, matches, paginate, sort_items
-
-from .core import SortOrder, StoreCore
+from store_fs.store._base import SortOrder, StoreCore
 
 
 class ResourceMethods(StoreCore):
-    """Publishing and reading resources; :class:`~store_fs.resources_store.ResourceStore` holds them."""
+    """Publishing and reading resources, kept by :class:`~store_fs._disk.resource_versions.ResourceStore`."""
 
     async def add_resources(self, resources: NamedResources) -> ResourcesUpdate:
         return self._resources.put(None, resources)

@@ -1,0 +1,1 @@
+"""The on-disk protocol (code map to be written)."""
