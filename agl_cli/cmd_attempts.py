@@ -6,10 +6,11 @@ from typing import Annotated, Any
 
 import typer
 
+from store_fs.errors import ExitCode
+
 from . import output
-from .errors import EXIT_LOST
 from .inputs import read_object
-from .state import open_store, require_rollout, run
+from .state import CliState, require_rollout, run
 
 attempts_app = typer.Typer(help="Inspect and update attempts.", no_args_is_help=True)
 
@@ -17,22 +18,23 @@ RolloutArg = Annotated[str, typer.Argument(help="Rollout id (ro-...).")]
 AttemptArg = Annotated[str, typer.Argument(help="Attempt id (at-...), or 'latest'.")]
 
 
-def _update(rollout_id: str, attempt_id: str, **fields: Any) -> None:
-    store = open_store()
+def _update(cli: CliState, rollout_id: str, attempt_id: str, **fields: Any) -> None:
+    store = cli.open_store()
     attempt = run(store.update_attempt(rollout_id, attempt_id, **fields))
-    output.emit_json(attempt)
+    cli.out.emit_json(attempt)
 
 
-def complete(rollout_id: RolloutArg, attempt_id: AttemptArg = "latest") -> None:
+def complete(ctx: typer.Context, rollout_id: RolloutArg, attempt_id: AttemptArg = "latest") -> None:
     """Mark an attempt succeeded (the runner's commit).
 
     \b
     agl complete "$RID" "$AID"
     """
-    _update(rollout_id, attempt_id, status="succeeded")
+    _update(CliState.of(ctx), rollout_id, attempt_id, status="succeeded")
 
 
 def fail(
+    ctx: typer.Context,
     rollout_id: RolloutArg,
     attempt_id: AttemptArg = "latest",
     error: Annotated[str | None, typer.Option(help="Error message, kept in the attempt's metadata.")] = None,
@@ -45,23 +47,25 @@ def fail(
     fields: dict[str, Any] = {"status": "failed"}
     if error is not None:
         fields["metadata"] = {"error": error}
-    _update(rollout_id, attempt_id, **fields)
+    _update(CliState.of(ctx), rollout_id, attempt_id, **fields)
 
 
-def heartbeat(rollout_id: RolloutArg, attempt_id: AttemptArg) -> None:
+def heartbeat(ctx: typer.Context, rollout_id: RolloutArg, attempt_id: AttemptArg) -> None:
     """Tell the store an attempt is alive. Exits 13 if it was cancelled or expired: stop working on it.
 
     \b
     while agl heartbeat "$RID" "$AID"; do sleep 10; done &
     """
-    store = open_store()
+    cli = CliState.of(ctx)
+    store = cli.open_store()
     if not run(store.heartbeat(rollout_id, attempt_id)):
         output.info(f"attempt {attempt_id} of {rollout_id} is no longer live (cancelled or expired)")
-        raise typer.Exit(EXIT_LOST)
+        raise typer.Exit(ExitCode.ATTEMPT_LOST)
 
 
 @attempts_app.command("update")
 def update(
+    ctx: typer.Context,
     rollout_id: RolloutArg,
     attempt_id: AttemptArg,
     status: Annotated[
@@ -82,20 +86,21 @@ def update(
         fields["worker_id"] = worker_id
     if metadata is not None:
         fields["metadata"] = read_object(metadata, "--metadata")
-    _update(rollout_id, attempt_id, **fields)
+    _update(CliState.of(ctx), rollout_id, attempt_id, **fields)
 
 
 @attempts_app.command("list")
-def list_attempts(rollout_id: RolloutArg) -> None:
+def list_attempts(ctx: typer.Context, rollout_id: RolloutArg) -> None:
     """All attempts of a rollout, oldest first.
 
     \b
     agl attempts list "$RID" | jq -c '{sequence_id, status}'
     """
-    store = open_store()
+    cli = CliState.of(ctx)
+    store = cli.open_store()
     require_rollout(store, rollout_id)
     result = run(store.query_attempts(rollout_id))
-    output.emit_records(
+    cli.out.emit_records(
         list(result),
         [("sequence_id", 4), ("attempt_id", 11), ("status", 12), ("worker_id", 16), ("start_time", 18)],
     )

@@ -10,10 +10,12 @@ from typing import Annotated, Any
 import orjson
 import typer
 
+from store_fs.errors import ExitCode
+
 from . import output
-from .errors import EXIT_EMPTY, EXIT_NOT_ALL_SUCCEEDED, EXIT_NOT_FOUND, EXIT_TIMEOUT, CliError
+from .exit_codes import CliError
 from .inputs import read_lines, read_object, read_value
-from .state import open_store, run
+from .state import CliState, run
 
 ROLLOUT_COLUMNS = [("rollout_id", 15), ("status", 10), ("mode", 5), ("resources_id", 15), ("input", 50)]
 
@@ -43,6 +45,7 @@ def _derived_key(value: Any, mode: str | None, resources_id: str | None) -> str:
 
 
 def enqueue(
+    ctx: typer.Context,
     input: Annotated[
         str | None,
         typer.Argument(
@@ -84,9 +87,10 @@ def enqueue(
     agl enqueue @task.json --max-attempts 3 --retry-on failed --retry-on timeout
     jq -c '.[]' tasks.json | agl enqueue --idempotent      # one rollout per line
     """
+    cli = CliState.of(ctx)
     from store_fs import EnqueueRolloutRequest
 
-    store = open_store()
+    store = cli.open_store()
     config = _config(max_attempts, timeout, unresponsive, retry_on or [])
     meta = read_object(metadata, "--metadata")
     if input is None or input == "-":
@@ -98,7 +102,7 @@ def enqueue(
     else:
         values = [read_value(input, "input")]
     requests = [
-        EnqueueRolloutRequest(input=v, mode=mode, resources_id=resources_id, config=config, metadata=meta)  # type: ignore[arg-type]
+        EnqueueRolloutRequest(input=v, mode=mode, resources_id=resources_id, config=config, metadata=meta)
         for v in values
     ]
     keys = None
@@ -107,14 +111,15 @@ def enqueue(
     elif idempotent:
         keys = [_derived_key(v, mode, resources_id) for v in values]
     rollouts = run(store.enqueue_many_rollouts(requests, idempotency_keys=keys))
-    if len(rollouts) == 1 and output.machine_output():
-        output.emit_json(rollouts[0])
+    if len(rollouts) == 1 and cli.out.machine:
+        cli.out.emit_json(rollouts[0])
     else:
-        output.emit_records(rollouts, ROLLOUT_COLUMNS)
+        cli.out.emit_records(rollouts, ROLLOUT_COLUMNS)
     output.info(f"queued {len(rollouts)} rollout(s)")
 
 
 def dequeue(
+    ctx: typer.Context,
     worker_id: Annotated[str | None, typer.Option("--worker-id", help="Worker claiming the rollout.")] = None,
     wait: Annotated[float, typer.Option(help="Seconds to wait for work when the queue is empty.")] = 0.0,
 ) -> None:
@@ -127,20 +132,22 @@ def dequeue(
     R=$(agl dequeue --worker-id w1 --wait 30) || exit 0
     RID=$(jq -r .rollout_id <<<"$R"); AID=$(jq -r .attempt.attempt_id <<<"$R")
     """
-    store = open_store()
+    cli = CliState.of(ctx)
+    store = cli.open_store()
     deadline = time.monotonic() + max(wait, 0.0)
     while True:
         attempted = run(store.dequeue_rollout(worker_id=worker_id))
         if attempted is not None:
-            output.emit_json(attempted)
+            cli.out.emit_json(attempted)
             return
         if time.monotonic() >= deadline:
             output.info("queue is empty")
-            raise typer.Exit(EXIT_EMPTY)
+            raise typer.Exit(ExitCode.QUEUE_EMPTY)
         time.sleep(min(0.05, max(deadline - time.monotonic(), 0)))
 
 
 def wait(
+    ctx: typer.Context,
     rollout_ids: Annotated[
         list[str], typer.Argument(help="Rollouts to wait for ('-': read ids from stdin).")
     ],
@@ -156,21 +163,22 @@ def wait(
     agl wait ro-0123456789ab ro-ba9876543210 --timeout 600
     agl rollouts list --status queuing | jq -r .rollout_id | agl wait -
     """
+    cli = CliState.of(ctx)
     ids = list(rollout_ids)
     if ids == ["-"]:
         ids = [line.strip() for line in sys.stdin if line.strip()]
-    store = open_store()
+    store = cli.open_store()
     for rid in dict.fromkeys(ids):
         if run(store.get_rollout_by_id(rid)) is None:
-            raise CliError(f"unknown rollout {rid}", EXIT_NOT_FOUND)
+            raise CliError(f"unknown rollout {rid}", ExitCode.NOT_FOUND)
     finished = run(_wait_with_progress(store, ids, timeout))
-    output.emit_records(finished, ROLLOUT_COLUMNS)
+    cli.out.emit_records(finished, ROLLOUT_COLUMNS)
     unique = set(ids)
     if len({r.rollout_id for r in finished}) < len(unique):
         output.info(f"{len(unique) - len({r.rollout_id for r in finished})} rollout(s) not finished")
-        raise typer.Exit(EXIT_TIMEOUT)
+        raise typer.Exit(ExitCode.WAIT_TIMED_OUT)
     if any(r.status != "succeeded" for r in finished):
-        raise typer.Exit(EXIT_NOT_ALL_SUCCEEDED)
+        raise typer.Exit(ExitCode.NOT_ALL_SUCCEEDED)
 
 
 async def _wait_with_progress(store: Any, ids: list[str], timeout: float | None) -> list[Any]:

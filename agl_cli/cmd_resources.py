@@ -7,10 +7,12 @@ from typing import Annotated, Any
 
 import typer
 
+from store_fs.errors import ExitCode
+
 from . import output
-from .errors import CliError
+from .exit_codes import CliError
 from .inputs import read_object
-from .state import open_store, run
+from .state import CliState, run
 
 resources_app = typer.Typer(help="Publish and inspect versioned resources.", no_args_is_help=True)
 
@@ -57,6 +59,7 @@ Model = Annotated[str | None, typer.Option("--model", help="Model name for --llm
 
 @resources_app.command("add")
 def add(
+    ctx: typer.Context,
     body: Body = None,
     name: Name = "main_prompt",
     template: Template = None,
@@ -71,15 +74,17 @@ def add(
     agl resources add --template "Answer briefly: {any_question}"
     agl resources add --body @resources.json
     """
-    store = open_store()
+    cli = CliState.of(ctx)
+    store = cli.open_store()
     resources = _named_resources(body, name, template, template_file, engine, llm_endpoint, model)
     update = run(store.add_resources(resources))
-    output.emit_json(update)
+    cli.out.emit_json(update)
     output.info(f"published {update.resources_id}")
 
 
 @resources_app.command("update")
 def update(
+    ctx: typer.Context,
     resources_id: Annotated[str, typer.Argument(help="Snapshot id to update (created if new).")],
     body: Body = None,
     name: Name = "main_prompt",
@@ -94,40 +99,46 @@ def update(
     \b
     agl resources update prompt-v1 --template-file prompt.txt
     """
-    store = open_store()
+    cli = CliState.of(ctx)
+    store = cli.open_store()
     resources = _named_resources(body, name, template, template_file, engine, llm_endpoint, model)
     result = run(store.update_resources(resources_id, resources))
-    output.emit_json(result)
+    cli.out.emit_json(result)
     output.info(f"{result.resources_id} is now version {result.version}")
 
 
 @resources_app.command("list")
-def list_resources() -> None:
+def list_resources(ctx: typer.Context) -> None:
     """Every snapshot at its newest version, oldest first.
 
     \b
     agl resources list | jq -c '{resources_id, version}'
     """
-    store = open_store()
-    output.emit_records(list(run(store.query_resources())), RESOURCE_COLUMNS)
+    cli = CliState.of(ctx)
+    store = cli.open_store()
+    cli.out.emit_records(list(run(store.query_resources())), RESOURCE_COLUMNS)
 
 
 @resources_app.command("show")
-def show(resources_id: Annotated[str, typer.Argument(help="Snapshot id, or 'latest'.")] = "latest") -> None:
+def show(
+    ctx: typer.Context,
+    resources_id: Annotated[str, typer.Argument(help="Snapshot id, or 'latest'.")] = "latest",
+) -> None:
     """One snapshot (the latest by default).
 
     \b
     agl resources show latest | jq -r '.resources.main_prompt.template'
     """
-    store = open_store()
+    cli = CliState.of(ctx)
+    store = cli.open_store()
     if resources_id == "latest":
         result = run(store.get_latest_resources())
         if result is None:
-            raise CliError("no resources published yet", 3)
+            raise CliError("no resources published yet", ExitCode.NOT_FOUND)
     else:
         result = run(store.get_resources_by_id(resources_id))
         if result is None:
             from store_fs import ResourcesNotFoundError
 
             raise ResourcesNotFoundError(resources_id)
-    output.emit_json(result)
+    cli.out.emit_json(result)

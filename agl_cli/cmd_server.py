@@ -7,11 +7,15 @@ from typing import Annotated
 
 import typer
 
-from .errors import EXIT_ERROR, CliError
-from .state import open_store
+from store_fs.errors import ExitCode
+
+from . import output
+from .exit_codes import CliError
+from .state import CliState
 
 
 def store(
+    ctx: typer.Context,
     host: Annotated[
         str, typer.Option(help="Bind address. 0.0.0.0 or :: expose the store to the network.")
     ] = "127.0.0.1",
@@ -33,7 +37,7 @@ def store(
         typer.Option(min=1, help="Store calls served at once (default: 2 per CPU, at least 4, at most 8)."),
     ] = None,
 ) -> None:
-    """Serve the store over HTTP in the foreground until Ctrl-C.
+    """Serve the store over HTTP in the foreground until Ctrl-C (creating the store if missing).
 
     Upstream's LightningStoreClient, its OTLP exporters and store_fs.client.LightningStoreClient
     can all talk to it. Several servers, CLI calls and runners may share one store directory.
@@ -43,6 +47,8 @@ def store(
       AGL_STORE=runs/exp1 agl store --port 4747 &
       curl -s localhost:4747/v1/agl/statistics
     """
+    cli = CliState.of(ctx)
+    from store_fs import FileStore
     from store_fs.server import run_server
 
     level = log_level.upper()
@@ -55,7 +61,8 @@ def store(
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     server_log.addHandler(handler)
     server_log.propagate = False
-    opened = open_store()  # outside the try: a missing store keeps its own exit code
+    opened = FileStore(cli.store_path(), create=True)
+    output.info(f"{'created a new' if opened.created else 'serving the'} store at {opened.root}")
     try:
         run_server(
             opened,
@@ -66,4 +73,4 @@ def store(
             threads=threads,
         )
     except OSError as err:  # port in use, address not available...
-        raise CliError(f"cannot serve on {host}:{port}: {err.strerror or err}", EXIT_ERROR) from err
+        raise CliError(f"cannot serve on {host}:{port}: {err.strerror or err}", ExitCode.ERROR) from err

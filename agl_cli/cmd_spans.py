@@ -8,10 +8,12 @@ from typing import Annotated, Any
 
 import typer
 
+from store_fs.errors import ExitCode
+
 from . import output
-from .errors import EXIT_INTERRUPTED, CliError
+from .exit_codes import CliError
 from .inputs import read_lines
-from .state import open_store, require_rollout, run
+from .state import CliState, require_rollout, run
 
 spans_app = typer.Typer(help="Add, list and follow spans.", no_args_is_help=True)
 
@@ -35,7 +37,7 @@ def _build_span(store: Any, obj: Any, where: str, rollout_id: str | None, attemp
     if obj["attempt_id"] == "latest":
         latest = run(store.get_latest_attempt(obj["rollout_id"]))
         if latest is None:
-            raise CliError(f"{where}: rollout {obj['rollout_id']} has no attempt", 3)
+            raise CliError(f"{where}: rollout {obj['rollout_id']} has no attempt", ExitCode.NOT_FOUND)
         obj["attempt_id"] = latest.attempt_id
     if "resource" in obj and "context" in obj:
         return Span.model_validate(obj)  # a complete span, as upstream writes it
@@ -52,6 +54,7 @@ def _build_span(store: Any, obj: Any, where: str, rollout_id: str | None, attemp
 
 @spans_app.command("add")
 def add(
+    ctx: typer.Context,
     rollout_id: Annotated[str | None, typer.Argument(help="Rollout of spans that do not name one.")] = None,
     attempt_id: Annotated[
         str | None, typer.Argument(help="Attempt (or 'latest') of spans that do not name one.")
@@ -64,7 +67,8 @@ def add(
     \b
     echo '{"name": "step", "attributes": {"n": 1}}' | agl spans add "$RID" "$AID"
     """
-    store = open_store()
+    cli = CliState.of(ctx)
+    store = cli.open_store()
     lines = list(read_lines(file))
     spans = [_build_span(store, obj, f"line {n}", rollout_id, attempt_id) for n, obj in lines]
     for pair in dict.fromkeys((s.rollout_id, s.attempt_id) for s in spans):
@@ -74,8 +78,8 @@ def add(
             span.sequence_id = run(store.get_next_span_sequence_id(span.rollout_id, span.attempt_id))
     stored = run(store.add_many_spans(spans))
     for span in stored:
-        if output.machine_output():
-            output.emit_line(span)
+        if cli.out.machine:
+            cli.out.emit_line(span)
     output.info(
         f"stored {len(stored)} span(s)"
         + (f", {len(spans) - len(stored)} duplicate(s)" if len(stored) < len(spans) else "")
@@ -84,6 +88,7 @@ def add(
 
 @spans_app.command("list")
 def list_spans(
+    ctx: typer.Context,
     rollout_id: Annotated[str, typer.Argument(help="Rollout id.")],
     attempt: Annotated[str | None, typer.Option(help="Only this attempt ('latest' for the newest).")] = None,
     name_contains: Annotated[str | None, typer.Option("--name-contains")] = None,
@@ -94,10 +99,11 @@ def list_spans(
     \b
     agl spans list "$RID" | jq -c '{sequence_id, name}'
     """
-    store = open_store()
+    cli = CliState.of(ctx)
+    store = cli.open_store()
     require_rollout(store, rollout_id)
     result = run(store.query_spans(rollout_id, attempt, name_contains=name_contains, limit=limit))
-    output.emit_records(list(result), SPAN_COLUMNS)
+    cli.out.emit_records(list(result), SPAN_COLUMNS)
 
 
 def _check_attempt(store: Any, rollout_id: str, attempt_id: str) -> None:
@@ -110,6 +116,7 @@ def _check_attempt(store: Any, rollout_id: str, attempt_id: str) -> None:
 
 @spans_app.command("tail")
 def tail(
+    ctx: typer.Context,
     rollout_id: Annotated[str, typer.Argument(help="Rollout id.")],
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Keep printing new spans until the rollout ends.")
@@ -121,7 +128,8 @@ def tail(
     \b
     agl spans tail -f "$RID" | jq -c '{sequence_id, name}'
     """
-    store = open_store()
+    cli = CliState.of(ctx)
+    store = cli.open_store()
     require_rollout(store, rollout_id)
     seen: set[tuple[str, str]] = set()
     try:
@@ -131,16 +139,17 @@ def tail(
                 key = (span.attempt_id, span.span_id)
                 if key not in seen:
                     seen.add(key)
-                    output.emit_line(span)
+                    cli.out.emit_line(span)
             if not follow or finished:
                 return
             time.sleep(interval)
     except KeyboardInterrupt:
         sys.stderr.write("\n")
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+        raise typer.Exit(ExitCode.INTERRUPTED) from None
 
 
 def reward(
+    ctx: typer.Context,
     rollout_id: Annotated[str, typer.Argument(help="Rollout id.")],
     value: Annotated[
         float, typer.Argument(help="The reward (the rollout's final reward if it is the last).")
@@ -152,20 +161,21 @@ def reward(
     \b
     agl reward "$RID" 0.85 --attempt "$AID"
     """
+    cli = CliState.of(ctx)
     from store_fs.rewards import reward_span
 
-    store = open_store()
+    store = cli.open_store()
     if attempt_id == "latest":
         latest = run(store.get_latest_attempt(rollout_id))
         if latest is None:
             require_rollout(store, rollout_id)
-            raise CliError(f"rollout {rollout_id} has no attempt", 3)
+            raise CliError(f"rollout {rollout_id} has no attempt", ExitCode.NOT_FOUND)
         attempt_id = latest.attempt_id
     _check_attempt(store, rollout_id, attempt_id)
     seq = run(store.get_next_span_sequence_id(rollout_id, attempt_id))
     span = run(
         store.add_span(reward_span(value, rollout_id=rollout_id, attempt_id=attempt_id, sequence_id=seq))
     )
-    if span is not None and output.machine_output():
-        output.emit_line(span)
+    if span is not None and cli.out.machine:
+        cli.out.emit_line(span)
     output.info(f"reward {value} recorded for {rollout_id}")

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from .errors import CliError
+from .exit_codes import CliError
 
 
 def parse_json(text: str | bytes, where: str) -> Any:

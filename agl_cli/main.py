@@ -1,7 +1,7 @@
 """The ``agl`` command: every store operation from the shell.
 
 This module assembles the command groups and owns the one mapping from errors
-to exit codes (see :mod:`agl_cli.errors`).
+to exit codes (see :mod:`agl_cli.exit_codes`).
 """
 
 from __future__ import annotations
@@ -12,10 +12,12 @@ from typing import Annotated
 
 import typer
 
+from store_fs.errors import ExitCode
+
 from . import cmd_admin, cmd_attempts, cmd_queue, cmd_rollouts, cmd_run, cmd_server, cmd_spans
 from .cmd_resources import resources_app
-from .errors import EXIT_INTERRUPTED, exit_code_for, one_line
-from .state import settings
+from .exit_codes import exit_code_for, exit_codes_help, one_line
+from .state import CliState
 
 HELP = """Drive, inspect and repair an Agent-lightning training loop kept in a directory.
 
@@ -31,9 +33,7 @@ A whole loop from the shell:
   agl wait "$RID" --timeout 60 && agl spans list "$RID" | jq -c '{sequence_id, name}'
 
 Output is JSON (one document) or JSON lines when piped or with --json, a table on a terminal.
-Exit codes: 0 ok, 2 usage, 3 not found, 4 bad input, 5 no store, 6 conflict, 7 corrupt,
-10 queue empty, 11 wait timed out, 12 not all succeeded, 13 attempt no longer yours.
-"""
+Exit codes: """ + exit_codes_help()
 
 app = typer.Typer(
     name="agl", help=HELP, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None
@@ -42,6 +42,7 @@ app = typer.Typer(
 
 @app.callback()
 def _options(
+    ctx: typer.Context,
     store: Annotated[
         str | None,
         typer.Option("--store", "-s", envvar="AGL_STORE", help="Store directory [default: runs/default]."),
@@ -51,8 +52,7 @@ def _options(
         bool, typer.Option("--verbose", "-v", help="Log what the store does (stderr).")
     ] = False,
 ) -> None:
-    settings.store = store
-    settings.json = json
+    ctx.obj = CliState(store=store, json=json)
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
@@ -86,12 +86,12 @@ def main() -> None:
         sys.exit(code if isinstance(code, int) else 0)
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
-        sys.exit(EXIT_INTERRUPTED)
+        sys.exit(ExitCode.INTERRUPTED)
     except typer.Exit as done:
         sys.exit(done.exit_code)
     except Exception as err:
         if isinstance(err, typer.Abort):
-            sys.exit(EXIT_INTERRUPTED)
+            sys.exit(ExitCode.INTERRUPTED)
         show = getattr(err, "show", None)
         if callable(show) and isinstance(getattr(err, "exit_code", None), int):  # usage errors
             show()

@@ -8,15 +8,10 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
-
-from .state import settings
-
-
-def machine_output() -> bool:
-    return settings.json or not sys.stdout.isatty()
 
 
 def to_data(obj: Any) -> Any:
@@ -35,43 +30,51 @@ def _write(data: bytes) -> None:
     sys.stdout.flush()
 
 
-def emit_json(obj: Any) -> None:
-    """One JSON document (pretty on a terminal)."""
-    option = orjson.OPT_APPEND_NEWLINE | (0 if machine_output() else orjson.OPT_INDENT_2)
-    _write(orjson.dumps(to_data(obj), option=option))
-
-
-def emit_line(obj: Any) -> None:
-    """One JSONL record."""
-    _write(orjson.dumps(to_data(obj), option=orjson.OPT_APPEND_NEWLINE))
-
-
 def _cell(value: Any, width: int) -> str:
     text = "-" if value is None else str(value)
     return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def emit_table(rows: Iterable[dict[str, Any]], columns: Sequence[tuple[str, int]]) -> None:
-    """A fixed-width table for people; columns are (key, max width)."""
-    rows = list(rows)
-    widths = [max([len(key)] + [len(_cell(r.get(key), w)) for r in rows]) for key, w in columns]
-    lines = ["  ".join(k.upper().ljust(w) for (k, _), w in zip(columns, widths, strict=True))]
-    for row in rows:
-        cells = [_cell(row.get(k), mw).ljust(w) for (k, mw), w in zip(columns, widths, strict=True)]
-        lines.append("  ".join(cells).rstrip())
-    _write(("\n".join(lines) + "\n").encode())
-
-
-def emit_records(items: Sequence[Any], columns: Sequence[tuple[str, int]]) -> None:
-    """A list: JSONL when piped, a table on a terminal."""
-    if machine_output():
-        for item in items:
-            emit_line(item)
-    else:
-        emit_table((to_data(i) for i in items), columns)
 
 
 def info(message: str) -> None:
     """A message for people, on stderr."""
     sys.stderr.write(message + "\n")
     sys.stderr.flush()
+
+
+@dataclass(frozen=True)
+class Output:
+    """Where one invocation's data goes, and in which form (``--json`` forces machine form)."""
+
+    force_json: bool = False
+
+    @property
+    def machine(self) -> bool:
+        """JSON/JSONL rather than tables: with --json, or when stdout is not a terminal."""
+        return self.force_json or not sys.stdout.isatty()
+
+    def emit_json(self, obj: Any) -> None:
+        """One JSON document (pretty on a terminal)."""
+        option = orjson.OPT_APPEND_NEWLINE | (0 if self.machine else orjson.OPT_INDENT_2)
+        _write(orjson.dumps(to_data(obj), option=option))
+
+    def emit_line(self, obj: Any) -> None:
+        """One JSONL record."""
+        _write(orjson.dumps(to_data(obj), option=orjson.OPT_APPEND_NEWLINE))
+
+    def emit_table(self, rows: Iterable[dict[str, Any]], columns: Sequence[tuple[str, int]]) -> None:
+        """A fixed-width table for people; columns are (key, max width)."""
+        rows = list(rows)
+        widths = [max([len(key)] + [len(_cell(r.get(key), w)) for r in rows]) for key, w in columns]
+        lines = ["  ".join(k.upper().ljust(w) for (k, _), w in zip(columns, widths, strict=True))]
+        for row in rows:
+            cells = [_cell(row.get(k), mw).ljust(w) for (k, mw), w in zip(columns, widths, strict=True)]
+            lines.append("  ".join(cells).rstrip())
+        _write(("\n".join(lines) + "\n").encode())
+
+    def emit_records(self, items: Sequence[Any], columns: Sequence[tuple[str, int]]) -> None:
+        """A list: JSONL when piped, a table on a terminal."""
+        if self.machine:
+            for item in items:
+                self.emit_line(item)
+        else:
+            self.emit_table((to_data(i) for i in items), columns)

@@ -9,6 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import typer
+
+from .output import Output
+
 if TYPE_CHECKING:
     from store_fs import FileStore
 
@@ -18,23 +22,40 @@ DEFAULT_STORE = "runs/default"
 
 
 @dataclass
-class Settings:
+class CliState:
+    """The global options of one ``agl`` invocation, kept in typer's ``ctx.obj`` by the app's
+    callback; every command reads them from its context (``CliState.of(ctx)``)."""
+
     store: str | None = None
     json: bool = False
 
+    @classmethod
+    def of(cls, ctx: typer.Context) -> CliState:
+        """The state of the invocation ``ctx`` belongs to (defaults when the callback did not run)."""
+        state = ctx.find_object(cls)
+        return state if state is not None else cls()
 
-settings = Settings()
+    @property
+    def out(self) -> Output:
+        return Output(force_json=self.json)
+
+    def store_location(self) -> str:
+        """The store as given (--store, else AGL_STORE, else runs/default): a path or a URL."""
+        return self.store or os.environ.get("AGL_STORE") or DEFAULT_STORE
+
+    def store_path(self) -> Path:
+        """The store directory (for commands that work on the directory itself)."""
+        return Path(self.store_location())
+
+    def open_store(self) -> FileStore:
+        """The store named by --store / AGL_STORE / runs/default; it must exist (`agl init`)."""
+        from store_fs import FileStore
+
+        return FileStore(self.store_path(), create=False)
 
 
-def store_path() -> Path:
-    return Path(settings.store or os.environ.get("AGL_STORE") or DEFAULT_STORE)
-
-
-def open_store() -> FileStore:
-    """The store named by --store / AGL_STORE / runs/default; it must exist (`agl init`)."""
-    from store_fs import FileStore
-
-    return FileStore(store_path(), create=False)
+def is_url(location: str) -> bool:
+    return location.startswith(("http://", "https://"))
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:

@@ -86,8 +86,10 @@ def free_port() -> int:
 
 def _server_command(server: str, store_dir: Path, port: int) -> list[str]:
     if server == "ours":
+        # `agl store` of this environment (creates the store when missing).
+        agl = str(Path(sys.executable).parent / "agl")
         return [
-            sys.executable, "-m", "store_fs.server", "--store", str(store_dir), "--create",
+            agl, "--store", str(store_dir), "store",
             "--host", "127.0.0.1", "--port", str(port), "--log-level", "WARNING",
         ]  # fmt: skip
     code = "import sys; from agentlightning.cli.store import main; sys.exit(main(sys.argv[1:]))"

@@ -34,8 +34,9 @@ from openai import AsyncOpenAI
 
 from store_fs import PromptTemplate
 from store_fs.agent import rollout
+from store_fs.lightning_store import open_store
 from store_fs.rewards import find_final_reward
-from store_fs.trainer import open_store, run_runner_process
+from store_fs.runner_pool import RunnerPool, run_runner_process
 
 TEMPLATES = [
     "You are a helpful assistant. {any_question}",
@@ -167,26 +168,17 @@ def run_runner(store: str, tracer: str) -> None:
 
 def run_demo(store: str, tracer: str, runners: int) -> tuple[str, float]:
     server = start_offline_llm() if use_offline_llm() else None
-    ctx = mp.get_context("spawn")
-    stop = ctx.Event()
-    procs = [
-        ctx.Process(
-            target=run_runner_process,
-            args=(store, apo_rollout, i, stop, make_tracer(tracer), {"poll_interval": 0.2}),
-            name=f"runner-{i}",
-        )
-        for i in range(runners)
-    ]
-    for proc in procs:
-        proc.start()
+    pool = RunnerPool(
+        store,
+        apo_rollout,
+        n_runners=runners,
+        tracer=make_tracer(tracer),
+        runner_kwargs={"poll_interval": 0.2},
+    )
     try:
-        return asyncio.run(find_best_prompt(open_store(store)))
+        with pool:
+            return asyncio.run(find_best_prompt(open_store(store)))
     finally:
-        stop.set()
-        for proc in procs:
-            proc.join(15)
-            if proc.is_alive():
-                proc.terminate()
         if server is not None:
             server.stop()
 

@@ -1,4 +1,4 @@
-"""Filtering, sorting and pagination with upstream's semantics (spec section 2.8).
+"""Filtering, sorting and pagination with upstream's semantics (docs/behaviour.md §6.1-§6.3).
 
 A filter is a mapping ``field -> {"exact"|"within"|"contains": value}`` plus the
 reserved keys ``_aggregate`` (``"and"``/``"or"``) and ``_must`` (conditions that

@@ -1,8 +1,8 @@
 """The packaged loop: an algorithm, runner processes, one store.
 
 ``Trainer(algorithm=..., n_runners=N, store=...)`` and ``fit(agent, train_dataset)``
-start N runner processes (each a :class:`LitAgentRunner` over the same store
-directory, or the same ``agl store`` URL), run the algorithm in this process, and
+start N runner processes (a :class:`~store_fs.runner_pool.RunnerPool` over the same
+store directory, or the same ``agl store`` URL), run the algorithm in this process, and
 stop the runners when it returns, raises, or Ctrl-C arrives. Runners stopped
 mid-rollout leave their attempts to the reaper.
 """
@@ -11,30 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import logging
-import multiprocessing as mp
-import signal
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
+from store_fs.lightning_store import open_store
+from store_fs.runner_pool import RunnerPool, run_runner_process
+
 __all__ = ["Algorithm", "FunctionalAlgorithm", "Trainer", "algo", "open_store", "run_runner_process"]
-
-log = logging.getLogger(__name__)
-
-
-def open_store(location: Any) -> Any:
-    """A store from a path (FileStore) or an ``http(s)://`` URL (LightningStoreClient)."""
-    if not isinstance(location, (str, Path)):
-        return location
-    text = str(location)
-    if text.startswith(("http://", "https://")):
-        from store_fs.client import LightningStoreClient
-
-        return LightningStoreClient(text)
-    from store_fs.store import FileStore
-
-    return FileStore(text)
 
 
 class Algorithm:
@@ -78,30 +61,6 @@ def algo(func: Callable[..., Any]) -> FunctionalAlgorithm:
     return FunctionalAlgorithm(func)
 
 
-def run_runner_process(
-    store_location: str,
-    agent: Any,
-    worker_index: int,
-    stop: Any,
-    tracer: Any = None,
-    runner_kwargs: Any = None,
-) -> None:
-    """Body of one runner process: run until ``stop`` is set or SIGINT/SIGTERM arrives."""
-    from store_fs.runner import LitAgentRunner
-
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    logging.getLogger("store_fs").setLevel(logging.INFO)  # completed rollouts, with durations
-
-    def on_signal(signum: int, frame: Any) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    runner = LitAgentRunner(tracer=tracer, **(runner_kwargs or {}))
-    with runner.run_context(agent=agent, store=open_store(store_location), worker_id=worker_index):
-        asyncio.run(runner.iter(event=stop))
-
-
 class Trainer:
     """Runs an algorithm against ``n_runners`` runner processes sharing one store.
 
@@ -134,28 +93,15 @@ class Trainer:
 
     def fit(self, agent: Any, train_dataset: Any = None, *, val_dataset: Any = None) -> Any:
         """Run the algorithm to completion with runners executing ``agent``; returns its result."""
-        ctx = mp.get_context("spawn")
-        stop = ctx.Event()
-        runners = [
-            ctx.Process(
-                target=run_runner_process,
-                args=(self.store_location, agent, i, stop, self.tracer, self.runner_kwargs),
-                name=f"agl-runner-{i}",
-            )
-            for i in range(self.n_runners)
-        ]
-        for process in runners:
-            process.start()
-        try:
+        pool = RunnerPool(
+            self.store_location,
+            agent,
+            n_runners=self.n_runners,
+            tracer=self.tracer,
+            runner_kwargs=self.runner_kwargs,
+        )
+        with pool:
             return self._run_algorithm(train_dataset, val_dataset)
-        finally:
-            stop.set()
-            for process in runners:
-                process.join(15)
-                if process.is_alive():
-                    log.warning("runner %s did not stop in time: terminating it", process.name)
-                    process.terminate()
-                    process.join(5)
 
     def _run_algorithm(self, train_dataset: Any, val_dataset: Any) -> Any:
         store = open_store(self.store_location)

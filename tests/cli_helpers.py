@@ -142,10 +142,12 @@ class Agl:
         )
 
     def enqueue(self, value: Any, *options: str) -> dict[str, Any]:
-        return self.ok("enqueue", json.dumps(value), *options).json()
+        rollout: dict[str, Any] = self.ok("enqueue", json.dumps(value), *options).json()
+        return rollout
 
     def dequeue(self, worker: str = "w1") -> dict[str, Any]:
-        return self.ok("dequeue", "--worker-id", worker).json()
+        attempted: dict[str, Any] = self.ok("dequeue", "--worker-id", worker).json()
+        return attempted
 
 
 def assert_error(res: Result, code: int | Sequence[int], *needles: str) -> None:

@@ -12,7 +12,7 @@ finite = st.floats(allow_nan=False, allow_infinity=False)
 
 
 def texts(max_size: int) -> st.SearchStrategy[str]:
-    return st.text(st.characters(exclude_categories=("Cs",)), max_size=max_size)
+    return st.text(st.characters(exclude_categories=["Cs"]), max_size=max_size)
 
 
 def json_values(

@@ -14,8 +14,9 @@ from typing import Any
 from mp_workers import write_json
 
 from store_fs import FileStore
+from store_fs.models import AttemptStatus, RolloutStatus
 
-TERMINAL = ("succeeded", "failed")
+TERMINAL: tuple[RolloutStatus, ...] = ("succeeded", "failed")
 
 
 def index_writer(root: str, out: str, index: int, n: int, go: Any) -> None:
@@ -31,7 +32,7 @@ def index_writer(root: str, out: str, index: int, n: int, go: Any) -> None:
                 if i % 2:
                     attempted = await store.dequeue_rollout(worker_id=f"writer-{index}")
                     if attempted is not None:
-                        status = "succeeded" if i % 4 == 1 else "failed"
+                        status: AttemptStatus = "succeeded" if i % 4 == 1 else "failed"
                         await store.update_attempt(
                             attempted.rollout_id, attempted.attempt.attempt_id, status=status
                         )
@@ -55,9 +56,11 @@ def index_reader(root: str, out: str, go: Any, stop: str) -> None:
         go.wait(60)
 
         async def body() -> dict[str, Any]:
-            rounds, last, wrong, shrank = 0, 0, [], []
+            rounds, last = 0, 0
+            wrong: list[tuple[str, str | int]] = []
+            shrank: list[tuple[int, int]] = []
             while not os.path.exists(stop):
-                result = await store.query_rollouts(status_in=list(TERMINAL))  # type: ignore[arg-type]
+                result = await store.query_rollouts(status_in=list(TERMINAL))
                 wrong += [(r.rollout_id, r.status) for r in result.items if r.status not in TERMINAL]
                 if result.total < last:
                     shrank.append((last, result.total))

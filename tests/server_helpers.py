@@ -12,7 +12,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,13 +25,12 @@ class ServerProcess:
     """A store server on 127.0.0.1; ``port=0`` lets it pick a free port (read from its log)."""
 
     def __init__(
-        self, store: Path, log: Path, *, port: int = 0, args: Sequence[str] = (), cli: bool = False
+        self, store: Path, log: Path, *, port: int = 0, args: Sequence[str] = ()
     ) -> None:
         self.store = store
         self.log = log
         self.port = port
         self.args = list(args)
-        self.cli = cli
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -40,12 +38,10 @@ class ServerProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def command(self) -> list[str]:
-        if self.cli:  # through the installed `agl store` command
-            from cli_helpers import AGL
+        # The one server entry point: the installed `agl store` command.
+        from cli_helpers import AGL
 
-            return [AGL, "--store", str(self.store), "store", "--port", str(self.port), *self.args]
-        base = [sys.executable, "-m", "store_fs.server", "--store", str(self.store)]
-        return [*base, "--port", str(self.port), *self.args]
+        return [AGL, "--store", str(self.store), "store", "--port", str(self.port), *self.args]
 
     def start(self) -> ServerProcess:
         env = dict(os.environ, AGL_STORE=str(self.store), LITELLM_LOCAL_MODEL_COST_MAP="True")

@@ -21,6 +21,7 @@ from store_fs import (
     FormatVersionError,
     InvalidIdError,
     NotFoundError,
+    RemoteStoreError,
     ResourcesNotFoundError,
     RolloutNotFoundError,
     Span,
@@ -151,7 +152,7 @@ async def test_unsafe_id_is_refused_and_touches_nothing(
     err = info.value
     assert isinstance(err, ValueError)
     assert isinstance(err, AglError)
-    assert err.reason  # type: ignore[attr-defined]
+    assert err.reason
     assert _snapshot(tmp_path) == before_inside, "the call changed files"
     assert sorted(p.name for p in tmp_path.parent.iterdir()) == before_outside
     # The store still works afterwards.
@@ -206,7 +207,7 @@ async def test_unknown_ids_in_mutators_raise_not_found(store: FileStore) -> None
     s = store
     with pytest.raises(RolloutNotFoundError) as r1:
         await s.update_rollout(UNKNOWN_ROLLOUT, status="failed")
-    assert r1.value.rollout_id == UNKNOWN_ROLLOUT  # type: ignore[attr-defined]
+    assert r1.value.rollout_id == UNKNOWN_ROLLOUT
     with pytest.raises(RolloutNotFoundError):
         await s.update_rollout("not-a-rollout-id", status="failed")
     with pytest.raises(RolloutNotFoundError):
@@ -281,7 +282,7 @@ async def test_corrupt_history_revision(store: FileStore, clock: FakeClock, how:
     with pytest.raises(CorruptRecordError) as info:
         await reader.get_rollout_by_id(victim)
     err = info.value
-    assert err.path == str(bad)  # type: ignore[attr-defined]
+    assert err.path == str(bad)
     assert str(bad) in str(err)
     assert isinstance(err, ValueError)
 
@@ -329,7 +330,7 @@ def test_missing_store_with_create_false(tmp_path: Path) -> None:
     with pytest.raises(StoreNotFoundError) as info:
         FileStore(root, create=False)
     assert isinstance(info.value, FileNotFoundError)
-    assert info.value.root == str(root)  # type: ignore[attr-defined]
+    assert info.value.root == str(root)
     assert not root.exists(), "create=False must not create the directory"
 
 
@@ -381,14 +382,15 @@ def test_newer_format_version(tmp_path: Path) -> None:
 # -- errors cross process boundaries ---------------------------------------------------------
 
 ERRORS: list[AglError] = [
-    AglError("plain message", extra=1),
+    AglError.rebuild("plain message", {"extra": 1}),
     NotFoundError("thing missing"),
     RolloutNotFoundError("ro-0123456789ab"),
     AttemptNotFoundError("ro-0123456789ab", "at-01234567"),
     ResourcesNotFoundError("rs-0123456789ab"),
     WorkerNotFoundError("worker-9"),
     InvalidIdError("worker", "../x", "contains a path separator"),
-    ConflictError("rollout ro-1 is cancelled", rollout_id="ro-1", status="cancelled"),
+    ConflictError("rollout ro-1 is cancelled", rollout_id="ro-1"),
+    RemoteStoreError("HTTP 503: busy", 503),
     CorruptRecordError("/s/rollouts/01/ro-0123456789ab/history/00000002.json", "expected value"),
     StoreNotFoundError("/nowhere"),
     FormatVersionError("/s", 7, 1),
@@ -404,8 +406,8 @@ def test_errors_pickle(err: AglError, protocol: int) -> None:
     assert str(back) == str(err)
     assert back.message == err.message
     assert back.args == err.args
-    assert back._attrs == err._attrs
-    for key, value in err._attrs.items():
+    assert back.attrs == err.attrs
+    for key, value in err.attrs.items():
         assert getattr(back, key) == value
     for base in (ValueError, FileNotFoundError, RuntimeError):
         assert isinstance(back, base) == isinstance(err, base)
@@ -416,9 +418,9 @@ def test_errors_pickle(err: AglError, protocol: int) -> None:
 
 def test_error_attributes() -> None:
     e = AttemptNotFoundError("ro-1", "at-2")
-    assert (e.rollout_id, e.attempt_id) == ("ro-1", "at-2")  # type: ignore[attr-defined]
+    assert (e.rollout_id, e.attempt_id) == ("ro-1", "at-2")
     assert "at-2" in str(e)
     assert "ro-1" in str(e)
     i = InvalidIdError("rollout", "a/b", "contains a path separator")
-    assert (i.kind, i.value, i.reason) == ("rollout", "a/b", "contains a path separator")  # type: ignore[attr-defined]
+    assert (i.kind, i.value, i.reason) == ("rollout", "a/b", "contains a path separator")
     assert "a/b" in str(i)

@@ -130,7 +130,7 @@ def test_demo_runs_against_agl_store_over_http(tmp_path: Path) -> None:
     from server_helpers import ServerProcess
 
     FileStore(tmp_path / "apo")
-    with ServerProcess(tmp_path / "apo", tmp_path / "server.log", cli=True) as server:
+    with ServerProcess(tmp_path / "apo", tmp_path / "server.log") as server:
         result = _run([str(EXAMPLES / "apo_custom_algorithm.py"), "demo", "--store", server.url])
     assert result.returncode == 0, result.stderr
     rewards = _rewards_by_template(tmp_path / "apo")

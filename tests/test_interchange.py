@@ -29,6 +29,7 @@ from pydantic import BaseModel  # noqa: E402
 import store_fs  # noqa: E402
 from store_fs import FileStore  # noqa: E402
 from store_fs._disk.codec import loads  # noqa: E402
+from store_fs.models import RolloutStatus  # noqa: E402
 
 pytestmark = pytest.mark.upstream
 
@@ -110,7 +111,7 @@ def test_rollout_config() -> None:
 @pytest.mark.parametrize(
     "status", ["queuing", "preparing", "running", "failed", "succeeded", "cancelled", "requeuing"]
 )
-def test_rollout(status: str) -> None:
+def test_rollout(status: RolloutStatus) -> None:
     rollout = store_fs.Rollout(
         rollout_id="ro-0123456789ab",
         input={"question": "2+2?", "choices": [1, 2, 4], "meta": None},
@@ -118,7 +119,7 @@ def test_rollout(status: str) -> None:
         end_time=None if status not in ("failed", "succeeded", "cancelled") else 1_700_000_100.0,
         mode="train",
         resources_id="rs-0123456789ab",
-        status=status,  # type: ignore[arg-type]
+        status=status,
         config=_rollout_config(),
         metadata={"k": "v"},
     )
@@ -356,7 +357,9 @@ def test_span_from_opentelemetry_matches_upstream() -> None:
         for field in store_fs.Span.model_fields:
             assert getattr(back, field) == getattr(ours, field), field
     inner = store_fs.Span.from_opentelemetry(otel[0], "ro-0123456789ab", "at-01234567", 1)
-    assert inner.parent_id == otel[1].get_span_context().span_id.to_bytes(8, "big").hex()
+    parent_context = otel[1].get_span_context()
+    assert parent_context is not None
+    assert inner.parent_id == parent_context.span_id.to_bytes(8, "big").hex()
     assert inner.status.status_code == "ERROR"
     assert inner.events[0].attributes == {"pct": 0.5}
     assert inner.links[0].context.span_id == inner.parent_id

@@ -23,12 +23,27 @@ from store_fs._disk.queue_tokens import ClaimToken, JournalEntry, PendingToken
 from store_fs._disk.rollout_history import RolloutRecord
 from store_fs._disk.status_rules import rollout_status_for
 from store_fs._filtering import build_filter, has_conditions, matches, paginate, sort_items
-from store_fs.models import TraceStatus
+from store_fs.models import AttemptStatus, RolloutStatus, TraceStatus
 
 FAST = settings(max_examples=75, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-ATTEMPT_STATUSES = ["preparing", "running", "failed", "succeeded", "unresponsive", "timeout"]
-ROLLOUT_STATUSES = ["queuing", "preparing", "running", "failed", "succeeded", "cancelled", "requeuing"]
+ATTEMPT_STATUSES: list[AttemptStatus] = [
+    "preparing",
+    "running",
+    "failed",
+    "succeeded",
+    "unresponsive",
+    "timeout",
+]
+ROLLOUT_STATUSES: list[RolloutStatus] = [
+    "queuing",
+    "preparing",
+    "running",
+    "failed",
+    "succeeded",
+    "cancelled",
+    "requeuing",
+]
 
 # -- strategies ------------------------------------------------------------------------
 
@@ -49,7 +64,7 @@ def spans(draw: st.DrawFn) -> Span:
         rollout_id=draw(rollout_ids),
         attempt_id=draw(attempt_ids),
         sequence_id=draw(st.integers(min_value=1, max_value=10**9)),
-        name=draw(st.text(st.characters(exclude_categories=("Cs",)), min_size=1, max_size=20)),
+        name=draw(st.text(st.characters(exclude_categories=["Cs"]), min_size=1, max_size=20)),
         trace_id=draw(st.text(hex_chars, min_size=32, max_size=32)),
         span_id=draw(st.text(hex_chars, min_size=16, max_size=16)),
         parent_id=draw(st.none() | st.text(hex_chars, min_size=16, max_size=16)),
@@ -153,6 +168,7 @@ def test_span_round_trips_through_codec(span: Span) -> None:
         got = back.attributes[key]
         assert type(got) is type(value)
         if isinstance(value, list) and value:
+            assert isinstance(got, list)  # implied by the type check above; narrows for mypy
             assert [type(x) for x in got] == [type(x) for x in value]
 
 
@@ -190,6 +206,12 @@ items_st = st.lists(
 ).map(lambda items: [i.model_copy(update={"idx": n}) for n, i in enumerate(items)])
 
 
+class Num(BaseModel):
+    """paginate pages models (its type variable is bound to BaseModel): one int in a model."""
+
+    n: int
+
+
 @FAST
 @given(
     st.lists(st.integers(), max_size=30),
@@ -197,7 +219,7 @@ items_st = st.lists(
     st.integers(min_value=0, max_value=35),
 )
 def test_paginate(values: list[int], limit: int, offset: int) -> None:
-    page = paginate(values, limit, offset)
+    page = [num.n for num in paginate([Num(n=v) for v in values], limit, offset)]
     if limit != -1:
         assert len(page) <= limit
         assert page == values[offset : offset + limit]
@@ -209,9 +231,9 @@ def test_paginate(values: list[int], limit: int, offset: int) -> None:
 @given(st.integers(max_value=-2), st.integers(min_value=0))
 def test_paginate_rejects_bad_limit(limit: int, offset: int) -> None:
     with pytest.raises(ValueError, match="Limit"):
-        paginate([1, 2], limit, offset)
+        paginate([Num(n=1), Num(n=2)], limit, offset)
     with pytest.raises(ValueError, match="Offset"):
-        paginate([1, 2], 1, -1 - offset)
+        paginate([Num(n=1), Num(n=2)], 1, -1 - offset)
 
 
 @FAST
@@ -264,7 +286,7 @@ conditions = st.lists(
 def _holds(item: Item, field: str, op: str, expected: Any) -> bool:
     actual = getattr(item, field)
     if op == "exact":
-        return actual == expected
+        return bool(actual == expected)
     if op == "within":
         return actual in expected
     return isinstance(actual, str) and expected in actual
@@ -333,7 +355,7 @@ def populated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FileSt
             r = await store.enqueue_rollout(input=i)
             status = ROLLOUT_STATUSES[i % len(ROLLOUT_STATUSES)]
             if status != "queuing":
-                await store.update_rollout(r.rollout_id, status=status)  # type: ignore[arg-type]
+                await store.update_rollout(r.rollout_id, status=status)
             statuses[r.rollout_id] = status
         return statuses
 
@@ -378,11 +400,11 @@ def test_query_rollouts_total_and_limit(
     assert [r.rollout_id for r in result.items] == want
 
 
-# -- the rollout status rule (spec 2.4.2) ----------------------------------------------
+# -- the rollout status rule (docs/behaviour.md §2.4) ----------------------------------------------
 
 
 def _spec_rollout_status(attempt_status: str, sequence_id: int, config: RolloutConfig) -> str:
-    """Spec 2.4.2, restated: preparing/running/succeeded propagate as they are; failed,
+    """docs/behaviour.md §2.4, restated: preparing/running/succeeded propagate as they are; failed,
     timeout and unresponsive requeue when the status is a retry condition and attempts
     remain (sequence_id < max_attempts), and fail the rollout otherwise."""
     if attempt_status in ("preparing", "running", "succeeded"):
@@ -395,13 +417,15 @@ def _spec_rollout_status(attempt_status: str, sequence_id: int, config: RolloutC
 
 @settings(max_examples=100, deadline=None)
 @given(st.sampled_from(ATTEMPT_STATUSES), st.integers(min_value=1, max_value=8), configs)
-def test_rollout_status_for_matches_spec(status: str, sequence_id: int, config: RolloutConfig) -> None:
+def test_rollout_status_for_matches_spec(
+    status: AttemptStatus, sequence_id: int, config: RolloutConfig
+) -> None:
     attempt = Attempt(
         rollout_id="ro-000000000000",
         attempt_id="at-00000000",
         sequence_id=sequence_id,
         start_time=0.0,
-        status=status,  # type: ignore[arg-type]
+        status=status,
     )
     assert rollout_status_for(attempt, config) == _spec_rollout_status(status, sequence_id, config)
 

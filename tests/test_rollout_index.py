@@ -26,9 +26,25 @@ from test_multiprocess import SPAWN, children, read_result
 
 from store_fs import FakeClock, FileStore, Span, init_store
 from store_fs._disk.rollout_index import Entry, ordered
+from store_fs.models import AttemptStatus, RolloutStatus
 
-STATUSES = ["queuing", "preparing", "running", "failed", "succeeded", "cancelled", "requeuing"]
-ATTEMPT_STATUSES = ["preparing", "running", "failed", "succeeded", "unresponsive", "timeout"]
+STATUSES: list[RolloutStatus] = [
+    "queuing",
+    "preparing",
+    "running",
+    "failed",
+    "succeeded",
+    "cancelled",
+    "requeuing",
+]
+ATTEMPT_STATUSES: list[AttemptStatus] = [
+    "preparing",
+    "running",
+    "failed",
+    "succeeded",
+    "unresponsive",
+    "timeout",
+]
 
 
 # -- helpers ---------------------------------------------------------------------------
@@ -245,7 +261,13 @@ async def error_of(store: FileStore, **query: Any) -> str:
 
 async def test_bad_arguments_fail_as_in_the_full_scan(store: FileStore) -> None:
     await store.enqueue_rollout(input=1)
-    for query in [{"sort_order": "up"}, {"sort_by": "nope"}, {"limit": -2}, {"offset": -1}]:
+    bad_queries: list[dict[str, str | int]] = [
+        {"sort_order": "up"},
+        {"sort_by": "nope"},
+        {"limit": -2},
+        {"offset": -1},
+    ]
+    for query in bad_queries:
         indexed = await error_of(store, status_in=["queuing"], **query)
         with full_scan(store):
             assert indexed == await error_of(store, status_in=["queuing"], **query)
@@ -436,8 +458,9 @@ def test_two_writer_processes_and_a_reader(tmp_path: Path) -> None:
     fresh = FileStore(root, create=False)
     assert len(index_logs(fresh)) >= 2
     for status in [*STATUSES, None]:
-        query = {"status_in": None if status is None else [status]}
-        assert dump(asyncio.run(fresh.query_rollouts(**query))) == asyncio.run(reference(fresh, **query))
+        status_in = None if status is None else [status]
+        got = dump(asyncio.run(fresh.query_rollouts(status_in=status_in)))
+        assert got == asyncio.run(reference(fresh, status_in=status_in))
     stats = asyncio.run(fresh.statistics())
     assert stats["total_rollouts"] == len(enqueued) == 300
     assert stats["total_attempts"] == 150

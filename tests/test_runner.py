@@ -13,11 +13,12 @@ import pytest
 from store_fs import FileStore, PromptTemplate, RolloutConfig
 from store_fs.agent import LitAgent, rollout
 from store_fs.emitter import emit_message, emit_reward
+from store_fs.models import NamedResources
 from store_fs.rewards import find_final_reward
 from store_fs.runner import LitAgentRunner
 from store_fs.tracing.tracer import OtelTracer
 
-PROMPT = {"main_prompt": PromptTemplate(template="Q: {any_question}", engine="f-string")}
+PROMPT: NamedResources = {"main_prompt": PromptTemplate(template="Q: {any_question}", engine="f-string")}
 
 
 def _runner(**kwargs: Any) -> LitAgentRunner:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from server_helpers import ServerProcess, raw_request, store_snapshot
 
 from store_fs import (
     ConflictError,
@@ -25,7 +26,6 @@ from store_fs import (
 )
 from store_fs.client import LightningStoreClient
 from store_fs.models import Span
-from tests.server_helpers import ServerProcess, raw_request, store_snapshot
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 with warnings.catch_warnings(), contextlib.suppress(ImportError):
@@ -74,7 +74,8 @@ def otlp_export(url: str, rollout_id: str, attempt_id: str, names: list[str], *,
     try:
         return exporter.export(memory.get_finished_spans())
     finally:
-        exporter.shutdown()
+        # OTLPSpanExporter.shutdown has no annotations (opentelemetry-exporter-otlp-proto-http 1.45).
+        exporter.shutdown()  # type: ignore[no-untyped-call]
 
 
 @pytest.mark.upstream
@@ -223,7 +224,7 @@ async def test_two_servers_share_one_directory(store_dir: Path, tmp_path: Path) 
 
 
 def test_malformed_requests_are_4xx_and_change_nothing(store_dir: Path, tmp_path: Path) -> None:
-    proc = ServerProcess(store_dir, tmp_path / "s.log", args=["--max-body-bytes", str(1 << 20)])
+    proc = ServerProcess(store_dir, tmp_path / "s.log", args=["--max-body-mb", "1"])
     with proc:
         url = proc.url
         status, body, _ = raw_request(
@@ -275,7 +276,7 @@ def test_malformed_requests_are_4xx_and_change_nothing(store_dir: Path, tmp_path
 
 
 def test_token_and_cli_command(store_dir: Path, tmp_path: Path) -> None:
-    proc = ServerProcess(store_dir, tmp_path / "cli.log", cli=True, args=["--token", "s3cret"])
+    proc = ServerProcess(store_dir, tmp_path / "cli.log", args=["--token", "s3cret"])
     with proc:
         assert raw_request(proc.url, "GET", "/v1/agl/statistics")[0] == 401
         assert (
@@ -302,7 +303,7 @@ async def _enqueue_with_token(url: str) -> str:
 
 
 async def test_otlp_mapping(store_dir: Path) -> None:
-    """Conversion rules of spec 4.4, in process: ids from span attributes win, given sequence
+    """Conversion rules of docs/behaviour.md §9.5, in process: ids from span attributes win, given sequence
     ids are kept, kvlists and bytes become strings, spans without ids are skipped."""
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
     from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue, KeyValueList

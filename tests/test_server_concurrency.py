@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from server_helpers import raw_request
 
 from store_fs import FileStore, init_store
 from store_fs.server import StoreServer
 from store_fs.server.loop_pool import LoopPool, PoolClosedError, default_size
-from tests.server_helpers import raw_request
 
 with warnings.catch_warnings(), contextlib.suppress(ImportError):
     # Imported once here, so its import-time deprecation warnings (LiteLLM's) are not errors.

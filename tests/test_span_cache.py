@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -65,7 +66,7 @@ _steps = st.lists(
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(steps=_steps, budget=st.sampled_from([1, 300, 1 << 20]))
 def test_cached_reads_equal_fresh_reads(
-    tmp_path_factory: Any, steps: list[tuple[str, int]], budget: int
+    tmp_path_factory: pytest.TempPathFactory, steps: list[tuple[str, int]], budget: int
 ) -> None:
     path = tmp_path_factory.mktemp("cache") / "spans.w.jsonl"
     path.write_bytes(b"")
@@ -93,9 +94,9 @@ def test_cached_reads_equal_fresh_reads(
         elif step == "truncate":
             os.truncate(path, len(data) // 2)
         elif step == "replace":
-            fresh = path.with_name("new")
-            fresh.write_bytes(_line(arg) * 2)
-            os.replace(fresh, path)
+            replacement = path.with_name("new")
+            replacement.write_bytes(_line(arg) * 2)
+            os.replace(replacement, path)
         fresh = _view(read_lines(path))
         for _ in range(2):  # the first read of a file is not kept, the second is
             assert _view(cache.lines(path)) == fresh
@@ -115,7 +116,7 @@ def test_a_bad_line_is_never_kept_so_a_later_fix_is_seen(tmp_path: Path) -> None
     assert cache.lines(path)[1][2].startswith("does not validate as a Span")
 
 
-def test_an_unchanged_file_is_not_read_again(tmp_path: Path, monkeypatch: Any) -> None:
+def test_an_unchanged_file_is_not_read_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "spans.w.jsonl"
     path.write_bytes(_line(1) + _line(2))
     cache = SpanReadCache(1 << 20)
@@ -124,7 +125,12 @@ def test_an_unchanged_file_is_not_read_again(tmp_path: Path, monkeypatch: Any) -
     assert [span.sequence_id for _, span, _, _ in first if span is not None] == [1, 2]
     reads: list[int] = []  # the offsets read from
     real_pread = os.pread
-    monkeypatch.setattr(os, "pread", lambda fd, n, at: reads.append(at) or real_pread(fd, n, at))
+
+    def recording_pread(fd: int, n: int, at: int) -> bytes:
+        reads.append(at)
+        return real_pread(fd, n, at)
+
+    monkeypatch.setattr(os, "pread", recording_pread)
     assert cache.lines(path) is first  # an open and an fstat, no read
     assert reads == []
     _append(path, _line(3))

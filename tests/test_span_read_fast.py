@@ -349,7 +349,8 @@ def test_without_the_cache_even_nested_values_are_the_callers(tmp_path: Path) ->
         [span], _ = files.read()
         assert span == _span(1, scope="x")
         assert isinstance(span.attributes["tokens"], list)
-        span.attributes["tokens"].append(7)
+        tokens: list[Any] = span.attributes["tokens"]  # ints (see _span): isinstance cannot narrow the items
+        tokens.append(7)
         span.status.description = "changed"
         span.resource.attributes["extra"] = "changed"
         assert span.context is not None
@@ -435,17 +436,15 @@ def test_decoding_leaves_the_collector_as_it_found_it(enabled: bool) -> None:
     try:
         gc.enable() if enabled else gc.disable()
         seen: list[bool] = []
-        original = span_read.decode_span
+        original = decode_span  # the function span_read calls (it imports it from span_decode)
 
         def spy(obj: dict[str, Any]) -> Span:
             seen.append(gc.isenabled())
             return original(obj)
 
-        span_read.decode_span = spy  # type: ignore[assignment]
-        try:
+        with pytest.MonkeyPatch.context() as patch:  # undone when the block exits
+            patch.setattr(span_read, "decode_span", spy)
             lines = span_read._decode_lines(line)
-        finally:
-            span_read.decode_span = original
         assert seen == [False]  # paused while decoding
         assert [reason[:4] for _, _, reason, _ in lines] == ["does", "inva"]  # invalid span; not JSON
         assert gc.isenabled() is enabled
@@ -456,7 +455,7 @@ def test_decoding_leaves_the_collector_as_it_found_it(enabled: bool) -> None:
 def test_threads_decoding_at_once_leave_the_collector_on() -> None:
     line = dumps_line({"span_id": "x", "bad": True})
     inside, release = threading.Barrier(5), threading.Event()
-    original = span_read.decode_span
+    original = decode_span  # the function span_read calls (it imports it from span_decode)
 
     def slow(obj: dict[str, Any]) -> Span:
         inside.wait(10)  # all four decoders are paused at once
@@ -464,8 +463,8 @@ def test_threads_decoding_at_once_leave_the_collector_on() -> None:
         return original(obj)
 
     assert gc.isenabled()
-    span_read.decode_span = slow  # type: ignore[assignment]
-    try:
+    with pytest.MonkeyPatch.context() as patch:  # undone when the block exits
+        patch.setattr(span_read, "decode_span", slow)
         threads = [threading.Thread(target=span_read._decode_lines, args=(line,)) for _ in range(4)]
         for t in threads:
             t.start()
@@ -474,8 +473,6 @@ def test_threads_decoding_at_once_leave_the_collector_on() -> None:
         release.set()
         for t in threads:
             t.join(10)
-    finally:
-        span_read.decode_span = original
     assert gc.isenabled()
 
 

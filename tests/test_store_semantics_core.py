@@ -1,4 +1,4 @@
-"""Spec section 3, behaviours 1-23: queue, rollouts, queries, attempts, workers.
+"""docs/behaviour.md §2, §6.4, §8: queue, rollouts, queries, attempts, workers.
 
 Adapted to store_fs's deliberate deviations (typed not-found errors that subclass
 ValueError, upstream's messages).
@@ -25,7 +25,7 @@ from store_fs import (
 UNKNOWN_RID = "ro-000000000000"
 
 
-# -- behaviours 1-9: enqueue, start, dequeue ----------------------------------------
+# -- docs/behaviour.md §2.1-§2.2: enqueue, start, dequeue ----------------------------------------
 async def test_b01_dequeue_empty_queue_returns_none_repeatedly(store: FileStore) -> None:
     assert await store.dequeue_rollout() is None
     assert await store.dequeue_rollout() is None
@@ -202,7 +202,7 @@ async def test_concurrent_enqueues_unique_ids(store: FileStore) -> None:
     assert len({r.rollout_id for r in out}) == 25
 
 
-# -- behaviours 10-16: queries ---------------------------------------------------------
+# -- docs/behaviour.md §6.4: queries ---------------------------------------------------------
 async def _three_mixed(store: FileStore) -> tuple[Rollout, Rollout, Rollout]:
     queued = await store.enqueue_rollout(input="q")
     running = await store.start_rollout(input="r")
@@ -358,7 +358,7 @@ async def test_query_attempts_unknown_rollout_is_empty(store: FileStore) -> None
     assert (await store.query_attempts(queued.rollout_id)).total == 0
 
 
-# -- behaviours 17-19: update_rollout --------------------------------------------------
+# -- docs/behaviour.md §2.6: update_rollout --------------------------------------------------
 async def test_b17_update_rollout_persists_fields(store: FileStore) -> None:
     r = await store.enqueue_rollout(input="old", mode="val")
     cfg = RolloutConfig(timeout_seconds=5, max_attempts=2, retry_condition=["failed"])
@@ -427,7 +427,7 @@ async def test_update_rollout_requeue_from_terminal(store: FileStore) -> None:
     assert got.end_time is not None  # never cleared
 
 
-# -- behaviours 20-23: workers ---------------------------------------------------------
+# -- docs/behaviour.md §8: workers ---------------------------------------------------------
 async def test_b20_update_worker(store: FileStore, clock: FakeClock) -> None:
     w = await store.update_worker("worker-1", heartbeat_stats={"cpu": 0.5})
     assert w.worker_id == "worker-1"

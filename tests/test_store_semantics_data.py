@@ -1,4 +1,4 @@
-"""Spec section 3, behaviours 24-37: resources versioning, span sequence ids, spans and their queries."""
+"""docs/behaviour.md §5, §6.5, §7: resources versioning, span sequence ids, spans and their queries."""
 
 from __future__ import annotations
 
@@ -83,7 +83,7 @@ def prompt(text: str) -> dict[str, PromptTemplate | LLM]:
     return {"prompt": PromptTemplate(template=text, engine="f-string")}
 
 
-# -- behaviours 24-28: resources -------------------------------------------------------
+# -- docs/behaviour.md §7: resources -------------------------------------------------------
 async def test_b24_add_resources(store: FileStore) -> None:
     assert await store.get_latest_resources() is None
     res = {"llm": LLM(endpoint="http://h:1/v1", model="m"), **prompt("Hi {x}")}
@@ -127,6 +127,7 @@ async def test_b25_update_resources_new_ids(store: FileStore) -> None:
     assert latest.resources_id == "v2"
     still = await store.get_resources_by_id("v1")
     assert still is not None
+    assert isinstance(still.resources["prompt"], PromptTemplate)
     assert still.resources["prompt"].template == "one"
 
 
@@ -198,7 +199,7 @@ async def test_b28_query_resources(store: FileStore, clock: FakeClock) -> None:
     assert len(await store.query_resources(offset=10)) == 0
 
 
-# -- behaviours 29-30: sequence ids ------------------------------------------------------
+# -- docs/behaviour.md §5.1: sequence ids ------------------------------------------------------
 async def test_b29_sequence_ids(store: FileStore) -> None:
     await store.enqueue_rollout(input=1)
     r = await store.dequeue_rollout()
@@ -281,7 +282,7 @@ async def test_otel_conversion(store: FileStore) -> None:
     assert stored.name == "llm-call"
 
 
-# -- behaviours 31-35: adding spans ----------------------------------------------------------
+# -- docs/behaviour.md §5.2-§5.3: adding spans ----------------------------------------------------------
 async def test_b31_duplicate_span_returns_none(store: FileStore, caplog: pytest.LogCaptureFixture) -> None:
     r = await store.start_rollout(input=1)
     span = make_span(r.rollout_id, r.attempt.attempt_id, 1, span_id="aaaaaaaaaaaaaaaa")
@@ -402,7 +403,7 @@ async def test_b34_span_leaves_timeout_attempt_and_rollout(store: FileStore, clo
     rollout = await store.get_rollout_by_id(r.rollout_id)
     assert rollout is not None
     assert rollout.status == "failed"
-    # spec 2.4.1: the heartbeat time is updated in all cases
+    # docs/behaviour.md §5.3: the heartbeat time is updated in all cases
     assert attempt.last_heartbeat_time == clock.time()
 
 
@@ -422,7 +423,7 @@ async def test_b35_unknown_rollout_or_attempt_for_spans(store: FileStore) -> Non
     assert (await store.query_spans(r.rollout_id)).total == 0
 
 
-# -- behaviours 36-37: querying spans ----------------------------------------------------------
+# -- docs/behaviour.md §6.5: querying spans ----------------------------------------------------------
 async def test_b36_query_spans_scope(store: FileStore) -> None:
     r = await store.start_rollout(input=1)
     a1 = r.attempt.attempt_id

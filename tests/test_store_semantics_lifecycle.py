@@ -1,4 +1,4 @@
-"""Spec section 3, behaviours 38-40, plus retries, watchdog (fake clock), waiting,
+"""docs/behaviour.md §2.4 and §2.7, plus retries, watchdog (fake clock), waiting,
 sticky cancellation, id validation and statistics."""
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ async def status_of(store: FileStore, rollout_id: str) -> str:
     return r.status
 
 
-# -- behaviour 38: update_attempt ------------------------------------------------------
+# -- docs/behaviour.md §2.7: update_attempt ------------------------------------------------------
 async def test_b38_fail_only_attempt(store: FileStore, clock: FakeClock) -> None:
     r = await store.start_rollout(input=1)
     clock.advance(3)
@@ -106,7 +106,7 @@ async def test_update_attempt_recomputes_rollout_even_for_metadata(store: FileSt
     assert await status_of(store, r.rollout_id) == "preparing"
 
 
-# -- behaviour 39: propagation from the latest attempt only ------------------------------------
+# -- docs/behaviour.md §2.4: propagation from the latest attempt only ------------------------------------
 async def test_b39_older_attempt_does_not_move_rollout(store: FileStore) -> None:
     r = await store.start_rollout(input=1)
     await store.start_attempt(r.rollout_id)
@@ -238,7 +238,7 @@ async def test_span_for_old_attempt_after_retry_keeps_rollout_preparing(store: F
     assert latest.attempt_id == second.attempt.attempt_id
 
 
-# -- behaviour 40 and the watchdog ---------------------------------------------------------------
+# -- the watchdog (docs/behaviour.md §3) ---------------------------------------------------------------
 async def test_b40_timeout_requeues(store: FileStore, clock: FakeClock) -> None:
     cfg = RolloutConfig(timeout_seconds=0.1, max_attempts=2, retry_condition=["timeout"])
     r = await store.enqueue_rollout(input=1, config=cfg)
@@ -665,6 +665,6 @@ async def test_statistics_counts(store: FileStore, clock: FakeClock) -> None:
     clock.advance(5)
     after = await store.statistics()
     for key in ("total_rollouts", "total_attempts", "total_spans", "total_resources", "total_workers"):
-        assert after[key] == before[key] + 1, key  # type: ignore[literal-required]
+        assert after[key] == before[key] + 1, key
     assert after["uptime"] > before["uptime"]
     assert store.capabilities["async_safe"] is True

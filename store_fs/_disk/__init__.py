@@ -1,1 +1,49 @@
-"""The on-disk protocol (code map to be written)."""
+"""The on-disk protocol: how a directory becomes a LightningStore. Private; the public API is
+:class:`store_fs.store.FileStore`. docs/format.md describes every file; docs/architecture.md
+the layers.
+
+Code map, one module a line: the files it owns (paths under the store root) and the
+invariant it keeps.
+
+Foundations (no store knowledge):
+    fsio             every write: temp file + rename/link; ``publish`` appears whole, ``create_exclusive``
+                     succeeds for exactly one writer, ``move`` (rename) for exactly one mover.
+    codec            every byte of every record and log line: orjson, sorted keys for records.
+    layout           every path: only it turns (validated) ids into paths.
+    ids              id formats and checks: no id reaches ``layout`` unless it is safe in a path.
+    context          what the components share (layout, clock, durability, per-process state
+                     rebuilt after ``fork``).
+
+Rollouts and the queue:
+    rollout_history  ``rollouts/<2 hex>/<id>/history/NNNNNNNN.json`` (+ ``rollout.json`` hard link):
+                     every change is a new revision made by exclusive link; the newest is the truth.
+    status_rules     pure rules (no I/O): how attempt outcomes move a rollout, retries, sticky cancel.
+    queue_tokens     ``queue/{pending,claimed,done,expired}/``: names say what a token stands for;
+                     whoever renames a token out of ``claimed/`` decides that attempt, exactly once.
+    claims           the claim / commit / requeue protocol: ``Engine.claim_next`` renames a pending
+                     token into ``claimed/`` and ``Engine.begin`` turns it into attempt ``seq`` of the
+                     record (this is where a queued rollout becomes an attempt); ``settle`` and
+                     ``apply`` commit an outcome and apply the retry rule.
+    reaper           nothing of its own: reads ``claimed/`` and heartbeats, expires an attempt past
+                     ``timeout_seconds`` or silent ``unresponsive_seconds`` by renaming its token (the
+                     winner of that rename alone applies the retry rule). It decides unresponsiveness.
+
+Spans, heartbeats and workers:
+    span_log         ``.../attempts/<seq>-<attempt_id>/spans.<writer>.jsonl`` (one file per writing
+                     process; each span one ``write(2)``), ``heartbeat.<writer>`` counters, and
+                     ``span-seq/`` (the rollout-wide sequence: one rename per allocation).
+    span_read        reading span files: decodes only bytes appended since this process last read.
+    span_decode      span objects from parsed lines without pydantic re-validation (same objects).
+    worker_logs      ``workers/<worker_id>/log.<host>-<pid>.jsonl``: per-process change logs folded
+                     by time into upstream's ``Worker``.
+
+Resources, indexes, change feed and waits:
+    resource_versions ``resources/{objects,by-id,versions}/``: content-addressed bodies; versions
+                     allocated by exclusive create, so two publishers never share a number.
+    rollout_index    ``index/rollouts/<writer>.jsonl``: one line per revision; a cache of status and
+                     counts (the highest revision wins), never the truth.
+    change_feed      ``events/<writer>.jsonl``: one line per status change; wakes waiters (a hint).
+    watch            waiting for the change feed (inotify, or polling on network filesystems).
+    check            ``agl check [--fix]``: finds damage and half-done work; repairs only what a crashed
+                     writer left half done.
+"""

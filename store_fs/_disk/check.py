@@ -15,6 +15,7 @@ from pathlib import Path
 from store_fs._disk import fsio
 from store_fs._disk.claims import Engine
 from store_fs._disk.queue_tokens import ClaimToken
+from store_fs._disk.rollout_history import RolloutRecord
 from store_fs._disk.rollout_index import Entry, IndexView, RolloutIndex, entry_of
 from store_fs._disk.span_log import BadLine
 from store_fs._disk.status_rules import LIVE_ATTEMPT_STATUSES
@@ -67,36 +68,43 @@ def _rollouts(engine: Engine, fix: bool, heads: dict[str, Entry | None]) -> list
         try:
             found = engine.records.head(rollout_id, cached_ok=False)
         except CorruptRecordError as err:
-            out.append(Problem("corrupt-record", err.path, err.reason))  # type: ignore[attr-defined]
+            out.append(Problem("corrupt-record", err.path, err.reason))
             continue
-        mirror = str(engine.ctx.layout.mirror_file(rollout_id))
         if found is None:
             out.append(
                 Problem("no-record", str(engine.ctx.layout.rollout_dir(rollout_id)), "no history revision")
             )
             continue
         heads[rollout_id] = entry_of(*found)
-        record = found[1].model_copy(deep=True)
-        if not engine.records.mirror_matches(rollout_id):
+        out.extend(_rollout_problems(engine, found[1].model_copy(deep=True), pending, fix))
+    return out
+
+
+def _rollout_problems(
+    engine: Engine, record: RolloutRecord, pending: set[tuple[str, int]], fix: bool
+) -> list[Problem]:
+    """What is wrong around one readable rollout: its mirror, its queue token, its span files."""
+    out: list[Problem] = []
+    rollout_id = record.rollout_id
+    mirror = str(engine.ctx.layout.mirror_file(rollout_id))
+    if not engine.records.mirror_matches(rollout_id):
+        if fix:
+            engine.records.republish_mirror(rollout_id)
+        out.append(Problem("stale-mirror", mirror, "does not link to the newest history revision", fix))
+    queued = record.status in ("queuing", "requeuing")
+    if queued and (rollout_id, len(record.attempts) + 1) not in pending:
+        claimed = any(t.rollout_id == rollout_id for t in engine.queue.list_claimed())
+        if not claimed:
             if fix:
-                engine.records.republish_mirror(rollout_id)
-            out.append(Problem("stale-mirror", mirror, "does not link to the newest history revision", fix))
-        if (
-            record.status in ("queuing", "requeuing")
-            and (rollout_id, len(record.attempts) + 1) not in pending
-        ):
-            claimed = any(t.rollout_id == rollout_id for t in engine.queue.list_claimed())
-            if not claimed:
-                if fix:
-                    engine.ensure_pending(record)
-                out.append(Problem("not-queued", mirror, f"{record.status} but no pending token", fix))
-        bad: list[BadLine] = []
-        dirs = [engine.attempt_dir(a) for a in record.attempts]
-        engine.spans.read(dirs, bad, cached=False)  # the bytes on disk now, not what we decoded before
-        out.extend(Problem("corrupt-span", str(b.path), f"byte {b.offset}: {b.reason}") for b in bad)
-        for attempt in record.attempts:
-            if attempt.status not in LIVE_ATTEMPT_STATUSES:
-                out.extend(_torn_tails(engine.attempt_dir(attempt), fix))
+                engine.ensure_pending(record)
+            out.append(Problem("not-queued", mirror, f"{record.status} but no pending token", fix))
+    bad: list[BadLine] = []
+    dirs = [engine.attempt_dir(a) for a in record.attempts]
+    engine.spans.read(dirs, bad, cached=False)  # the bytes on disk now, not what we decoded before
+    out.extend(Problem("corrupt-span", str(b.path), f"byte {b.offset}: {b.reason}") for b in bad)
+    for attempt in record.attempts:
+        if attempt.status not in LIVE_ATTEMPT_STATUSES:
+            out.extend(_torn_tails(engine.attempt_dir(attempt), fix))
     return out
 
 
@@ -124,20 +132,7 @@ def _tokens(engine: Engine, fix: bool) -> list[Problem]:
             engine.apply(entry)
         out.append(Problem("unapplied-decision", str(entry.path), f"{entry.kind} {entry.outcome}", fix))
     for token in engine.queue.list_claimed():
-        try:
-            record = engine.records.get(token.rollout_id)
-        except CorruptRecordError:
-            continue  # reported as a corrupt record; its tokens wait until it is repaired
-        attempt = record.find(token.attempt_id) if record else None
-        if attempt is not None and attempt.status in LIVE_ATTEMPT_STATUSES:
-            continue
-        path = engine.queue.claimed_path(token)
-        if attempt is not None:  # decided through the record; the token is left over
-            if fix:
-                engine.queue.drop_claimed(ClaimToken(token.rollout_id, token.sequence_id, token.attempt_id))
-            out.append(Problem("orphan-claim", str(path), f"attempt is {attempt.status}", fix))
-        else:
-            out.append(Problem("orphan-claim", str(path), "no attempt recorded; the reaper expires it"))
+        out.extend(_orphan_claim(engine, token, fix))
     for pending in engine.queue.list_pending():
         if not engine.records.exists(pending.rollout_id):
             if fix:
@@ -146,6 +141,24 @@ def _tokens(engine: Engine, fix: bool) -> list[Problem]:
                 Problem("orphan-pending", str(engine.queue.pending_path(pending)), "no such rollout", fix)
             )
     return out
+
+
+def _orphan_claim(engine: Engine, token: ClaimToken, fix: bool) -> list[Problem]:
+    """A claim token whose attempt is no longer live (or was never recorded)."""
+    try:
+        record = engine.records.get(token.rollout_id)
+    except CorruptRecordError:
+        return []  # reported as a corrupt record; its tokens wait until it is repaired
+    attempt = record.find(token.attempt_id) if record else None
+    if attempt is not None and attempt.status in LIVE_ATTEMPT_STATUSES:
+        return []
+    path = str(engine.queue.claimed_path(token))
+    if attempt is None:
+        return [Problem("orphan-claim", path, "no attempt recorded; the reaper expires it")]
+    # Decided through the record; the token is left over.
+    if fix:
+        engine.queue.drop_claimed(ClaimToken(token.rollout_id, token.sequence_id, token.attempt_id))
+    return [Problem("orphan-claim", path, f"attempt is {attempt.status}", fix)]
 
 
 def _index_disagreements(

@@ -1,4 +1,4 @@
-"""Pure status rules: how attempt outcomes move a rollout (spec section 2.4).
+"""Pure status rules: how attempt outcomes move a rollout (docs/behaviour.md §2.3-§2.5).
 
 These functions change a :class:`RolloutRecord` in memory; callers store the
 result with a compare-and-swap, so the rules apply atomically.

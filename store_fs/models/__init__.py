@@ -5,10 +5,12 @@ from __future__ import annotations
 from store_fs.models.query_types import (
     UNSET,
     FilterField,
+    FilterLogic,
     LightningStoreCapabilities,
     LightningStoreStatistics,
     PaginatedResult,
     SortOptions,
+    SortOrder,
     Unset,
 )
 from store_fs.models.resource_types import (
@@ -63,6 +65,7 @@ __all__ = [
     "EnqueueRolloutRequest",
     "Event",
     "FilterField",
+    "FilterLogic",
     "LightningStoreCapabilities",
     "LightningStoreStatistics",
     "Link",
@@ -79,6 +82,7 @@ __all__ = [
     "RolloutMode",
     "RolloutStatus",
     "SortOptions",
+    "SortOrder",
     "Span",
     "SpanContext",
     "SpanCoreFields",

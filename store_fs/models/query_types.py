@@ -10,14 +10,19 @@ from pydantic import BaseModel
 __all__ = [
     "UNSET",
     "FilterField",
+    "FilterLogic",
     "LightningStoreCapabilities",
     "LightningStoreStatistics",
     "PaginatedResult",
     "SortOptions",
+    "SortOrder",
     "Unset",
 ]
 
 T = TypeVar("T")
+
+FilterLogic = Literal["and", "or"]
+SortOrder = Literal["asc", "desc"]
 
 
 class Unset:

@@ -5,7 +5,7 @@
 >>> run_server(FileStore("runs/exp1"), port=4747)  # doctest: +SKIP
 
 Clients: upstream's ``agentlightning.LightningStoreClient`` or ``store_fs.client.LightningStoreClient``.
-Command line: ``python -m store_fs.server --store DIR`` (or ``agl store``).
+Command line: ``agl store`` (see ``agl store --help``).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """``StoreServer``: a FileStore served over upstream's v1 REST API and OTLP/HTTP traces.
 
-Status codes: success codes as upstream (spec 4.2). Caller mistakes are 4xx with
+Status codes: success codes as upstream (docs/behaviour.md §9.2). Caller mistakes are 4xx with
 ``{"detail": "<one line>"}`` (plus ``error_type``/``error_attrs`` for the store's own
 errors, so clients can raise the same exception class): not found 404, invalid id /
 bad JSON / bad paging 400, conflict 409, validation 422 (``detail`` is a list),
@@ -23,15 +23,7 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ValidationError
 
-from store_fs.errors import (
-    AglError,
-    ConflictError,
-    CorruptRecordError,
-    FormatVersionError,
-    InvalidIdError,
-    NotFoundError,
-    StoreNotFoundError,
-)
+from store_fs.errors import AglError, mapping_for
 from store_fs.server import otlp
 from store_fs.server.http import HttpServer, Request, Response
 from store_fs.server.loop_pool import LoopPool, PoolClosedError
@@ -65,16 +57,9 @@ def error_response(status: int, detail: str, **extra: Any) -> Response:
     return json_response(status, {"detail": one_line, **extra})
 
 
-def _error_attrs(err: AglError) -> dict[str, Any]:
-    return {
-        k: v
-        for k, v in vars(err).items()
-        if not k.startswith("_") and k != "message" and isinstance(v, (str, int, float, bool, type(None)))
-    }
-
-
 def response_for_exception(err: Exception) -> Response:
-    """Map an exception raised while serving a request to its response (see module docstring)."""
+    """Map an exception raised while serving a request to its response (see module docstring
+    and :data:`store_fs.errors.ERROR_TABLE`)."""
     if isinstance(err, PoolClosedError):
         return error_response(503, "server is shutting down")
     if isinstance(err, BadRequest):
@@ -82,25 +67,18 @@ def response_for_exception(err: Exception) -> Response:
     if isinstance(err, ValidationError):
         detail = orjson.loads(err.json(include_url=False, include_context=False))
         return json_response(422, {"detail": detail})
-    status = 0
-    if isinstance(err, NotFoundError):
-        status = 404
-    elif isinstance(err, ConflictError):
-        status = 409
-    elif isinstance(err, InvalidIdError):
-        status = 400
-    if status and isinstance(err, AglError):
-        return error_response(status, str(err), error_type=type(err).__name__, error_attrs=_error_attrs(err))
-    if isinstance(err, (CorruptRecordError, StoreNotFoundError, FormatVersionError)):
-        # Damage or a missing store is the server's problem, not the caller's.
+    row = mapping_for(err)
+    if row is None:
+        log.exception("unexpected error", exc_info=err)
+        return error_response(500, "Internal server error", error_type=type(err).__name__)
+    if not row.client_error:
         log.error("store error: %s", err)
-        return error_response(500, str(err), error_type=type(err).__name__)
-    if isinstance(err, (ValueError, TypeError)):
-        # The store's argument checks (paging, key counts, None where a dict is needed).
-        log.debug("rejected request argument", exc_info=err)
-        return error_response(400, str(err) or type(err).__name__, error_type=type(err).__name__)
-    log.exception("unexpected error", exc_info=err)
-    return error_response(500, "Internal server error", error_type=type(err).__name__)
+        return error_response(row.http_status, str(err), error_type=type(err).__name__)
+    if isinstance(err, AglError):
+        attrs = {k: v for k, v in err.attrs.items() if isinstance(v, (str, int, float, bool, type(None)))}
+        return error_response(row.http_status, str(err), error_type=type(err).__name__, error_attrs=attrs)
+    log.debug("rejected request argument", exc_info=err)
+    return error_response(row.http_status, str(err) or type(err).__name__, error_type=type(err).__name__)
 
 
 class StoreServer:

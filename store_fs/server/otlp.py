@@ -1,6 +1,6 @@
 """OTLP/HTTP protobuf trace ingestion: ``ExportTraceServiceRequest`` → stored spans.
 
-Mapping (upstream spec 4.4): rollout id, attempt id and sequence id are read from the
+Mapping (docs/behaviour.md §9.5): rollout id, attempt id and sequence id are read from the
 span's attributes, else from its resource's attributes (``agentlightning.rollout_id``,
 ``agentlightning.attempt_id``, ``agentlightning.span_sequence_id``); spans without a
 rollout or attempt id are skipped and reported as rejected; spans without a valid

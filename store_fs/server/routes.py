@@ -1,4 +1,4 @@
-"""The v1 REST endpoints (upstream spec 4.2): one handler per route, each a thin call into FileStore.
+"""The v1 REST endpoints (docs/behaviour.md §9.2): one handler per route, each a thin call into the store.
 
 Handlers parse and validate the request, call the store, and return ``(status, payload)``;
 errors propagate as exceptions that :mod:`store_fs.server.app` maps to status codes.
@@ -16,6 +16,7 @@ from urllib.parse import unquote
 import orjson
 from pydantic import BaseModel
 
+from store_fs.lightning_store import LightningStore
 from store_fs.models import Attempt, ResourcesUpdate, Rollout, Span, Worker
 from store_fs.server.http import Request
 from store_fs.server.schemas import (
@@ -40,7 +41,6 @@ from store_fs.server.schemas import (
     optional_or_unset,
     required_or_unset,
 )
-from store_fs.store import FileStore
 
 __all__ = ["PREFIX", "Call", "Route", "StoreApi"]
 
@@ -55,7 +55,7 @@ class Call:
 
     request: Request
     params: dict[str, str]
-    store: FileStore
+    store: LightningStore
 
     def json(self) -> Any:
         """The JSON body, None when absent (validators then answer 422 where a body is required).
@@ -87,11 +87,23 @@ class Call:
 Handler = Callable[[Call], Awaitable[Result]]
 
 
+# A method of the store protocol, named as ``LightningStore.<name>`` so mypy checks the name.
+StoreMethod = Callable[..., Any]
+
+
 @dataclass(frozen=True)
 class Route:
+    """One REST route, and the :class:`LightningStore` methods a client implements with it.
+
+    Every store method is served by some route and every route but ``/health`` serves a
+    method (``tests/test_store_contract.py``); ``capabilities`` is answered by the client itself.
+    """
+
     method: str
+    template: str
     pattern: re.Pattern[str]
     handler: Handler
+    serves: tuple[StoreMethod, ...]
 
 
 def _compile(template: str) -> re.Pattern[str]:
@@ -109,43 +121,69 @@ def _page(result: Any) -> dict[str, Any]:
 
 
 class StoreApi:
-    """Routes ``/v1/agl/...`` requests to a :class:`FileStore`."""
+    """Routes ``/v1/agl/...`` requests to a store."""
 
-    def __init__(self, store: FileStore) -> None:
+    def __init__(self, store: LightningStore) -> None:
         self.store = store
-        table: list[tuple[str, str, Handler]] = [
+        ls = LightningStore
+        table: list[tuple[str, str, Handler, tuple[StoreMethod, ...]]] = [
             # Literal routes come before parameterised ones, as upstream registers them.
-            ("GET", "/health", self.health),
-            ("POST", "/queues/rollouts/enqueue", self.enqueue),
-            ("POST", "/queues/rollouts/dequeue", self.dequeue),
-            ("POST", "/rollouts", self.start_rollout),
-            ("GET", "/rollouts", self.query_rollouts),
-            ("POST", "/rollouts/search", self.search_rollouts),
-            ("GET", "/rollouts/{rollout_id}", self.get_rollout),
-            ("POST", "/rollouts/{rollout_id}", self.update_rollout),
-            ("POST", "/rollouts/{rollout_id}/attempts", self.start_attempt),
-            ("GET", "/rollouts/{rollout_id}/attempts", self.query_attempts),
-            ("POST", "/rollouts/{rollout_id}/attempts/search", self.search_attempts),
-            ("GET", "/rollouts/{rollout_id}/attempts/latest", self.latest_attempt),
-            ("POST", "/rollouts/{rollout_id}/attempts/{attempt_id}", self.update_attempt),
-            ("POST", "/rollouts/{rollout_id}/attempts/{attempt_id}/heartbeat", self.heartbeat),
-            ("GET", "/workers", self.query_workers),
-            ("POST", "/workers/search", self.search_workers),
-            ("GET", "/workers/{worker_id}", self.get_worker),
-            ("POST", "/workers/{worker_id}", self.update_worker),
-            ("GET", "/statistics", self.statistics),
-            ("GET", "/resources", self.query_resources),
-            ("POST", "/resources", self.add_resources),
-            ("GET", "/resources/latest", self.latest_resources),
-            ("POST", "/resources/{resources_id}", self.update_resources),
-            ("GET", "/resources/{resources_id}", self.get_resources),
-            ("POST", "/spans", self.add_span),
-            ("GET", "/spans", self.query_spans_get),
-            ("POST", "/spans/search", self.search_spans),
-            ("POST", "/spans/next", self.next_sequence_id),
-            ("POST", "/waits/rollouts", self.wait_for_rollouts),
+            ("GET", "/health", self.health, ()),
+            (
+                "POST",
+                "/queues/rollouts/enqueue",
+                self.enqueue,
+                (ls.enqueue_rollout, ls.enqueue_many_rollouts),
+            ),
+            (
+                "POST",
+                "/queues/rollouts/dequeue",
+                self.dequeue,
+                (ls.dequeue_rollout, ls.dequeue_many_rollouts),
+            ),
+            ("POST", "/rollouts", self.start_rollout, (ls.start_rollout,)),
+            ("GET", "/rollouts", self.query_rollouts, (ls.query_rollouts,)),
+            ("POST", "/rollouts/search", self.search_rollouts, (ls.query_rollouts,)),
+            ("GET", "/rollouts/{rollout_id}", self.get_rollout, (ls.get_rollout_by_id,)),
+            ("POST", "/rollouts/{rollout_id}", self.update_rollout, (ls.update_rollout, ls.cancel_rollout)),
+            ("POST", "/rollouts/{rollout_id}/attempts", self.start_attempt, (ls.start_attempt,)),
+            ("GET", "/rollouts/{rollout_id}/attempts", self.query_attempts, (ls.query_attempts,)),
+            ("POST", "/rollouts/{rollout_id}/attempts/search", self.search_attempts, (ls.query_attempts,)),
+            ("GET", "/rollouts/{rollout_id}/attempts/latest", self.latest_attempt, (ls.get_latest_attempt,)),
+            (
+                "POST",
+                "/rollouts/{rollout_id}/attempts/{attempt_id}",
+                self.update_attempt,
+                (ls.update_attempt,),
+            ),
+            (
+                "POST",
+                "/rollouts/{rollout_id}/attempts/{attempt_id}/heartbeat",
+                self.heartbeat,
+                (ls.heartbeat,),
+            ),
+            ("GET", "/workers", self.query_workers, (ls.query_workers,)),
+            ("POST", "/workers/search", self.search_workers, (ls.query_workers,)),
+            ("GET", "/workers/{worker_id}", self.get_worker, (ls.get_worker_by_id,)),
+            ("POST", "/workers/{worker_id}", self.update_worker, (ls.update_worker,)),
+            ("GET", "/statistics", self.statistics, (ls.statistics,)),
+            ("GET", "/resources", self.query_resources, (ls.query_resources,)),
+            ("POST", "/resources", self.add_resources, (ls.add_resources,)),
+            ("GET", "/resources/latest", self.latest_resources, (ls.get_latest_resources,)),
+            ("POST", "/resources/{resources_id}", self.update_resources, (ls.update_resources,)),
+            ("GET", "/resources/{resources_id}", self.get_resources, (ls.get_resources_by_id,)),
+            ("POST", "/spans", self.add_span, (ls.add_span, ls.add_many_spans, ls.add_otel_span)),
+            ("GET", "/spans", self.query_spans_get, (ls.query_spans,)),
+            ("POST", "/spans/search", self.search_spans, (ls.query_spans,)),
+            (
+                "POST",
+                "/spans/next",
+                self.next_sequence_id,
+                (ls.get_next_span_sequence_id, ls.get_many_span_sequence_ids),
+            ),
+            ("POST", "/waits/rollouts", self.wait_for_rollouts, (ls.wait_for_rollouts,)),
         ]
-        self.routes = [Route(m, _compile(PREFIX + t), h) for m, t, h in table]
+        self.routes = [Route(m, t, _compile(PREFIX + t), h, serves) for m, t, h, serves in table]
 
     def match(self, method: str, path: str) -> tuple[Handler, dict[str, str]] | Literal[False] | None:
         """The handler and decoded path parameters; False if only the method is wrong; None if no route."""

@@ -1,4 +1,4 @@
-"""Request bodies and query parameters of the v1 REST API (upstream spec 4.2/4.3).
+"""Request bodies and query parameters of the v1 REST API (docs/behaviour.md §9.2/§9.3).
 
 Field names and defaults follow upstream's wire format. ``sort_order`` and
 ``filter_logic`` are plain strings here so that a bad value is the documented 400

@@ -1,6 +1,6 @@
-"""``FileStore``: Agent-lightning's LightningStore API on a directory.
+"""``FileStore``: the :class:`~store_fs.lightning_store.LightningStore` API on a directory.
 
-Every method is ``async`` and has upstream's name, signature and return type.
+The contracts of the methods are written once, on the protocol.
 Any number of processes, on one machine or sharing the directory over NFS, may
 open the same store at once; no server and no lock on the hot path are needed.
 The reaper (timeouts, dead runners) runs inside the methods upstream runs its
@@ -12,21 +12,21 @@ subclasses); ``cancelled`` is sticky; ``query_spans`` with ``filter_logic="or"``
 and no conditions returns everything in scope; sequence ids can only be
 allocated for rollouts that exist.
 
-The class is assembled from one module per concept: ``core`` builds the shared
-components and helpers (and creates or opens the directory), and each of
-``stats``, ``dispatch`` (start, enqueue, dequeue), ``rollouts``, ``attempts``,
-``resources``, ``spans``, ``waiting`` and ``workers`` adds one part of the API
-as a mixin over ``core.StoreCore``.
+The class is assembled from one module per part of the API: ``_base`` builds the
+shared components and helpers (and creates or opens the directory), and each of
+``_stats_ops``, ``_dispatch_ops`` (start, enqueue, dequeue), ``_rollout_ops``,
+``_attempt_ops``, ``_resource_ops``, ``_span_ops``, ``_wait_ops`` and ``_worker_ops``
+adds one part as a mixin over ``_base.StoreCore``. ``LightningStore`` comes last in
+the bases: mypy checks every mixin's signatures against it, and a method no mixin
+implements would leave the class abstract.
 """
 
 from __future__ import annotations
 
-# ``X as X`` marks a re-export: ``store_fs.client`` imports the two literals from here, and
-# FULL_RECHECK_SECONDS stays importable here (``wait_for_rollouts`` reads it from
-# ``store_fs.store._wait_ops``, so that is the module to patch).
+# ``X as X`` marks a re-export: FULL_RECHECK_SECONDS stays importable here
+# (``wait_for_rollouts`` reads it from ``store_fs.store._wait_ops``, so that is the module to patch).
+from store_fs.lightning_store import LightningStore
 from store_fs.store._attempt_ops import AttemptMethods
-from store_fs.store._base import FilterLogic as FilterLogic
-from store_fs.store._base import SortOrder as SortOrder
 from store_fs.store._base import init_store
 from store_fs.store._dispatch_ops import DispatchMethods
 from store_fs.store._resource_ops import ResourceMethods
@@ -49,8 +49,13 @@ class FileStore(
     SpanMethods,
     WaitMethods,
     WorkerMethods,
+    LightningStore,
 ):
     """A LightningStore kept in the directory ``root``.
+
+    Spans returned by ``query_spans`` are the caller's to change except their nested values
+    (``status``, ``context``, ``resource``, events, links, lists inside ``attributes``), which
+    this process's span read cache shares: replace them, do not change them in place.
 
     Args:
         root: the store directory.

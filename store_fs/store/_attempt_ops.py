@@ -15,8 +15,8 @@ from store_fs._disk.status_rules import (
 )
 from store_fs._filtering import check_page_args, paginate, sort_items
 from store_fs.errors import RolloutNotFoundError
-from store_fs.models import UNSET, Attempt, AttemptStatus, PaginatedResult, Unset
-from store_fs.store._base import SortOrder, StoreCore
+from store_fs.models import UNSET, Attempt, AttemptStatus, PaginatedResult, SortOrder, Unset
+from store_fs.store._base import StoreCore
 
 
 class AttemptMethods(StoreCore):
@@ -55,17 +55,10 @@ class AttemptMethods(StoreCore):
         last_heartbeat_time: float | Unset = UNSET,
         metadata: dict[str, Any] | Unset | None = UNSET,
     ) -> Attempt:
-        """Overwrite the given fields of an attempt (``attempt_id`` may be ``"latest"``).
-
-        A final status (succeeded, failed, timeout, unresponsive) of a live attempt is a
-        commit: it takes the attempt's token, so a racing reaper cannot also decide it.
-        The rollout's status follows from its latest attempt, unless it is cancelled.
-        """
+        # A final status takes the attempt's token first (the commit), so a racing reaper cannot also
+        # decide it.
         self._healthcheck()
-        if attempt_id != "latest":
-            check_attempt_id(attempt_id)
-        if isinstance(worker_id, str) and worker_id:
-            check_name_id("worker", worker_id)
+        _check_ids(attempt_id, worker_id)
         current = self._engine.find_attempt(self._record(rollout_id), attempt_id)
         if not isinstance(status, Unset):
             status = Attempt.model_validate({**current.model_dump(), "status": status}).status
@@ -81,12 +74,7 @@ class AttemptMethods(StoreCore):
             if attempt is None:  # cannot happen: attempts are never removed
                 raise RolloutNotFoundError(rollout_id)
             before = record.status
-            if not isinstance(worker_id, Unset):
-                attempt.worker_id = worker_id
-            if not isinstance(last_heartbeat_time, Unset):
-                attempt.last_heartbeat_time = last_heartbeat_time
-            if not isinstance(metadata, Unset):
-                attempt.metadata = metadata
+            _overwrite(attempt, worker_id, last_heartbeat_time, metadata)
             if isinstance(status, Unset):
                 touch_attempt(record, attempt, now)
             else:
@@ -102,19 +90,39 @@ class AttemptMethods(StoreCore):
             if not self._queue.is_claimed(token):
                 self._queue.create_claimed(token)  # live again: the reaper must watch it
         self._engine.finish(journal, record, bool(requeued and requeued[0]))
-        if (not isinstance(worker_id, Unset) and worker_id) or (
+        if (isinstance(worker_id, str) and worker_id) or (
             not isinstance(status, Unset) and updated.worker_id
         ):
             self._workers.sync(updated)
         return self._with_heartbeat(updated)
 
     async def heartbeat(self, rollout_id: str, attempt_id: str) -> bool:
-        """Signal that an attempt is alive (no span needed). False if its token was taken
-        (cancelled or expired): the caller should stop working on it. Runs the reaper,
-        so a lone runner's own overdue attempt is expired (and the runner told) too."""
+        # Runs the reaper, so a lone runner's own overdue attempt is expired (and the runner told) too.
         self._healthcheck()
         record = self._record(rollout_id)
         attempt = self._engine.find_attempt(record, attempt_id)
         self._spans.heartbeat(self._engine.attempt_dir(attempt), force=True)
         token = ClaimToken(rollout_id, attempt.sequence_id, attempt.attempt_id)
         return self._queue.is_claimed(token)
+
+
+def _check_ids(attempt_id: str, worker_id: str | Unset) -> None:
+    if attempt_id != "latest":
+        check_attempt_id(attempt_id)
+    if isinstance(worker_id, str) and worker_id:
+        check_name_id("worker", worker_id)
+
+
+def _overwrite(
+    attempt: Attempt,
+    worker_id: str | Unset,
+    last_heartbeat_time: float | Unset,
+    metadata: dict[str, Any] | Unset | None,
+) -> None:
+    """Set the fields an ``update_attempt`` call gave (UNSET leaves a field alone)."""
+    if not isinstance(worker_id, Unset):
+        attempt.worker_id = worker_id
+    if not isinstance(last_heartbeat_time, Unset):
+        attempt.last_heartbeat_time = last_heartbeat_time
+    if not isinstance(metadata, Unset):
+        attempt.metadata = metadata

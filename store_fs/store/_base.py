@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from store_fs._disk import codec, fsio
 from store_fs._disk.change_feed import EventLog
@@ -26,6 +26,7 @@ from store_fs._disk.watch import WatchMode
 from store_fs._disk.worker_logs import WorkerStore
 from store_fs.clock import Clock, SystemClock
 from store_fs.errors import FormatVersionError, RolloutNotFoundError, StoreNotFoundError
+from store_fs.lightning_store import LightningStore
 from store_fs.models import (
     Attempt,
     AttemptedRollout,
@@ -35,9 +36,6 @@ from store_fs.models import (
     RolloutStatus,
     TaskInput,
 )
-
-FilterLogic = Literal["and", "or"]
-SortOrder = Literal["asc", "desc"]
 
 
 def init_store(root: str | Path) -> Path:
@@ -75,7 +73,7 @@ def _check_format(layout: Layout) -> None:
         raise FormatVersionError(str(layout.root), version, FORMAT_VERSION)
 
 
-class StoreCore:
+class StoreCore(LightningStore):
     """The state and helpers of a :class:`~store_fs.store.FileStore`, which mixes the API in.
 
     Every component (records, queue, spans, index, ...) is built here, once, so each
@@ -99,7 +97,9 @@ class StoreCore:
             raise ValueError(f"durability must be 'process' or 'fsync', not {durability!r}")
         self.root = Path(root)
         layout = Layout(self.root)
-        if create and not layout.format_file.exists():
+        #: True when this call created the store (``create=True`` and none was there).
+        self.created = create and not layout.format_file.exists()
+        if self.created:
             init_store(self.root)
         _check_format(layout)
         self._clock = clock or SystemClock()

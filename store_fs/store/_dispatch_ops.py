@@ -32,7 +32,6 @@ class DispatchMethods(StoreCore):
         metadata: dict[str, Any] | None = None,
         worker_id: str | None = None,
     ) -> AttemptedRollout:
-        """Create a rollout with its first attempt already started (not queued)."""
         self._healthcheck()
         if worker_id:
             check_name_id("worker", worker_id)
@@ -58,8 +57,6 @@ class DispatchMethods(StoreCore):
         *,
         idempotency_key: str | None = None,
     ) -> Rollout:
-        """Queue a rollout. With ``idempotency_key``, enqueueing the same key again returns
-        the rollout created the first time instead of creating another."""
         self._healthcheck()
         request = EnqueueRolloutRequest(
             input=input, mode=mode, resources_id=resources_id, config=config, metadata=metadata
@@ -88,7 +85,7 @@ class DispatchMethods(StoreCore):
     async def enqueue_many_rollouts(
         self, rollouts: Sequence[EnqueueRolloutRequest], *, idempotency_keys: Sequence[str] | None = None
     ) -> Sequence[Rollout]:
-        """Queue several rollouts in order; the latest resources id is looked up once."""
+        # The latest resources id is looked up once for the whole batch.
         self._healthcheck()
         if idempotency_keys is not None and len(idempotency_keys) != len(rollouts):
             raise ValueError("idempotency_keys must have one key per rollout")
@@ -107,7 +104,6 @@ class DispatchMethods(StoreCore):
         return out
 
     async def dequeue_rollout(self, worker_id: str | None = None) -> AttemptedRollout | None:
-        """Claim the oldest queued rollout; None when nothing is queued (never blocks)."""
         self._healthcheck()
         if worker_id:
             check_name_id("worker", worker_id)
@@ -133,7 +129,6 @@ class DispatchMethods(StoreCore):
         return out
 
     async def start_attempt(self, rollout_id: str, worker_id: str | None = None) -> AttemptedRollout:
-        """Start a new attempt now, whatever the rollout's status (except cancelled)."""
         self._healthcheck()
         if worker_id:
             check_name_id("worker", worker_id)

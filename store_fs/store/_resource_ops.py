@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from store_fs._filtering import build_filter, check_page_args, matches, paginate, sort_items
-from store_fs.models import NamedResources, PaginatedResult, ResourcesUpdate
-from store_fs.store._base import SortOrder, StoreCore
+from store_fs.models import NamedResources, PaginatedResult, ResourcesUpdate, SortOrder
+from store_fs.store._base import StoreCore
 
 
 class ResourceMethods(StoreCore):
@@ -33,7 +33,6 @@ class ResourceMethods(StoreCore):
         limit: int = -1,
         offset: int = 0,
     ) -> PaginatedResult[ResourcesUpdate]:
-        """Snapshots at their newest version; without ``sort_by``, oldest first."""
         check_page_args(limit, offset)
         filters = build_filter(
             "and",

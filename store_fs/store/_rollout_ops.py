@@ -17,15 +17,17 @@ from store_fs.errors import CorruptRecordError
 from store_fs.models import (
     UNSET,
     AttemptedRollout,
+    FilterLogic,
     PaginatedResult,
     Rollout,
     RolloutConfig,
     RolloutMode,
     RolloutStatus,
+    SortOrder,
     TaskInput,
     Unset,
 )
-from store_fs.store._base import FilterLogic, SortOrder, StoreCore
+from store_fs.store._base import StoreCore
 
 # Kept under the name the single-module store logged as, so logging configuration
 # and log lines stay as they were.
@@ -49,12 +51,9 @@ class RolloutMethods(StoreCore):
         status: Sequence[RolloutStatus] | None = None,
         rollout_ids: Sequence[str] | None = None,
     ) -> PaginatedResult[Rollout | AttemptedRollout]:
-        """Filter, sort and page rollouts. Without ``sort_by``, oldest first.
-
-        With a complete rollout index (store_fs/_disk/rollout_index.py) the candidates come
-        from the index and only the records of the page are read (see
-        :meth:`_query_indexed` for what ``total`` means then); without one, every record.
-        """
+        # With a complete rollout index (store_fs/_disk/rollout_index.py) the candidates come from the
+        # index and only the records of the page are read (see _query_indexed for what ``total`` means
+        # then); without one, every record.
         self._healthcheck()
         if status is not None:
             warnings.warn("'status' is deprecated; use 'status_in'", DeprecationWarning, stacklevel=2)
@@ -184,9 +183,6 @@ class RolloutMethods(StoreCore):
         config: RolloutConfig | Unset = UNSET,
         metadata: dict[str, Any] | Unset | None = UNSET,
     ) -> Rollout:
-        """Overwrite the given fields. A terminal status stamps ``end_time``; ``queuing`` or
-        ``requeuing`` puts the rollout back in the queue; ``cancelled`` also takes the live
-        attempts' tokens, so their runners learn it at their next check."""
         self._healthcheck()
         self._record(rollout_id)
         fields: dict[str, Any] = {
@@ -223,5 +219,4 @@ class RolloutMethods(StoreCore):
         return record.plain()
 
     async def cancel_rollout(self, rollout_id: str) -> Rollout:
-        """Cancel a rollout: queued, it will not run; running, its runner is told to stop."""
         return await self.update_rollout(rollout_id, status="cancelled")

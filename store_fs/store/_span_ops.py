@@ -12,15 +12,15 @@ from store_fs._disk.rollout_history import RolloutRecord
 from store_fs._disk.status_rules import FINAL_ATTEMPT_STATUSES, mark_running
 from store_fs._filtering import build_filter, check_page_args, has_conditions, matches, paginate, sort_items
 from store_fs.errors import AttemptNotFoundError, RolloutNotFoundError
-from store_fs.models import Attempt, PaginatedResult, Span
-from store_fs.store._base import FilterLogic, SortOrder, StoreCore
+from store_fs.models import Attempt, FilterLogic, PaginatedResult, SortOrder, Span
+from store_fs.store._base import StoreCore
 
 
 class SpanMethods(StoreCore):
     """Allocating sequence ids, appending spans to the attempt's per-process log, reading them."""
 
     async def get_next_span_sequence_id(self, rollout_id: str, attempt_id: str) -> int:
-        """The next number of the rollout-wide span sequence (``attempt_id`` is not used)."""
+        # The sequence is rollout-wide: ``attempt_id`` is not used.
         if not self._known_rollout(rollout_id) or not self._records.exists(rollout_id):
             raise RolloutNotFoundError(rollout_id)
         return self._spans.allocate(rollout_id)
@@ -98,14 +98,13 @@ class SpanMethods(StoreCore):
                 await asyncio.to_thread(self._spans.sync, path)
 
     async def add_span(self, span: Span) -> Span | None:
-        """Store a span; None (and an error logged) if its ``span_id`` is already stored
-        for the attempt. The span counts as a heartbeat of its attempt."""
+        # A duplicate span_id is logged as an error, as upstream does.
         written, path = self._store_group(span.rollout_id, span.attempt_id, [span])
         await self._durable([path])
         return span if written else None
 
     async def add_many_spans(self, spans: Sequence[Span]) -> Sequence[Span]:
-        """Store spans grouped by attempt (first-seen order); returns those actually stored."""
+        # Spans are stored grouped by attempt, in first-seen order.
         groups: dict[tuple[str, str], list[Span]] = {}
         for span in spans:
             groups.setdefault((span.rollout_id, span.attempt_id), []).append(span)
@@ -145,12 +144,6 @@ class SpanMethods(StoreCore):
         sort_by: str | None = "sequence_id",
         sort_order: SortOrder = "asc",
     ) -> PaginatedResult[Span]:
-        """Spans of a rollout (or of one attempt, or ``"latest"``), filtered, sorted, paged.
-
-        Each span is the caller's to change except its nested values (``status``,
-        ``context``, ``resource``, events, links, lists inside ``attributes``), which
-        this process's span read cache shares: replace them, do not change them in place.
-        """
         self._healthcheck()
         check_page_args(limit, offset)
         filters = build_filter(

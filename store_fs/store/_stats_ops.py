@@ -15,9 +15,9 @@ class StatsMethods(StoreCore):
         return {"thread_safe": True, "async_safe": True, "zero_copy": True, "otlp_traces": False}
 
     async def statistics(self) -> LightningStoreStatistics:
-        """Counts for inspection. Rollouts and attempts come from the rollout index (as late
-        as the index, see store_fs/_disk/rollout_index.py); spans are counted in the span files of
-        rollouts that have attempts. Without a complete index, every record is read."""
+        # Rollouts and attempts come from the rollout index (as late as the index, see
+        # store_fs/_disk/rollout_index.py); spans are counted in the span files of rollouts that have
+        # attempts. Without a complete index, every record is read.
         counts = self._index.counts()
         if counts is not None:
             rollouts, attempts, attempted = counts

@@ -20,9 +20,6 @@ class WaitMethods(StoreCore):
     async def wait_for_rollouts(
         self, *, rollout_ids: list[str], timeout: float | None = None
     ) -> list[Rollout]:
-        """Rollouts among ``rollout_ids`` that are finished (succeeded, failed, cancelled)
-        within ``timeout`` seconds (None: wait as long as it takes). Unknown ids are left
-        out; the order of the result follows ``rollout_ids``."""
         self._healthcheck()
         finished: dict[str, Rollout] = {}
         waiting = {r for r in rollout_ids if self._known_rollout(r)}

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from store_fs._filtering import build_filter, check_page_args, matches, paginate, sort_items
-from store_fs.models import UNSET, PaginatedResult, Unset, Worker, WorkerStatus
-from store_fs.store._base import FilterLogic, SortOrder, StoreCore
+from store_fs.models import UNSET, FilterLogic, PaginatedResult, SortOrder, Unset, Worker, WorkerStatus
+from store_fs.store._base import StoreCore
 
 
 class WorkerMethods(StoreCore):
@@ -41,7 +41,7 @@ class WorkerMethods(StoreCore):
         return self._workers.get(worker_id)
 
     async def update_worker(self, worker_id: str, heartbeat_stats: dict[str, Any] | Unset = UNSET) -> Worker:
-        """Record a worker heartbeat, replacing its stats when given (None is a TypeError)."""
+        # heartbeat_stats=None is a TypeError (only UNSET leaves the stats alone).
         if heartbeat_stats is None:
             raise TypeError("heartbeat_stats must be a dict when given, not None")
         stats = None if isinstance(heartbeat_stats, Unset) else dict(heartbeat_stats)

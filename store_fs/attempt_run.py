@@ -1,0 +1,377 @@
+"""One attempt, run by :class:`~store_fs.runner.LitAgentRunner`: from its resources to its
+reported outcome, through store outages, cancellation and interruption.
+
+The life of an :class:`AttemptRun`:
+
+1. The rollout's resources are read (retried through outages); hook ``on_rollout_start``.
+2. The tracer's trace context opens (a :class:`~store_fs.tracing.rollout_binding.RolloutBinding`);
+   hook ``on_trace_start``; the agent runs: an async agent as a task, a sync agent on a
+   daemon thread of its own, so a sync agent stuck in a blocking call can be left behind
+   without holding up the process's exit. When it returns: hook ``on_trace_end``, and the
+   result (a reward, spans) is queued behind the spans the agent emitted.
+3. The context closes: every pending span write is flushed (retried through outages).
+4. Hook ``on_rollout_end``; then the outcome is reported: ``succeeded``, or ``failed`` with
+   the agent's error, the unsupported result, or how many spans could not be stored. The
+   report is retried through outages and delivered when the store answers again, unless
+   the attempt was settled meanwhile: the store is asked (``heartbeat``) right before.
+
+From the start to the report a keeper renews the attempt every ``heartbeat_seconds``.
+When the store says the attempt is no longer this runner's (cancelled, timed out, reaped),
+the attempt is **abandoned**: its binding is closed (spans the agent still emits are
+dropped, counted, one warning), the agent is cancelled (a sync agent's thread is left to
+finish alone) and nothing is reported: the store's decision, and its retry, stand.
+
+When the runner stops (:meth:`AttemptRun.interrupt`), the agent is cancelled, pending spans
+get half of the grace period, and the attempt is reported ``failed`` with the error
+"runner interrupted", so the rollout's retry rule applies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from store_fs.agent import LitAgent
+from store_fs.errors import NotFoundError
+from store_fs.models import AttemptedRollout, NamedResources, Span, SpanCoreFields
+from store_fs.retrying import call_with_retry, is_transient, renew_attempt
+from store_fs.rewards import find_final_reward, reward_span
+from store_fs.tracing.rollout_binding import RolloutBinding
+
+if TYPE_CHECKING:
+    from store_fs.runner import LitAgentRunner
+
+__all__ = ["ACCEPTED_RESULTS", "INTERRUPTED", "AttemptRun", "result_spans", "start_in_daemon_thread"]
+
+log = logging.getLogger("store_fs.runner")
+
+INTERRUPTED = "runner interrupted"
+ACCEPTED_RESULTS = (
+    "a float (the final reward), None, or a list of spans "
+    "(Span, SpanCoreFields, OpenTelemetry ReadableSpan, or span dicts)"
+)
+
+
+class AttemptRun:
+    """One attempted rollout in the hands of a runner (see the module docstring).
+
+    Attributes:
+        abandoned: why the store took the attempt back, or None.
+        interrupted: the runner is stopping; the attempt will be reported failed.
+        reported: the status reported to the store, or None.
+    """
+
+    def __init__(self, runner: LitAgentRunner, attempted: AttemptedRollout) -> None:
+        self.runner = runner
+        self.attempted = attempted
+        self.rollout_id = attempted.rollout_id
+        self.attempt_id = attempted.attempt.attempt_id
+        self.abandoned: str | None = None
+        self.interrupted = False
+        self.reported: str | None = None
+        self.binding: RolloutBinding | None = None
+        self.error: str | None = None
+        self._deadline: float | None = None
+        self._agent: asyncio.Future[Any] | None = None
+        self._started = time.monotonic()
+
+    # -- called by the keeper and the runner --------------------------------------------------
+    def abandon(self, reason: str) -> None:
+        """The attempt is no longer ours: stop delivering its spans, stop its agent, report nothing."""
+        if self.abandoned is None:
+            self.abandoned = reason
+            log.warning("attempt %s of %s %s: stopping its agent", self.attempt_id, self.rollout_id, reason)
+        if self.binding is not None:
+            self.binding.close(reason)
+        if self._agent is not None and not self._agent.done():
+            self._agent.cancel()
+
+    def interrupt(self, deadline: float) -> None:
+        """The runner is stopping: everything of this attempt must be over by ``deadline``
+        (``time.monotonic()``); pending spans get half of the time left."""
+        self.interrupted = True
+        self._deadline = deadline
+        if self.binding is not None:
+            self.binding.flush_deadline = time.monotonic() + (deadline - time.monotonic()) / 2
+
+    # -- the attempt --------------------------------------------------------------------------
+    async def run(self, *, raise_errors: bool = False) -> None:
+        """Run the attempt and report its outcome; with ``raise_errors`` the agent's error
+        (or the result's) is raised after the report."""
+        keeper = asyncio.create_task(self._keep_alive())
+        failure: Exception | None = None
+        try:
+            try:
+                await self._execute()
+            except asyncio.CancelledError:
+                if self.abandoned is None:
+                    await self._interrupted()
+                raise
+            except Exception as err:
+                failure = err
+                self.error = f"{type(err).__name__}: {err}"
+            await self._finish()
+        finally:
+            keeper.cancel()
+            await asyncio.gather(keeper, return_exceptions=True)
+            if self.binding is not None:  # settled, one way or another: late spans are not stored
+                self.binding.close(
+                    self.abandoned or f"the runner is done with it ({self.reported or 'unreported'})"
+                )
+        if failure is not None and raise_errors and self.abandoned is None:
+            raise failure
+
+    async def _interrupted(self) -> None:
+        if not self.interrupted:  # cancelled from outside the runner: the same as a stop
+            self.interrupt(time.monotonic() + self.runner.interrupt_grace_seconds)
+        self.error = INTERRUPTED
+        await self._finish()
+
+    async def _execute(self) -> None:
+        resources = await self._resources()
+        await self._hook("on_rollout_start", rollout=self.attempted)
+        tracer = self.runner.tracer
+        async with tracer.trace_context(
+            self.rollout_id, store=self.runner.store, rollout_id=self.rollout_id, attempt_id=self.attempt_id
+        ) as binding:
+            self.binding = binding
+            if self.abandoned is not None:
+                binding.close(self.abandoned)
+                return
+            if self.interrupted and self._deadline is not None:
+                binding.flush_deadline = self._deadline
+            await self._hook("on_trace_start", tracer=tracer, rollout=self.attempted)
+            result = await self._call_agent(resources)
+            if self.abandoned is not None:
+                return
+            await self._hook("on_trace_end", tracer=tracer, rollout=self.attempted)
+            tracer.flush_instrumentation()  # the agent's own spans first, then its result
+            for span, numbered in result_spans(result, self.rollout_id, self.attempt_id):
+                binding.submit(span, numbered=numbered)
+
+    async def _resources(self) -> NamedResources:
+        store = self.runner.store
+        resources_id = self.attempted.resources_id
+
+        async def fetch() -> Any:
+            if resources_id:
+                return await store.get_resources_by_id(resources_id)
+            return await store.get_latest_resources()
+
+        update = await call_with_retry(
+            fetch, what="resources", policy=self.runner.retry_policy, stop=self._given_up
+        )
+        if update is None:
+            raise LookupError(f"resources {resources_id or '(latest)'} not found")
+        return dict(update.resources)
+
+    async def _call_agent(self, resources: NamedResources) -> Any:
+        future = start_agent(self.runner.agent, self.attempted, resources)
+        self._agent = future
+        try:
+            # asyncio.wait, not await: a cancelled runner must not wait for an agent that
+            # ignores its own cancellation.
+            await asyncio.wait([future])
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        if future.cancelled():
+            if self.abandoned is not None:
+                return None
+            raise RuntimeError("the agent was cancelled")
+        return future.result()
+
+    # -- the outcome --------------------------------------------------------------------------
+    def _verdict(self) -> tuple[str, str | None]:
+        if self.error == INTERRUPTED:  # its spans were cut short on purpose
+            return "failed", INTERRUPTED
+        binding = self.binding
+        missing = (binding.lost + binding.dropped) if binding is not None else 0
+        if missing:
+            detail = (
+                binding.lost_error if binding is not None and binding.lost_error else "not stored in time"
+            )
+            lost = f"{missing} span(s) of this attempt could not be stored ({detail})"
+            return "failed", f"{self.error}; {lost}" if self.error else lost
+        if self.error is not None:
+            return "failed", self.error
+        return "succeeded", None
+
+    async def _finish(self) -> None:
+        spans = list(self.binding.spans) if self.binding is not None else []
+        await self._hook("on_rollout_end", rollout=self.attempted, spans=spans)
+        if self.abandoned is not None:
+            return
+        status, error = self._verdict()
+        if await self._report(status, error):
+            self._log_outcome(status, error, spans)
+
+    async def _report(self, status: str, error: str | None) -> bool:
+        """Deliver the outcome, through outages, unless the attempt is settled first."""
+        fields: dict[str, Any] = {"status": status}
+        if error is not None:
+            fields["metadata"] = {"error": error}
+        store = self.runner.store
+
+        async def once() -> bool:
+            # Stores write a late verdict over an earlier one: ask first whether it is still ours.
+            if not await renew_attempt(store, self.rollout_id, self.attempt_id):
+                return False
+            await store.update_attempt(self.rollout_id, self.attempt_id, **fields)
+            return True
+
+        call = call_with_retry(
+            once, what="outcome report", policy=self.runner.retry_policy, stop=self._given_up
+        )
+        try:
+            delivered = await (call if self._deadline is None else asyncio.wait_for(call, self._time_left()))
+        except Exception as err:
+            log.warning(
+                "could not report %s for %s: %s: %s", status, self.rollout_id, type(err).__name__, err
+            )
+            return False
+        if not delivered:
+            log.warning(
+                "attempt %s of %s was settled by the store before its outcome (%s) was reported: "
+                "the store's decision stands",
+                self.attempt_id,
+                self.rollout_id,
+                status,
+            )
+            return False
+        self.reported = status
+        return True
+
+    def _log_outcome(self, status: str, error: str | None, spans: Sequence[Span]) -> None:
+        took = time.monotonic() - self._started
+        if status == "succeeded":
+            self.runner.completed += 1
+            reward = find_final_reward(spans)
+            log.info("rollout %s succeeded in %.2fs, final reward %s", self.rollout_id, took, reward)
+        else:
+            log.warning("rollout %s failed after %.2fs: %s", self.rollout_id, took, error)
+
+    def _time_left(self) -> float:
+        return 0.0 if self._deadline is None else max(0.0, self._deadline - time.monotonic())
+
+    def _given_up(self) -> bool:
+        return self.abandoned is not None or (self._deadline is not None and self._time_left() <= 0)
+
+    # -- keeping the attempt alive ------------------------------------------------------------
+    async def _keep_alive(self) -> None:
+        runner = self.runner
+        outage = runner.retry_policy.outage
+        while self.abandoned is None:
+            await asyncio.sleep(runner.jittered(runner.heartbeat_seconds))
+            try:
+                alive = await renew_attempt(runner.store, self.rollout_id, self.attempt_id)
+            except NotFoundError:
+                alive = False
+            except Exception as err:
+                if is_transient(err):
+                    outage.failed("attempt heartbeat", err)
+                else:
+                    log.warning("heartbeat of %s failed: %s: %s", self.rollout_id, type(err).__name__, err)
+                continue
+            outage.ended()
+            if not alive:
+                self.abandon("was cancelled, timed out or reaped (the store says it is no longer ours)")
+
+    async def _hook(self, name: str, **kwargs: Any) -> None:
+        """Call ``name`` on every hook that has it, as upstream does; a failing hook is logged."""
+        for hook in self.runner.hooks:
+            method = getattr(hook, name, None)
+            if method is None:
+                continue
+            try:
+                result = method(agent=self.runner.agent, runner=self.runner, **kwargs)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                log.exception("%s hook %r failed", name, hook)
+
+
+def start_agent(
+    agent: LitAgent, attempted: AttemptedRollout, resources: NamedResources
+) -> asyncio.Future[Any]:
+    """Start the agent's rollout method for the attempt's mode; its result as a future."""
+    train = attempted.mode == "train"
+    args = (attempted.input, resources, attempted)
+    if agent.is_async():
+        method = agent.training_rollout_async if train else agent.validation_rollout_async
+        return asyncio.ensure_future(method(*args))
+    sync = agent.training_rollout if train else agent.validation_rollout
+    return start_in_daemon_thread(sync, *args)
+
+
+def start_in_daemon_thread(func: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+    """Run ``func(*args)`` on a new daemon thread, in a copy of the caller's context.
+
+    Unlike ``asyncio.to_thread`` (the loop's default executor, whose threads the
+    interpreter waits for at exit), a daemon thread stuck in a blocking call does not keep
+    the process alive: a stopping runner can leave it behind. Cancelling the future does
+    not stop the thread; its result is then ignored.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+    context = contextvars.copy_context()
+
+    def settle(setter: Callable[[Any], None], value: Any) -> None:
+        if not future.done():
+            setter(value)
+
+    def target() -> None:
+        try:
+            result = context.run(func, *args)
+        except BaseException as err:  # the agent's failure, delivered to the awaiting loop
+            outcome: tuple[Callable[[Any], None], Any] = (future.set_exception, err)
+        else:
+            outcome = (future.set_result, result)
+        try:
+            loop.call_soon_threadsafe(settle, *outcome)
+        except RuntimeError:
+            pass  # the loop is gone: nobody waits for this result any more
+
+    threading.Thread(
+        target=target, name=f"agl-agent-{getattr(func, '__name__', 'sync')}", daemon=True
+    ).start()
+    return future
+
+
+def result_spans(result: Any, rollout_id: str, attempt_id: str) -> list[tuple[Span, bool]]:
+    """The spans an agent's return value stands for, each with "has its own sequence id".
+
+    Raises TypeError for any other value, naming its type and what is accepted.
+    """
+    if result is None:
+        return []
+    if isinstance(result, (bool, int, float)):
+        reward = reward_span(float(result), rollout_id=rollout_id, attempt_id=attempt_id, sequence_id=0)
+        return [(reward, False)]
+    if isinstance(result, (list, tuple)):
+        return [_item_span(item, rollout_id, attempt_id) for item in result]
+    raise TypeError(f"the agent returned a {type(result).__name__}; a rollout returns {ACCEPTED_RESULTS}")
+
+
+def _item_span(item: Any, rollout_id: str, attempt_id: str) -> tuple[Span, bool]:
+    if isinstance(item, Span):
+        return item, True
+    if isinstance(item, SpanCoreFields):
+        return Span.from_core_fields(item, rollout_id=rollout_id, attempt_id=attempt_id, sequence_id=0), False
+    if isinstance(item, dict):
+        if "span_id" in item:
+            fields = {"rollout_id": rollout_id, "attempt_id": attempt_id, "sequence_id": 0, **item}
+            return Span.model_validate(fields), "sequence_id" in item
+        core = SpanCoreFields.model_validate(item)
+        return Span.from_core_fields(core, rollout_id=rollout_id, attempt_id=attempt_id, sequence_id=0), False
+    if callable(getattr(item, "get_span_context", None)):  # an OpenTelemetry ReadableSpan
+        return Span.from_opentelemetry(item, rollout_id, attempt_id, 0), False
+    raise TypeError(
+        f"the agent returned a list holding a {type(item).__name__}; a rollout returns {ACCEPTED_RESULTS}"
+    )

@@ -1,0 +1,249 @@
+"""``RunnerPool``: runner processes for one agent on one store, started, watched and stopped.
+
+``agl run`` and :class:`~store_fs.trainer.Trainer` both supervise runners with it:
+
+>>> with RunnerPool("runs/exp1", agent, n_runners=4) as pool:   # doctest: +SKIP
+...     pool.wait()          # until Ctrl-C, SIGTERM, or every runner has exited
+
+Each runner is a spawned process running :func:`run_runner_process`: a
+:class:`~store_fs.runner.LitAgentRunner` over the store, until the pool's stop event is
+set or the process gets a signal.
+
+Signals (docs/runner.md). The first SIGINT or SIGTERM stops: the pool sets the stop event;
+each runner stops taking work, cancels its agents and reports their attempts ``failed``
+("runner interrupted") within its grace period, then exits; runners still alive after
+``stop_timeout`` are terminated, which for them is a second signal. A second signal exits
+at once: a runner process calls ``os._exit``, the pool kills its runners and raises
+``KeyboardInterrupt``. A runner that exits with an error is restarted up to
+``max_restarts`` times in all (0: never).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing as mp
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from types import FrameType
+from typing import Any
+
+from store_fs.lightning_store import open_store
+
+__all__ = ["RunnerPool", "run_runner_process"]
+
+log = logging.getLogger(__name__)
+
+_POLL_SECONDS = 0.2
+# The runner retries every call itself, so its HTTP client keeps its own retries short.
+_CLIENT_RETRY_DELAYS = (0.2, 0.5, 1.0)
+
+
+class _EitherEvent:
+    """Set when either event is: the pool's shared stop event, or this process's own signal."""
+
+    def __init__(self, shared: Any, local: threading.Event) -> None:
+        self.shared = shared
+        self.local = local
+
+    def is_set(self) -> bool:
+        return bool(self.local.is_set() or self.shared.is_set())
+
+
+class _StopOnSignal:
+    """A signal handler: the first signal sets ``event``, a second one exits at once."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        if self.event.is_set():
+            os._exit(128 + signum)  # the second Ctrl-C: no cleanup, no waiting for anything
+        self.event.set()
+
+
+def _open_runner_store(location: str) -> Any:
+    if location.startswith(("http://", "https://")):
+        from store_fs.client import LightningStoreClient
+
+        return LightningStoreClient(location, retry_delays=_CLIENT_RETRY_DELAYS)
+    return open_store(location)
+
+
+def run_runner_process(
+    store_location: str,
+    agent: Any,
+    worker_index: int,
+    stop: Any,
+    tracer: Any = None,
+    runner_kwargs: Any = None,
+) -> None:
+    """Body of one runner process: run until ``stop`` is set or SIGINT/SIGTERM arrives.
+
+    Either one stops the runner (attempts in flight are reported failed, "runner
+    interrupted") and returns; a second signal ends the process at once.
+    """
+    from store_fs.runner import LitAgentRunner
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("store_fs").setLevel(logging.INFO)  # completed rollouts, with durations
+
+    interrupted = threading.Event()
+    handler = _StopOnSignal(interrupted)
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    runner = LitAgentRunner(tracer=tracer, **(runner_kwargs or {}))
+    store = _open_runner_store(store_location)
+    with runner.run_context(agent=agent, store=store, worker_id=worker_index):
+        asyncio.run(runner.iter(event=_EitherEvent(stop, interrupted)))
+
+
+class RunnerPool:
+    """``n_runners`` runner processes executing ``agent`` on the store at ``store_location``
+    (a directory or an ``agl store`` URL).
+
+    Args:
+        tracer: the runners' tracer (default: the runner's own default); it must pickle.
+        runner_kwargs: extra :class:`~store_fs.runner.LitAgentRunner` arguments.
+        max_restarts: how many times in all a runner that exited with an error is started again.
+        stop_timeout: seconds the runners get, together, to stop before they are terminated
+            (a runner needs its ``interrupt_grace_seconds`` and a little more).
+    """
+
+    def __init__(
+        self,
+        store_location: str,
+        agent: Any,
+        *,
+        n_runners: int = 1,
+        tracer: Any = None,
+        runner_kwargs: dict[str, Any] | None = None,
+        max_restarts: int = 0,
+        stop_timeout: float = 8.0,
+    ) -> None:
+        if n_runners < 1:
+            raise ValueError(f"n_runners must be at least 1, not {n_runners}")
+        if max_restarts < 0:
+            raise ValueError(f"max_restarts must be >= 0, not {max_restarts}")
+        self.store_location = store_location
+        self.agent = agent
+        self.n_runners = n_runners
+        self.tracer = tracer
+        self.runner_kwargs = dict(runner_kwargs or {})
+        self.restarts_left = max_restarts
+        self.stop_timeout = stop_timeout
+        self._ctx = mp.get_context("spawn")
+        self._stop = self._ctx.Event()
+        self._procs: list[Any] = []
+        #: Some runner exited with an error (or had to be terminated) and was not restarted.
+        self.failed = False
+
+    def _spawn(self, index: int) -> Any:
+        proc = self._ctx.Process(
+            target=run_runner_process,
+            args=(self.store_location, self.agent, index, self._stop, self.tracer, self.runner_kwargs),
+            name=f"agl-runner-{index}",
+        )
+        proc.start()
+        return proc
+
+    def start(self) -> RunnerPool:
+        """Start the runner processes (once)."""
+        if not self._procs:
+            self._procs = [self._spawn(i) for i in range(self.n_runners)]
+        return self
+
+    def request_stop(self) -> None:
+        """Ask the runners to stop (safe from a signal handler); :meth:`stop` waits for them."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def poll(self) -> bool:
+        """Restart runners that failed, as ``max_restarts`` allows; True while any runner runs."""
+        for index, proc in enumerate(self._procs):
+            if proc.is_alive() or proc.exitcode == 0 or self._stop.is_set():
+                continue
+            if self.restarts_left <= 0:
+                self.failed = True
+                continue
+            self.restarts_left -= 1
+            log.warning("runner %s exited with code %s: restarting it", proc.name, proc.exitcode)
+            self._procs[index] = self._spawn(index)
+        return any(proc.is_alive() for proc in self._procs)
+
+    def wait(self, until: Callable[[], bool] | None = None) -> None:
+        """Watch the runners until ``until()`` is true, the pool is asked to stop, a signal
+        arrives (SIGINT or SIGTERM: see the module docstring), or no runner is left; then
+        stop them."""
+        with self._signals():
+            try:
+                while not self._stop.is_set() and self.poll() and not (until and until()):
+                    time.sleep(_POLL_SECONDS)
+            except KeyboardInterrupt:  # only when the caller's own SIGINT handling is in place
+                pass
+            finally:
+                self.stop()
+
+    @contextlib.contextmanager
+    def _signals(self) -> Iterator[None]:
+        """While waiting: the first SIGINT/SIGTERM stops the pool, a second one kills it."""
+        if threading.current_thread() is not threading.main_thread():
+            yield  # handlers can only be set from the main thread
+            return
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            if self._stop.is_set():
+                self.kill()
+                raise KeyboardInterrupt
+            self.request_stop()
+
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def stop(self) -> None:
+        """Stop every runner: ask, wait up to ``stop_timeout`` for all of them, then terminate."""
+        self._stop.set()
+        deadline = time.monotonic() + self.stop_timeout
+        try:
+            for proc in self._procs:
+                proc.join(max(0.0, deadline - time.monotonic()))
+        except KeyboardInterrupt:
+            self.kill()
+            raise
+        self._terminate_late()
+        if any(proc.exitcode != 0 for proc in self._procs):
+            self.failed = True
+
+    def _terminate_late(self) -> None:
+        late = [proc for proc in self._procs if proc.is_alive()]
+        for proc in late:
+            log.warning("runner %s did not stop in time: terminating it", proc.name)
+            proc.terminate()  # its second signal: it exits at once
+        for proc in late:
+            proc.join(2)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(2)
+
+    def kill(self) -> None:
+        """SIGKILL every runner still alive (their attempts are left to the reaper)."""
+        for proc in self._procs:
+            if proc.is_alive():
+                proc.kill()
+
+    def __enter__(self) -> RunnerPool:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

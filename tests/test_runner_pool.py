@@ -1,0 +1,61 @@
+"""RunnerPool: the one runner supervisor (``agl run`` and ``Trainer``), with real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from store_fs import FileStore, PromptTemplate
+from store_fs.runner_pool import RunnerPool
+
+
+def echo_agent(task: object, prompt_template: PromptTemplate) -> float:
+    return 1.0
+
+
+def test_runners_complete_work_and_stop_when_asked(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "store")
+
+    async def enqueue() -> list[str]:
+        await store.add_resources({"prompt": PromptTemplate(template="{q}", engine="f-string")})
+        return [(await store.enqueue_rollout(input=i)).rollout_id for i in range(4)]
+
+    ids = asyncio.run(enqueue())
+    pool = RunnerPool(str(store.root), echo_agent, n_runners=2, runner_kwargs={"poll_interval": 0.05})
+    with pool:
+        done = asyncio.run(store.wait_for_rollouts(rollout_ids=ids, timeout=30))
+    assert [r.status for r in done] == ["succeeded"] * 4
+    assert not pool.failed
+
+
+def test_a_crashing_runner_is_restarted_as_often_as_allowed(tmp_path: Path) -> None:
+    # An argument the runner does not take makes every runner process exit with an error.
+    pool = RunnerPool(
+        str(tmp_path / "store"), echo_agent, n_runners=1, runner_kwargs={"no_such_option": 1}, max_restarts=2
+    )
+    started = time.monotonic()
+    pool.start()
+    pool.wait()
+    assert pool.restarts_left == 0
+    assert pool.failed
+    assert time.monotonic() - started < 60
+
+
+def test_stopping_from_a_condition(tmp_path: Path) -> None:
+    pool = RunnerPool(str(tmp_path / "store"), echo_agent, runner_kwargs={"poll_interval": 0.05})
+    pool.start()
+    deadline = time.monotonic() + 1.0
+    pool.wait(until=lambda: time.monotonic() > deadline)
+    assert pool.stopping
+    assert not pool.failed
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"), [({"n_runners": 0}, "n_runners"), ({"max_restarts": -1}, "max_restarts")]
+)
+def test_bad_arguments_are_refused(kwargs: dict[str, int], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        RunnerPool("runs/x", echo_agent, **kwargs)
