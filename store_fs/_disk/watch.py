@@ -104,13 +104,20 @@ class ChangeFeed:
             await asyncio.sleep(0)
         return self
 
-    async def next(self) -> bool:
-        """Wait one tick or until a change; True if something changed."""
+    async def next(self, timeout: float | None = None) -> bool:
+        """Wait one tick, until a change, or at most ``timeout`` seconds; True if something changed.
+
+        A wait cut short by ``timeout`` leaves the watcher running: the next call picks up
+        where it stopped, so no change is missed.
+        """
         assert self._gen is not None
         assert self._task is not None
         try:
-            changes = await asyncio.shield(self._task)
-        except StopAsyncIteration:
+            if timeout is None:
+                changes = await asyncio.shield(self._task)
+            else:
+                changes = await asyncio.wait_for(asyncio.shield(self._task), max(timeout, 0.0))
+        except (StopAsyncIteration, TimeoutError):
             return False
         self._task = asyncio.ensure_future(self._gen.__anext__())
         return bool(changes)

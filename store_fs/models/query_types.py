@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any, Generic, Literal, TypedDict, TypeVar, overload
 
-from pydantic import BaseModel
+from store_fs.models.model_base import AglModel
 
 __all__ = [
     "UNSET",
@@ -76,7 +76,7 @@ class LightningStoreStatistics(TypedDict, total=False):
     uptime: float
 
 
-class PaginatedResult(BaseModel, Generic[T]):
+class PaginatedResult(AglModel, Generic[T]):
     """One page of matches; ``total`` counts all matches before ``limit``/``offset``.
 
     Behaves like a read-only sequence over ``items``.

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field, model_validator
 
+from store_fs.models.model_base import AglModel
 from store_fs.models.rollout_types import AttemptedRollout
 
 __all__ = [
@@ -19,8 +20,18 @@ __all__ = [
 ]
 
 
-class Resource(BaseModel):
+class Resource(AglModel):
     resource_type: Any
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fields_of_another_model(cls, data: Any) -> Any:
+        # Another class's model (upstream's) is taken by its dumped fields rather than read
+        # attribute by attribute: upstream's ProxyLLM warns whenever its endpoint is read.
+        dump = getattr(data, "model_dump", None)
+        if dump is not None and not isinstance(data, Resource):
+            return dump()
+        return data
 
 
 class LLM(Resource):
@@ -78,7 +89,7 @@ ResourceUnion = Annotated[LLM | ProxyLLM | PromptTemplate, Field(discriminator="
 NamedResources = dict[str, ResourceUnion]
 
 
-class ResourcesUpdate(BaseModel):
+class ResourcesUpdate(AglModel):
     """One snapshot of named resources; ``version`` counts updates of the same ``resources_id``."""
 
     resources_id: str

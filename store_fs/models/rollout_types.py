@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import Field, model_validator
+
+from store_fs.models.model_base import AglModel
 
 __all__ = [
     "TERMINAL_ROLLOUT_STATUSES",
@@ -33,7 +35,7 @@ TaskInput = Any
 TERMINAL_ROLLOUT_STATUSES: frozenset[str] = frozenset({"failed", "succeeded", "cancelled"})
 
 
-class RolloutConfig(BaseModel):
+class RolloutConfig(AglModel):
     """Retry and liveness policy of a rollout."""
 
     timeout_seconds: float | None = None
@@ -42,7 +44,7 @@ class RolloutConfig(BaseModel):
     retry_condition: list[AttemptStatus] = Field(default_factory=list)
 
 
-class Rollout(BaseModel):
+class Rollout(AglModel):
     rollout_id: str
     input: TaskInput
     start_time: float
@@ -54,7 +56,7 @@ class Rollout(BaseModel):
     metadata: dict[str, Any] | None = None
 
 
-class Attempt(BaseModel):
+class Attempt(AglModel):
     rollout_id: str
     attempt_id: str
     sequence_id: int
@@ -81,7 +83,7 @@ class AttemptedRollout(Rollout):
         return self
 
 
-class EnqueueRolloutRequest(BaseModel):
+class EnqueueRolloutRequest(AglModel):
     input: TaskInput
     mode: RolloutMode | None = None
     resources_id: str | None = None
@@ -89,7 +91,7 @@ class EnqueueRolloutRequest(BaseModel):
     metadata: dict[str, Any] | None = None
 
 
-class Worker(BaseModel):
+class Worker(AglModel):
     worker_id: str
     status: WorkerStatus = "unknown"
     heartbeat_stats: dict[str, Any] | None = None

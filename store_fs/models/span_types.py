@@ -6,7 +6,9 @@ import secrets
 import time
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
+
+from store_fs.models.model_base import AglModel
 
 __all__ = [
     "AttributeValue",
@@ -45,7 +47,7 @@ def _span_hex(value: int) -> str:
     return f"{value:016x}"
 
 
-class SpanContext(BaseModel):
+class SpanContext(AglModel):
     model_config = ConfigDict(extra="allow")
 
     trace_id: str
@@ -63,7 +65,7 @@ class SpanContext(BaseModel):
         )
 
 
-class TraceStatus(BaseModel):
+class TraceStatus(AglModel):
     model_config = ConfigDict(extra="allow")
 
     status_code: StatusCode
@@ -74,7 +76,7 @@ class TraceStatus(BaseModel):
         return cls(status_code=src.status_code.name, description=src.description)
 
 
-class Event(BaseModel):
+class Event(AglModel):
     model_config = ConfigDict(extra="allow")
 
     name: str
@@ -90,7 +92,7 @@ class Event(BaseModel):
         )
 
 
-class Link(BaseModel):
+class Link(AglModel):
     model_config = ConfigDict(extra="allow")
 
     context: SpanContext
@@ -102,7 +104,7 @@ class Link(BaseModel):
         return cls(context=SpanContext.from_opentelemetry(src.context), attributes=attributes)
 
 
-class OtelResource(BaseModel):
+class OtelResource(AglModel):
     attributes: Attributes
     schema_url: str
 
@@ -111,7 +113,7 @@ class OtelResource(BaseModel):
         return cls(attributes=dict(src.attributes or {}), schema_url=src.schema_url or "")
 
 
-class SpanCoreFields(BaseModel):
+class SpanCoreFields(AglModel):
     """What an emitter knows about a span before it is bound to a rollout."""
 
     name: str
@@ -121,7 +123,7 @@ class SpanCoreFields(BaseModel):
     end_time: float | None
 
 
-class Span(BaseModel):
+class Span(AglModel):
     """One stored span. Unknown keys are kept (``extra="allow"``) and round-trip unchanged."""
 
     model_config = ConfigDict(extra="allow")

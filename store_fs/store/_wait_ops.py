@@ -57,7 +57,8 @@ class WaitMethods(StoreCore):
             async with ChangeFeed(self.layout.events, mode) as feed:
                 check(list(waiting))  # the feed is live: nothing that happens from here on is missed
                 while waiting and (deadline is None or time.monotonic() < deadline):
-                    await feed.next()
+                    # Never sleep past the deadline: a watcher tick is 250 ms.
+                    await feed.next(None if deadline is None else deadline - time.monotonic())
                     self._reaper.maybe_scan()
                     check_changed()
         return [finished[r] for r in rollout_ids if r in finished]

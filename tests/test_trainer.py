@@ -1,0 +1,132 @@
+"""Trainer and Algorithm: upstream 0.3's constructor arguments, accessors and injection
+(docs/behaviour.md §10.5), with real runner processes where the loop runs."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from store_fs import FileStore, PromptTemplate
+from store_fs.client import LightningStoreClient
+from store_fs.lightning_store import LightningStore
+from store_fs.trainer import Algorithm, Baseline, FunctionalAlgorithm, Trainer, algo
+
+RESOURCES = {"prompt": PromptTemplate(template="{q}", engine="f-string")}
+
+
+def scoring_agent(task: Any, prompt_template: PromptTemplate) -> float:
+    return float(task["score"])
+
+
+def test_upstream_argument_names_and_their_old_aliases(tmp_path: Path) -> None:
+    trainer = Trainer(n_workers=3, max_tasks=5, store=tmp_path / "s", algorithm=lambda: None)
+    assert (trainer.n_runners, trainer.n_workers) == (3, 3)
+    assert (trainer.max_rollouts, trainer.max_tasks) == (5, 5)
+    assert trainer.runner_kwargs["max_rollouts"] == 5
+    assert Trainer(n_runners=2, n_workers=7).n_runners == 2
+    assert Trainer(runner={"poll_interval": 1.5}).runner_kwargs["poll_interval"] == 1.5
+    assert isinstance(Trainer(algorithm=lambda store: None).algorithm, FunctionalAlgorithm)
+    assert Trainer(store=FileStore(tmp_path / "f")).store_location == str(tmp_path / "f")
+    assert Trainer(store=LightningStoreClient("http://127.0.0.1:9")).store_location == "http://127.0.0.1:9"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "names"),
+    [
+        ({"strategy": "cs"}, ["strategy", "agl run"]),
+        ({"llm_proxy": object()}, ["llm_proxy", "LLM resource"]),
+        ({"port": 4747}, ["port", "agl store --port"]),
+        ({"no_such_thing": 1}, ["no_such_thing"]),
+        ({"runner": object()}, ["runner="]),
+        ({"store": 42}, ["store="]),
+    ],
+)
+def test_unsupported_arguments_name_the_alternative(kwargs: dict[str, Any], names: list[str]) -> None:
+    with pytest.raises(TypeError) as info:
+        Trainer(**kwargs)
+    for name in names:
+        assert name in str(info.value)
+
+
+def test_bad_counts_are_refused() -> None:
+    with pytest.raises(ValueError, match="n_runners"):
+        Trainer(n_runners=0)
+    with pytest.raises(ValueError, match="max_rollouts"):
+        Trainer(max_rollouts=0)
+
+
+def test_algorithm_accessors(tmp_path: Path) -> None:
+    algorithm = Algorithm()
+    with pytest.raises(ValueError, match="store"):
+        algorithm.get_store()
+    with pytest.raises(ValueError, match="adapter"):
+        algorithm.get_adapter()
+    with pytest.raises(ValueError, match="Trainer"):
+        algorithm.get_trainer()
+    store = FileStore(tmp_path / "s")
+    algorithm.set_store(store)
+    algorithm.set_initial_resources(RESOURCES)
+    algorithm.set_adapter("adapter")
+    assert algorithm.get_store() is store
+    assert algorithm.get_initial_resources() is RESOURCES
+    assert algorithm.get_adapter() == "adapter"
+    assert algorithm.get_llm_proxy() is None
+
+
+def test_algo_functions_get_what_they_name(tmp_path: Path) -> None:
+    seen: dict[str, Any] = {}
+
+    @algo
+    def only_store(store: LightningStore) -> str:
+        seen["store"] = store
+        return "ran"
+
+    @algo
+    async def everything(
+        store: LightningStore, initial_resources: Any, adapter: Any, train_dataset: Any, val_dataset: Any
+    ) -> None:
+        seen.update(resources=initial_resources, adapter=adapter, train=train_dataset, val=val_dataset)
+
+    store = FileStore(tmp_path / "s")
+    only_store.set_store(store)
+    assert only_store.run() == "ran"
+    assert seen["store"] is store
+    assert not only_store.is_async()
+    with pytest.raises(TypeError, match="train_dataset"):
+        only_store.run(train_dataset=[1])
+    everything.set_store(store)
+    everything.set_initial_resources(RESOURCES)
+    everything.set_adapter("a")
+    assert everything.is_async()
+    asyncio.run(everything.run(train_dataset=[1], val_dataset=[2]))
+    assert seen == {"store": store, "resources": RESOURCES, "adapter": "a", "train": [1], "val": [2]}
+
+
+def test_fit_runs_the_algorithm_against_runner_processes(tmp_path: Path) -> None:
+    @algo
+    async def average(store: LightningStore, train_dataset: list[dict[str, float]]) -> float:
+        ids = [(await store.enqueue_rollout(input=task)).rollout_id for task in train_dataset]
+        done = await store.wait_for_rollouts(rollout_ids=ids, timeout=60)
+        assert [r.status for r in done] == ["succeeded"] * len(ids)
+        return sum(task["score"] for task in train_dataset) / len(ids)
+
+    trainer = Trainer(algorithm=average, n_runners=2, store=tmp_path / "s", initial_resources=RESOURCES)
+    assert trainer.fit(scoring_agent, [{"score": 1.0}, {"score": 0.0}, {"score": 0.5}]) == 0.5
+    store = FileStore(tmp_path / "s")
+    latest = asyncio.run(store.get_latest_resources())
+    assert latest is not None
+    assert latest.resources == RESOURCES
+
+
+def test_dev_runs_a_baseline_over_both_datasets(tmp_path: Path) -> None:
+    trainer = Trainer(store=tmp_path / "s", initial_resources=RESOURCES)
+    with pytest.raises(TypeError, match="algorithm"):
+        trainer.fit(scoring_agent, [])
+    statuses = trainer.dev(scoring_agent, [{"score": 1.0}], val_dataset=[{"score": 0.0}])
+    assert sorted(statuses.values()) == ["succeeded", "succeeded"]
+    rollouts = asyncio.run(FileStore(tmp_path / "s").query_rollouts())
+    assert sorted(str(r.mode) for r in rollouts) == ["train", "val"]
+    assert isinstance(Baseline(), Algorithm)
