@@ -29,23 +29,36 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-import nfs_workers  # noqa: E402
-from mp_workers import make_span  # noqa: E402
-from two_hosts import mounted_two_hosts, ops_delta, unavailable_reason  # noqa: E402
+import nfs_workers
+from mp_workers import make_span
+from two_hosts import mounted_two_hosts, ops_delta, unavailable_reason
 
-from store_fs import FileStore  # noqa: E402
+from store_fs import FileStore
 
 SPANS = 5
-CACHE = {"attr_timeout": 1.0, "entry_timeout": 1.0, "negative_timeout": 1.0}
-SHOWN = ("lookup", "getattr", "readdir", "open", "create", "read", "write", "rename", "link", "unlink", "mkdir")
+CACHE: dict[str, Any] = {"attr_timeout": 1.0, "entry_timeout": 1.0, "negative_timeout": 1.0}
+SHOWN = (
+    "lookup",
+    "getattr",
+    "readdir",
+    "open",
+    "create",
+    "read",
+    "write",
+    "rename",
+    "link",
+    "unlink",
+    "mkdir",
+)
 
 
-def fmt(counts: dict[str, float], per: float) -> str:
+def fmt(counts: Mapping[str, float], per: float) -> str:
     total = sum(v for k, v in counts.items() if k not in ("flush", "release", "opendir"))
     cells = " ".join(f"{k}={counts.get(k, 0) / per:.1f}" for k in SHOWN if counts.get(k))
     return f"{total / per:6.1f} requests  ({cells})"
@@ -151,7 +164,8 @@ def throughput(base: Path | None, n: int, latency_ms: float, runners: int) -> fl
             results = [json.loads(out.read_text()) for out in outs]
             assert all("error" not in r for r in results), results
             assert sum(r["done"] for r in results) == n, results
-            return n / (max(r["last"] for r in results if r["done"]) - started)
+            last: float = max(r["last"] for r in results if r["done"])
+            return n / (last - started)
         finally:
             for proc in procs:
                 if proc.is_alive():
@@ -177,7 +191,8 @@ def main() -> int:
     try:
         for i, latency in enumerate(latencies):
             ops_per_rollout(base / f"ops{i}", args.rollouts, latency)
-        print(f"\n== loop throughput: enqueue on A, N runners on B, {SPANS} spans each, {args.rollouts} rollouts")
+        what = f"enqueue on A, N runners on B, {SPANS} spans each, {args.rollouts} rollouts"
+        print(f"\n== loop throughput: {what}")
         print(f"  {'filesystem':<26}" + "".join(f"{f'{r} runner(s)':>14}" for r in runner_counts))
         rows: list[tuple[str, Path | None, float]] = [("local disk (no FUSE)", None, 0.0)]
         rows += [(f"two hosts, {lat:g} ms/request", base / f"tp{i}", lat) for i, lat in enumerate(latencies)]

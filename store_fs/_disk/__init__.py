@@ -13,6 +13,8 @@ Foundations (no store knowledge):
     ids              id formats and checks: no id reaches ``layout`` unless it is safe in a path.
     context          what the components share (layout, clock, durability, per-process state
                      rebuilt after ``fork``).
+    server_clock     ``locks/clock.<writer>``: this host's offset from the file server's clock, so
+                     every age (grace periods, heartbeat silence) is judged on one clock.
 
 Rollouts and the queue:
     rollout_history  ``rollouts/<2 hex>/<id>/history/NNNNNNNN.json`` (+ ``rollout.json`` hard link):

@@ -23,6 +23,7 @@ from store_fs._disk.context import Context
 from store_fs._disk.ids import new_attempt_id
 from store_fs._disk.queue_tokens import ClaimToken, JournalEntry, PendingToken, Queue
 from store_fs._disk.rollout_history import RecordStore, RolloutRecord
+from store_fs._disk.server_clock import server_offset
 from store_fs._disk.span_log import SpanLog
 from store_fs._disk.status_rules import FINAL_ATTEMPT_STATUSES, LIVE_ATTEMPT_STATUSES, set_attempt_status
 from store_fs._disk.worker_logs import WorkerStore
@@ -73,13 +74,23 @@ class Engine:
         None (and the token dropped) when a queue token turned out stale.
         """
         now = self.ctx.clock.time()
+        offset = server_offset(self.ctx)
         from_queue = pending is not None
+        confirmed: list[bool] = []
 
         def add_attempt(record: RolloutRecord) -> RolloutRecord:
-            if len(record.attempts) + 1 != claim.sequence_id:
-                raise _Stale
-            if from_queue and record.status not in QUEUED_STATUSES:
-                raise _Stale
+            confirmed.clear()
+            if len(record.attempts) >= claim.sequence_id:
+                raise _Stale  # attempt ``seq`` exists: no cache is ever ahead of the truth
+            if len(record.attempts) + 1 < claim.sequence_id or (
+                from_queue and record.status not in QUEUED_STATUSES
+            ):
+                # Either the token is stale, or this process's view of the record is (on NFS a
+                # host may not see the revision that requeued the rollout yet). Writing the
+                # record again unchanged settles it: that compare-and-swap fails if a newer
+                # revision exists, and the retry then judges the newest one.
+                confirmed.append(True)
+                return record
             if record.status == "cancelled":
                 raise ConflictError(f"rollout {record.rollout_id} is cancelled", rollout_id=record.rollout_id)
             record.attempts.append(
@@ -91,27 +102,21 @@ class Engine:
                     worker_id=worker_id,
                 )
             )
+            record.server_offsets = {**record.server_offsets, claim.attempt_id: offset}
             record.status = "preparing"
             return record
 
         try:
             record = self.records.update(claim.rollout_id, add_attempt)
+            if confirmed:
+                raise _Stale  # the newest revision, just confirmed, does not want this attempt
         except (_Stale, ConflictError, RolloutNotFoundError):
             self.queue.drop_claimed(claim)
             if from_queue:
                 return None
             raise
         except BaseException:
-            # The record could not be read or written (an I/O error, a corrupt file), so no
-            # attempt was recorded: a queued token goes back to wait for the next dequeue,
-            # rather than sit in claimed/ until the reaper records an attempt that never ran.
-            try:
-                if pending is not None:
-                    self.queue.unclaim(claim, pending)
-                else:
-                    self.queue.drop_claimed(claim)
-            except OSError as err:  # the same trouble, likely: report the first error, not this one
-                log.warning("claim %s left in claimed/ for the reaper: %s", claim.name, err)
+            self._give_back(claim, pending)
             raise
         attempt = record.attempts[-1]
         attempt_dir = self.attempt_dir(attempt)
@@ -122,6 +127,18 @@ class Engine:
         public = record.public()
         assert isinstance(public, AttemptedRollout)
         return public
+
+    def _give_back(self, claim: ClaimToken, pending: PendingToken | None) -> None:
+        """The record could not be read or written (an I/O error, a corrupt file), so no
+        attempt was recorded: a queued token goes back to wait for the next dequeue, rather
+        than sit in claimed/ until the reaper records an attempt that never ran."""
+        try:
+            if pending is not None:
+                self.queue.unclaim(claim, pending)
+            else:
+                self.queue.drop_claimed(claim)
+        except OSError as err:  # the same trouble, likely: report the first error, not this one
+            log.warning("claim %s left in claimed/ for the reaper: %s", claim.name, err)
 
     def _next_candidate(self, relisted: list[bool]) -> PendingToken | None:
         """The next pending token to try, from this process's cached listing.
@@ -231,6 +248,7 @@ class Engine:
                     start_time=now,
                 )
                 rec.attempts.append(attempt)
+                rec.server_offsets = {**rec.server_offsets, token.attempt_id: server_offset(self.ctx)}
             elif entry.kind == "expired" and attempt.status not in LIVE_ATTEMPT_STATUSES:
                 return None  # finished before the verdict landed
             elif attempt.status == outcome:

@@ -24,6 +24,7 @@ from typing import Literal
 
 from store_fs._disk import codec, fsio
 from store_fs._disk.context import Context
+from store_fs._disk.server_clock import server_age
 
 __all__ = ["ClaimToken", "JournalEntry", "PendingToken", "Queue"]
 
@@ -128,7 +129,7 @@ class Queue:
 
     def pending_age(self, token: PendingToken) -> float | None:
         try:
-            return self._ctx.clock.time() - os.stat(self.pending_path(token)).st_ctime
+            return server_age(self._ctx, os.stat(self.pending_path(token)).st_ctime)
         except FileNotFoundError:
             return None
 
@@ -166,9 +167,10 @@ class Queue:
         return [t for t in tokens if t is not None]
 
     def claimed_age(self, token: ClaimToken) -> float | None:
-        """Seconds since the token entered ``claimed/``, by its ctime (None if gone)."""
+        """Seconds since the token entered ``claimed/``, by its ctime on the file server's clock
+        (None if gone)."""
         try:
-            return self._ctx.clock.time() - os.stat(self.claimed_path(token)).st_ctime
+            return server_age(self._ctx, os.stat(self.claimed_path(token)).st_ctime)
         except FileNotFoundError:
             return None
 
@@ -195,7 +197,7 @@ class Queue:
 
     def journal_age(self, entry: JournalEntry) -> float | None:
         try:
-            return self._ctx.clock.time() - os.stat(entry.path).st_ctime
+            return server_age(self._ctx, os.stat(entry.path).st_ctime)
         except FileNotFoundError:
             return None
 

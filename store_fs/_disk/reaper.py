@@ -28,6 +28,7 @@ from store_fs._disk.context import Context
 from store_fs._disk.queue_tokens import ClaimToken, JournalEntry
 from store_fs._disk.rollout_history import RolloutRecord
 from store_fs._disk.rollout_index import RolloutIndex
+from store_fs._disk.server_clock import server_offset
 from store_fs._disk.status_rules import LIVE_ATTEMPT_STATUSES
 from store_fs.errors import AglError
 from store_fs.models import Attempt
@@ -185,11 +186,11 @@ class Reaper:
     def _check_orphan(self, token: ClaimToken, record: RolloutRecord | None) -> bool:
         if self._age(("claim", token.name), self._engine.queue.claimed_age(token)) < self.grace:
             return False  # its claimer may still be about to record the attempt
-        if (
-            record is None
-            or len(record.attempts) >= token.sequence_id
-            or record.status not in QUEUED_STATUSES
-        ):
+        if record is not None and len(record.attempts) < token.sequence_id and not _claimable(record, token):
+            # This process's view may be behind (NFS caches): judge the newest revision,
+            # proven newest by writing it again (that compare-and-swap fails if it is not).
+            record = self._engine.records.update(token.rollout_id, lambda rec: rec)
+        if record is None or not _claimable(record, token):
             # Lost a race, its rollout never came to be, or a stale queue token (the rollout
             # left the queue): the claimer's compare-and-swap would have refused it.
             self._engine.queue.drop_claimed(token)
@@ -205,23 +206,33 @@ class Reaper:
         config = record.config
         if config.timeout_seconds is None and config.unresponsive_seconds is None:
             return None
-        clock = self._ctx.clock
         beats = self._engine.spans.heartbeats(self._engine.attempt_dir(attempt))
         signature = (tuple(sorted((b.counter, b.time) for b in beats)), attempt.last_heartbeat_time)
         seen = self._observe(("attempt", attempt.rollout_id, attempt.attempt_id), signature)
-        mono = clock.monotonic()
+        mono = self._ctx.clock.monotonic()
+        # Ages on the file server's clock: the attempt's start and its heartbeats, each moved
+        # onto it by the offset of the process that wrote it. No host's wall clock is compared
+        # with another's, so a runner 5 s ahead or behind is judged like any other.
+        offset = server_offset(self._ctx)
+        now = self._ctx.clock.time() + offset
+        started = record.started_on_server(attempt, offset)
         skew = self._ctx.clock_skew_seconds
-        wall_age = clock.time() - attempt.start_time - skew
-        if (
-            config.timeout_seconds is not None
-            and max(wall_age, mono - seen.first_seen) > config.timeout_seconds
-        ):
+        timeout = config.timeout_seconds
+        if timeout is not None and max(now - started - skew, mono - seen.first_seen) > timeout:
             return "timeout"
         if config.unresponsive_seconds is not None:
-            last_sign = max(
-                [attempt.start_time, attempt.last_heartbeat_time or 0.0] + [b.time for b in beats]
-            )
-            silence = max(clock.time() - last_sign - skew, mono - seen.changed_at)
+            # ``last_heartbeat_time`` is set by callers (upstream's runners heartbeat through
+            # update_attempt) on a clock nobody recorded: read as if it were this host's.
+            signs = [started] + [b.server_time for b in beats]
+            if attempt.last_heartbeat_time is not None:
+                signs.append(attempt.last_heartbeat_time + offset)
+            last_sign = max(signs)
+            silence = max(now - last_sign - skew, mono - seen.changed_at)
             if silence > config.unresponsive_seconds:
                 return "unresponsive"
         return None
+
+
+def _claimable(record: RolloutRecord, token: ClaimToken) -> bool:
+    """Whether the claim could still become attempt ``token.sequence_id`` of ``record``."""
+    return len(record.attempts) + 1 == token.sequence_id and record.status in QUEUED_STATUSES

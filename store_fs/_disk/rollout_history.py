@@ -34,9 +34,21 @@ log = logging.getLogger(__name__)
 
 
 class RolloutRecord(Rollout):
-    """A rollout plus its attempts in sequence order (the on-disk record)."""
+    """A rollout plus its attempts in sequence order (the on-disk record).
+
+    ``server_offsets`` maps an attempt id to the file-server clock offset of the process that
+    started it (:mod:`store_fs._disk.server_clock`), so a reaper on another host can read the
+    attempt's ``start_time`` on the server's clock. Records written before it existed have
+    none; their start times are taken on the reader's clock. It is not part of upstream's
+    ``Rollout``/``Attempt`` JSON.
+    """
 
     attempts: list[Attempt] = []
+    server_offsets: dict[str, float] = {}
+
+    def started_on_server(self, attempt: Attempt, default_offset: float) -> float:
+        """The attempt's ``start_time`` on the file server's clock."""
+        return attempt.start_time + self.server_offsets.get(attempt.attempt_id, default_offset)
 
     def latest(self) -> Attempt | None:
         return self.attempts[-1] if self.attempts else None
@@ -49,14 +61,14 @@ class RolloutRecord(Rollout):
 
     def public(self) -> Rollout | AttemptedRollout:
         """Upstream's view: an ``AttemptedRollout`` once an attempt exists, else a ``Rollout``."""
-        data = self.model_dump(exclude={"attempts"})
+        data = self.model_dump(exclude={"attempts", "server_offsets"})
         if self.attempts:
             # A dump, not the Attempt itself: this record may be a cached one other readers share.
             return AttemptedRollout.model_validate({**data, "attempt": self.attempts[-1].model_dump()})
         return Rollout.model_validate(data)
 
     def plain(self) -> Rollout:
-        return Rollout.model_validate(self.model_dump(exclude={"attempts"}))
+        return Rollout.model_validate(self.model_dump(exclude={"attempts", "server_offsets"}))
 
 
 # Revisions are read-only: rollout.json is the newest, and writing "through" it
@@ -144,6 +156,10 @@ class RecordStore:
             rev = self._head_rev(rollout_id)
             if rev == 0:
                 return None
+            # A listing may be older than a lookup by name (an NFS client caches directory
+            # contents): a revision this process failed to create is known to exist by name.
+            while os.path.exists(self._rev_str(rollout_id, rev + 1)):
+                rev += 1
             path = hist / _rev_name(rev)
             data = fsio.read_bytes(path)
             if data is None:  # pruned between listing and reading: list again

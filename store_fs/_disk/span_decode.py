@@ -99,9 +99,11 @@ def _make(cls: type[Any], values: dict[str, Any], fields_set: set[str], extra: d
 _AttributeValue = str | bool | int | float | list[str] | list[bool] | list[int] | list[float]
 _Attributes = dict[str, _AttributeValue]
 _REQUIRED: Final = object()
+# ``from_attributes`` (every model's, from AglModel) only matters when validating an object that
+# is not a dict; the shortcut only ever sees parsed JSON.
 _EXPECTED_LAYOUT: Final[dict[type[BaseModel], tuple[dict[str, Any], dict[str, tuple[Any, Any]]]]] = {
     Span: (
-        {"extra": "allow"},
+        {"from_attributes": True, "extra": "allow"},
         {
             "rollout_id": (str, _REQUIRED),
             "attempt_id": (str, _REQUIRED),
@@ -122,11 +124,11 @@ _EXPECTED_LAYOUT: Final[dict[type[BaseModel], tuple[dict[str, Any], dict[str, tu
         },
     ),
     TraceStatus: (
-        {"extra": "allow"},
+        {"from_attributes": True, "extra": "allow"},
         {"status_code": (Literal["UNSET", "OK", "ERROR"], _REQUIRED), "description": (str | None, None)},
     ),
     SpanContext: (
-        {"extra": "allow"},
+        {"from_attributes": True, "extra": "allow"},
         {
             "trace_id": (str, _REQUIRED),
             "span_id": (str, _REQUIRED),
@@ -135,14 +137,17 @@ _EXPECTED_LAYOUT: Final[dict[type[BaseModel], tuple[dict[str, Any], dict[str, tu
         },
     ),
     Event: (
-        {"extra": "allow"},
+        {"from_attributes": True, "extra": "allow"},
         {"name": (str, _REQUIRED), "attributes": (_Attributes, _REQUIRED), "timestamp": (float | None, None)},
     ),
     Link: (
-        {"extra": "allow"},
+        {"from_attributes": True, "extra": "allow"},
         {"context": (SpanContext, _REQUIRED), "attributes": (_Attributes | None, None)},
     ),
-    OtelResource: ({}, {"attributes": (_Attributes, _REQUIRED), "schema_url": (str, _REQUIRED)}),
+    OtelResource: (
+        {"from_attributes": True},
+        {"attributes": (_Attributes, _REQUIRED), "schema_url": (str, _REQUIRED)},
+    ),
 }
 
 

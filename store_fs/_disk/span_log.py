@@ -30,6 +30,7 @@ from pathlib import Path
 
 from store_fs._disk import codec, fsio
 from store_fs._disk.context import Context
+from store_fs._disk.server_clock import server_offset
 from store_fs._disk.span_decode import copy_span
 from store_fs._disk.span_read import BLANK, UNPARSED, SpanReadCache, collector_paused
 from store_fs.errors import RolloutNotFoundError
@@ -45,8 +46,26 @@ _MAX_OPEN_FILES = 64
 
 @dataclass(frozen=True)
 class Heartbeat:
+    """One writer's heartbeat file: its counter, the wall time the writer wrote (its own clock:
+    for people and ``last_heartbeat_time``), and that time on the file server's clock (the
+    writer's :func:`~store_fs._disk.server_clock.server_offset` added; files written before
+    offsets were recorded count as offset 0), which readers on any host can compare."""
+
     counter: int
     time: float
+    server_time: float
+
+
+def _parse_heartbeat(data: bytes) -> Heartbeat:
+    """``<counter> <wall time> [<server offset>]`` (the offset is absent in older files)."""
+    try:
+        fields = data.split()
+        counter, wall = int(fields[0]), float(fields[1])
+        offset = float(fields[2]) if len(fields) > 2 else 0.0
+    except (ValueError, IndexError):
+        # Caught mid-rewrite: report it as movement, which errs towards "alive".
+        return Heartbeat(-1, 0.0, 0.0)
+    return Heartbeat(counter, wall, wall + offset)
 
 
 @dataclass
@@ -265,7 +284,8 @@ class SpanLog:
                 return
             counter += 1
             state.heartbeats[path] = (counter, now)
-            data = f"{counter:020d} {self._ctx.clock.time():020.6f}\n".encode()
+            offset = server_offset(self._ctx)
+            data = f"{counter:020d} {self._ctx.clock.time():020.6f} {offset:+.6f}\n".encode()
             fd = fsio.open_making_dirs(path, os.O_WRONLY | os.O_CREAT)
             try:
                 os.pwrite(fd, data, 0)
@@ -348,11 +368,5 @@ class SpanLog:
         for name in fsio.list_names(attempt_dir):
             if not name.startswith("heartbeat."):
                 continue
-            data = fsio.read_bytes(attempt_dir / name) or b""
-            try:
-                counter, stamp = data.split()
-                out.append(Heartbeat(int(counter), float(stamp)))
-            except ValueError:
-                # Caught mid-rewrite: report it as movement, which errs towards "alive".
-                out.append(Heartbeat(-1, 0.0))
+            out.append(_parse_heartbeat(fsio.read_bytes(attempt_dir / name) or b""))
         return out

@@ -20,6 +20,7 @@ from store_fs._disk.reaper import Reaper
 from store_fs._disk.resource_versions import ResourceStore
 from store_fs._disk.rollout_history import RecordStore, RolloutRecord
 from store_fs._disk.rollout_index import RolloutIndex, publish_marker
+from store_fs._disk.server_clock import server_offset
 from store_fs._disk.span_log import SpanLog
 from store_fs._disk.status_rules import FINAL_ATTEMPT_STATUSES
 from store_fs._disk.watch import WatchMode
@@ -104,6 +105,9 @@ class StoreCore(LightningStore):
         _check_format(layout)
         self._clock = clock or SystemClock()
         self._ctx = Context(layout, self._clock, durability, clock_skew_seconds)
+        # Read the file server's clock now, so that every age judged later (on the injected
+        # clock, which tests move by hand) counts from the same reading.
+        server_offset(self._ctx)
         self._events = EventLog(self._ctx)
         self._index = RolloutIndex(self._ctx)
         self._records = RecordStore(self._ctx, self._events.record_change, self._index.record)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from store_fs._disk.ids import check_attempt_id
+from store_fs._disk.queue_tokens import ClaimToken
 from store_fs._disk.rollout_history import RolloutRecord
 from store_fs._disk.status_rules import FINAL_ATTEMPT_STATUSES, mark_running
 from store_fs._filtering import build_filter, check_page_args, has_conditions, matches, paginate, sort_items
@@ -79,10 +80,14 @@ class SpanMethods(StoreCore):
         if not revive and not stamp:
             return
 
+        before: list[tuple[str, str]] = []  # (attempt status, rollout status) the update saw
+
         def promote(rec: RolloutRecord) -> RolloutRecord | None:
+            before.clear()
             current = rec.find(attempt.attempt_id)
             if current is None:
                 return None
+            before.append((current.status, rec.status))
             if mark_running(rec, current, now):
                 return rec
             if current.status in FINAL_ATTEMPT_STATUSES:
@@ -90,7 +95,25 @@ class SpanMethods(StoreCore):
                 return rec
             return None
 
-        self._records.update(record.rollout_id, promote)
+        updated = self._records.update(record.rollout_id, promote)
+        if before and before[0][0] == "unresponsive":
+            self._rewatch(updated, attempt.attempt_id, requeued=before[0][1] == "requeuing")
+
+    def _rewatch(self, record: RolloutRecord, attempt_id: str, *, requeued: bool) -> None:
+        """A span revived an attempt the reaper had expired: it is live again, so it needs its
+        claim token back (reapers watch only claimed attempts), and a retry queued for the
+        rollout meanwhile is stale now that the rollout runs again."""
+        revived = record.find(attempt_id)
+        if revived is None or revived.status != "running":
+            return
+        token = ClaimToken(record.rollout_id, revived.sequence_id, revived.attempt_id)
+        if not self._queue.is_claimed(token):
+            self._queue.create_claimed(token)
+        if requeued and record.status == "running":
+            retry = len(record.attempts) + 1
+            for pending in self._queue.list_pending():
+                if pending.rollout_id == record.rollout_id and pending.sequence_id == retry:
+                    self._queue.discard_pending(pending)
 
     async def _durable(self, paths: Sequence[Path | None]) -> None:
         if self._ctx.durable:

@@ -27,9 +27,9 @@ class WaitMethods(StoreCore):
         # injected clock drives timestamps and liveness.
         deadline = None if timeout is None else time.monotonic() + timeout
 
-        def check(candidates: Iterable[str]) -> None:
+        def check(candidates: Iterable[str], *, fresh: bool = False) -> None:
             for rid in candidates:
-                found = self._records.head(rid)
+                found = self._records.head(rid, cached_ok=not fresh)
                 if found is None:
                     waiting.discard(rid)
                 elif found[1].status in TERMINAL_ROLLOUT_STATUSES:
@@ -49,7 +49,11 @@ class WaitMethods(StoreCore):
                 last_full = now
                 check(list(waiting))
             else:
-                check([rid for rid, entry in entries.items() if entry.status in TERMINAL_ROLLOUT_STATUSES])
+                # The index says these finished: read their records afresh, since this
+                # process's cached view (and, on NFS, its cached lookup of the newer revision)
+                # may still be the running one.
+                done = [rid for rid, entry in entries.items() if entry.status in TERMINAL_ROLLOUT_STATUSES]
+                check(done, fresh=True)
 
         check(list(waiting))
         if waiting and (timeout is None or timeout > 0):
