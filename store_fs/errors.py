@@ -31,6 +31,7 @@ __all__ = [
     "ExitCode",
     "FormatVersionError",
     "InvalidIdError",
+    "MaintenanceBusyError",
     "NotFoundError",
     "RemoteStoreError",
     "ResourcesNotFoundError",
@@ -151,6 +152,14 @@ class FormatVersionError(AglError, RuntimeError):
         self.supported = supported
 
 
+class MaintenanceBusyError(AglError, RuntimeError):
+    """Another process holds the store's maintenance lock (a repair or a migration is running)."""
+
+    def __init__(self, lock_path: str) -> None:
+        super().__init__(f"another maintenance process holds {lock_path}; try again when it is done")
+        self.lock_path = lock_path
+
+
 class RemoteStoreError(AglError, RuntimeError):
     """The store server failed (5xx, 401, an unexpected reply) or could not be reached after retries."""
 
@@ -218,6 +227,7 @@ class ErrorMapping:
 ERROR_TABLE: tuple[ErrorMapping, ...] = (
     ErrorMapping(NotFoundError, ExitCode.NOT_FOUND, 404, True),
     ErrorMapping(ConflictError, ExitCode.CONFLICT, 409, True),
+    ErrorMapping(MaintenanceBusyError, ExitCode.CONFLICT, 409, True),
     ErrorMapping(InvalidIdError, ExitCode.BAD_INPUT, 400, True),
     # A missing store or damage on disk is the server's problem, not the caller's.
     ErrorMapping(StoreNotFoundError, ExitCode.NO_STORE, 500, False),

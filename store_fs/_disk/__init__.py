@@ -46,6 +46,8 @@ Resources, indexes, change feed and waits:
                      counts (the highest revision wins), never the truth.
     change_feed      ``events/<writer>.jsonl``: one line per status change; wakes waiters (a hint).
     watch            waiting for the change feed (inotify, or polling on network filesystems).
-    check            ``agl check [--fix]``: finds damage and half-done work; repairs only what a crashed
-                     writer left half done.
+    check            ``agl check [--fix]``: finds damage and half-done work; repairs what a crashed writer
+                     left half done and takes out what cannot be read (into quarantine).
+    maintenance      ``locks/maintenance.lock``: one repair or migration at a time; never on the hot path.
+    quarantine       ``quarantine/<time>-<writer>/``: what a repair took out, never deleted, with notes.
 """

@@ -1,8 +1,11 @@
 """Consistency check and repair of a store (``FileStore.check``, ``agl check [--fix]``).
 
-Each finding names a path and what is wrong. Repairs only ever finish what a
-crashed process left half done or remove what no reader uses; a corrupt
-complete record is reported, never rewritten or deleted.
+Each finding names a path and what is wrong. Repairs finish what a crashed process left
+half done, remove what no reader uses, and take out what cannot be read: an unreadable
+newest revision (the rollout is then read at the revision before it), a span line that does
+not parse, the torn tail of a finished attempt's span file. What is taken out is never
+deleted: it goes to ``quarantine/`` with a note (:mod:`store_fs._disk.quarantine`). Repairs
+run under the maintenance lock (:mod:`store_fs._disk.maintenance`).
 """
 
 from __future__ import annotations
@@ -14,12 +17,15 @@ from pathlib import Path
 
 from store_fs._disk import fsio
 from store_fs._disk.claims import Engine
+from store_fs._disk.maintenance import maintenance_lock
+from store_fs._disk.quarantine import Quarantine
 from store_fs._disk.queue_tokens import ClaimToken
 from store_fs._disk.rollout_history import RolloutRecord
 from store_fs._disk.rollout_index import Entry, IndexView, RolloutIndex, entry_of
 from store_fs._disk.span_log import BadLine
 from store_fs._disk.status_rules import LIVE_ATTEMPT_STATUSES
 from store_fs.errors import CorruptRecordError
+from store_fs.models import Attempt
 
 __all__ = ["Problem", "check_store"]
 
@@ -59,31 +65,55 @@ def _temp_files(root: Path, fix: bool) -> list[Problem]:
     return out
 
 
-def _rollouts(engine: Engine, fix: bool, heads: dict[str, Entry | None]) -> list[Problem]:
+def _rollouts(engine: Engine, quarantine: Quarantine | None, heads: dict[str, Entry | None]) -> list[Problem]:
     """Problems of each rollout; fills ``heads`` with each one's index entry (None: unreadable)."""
     out: list[Problem] = []
     pending = {(t.rollout_id, t.sequence_id) for t in engine.queue.list_pending()}
     for rollout_id in engine.records.all_ids():
         heads[rollout_id] = None
-        try:
-            found = engine.records.head(rollout_id, cached_ok=False)
-        except CorruptRecordError as err:
-            out.append(Problem("corrupt-record", err.path, err.reason))
-            continue
+        found = _readable_head(engine, rollout_id, quarantine, out)
         if found is None:
-            out.append(
-                Problem("no-record", str(engine.ctx.layout.rollout_dir(rollout_id)), "no history revision")
-            )
             continue
         heads[rollout_id] = entry_of(*found)
-        out.extend(_rollout_problems(engine, found[1].model_copy(deep=True), pending, fix))
+        out.extend(_rollout_problems(engine, found[1].model_copy(deep=True), pending, quarantine))
     return out
 
 
+def _readable_head(
+    engine: Engine, rollout_id: str, quarantine: Quarantine | None, out: list[Problem]
+) -> tuple[int, RolloutRecord] | None:
+    """The newest readable revision. With a quarantine, an unreadable newest revision is moved
+    into it (while an earlier one exists), so the rollout reads at the revision before it."""
+    while True:
+        try:
+            found = engine.records.head(rollout_id, cached_ok=False)
+        except CorruptRecordError as err:
+            if quarantine is None or not _has_earlier_revision(Path(err.path)):
+                # Without an earlier revision to fall back on, taking it out would make the
+                # rollout vanish: it is left for a person to repair.
+                out.append(Problem("corrupt-record", err.path, err.reason))
+                return None
+            where = quarantine.quarantine_file(Path(err.path), f"unreadable revision: {err.reason}")
+            out.append(Problem("corrupt-record", err.path, f"{err.reason}; moved to {where}", True))
+            engine.records.republish_mirror(rollout_id)  # rollout.json was the moved file
+            continue
+        if found is None:
+            directory = str(engine.ctx.layout.rollout_dir(rollout_id))
+            out.append(Problem("no-record", directory, "no readable history revision"))
+            return None
+        return found
+
+
+def _has_earlier_revision(revision: Path) -> bool:
+    stem = revision.stem
+    return stem.isdigit() and int(stem) > 1 and (revision.parent / f"{int(stem) - 1:08d}.json").exists()
+
+
 def _rollout_problems(
-    engine: Engine, record: RolloutRecord, pending: set[tuple[str, int]], fix: bool
+    engine: Engine, record: RolloutRecord, pending: set[tuple[str, int]], quarantine: Quarantine | None
 ) -> list[Problem]:
     """What is wrong around one readable rollout: its mirror, its queue token, its span files."""
+    fix = quarantine is not None
     out: list[Problem] = []
     rollout_id = record.rollout_id
     mirror = str(engine.ctx.layout.mirror_file(rollout_id))
@@ -98,17 +128,48 @@ def _rollout_problems(
             if fix:
                 engine.ensure_pending(record)
             out.append(Problem("not-queued", mirror, f"{record.status} but no pending token", fix))
-    bad: list[BadLine] = []
-    dirs = [engine.attempt_dir(a) for a in record.attempts]
-    engine.spans.read(dirs, bad, cached=False)  # the bytes on disk now, not what we decoded before
-    out.extend(Problem("corrupt-span", str(b.path), f"byte {b.offset}: {b.reason}") for b in bad)
     for attempt in record.attempts:
-        if attempt.status not in LIVE_ATTEMPT_STATUSES:
-            out.extend(_torn_tails(engine.attempt_dir(attempt), fix))
+        out.extend(_span_file_problems(engine, attempt, quarantine))
     return out
 
 
-def _torn_tails(attempt_dir: Path, fix: bool) -> list[Problem]:
+def _span_file_problems(engine: Engine, attempt: Attempt, quarantine: Quarantine | None) -> list[Problem]:
+    """Unparseable lines and torn tails of one attempt's span files. Only a finished attempt's
+    files are repaired (nobody appends to them any more): bad bytes go to quarantine."""
+    attempt_dir = engine.attempt_dir(attempt)
+    bad: list[BadLine] = []
+    engine.spans.read([attempt_dir], bad, cached=False)  # the bytes on disk now, not what we decoded before
+    finished = attempt.status not in LIVE_ATTEMPT_STATUSES
+    repair = quarantine if finished else None
+    out: list[Problem] = []
+    for path in sorted({b.path for b in bad}):
+        lines = [b for b in bad if b.path == path]
+        if repair is not None:
+            _cut_lines(path, [b.offset for b in lines], repair)
+        out.extend(
+            Problem("corrupt-span", str(b.path), f"byte {b.offset}: {b.reason}", repair is not None)
+            for b in lines
+        )
+    if finished:
+        out.extend(_torn_tails(attempt_dir, quarantine))
+    return out
+
+
+def _cut_lines(path: Path, offsets: list[int], quarantine: Quarantine) -> None:
+    """Republish ``path`` without the lines starting at ``offsets``; each goes to quarantine."""
+    data = fsio.read_bytes(path) or b""
+    kept: list[bytes] = []
+    start = 0
+    for offset in sorted(offsets):
+        end = data.find(b"\n", offset) + 1 or len(data)
+        kept.append(data[start:offset])
+        quarantine.quarantine_bytes(path, data[offset:end], offset, "a span line that does not parse")
+        start = end
+    kept.append(data[start:])
+    fsio.publish(path, b"".join(kept))
+
+
+def _torn_tails(attempt_dir: Path, quarantine: Quarantine | None) -> list[Problem]:
     out: list[Problem] = []
     for name in fsio.list_names(attempt_dir):
         if not name.startswith("spans."):
@@ -117,10 +178,16 @@ def _torn_tails(attempt_dir: Path, fix: bool) -> list[Problem]:
         data = fsio.read_bytes(path) or b""
         end = data.rfind(b"\n") + 1
         if end < len(data):
-            if fix:
+            if quarantine is not None:
+                quarantine.quarantine_bytes(path, data[end:], end, "bytes after the last newline")
                 os.truncate(path, end)
             out.append(
-                Problem("torn-tail", str(path), f"{len(data) - end} bytes after the last newline", fix)
+                Problem(
+                    "torn-tail",
+                    str(path),
+                    f"{len(data) - end} bytes after the last newline",
+                    quarantine is not None,
+                )
             )
     return out
 
@@ -236,10 +303,18 @@ def _index(engine: Engine, index: RolloutIndex, heads: dict[str, Entry | None], 
 
 
 def check_store(engine: Engine, index: RolloutIndex | None = None, *, fix: bool = False) -> list[Problem]:
-    """Every problem found in the store; with ``fix``, repaired where that is safe."""
-    root = engine.ctx.layout.root
+    """Every problem found in the store; with ``fix``, repaired where that is safe, under the
+    maintenance lock (:class:`~store_fs.errors.MaintenanceBusyError` if another repair runs)."""
+    if not fix:
+        return _check(engine, index, None)
+    with maintenance_lock(engine.ctx.layout):
+        return _check(engine, index, Quarantine(engine.ctx.layout, engine.ctx.writer))
+
+
+def _check(engine: Engine, index: RolloutIndex | None, quarantine: Quarantine | None) -> list[Problem]:
+    fix = quarantine is not None
     heads: dict[str, Entry | None] = {}
-    out = _tokens(engine, fix) + _rollouts(engine, fix, heads)
+    out = _tokens(engine, fix) + _rollouts(engine, quarantine, heads)
     if index is not None:
         out += _index(engine, index, heads, fix)
-    return out + _temp_files(root, fix)
+    return out + _temp_files(engine.ctx.layout.root, fix)
