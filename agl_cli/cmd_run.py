@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import importlib
 import sys
-import time
 from typing import Annotated, Any
 
 import typer
 
 from . import output
-from .errors import CliError
-from .state import store_path
+from .exit_codes import CliError
+from .state import CliState, is_url
 
 
 def load_agent(spec: str) -> Any:
@@ -32,7 +31,18 @@ def load_agent(spec: str) -> Any:
     return obj
 
 
+def _make_tracer(name: str) -> Any:
+    if name == "otel":
+        return None  # the runner's default
+    if name == "agentops":
+        from store_fs.tracing.agentops_tracer import AgentOpsTracer
+
+        return AgentOpsTracer()
+    raise CliError("--tracer must be otel or agentops")
+
+
 def run(
+    ctx: typer.Context,
     agent: Annotated[
         str, typer.Argument(help="The agent: MODULE:FUNCTION (an @rollout function or a LitAgent).")
     ],
@@ -42,61 +52,57 @@ def run(
         float, typer.Option("--poll-interval", help="Seconds between polls of an empty queue.")
     ] = 1.0,
     tracer: Annotated[str, typer.Option(help="otel (default) or agentops.")] = "otel",
+    max_restarts: Annotated[
+        int, typer.Option("--max-restarts", help="Restart runners that crash, this many times in all.")
+    ] = 0,
+    heartbeat_seconds: Annotated[
+        float,
+        typer.Option("--heartbeat-seconds", help="Seconds between heartbeats of each attempt and runner."),
+    ] = 10.0,
 ) -> None:
     """Start runner processes that execute AGENT on the store's queue until Ctrl-C.
 
-    Ctrl-C (or SIGTERM) stops them cleanly; attempts they were running are left for the
-    reaper, which retries them as their rollout's config allows.
+    The store may be a directory or an `agl store` URL (--store http://127.0.0.1:4747).
+    A store that does not answer (at start-up or later) is retried until it does; each
+    runner says so once when the outage starts and once when it ends.
+    Ctrl-C (or SIGTERM) stops the runners: they take no more work, cancel their agents and
+    report the attempts in flight failed ("runner interrupted"), so each rollout's retry
+    rule applies, and exit within 10 s. A second Ctrl-C exits at once.
 
     \b
     AGL_STORE=runs/exp1 agl run examples.apo_custom_algorithm:apo_rollout --workers 4
     """
-    import multiprocessing as mp
-    import signal
-
-    from store_fs.trainer import run_runner_process
+    cli = CliState.of(ctx)
+    from store_fs.runner_pool import RunnerPool
 
     if workers < 1:
         raise CliError("--workers must be at least 1")
-    if tracer not in ("otel", "agentops"):
-        raise CliError("--tracer must be otel or agentops")
+    if max_restarts < 0:
+        raise CliError("--max-restarts must be at least 0")
+    if heartbeat_seconds <= 0:
+        raise CliError("--heartbeat-seconds must be positive")
+    tracer_obj = _make_tracer(tracer)
     agent_obj = load_agent(agent)
-    store = str(store_path())
-    from store_fs import FileStore
+    store = cli.store_location()
+    if not is_url(store):
+        from store_fs import FileStore
 
-    if not store.startswith(("http://", "https://")):
         FileStore(store, create=False)  # fail now, not in every child
-    tracer_obj: Any = None
-    if tracer == "agentops":
-        from store_fs.tracing.agentops_tracer import AgentOpsTracer
-
-        tracer_obj = AgentOpsTracer()
-    ctx = mp.get_context("spawn")
-    stop = ctx.Event()
-    kwargs = {"max_parallel": max_parallel, "poll_interval": poll_interval}
-    procs = [
-        ctx.Process(
-            target=run_runner_process,
-            args=(store, agent_obj, i, stop, tracer_obj, kwargs),
-            name=f"runner-{i}",
-        )
-        for i in range(workers)
-    ]
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    for proc in procs:
-        proc.start()
+    pool = RunnerPool(
+        store,
+        agent_obj,
+        n_runners=workers,
+        tracer=tracer_obj,
+        runner_kwargs={
+            "max_parallel": max_parallel,
+            "poll_interval": poll_interval,
+            "heartbeat_seconds": heartbeat_seconds,
+        },
+        max_restarts=max_restarts,
+    )
+    pool.start()
     output.info(f"{workers} runner(s) for {agent} on {store}; Ctrl-C to stop")
-    try:
-        while any(p.is_alive() for p in procs) and not stop.is_set():
-            time.sleep(0.2)
-    except KeyboardInterrupt:
-        pass
-    stop.set()
-    for proc in procs:
-        proc.join(20)
-        if proc.is_alive():
-            proc.terminate()
-            proc.join(5)
+    pool.wait()
     output.info("runners stopped")
-    if any(p.exitcode != 0 for p in procs):
+    if pool.failed:
         raise typer.Exit(1)

@@ -3,7 +3,8 @@
 Retries happen only for connection errors. A request that never reached the server
 (connection refused, connect timeout) is retried whatever it is; one whose answer was
 lost (reset, read timeout, server gone mid-request) is retried only when the caller
-says it is safe to repeat (``idempotent=True``). Error replies are never retried.
+says it is safe to repeat (``idempotent=True``). Error replies are never retried. Longer
+outages are the caller's to ride out (the runner retries with backoff: :mod:`store_fs.retrying`).
 """
 
 from __future__ import annotations
@@ -16,16 +17,10 @@ from typing import Any
 import httpx
 
 from store_fs import errors
+from store_fs.errors import RemoteStoreError
 from store_fs.models import UNSET, Unset
 
-__all__ = ["RemoteStoreError", "Transport", "error_for_response"]
-
-
-class RemoteStoreError(errors.AglError, RuntimeError):
-    """The server failed (5xx, 401, unexpected reply) or could not be reached after retries."""
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message, status=status)
+__all__ = ["Transport", "error_for_response"]
 
 
 def error_for_response(response: httpx.Response) -> Exception:
@@ -47,12 +42,8 @@ def error_for_response(response: httpx.Response) -> Exception:
     kind = body.get("error_type")
     cls = getattr(errors, kind, None) if isinstance(kind, str) and kind in errors.__all__ else None
     if status in (400, 404, 409) and isinstance(cls, type) and issubclass(cls, errors.AglError):
-        # Rebuild the server's exception with its attributes (rollout_id, ...) without
-        # calling the subclass constructor, whose signature differs per class.
-        err = cls.__new__(cls)
         attrs = body.get("error_attrs")
-        errors.AglError.__init__(err, message, **(attrs if isinstance(attrs, dict) else {}))
-        return err
+        return cls.rebuild(message, attrs if isinstance(attrs, dict) else {})
     if status == 404:
         return errors.NotFoundError(message)
     if status == 409:
@@ -115,5 +106,26 @@ class Transport:
                 continue
             if response.is_success:
                 return response.json()
+            raise error_for_response(response)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def post_bytes(self, url: str, body: bytes, content_type: str) -> bytes:
+        """POST a raw body to ``url`` (outside the JSON API, e.g. OTLP); the reply's bytes.
+
+        Retried like an idempotent call: the only user, OTLP span export, is safe to repeat
+        (a span already stored is not stored again).
+        """
+        client = self._client()
+        headers = {"Content-Type": content_type}
+        for attempt in range(len(self._retry_delays) + 1):
+            try:
+                response = await client.post(url, content=body, headers=headers)
+            except httpx.TransportError as err:
+                if attempt >= len(self._retry_delays):
+                    raise RemoteStoreError(f"POST {url}: {type(err).__name__}: {err}") from err
+                await asyncio.sleep(self._retry_delays[attempt])
+                continue
+            if response.is_success:
+                return response.content
             raise error_for_response(response)
         raise AssertionError("unreachable")  # pragma: no cover

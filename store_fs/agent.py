@@ -4,7 +4,9 @@
 the first ``PromptTemplate`` of the rollout's resources, ``(task, llm)`` the first
 ``LLM`` (a ``ProxyLLM`` routed to this rollout and attempt), and a parameter named
 ``rollout`` gets the ``AttemptedRollout``. Sync and async functions both work.
-The function may return ``None``, a number (the final reward), or a list of spans.
+The function may return ``None``, a number (the final reward), or a list of spans
+(``Span``, ``SpanCoreFields``, OpenTelemetry ``ReadableSpan``, or dicts of either shape);
+the runner fails an attempt whose agent returns anything else (docs/runner.md).
 """
 
 from __future__ import annotations

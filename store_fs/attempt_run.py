@@ -7,9 +7,9 @@ The life of an :class:`AttemptRun`:
 2. The tracer's trace context opens (a :class:`~store_fs.tracing.rollout_binding.RolloutBinding`);
    hook ``on_trace_start``; the agent runs: an async agent as a task, a sync agent on a
    daemon thread of its own, so a sync agent stuck in a blocking call can be left behind
-   without holding up the process's exit. When it returns: hook ``on_trace_end``, and the
-   result (a reward, spans) is queued behind the spans the agent emitted.
-3. The context closes: every pending span write is flushed (retried through outages).
+   without holding up the process's exit. When it returns: hook ``on_trace_end``.
+3. The context closes, flushing the spans the agent emitted; the result (a reward, spans)
+   is queued behind them and flushed too. Writes are retried through outages.
 4. Hook ``on_rollout_end``; then the outcome is reported: ``succeeded``, or ``failed`` with
    the agent's error, the unsupported result, or how many spans could not be stored. The
    report is retried through outages and delivered when the store answers again, unless
@@ -79,6 +79,7 @@ class AttemptRun:
         self.error: str | None = None
         self._deadline: float | None = None
         self._agent: asyncio.Future[Any] | None = None
+        self._let_go: asyncio.Future[None] | None = None  # done when abandoned
         self._started = time.monotonic()
 
     # -- called by the keeper and the runner --------------------------------------------------
@@ -91,6 +92,8 @@ class AttemptRun:
             self.binding.close(reason)
         if self._agent is not None and not self._agent.done():
             self._agent.cancel()
+        if self._let_go is not None and not self._let_go.done():
+            self._let_go.set_result(None)
 
     def interrupt(self, deadline: float) -> None:
         """The runner is stopping: everything of this attempt must be over by ``deadline``
@@ -136,6 +139,17 @@ class AttemptRun:
     async def _execute(self) -> None:
         resources = await self._resources()
         await self._hook("on_rollout_start", rollout=self.attempted)
+        result = await self._traced(resources)
+        if self.abandoned is not None or self.binding is None:
+            return
+        # After the trace context, as upstream: the result's spans follow every span the
+        # context produced (an AgentOps session span ends only when the context closes).
+        for span, numbered in result_spans(result, self.rollout_id, self.attempt_id):
+            self.binding.submit(span, numbered=numbered)
+        await self.binding.drain()
+
+    async def _traced(self, resources: NamedResources) -> Any:
+        """Run the agent inside the tracer's trace context; its spans are flushed on exit."""
         tracer = self.runner.tracer
         async with tracer.trace_context(
             self.rollout_id, store=self.runner.store, rollout_id=self.rollout_id, attempt_id=self.attempt_id
@@ -143,17 +157,14 @@ class AttemptRun:
             self.binding = binding
             if self.abandoned is not None:
                 binding.close(self.abandoned)
-                return
+                return None
             if self.interrupted and self._deadline is not None:
                 binding.flush_deadline = self._deadline
             await self._hook("on_trace_start", tracer=tracer, rollout=self.attempted)
             result = await self._call_agent(resources)
-            if self.abandoned is not None:
-                return
-            await self._hook("on_trace_end", tracer=tracer, rollout=self.attempted)
-            tracer.flush_instrumentation()  # the agent's own spans first, then its result
-            for span, numbered in result_spans(result, self.rollout_id, self.attempt_id):
-                binding.submit(span, numbered=numbered)
+            if self.abandoned is None:
+                await self._hook("on_trace_end", tracer=tracer, rollout=self.attempted)
+        return result
 
     async def _resources(self) -> NamedResources:
         store = self.runner.store
@@ -173,17 +184,21 @@ class AttemptRun:
 
     async def _call_agent(self, resources: NamedResources) -> Any:
         future = start_agent(self.runner.agent, self.attempted, resources)
+        future.add_done_callback(_retrieve)
         self._agent = future
+        self._let_go = asyncio.get_running_loop().create_future()
         try:
-            # asyncio.wait, not await: a cancelled runner must not wait for an agent that
-            # ignores its own cancellation.
-            await asyncio.wait([future])
+            # Not a plain await: neither a stopping runner nor an abandoned attempt waits for
+            # an agent that ignores its cancellation.
+            await asyncio.wait([future, self._let_go], return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
             future.cancel()
+            if not self.interrupted:  # cancelled by the caller: bound the flush on the way out too
+                self.interrupt(time.monotonic() + self.runner.interrupt_grace_seconds)
             raise
+        if self.abandoned is not None:
+            return None
         if future.cancelled():
-            if self.abandoned is not None:
-                return None
             raise RuntimeError("the agent was cancelled")
         return future.result()
 
@@ -295,6 +310,12 @@ class AttemptRun:
                     await result
             except Exception:
                 log.exception("%s hook %r failed", name, hook)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark the agent's error as seen: an abandoned agent's failure is nobody's business."""
+    if not future.cancelled():
+        future.exception()
 
 
 def start_agent(

@@ -1,7 +1,7 @@
-"""``LightningStoreClient``: FileStore's async API over HTTP, against ``store_fs.server``.
+"""``LightningStoreClient``: the :class:`~store_fs.lightning_store.LightningStore` API over HTTP.
 
-Same method names, signatures and return types as :class:`store_fs.FileStore`, and the
-same exceptions: 404 → the store's not-found error (``RolloutNotFoundError`` ...), 409 →
+It talks to ``agl store`` (:mod:`store_fs.server`) and raises the same exceptions as
+:class:`~store_fs.store.FileStore`: 404 → the store's not-found error (``RolloutNotFoundError`` ...), 409 →
 ``ConflictError``, 400 → ``InvalidIdError`` or ``ValueError``, 422 → ``ValueError``;
 other failures raise :class:`RemoteStoreError`. Getters return None for unknown ids.
 
@@ -11,10 +11,16 @@ for calls that are safe to repeat (reads, updates, span uploads, and enqueues, w
 always carry an idempotency key). Dequeue, start_rollout, start_attempt, add_resources
 and sequence-id allocation are never re-sent once sent.
 Unlike upstream's client, ``wait_for_rollouts`` accepts any timeout.
+
+It also works against upstream's own server: ``heartbeat`` finds out once (405) that the
+server has no heartbeat route and falls back to ``update_attempt(last_heartbeat_time=...)``,
+reading cancellation from the statuses (:func:`store_fs.retrying.heartbeat_by_update`).
+``export_otlp`` sends spans the OTLP way (the tracer's ``span_transport="otlp"``).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Sequence
@@ -23,13 +29,16 @@ from urllib.parse import quote
 
 from pydantic import BaseModel, TypeAdapter
 
-from store_fs._transport import RemoteStoreError, Transport
+from store_fs._transport import Transport
+from store_fs.errors import NotFoundError, RemoteStoreError
+from store_fs.lightning_store import LightningStore
 from store_fs.models import (
     UNSET,
     Attempt,
     AttemptedRollout,
     AttemptStatus,
     EnqueueRolloutRequest,
+    FilterLogic,
     LightningStoreCapabilities,
     LightningStoreStatistics,
     NamedResources,
@@ -39,15 +48,18 @@ from store_fs.models import (
     RolloutConfig,
     RolloutMode,
     RolloutStatus,
+    SortOrder,
     Span,
     TaskInput,
     Unset,
     Worker,
     WorkerStatus,
 )
-from store_fs.store import FilterLogic, SortOrder
+from store_fs.retrying import heartbeat_by_update
 
 __all__ = ["LightningStoreClient", "RemoteStoreError"]
+
+log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=BaseModel)
 _ROLLOUTS: TypeAdapter[list[Rollout]] = TypeAdapter(list[Rollout])
@@ -65,7 +77,7 @@ def _rollout(data: Any) -> Rollout | AttemptedRollout:
     return AttemptedRollout.model_validate(data) if "attempt" in data else Rollout.model_validate(data)
 
 
-class LightningStoreClient:
+class LightningStoreClient(LightningStore):
     """Talk to an agl store server at ``url`` (e.g. ``http://127.0.0.1:4747``).
 
     Args:
@@ -86,6 +98,7 @@ class LightningStoreClient:
         token = token if token is not None else os.environ.get("AGL_STORE_TOKEN") or None
         self._http = Transport(self.url + "/v1/agl", token=token, timeout=timeout, retry_delays=retry_delays)
         self._call = self._http.call
+        self._heartbeat_route = True  # until the server shows it has none
 
     def __repr__(self) -> str:
         return f"LightningStoreClient({self.url!r})"
@@ -96,6 +109,17 @@ class LightningStoreClient:
 
     def otlp_traces_endpoint(self) -> str:
         return self.url + "/v1/traces"
+
+    async def export_otlp(self, body: bytes) -> int:
+        """*agl*: POST a serialized OTLP ``ExportTraceServiceRequest`` to the server's trace
+        endpoint; returns how many spans the server rejected (its ``partial_success``)."""
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+
+        reply = await self._http.post_bytes(self.otlp_traces_endpoint(), body, "application/x-protobuf")
+        response = ExportTraceServiceResponse()
+        if reply:
+            response.ParseFromString(reply)
+        return int(response.partial_success.rejected_spans)
 
     async def close(self) -> None:
         """Close this event loop's connection pool (the client stays usable)."""
@@ -201,7 +225,7 @@ class LightningStoreClient:
         status: Sequence[RolloutStatus] | None = None,
         rollout_ids: Sequence[str] | None = None,
     ) -> PaginatedResult[Rollout | AttemptedRollout]:
-        """As FileStore; ``limit=0`` returns an empty page without asking (the API refuses 0)."""
+        # limit=0 returns an empty page without asking: the REST API refuses 0.
         status_in = status_in if status_in is not None else status
         rollout_id_in = rollout_id_in if rollout_id_in is not None else rollout_ids
         body: dict[str, Any] = {
@@ -290,7 +314,7 @@ class LightningStoreClient:
         last_heartbeat_time: float | Unset = UNSET,
         metadata: dict[str, Any] | Unset | None = UNSET,
     ) -> Attempt:
-        """As FileStore, except that ``metadata=None`` is refused by the REST API (a ValueError)."""
+        # metadata=None is refused by the REST API (a ValueError).
         fields = {
             "status": status,
             "worker_id": worker_id,
@@ -302,10 +326,27 @@ class LightningStoreClient:
         return Attempt.model_validate(await self._call("POST", path, json=body, idempotent=True))
 
     async def heartbeat(self, rollout_id: str, attempt_id: str) -> bool:
-        """Signal that an attempt is alive; False if it is no longer the caller's (cancelled, expired)."""
-        path = f"/rollouts/{_seg(rollout_id)}/attempts/{_seg(attempt_id)}/heartbeat"
-        data = await self._call("POST", path, idempotent=True)
-        return bool(data["alive"])
+        # A server without the route (upstream's answers 405) is detected once; from then on
+        # the heartbeat is an update_attempt(last_heartbeat_time=...) after reading the status.
+        if self._heartbeat_route:
+            path = f"/rollouts/{_seg(rollout_id)}/attempts/{_seg(attempt_id)}/heartbeat"
+            try:
+                data = await self._call("POST", path, idempotent=True)
+            except (RemoteStoreError, NotFoundError) as err:
+                if not _route_missing(err):
+                    raise
+                if self._heartbeat_route:  # concurrent heartbeats may all have met the 405: say it once
+                    self._heartbeat_route = False
+                    log.warning(
+                        "%s has no heartbeat route (%s): heartbeats become"
+                        " update_attempt(last_heartbeat_time) and cancellation is read from the attempt"
+                        " and rollout status",
+                        self.url,
+                        err,
+                    )
+            else:
+                return bool(data["alive"])
+        return await heartbeat_by_update(self, rollout_id, attempt_id)
 
     # -- resources -----------------------------------------------------------------
     async def add_resources(self, resources: NamedResources) -> ResourcesUpdate:
@@ -366,7 +407,7 @@ class LightningStoreClient:
         return [await self.get_next_span_sequence_id(r, a) for r, a in rollout_attempt_ids]
 
     async def add_span(self, span: Span) -> Span | None:
-        """Store a span; None if its ``span_id`` is already stored (also after a retried upload)."""
+        # A span stored by an earlier try whose answer was lost also comes back None.
         data = await self._call("POST", "/spans", json=span.model_dump(mode="json"), idempotent=True)
         return None if data is None else Span.model_validate(data)
 
@@ -425,7 +466,7 @@ class LightningStoreClient:
     async def wait_for_rollouts(
         self, *, rollout_ids: list[str], timeout: float | None = None
     ) -> list[Rollout]:
-        """As FileStore: any timeout (None: as long as it takes) is honoured by the server."""
+        # Unlike upstream's client, any timeout is sent as given (upstream caps it at 0.1 s).
         body = {"rollout_ids": list(rollout_ids), "timeout": timeout}
         http_timeout = None if timeout is None else timeout + self._http.timeout
         data = await self._call("POST", "/waits/rollouts", json=body, idempotent=True, timeout=http_timeout)
@@ -460,12 +501,19 @@ class LightningStoreClient:
         return None if data is None else Worker.model_validate(data)
 
     async def update_worker(self, worker_id: str, heartbeat_stats: dict[str, Any] | Unset = UNSET) -> Worker:
-        """Record a worker heartbeat, replacing its stats when given (None is a TypeError)."""
         if heartbeat_stats is None:
             raise TypeError("heartbeat_stats must be a dict when given, not None")
         body = None if isinstance(heartbeat_stats, Unset) else {"heartbeat_stats": heartbeat_stats}
         data = await self._call("POST", f"/workers/{_seg(worker_id)}", json=body, idempotent=True)
         return Worker.model_validate(data)
+
+
+def _route_missing(err: Exception) -> bool:
+    """The server has no such route: 405, or a 404 that is not one of the store's own
+    not-found errors (a web framework's bare "Not Found")."""
+    if isinstance(err, RemoteStoreError):
+        return err.status == 405
+    return type(err) is NotFoundError and str(err) == "Not Found"
 
 
 def _paginated(data: dict[str, Any], model: type[M]) -> PaginatedResult[M]:

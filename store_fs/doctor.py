@@ -11,7 +11,6 @@ polling). docs/nfs.md explains the advice.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import shutil
 import time
@@ -25,6 +24,7 @@ from store_fs._disk.layout import Layout
 from store_fs._disk.server_clock import server_offset
 from store_fs._disk.watch import is_network_fs, resolve_mode
 from store_fs.clock import SystemClock
+from store_fs.errors import StoreNotFoundError
 
 __all__ = ["Finding", "Level", "MountInfo", "diagnose", "mount_of"]
 
@@ -182,10 +182,11 @@ def _space(root: Path) -> Finding:
 
 
 def diagnose(root: str | Path) -> list[Finding]:
-    """Every check on the filesystem under the store at ``root`` (which must exist)."""
+    """Every check on the filesystem under the store at ``root``; :class:`StoreNotFoundError`
+    when ``root`` is not a directory."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(errno.ENOENT, "no such directory", str(root))
+        raise StoreNotFoundError(str(root))
     layout = Layout(root)
     ctx = Context(layout, SystemClock())
     base = layout.locks if layout.locks.is_dir() else root

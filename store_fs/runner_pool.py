@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import multiprocessing as mp
 import os
@@ -43,27 +44,34 @@ _POLL_SECONDS = 0.2
 _CLIENT_RETRY_DELAYS = (0.2, 0.5, 1.0)
 
 
-class _EitherEvent:
-    """Set when either event is: the pool's shared stop event, or this process's own signal."""
-
-    def __init__(self, shared: Any, local: threading.Event) -> None:
-        self.shared = shared
-        self.local = local
-
-    def is_set(self) -> bool:
-        return bool(self.local.is_set() or self.shared.is_set())
-
-
 class _StopOnSignal:
-    """A signal handler: the first signal sets ``event``, a second one exits at once."""
+    """A signal handler: the first signal asks to stop, a second one exits at once.
 
-    def __init__(self, event: threading.Event) -> None:
-        self.event = event
+    It only flips a flag: taking a lock in a handler (setting an Event) could deadlock
+    with the main thread holding the same lock at that instant.
+    """
+
+    def __init__(self) -> None:
+        self.stopping = False
 
     def __call__(self, signum: int, frame: FrameType | None) -> None:
-        if self.event.is_set():
-            os._exit(128 + signum)  # the second Ctrl-C: no cleanup, no waiting for anything
-        self.event.set()
+        if self.stopping:
+            os._exit(128 + signum)  # the second signal: no cleanup, no waiting for anything
+        self.stopping = True
+
+
+class _StopEvent:
+    """Set once this process got a signal or the pool's shared stop event is set; from then
+    on, a signal (e.g. the pool terminating a late runner) is a second one."""
+
+    def __init__(self, shared: Any, signals: _StopOnSignal) -> None:
+        self.shared = shared
+        self.signals = signals
+
+    def is_set(self) -> bool:
+        if not self.signals.stopping and self.shared.is_set():
+            self.signals.stopping = True
+        return self.signals.stopping
 
 
 def _open_runner_store(location: str) -> Any:
@@ -85,21 +93,33 @@ def run_runner_process(
     """Body of one runner process: run until ``stop`` is set or SIGINT/SIGTERM arrives.
 
     Either one stops the runner (attempts in flight are reported failed, "runner
-    interrupted") and returns; a second signal ends the process at once.
+    interrupted") and returns; a second signal ends the process at once. ``runner_kwargs``
+    are :class:`~store_fs.runner.LitAgentRunner` arguments, plus ``hooks`` (for ``run_context``).
     """
     from store_fs.runner import LitAgentRunner
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("store_fs").setLevel(logging.INFO)  # completed rollouts, with durations
 
-    interrupted = threading.Event()
-    handler = _StopOnSignal(interrupted)
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
-    runner = LitAgentRunner(tracer=tracer, **(runner_kwargs or {}))
+    signals = _StopOnSignal()
+    if threading.current_thread() is threading.main_thread():  # handlers can be set only there
+        signal.signal(signal.SIGINT, signals)
+        signal.signal(signal.SIGTERM, signals)
+    kwargs = dict(runner_kwargs or {})
+    hooks = kwargs.pop("hooks", None)
+    runner = LitAgentRunner(tracer=tracer, **kwargs)
     store = _open_runner_store(store_location)
-    with runner.run_context(agent=agent, store=store, worker_id=worker_index):
-        asyncio.run(runner.iter(event=_EitherEvent(stop, interrupted)))
+    with runner.run_context(agent=agent, store=store, hooks=hooks, worker_id=worker_index):
+        asyncio.run(_iterate(runner, store, _StopEvent(stop, signals)))
+
+
+async def _iterate(runner: Any, store: Any, event: _StopEvent) -> None:
+    try:
+        await runner.iter(event=event)
+    finally:
+        close = getattr(store, "close", None)
+        if inspect.iscoroutinefunction(close):
+            await close()  # the HTTP client's connections on this loop
 
 
 class RunnerPool:
@@ -108,7 +128,8 @@ class RunnerPool:
 
     Args:
         tracer: the runners' tracer (default: the runner's own default); it must pickle.
-        runner_kwargs: extra :class:`~store_fs.runner.LitAgentRunner` arguments.
+        runner_kwargs: extra :class:`~store_fs.runner.LitAgentRunner` arguments, and ``hooks`` (a list;
+            they must pickle).
         max_restarts: how many times in all a runner that exited with an error is started again.
         stop_timeout: seconds the runners get, together, to stop before they are terminated
             (a runner needs its ``interrupt_grace_seconds`` and a little more).
@@ -141,6 +162,8 @@ class RunnerPool:
         self._procs: list[Any] = []
         #: Some runner exited with an error (or had to be terminated) and was not restarted.
         self.failed = False
+        self._killed = False
+        self._signals_seen = 0
 
     def _spawn(self, index: int) -> Any:
         proc = self._ctx.Process(
@@ -158,8 +181,11 @@ class RunnerPool:
         return self
 
     def request_stop(self) -> None:
-        """Ask the runners to stop (safe from a signal handler); :meth:`stop` waits for them."""
+        """Ask the runners to stop; :meth:`stop` waits for them."""
         self._stop.set()
+
+    def _stopping(self) -> bool:
+        return self._signals_seen > 0 or self._stop.is_set()
 
     @property
     def stopping(self) -> bool:
@@ -184,10 +210,12 @@ class RunnerPool:
         stop them."""
         with self._signals():
             try:
-                while not self._stop.is_set() and self.poll() and not (until and until()):
+                while not self._stopping() and self.poll() and not (until and until()):
                     time.sleep(_POLL_SECONDS)
-            except KeyboardInterrupt:  # only when the caller's own SIGINT handling is in place
-                pass
+            except KeyboardInterrupt:
+                if self._killed:  # the second signal: out at once
+                    raise
+                # else Python's own SIGINT handling (not the main thread): a first Ctrl-C
             finally:
                 self.stop()
 
@@ -199,10 +227,12 @@ class RunnerPool:
             return
 
         def on_signal(signum: int, frame: FrameType | None) -> None:
-            if self._stop.is_set():
+            # Only a flag here (the loop in wait() sets the stop event): setting an Event from a
+            # handler could deadlock on a lock the interrupted main thread holds.
+            self._signals_seen += 1
+            if self._signals_seen > 1:
                 self.kill()
                 raise KeyboardInterrupt
-            self.request_stop()
 
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
@@ -238,6 +268,7 @@ class RunnerPool:
 
     def kill(self) -> None:
         """SIGKILL every runner still alive (their attempts are left to the reaper)."""
+        self._killed = True
         for proc in self._procs:
             if proc.is_alive():
                 proc.kill()

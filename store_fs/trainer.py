@@ -4,7 +4,7 @@
 start N runner processes (a :class:`~store_fs.runner_pool.RunnerPool` over the same
 store directory, or the same ``agl store`` URL), run the algorithm in this process, and
 stop the runners when it returns, raises, or Ctrl-C arrives. Runners stopped
-mid-rollout leave their attempts to the reaper.
+mid-rollout report their attempts failed ("runner interrupted"), so retry rules apply.
 
 The constructor takes upstream Agent-lightning 0.3's arguments with their meaning
 (docs/behaviour.md §10.5): ``n_runners`` (``n_workers`` is its old name), ``max_rollouts``

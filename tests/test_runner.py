@@ -166,8 +166,8 @@ async def test_concurrent_rollouts_keep_their_own_spans(fs: FileStore) -> None:
         assert [s.sequence_id for s in spans] == [1, 2, 3, 4]
 
 
-async def test_stop_event_leaves_unfinished_attempts_for_the_reaper(fs: FileStore) -> None:
-    config = RolloutConfig(unresponsive_seconds=0.5, max_attempts=2, retry_condition=["unresponsive"])
+async def test_stop_event_reports_attempts_in_flight_failed_so_the_retry_rule_applies(fs: FileStore) -> None:
+    config = RolloutConfig(max_attempts=2, retry_condition=["failed"])
     r = await fs.enqueue_rollout(input="30", config=config)
     stop = threading.Event()
     runner = _runner()
@@ -175,14 +175,30 @@ async def test_stop_event_leaves_unfinished_attempts_for_the_reaper(fs: FileStor
         task = asyncio.create_task(runner.iter(event=stop))
         await asyncio.sleep(0.5)
         stop.set()
+        started = time.monotonic()
         await asyncio.wait_for(task, 10)
+    assert time.monotonic() - started < 2
+    attempts = list(await fs.query_attempts(r.rollout_id))
+    assert [a.status for a in attempts] == ["failed"]
+    assert attempts[0].metadata == {"error": "runner interrupted"}
+    got = await fs.get_rollout_by_id(r.rollout_id)
+    assert got is not None
+    assert got.status == "requeuing"  # the rollout's retry rule applied
+
+
+async def test_cancelling_iter_reports_attempts_in_flight_failed(fs: FileStore) -> None:
+    # asyncio.run cancels its main task on the first Ctrl-C: the same as a stop.
+    r = await fs.enqueue_rollout(input="30")
+    runner = _runner()
+    with runner.run_context(agent=sleeps, store=fs):
+        task = asyncio.create_task(runner.iter())
+        await asyncio.sleep(0.5)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
     attempt = await fs.get_latest_attempt(r.rollout_id)
     assert attempt is not None
-    assert attempt.status in ("preparing", "running")  # not reported by the stopped runner
-    await asyncio.sleep(0.8)
-    fs.reap()
-    attempts = list(await fs.query_attempts(r.rollout_id))
-    assert attempts[0].status == "unresponsive"
+    assert attempt.status == "failed"
+    assert attempt.metadata == {"error": "runner interrupted"}
 
 
 async def test_step_runs_one_rollout_directly(fs: FileStore) -> None:

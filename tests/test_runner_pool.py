@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -56,6 +57,6 @@ def test_stopping_from_a_condition(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"), [({"n_runners": 0}, "n_runners"), ({"max_restarts": -1}, "max_restarts")]
 )
-def test_bad_arguments_are_refused(kwargs: dict[str, int], message: str) -> None:
+def test_bad_arguments_are_refused(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         RunnerPool("runs/x", echo_agent, **kwargs)

@@ -668,3 +668,27 @@ async def test_statistics_counts(store: FileStore, clock: FakeClock) -> None:
         assert after[key] == before[key] + 1, key
     assert after["uptime"] > before["uptime"]
     assert store.capabilities["async_safe"] is True
+
+
+async def test_a_late_outcome_does_not_overwrite_the_watchdogs_verdict(
+    store: FileStore, clock: FakeClock
+) -> None:
+    # docs/deviations.md: upstream lets a late "succeeded" overwrite "timeout" after the retry was
+    # queued, so one rollout could succeed twice.
+    cfg = RolloutConfig(timeout_seconds=5, max_attempts=2, retry_condition=["timeout"])
+    r = await store.enqueue_rollout(input=1, config=cfg)
+    got = await store.dequeue_rollout()
+    assert got is not None
+    clock.advance(6)
+    assert await status_of(store, r.rollout_id) == "requeuing"
+    with pytest.raises(ConflictError, match="timeout"):
+        await store.update_attempt(r.rollout_id, got.attempt.attempt_id, status="succeeded")
+    attempt = (await store.query_attempts(r.rollout_id)).items[0]
+    assert attempt.status == "timeout"
+    assert await status_of(store, r.rollout_id) == "requeuing"
+    # Other overwrites stay upstream's: a person may turn a failure into a success.
+    retry = await store.dequeue_rollout()
+    assert retry is not None
+    await store.update_attempt(r.rollout_id, retry.attempt.attempt_id, status="failed")
+    await store.update_attempt(r.rollout_id, retry.attempt.attempt_id, status="succeeded")
+    assert await status_of(store, r.rollout_id) == "succeeded"

@@ -14,7 +14,7 @@ from store_fs._disk.status_rules import (
     touch_attempt,
 )
 from store_fs._filtering import check_page_args, paginate, sort_items
-from store_fs.errors import RolloutNotFoundError
+from store_fs.errors import ConflictError, RolloutNotFoundError
 from store_fs.models import UNSET, Attempt, AttemptStatus, PaginatedResult, SortOrder, Unset
 from store_fs.store._base import StoreCore
 
@@ -64,6 +64,7 @@ class AttemptMethods(StoreCore):
             status = Attempt.model_validate({**current.model_dump(), "status": status}).status
         journal = None
         if not isinstance(status, Unset) and status in FINAL_ATTEMPT_STATUSES:
+            _refuse_late_outcome(current, status)
             journal = self._engine.settle(current, status)
         now = self._clock.time()
         requeued: list[bool] = []
@@ -126,3 +127,19 @@ def _overwrite(
         attempt.last_heartbeat_time = last_heartbeat_time
     if not isinstance(metadata, Unset):
         attempt.metadata = metadata
+
+
+# Verdicts the store reaches on its own: a runner's outcome arriving after one of these is late.
+_STORE_VERDICTS = frozenset({"timeout", "unresponsive"})
+
+
+def _refuse_late_outcome(current: Attempt, status: AttemptStatus) -> None:
+    """A reaper's verdict stands: a runner's late succeeded/failed does not overwrite it, since
+    the rollout may already be queued again (docs/deviations.md). Other overwrites, such as
+    succeeded -> failed by a person, are upstream's and allowed."""
+    if current.status in _STORE_VERDICTS and status in ("succeeded", "failed"):
+        raise ConflictError(
+            f"attempt {current.attempt_id} of {current.rollout_id} was already found {current.status}; "
+            f"the late outcome {status} is not recorded",
+            rollout_id=current.rollout_id,
+        )

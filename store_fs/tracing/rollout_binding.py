@@ -1,15 +1,29 @@
 """Which rollout the code running now belongs to, and delivery of its spans to the store.
 
-A :class:`RolloutBinding` lives in a ``ContextVar`` while a tracer's
-``trace_context`` is open. Context variables follow asyncio tasks and
-``asyncio.to_thread`` calls, so several rollouts running at once in one process
-(``max_parallel``) each tag their own spans, which a process-global "current
-rollout" (upstream's approach) would mix up.
+A :class:`RolloutBinding` lives in a ``ContextVar`` while a tracer's ``trace_context`` is
+open. Context variables follow asyncio tasks and threads started with a copied context,
+so several rollouts running at once in one process (``max_parallel``) each tag their own
+spans, which a process-global "current rollout" (upstream's approach) would mix up.
 
-Spans are converted when they end (in the caller's thread) and written by one
-background thread with its own event loop, in the order they ended, so that
-``on_end`` never blocks on storage and sequence numbers follow end order.
-Leaving the trace context waits until every span of the rollout is stored.
+**Order.** Every span a binding receives (``deliver`` from the span processor, ``submit``
+from the runner) joins one FIFO queue per binding, in the caller's thread, without
+blocking. One pump per binding, on the tracer's writer thread, takes spans from the front
+in batches, gives each span the next rollout sequence id in queue order (once: a retried
+write keeps it) and stores the batch before it takes the next one. So the sequence ids
+of one attempt's spans follow the order its agent emitted them, whatever the transport
+(``add_span``, ``add_many_spans``, OTLP export) and its latency; the pumps of different
+attempts interleave freely.
+
+**No silent loss.** A failed write is retried with the tracer's
+:class:`~store_fs.retrying.RetryPolicy` (capped backoff with jitter, the outage logged
+once). Writes are idempotent by span id (a store keeps the first copy of a span id), so a
+retry whose first try did land stores nothing twice. A span that cannot be stored (a
+permanent error, or retrying given up) is counted in :attr:`RolloutBinding.lost`; the
+runner then fails the attempt instead of reporting it ``succeeded``.
+
+**Settlement.** :meth:`RolloutBinding.close` ends delivery for good: spans still queued,
+and every span delivered later (an abandoned agent that keeps running), are dropped and
+counted in :attr:`RolloutBinding.dropped`, with one warning.
 """
 
 from __future__ import annotations
@@ -17,21 +31,32 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
+import inspect
 import logging
 import threading
-from collections.abc import Coroutine
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+import time
+from collections import deque
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
 
 from store_fs.models import Span
+from store_fs.retrying import RetryPolicy, call_with_retry, is_transient
 
-__all__ = ["RolloutBinding", "SpanSink", "StoreWriter", "current_binding"]
+__all__ = ["RolloutBinding", "SpanSink", "SpanTransport", "StoreWriter", "current_binding"]
 
 log = logging.getLogger(__name__)
 
+SpanTransport = Literal["api", "otlp"]
+_MAX_BATCH = 256
+
 
 class SpanSink(Protocol):
-    """The part of a store the tracer needs (FileStore and LightningStoreClient both fit)."""
+    """The part of a store the tracer needs (FileStore and LightningStoreClient both fit).
+
+    Optional extras, used when present: ``get_many_span_sequence_ids`` and
+    ``add_many_spans`` (batches), ``export_otlp`` (the OTLP transport).
+    """
 
     async def get_next_span_sequence_id(self, rollout_id: str, attempt_id: str) -> int: ...
 
@@ -39,7 +64,7 @@ class SpanSink(Protocol):
 
 
 class StoreWriter:
-    """A daemon thread running an event loop that performs store calls in submission order."""
+    """A daemon thread running an event loop, where the bindings' pumps run."""
 
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -67,65 +92,267 @@ class StoreWriter:
     def submit(self, coro: Coroutine[Any, Any, Any]) -> concurrent.futures.Future[Any]:
         return asyncio.run_coroutine_threadsafe(coro, self._ensure())
 
-    def close(self) -> None:
-        """Stop the thread after the calls already submitted; a later submit starts a new one."""
+    def release(self, store: Any, timeout: float = 2.0) -> None:
+        """Let ``store`` close the connections it opened on the writer's loop: an async
+        ``close()`` (``LightningStoreClient``'s closes the calling loop's pool)."""
+        close = getattr(store, "close", None)
+        with self._lock:
+            loop = self._loop
+        if loop is None or not inspect.iscoroutinefunction(close):
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(close(), loop).result(timeout)
+        except Exception as err:  # closing is a courtesy: never let it fail a teardown
+            log.debug("closing %r on the span writer's loop failed: %s", store, err)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the thread (waiting up to ``timeout`` s); a later submit starts a new one.
+
+        Pumps still running are abandoned: the runner drains (or closes) every binding first.
+        """
         with self._lock:
             loop, self._loop = self._loop, None
             thread, self._thread = self._thread, None
         if loop is not None and thread is not None:
             loop.call_soon_threadsafe(loop.stop)
-            thread.join(10)
+            thread.join(timeout)
 
 
 @dataclass
+class _Entry:
+    span: Span
+    readable: Any = None  # the SDK span, kept for the OTLP transport
+    numbered: bool = False  # the span already has its sequence id
+
+
 class RolloutBinding:
-    """One open trace context: the rollout, the attempt, where its spans go, what was captured."""
+    """One open trace context: the rollout, the attempt, where its spans go, what was stored.
 
-    rollout_id: str | None
-    attempt_id: str | None
-    store: SpanSink | None
-    writer: StoreWriter
-    owner: Any = None  # the tracer that opened the context (emitters find it here)
-    spans: list[Span] = field(default_factory=list)
-    _pending: list[concurrent.futures.Future[Any]] = field(default_factory=list)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    _local_seq: int = 0
+    Attributes:
+        spans: the spans stored so far (in sequence order once :meth:`drain` returned).
+        lost: spans that could not be stored; ``lost_error`` is the last reason.
+        dropped: spans dropped because the binding was closed (the attempt was settled).
+        closed: why the binding was closed, or None while it is open.
+        flush_deadline: a ``time.monotonic()`` instant after which :meth:`drain` gives up.
+    """
 
+    def __init__(
+        self,
+        rollout_id: str | None,
+        attempt_id: str | None,
+        store: SpanSink | None,
+        writer: StoreWriter,
+        owner: Any = None,
+        *,
+        policy: RetryPolicy | None = None,
+        span_transport: SpanTransport = "api",
+        give_up_after: float | None = None,
+    ) -> None:
+        self.rollout_id = rollout_id
+        self.attempt_id = attempt_id
+        self.store = store
+        self.writer = writer
+        self.owner = owner  # the tracer that opened the context (emitters find it here)
+        self.policy = policy or RetryPolicy()
+        self.span_transport = span_transport
+        self.give_up_after = give_up_after
+        self.spans: list[Span] = []
+        self.lost = 0
+        self.lost_error: str | None = None
+        self.dropped = 0
+        self.closed: str | None = None
+        self.flush_deadline: float | None = None
+        self._queue: deque[_Entry] = deque()
+        self._pump: concurrent.futures.Future[None] | None = None
+        self._lock = threading.Lock()
+        self._warned = False
+        self._local_seq = 0
+
+    @property
+    def bound(self) -> bool:
+        """Spans go to a store (else they are only kept in :attr:`spans`)."""
+        return self.store is not None and self.rollout_id is not None and self.attempt_id is not None
+
+    # -- receiving spans (any thread, never blocks) ---------------------------------------
     def deliver(self, readable_span: Any) -> None:
-        """Convert a finished OpenTelemetry span and queue it for the store (never blocks)."""
-        if self.store is None or self.rollout_id is None or self.attempt_id is None:
+        """Queue a finished OpenTelemetry span for the store."""
+        rollout_id = self.rollout_id or "rollout-dummy"
+        attempt_id = self.attempt_id or "attempt-dummy"
+        span = Span.from_opentelemetry(readable_span, rollout_id, attempt_id, 0)
+        self._enqueue(_Entry(span, readable_span if self.span_transport == "otlp" else None))
+
+    def submit(self, span: Span, *, numbered: bool = False) -> None:
+        """Queue a span built by the caller (the runner's reward span, an agent's returned
+        spans); ``numbered``: keep its sequence id instead of allocating one."""
+        self._enqueue(_Entry(span, None, numbered))
+
+    def _enqueue(self, entry: _Entry) -> None:
+        if not self.bound:
             with self._lock:
-                self._local_seq += 1
-                seq = self._local_seq
-            span = Span.from_opentelemetry(
-                readable_span, self.rollout_id or "rollout-dummy", self.attempt_id or "attempt-dummy", seq
-            )
-            with self._lock:
-                self.spans.append(span)
+                if not entry.numbered:
+                    self._local_seq += 1
+                    entry.span.sequence_id = self._local_seq
+                self.spans.append(entry.span)
             return
-        span = Span.from_opentelemetry(readable_span, self.rollout_id, self.attempt_id, 0)
-        future = self.writer.submit(self._store(span))
         with self._lock:
-            self._pending.append(future)
+            if self.closed is None:
+                self._queue.append(entry)
+                if self._pump is None:
+                    self._pump = self.writer.submit(self._run_pump())
+                return
+            self.dropped += 1
+            warn, self._warned = not self._warned, True
+        if warn:
+            self._warn_dropping()
 
-    async def _store(self, span: Span) -> None:
-        assert self.store is not None
-        span.sequence_id = await self.store.get_next_span_sequence_id(span.rollout_id, span.attempt_id)
-        stored = await self.store.add_span(span)
-        with self._lock:
-            self.spans.append(stored or span)
+    def _warn_dropping(self) -> None:
+        log.warning(
+            "attempt %s of %s is settled (%s): spans its agent still emits are dropped (counted, not stored)",
+            self.attempt_id,
+            self.rollout_id,
+            self.closed,
+        )
 
-    async def drain(self) -> None:
-        """Wait until every span delivered so far is stored (errors are logged, not raised)."""
+    # -- settling ---------------------------------------------------------------------------
+    def close(self, reason: str) -> None:
+        """End delivery: queued and later spans are dropped (counted, one warning). Idempotent."""
         with self._lock:
-            pending, self._pending = self._pending, []
-        for future in pending:
-            try:
-                await asyncio.wrap_future(future)
-            except Exception as err:
-                log.warning("could not store a span of %s: %s", self.rollout_id, err)
+            if self.closed is not None:
+                return
+            self.closed = reason
+            pending = len(self._queue)
+            self._queue.clear()
+            self.dropped += pending
+            warn = pending > 0 and not self._warned
+            self._warned = self._warned or warn
+        if warn:
+            self._warn_dropping()
+
+    async def drain(self, deadline: float | None = None) -> None:
+        """Wait until every span received so far is stored, lost or dropped.
+
+        Past ``deadline`` (or :attr:`flush_deadline`; ``time.monotonic()``) the binding is
+        closed, dropping what is still queued. Errors are counted in :attr:`lost`, not raised.
+        """
+        waiting: tuple[concurrent.futures.Future[None], asyncio.Future[None]] | None = None
+        while True:
+            with self._lock:
+                pump = self._pump
+            if pump is None or self.closed is not None:
+                break
+            until = deadline if deadline is not None else self.flush_deadline
+            left = 0.1 if until is None else until - time.monotonic()
+            if left <= 0:
+                self.close("its spans could not be stored before the deadline")
+                break
+            if waiting is None or waiting[0] is not pump:
+                waiting = (pump, asyncio.wrap_future(pump))
+            await asyncio.wait([waiting[1]], timeout=min(0.1, left))
         with self._lock:
             self.spans.sort(key=lambda s: s.sequence_id)
+
+    # -- the pump (on the writer's loop) ----------------------------------------------------
+    async def _run_pump(self) -> None:
+        while True:
+            with self._lock:
+                if self.closed is not None or not self._queue:
+                    self._pump = None
+                    return
+                batch = [self._queue.popleft() for _ in range(min(len(self._queue), _MAX_BATCH))]
+            try:
+                await self._write(batch)
+            except Exception as err:  # a bug here must not stall the queue: count and go on
+                log.exception("span delivery of %s failed", self.rollout_id)
+                self._count_lost(batch, err)
+
+    async def _write(self, batch: Sequence[_Entry], give_up_after: float | None = None) -> None:
+        limit = self.give_up_after if give_up_after is None else give_up_after
+        stop = self._is_closed
+        try:
+            await call_with_retry(
+                lambda: self._number(batch),
+                what="span sequence ids",
+                policy=self.policy,
+                stop=stop,
+                give_up_after=limit,
+            )
+            await call_with_retry(
+                lambda: self._store_batch(batch),
+                what="span write",
+                policy=self.policy,
+                stop=stop,
+                give_up_after=limit,
+            )
+        except Exception as err:
+            await self._failed(batch, err)
+            return
+        with self._lock:
+            self.spans.extend(entry.span for entry in batch)
+
+    async def _failed(self, batch: Sequence[_Entry], err: Exception) -> None:
+        if self.closed is not None:
+            with self._lock:
+                self.dropped += len(batch)
+            return
+        if len(batch) > 1:
+            # One bad span must not take its neighbours with it. After a permanent error each
+            # span is retried as usual; after retries were given up, each gets one more try.
+            patience = None if not is_transient(err) else 0.0
+            for entry in batch:
+                await self._write([entry], patience)
+            return
+        self._count_lost(batch, err)
+
+    def _count_lost(self, batch: Sequence[_Entry], err: BaseException) -> None:
+        with self._lock:
+            self.lost += len(batch)
+            self.lost_error = f"{type(err).__name__}: {err}"
+        log.warning("could not store %d span(s) of %s: %s", len(batch), self.rollout_id, self.lost_error)
+
+    def _is_closed(self) -> bool:
+        return self.closed is not None
+
+    async def _number(self, batch: Sequence[_Entry]) -> None:
+        """Give sequence ids, in queue order, to the spans that have none yet."""
+        assert self.store is not None
+        assert self.rollout_id is not None
+        assert self.attempt_id is not None
+        missing = [entry for entry in batch if not entry.numbered]
+        if not missing:
+            return
+        many = getattr(self.store, "get_many_span_sequence_ids", None)
+        key = (self.rollout_id, self.attempt_id)
+        if many is not None and len(missing) > 1:
+            numbers = list(await many([key] * len(missing)))
+        else:
+            numbers = [await self.store.get_next_span_sequence_id(*key) for _ in missing]
+        for entry, number in zip(missing, numbers, strict=True):
+            entry.span.sequence_id = number
+            entry.numbered = True
+
+    async def _store_batch(self, batch: Sequence[_Entry]) -> None:
+        export = getattr(self.store, "export_otlp", None)
+        rest = list(batch)
+        if export is not None and self.span_transport == "otlp":
+            from store_fs.tracing.otlp_export import encode_request
+
+            exported = [entry for entry in batch if entry.readable is not None]
+            rest = [entry for entry in batch if entry.readable is None]
+            if exported:
+                rejected = await export(encode_request([(e.readable, e.span) for e in exported]))
+                if rejected:
+                    raise ValueError(f"the server rejected {rejected} of {len(exported)} exported span(s)")
+        if rest:
+            await self._add(rest)
+
+    async def _add(self, entries: Sequence[_Entry]) -> None:
+        assert self.store is not None
+        many = getattr(self.store, "add_many_spans", None)
+        if many is not None and len(entries) > 1:
+            await many([entry.span for entry in entries])
+            return
+        for entry in entries:
+            await self.store.add_span(entry.span)
 
 
 _current: contextvars.ContextVar[RolloutBinding | None] = contextvars.ContextVar("agl_rollout", default=None)

@@ -19,9 +19,11 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Status, StatusCode
 
 from store_fs.models import Attributes, Span, SpanCoreFields, TraceStatus
+from store_fs.retrying import RetryPolicy
 from store_fs.tracing.rollout_binding import (
     RolloutBinding,
     SpanSink,
+    SpanTransport,
     StoreWriter,
     bind,
     current_binding,
@@ -35,15 +37,26 @@ log = logging.getLogger(__name__)
 
 
 class Tracer:
-    """What a runner needs from a tracer. Subclasses decide how spans are produced."""
+    """What a runner needs from a tracer. Subclasses decide how spans are produced.
+
+    Span delivery (order, retries, settlement) is :class:`RolloutBinding`'s. Settings a
+    runner may change: ``span_transport`` ("api": ``add_span`` calls; "otlp": OTLP/HTTP
+    export to an ``agl store`` server, for stores that offer ``export_otlp``),
+    ``retry_policy`` and ``span_retry_seconds`` (how long a failing span write is retried
+    before the span counts as lost; None: as long as the attempt lasts).
+    """
+
+    span_transport: SpanTransport = "api"
+    span_retry_seconds: float | None = None
 
     def __init__(self) -> None:
         self._writer = StoreWriter()
         self._store: SpanSink | None = None
         self._last: list[Span] = []
+        self.retry_policy = RetryPolicy()
 
     # Tracers travel to runner processes (spawn): only their settings are pickled.
-    _RUNTIME: tuple[str, ...] = ("_writer", "_store", "_last")
+    _RUNTIME: tuple[str, ...] = ("_writer", "_store", "_last", "retry_policy")
 
     def __getstate__(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k not in self._RUNTIME}
@@ -60,10 +73,11 @@ class Tracer:
         self._store = store
 
     def teardown_worker(self, worker_id: int) -> None:
-        self._store = None
+        store, self._store = self._store, None
+        self._writer.release(store)
 
     def teardown(self) -> None:
-        self._writer.close()
+        self._writer.close(timeout=2.0)
 
     @contextlib.contextmanager
     def lifespan(self, store: SpanSink | None = None) -> Iterator[Tracer]:
@@ -87,13 +101,23 @@ class Tracer:
     ) -> AsyncIterator[RolloutBinding]:
         """Everything traced inside belongs to ``rollout_id``/``attempt_id`` (give both or neither).
 
-        On exit, waits until all the context's spans are stored.
+        On exit, waits until all the context's spans are stored, lost or dropped (see
+        :meth:`RolloutBinding.drain`); the binding tells which.
         """
         if (rollout_id is None) != (attempt_id is None):
             raise ValueError("rollout_id and attempt_id must be given together")
         if current_binding() is not None:
             raise RuntimeError("a trace context is already open in this task")
-        binding = RolloutBinding(rollout_id, attempt_id, store or self._store, self._writer, owner=self)
+        binding = RolloutBinding(
+            rollout_id,
+            attempt_id,
+            store or self._store,
+            self._writer,
+            owner=self,
+            policy=self.retry_policy,
+            span_transport=self.span_transport,
+            give_up_after=self.span_retry_seconds,
+        )
         token = bind(binding)
         try:
             yield binding
@@ -193,6 +217,8 @@ class OtelTracer(ProviderTracer):
         instrument_openai: record OpenAI chat completions (sync, async, streaming).
         instrument: extra ``callable(tracer_provider) -> uninstrument`` hooks, e.g. for
             other OpenTelemetry instrumentations that accept a ``tracer_provider``.
+        span_transport: "api" (``add_span`` calls, any store) or "otlp" (OTLP/HTTP export
+            to the server of a ``LightningStoreClient``; other stores use "api").
     """
 
     def __init__(
@@ -200,8 +226,12 @@ class OtelTracer(ProviderTracer):
         *,
         instrument_openai: bool = True,
         instrument: list[Callable[[TracerProvider], Callable[[], None]]] | None = None,
+        span_transport: SpanTransport = "api",
     ) -> None:
         super().__init__()
+        if span_transport not in ("api", "otlp"):
+            raise ValueError(f"span_transport must be 'api' or 'otlp', not {span_transport!r}")
+        self.span_transport = span_transport
         self._instrument_openai = instrument_openai
         self._extra = list(instrument or [])
 
