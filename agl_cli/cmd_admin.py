@@ -2,16 +2,34 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from store_fs.errors import ExitCode
 
-from . import output
-from .state import CliState, require_rollout, run
+from . import completion, output
+from .exit_codes import CliError
+from .params import StatusFilter, values
+from .progress import Progress
+from .state import CliState, check_directories, check_store_path, run
+from .tables import WORKER_COLUMNS
 
-workers_app = typer.Typer(help="Inspect workers.", no_args_is_help=True)
+if TYPE_CHECKING:
+    from store_fs import FileStore
+
+workers_app = typer.Typer(
+    help="""Inspect workers (runners, as the store sees them).
+
+\b
+Examples:
+  agl workers list
+  agl workers list | jq -r 'select(.status=="busy") | .worker_id'
+""",
+    no_args_is_help=True,
+)
 
 
 def init(
@@ -26,25 +44,28 @@ def init(
     agl init runs/exp1 && export AGL_STORE=runs/exp1
     """
     cli = CliState.of(ctx)
-    from store_fs import init_store
+    from store_fs import FileStore, StoreNotFoundError, init_store
 
-    root = init_store(path or cli.store_path())
+    target = Path(path) if path is not None else cli.store_path()
+    check_store_path(target)
+    try:  # an existing store must be sound: a newer format, or damage, is not "ready"
+        check_directories(FileStore(target, create=False))
+    except StoreNotFoundError:
+        pass
+    root = init_store(target)
     output.info(f"store ready at {root}")
 
 
 @workers_app.command("list")
 def list_workers(ctx: typer.Context) -> None:
-    """Workers with their status and current rollout.
+    """Workers with their status, current rollout and last heartbeat.
 
     \b
     agl workers list | jq -r 'select(.status=="busy") | .worker_id'
     """
     cli = CliState.of(ctx)
     store = cli.open_store()
-    cli.out.emit_records(
-        list(run(store.query_workers(sort_by="worker_id"))),
-        [("worker_id", 20), ("status", 8), ("current_rollout_id", 15), ("last_heartbeat_time", 18)],
-    )
+    cli.out.emit_records(list(run(store.query_workers(sort_by="worker_id"))), WORKER_COLUMNS)
 
 
 def stats(ctx: typer.Context) -> None:
@@ -71,7 +92,8 @@ def check(
     """
     cli = CliState.of(ctx)
     store = cli.open_store()
-    problems = store.check(fix=fix)
+    with Progress("checking" + (" and fixing" if fix else ""), quiet=cli.quiet, ticking=True):
+        problems = store.check(fix=fix)
     for problem in problems:
         if cli.out.machine:
             cli.out.emit_line(
@@ -85,16 +107,54 @@ def check(
         raise typer.Exit(ExitCode.CORRUPT)
 
 
-def export(ctx: typer.Context, rollout_id: Annotated[str, typer.Argument(help="Rollout id.")]) -> None:
-    """A rollout with its attempts and spans as one JSON document.
+def _export_ids(store: FileStore, rollout_ids: list[str], all_: bool, status: list[str] | None) -> list[str]:
+    from store_fs.exporting import select_rollout_ids
+
+    if sum((bool(rollout_ids), all_, status is not None)) != 1:
+        raise CliError("name rollouts to export, or give --all or --status (one of the three)")
+    if rollout_ids:
+        return list(dict.fromkeys(rollout_ids))
+    return run(select_rollout_ids(store, status_in=status))  # type: ignore[arg-type]
+
+
+def export(
+    ctx: typer.Context,
+    rollout_ids: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Rollout ids (ro-...).", autocompletion=completion.rollout_ids, show_default=False
+        ),
+    ] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Export every rollout.")] = False,
+    status: StatusFilter = None,
+) -> None:
+    """Rollouts with their attempts and spans: one JSON document for one id, else one per line.
+
+    Every named rollout must exist (exit 3 before anything is printed otherwise). A progress
+    bar shows on stderr when it is a terminal.
 
     \b
     agl export "$RID" > "$RID.json"
+    agl export --all > store.jsonl
+    agl export --status failed --status cancelled | jq -c '{rollout_id, spans: (.spans | length)}'
     """
     cli = CliState.of(ctx)
+    from store_fs import RolloutNotFoundError
+    from store_fs.exporting import rollout_document
+
     store = cli.open_store()
-    data = require_rollout(store, rollout_id).model_dump(mode="json")
-    data.pop("attempt", None)
-    data["attempts"] = [a.model_dump(mode="json") for a in run(store.query_attempts(rollout_id))]
-    data["spans"] = [s.model_dump(mode="json") for s in run(store.query_spans(rollout_id))]
-    cli.out.emit_json(data)
+    ids = _export_ids(store, rollout_ids or [], all_, values(status))
+    for rid in ids if rollout_ids else ():
+        if run(store.get_rollout_by_id(rid)) is None:
+            raise RolloutNotFoundError(rid)
+    one = bool(rollout_ids) and len(ids) == 1
+    emit = cli.out.emit_json if one else cli.out.emit_line
+    # No bar when the documents themselves go to the terminal.
+    with Progress("exported", len(ids), quiet=cli.quiet or sys.stdout.isatty()) as bar:
+        for rid in ids:
+            document = run(rollout_document(store, rid))
+            if document is not None:  # None: removed since it was listed
+                emit(document)
+            bar.advance()
+    if not one:
+        output.info(f"exported {len(ids)} rollout(s)")

@@ -9,13 +9,23 @@ import typer
 from store_fs.errors import ExitCode
 
 from . import output
+from .exit_codes import CliError
 from .inputs import read_object
+from .params import AttemptArg, AttemptStatus, RolloutArg
 from .state import CliState, require_rollout, run
+from .tables import ATTEMPT_COLUMNS
 
-attempts_app = typer.Typer(help="Inspect and update attempts.", no_args_is_help=True)
+attempts_app = typer.Typer(
+    help="""Inspect and update attempts (a rollout's tries, one per dequeue).
 
-RolloutArg = Annotated[str, typer.Argument(help="Rollout id (ro-...).")]
-AttemptArg = Annotated[str, typer.Argument(help="Attempt id (at-...), or 'latest'.")]
+\b
+Examples:
+  agl attempts list ro-0123456789ab
+  agl attempts update ro-0123456789ab latest --status running
+  agl attempts list "$RID" | jq -c '{sequence_id, status}'
+""",
+    no_args_is_help=True,
+)
 
 
 def _update(cli: CliState, rollout_id: str, attempt_id: str, **fields: Any) -> None:
@@ -68,13 +78,13 @@ def update(
     ctx: typer.Context,
     rollout_id: RolloutArg,
     attempt_id: AttemptArg,
-    status: Annotated[
-        str | None, typer.Option(help="preparing, running, succeeded, failed, timeout or unresponsive.")
-    ] = None,
+    status: Annotated[AttemptStatus | None, typer.Option(help="The attempt's new status.")] = None,
     worker_id: Annotated[str | None, typer.Option("--worker-id")] = None,
     metadata: Annotated[str | None, typer.Option(help="Replace metadata: a JSON object, or @FILE.")] = None,
 ) -> None:
     """Overwrite fields of an attempt (the rollout's status follows its latest attempt).
+
+    Nothing to change (no option given) is an error.
 
     \b
     agl attempts update "$RID" latest --status running
@@ -86,6 +96,8 @@ def update(
         fields["worker_id"] = worker_id
     if metadata is not None:
         fields["metadata"] = read_object(metadata, "--metadata")
+    if not fields:
+        raise CliError("nothing to update: give --status, --worker-id or --metadata")
     _update(CliState.of(ctx), rollout_id, attempt_id, **fields)
 
 
@@ -100,7 +112,4 @@ def list_attempts(ctx: typer.Context, rollout_id: RolloutArg) -> None:
     store = cli.open_store()
     require_rollout(store, rollout_id)
     result = run(store.query_attempts(rollout_id))
-    cli.out.emit_records(
-        list(result),
-        [("sequence_id", 4), ("attempt_id", 11), ("status", 12), ("worker_id", 16), ("start_time", 18)],
-    )
+    cli.out.emit_records(list(result), ATTEMPT_COLUMNS)

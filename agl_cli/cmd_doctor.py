@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated
 
 import typer
@@ -31,7 +32,8 @@ def doctor(
     from store_fs.doctor import diagnose
 
     cli = CliState.of(ctx)
-    findings = diagnose(store if store is not None else cli.store_path())
+    opened = (dataclasses.replace(cli, store=store) if store is not None else cli).open_store()
+    findings = diagnose(opened.root)
     if cli.out.machine:
         for finding in findings:
             cli.out.emit_line(

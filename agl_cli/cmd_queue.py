@@ -15,9 +15,13 @@ from store_fs.errors import ExitCode
 from . import output
 from .exit_codes import CliError
 from .inputs import read_lines, read_object, read_value
+from .params import MAX_COUNT, Mode, RetryOn, RolloutArgs, seconds, values
+from .progress import Progress
 from .state import CliState, run
+from .tables import ROLLOUT_COLUMNS
 
-ROLLOUT_COLUMNS = [("rollout_id", 15), ("status", 10), ("mode", 5), ("resources_id", 15), ("input", 50)]
+# Big inputs are enqueued in chunks of this many, so a progress bar can move.
+ENQUEUE_CHUNK = 500
 
 
 def _config(
@@ -52,24 +56,28 @@ def enqueue(
             help="Task input as JSON, or @FILE. Omit (or '-') to read one input per line of stdin."
         ),
     ] = None,
-    mode: Annotated[str | None, typer.Option(help="train, val or test.")] = None,
+    mode: Annotated[Mode | None, typer.Option(help="The rollout's mode.")] = None,
     resources_id: Annotated[
         str | None, typer.Option("--resources-id", help="Resources snapshot (default: the latest).")
     ] = None,
     max_attempts: Annotated[
-        int | None, typer.Option("--max-attempts", help="Attempts allowed in all.")
+        int | None, typer.Option("--max-attempts", min=1, max=MAX_COUNT, help="Attempts allowed in all.")
     ] = None,
     timeout: Annotated[
-        float | None, typer.Option(help="Seconds an attempt may run before it times out.")
+        float | None,
+        typer.Option(parser=seconds, metavar="SECONDS", help="Seconds an attempt may run before timing out."),
     ] = None,
     unresponsive: Annotated[
-        float | None, typer.Option(help="Seconds without a heartbeat before an attempt is unresponsive.")
+        float | None,
+        typer.Option(
+            parser=seconds,
+            metavar="SECONDS",
+            help="Seconds without a heartbeat before an attempt is unresponsive.",
+        ),
     ] = None,
     retry_on: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--retry-on", help="Attempt outcome that allows a retry: failed, timeout, unresponsive."
-        ),
+        list[RetryOn] | None,
+        typer.Option("--retry-on", help="Attempt outcome that allows a retry (repeatable)."),
     ] = None,
     metadata: Annotated[str | None, typer.Option(help="Metadata as a JSON object, or @FILE.")] = None,
     key: Annotated[
@@ -91,26 +99,23 @@ def enqueue(
     from store_fs import EnqueueRolloutRequest
 
     store = cli.open_store()
-    config = _config(max_attempts, timeout, unresponsive, retry_on or [])
+    config = _config(max_attempts, timeout, unresponsive, values(retry_on) or [])
     meta = read_object(metadata, "--metadata")
-    if input is None or input == "-":
-        if sys.stdin.isatty():
-            raise CliError("no input: pass a JSON argument, @FILE, or JSON lines on stdin")
-        values = [value for _, value in read_lines("-")]  # parse everything before changing anything
-        if key is not None and len(values) != 1:
-            raise CliError("--key names one rollout; use --idempotent for many")
-    else:
-        values = [read_value(input, "input")]
+    if key is not None and idempotent:
+        raise CliError("--key and --idempotent exclude each other")
+    inputs = _inputs(input, cli.quiet)  # parse everything before changing anything
+    if key is not None and len(inputs) != 1:
+        raise CliError("--key names one rollout; use --idempotent for many")
     requests = [
         EnqueueRolloutRequest(input=v, mode=mode, resources_id=resources_id, config=config, metadata=meta)
-        for v in values
+        for v in inputs
     ]
     keys = None
     if key is not None:
         keys = [key]
     elif idempotent:
-        keys = [_derived_key(v, mode, resources_id) for v in values]
-    rollouts = run(store.enqueue_many_rollouts(requests, idempotency_keys=keys))
+        keys = [_derived_key(v, mode, resources_id) for v in inputs]
+    rollouts = _enqueue(store, requests, keys, cli.quiet)
     if len(rollouts) == 1 and cli.out.machine:
         cli.out.emit_json(rollouts[0])
     else:
@@ -118,10 +123,43 @@ def enqueue(
     output.info(f"queued {len(rollouts)} rollout(s)")
 
 
+def _inputs(arg: str | None, quiet: bool) -> list[Any]:
+    """The task inputs: the argument's one value, or one per line of stdin (at least one)."""
+    if arg is not None and arg != "-":
+        return [read_value(arg, "input")]
+    if sys.stdin.isatty():
+        raise CliError("no input: pass a JSON argument, @FILE, or JSON lines on stdin")
+    with Progress("lines read", quiet=quiet) as bar:
+        inputs = []
+        for _, value in read_lines("-"):
+            inputs.append(value)
+            bar.advance()
+    if not inputs:
+        raise CliError("no input: stdin held no JSON lines")
+    return inputs
+
+
+def _enqueue(store: Any, requests: list[Any], keys: list[str] | None, quiet: bool) -> list[Any]:
+    """Enqueue in chunks (one call for small inputs), with a progress bar on a terminal."""
+    rollouts: list[Any] = []
+    with Progress("enqueued", len(requests), quiet=quiet) as bar:
+        for start in range(0, len(requests), ENQUEUE_CHUNK):
+            chunk = requests[start : start + ENQUEUE_CHUNK]
+            chunk_keys = None if keys is None else keys[start : start + ENQUEUE_CHUNK]
+            rollouts.extend(run(store.enqueue_many_rollouts(chunk, idempotency_keys=chunk_keys)))
+            bar.advance(len(chunk))
+    return rollouts
+
+
 def dequeue(
     ctx: typer.Context,
     worker_id: Annotated[str | None, typer.Option("--worker-id", help="Worker claiming the rollout.")] = None,
-    wait: Annotated[float, typer.Option(help="Seconds to wait for work when the queue is empty.")] = 0.0,
+    wait: Annotated[
+        float,
+        typer.Option(
+            parser=seconds, metavar="SECONDS", help="Seconds to wait for work if the queue is empty."
+        ),
+    ] = 0.0,
 ) -> None:
     """Claim the oldest queued rollout and start an attempt on it.
 
@@ -148,14 +186,14 @@ def dequeue(
 
 def wait(
     ctx: typer.Context,
-    rollout_ids: Annotated[
-        list[str], typer.Argument(help="Rollouts to wait for ('-': read ids from stdin).")
-    ],
+    rollout_ids: RolloutArgs,
     timeout: Annotated[
-        float | None, typer.Option(help="Give up after this many seconds (default: never).")
+        float | None,
+        typer.Option(parser=seconds, metavar="SECONDS", help="Give up after this long (default: never)."),
     ] = None,
 ) -> None:
-    """Wait until rollouts finish; print them; exit 0 only if all succeeded.
+    """Wait until rollouts finish ('-': read their ids from stdin); print them; exit 0 only if all
+    succeeded.
 
     Exits 11 if the timeout passed first, 12 if all finished but some failed or were cancelled.
 
@@ -166,12 +204,12 @@ def wait(
     cli = CliState.of(ctx)
     ids = list(rollout_ids)
     if ids == ["-"]:
-        ids = [line.strip() for line in sys.stdin if line.strip()]
+        ids = _ids_from_stdin()
     store = cli.open_store()
     for rid in dict.fromkeys(ids):
         if run(store.get_rollout_by_id(rid)) is None:
             raise CliError(f"unknown rollout {rid}", ExitCode.NOT_FOUND)
-    finished = run(_wait_with_progress(store, ids, timeout))
+    finished = run(_wait_with_progress(store, ids, timeout, cli.quiet))
     cli.out.emit_records(finished, ROLLOUT_COLUMNS)
     unique = set(ids)
     if len({r.rollout_id for r in finished}) < len(unique):
@@ -181,21 +219,32 @@ def wait(
         raise typer.Exit(ExitCode.NOT_ALL_SUCCEEDED)
 
 
-async def _wait_with_progress(store: Any, ids: list[str], timeout: float | None) -> list[Any]:
+def _ids_from_stdin() -> list[str]:
+    data = sys.stdin.buffer.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise CliError(f"stdin is not UTF-8 text (byte {err.start})") from None
+    ids = [line.strip() for line in text.splitlines() if line.strip()]
+    if not ids:
+        raise CliError("no rollout ids on stdin")
+    return ids
+
+
+async def _wait_with_progress(
+    store: Any, ids: list[str], timeout: float | None, quiet: bool = False
+) -> list[Any]:
     """Wait in short slices so a terminal can show progress."""
-    if not sys.stderr.isatty():
+    bar = Progress("finished", len(set(ids)), quiet=quiet)
+    if not bar.enabled:
         result: list[Any] = await store.wait_for_rollouts(rollout_ids=ids, timeout=timeout)
         return result
     start = time.monotonic()
-    total = len(set(ids))
-    while True:
-        remaining = None if timeout is None else timeout - (time.monotonic() - start)
-        step = 1.0 if remaining is None else max(min(1.0, remaining), 0.0)
-        done = await store.wait_for_rollouts(rollout_ids=ids, timeout=step)
-        count = len({r.rollout_id for r in done})
-        bar = "#" * (30 * count // max(total, 1))
-        sys.stderr.write(f"\r[{bar:<30}] {count}/{total} finished")
-        sys.stderr.flush()
-        if count == total or (remaining is not None and remaining <= 0):
-            sys.stderr.write("\n")
-            return list(done)
+    with bar:
+        while True:
+            remaining = None if timeout is None else timeout - (time.monotonic() - start)
+            step = 1.0 if remaining is None else max(min(1.0, remaining), 0.0)
+            done = await store.wait_for_rollouts(rollout_ids=ids, timeout=step)
+            bar.advance(len({r.rollout_id for r in done}) - bar.done)
+            if bar.done == bar.total or (remaining is not None and remaining <= 0):
+                return list(done)

@@ -9,14 +9,25 @@ import typer
 
 from store_fs.errors import ExitCode
 
-from . import output
+from . import completion, output
 from .exit_codes import CliError
 from .inputs import read_object
+from .params import Engine as EngineName
 from .state import CliState, run
+from .tables import RESOURCE_COLUMNS
 
-resources_app = typer.Typer(help="Publish and inspect versioned resources.", no_args_is_help=True)
+resources_app = typer.Typer(
+    help="""Publish and inspect versioned resources (prompt templates, LLM endpoints).
 
-RESOURCE_COLUMNS = [("resources_id", 20), ("version", 7), ("update_time", 18), ("resources", 60)]
+\b
+Examples:
+  agl resources add --template "Answer briefly: {any_question}"
+  agl resources add --llm-endpoint http://localhost:8000/v1 --model qwen --name llm
+  agl resources list
+  agl resources show latest | jq -r '.resources.main_prompt.template'
+""",
+    no_args_is_help=True,
+)
 
 
 def _named_resources(
@@ -52,7 +63,7 @@ Template = Annotated[str | None, typer.Option("--template", help="Prompt templat
 TemplateFile = Annotated[
     Path | None, typer.Option("--template-file", help="Read the prompt template from a file.")
 ]
-Engine = Annotated[str, typer.Option("--engine", help="Template engine: f-string, jinja or poml.")]
+Engine = Annotated[EngineName, typer.Option("--engine", help="Template engine.")]
 Endpoint = Annotated[str | None, typer.Option("--llm-endpoint", help="OpenAI-compatible base URL.")]
 Model = Annotated[str | None, typer.Option("--model", help="Model name for --llm-endpoint.")]
 
@@ -85,7 +96,10 @@ def add(
 @resources_app.command("update")
 def update(
     ctx: typer.Context,
-    resources_id: Annotated[str, typer.Argument(help="Snapshot id to update (created if new).")],
+    resources_id: Annotated[
+        str,
+        typer.Argument(help="Snapshot to update (created if new).", autocompletion=completion.resources_ids),
+    ],
     body: Body = None,
     name: Name = "main_prompt",
     template: Template = None,
@@ -122,7 +136,9 @@ def list_resources(ctx: typer.Context) -> None:
 @resources_app.command("show")
 def show(
     ctx: typer.Context,
-    resources_id: Annotated[str, typer.Argument(help="Snapshot id, or 'latest'.")] = "latest",
+    resources_id: Annotated[
+        str, typer.Argument(help="Snapshot id, or 'latest'.", autocompletion=completion.resources_ids)
+    ] = "latest",
 ) -> None:
     """One snapshot (the latest by default).
 

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 
 from . import output
 from .exit_codes import CliError
+from .params import interval_seconds
 from .state import CliState, is_url
+
+TracerName = Literal["otel", "agentops"]
 
 
 def load_agent(spec: str) -> Any:
@@ -46,18 +49,36 @@ def run(
     agent: Annotated[
         str, typer.Argument(help="The agent: MODULE:FUNCTION (an @rollout function or a LitAgent).")
     ],
-    workers: Annotated[int, typer.Option("--workers", "-w", help="Runner processes to start.")] = 1,
-    max_parallel: Annotated[int, typer.Option("--max-parallel", help="Rollouts at once per runner.")] = 1,
+    workers: Annotated[
+        int, typer.Option("--workers", "-w", min=1, max=1024, help="Runner processes to start.")
+    ] = 1,
+    max_parallel: Annotated[
+        int, typer.Option("--max-parallel", min=1, max=1024, help="Rollouts at once per runner.")
+    ] = 1,
     poll_interval: Annotated[
-        float, typer.Option("--poll-interval", help="Seconds between polls of an empty queue.")
+        float,
+        typer.Option(
+            "--poll-interval",
+            parser=interval_seconds,
+            metavar="SECONDS",
+            help="Seconds between polls of an empty queue.",
+        ),
     ] = 1.0,
-    tracer: Annotated[str, typer.Option(help="otel (default) or agentops.")] = "otel",
+    tracer: Annotated[TracerName, typer.Option(help="otel (default) or agentops.")] = "otel",
     max_restarts: Annotated[
-        int, typer.Option("--max-restarts", help="Restart runners that crash, this many times in all.")
+        int,
+        typer.Option(
+            "--max-restarts", min=0, max=1_000_000, help="Restart runners that crash, this many times in all."
+        ),
     ] = 0,
     heartbeat_seconds: Annotated[
         float,
-        typer.Option("--heartbeat-seconds", help="Seconds between heartbeats of each attempt and runner."),
+        typer.Option(
+            "--heartbeat-seconds",
+            parser=interval_seconds,
+            metavar="SECONDS",
+            help="Seconds between heartbeats of each attempt and runner.",
+        ),
     ] = 10.0,
 ) -> None:
     """Start runner processes that execute AGENT on the store's queue until Ctrl-C.
@@ -75,10 +96,6 @@ def run(
     cli = CliState.of(ctx)
     from store_fs.runner_pool import RunnerPool
 
-    if workers < 1:
-        raise CliError("--workers must be at least 1")
-    if max_restarts < 0:
-        raise CliError("--max-restarts must be at least 0")
     if heartbeat_seconds <= 0:
         raise CliError("--heartbeat-seconds must be positive")
     tracer_obj = _make_tracer(tracer)

@@ -11,7 +11,8 @@ from store_fs.errors import ExitCode
 
 from . import output
 from .exit_codes import CliError
-from .state import CliState
+from .params import LogLevel, megabytes, seconds
+from .state import CliState, check_directories, check_store_path
 
 
 def store(
@@ -19,7 +20,9 @@ def store(
     host: Annotated[
         str, typer.Option(help="Bind address. 0.0.0.0 or :: expose the store to the network.")
     ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port (0 picks a free one; the log line names it).")] = 4747,
+    port: Annotated[
+        int, typer.Option(min=0, max=65535, help="Port (0 picks a free one; the log line names it).")
+    ] = 4747,
     token: Annotated[
         str | None,
         typer.Option(
@@ -27,15 +30,46 @@ def store(
         ),
     ] = None,
     log_level: Annotated[
-        str, typer.Option("--log-level", help="DEBUG, INFO (one line per request), WARNING or ERROR.")
+        LogLevel,
+        typer.Option("--log-level", case_sensitive=False, help="INFO logs one line per request."),
     ] = "INFO",
     max_body_mb: Annotated[
-        float, typer.Option("--max-body-mb", help="Larger request bodies are refused with 413.")
+        float,
+        typer.Option("--max-body-mb", parser=megabytes, metavar="MB", help="Larger request bodies get 413."),
     ] = 64.0,
     threads: Annotated[
         int | None,
-        typer.Option(min=1, help="Store calls served at once (default: 2 per CPU, at least 4, at most 8)."),
+        typer.Option(
+            min=1, max=256, help="Store calls served at once (default: 2 per CPU, at least 4, at most 8)."
+        ),
     ] = None,
+    scan_debounce_seconds: Annotated[
+        float,
+        typer.Option(
+            "--scan-debounce-seconds",
+            parser=seconds,
+            metavar="SECONDS",
+            help="At most one watchdog scan per this many seconds (0: before every call).",
+        ),
+    ] = 1.0,
+    claim_grace_seconds: Annotated[
+        float,
+        typer.Option(
+            "--claim-grace-seconds",
+            parser=seconds,
+            metavar="SECONDS",
+            help="How long a claim or decision may stay half-applied before the watchdog finishes it.",
+        ),
+    ] = 30.0,
+    clock_skew_seconds: Annotated[
+        float,
+        typer.Option(
+            "--clock-skew-seconds",
+            parser=seconds,
+            metavar="SECONDS",
+            help="Extra slack before another host's heartbeats are judged silent.",
+        ),
+    ] = 0.0,
 ) -> None:
     """Serve the store over HTTP in the foreground until Ctrl-C (creating the store if missing).
 
@@ -52,8 +86,6 @@ def store(
     from store_fs.server import run_server
 
     level = log_level.upper()
-    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise typer.BadParameter("must be DEBUG, INFO, WARNING or ERROR", param_hint="--log-level")
     # The global logging setup is WARNING; the access log needs its own level and handler.
     server_log = logging.getLogger("store_fs.server")
     server_log.setLevel(level)
@@ -61,7 +93,15 @@ def store(
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     server_log.addHandler(handler)
     server_log.propagate = False
-    opened = FileStore(cli.store_path(), create=True)
+    check_store_path(cli.store_path())
+    opened = FileStore(
+        cli.store_path(),
+        create=True,
+        scan_debounce_seconds=scan_debounce_seconds,
+        claim_grace_seconds=claim_grace_seconds,
+        clock_skew_seconds=clock_skew_seconds,
+    )
+    check_directories(opened)
     output.info(f"{'created a new' if opened.created else 'serving the'} store at {opened.root}")
     try:
         run_server(

@@ -10,14 +10,24 @@ import typer
 
 from store_fs.errors import ExitCode
 
-from . import output
+from . import completion, output
 from .exit_codes import CliError
 from .inputs import read_lines
+from .params import Limit, RolloutArg, finite, interval_seconds
 from .state import CliState, require_rollout, run
+from .tables import SPAN_COLUMNS
 
-spans_app = typer.Typer(help="Add, list and follow spans.", no_args_is_help=True)
+spans_app = typer.Typer(
+    help="""Add, list and follow spans (what an attempt did: LLM calls, tool calls, rewards).
 
-SPAN_COLUMNS = [("sequence_id", 6), ("attempt_id", 11), ("name", 40), ("span_id", 16), ("start_time", 18)]
+\b
+Examples:
+  echo '{"name": "tool.call", "attributes": {"tool": "search"}}' | agl spans add "$RID" "$AID"
+  agl spans list ro-0123456789ab --name-contains openai
+  agl spans tail -f ro-0123456789ab | jq -c '{sequence_id, name}'
+""",
+    no_args_is_help=True,
+)
 _SPAN_KEYS = {"rollout_id", "attempt_id", "sequence_id", "trace_id", "span_id", "parent_id", "name"}
 _PARTIAL_KEYS = _SPAN_KEYS | {"attributes", "start_time", "end_time", "status"}
 
@@ -55,9 +65,15 @@ def _build_span(store: Any, obj: Any, where: str, rollout_id: str | None, attemp
 @spans_app.command("add")
 def add(
     ctx: typer.Context,
-    rollout_id: Annotated[str | None, typer.Argument(help="Rollout of spans that do not name one.")] = None,
+    rollout_id: Annotated[
+        str | None,
+        typer.Argument(help="Rollout of spans that do not name one.", autocompletion=completion.rollout_ids),
+    ] = None,
     attempt_id: Annotated[
-        str | None, typer.Argument(help="Attempt (or 'latest') of spans that do not name one.")
+        str | None,
+        typer.Argument(
+            help="Attempt (or 'latest') of spans that do not name one.", autocompletion=completion.attempt_ids
+        ),
     ] = None,
     file: Annotated[str, typer.Option("--file", "-f", help="JSONL file to read ('-': stdin).")] = "-",
 ) -> None:
@@ -70,6 +86,8 @@ def add(
     cli = CliState.of(ctx)
     store = cli.open_store()
     lines = list(read_lines(file))
+    if not lines:
+        raise CliError(f"no spans: {'stdin' if file == '-' else file} held no JSON lines")
     spans = [_build_span(store, obj, f"line {n}", rollout_id, attempt_id) for n, obj in lines]
     for pair in dict.fromkeys((s.rollout_id, s.attempt_id) for s in spans):
         _check_attempt(store, *pair)
@@ -89,10 +107,15 @@ def add(
 @spans_app.command("list")
 def list_spans(
     ctx: typer.Context,
-    rollout_id: Annotated[str, typer.Argument(help="Rollout id.")],
-    attempt: Annotated[str | None, typer.Option(help="Only this attempt ('latest' for the newest).")] = None,
-    name_contains: Annotated[str | None, typer.Option("--name-contains")] = None,
-    limit: Annotated[int, typer.Option(help="At most this many (-1: all).")] = -1,
+    rollout_id: RolloutArg,
+    attempt: Annotated[
+        str | None,
+        typer.Option(help="Only this attempt (or 'latest').", autocompletion=completion.attempt_ids),
+    ] = None,
+    name_contains: Annotated[
+        str | None, typer.Option("--name-contains", help="Substring of the name.")
+    ] = None,
+    limit: Limit = -1,
 ) -> None:
     """Spans of a rollout in sequence order (JSONL when piped).
 
@@ -101,7 +124,10 @@ def list_spans(
     """
     cli = CliState.of(ctx)
     store = cli.open_store()
-    require_rollout(store, rollout_id)
+    if attempt is not None and attempt != "latest":
+        _check_attempt(store, rollout_id, attempt)
+    else:
+        require_rollout(store, rollout_id)
     result = run(store.query_spans(rollout_id, attempt, name_contains=name_contains, limit=limit))
     cli.out.emit_records(list(result), SPAN_COLUMNS)
 
@@ -117,11 +143,14 @@ def _check_attempt(store: Any, rollout_id: str, attempt_id: str) -> None:
 @spans_app.command("tail")
 def tail(
     ctx: typer.Context,
-    rollout_id: Annotated[str, typer.Argument(help="Rollout id.")],
+    rollout_id: RolloutArg,
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Keep printing new spans until the rollout ends.")
     ] = False,
-    interval: Annotated[float, typer.Option(help="Seconds between looks for new spans.")] = 0.2,
+    interval: Annotated[
+        float,
+        typer.Option("--interval", parser=interval_seconds, metavar="SECONDS", help="Seconds between looks."),
+    ] = 0.2,
 ) -> None:
     """Print a rollout's spans, and with -f new ones as they arrive (JSONL).
 
@@ -150,16 +179,24 @@ def tail(
 
 def reward(
     ctx: typer.Context,
-    rollout_id: Annotated[str, typer.Argument(help="Rollout id.")],
+    rollout_id: RolloutArg,
     value: Annotated[
-        float, typer.Argument(help="The reward (the rollout's final reward if it is the last).")
+        float,
+        typer.Argument(
+            parser=finite, metavar="VALUE", help="A finite number (the final reward if it is the last)."
+        ),
     ],
-    attempt_id: Annotated[str, typer.Option("--attempt", help="Attempt id, or 'latest'.")] = "latest",
+    attempt_id: Annotated[
+        str, typer.Option("--attempt", help="Attempt id, or 'latest'.", autocompletion=completion.attempt_ids)
+    ] = "latest",
 ) -> None:
     """Record a reward as upstream's annotation span, so algorithms read it unchanged.
 
+    A negative reward goes after --, as any argument starting with a dash.
+
     \b
     agl reward "$RID" 0.85 --attempt "$AID"
+    agl reward "$RID" --attempt "$AID" -- -1
     """
     cli = CliState.of(ctx)
     from store_fs.rewards import reward_span

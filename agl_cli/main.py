@@ -1,22 +1,40 @@
 """The ``agl`` command: every store operation from the shell.
 
-This module assembles the command groups and owns the one mapping from errors
-to exit codes (see :mod:`agl_cli.exit_codes`).
+This module assembles the command groups, reads the global options into ``ctx.obj``
+(:class:`agl_cli.state.CliState`) and owns the one place where an invocation ends:
+:func:`run_cli` turns every outcome into an exit code (see :mod:`agl_cli.exit_codes`), so no
+input ends in a traceback. Global options may come anywhere on the line
+(:mod:`agl_cli.argv` moves them to the front before click parses).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import sys
-from typing import Annotated
+from collections.abc import Sequence
+from typing import Annotated, Any
 
 import typer
 
 from store_fs.errors import ExitCode
 
-from . import cmd_admin, cmd_attempts, cmd_queue, cmd_rollouts, cmd_run, cmd_server, cmd_spans
+from . import (
+    cmd_admin,
+    cmd_attempts,
+    cmd_doctor,
+    cmd_events,
+    cmd_queue,
+    cmd_report,
+    cmd_rollouts,
+    cmd_run,
+    cmd_server,
+    cmd_spans,
+)
+from .argv import hoist_globals, undecodable
 from .cmd_resources import resources_app
-from .exit_codes import exit_code_for, exit_codes_help, one_line
+from .exit_codes import exit_codes_help, report
 from .state import CliState
 
 HELP = """Drive, inspect and repair an Agent-lightning training loop kept in a directory.
@@ -31,13 +49,25 @@ A whole loop from the shell:
   agl reward "$RID" 0.9 --attempt "$AID" && agl complete "$RID" "$AID"
   # the algorithm:
   agl wait "$RID" --timeout 60 && agl spans list "$RID" | jq -c '{sequence_id, name}'
+  agl rollouts list --watch          # follow the loop live (Ctrl-C to stop)
 
-Output is JSON (one document) or JSON lines when piped or with --json, a table on a terminal.
+Output is JSON (one document) or JSON lines when piped or with --json, a table on a terminal
+(colour unless NO_COLOR is set); messages go to stderr.
+
+The global options (--store, --json, --quiet, --verbose) may come anywhere on the line, and
+each has an environment variable (AGL_STORE, AGL_JSON, AGL_QUIET, AGL_VERBOSE; 1/0, true/false,
+yes/no): an option on the line wins over the variable, which wins over the default.
+
+Shell completion (commands, options, statuses, rollout and attempt ids from the store):
+agl --install-completion.
+
 Exit codes: """ + exit_codes_help()
 
 app = typer.Typer(
     name="agl", help=HELP, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None
 )
+
+_TRUE = ("1", "true", "t", "yes", "y", "on")
 
 
 @app.callback()
@@ -45,14 +75,28 @@ def _options(
     ctx: typer.Context,
     store: Annotated[
         str | None,
-        typer.Option("--store", "-s", envvar="AGL_STORE", help="Store directory [default: runs/default]."),
+        typer.Option(
+            "--store",
+            "-s",
+            envvar="AGL_STORE",
+            metavar="DIR",
+            help="Store directory (agl run also takes an agl store URL) [default: runs/default].",
+        ),
     ] = None,
-    json: Annotated[bool, typer.Option("--json", help="JSON output even on a terminal.")] = False,
+    json: Annotated[
+        bool, typer.Option("--json", envvar="AGL_JSON", help="JSON output even on a terminal.")
+    ] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", envvar="AGL_QUIET", help="No messages on stderr, only errors.")
+    ] = False,
     verbose: Annotated[
-        bool, typer.Option("--verbose", "-v", help="Log what the store does (stderr).")
+        bool,
+        typer.Option(
+            "--verbose", "-v", envvar="AGL_VERBOSE", help="Log what the store does; tracebacks of errors."
+        ),
     ] = False,
 ) -> None:
-    ctx.obj = CliState(store=store, json=json)
+    ctx.obj = CliState(store=store, json=json, quiet=quiet, verbose=verbose)
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
@@ -69,8 +113,11 @@ app.command("reward")(cmd_spans.reward)
 app.command("stats")(cmd_admin.stats)
 app.command("check")(cmd_admin.check)
 app.command("export")(cmd_admin.export)
+app.command("events")(cmd_events.events)
 app.command("run")(cmd_run.run)
 app.command("store")(cmd_server.store)
+app.command("doctor")(cmd_doctor.doctor)
+app.command("report")(cmd_report.report)
 app.add_typer(cmd_rollouts.rollouts_app, name="rollouts")
 app.add_typer(cmd_attempts.attempts_app, name="attempts")
 app.add_typer(cmd_spans.spans_app, name="spans")
@@ -78,26 +125,42 @@ app.add_typer(resources_app, name="resources")
 app.add_typer(cmd_admin.workers_app, name="workers")
 
 
-def main() -> None:
-    """Run the app; expected errors become one line on stderr and a documented exit code."""
+@functools.cache
+def cli_command() -> Any:
+    """The click command of the app, built once per process (typer builds it from the
+    signatures, ~30 ms; a process that forks per invocation, like the fuzz test's, reuses it)."""
+    return typer.main.get_command(app)
+
+
+def run_cli(args: Sequence[str]) -> int:
+    """Run one invocation; every outcome is an exit code, every failure one line on stderr."""
+    from typer._click.exceptions import NoArgsIsHelpError
+
+    bad = undecodable(args)
+    if bad is not None:
+        sys.stderr.write(f"agl: argument {bad[0]} is not valid UTF-8: {bad[1]}\n")
+        return ExitCode.BAD_INPUT
+    command = cli_command()
+    hoisted = hoist_globals(args, command)
+    verbose = hoisted.verbose or os.environ.get("AGL_VERBOSE", "").strip().lower() in _TRUE
+    if hoisted.missing_value is not None:
+        sys.stderr.write(f"agl: option '{hoisted.missing_value}' requires an argument (see 'agl --help')\n")
+        return ExitCode.USAGE
     try:
-        # Without standalone mode click returns typer.Exit's code instead of exiting.
-        code = app(standalone_mode=False)
-        sys.exit(code if isinstance(code, int) else 0)
-    except KeyboardInterrupt:
-        sys.stderr.write("interrupted\n")
-        sys.exit(ExitCode.INTERRUPTED)
+        result = command.main(args=hoisted.args, prog_name="agl", standalone_mode=False)
+    except NoArgsIsHelpError as err:  # `agl` or `agl rollouts` alone: help, as gh and kubectl do
+        sys.stdout.write(err.ctx.get_help() + "\n")
+        return ExitCode.OK
     except typer.Exit as done:
-        sys.exit(done.exit_code)
+        return done.exit_code
+    except (KeyboardInterrupt, typer.Abort):
+        sys.stderr.write("agl: interrupted\n")
+        return ExitCode.INTERRUPTED
     except Exception as err:
-        if isinstance(err, typer.Abort):
-            sys.exit(ExitCode.INTERRUPTED)
-        show = getattr(err, "show", None)
-        if callable(show) and isinstance(getattr(err, "exit_code", None), int):  # usage errors
-            show()
-            sys.exit(err.exit_code)  # type: ignore[attr-defined]
-        code = exit_code_for(err)
-        if code is None:
-            raise
-        sys.stderr.write(f"agl: {one_line(err)}\n")
-        sys.exit(code)
+        return report(err, verbose)
+    return result if isinstance(result, int) else ExitCode.OK
+
+
+def main() -> None:
+    """The console script."""
+    sys.exit(run_cli(sys.argv[1:]))

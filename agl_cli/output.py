@@ -1,17 +1,23 @@
 """Rendering: JSON (one document) or JSONL (streams) when piped or with --json; tables on a terminal.
 
 Data goes to stdout, messages to stderr. Field names are upstream's, so jq filters written
-against upstream JSON work on agl's output.
+against upstream JSON work on agl's output. Machine output never depends on the terminal,
+the locale or the clock; people's output (``agl_cli.tables``) has dates, ages, durations,
+and colour when stdout is a terminal and ``NO_COLOR`` is unset.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
+
+from .tables import Column, Table
 
 
 def to_data(obj: Any) -> Any:
@@ -30,15 +36,31 @@ def _write(data: bytes) -> None:
     sys.stdout.flush()
 
 
-def _cell(value: Any, width: int) -> str:
-    text = "-" if value is None else str(value)
-    return text if len(text) <= width else text[: width - 1] + "…"
+def _quiet() -> bool:
+    """--quiet of the invocation running now (click keeps the current context)."""
+    from typer._click.globals import get_current_context
+
+    from .state import CliState
+
+    ctx = get_current_context(silent=True)
+    state = None if ctx is None else ctx.find_object(CliState)
+    return state is not None and state.quiet
 
 
 def info(message: str) -> None:
-    """A message for people, on stderr."""
+    """A message for people, on stderr (not with --quiet)."""
+    if _quiet():
+        return
     sys.stderr.write(message + "\n")
     sys.stderr.flush()
+
+
+def color_allowed(stream: Any) -> bool:
+    """Colour only on a terminal, never with NO_COLOR (https://no-color.org) or TERM=dumb."""
+    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
+        return False
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
 
 
 @dataclass(frozen=True)
@@ -52,6 +74,11 @@ class Output:
         """JSON/JSONL rather than tables: with --json, or when stdout is not a terminal."""
         return self.force_json or not sys.stdout.isatty()
 
+    def table(self, columns: Sequence[Column], *, fixed: bool = False) -> Table:
+        """A table for this terminal (its width, colour unless NO_COLOR)."""
+        width = shutil.get_terminal_size((120, 24)).columns
+        return Table(columns, color=color_allowed(sys.stdout), fixed=fixed, max_width=width)
+
     def emit_json(self, obj: Any) -> None:
         """One JSON document (pretty on a terminal)."""
         option = orjson.OPT_APPEND_NEWLINE | (0 if self.machine else orjson.OPT_INDENT_2)
@@ -61,17 +88,15 @@ class Output:
         """One JSONL record."""
         _write(orjson.dumps(to_data(obj), option=orjson.OPT_APPEND_NEWLINE))
 
-    def emit_table(self, rows: Iterable[dict[str, Any]], columns: Sequence[tuple[str, int]]) -> None:
-        """A fixed-width table for people; columns are (key, max width)."""
-        rows = list(rows)
-        widths = [max([len(key)] + [len(_cell(r.get(key), w)) for r in rows]) for key, w in columns]
-        lines = ["  ".join(k.upper().ljust(w) for (k, _), w in zip(columns, widths, strict=True))]
-        for row in rows:
-            cells = [_cell(row.get(k), mw).ljust(w) for (k, mw), w in zip(columns, widths, strict=True)]
-            lines.append("  ".join(cells).rstrip())
-        _write(("\n".join(lines) + "\n").encode())
+    def emit_text(self, lines: Iterable[str]) -> None:
+        """Lines for people, on stdout."""
+        _write("".join(line + "\n" for line in lines).encode())
 
-    def emit_records(self, items: Sequence[Any], columns: Sequence[tuple[str, int]]) -> None:
+    def emit_table(self, rows: Iterable[dict[str, Any]], columns: Sequence[Column]) -> None:
+        """An aligned table for people."""
+        self.emit_text(self.table(columns).render(rows))
+
+    def emit_records(self, items: Sequence[Any], columns: Sequence[Column]) -> None:
         """A list: JSONL when piped, a table on a terminal."""
         if self.machine:
             for item in items:

@@ -1,4 +1,4 @@
-"""Global options (store path, output format) and the helpers every command uses."""
+"""Global options (store path, output format, quiet, verbose) and the helpers every command uses."""
 
 from __future__ import annotations
 
@@ -28,6 +28,8 @@ class CliState:
 
     store: str | None = None
     json: bool = False
+    quiet: bool = False
+    verbose: bool = False
 
     @classmethod
     def of(cls, ctx: typer.Context) -> CliState:
@@ -51,7 +53,30 @@ class CliState:
         """The store named by --store / AGL_STORE / runs/default; it must exist (`agl init`)."""
         from store_fs import FileStore
 
-        return FileStore(self.store_path(), create=False)
+        store = FileStore(self.store_path(), create=False)
+        check_directories(store)
+        return store
+
+
+def check_store_path(target: Path) -> None:
+    """Refuse to create a store at a path that is, or lies under, something other than a directory."""
+    from .exit_codes import CliError
+
+    for parent in (target, *target.parents):
+        if parent.exists() and not parent.is_dir():
+            raise CliError(f"cannot create a store at {target}: {parent} is not a directory")
+
+
+def check_directories(store: FileStore) -> None:
+    """Refuse a store where one of its directories is something else (a few stats): the
+    commands would otherwise see it as empty, or fail halfway with an OS error."""
+    from store_fs.errors import ExitCode
+
+    from .exit_codes import CliError
+
+    for directory in store.layout.directories():
+        if os.path.lexists(directory) and not directory.is_dir():
+            raise CliError(f"damaged store: {directory} is not a directory", ExitCode.CORRUPT)
 
 
 def is_url(location: str) -> bool:

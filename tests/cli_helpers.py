@@ -6,9 +6,12 @@ captured separately (so stdout is a pipe: agl prints JSON / JSONL) and a timeout
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import select
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -37,6 +40,50 @@ SPAN_KEYS = {
     "context",
     "resource",
 }
+
+
+@dataclass(frozen=True)
+class Ids:
+    done: str  # a succeeded rollout with spans
+    running: str  # a rollout whose attempt is running
+    attempt: str  # that attempt
+    queued: str
+    resources: str
+
+
+async def _seed(root: Path) -> Ids:
+    from store_fs import FileStore, PromptTemplate, Span
+
+    store = FileStore(root)
+    update = await store.add_resources({"main_prompt": PromptTemplate(template="Q: {q}", engine="f-string")})
+    done = await store.enqueue_rollout(input={"q": "done"})
+    first = await store.dequeue_rollout(worker_id="w1")
+    assert first is not None
+    await store.add_span(
+        Span.from_attributes(
+            rollout_id=done.rollout_id,
+            attempt_id=first.attempt.attempt_id,
+            sequence_id=1,
+            name="step",
+            attributes={},
+        )
+    )
+    await store.update_attempt(done.rollout_id, first.attempt.attempt_id, status="succeeded")
+    running = await store.enqueue_rollout(input={"q": "running"})
+    second = await store.dequeue_rollout(worker_id="w2")
+    assert second is not None
+    await store.update_attempt(running.rollout_id, second.attempt.attempt_id, status="running")
+    queued = await store.enqueue_rollout(input={"q": "queued"})
+    store.close()
+    return Ids(
+        done.rollout_id, running.rollout_id, second.attempt.attempt_id, queued.rollout_id, update.resources_id
+    )
+
+
+def seed_store(root: Path) -> Ids:
+    """A store at ``root`` (made in-process: quicker than a dozen agl calls) holding resources,
+    a succeeded rollout with a span, a rollout whose attempt is running, and a queued one."""
+    return asyncio.run(_seed(root))
 
 
 def agl_executable() -> str:
@@ -130,7 +177,7 @@ class Agl:
         res.lines()  # every stdout line is JSON (a pretty document would fail here)
         return res
 
-    def popen(self, *args: str) -> subprocess.Popen[str]:
+    def popen(self, *args: str, env: Mapping[str, str] | None = None) -> subprocess.Popen[str]:
         return subprocess.Popen(
             [AGL, *args],
             stdin=subprocess.DEVNULL,
@@ -138,7 +185,7 @@ class Agl:
             stderr=subprocess.PIPE,
             text=True,
             cwd=self.cwd,
-            env=self.env,
+            env=dict(env) if env is not None else self.env,
         )
 
     def enqueue(self, value: Any, *options: str) -> dict[str, Any]:
@@ -163,12 +210,19 @@ def assert_error(res: Result, code: int | Sequence[int], *needles: str) -> None:
         assert needle in lines[0], str(res)
 
 
+def _operational(rel: Path) -> bool:
+    """Files a process may write without changing the store's data: the change feed (events/)
+    and each host's clock probe (locks/clock.<host>, store_fs/_disk/server_clock.py)."""
+    top = rel.parts[0] if rel.parts else ""
+    return top == "events" or (top == "locks" and len(rel.parts) == 2 and rel.name.startswith("clock."))
+
+
 def snapshot(store: Path) -> dict[str, bytes]:
-    """Every file under the store with its contents, ignoring the event log (events/)."""
+    """Every file under the store with its contents, ignoring operational files (see above)."""
     out: dict[str, bytes] = {}
     for path in sorted(store.rglob("*")):
         rel = path.relative_to(store)
-        if rel.parts and rel.parts[0] == "events":
+        if _operational(rel):
             continue
         if path.is_file():
             out[rel.as_posix()] = path.read_bytes()
@@ -183,3 +237,100 @@ def diff_snapshots(before: dict[str, bytes], after: dict[str, bytes]) -> list[st
     changes += [f"- {p}" for p in sorted(before.keys() - after.keys())]
     changes += [f"~ {p}" for p in sorted(before.keys() & after.keys()) if before[p] != after[p]]
     return changes
+
+
+class OnTty:
+    """agl with stdout (and, with ``stderr_too``, stderr) on a pseudo-terminal of ``columns``
+    columns; stderr otherwise goes to a pipe. With ``stdout_file``, stdout goes to that file
+    and stderr to the terminal. Stopped by :meth:`finish` (or :meth:`kill`)."""
+
+    def __init__(
+        self,
+        agl: Agl,
+        *args: str,
+        env: Mapping[str, str] | None = None,
+        stderr_too: bool = False,
+        columns: int = 200,
+        stdout_file: Path | None = None,
+    ) -> None:
+        import fcntl
+        import pty
+        import struct
+        import termios
+
+        self.master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
+        sink = stdout_file.open("wb") if stdout_file is not None else None
+        try:
+            self.proc = subprocess.Popen(
+                [AGL, *args],
+                stdin=subprocess.DEVNULL,
+                stdout=slave if sink is None else sink,
+                stderr=slave if stderr_too or sink is not None else subprocess.PIPE,
+                cwd=agl.cwd,
+                env=dict(env) if env is not None else {**agl.env, "COLUMNS": str(columns)},
+            )
+        finally:
+            os.close(slave)
+            if sink is not None:
+                sink.close()
+        self.chunks: list[bytes] = []
+        self.closed = False
+
+    @property
+    def text(self) -> str:
+        return b"".join(self.chunks).decode(errors="replace").replace("\r\n", "\n")
+
+    def _read(self, timeout: float) -> bool:
+        """Read what is there within ``timeout``; False once the terminal is closed."""
+        if self.closed:
+            return False
+        ready, _, _ = select.select([self.master], [], [], timeout)
+        if not ready:
+            return True
+        try:
+            chunk = os.read(self.master, 65536)
+        except OSError:  # EIO: every writer closed the terminal
+            chunk = b""
+        if not chunk:
+            self.closed = True
+            return False
+        self.chunks.append(chunk)
+        return True
+
+    def read_until(self, needle: str, timeout: float = CALL_TIMEOUT) -> str:
+        """Everything printed so far, once it contains ``needle`` (fails after ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        while needle not in self.text:
+            assert time.monotonic() < deadline, f"{needle!r} never appeared; got:\n{self.text}"
+            if not self._read(0.1) and needle not in self.text:
+                raise AssertionError(f"agl closed the terminal without {needle!r}; got:\n{self.text}")
+        return self.text
+
+    def interrupt(self) -> None:
+        """Ctrl-C."""
+        self.proc.send_signal(signal.SIGINT)
+
+    def finish(self, timeout: float = CALL_TIMEOUT) -> tuple[int, str, str]:
+        """Wait for the exit: (code, the terminal's text, stderr when it was a pipe)."""
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline and self._read(0.1):
+                pass  # until the terminal closes: the process (and anything it started) exited
+            _, err = self.proc.communicate(timeout=max(deadline - time.monotonic(), 1.0))
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
+        finally:
+            os.close(self.master)
+        return self.proc.returncode, self.text, (err or b"").decode(errors="replace")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def run_on_tty(agl: Agl, *args: str, **options: Any) -> tuple[int, str, str]:
+    """Run agl to the end on a pseudo-terminal (see :class:`OnTty`)."""
+    return OnTty(agl, *args, **options).finish()

@@ -65,3 +65,18 @@ def test_mount_lookup_and_nfs_advice(tmp_path: Path) -> None:
     root = mount_of(Path("/etc"), mounts)
     assert root is not None
     assert root.fstype == "ext4"
+
+
+def test_agl_doctor_through_the_installed_command(tmp_path: Path) -> None:
+    from cli_helpers import Agl
+
+    agl = Agl(tmp_path / "store", tmp_path)
+    assert agl("init").code == 0
+    res = agl("doctor")
+    assert res.code == 0, str(res)
+    checks = {line["check"]: line for line in res.lines()}
+    assert {"mount", "exclusive create", "link", "rename", "clock", "wake-ups", "space"} <= set(checks)
+    assert all(line["level"] in ("ok", "warn") for line in checks.values())
+    missing = agl("doctor", str(tmp_path / "nowhere"))
+    assert missing.code == 5, str(missing)
+    assert missing.stderr.startswith("agl: no store at")

@@ -13,12 +13,13 @@ Foundations (no store knowledge):
     ids              id formats and checks: no id reaches ``layout`` unless it is safe in a path.
     context          what the components share (layout, clock, durability, per-process state
                      rebuilt after ``fork``).
-    server_clock     ``locks/clock.<writer>``: this host's offset from the file server's clock, so
+    server_clock     ``locks/clock.<host>``: this host's offset from the file server's clock, so
                      every age (grace periods, heartbeat silence) is judged on one clock.
 
 Rollouts and the queue:
     rollout_history  ``rollouts/<2 hex>/<id>/history/NNNNNNNN.json`` (+ ``rollout.json`` hard link):
                      every change is a new revision made by exclusive link; the newest is the truth.
+    record_peek      the newest revision as plain JSON, uncached: for bulk readers (data views).
     status_rules     pure rules (no I/O): how attempt outcomes move a rollout, retries, sticky cancel.
     queue_tokens     ``queue/{pending,claimed,done,expired}/``: names say what a token stands for;
                      whoever renames a token out of ``claimed/`` decides that attempt, exactly once.
@@ -43,11 +44,14 @@ Resources, indexes, change feed and waits:
     resource_versions ``resources/{objects,by-id,versions}/``: content-addressed bodies; versions
                      allocated by exclusive create, so two publishers never share a number.
     rollout_index    ``index/rollouts/<writer>.jsonl``: one line per revision; a cache of status and
-                     counts (the highest revision wins), never the truth.
+                     counts (the highest revision wins; ``pruned`` tombstones), never the truth.
+    index_cursor     positions in the index logs: which rollouts finished since (data cursors).
     change_feed      ``events/<writer>.jsonl``: one line per status change; wakes waiters (a hint).
     watch            waiting for the change feed (inotify, or polling on network filesystems).
     check            ``agl check [--fix]``: finds damage and half-done work; repairs what a crashed writer
                      left half done and takes out what cannot be read (into quarantine).
     maintenance      ``locks/maintenance.lock``: one repair or migration at a time; never on the hot path.
+    removal          ``trash/<run>/``: ``agl prune``'s removals, one rename per rollout, tombstones,
+                     archive; a run a crash interrupted is finished by the next prune or check --fix.
     quarantine       ``quarantine/<time>-<writer>/``: what a repair took out, never deleted, with notes.
 """

@@ -32,6 +32,7 @@ __all__ = [
     "create_exclusive",
     "current_pid",
     "fsync_dir",
+    "host_tag",
     "iter_dirs",
     "list_names",
     "move",
@@ -69,6 +70,11 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 def current_pid() -> int:
     """This process's id (``os.getpid()`` without a system call; right after ``fork`` too)."""
     return _PID
+
+
+def host_tag() -> str:
+    """This machine's name, made safe for a file name (the ``<host>`` of :func:`writer_tag`)."""
+    return _HOST
 
 
 def writer_tag() -> str:

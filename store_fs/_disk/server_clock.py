@@ -7,7 +7,7 @@ so "now" must too: a host whose clock runs 5 s ahead would otherwise see every f
 older than it is, skip grace periods, and reap attempts that are alive.
 
 "Now" on the server is this host's clock plus an offset, measured by touching a probe file
-(``locks/clock.<host>-<pid>``: the server stamps a write with its own time) and reading
+(``locks/clock.<host>``: the server stamps a write with its own time) and reading
 its ``st_mtime`` back. The offset is measured on first use and again every
 :data:`REMEASURE_SECONDS` of real time; on a local filesystem it is about zero. The
 probe's cost (an open, a write and a ``stat``) is paid once a minute, not per age.
@@ -21,6 +21,7 @@ import threading
 import time
 
 from store_fs._disk.context import Context
+from store_fs._disk.fsio import host_tag
 
 __all__ = ["REMEASURE_SECONDS", "server_age", "server_now", "server_offset"]
 
@@ -37,7 +38,9 @@ class _Offset:
 
 
 def _measure(ctx: Context) -> float:
-    probe = ctx.layout.locks / f"clock.{ctx.writer}"
+    # One probe per host, shared by its processes: the stamp, not the content, is what is read,
+    # and a store written by thousands of one-shot processes keeps one file per machine.
+    probe = ctx.layout.locks / f"clock.{host_tag()}"
     before = ctx.clock.time()
     try:
         # A write, not utime(path, None): every filesystem stamps a write with its own clock

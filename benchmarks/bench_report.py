@@ -1,0 +1,208 @@
+#!/usr/bin/env python
+"""How long ``agl report`` takes, and how big the page is, on a store of many rollouts.
+
+Builds one store with ``--n`` rollouts (default 100,000) through the public API: ``--versions``
+resource versions (default 20) published along the way, each rollout dequeued by one of
+``--workers`` workers (default 8), given an agent span with an LLM call inside it and a reward
+span, and completed; one in 20 fails with one of three error messages instead. Then writes the
+report from a fresh process each time (as the ``agl report`` command does: a cold store,
+nothing cached), for each ``--jobs`` value, with and without the data health check, and prints
+the wall time, the size of the page and the peak memory of the report process and of its
+worker processes.
+
+Usage::
+
+    python benchmarks/bench_report.py                     # N=100,000 (building takes several minutes)
+    python benchmarks/bench_report.py --n 10000 --jobs 1,2
+    python benchmarks/bench_report.py --dir /tmp/big --keep   # keep the store for another run
+    python benchmarks/bench_report.py --dir /tmp/big --reuse  # measure a store kept before
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from store_fs import EnqueueRolloutRequest, FileStore, PromptTemplate, Span, __version__
+from store_fs.rewards import reward_span
+
+ERRORS = ("ValueError: could not parse the answer", "TimeoutError: LLM call took too long", "KeyError: 'q'")
+
+
+def _spans(rollout_id: str, attempt_id: str, seq: int, now: float, reward: float | None) -> list[Span]:
+    agent = Span.from_attributes(
+        attributes={"agent": "bench"},
+        rollout_id=rollout_id,
+        attempt_id=attempt_id,
+        sequence_id=seq,
+        name="agent.run",
+        start_time=now,
+        end_time=now + 0.05,
+    )
+    llm = Span.from_attributes(
+        attributes={
+            "gen_ai.request.model": "gpt-bench",
+            "gen_ai.usage.input_tokens": random.randint(50, 500),
+            "gen_ai.usage.output_tokens": random.randint(5, 200),
+        },
+        rollout_id=rollout_id,
+        attempt_id=attempt_id,
+        sequence_id=seq + 1,
+        name="openai.chat.completion",
+        parent_id=agent.span_id,
+        trace_id=agent.trace_id,
+        start_time=now + 0.01,
+        end_time=now + 0.04,
+    )
+    spans = [agent, llm]
+    if reward is not None:
+        spans.append(
+            reward_span(reward, rollout_id=rollout_id, attempt_id=attempt_id, sequence_id=seq + 2, now=now)
+        )
+    return spans
+
+
+async def build(root: Path, n: int, versions: int, workers: int, batch: int = 1000) -> float:
+    """The store: ``n`` rollouts in ``versions`` resource versions, run by ``workers`` workers."""
+    store = FileStore(root)
+    started = time.perf_counter()
+    per_version = max(1, n // versions)
+    done = 0
+    for v in range(versions):
+        update = await store.add_resources(
+            {"main_prompt": PromptTemplate(template=f"Version {v}: answer {{q}} briefly.", engine="f-string")}
+        )
+        count = per_version if v < versions - 1 else n - done
+        for first in range(0, count, batch):
+            size = min(batch, count - first)
+            await store.enqueue_many_rollouts(
+                [
+                    EnqueueRolloutRequest(input={"q": done + first + i}, resources_id=update.resources_id)
+                    for i in range(size)
+                ]
+            )
+        for i in range(count):
+            attempted = await store.dequeue_rollout(worker_id=f"worker-{(done + i) % workers}")
+            assert attempted is not None
+            rid, aid = attempted.rollout_id, attempted.attempt.attempt_id
+            failed = random.random() < 0.05
+            reward = None if failed else min(1.0, max(0.0, random.gauss(0.3 + 0.5 * v / versions, 0.15)))
+            seq = (await store.get_many_span_sequence_ids([(rid, aid)] * (2 if failed else 3)))[0]
+            await store.add_many_spans(_spans(rid, aid, seq, time.time(), reward))
+            if failed:
+                await store.update_attempt(
+                    rid, aid, status="failed", metadata={"error": random.choice(ERRORS)}
+                )
+            else:
+                await store.update_attempt(rid, aid, status="succeeded")
+        done += count
+        print(f"  built {done:,} rollouts ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
+    return time.perf_counter() - started
+
+
+def measure_once(root: str, out: str, jobs: int, check: bool) -> dict[str, Any]:
+    """One report in this (fresh) process; the figures as a dict."""
+    from store_fs.report import ReportOptions, write_report
+
+    started = time.perf_counter()
+    result = write_report(FileStore(root, create=False), out, ReportOptions(jobs=jobs, run_check=check))
+    seconds = time.perf_counter() - started
+    return {
+        "jobs": jobs,
+        "check": check,
+        "seconds": round(seconds, 2),
+        "bytes": result.bytes,
+        "rollouts": result.rollouts,
+        "problems": result.problems,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "worker_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
+    }
+
+
+def measure(root: Path, jobs: int, check: bool) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        code = (
+            "import json, sys; sys.path.insert(0, sys.argv[1]); from bench_report import measure_once; "
+            "print(json.dumps(measure_once(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5] == '1')))"
+        )
+        here = str(Path(__file__).resolve().parent)
+        args = [
+            sys.executable,
+            "-c",
+            code,
+            here,
+            str(root),
+            str(Path(tmp) / "report.html"),
+            str(jobs),
+            str(int(check)),
+        ]
+        done = subprocess.run(args, capture_output=True, text=True, check=True)
+        figures: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return figures
+
+
+def render(results: list[dict[str, Any]]) -> str:
+    header = f"{'jobs':>4} {'check':>6} {'seconds':>9} {'page MB':>8} {'RSS MB':>7} {'workers MB':>10}"
+    lines = [header, "-" * len(header)]
+    for r in results:
+        check = "yes" if r["check"] else "no"
+        lines.append(
+            f"{r['jobs']:>4} {check:>6} {r['seconds']:>9.2f} {r['bytes'] / 1e6:>8.2f} "
+            f"{r['peak_rss_mb']:>7.0f} {r['worker_peak_rss_mb']:>10.0f}"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--n", type=int, default=100_000)
+    parser.add_argument("--versions", type=int, default=20)
+    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--jobs", default="1,4", help="comma-separated --jobs values to measure")
+    parser.add_argument("--dir", type=Path, help="where to build the store (default: a temporary directory)")
+    parser.add_argument("--keep", action="store_true", help="keep the store afterwards")
+    parser.add_argument("--reuse", action="store_true", help="measure the store already in --dir")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    random.seed(19)
+    parent = args.dir or Path(tempfile.mkdtemp(prefix="agl-bench-report-"))
+    root = parent / "store" if not args.reuse or not (parent / "FORMAT.json").exists() else parent
+    build_seconds = None
+    try:
+        if not args.reuse:
+            print(f"building {args.n:,} rollouts in {root} ...", file=sys.stderr)
+            build_seconds = asyncio.run(build(root, args.n, args.versions, args.workers))
+        results = []
+        for jobs in (int(j) for j in args.jobs.split(",")):
+            for check in (False, True):
+                figures = measure(root, jobs, check)
+                print(f"  jobs={jobs} check={check}: {figures}", file=sys.stderr)
+                results.append(figures)
+        print(render(results))
+        if args.json:
+            machine = {"python": platform.python_version(), "cpus": os.cpu_count(), "agl": __version__}
+            doc = {"n": args.n, "build_seconds": build_seconds, "machine": machine, "results": results}
+            args.json.write_text(json.dumps(doc, indent=2) + "\n")
+    finally:
+        if not args.keep and not args.reuse:
+            shutil.rmtree(parent if args.dir is None else root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

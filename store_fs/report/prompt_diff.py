@@ -1,0 +1,52 @@
+"""Word-level differences between two versions of a resource's text, as HTML.
+
+Prompts are usually a line or a paragraph, where a line diff says only "it changed"; a diff
+by words (whitespace kept) shows what an optimiser edited: removed words in ``<del>``, added
+ones in ``<ins>``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+
+from store_fs.report.svg_charts import esc
+
+__all__ = ["diff_html", "diff_texts"]
+
+_TOKEN = re.compile(r"\s+|\w+|[^\w\s]")  # runs of space, words, single punctuation
+
+
+def _tokens(text: str) -> list[str]:
+    return _TOKEN.findall(text)
+
+
+def diff_html(before: str, after: str) -> str:
+    """``after`` with the words removed from ``before`` struck out and the new ones marked."""
+    old, new = _tokens(before), _tokens(after)
+    out: list[str] = []
+    matcher = difflib.SequenceMatcher(a=old, b=new, autojunk=False)
+    for op, i1, i2, j1, j2 in matcher.get_opcodes():
+        if op in ("delete", "replace"):
+            out.append(f"<del>{esc(''.join(old[i1:i2]))}</del>")
+        if op in ("insert", "replace"):
+            out.append(f"<ins>{esc(''.join(new[j1:j2]))}</ins>")
+        if op == "equal":
+            out.append(esc("".join(new[j1:j2])))
+    return "".join(out)
+
+
+def diff_texts(before: dict[str, str] | None, after: dict[str, str]) -> list[tuple[str, str]]:
+    """(resource name, HTML) for each resource of ``after`` that differs from ``before`` (all of
+    them, unmarked, when there is no previous version); removed resources are listed struck out."""
+    if before is None:
+        return [(name, esc(text)) for name, text in after.items()]
+    out: list[tuple[str, str]] = []
+    for name, text in after.items():
+        previous = before.get(name)
+        if previous is None:
+            out.append((name, f"<ins>{esc(text)}</ins>"))
+        elif previous != text:
+            out.append((name, diff_html(previous, text)))
+    out.extend((name, f"<del>{esc(text)}</del>") for name, text in before.items() if name not in after)
+    return out
