@@ -23,6 +23,7 @@ from store_fs.errors import ExitCode
 from . import (
     cmd_admin,
     cmd_attempts,
+    cmd_data,
     cmd_doctor,
     cmd_events,
     cmd_queue,
@@ -118,11 +119,13 @@ app.command("run")(cmd_run.run)
 app.command("store")(cmd_server.store)
 app.command("doctor")(cmd_doctor.doctor)
 app.command("report")(cmd_report.report)
+app.command("prune")(cmd_data.prune)
 app.add_typer(cmd_rollouts.rollouts_app, name="rollouts")
 app.add_typer(cmd_attempts.attempts_app, name="attempts")
 app.add_typer(cmd_spans.spans_app, name="spans")
 app.add_typer(resources_app, name="resources")
 app.add_typer(cmd_admin.workers_app, name="workers")
+app.add_typer(cmd_data.data_app, name="data")
 
 
 @functools.cache

@@ -7,6 +7,10 @@ the first ``PromptTemplate`` of the rollout's resources, ``(task, llm)`` the fir
 The function may return ``None``, a number (the final reward), or a list of spans
 (``Span``, ``SpanCoreFields``, OpenTelemetry ``ReadableSpan``, or dicts of either shape);
 the runner fails an attempt whose agent returns anything else (docs/runner.md).
+
+Runners take any object with a ``LitAgent``'s methods (:class:`AgentLike`), so upstream
+Agent-lightning's ``LitAgent`` subclasses and ``@agentlightning.rollout`` agents run as they
+are (:func:`as_agent`).
 """
 
 from __future__ import annotations
@@ -14,11 +18,48 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from store_fs.models import LLM, AttemptedRollout, NamedResources, PromptTemplate, ProxyLLM
 
-__all__ = ["FunctionalLitAgent", "LitAgent", "llm_rollout", "prompt_rollout", "rollout"]
+__all__ = [
+    "AgentLike",
+    "FunctionalLitAgent",
+    "LitAgent",
+    "as_agent",
+    "llm_rollout",
+    "load_qualified",
+    "prompt_rollout",
+    "rollout",
+]
+
+
+class AgentLike(Protocol):
+    """What a runner calls: agl's :class:`LitAgent`, or any object with the same methods
+    (upstream Agent-lightning's ``LitAgent`` and its decorated functions)."""
+
+    def is_async(self) -> bool: ...
+
+    def training_rollout(self, task: Any, resources: NamedResources, rollout: AttemptedRollout) -> Any: ...
+
+    async def training_rollout_async(
+        self, task: Any, resources: NamedResources, rollout: AttemptedRollout
+    ) -> Any: ...
+
+    def validation_rollout(self, task: Any, resources: NamedResources, rollout: AttemptedRollout) -> Any: ...
+
+    async def validation_rollout_async(
+        self, task: Any, resources: NamedResources, rollout: AttemptedRollout
+    ) -> Any: ...
+
+
+_AGENT_METHODS = (
+    "is_async",
+    "training_rollout",
+    "training_rollout_async",
+    "validation_rollout",
+    "validation_rollout_async",
+)
 
 
 class LitAgent:
@@ -80,7 +121,7 @@ class FunctionalLitAgent(LitAgent):
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Pickled by reference to the decorated module-level name, so runner processes can load it.
-        return (_load_qualified, (self._func.__module__, self._func.__qualname__))
+        return (load_qualified, (self._func.__module__, self._func.__qualname__))
 
     def is_async(self) -> bool:
         return self._async
@@ -109,7 +150,8 @@ class FunctionalLitAgent(LitAgent):
         return await self._func(**self._kwargs(task, resources, rollout))
 
 
-def _load_qualified(module: str, qualname: str) -> Any:
+def load_qualified(module: str, qualname: str) -> Any:
+    """The object named ``qualname`` in module ``module`` (how agents travel to runner processes)."""
     import importlib
 
     obj: Any = importlib.import_module(module)
@@ -148,3 +190,17 @@ def rollout(func: Callable[..., Any]) -> FunctionalLitAgent:
     if "prompt_template" in params:
         return prompt_rollout(func)
     raise NotImplementedError(f"{func.__name__} takes neither 'llm' nor 'prompt_template'")
+
+
+def as_agent(agent: Any) -> AgentLike:
+    """``agent`` as a runner calls it: a ``LitAgent`` (agl's, or any object with its methods)
+    as it is, a plain function through :func:`rollout`."""
+    if isinstance(agent, LitAgent) or all(callable(getattr(agent, name, None)) for name in _AGENT_METHODS):
+        found: AgentLike = agent
+        return found
+    if callable(agent):
+        return rollout(agent)
+    raise TypeError(
+        f"{agent!r} is not an agent: pass a LitAgent, or a function taking (task, prompt_template) "
+        "or (task, llm)"
+    )

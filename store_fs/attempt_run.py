@@ -37,12 +37,13 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from store_fs.agent import LitAgent
+from store_fs.agent import AgentLike
 from store_fs.errors import NotFoundError
 from store_fs.models import AttemptedRollout, NamedResources, Span, SpanCoreFields
 from store_fs.retrying import call_with_retry, is_transient, renew_attempt
 from store_fs.rewards import find_final_reward, reward_span
 from store_fs.tracing.rollout_binding import RolloutBinding
+from store_fs.upstream_compat import retyped
 
 if TYPE_CHECKING:
     from store_fs.runner import LitAgentRunner
@@ -54,7 +55,7 @@ log = logging.getLogger("store_fs.runner")
 INTERRUPTED = "runner interrupted"
 ACCEPTED_RESULTS = (
     "a float (the final reward), None, or a list of spans "
-    "(Span, SpanCoreFields, OpenTelemetry ReadableSpan, or span dicts)"
+    "(Span, SpanCoreFields, upstream's Span or SpanCoreFields, OpenTelemetry ReadableSpan, or span dicts)"
 )
 
 
@@ -319,11 +320,15 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
 
 
 def start_agent(
-    agent: LitAgent, attempted: AttemptedRollout, resources: NamedResources
+    agent: AgentLike, attempted: AttemptedRollout, resources: NamedResources
 ) -> asyncio.Future[Any]:
-    """Start the agent's rollout method for the attempt's mode; its result as a future."""
+    """Start the agent's rollout method for the attempt's mode; its result as a future.
+
+    With upstream Agent-lightning loaded, the resources and the rollout are also instances of
+    upstream's classes, which its agents look for (:func:`~store_fs.upstream_compat.retyped`).
+    """
     train = attempted.mode == "train"
-    args = (attempted.input, resources, attempted)
+    args = (attempted.input, retyped(resources), retyped(attempted))
     if agent.is_async():
         method = agent.training_rollout_async if train else agent.validation_rollout_async
         return asyncio.ensure_future(method(*args))
@@ -393,6 +398,10 @@ def _item_span(item: Any, rollout_id: str, attempt_id: str) -> tuple[Span, bool]
         return Span.from_core_fields(core, rollout_id=rollout_id, attempt_id=attempt_id, sequence_id=0), False
     if callable(getattr(item, "get_span_context", None)):  # an OpenTelemetry ReadableSpan
         return Span.from_opentelemetry(item, rollout_id, attempt_id, 0), False
+    if callable(getattr(item, "model_dump", None)):  # a span of another library (upstream's), by fields
+        fields = item.model_dump()
+        if isinstance(fields, dict):
+            return _item_span(fields, rollout_id, attempt_id)
     raise TypeError(
         f"the agent returned a list holding a {type(item).__name__}; a rollout returns {ACCEPTED_RESULTS}"
     )

@@ -1,7 +1,8 @@
 """Emit rewards, messages and annotations from inside an agent, in upstream's span formats.
 
 With ``propagate=True`` (the default) the span goes to the store through the
-tracer whose trace context the caller runs in; outside one that is an error.
+tracer whose trace context the caller runs in: agl's, or, under upstream
+Agent-lightning's runner, upstream's active tracer; outside one that is an error.
 With ``propagate=False`` the span's fields are only returned.
 """
 
@@ -14,6 +15,7 @@ from typing import Any
 from store_fs.models import SpanCoreFields, TraceStatus
 from store_fs.rewards import ANNOTATION_SPAN_NAME, reward_attributes
 from store_fs.tracing.tracer import active_tracer
+from store_fs.tracing.upstream_bridge import upstream_active_tracer
 
 __all__ = ["emit_annotation", "emit_message", "emit_reward"]
 
@@ -31,12 +33,15 @@ def _emit(name: str, attributes: dict[str, Any], propagate: bool) -> SpanCoreFie
             end_time=now,
         )
     found = active_tracer()
-    if found is None:
-        raise RuntimeError(
-            f"no active tracer to record {name!r}: emit inside a runner's rollout, or propagate=False"
-        )
-    tracer, _ = found
-    return tracer.create_span(name, attributes)
+    if found is not None:
+        return found[0].create_span(name, attributes)
+    upstream = upstream_active_tracer()
+    if upstream is not None:  # under upstream's runner: its tracer records the span
+        core = upstream.create_span(name=name, attributes=attributes, status=TraceStatus(status_code="OK"))
+        return SpanCoreFields.model_validate(core)
+    raise RuntimeError(
+        f"no active tracer to record {name!r}: emit inside a runner's rollout, or propagate=False"
+    )
 
 
 def emit_reward(

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 from store_fs.models import (
     UNSET,
@@ -50,6 +50,13 @@ __all__ = ["LightningStore", "open_store"]
 
 class LightningStore(Protocol):
     """Rollouts, attempts, resources, spans and workers of one training loop."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Self:
+        # With upstream Agent-lightning loaded, a store is also upstream's LightningStore, so
+        # upstream's Trainer, runner and agents accept it (store_fs/upstream_compat.py).
+        from store_fs.upstream_compat import store_class
+
+        return object.__new__(store_class(cls))
 
     # -- what the store is ----------------------------------------------------------------
     @property

@@ -29,8 +29,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
-from store_fs.agent import LitAgent
-from store_fs.agent import rollout as rollout_decorator
+from store_fs.agent import AgentLike, LitAgent, as_agent
 from store_fs.attempt_run import AttemptRun
 from store_fs.models import AttemptedRollout, NamedResources, Rollout
 from store_fs.retrying import OutageLog, RetryPolicy, call_with_retry, describe_store, is_transient
@@ -86,6 +85,12 @@ class LitAgentRunner:
             raise ValueError(f"heartbeat_seconds must be positive, not {heartbeat}")
         if retry_cap_seconds <= 0 or interrupt_grace_seconds < 0:
             raise ValueError("retry_cap_seconds must be positive and interrupt_grace_seconds not negative")
+        if tracer is not None and not isinstance(tracer, Tracer):
+            raise TypeError(
+                f"{type(tracer).__name__} is not an agl tracer: agl's runner records spans with "
+                "store_fs.tracing.OtelTracer (or AgentOpsTracer); upstream's tracers run under "
+                "upstream's runner"
+            )
         self.tracer = tracer or OtelTracer()
         self.max_rollouts = max_rollouts
         self.poll_interval = poll_interval
@@ -96,7 +101,7 @@ class LitAgentRunner:
         self.interrupt_grace_seconds = interrupt_grace_seconds
         self.retry_policy = RetryPolicy(cap_seconds=retry_cap_seconds)
         self.hooks: list[Any] = []
-        self._agent: LitAgent | None = None
+        self._agent: AgentLike | None = None
         self._store: Any = None
         self.worker_id = "Worker-Unknown"
         self.completed = 0
@@ -107,7 +112,7 @@ class LitAgentRunner:
         return self.heartbeat_seconds
 
     @property
-    def agent(self) -> LitAgent:
+    def agent(self) -> AgentLike:
         return self._agent_or_raise()
 
     @property
@@ -117,9 +122,14 @@ class LitAgentRunner:
 
     # -- lifecycle -----------------------------------------------------------------
     def init(self, agent: LitAgent | Any, *, hooks: Sequence[Any] | None = None, **kwargs: Any) -> None:
-        """Bind the agent; ``hooks`` are upstream-style ``Hook`` objects (any object with some
-        of ``on_rollout_start``, ``on_trace_start``, ``on_trace_end``, ``on_rollout_end``)."""
-        self._agent = agent if isinstance(agent, LitAgent) else rollout_decorator(agent)
+        """Bind the agent (see :func:`~store_fs.agent.as_agent`; an agent with ``set_runner``,
+        as upstream's ``LitAgent`` has, is told its runner); ``hooks`` are upstream-style
+        ``Hook`` objects (any object with some of ``on_rollout_start``, ``on_trace_start``,
+        ``on_trace_end``, ``on_rollout_end``)."""
+        self._agent = as_agent(agent)
+        set_runner = getattr(self._agent, "set_runner", None)
+        if callable(set_runner):
+            set_runner(self)
         self.hooks = list(hooks or [])
         self.tracer.init()
 
@@ -155,7 +165,7 @@ class LitAgentRunner:
         finally:
             self.teardown()
 
-    def _agent_or_raise(self) -> LitAgent:
+    def _agent_or_raise(self) -> AgentLike:
         if self._agent is None or self._store is None:
             raise RuntimeError("use the runner inside run_context(agent=..., store=...)")
         return self._agent

@@ -22,20 +22,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import inspect
 import logging
 import multiprocessing as mp
 import os
+import pickle
 import signal
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
 
 from store_fs.lightning_store import open_store
 
-__all__ = ["RunnerPool", "run_runner_process"]
+__all__ = ["RunnerPool", "run_runner_process", "shippable_agent"]
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +75,69 @@ class _StopEvent:
         if not self.signals.stopping and self.shared.is_set():
             self.signals.stopping = True
         return self.signals.stopping
+
+
+class _AgentByName:
+    """Unpickles as the module-level object ``module.qualname``: how an agent that does not
+    pickle by value (upstream's ``@rollout`` agents) reaches a spawned runner."""
+
+    def __init__(self, module: str, qualname: str) -> None:
+        self.module = module
+        self.qualname = qualname
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        from store_fs.agent import load_qualified
+
+        return (load_qualified, (self.module, self.qualname))
+
+
+def _pickles(obj: Any) -> bool:
+    try:
+        pickle.dumps(obj)
+    except Exception:
+        return False
+    return True
+
+
+def _by_name(agent: Any) -> _AgentByName | None:
+    from store_fs.agent import load_qualified
+
+    module, qualname = getattr(agent, "__module__", None), getattr(agent, "__qualname__", None)
+    if isinstance(module, str) and isinstance(qualname, str):
+        with contextlib.suppress(Exception):
+            if load_qualified(module, qualname) is agent:
+                return _AgentByName(module, qualname)
+    return None
+
+
+def _without_weak_references(agent: Any) -> Any:
+    """A shallow copy whose weak references (upstream's ``LitAgent`` keeps its trainer and
+    runner so) are None: they cannot cross a process boundary anyway."""
+    if not hasattr(agent, "__dict__"):
+        return None
+    clone = copy.copy(agent)
+    for name, value in vars(clone).items():
+        if isinstance(value, weakref.ReferenceType):
+            setattr(clone, name, None)
+    return clone
+
+
+def shippable_agent(agent: Any) -> Any:
+    """``agent`` as it can travel to a spawned runner process: itself if it pickles; else a
+    reference to the module-level name it is bound to; else a copy without its weak
+    references. TypeError if none of these pickles."""
+    if _pickles(agent):
+        return agent
+    found = _by_name(agent)
+    if found is None:
+        clone = _without_weak_references(agent)
+        found = clone if clone is not None and _pickles(clone) else None
+    if found is None:
+        raise TypeError(
+            f"the agent {agent!r} cannot be sent to runner processes (it does not pickle): "
+            "define it at module level"
+        )
+    return found
 
 
 def _open_runner_store(location: str) -> Any:
@@ -151,7 +217,7 @@ class RunnerPool:
         if max_restarts < 0:
             raise ValueError(f"max_restarts must be >= 0, not {max_restarts}")
         self.store_location = store_location
-        self.agent = agent
+        self.agent = shippable_agent(agent)
         self.n_runners = n_runners
         self.tracer = tracer
         self.runner_kwargs = dict(runner_kwargs or {})

@@ -19,7 +19,7 @@ import asyncio
 import inspect
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from store_fs.lightning_store import LightningStore, open_store
 from store_fs.models import RolloutMode
@@ -27,6 +27,7 @@ from store_fs.runner_pool import RunnerPool, run_runner_process
 
 __all__ = [
     "Algorithm",
+    "AlgorithmLike",
     "Baseline",
     "FunctionalAlgorithm",
     "Trainer",
@@ -92,6 +93,21 @@ class Algorithm:
 
     def get_llm_proxy(self) -> Any:
         return self.llm_proxy
+
+
+class AlgorithmLike(Protocol):
+    """What the trainer calls: agl's :class:`Algorithm`, or an object with the same methods
+    (upstream Agent-lightning's ``Algorithm`` subclasses and ``@agentlightning.algo`` functions)."""
+
+    def run(self, train_dataset: Any = None, val_dataset: Any = None) -> Any: ...
+
+    def set_store(self, store: Any) -> None: ...
+
+    def set_initial_resources(self, resources: Any) -> None: ...
+
+    def set_adapter(self, adapter: Any) -> None: ...
+
+    def set_trainer(self, trainer: Any) -> None: ...
 
 
 class FunctionalAlgorithm(Algorithm):
@@ -172,13 +188,14 @@ class Trainer:
     """Runs an algorithm against ``n_runners`` runner processes sharing one store.
 
     Args:
-        algorithm: an :class:`Algorithm` (or an ``@algo`` function); :meth:`dev` defaults
-            to :class:`Baseline`.
+        algorithm: an :class:`Algorithm` (or an ``@algo`` function, or upstream's
+            ``Algorithm``, recognised by its methods); :meth:`dev` defaults to :class:`Baseline`.
         n_runners: runner processes to start (default 1); ``n_workers`` is the old name.
         max_rollouts: each runner stops after this many rollouts; ``max_tasks`` is the old name.
         store: a store directory, an ``agl store`` URL, or a store object (a ``FileStore``'s
             root or a client's URL is what the runner processes open).
         tracer: the runners' tracer (default: :class:`~store_fs.tracing.OtelTracer`); must pickle.
+            Upstream's tracers are refused (``TypeError``): they run under upstream's runner.
         initial_resources: published before the algorithm starts, and passed to it.
         adapter: handed to the algorithm (``get_adapter()``), as upstream.
         runner: ``LitAgentRunner`` keyword arguments (a dict) for every runner process.
@@ -199,7 +216,7 @@ class Trainer:
         adapter: Any = None,
         store: Any = None,
         runner: dict[str, Any] | None = None,
-        algorithm: Algorithm | Callable[..., Any] | None = None,
+        algorithm: AlgorithmLike | Callable[..., Any] | None = None,
         n_workers: int | None = None,
         max_tasks: int | None = None,
         daemon: bool = True,
@@ -212,6 +229,7 @@ class Trainer:
             raise TypeError(
                 "runner= takes LitAgentRunner keyword arguments (a dict): each runner process builds its own"
             )
+        _check_tracer(tracer)
         self.algorithm = _as_algorithm(algorithm)
         self.n_runners = _positive("n_runners", n_runners if n_runners is not None else n_workers or 1)
         self.n_workers = self.n_runners
@@ -242,7 +260,7 @@ class Trainer:
         same store, runners and tracer as :meth:`fit`."""
         return self._run(self.algorithm or Baseline(), agent, train_dataset, val_dataset)
 
-    def _run(self, algorithm: Algorithm, agent: Any, train_dataset: Any, val_dataset: Any) -> Any:
+    def _run(self, algorithm: AlgorithmLike, agent: Any, train_dataset: Any, val_dataset: Any) -> Any:
         set_trainer = getattr(agent, "set_trainer", None)
         if callable(set_trainer):
             set_trainer(self)
@@ -256,11 +274,13 @@ class Trainer:
         with pool:
             return self._run_algorithm(algorithm, train_dataset, val_dataset)
 
-    def _run_algorithm(self, algorithm: Algorithm, train_dataset: Any, val_dataset: Any) -> Any:
+    def _run_algorithm(self, algorithm: AlgorithmLike, train_dataset: Any, val_dataset: Any) -> Any:
         store = open_store(self.store_location)
         algorithm.set_store(store)
-        algorithm.set_initial_resources(self.initial_resources)
-        algorithm.set_adapter(self.adapter)
+        if self.initial_resources is not None:  # as upstream: what was not given is not set
+            algorithm.set_initial_resources(self.initial_resources)
+        if self.adapter is not None:
+            algorithm.set_adapter(self.adapter)
         algorithm.set_trainer(self)
         if self.initial_resources is not None:
             asyncio.run(store.add_resources(self.initial_resources))
@@ -268,6 +288,18 @@ class Trainer:
         if inspect.isawaitable(result):
             return asyncio.run(_await(result))
         return result
+
+
+def _check_tracer(tracer: Any) -> None:
+    if tracer is None:
+        return
+    from store_fs.tracing.tracer import Tracer
+
+    if not isinstance(tracer, Tracer):
+        raise TypeError(
+            f"Trainer(tracer={type(tracer).__name__}(...)): agl's runners record spans with "
+            "store_fs.tracing.OtelTracer (or AgentOpsTracer); upstream's tracers run under upstream's Trainer"
+        )
 
 
 def _refuse(unsupported: dict[str, Any]) -> None:
@@ -279,9 +311,17 @@ def _refuse(unsupported: dict[str, Any]) -> None:
         raise TypeError(f"Trainer() got an unexpected keyword argument {name!r}")
 
 
-def _as_algorithm(algorithm: Algorithm | Callable[..., Any] | None) -> Algorithm | None:
+_ALGORITHM_METHODS = ("run", "set_store", "set_initial_resources", "set_adapter", "set_trainer")
+
+
+def _as_algorithm(algorithm: AlgorithmLike | Callable[..., Any] | None) -> AlgorithmLike | None:
     if algorithm is None or isinstance(algorithm, Algorithm):
         return algorithm
+    if all(callable(getattr(algorithm, name, None)) for name in _ALGORITHM_METHODS):
+        found: AlgorithmLike = algorithm  # type: ignore[assignment]
+        return found
+    if not callable(algorithm):
+        raise TypeError(f"algorithm= takes an Algorithm or a function, not {algorithm!r}")
     return algo(algorithm)
 
 

@@ -46,7 +46,8 @@ def test_resources(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
         added = await store.add_resources(theirs)
         assert isinstance(added.resources["prompt"], PromptTemplate)
         assert isinstance(added.resources["llm"], LLM)
-        assert type(added.resources["proxy"]) is ProxyLLM
+        assert isinstance(added.resources["proxy"], ProxyLLM)
+        assert isinstance(added.resources["proxy"], agl.ProxyLLM)  # both, with upstream loaded
         for name, value in theirs.items():
             assert same_json(added.resources[name], value), name
         updated = await store.update_resources(added.resources_id, {"prompt": theirs["prompt"]})

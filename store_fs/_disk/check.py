@@ -20,8 +20,9 @@ from store_fs._disk.claims import Engine
 from store_fs._disk.maintenance import maintenance_lock
 from store_fs._disk.quarantine import Quarantine
 from store_fs._disk.queue_tokens import ClaimToken
+from store_fs._disk.removal import recover, trashed_rollouts, unfinished_runs
 from store_fs._disk.rollout_history import RolloutRecord
-from store_fs._disk.rollout_index import Entry, IndexView, RolloutIndex, entry_of
+from store_fs._disk.rollout_index import PRUNED, Entry, IndexView, RolloutIndex, entry_of
 from store_fs._disk.span_log import BadLine
 from store_fs._disk.status_rules import LIVE_ATTEMPT_STATUSES
 from store_fs.errors import CorruptRecordError
@@ -65,11 +66,17 @@ def _temp_files(root: Path, fix: bool) -> list[Problem]:
     return out
 
 
-def _rollouts(engine: Engine, quarantine: Quarantine | None, heads: dict[str, Entry | None]) -> list[Problem]:
-    """Problems of each rollout; fills ``heads`` with each one's index entry (None: unreadable)."""
+def _rollouts(
+    engine: Engine, quarantine: Quarantine | None, heads: dict[str, Entry | None], pruned: set[str]
+) -> list[Problem]:
+    """Problems of each rollout; fills ``heads`` with each one's index entry (None: unreadable).
+    ``pruned``: rollouts the index has a tombstone for (removed by ``agl prune``)."""
     out: list[Problem] = []
     pending = {(t.rollout_id, t.sequence_id) for t in engine.queue.list_pending()}
     for rollout_id in engine.records.all_ids():
+        if rollout_id in pruned and not engine.records.exists(rollout_id):
+            out.append(_pruned_leftover(engine, rollout_id, quarantine))
+            continue
         heads[rollout_id] = None
         found = _readable_head(engine, rollout_id, quarantine, out)
         if found is None:
@@ -102,6 +109,28 @@ def _readable_head(
             out.append(Problem("no-record", directory, "no readable history revision"))
             return None
         return found
+
+
+def _pruned_leftover(engine: Engine, rollout_id: str, quarantine: Quarantine | None) -> Problem:
+    """A directory without a record under the name of a pruned rollout: a late write (a span
+    or heartbeat of an attempt that was no longer live) made it after the prune."""
+    directory = engine.ctx.layout.rollout_dir(rollout_id)
+    detail = "files written after the rollout was pruned (no record)"
+    if quarantine is None:
+        return Problem("pruned-leftover", str(directory), detail)
+    where = quarantine.quarantine_file(directory, "written after the rollout was pruned")
+    return Problem("pruned-leftover", str(directory), f"{detail}; moved to {where}", True)
+
+
+def _unfinished_removals(engine: Engine, index: RolloutIndex | None, fix: bool) -> list[Problem]:
+    """Removal runs (``agl prune``) a crash left in ``trash/``; ``fix`` finishes them."""
+    runs = unfinished_runs(engine.ctx)
+    if not runs or index is None:
+        return []
+    if fix:
+        recover(engine.ctx, index, engine.queue)
+    detail = "a prune was interrupted: its rollouts are out of the store, their removal unfinished"
+    return [Problem("unfinished-prune", str(run), detail, fix) for run in runs]
 
 
 def _has_earlier_revision(revision: Path) -> bool:
@@ -192,7 +221,8 @@ def _torn_tails(attempt_dir: Path, quarantine: Quarantine | None) -> list[Proble
     return out
 
 
-def _tokens(engine: Engine, fix: bool) -> list[Problem]:
+def _tokens(engine: Engine, fix: bool, removing: set[str]) -> list[Problem]:
+    """``removing``: rollouts an unfinished prune holds; their pending tokens go with its recovery."""
     out: list[Problem] = []
     for entry in engine.queue.list_journal():
         if fix:
@@ -201,7 +231,7 @@ def _tokens(engine: Engine, fix: bool) -> list[Problem]:
     for token in engine.queue.list_claimed():
         out.extend(_orphan_claim(engine, token, fix))
     for pending in engine.queue.list_pending():
-        if not engine.records.exists(pending.rollout_id):
+        if pending.rollout_id not in removing and not engine.records.exists(pending.rollout_id):
             if fix:
                 engine.queue.discard_pending(pending)
             out.append(
@@ -229,12 +259,14 @@ def _orphan_claim(engine: Engine, token: ClaimToken, fix: bool) -> list[Problem]
 
 
 def _index_disagreements(
-    engine: Engine, index: RolloutIndex, heads: dict[str, Entry | None], view: IndexView
+    engine: Engine, index: RolloutIndex, heads: dict[str, Entry | None], view: IndexView, removing: set[str]
 ) -> tuple[IndexView, dict[str, tuple[Entry, str]], dict[str, str]]:
     """(the index re-read, {rollout: (its entry, why)} for entries behind their record,
-    {rollout: why} for entries that appending cannot fix)."""
+    {rollout: why} for entries that appending cannot fix). ``removing``: rollouts an unfinished
+    prune holds in ``trash/`` (gone; their tombstones come with the prune's recovery)."""
     suspects = {rid for rid, head in heads.items() if head is not None and view.entries.get(rid) != head}
-    suspects |= view.entries.keys() - heads.keys()
+    listed = {rid for rid, entry in view.entries.items() if entry.status != PRUNED}
+    suspects |= listed - heads.keys() - removing
     if not suspects:
         return view, {}, {}
     # Re-read the suspects' records, then the index: a writer between its revision and its
@@ -251,10 +283,13 @@ def _index_disagreements(
     wrong: dict[str, str] = {}
     for rid, record in fresh.items():
         entry = view.entries.get(rid)
-        if entry == record:
-            continue
+        pruned = entry is not None and entry.status == PRUNED
+        if entry == record or (record is None and pruned):
+            continue  # agrees; or removed by agl prune, and its tombstone says so
         if record is None:
             wrong[rid] = f"{rid}: in the index but there is no such rollout"
+        elif pruned:
+            wrong[rid] = f"{rid}: pruned in the index, but its record is there (restored from an archive?)"
         elif entry is None:
             behind[rid] = (record, f"{rid}: not in the index (record revision {record.rev}, {record.status})")
         elif entry.rev < record.rev:
@@ -271,7 +306,9 @@ def _index_disagreements(
     return view, behind, wrong
 
 
-def _index(engine: Engine, index: RolloutIndex, heads: dict[str, Entry | None], fix: bool) -> list[Problem]:
+def _index(
+    engine: Engine, index: RolloutIndex, heads: dict[str, Entry | None], fix: bool, removing: set[str]
+) -> list[Problem]:
     """The rollout index against the records read by :func:`_rollouts`.
 
     Entries behind their record are repaired by appending the record's entry from this
@@ -280,7 +317,7 @@ def _index(engine: Engine, index: RolloutIndex, heads: dict[str, Entry | None], 
     ``fix``). A missing ``complete.json`` is one problem, not one per rollout.
     """
     where = str(engine.ctx.layout.rollout_index)
-    view, behind, wrong = _index_disagreements(engine, index, heads, index.load())
+    view, behind, wrong = _index_disagreements(engine, index, heads, index.load(), removing)
     complete = index.is_complete()
     rebuild = fix and bool(wrong or view.bad)
     if rebuild:
@@ -314,7 +351,11 @@ def check_store(engine: Engine, index: RolloutIndex | None = None, *, fix: bool 
 def _check(engine: Engine, index: RolloutIndex | None, quarantine: Quarantine | None) -> list[Problem]:
     fix = quarantine is not None
     heads: dict[str, Entry | None] = {}
-    out = _tokens(engine, fix) + _rollouts(engine, quarantine, heads)
+    # First: a finished removal leaves fewer rollouts, and no half-removed one, to look at.
+    removing = set() if fix else trashed_rollouts(engine.ctx)
+    out = _unfinished_removals(engine, index, fix)
+    pruned = set() if index is None else set(index.load().by_status.get(PRUNED, ()))
+    out += _tokens(engine, fix, removing) + _rollouts(engine, quarantine, heads, pruned)
     if index is not None:
-        out += _index(engine, index, heads, fix)
+        out += _index(engine, index, heads, fix, removing)
     return out + _temp_files(engine.ctx.layout.root, fix)

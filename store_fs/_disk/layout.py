@@ -70,6 +70,11 @@ class Layout:
         return self.root / "locks"
 
     @cached_property
+    def trash(self) -> Path:
+        # Removal runs of `agl prune` (store_fs/_disk/removal.py); absent in most stores.
+        return self.root / "trash"
+
+    @cached_property
     def rollout_index(self) -> Path:
         return self.root / "index" / "rollouts"
 

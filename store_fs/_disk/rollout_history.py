@@ -145,12 +145,16 @@ class RecordStore:
         """The newest revision, or None if the rollout does not exist.
 
         Revisions are immutable, so a cached one stays right until a newer revision
-        appears; one ``stat`` tells. ``cached_ok=False`` re-reads the file (``check``).
+        appears (one ``stat`` tells) or the rollout is removed (``agl prune`` moves its
+        directory away: a second ``stat``, of the cached revision itself). ``cached_ok=False``
+        re-reads the file (``check``).
         """
         cache = self._cache()
         cached = cache.heads.get(rollout_id) if cached_ok else None
         if cached is not None and not os.path.exists(self._rev_str(rollout_id, cached.rev + 1)):
-            return cached
+            if os.path.exists(self._rev_str(rollout_id, cached.rev)):
+                return cached
+            del cache.heads[rollout_id]  # removed: read afresh (it may also have been re-created)
         hist = self._layout.history_dir(rollout_id)
         while True:
             rev = self._head_rev(rollout_id)

@@ -41,6 +41,13 @@ entries ahead of their record (records restored from an older copy), entries of
 rollouts that do not exist and corrupt lines cannot be outvoted by appending, so
 ``--fix`` then deletes the index and rebuilds it from the records.
 
+**Removal.** ``agl prune`` (:mod:`store_fs._disk.removal`) appends a *tombstone* for each
+rollout it removed: a line whose status is ``pruned``, one revision past the record's last
+(``attempts`` 0). Entries are ordered by ``(start_time, rev)``, so the tombstone outvotes every
+line of the removed rollout, in any order, and a rollout created later under the same id (an
+idempotency key used again) starts later and outvotes the tombstone. Readers keep tombstones in
+the merged view but never list, count or return them.
+
 **Limits.** Logs only grow (one line per revision) and each process that ever
 wrote a revision leaves one file, so a cold reader's first refresh costs one
 ``stat`` per file and one parse per line ever written (about 0.3 s for 100,000
@@ -68,11 +75,24 @@ from store_fs._disk.layout import Layout
 from store_fs._disk.rollout_history import RolloutRecord
 from store_fs.models import RolloutStatus
 
-__all__ = ["BadIndexLine", "Entry", "IndexView", "RolloutIndex", "entry_of", "ordered", "publish_marker"]
+__all__ = [
+    "PRUNED",
+    "BadIndexLine",
+    "Entry",
+    "IndexView",
+    "RolloutIndex",
+    "entry_of",
+    "ordered",
+    "parse_entry",
+    "publish_marker",
+    "tombstone",
+]
 
 log = logging.getLogger(__name__)
 
-_STATUSES = frozenset(get_args(RolloutStatus))
+#: The status of a tombstone: the rollout was removed (``agl prune``); see "Removal" above.
+PRUNED = "pruned"
+_STATUSES = frozenset(get_args(RolloutStatus)) | {PRUNED}
 
 
 class Entry(NamedTuple):
@@ -89,11 +109,22 @@ def entry_of(rev: int, record: RolloutRecord) -> Entry:
     return Entry(record.rollout_id, rev, record.status, record.start_time, len(record.attempts))
 
 
+def tombstone(rollout_id: str, last_rev: int, start_time: float) -> Entry:
+    """The entry saying that the rollout whose newest revision was ``last_rev`` is gone."""
+    return Entry(rollout_id, last_rev + 1, PRUNED, start_time, 0)
+
+
+def _order(entry: Entry) -> tuple[float, int]:
+    # Revisions of one rollout share its start_time; a rollout re-created under a removed
+    # rollout's id (same idempotency key) starts later, so its lines win over the old ones.
+    return (entry.start_time, entry.rev)
+
+
 def _line(entry: Entry) -> bytes:
     return codec.dumps_line(entry._asdict())
 
 
-def _parse_entry(row: Any) -> Entry | None:
+def parse_entry(row: Any) -> Entry | None:
     """The entry a parsed line describes, or None if it is not a valid index line."""
     if not isinstance(row, dict):
         return None
@@ -148,7 +179,7 @@ class IndexView:
         """Keep ``entry`` if it is the newest revision seen for its rollout."""
         current = self.entries.get(entry.rollout_id)
         if current is not None:
-            if entry.rev <= current.rev:
+            if _order(entry) <= _order(current):
                 return
             del self.by_status[current.status][entry.rollout_id]
             self.attempts -= current.attempts
@@ -198,7 +229,7 @@ class IndexView:
         except codec.DecodeError:
             rows = None
         if isinstance(rows, list) and len(rows) == chunk.count(b"\n"):
-            entries = [_parse_entry(row) for row in rows]
+            entries = [parse_entry(row) for row in rows]
             if None not in entries:
                 for entry in entries:
                     self.merge(entry)  # type: ignore[arg-type]
@@ -209,7 +240,7 @@ class IndexView:
                 offset += len(raw) + 1
                 continue
             try:
-                entry = _parse_entry(codec.loads(raw))
+                entry = parse_entry(codec.loads(raw))
             except codec.DecodeError:
                 entry = None
             if entry is None:
@@ -243,9 +274,13 @@ class IndexView:
             needle = rollout_id_contains
             tests.append(lambda e: isinstance(needle, str) and needle in e.rollout_id)
         if not tests:
-            return list(base)
+            return [e for e in base if e.status != PRUNED]
         combine = all if logic == "and" else any
-        return [e for e in base if combine(t(e) for t in tests)]
+        return [e for e in base if e.status != PRUNED and combine(t(e) for t in tests)]
+
+    def live_count(self) -> int:
+        """Rollouts the view lists (tombstones left out)."""
+        return len(self.entries) - len(self.by_status.get(PRUNED, ()))
 
 
 def _members(values: Sequence[Any]) -> Collection[Any]:
@@ -414,7 +449,11 @@ class RolloutIndex:
             if not self.is_complete():
                 return None
             entries = view.entries
-            return {rid: entry for rid in rollout_ids if (entry := entries.get(rid)) is not None}
+            return {
+                rid: entry
+                for rid in rollout_ids
+                if (entry := entries.get(rid)) is not None and entry.status != PRUNED
+            }
 
     def counts(self) -> tuple[int, int, list[str]] | None:
         """(rollouts, attempts, ids of rollouts with attempts), or None if not complete."""
@@ -424,4 +463,4 @@ class RolloutIndex:
             if not self.is_complete():
                 return None
             attempted = [e.rollout_id for e in view.entries.values() if e.attempts]
-            return len(view.entries), view.attempts, attempted
+            return view.live_count(), view.attempts, attempted

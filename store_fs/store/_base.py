@@ -58,7 +58,7 @@ def init_store(root: str | Path) -> Path:
     if not gitignore.exists():
         # Queue churn, per-process change feeds and the (rebuildable) index are operational,
         # not history.
-        fsio.create_exclusive(gitignore, b"queue/\nevents/\nindex/\nlocks/\n")
+        fsio.create_exclusive(gitignore, b"queue/\nevents/\nindex/\nlocks/\ntrash/\n")
     return layout.root
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from store_fs._disk.rollout_history import RolloutRecord
@@ -75,7 +75,11 @@ class RolloutMethods(StoreCore):
         )
         if rollout_id_in is not None and filter_logic == "and" and rollout_id_contains is None:
             # Read just the named rollouts instead of the whole tree.
-            ids = [r for r in dict.fromkeys(rollout_id_in) if isinstance(r, str) and self._known_rollout(r)]
+            ids = [
+                r
+                for r in dict.fromkeys(rollout_id_in)
+                if isinstance(r, str) and self._known_rollout(r) and self._records.exists(r)
+            ]
             found = [self._records.get(r) for r in ids]
             records = [r for r in found if r is not None]
         else:
@@ -166,9 +170,24 @@ class RolloutMethods(StoreCore):
         # The cached head is shared: only read it (``_public`` builds new objects).
         return record if matches(record, filters) else None
 
+    def rollout_ids(self, *, status_in: Collection[str] | None = None) -> list[str]:
+        """Ids of the rollouts (those in ``status_in``), oldest first: from the rollout index
+        when it is complete, without reading a record (as late as the index; callers check the
+        records they then read), else from the records. For data views and ``agl prune``."""
+        statuses = None if status_in is None else sorted(status_in)
+        picked = self._index.select(
+            status_in=statuses, rollout_id_in=None, rollout_id_contains=None, logic="and"
+        )
+        if picked is not None:
+            return [e.rollout_id for e in index_order(picked, None, False, None)]
+        records = [r for r in self._records.iter_records() if statuses is None or r.status in statuses]
+        records.sort(key=lambda r: (r.start_time, r.rollout_id))
+        return [r.rollout_id for r in records]
+
     async def get_rollout_by_id(self, rollout_id: str) -> Rollout | AttemptedRollout | None:
         self._healthcheck()
-        if not self._known_rollout(rollout_id):
+        # exists(): this process may hold the head of a rollout another one removed (agl prune).
+        if not self._known_rollout(rollout_id) or not self._records.exists(rollout_id):
             return None
         record = self._records.get(rollout_id)
         return None if record is None else self._public(record)

@@ -31,7 +31,7 @@ from store_fs.tracing.rollout_binding import (
 )
 from store_fs.tracing.span_processor import LightningSpanProcessor
 
-__all__ = ["OtelTracer", "ProviderTracer", "Tracer", "active_tracer"]
+__all__ = ["OtelTracer", "ProviderTracer", "SpanRecorder", "Tracer", "active_tracer"]
 
 log = logging.getLogger(__name__)
 
@@ -118,9 +118,12 @@ class Tracer:
             span_transport=self.span_transport,
             give_up_after=self.span_retry_seconds,
         )
+        from store_fs.tracing.upstream_bridge import upstream_emitters
+
         token = bind(binding)
         try:
-            yield binding
+            with upstream_emitters():  # upstream's emit_* record here too
+                yield binding
         finally:
             unbind(token)
             self.flush_instrumentation()
@@ -208,6 +211,60 @@ class ProviderTracer(Tracer):
         span.set_status(Status(code, core.status.description))
         span.end(end_time=start_ns)
         return core
+
+    @contextlib.contextmanager
+    def operation_context(
+        self,
+        name: str,
+        attributes: Attributes | None = None,
+        start_time: float | None = None,
+        end_time: float | None = None,
+    ) -> Iterator[SpanRecorder]:
+        """A span around a block, as upstream's tracers offer: the block records on the
+        :class:`SpanRecorder`; an exception escaping it is recorded, with status ``ERROR``."""
+        start_ns = None if start_time is None else int(start_time * 1e9)
+        span = self._tracer().start_span(name, attributes=dict(attributes or {}), start_time=start_ns)
+        recorder = SpanRecorder(span)
+        try:
+            with otel_trace.use_span(span, end_on_exit=False, record_exception=False):
+                yield recorder
+        except Exception as err:
+            recorder.record_exception(err)
+            raise
+        finally:
+            span.end(end_time=None if end_time is None else int(end_time * 1e9))
+
+
+class SpanRecorder:
+    """Records on an open OpenTelemetry span (upstream's ``SpanRecordingContext``)."""
+
+    def __init__(self, span: Any) -> None:
+        self.span = span
+
+    def record_exception(self, exception: BaseException) -> None:
+        self.span.record_exception(exception)
+        self.record_status("ERROR", str(exception))
+
+    def record_attributes(self, attributes: Attributes) -> None:
+        self.span.set_attributes(dict(attributes))
+
+    def record_status(self, status_code: str, description: str | None = None) -> None:
+        code = {"OK": StatusCode.OK, "ERROR": StatusCode.ERROR}.get(str(status_code), StatusCode.UNSET)
+        self.span.set_status(Status(code, description if code is StatusCode.ERROR else None))
+
+    def get_otel_span(self) -> Any:
+        return self.span
+
+    def get_recorded_span(self) -> SpanCoreFields:
+        """The span's fields so far (its end time once the block is over)."""
+        span = self.span
+        return SpanCoreFields(
+            name=span.name,
+            status=TraceStatus.from_opentelemetry(span.status),
+            attributes=dict(span.attributes or {}),
+            start_time=None if span.start_time is None else span.start_time / 1e9,
+            end_time=None if span.end_time is None else span.end_time / 1e9,
+        )
 
 
 class OtelTracer(ProviderTracer):

@@ -1,0 +1,195 @@
+"""Which rollouts finished since a saved position in the rollout index logs.
+
+The rollout index (``index/rollouts/<writer>.jsonl``, :mod:`store_fs._disk.rollout_index`) gets
+one line per revision of every rollout, appended right after the revision is made. A position is,
+per log file, its inode and the byte offset read so far: reading on from it costs the new bytes
+only, whatever the store's size, and a position can be saved and resumed by another process or
+host (inode numbers are the file server's, the same on every NFS client).
+
+A rollout *finished* at revision ``T`` when ``T`` is finished (succeeded, failed or cancelled) and
+``T - 1`` is not (or ``T`` is its first revision). Lines are only hints of that: for each rollout
+with a finished line among the new bytes, the record is read afresh and the run of finished
+revisions ending at its newest one is walked back to its first revision ``T``; the rollout is
+reported when a new line is that of ``T``. So each finishing is reported once, however many
+revisions follow it (a late span's heartbeat stamp, a metadata update) and in whatever order the
+logs of several writers are read; a rollout that is retried and finishes again is reported again;
+one that is running again is not reported until it finishes again.
+
+If the logs were rebuilt (``agl check --fix`` replaced them: a known file vanished, was replaced,
+or shrank), positions cannot be carried over: reading restarts at the end of the new logs and the
+rebuild is logged. Rollouts that finished between the last read and the rebuild are then missed,
+which is why rebuilds are for quiet stores. A process killed between a finishing revision and its
+index line leaves the line to ``agl check --fix`` (``stale-index``), which appends it at the
+newest revision: reported then if nothing has changed the rollout since.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from store_fs._disk import codec, fsio
+from store_fs._disk.layout import Layout
+from store_fs._disk.rollout_history import RecordStore
+from store_fs._disk.rollout_index import parse_entry
+from store_fs._disk.status_rules import TERMINAL_ROLLOUT_STATUSES
+from store_fs.errors import CorruptRecordError
+
+__all__ = ["IndexPosition", "read_finished"]
+
+log = logging.getLogger(__name__)
+
+SUFFIX = ".jsonl"
+
+
+@dataclass
+class IndexPosition:
+    """Per log file name: ``(inode, offset)``. JSON-able through :meth:`to_json`."""
+
+    files: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"files": {name: [ino, offset] for name, (ino, offset) in sorted(self.files.items())}}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> IndexPosition:
+        files = data.get("files")
+        if not isinstance(files, Mapping):
+            raise ValueError("a cursor position needs a 'files' object")
+        out: dict[str, tuple[int, int]] = {}
+        for name, value in files.items():
+            if (
+                not isinstance(name, str)
+                or not isinstance(value, list)
+                or len(value) != 2
+                or not all(type(v) is int and v >= 0 for v in value)
+            ):
+                raise ValueError(f"bad cursor entry for {name!r}: {value!r}")
+            out[name] = (value[0], value[1])
+        return cls(out)
+
+    @classmethod
+    def at_end(cls, directory: Path) -> IndexPosition:
+        """The position after every complete line written so far."""
+        position = cls()
+        for name, st in _listing(directory).items():
+            position.files[name] = (st.st_ino, _complete_end(directory / name, st.st_size))
+        return position
+
+
+def _listing(directory: Path) -> dict[str, os.stat_result]:
+    out: dict[str, os.stat_result] = {}
+    try:
+        with os.scandir(directory) as it:
+            for item in it:
+                if item.name.endswith(SUFFIX) and not item.name.startswith("."):
+                    try:
+                        out[item.name] = item.stat()
+                    except FileNotFoundError:
+                        continue
+    except FileNotFoundError:
+        pass
+    return out
+
+
+def _complete_end(path: Path, size: int) -> int:
+    """Offset just past the last newline within the first ``size`` bytes."""
+    try:
+        with open(path, "rb") as f:
+            step = 4096
+            end = size
+            while end > 0:
+                start = max(0, end - step)
+                f.seek(start)
+                chunk = f.read(end - start)
+                at = chunk.rfind(b"\n")
+                if at >= 0:
+                    return start + at + 1
+                end = start
+    except FileNotFoundError:
+        pass
+    return 0
+
+
+def _rebuilt(position: IndexPosition, listing: Mapping[str, os.stat_result]) -> bool:
+    for name, (ino, offset) in position.files.items():
+        st = listing.get(name)
+        if st is None or st.st_ino != ino or st.st_size < offset:
+            return True
+    return False
+
+
+def _new_finished_lines(directory: Path, position: IndexPosition) -> dict[str, set[int]]:
+    """Per rollout, the revisions of the finished lines appended since ``position`` (advanced)."""
+    found: dict[str, set[int]] = {}
+    for name, st in sorted(_listing(directory).items()):
+        ino, offset = position.files.get(name, (st.st_ino, 0))
+        if st.st_size <= offset:
+            position.files[name] = (ino, offset)
+            continue
+        try:
+            with open(directory / name, "rb") as f:
+                f.seek(offset)
+                data = f.read(st.st_size - offset)
+        except FileNotFoundError:
+            continue
+        end = data.rfind(b"\n") + 1  # bytes after the last newline: a write in progress
+        for raw in data[:end].split(b"\n"):
+            if not raw.strip():
+                continue
+            try:
+                entry = parse_entry(codec.loads(raw))
+            except codec.DecodeError:
+                entry = None
+            if entry is not None and entry.status in TERMINAL_ROLLOUT_STATUSES:
+                found.setdefault(entry.rollout_id, set()).add(entry.rev)
+        position.files[name] = (ino, offset + end)
+    return found
+
+
+def _status_at(layout: Layout, rollout_id: str, rev: int) -> str | None:
+    # Revision file names: store_fs/_disk/rollout_history.py.
+    data = fsio.read_bytes(layout.history_dir(rollout_id) / f"{rev:08d}.json")
+    try:
+        body = codec.loads(data) if data else None
+    except codec.DecodeError:
+        return None
+    status = body.get("status") if isinstance(body, dict) else None
+    return status if isinstance(status, str) else None
+
+
+def _finishing_revision(layout: Layout, records: RecordStore, rollout_id: str) -> int | None:
+    """The first revision of the run of finished revisions that ends at the newest; None
+    when the rollout is gone or not finished now."""
+    found = records.head(rollout_id, cached_ok=False)
+    if found is None or found[1].status not in TERMINAL_ROLLOUT_STATUSES:
+        return None
+    rev = found[0]
+    while rev > 1 and _status_at(layout, rollout_id, rev - 1) in TERMINAL_ROLLOUT_STATUSES:
+        rev -= 1
+    return rev
+
+
+def read_finished(layout: Layout, position: IndexPosition, records: RecordStore) -> list[str]:
+    """Rollouts that finished since ``position`` (which is advanced), in the order the logs
+    name them. See the module's docstring for what "finished" means and when it is reported."""
+    directory = layout.rollout_index
+    listing = _listing(directory)
+    if _rebuilt(position, listing):
+        log.warning("the rollout index was rebuilt: following on from its end (%s)", directory)
+        position.files = IndexPosition.at_end(directory).files
+        return []
+    out = []
+    for rollout_id, revs in _new_finished_lines(directory, position).items():
+        try:
+            finished_at = _finishing_revision(layout, records, rollout_id)
+        except CorruptRecordError as err:  # reported by check; skipped here
+            log.warning("skipping %s: %s", rollout_id, err)
+            continue
+        if finished_at is not None and finished_at in revs:
+            out.append(rollout_id)
+    return out

@@ -1,0 +1,264 @@
+"""``trash/``: taking finished rollouts out of a store for good (``agl prune``), crash-safely.
+
+A removal *run* owns one directory::
+
+    trash/<UTC time>-<host>-<pid>/run.json                  {"archive": path or null, "started", "by"}
+    trash/<UTC time>-<host>-<pid>/rollouts/<2 hex>/<id>/     a removed rollout's directory, moved whole
+
+Per rollout, **one rename is the decision**: ``rollouts/<2 hex>/<id>`` becomes
+``trash/<run>/rollouts/<2 hex>/<id>``. Before it the rollout is in the store, after it the
+rollout is not (its record cannot be read, listed or changed: every path under its old name is
+gone at once). Then, in order, each step idempotent:
+
+1. *verify*: the newest revision, read in the trash, must still be finished with no live
+   attempt. A retry or a revived attempt that raced the rename moves the directory back (the
+   rollout was unreadable for that instant, never half removed).
+2. *tombstone*: a ``pruned`` line in this process's rollout index log, one revision past the
+   record's (:data:`store_fs._disk.rollout_index.PRUNED`), so listings and counts drop it, and
+   a ``pruned`` line in the change feed (``events/``) for people and followers.
+3. its pending tokens (stale hints, since it was finished) are removed.
+
+When every rollout of the run is moved, the archive, if one was asked for, is written as a tar
+of ``trash/<run>/`` (paths as in the store: ``tar -xf ARCHIVE -C STORE`` puts them back) to a
+temporary file beside it and renamed into place, and then ``trash/<run>/`` is deleted.
+
+A process killed at any point leaves a run directory behind. :func:`recover` (run by the next
+``agl prune`` and by ``agl check --fix``, under the maintenance lock) finishes it: every rollout
+still in it is verified, tombstoned (unless its tombstone is already there) and archived, and
+the directory deleted. Until then, a rollout in the trash is already gone from records and
+listings; only counts taken from the index (``statistics``) still include one whose tombstone
+was not written, and ``agl check`` reports the run as ``unfinished-prune``.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+import tarfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from store_fs._disk import codec, fsio
+from store_fs._disk.context import Context
+from store_fs._disk.queue_tokens import Queue
+from store_fs._disk.rollout_index import PRUNED, Entry, RolloutIndex, tombstone
+from store_fs._disk.status_rules import LIVE_ATTEMPT_STATUSES, TERMINAL_ROLLOUT_STATUSES
+
+__all__ = [
+    "RemovalRun",
+    "TrashedRollout",
+    "in_flight_rollouts",
+    "read_head",
+    "recover",
+    "trashed_rollouts",
+    "unfinished_runs",
+]
+
+log = logging.getLogger(__name__)
+
+RUN_FILE = "run.json"
+
+
+@dataclass(frozen=True)
+class TrashedRollout:
+    """A rollout directory's newest readable revision: what removing it needs to know."""
+
+    rollout_id: str
+    rev: int
+    status: str
+    start_time: float
+    live_attempt: bool
+
+    @property
+    def removable(self) -> bool:
+        # A cancelled rollout's attempts keep their last status, but their tokens were taken:
+        # nobody works on them any more. Any other finished rollout with a live attempt (one
+        # revived by a late span) is still being worked on.
+        if self.status == "cancelled":
+            return True
+        return self.status in TERMINAL_ROLLOUT_STATUSES and not self.live_attempt
+
+
+def read_head(rollout_dir: Path) -> TrashedRollout | None:
+    """The newest readable revision under ``rollout_dir/history``; None if none can be read."""
+    history = rollout_dir / "history"
+    revs = sorted(int(n[:-5]) for n in fsio.list_names(history) if n.endswith(".json") and n[:-5].isdigit())
+    for rev in reversed(revs):
+        data = fsio.read_bytes(history / f"{rev:08d}.json")
+        try:
+            body = codec.loads(data) if data else None
+        except codec.DecodeError:
+            body = None
+        if not isinstance(body, dict):
+            continue
+        status, start = body.get("status"), body.get("start_time")
+        if not isinstance(status, str) or not isinstance(start, int | float):
+            continue
+        attempts = body.get("attempts") or []
+        live = any(isinstance(a, dict) and a.get("status") in LIVE_ATTEMPT_STATUSES for a in attempts)
+        return TrashedRollout(rollout_dir.name, rev, status, float(start), live)
+    return None
+
+
+def in_flight_rollouts(queue: Queue) -> set[str]:
+    """Rollouts that own a claim or an unapplied decision token: never removed."""
+    owners = {token.rollout_id for token in queue.list_claimed()}
+    owners |= {entry.token.rollout_id for entry in queue.list_journal()}
+    return owners
+
+
+def unfinished_runs(ctx: Context) -> list[Path]:
+    """Run directories left in ``trash/`` by removals that did not finish."""
+    return sorted(Path(entry.path) for entry in fsio.iter_dirs(ctx.layout.trash))
+
+
+def trashed_rollouts(ctx: Context) -> set[str]:
+    """Ids of the rollouts that unfinished removal runs hold."""
+    return {path.name for run in unfinished_runs(ctx) for path in _trashed_dirs(run)}
+
+
+def _trashed_dirs(run: Path) -> Iterator[Path]:
+    for bucket in fsio.iter_dirs(run / "rollouts"):
+        for entry in fsio.iter_dirs(Path(bucket.path)):
+            yield Path(entry.path)
+
+
+class RemovalRun:
+    """One removal: rollouts are moved into its trash directory, then archived and deleted."""
+
+    def __init__(self, ctx: Context, index: RolloutIndex, queue: Queue, directory: Path) -> None:
+        self._ctx = ctx
+        self._index = index
+        self._queue = queue
+        self.directory = directory
+        body = codec.loads(fsio.read_bytes(directory / RUN_FILE) or b"{}")
+        archive = body.get("archive") if isinstance(body, dict) else None
+        self.archive = Path(archive) if isinstance(archive, str) else None
+        self._events_fd: int | None = None
+
+    @classmethod
+    def begin(cls, ctx: Context, index: RolloutIndex, queue: Queue, archive: Path | None) -> RemovalRun:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        directory = ctx.layout.trash / f"{stamp}-{ctx.writer}"
+        (directory / "rollouts").mkdir(parents=True, exist_ok=True)
+        body = {
+            "archive": None if archive is None else str(archive.resolve()),
+            "started": ctx.clock.time(),
+            "by": ctx.writer,
+        }
+        fsio.publish(directory / RUN_FILE, codec.dumps_record(body), durable=ctx.durable)
+        return cls(ctx, index, queue, directory)
+
+    # -- one rollout -----------------------------------------------------------------
+    def _trash_path(self, rollout_id: str) -> Path:
+        return self.directory / "rollouts" / rollout_id[3:5] / rollout_id
+
+    def remove(self, rollout_id: str) -> TrashedRollout | None:
+        """Take the rollout out of the store; None if it was gone or is no longer finished."""
+        source = self._ctx.layout.rollout_dir(rollout_id)
+        target = self._trash_path(rollout_id)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not fsio.move(source, target, durable=self._ctx.durable):
+            return None  # removed meanwhile
+        return self._settle(target)
+
+    def _settle(self, trashed: Path, known: dict[str, Entry] | None = None) -> TrashedRollout | None:
+        """Steps 1-3 for a directory in this run's trash (again after a crash: idempotent;
+        ``known`` is the index as read before, so a tombstone is not written twice)."""
+        head = read_head(trashed)
+        if head is None:
+            # Step 4 deletes only after every tombstone: this one is being deleted, or unreadable.
+            log.warning("%s: no readable revision in %s", trashed.name, trashed)
+            return None
+        if not head.removable:
+            self._restore(trashed)
+            return None
+        self._tombstone(head, known)
+        for token in self._queue.list_pending():
+            if token.rollout_id == head.rollout_id:
+                self._queue.discard_pending(token)
+        return head
+
+    def _restore(self, trashed: Path) -> None:
+        home = self._ctx.layout.rollout_dir(trashed.name)
+        try:
+            os.rename(trashed, home)
+            log.info("%s changed while it was being removed; put back", trashed.name)
+        except OSError as err:
+            if err.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+            # Something wrote under the old name meanwhile: keep both for a person to look at.
+            log.error(
+                "%s changed while it was being removed and %s exists; left in %s", trashed.name, home, trashed
+            )
+
+    def _tombstone(self, head: TrashedRollout, known: dict[str, Entry] | None) -> None:
+        if known is not None:
+            entry = known.get(head.rollout_id)
+            if entry is not None and entry.status == PRUNED and entry.start_time == head.start_time:
+                return  # written before a crash
+        self._index.append([tombstone(head.rollout_id, head.rev, head.start_time)])
+        line = {
+            "rollout_id": head.rollout_id,
+            "status": PRUNED,
+            "previous": head.status,
+            "time": self._ctx.clock.time(),
+        }
+        if self._events_fd is None:
+            path = self._ctx.layout.events / f"{self._ctx.writer}.jsonl"
+            self._events_fd = fsio.open_making_dirs(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        fsio.append(self._events_fd, codec.dumps_line(line))
+
+    # -- the whole run -----------------------------------------------------------------
+    def settle_all(self) -> list[TrashedRollout]:
+        """Steps 1-3 for every rollout in the trash (recovery of a run a crash interrupted)."""
+        known = self._index.load().entries
+        settled = (self._settle(trashed, known) for trashed in list(_trashed_dirs(self.directory)))
+        return [head for head in settled if head is not None]
+
+    def finish(self) -> None:
+        """Write the archive (if asked for and not there yet), then delete the run's directory."""
+        if self.archive is not None and not self.archive.exists():
+            write_archive(self.directory, self.archive, self.directory.name, durable=self._ctx.durable)
+        self.close()
+        shutil.rmtree(self.directory)
+
+    def close(self) -> None:
+        if self._events_fd is not None:
+            os.close(self._events_fd)
+            self._events_fd = None
+
+
+def write_archive(run: Path, archive: Path, run_name: str, *, durable: bool = False) -> None:
+    """A tar of the run's rollouts (store-relative paths), published whole at ``archive``."""
+    tmp = archive.with_name(f".{archive.name}.{run_name}.tmp")
+    with tarfile.open(tmp, "w") as tar:
+        source = run / "rollouts"
+        for path in sorted(source.rglob("*")):
+            tar.add(path, arcname=str(Path("rollouts") / path.relative_to(source)), recursive=False)
+    if durable:
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+    os.replace(tmp, archive)
+    if durable:
+        fsio.fsync_dir(archive.parent)
+
+
+def recover(ctx: Context, index: RolloutIndex, queue: Queue) -> list[str]:
+    """Finish every removal a crash interrupted (callers hold the maintenance lock).
+
+    Returns one line per run finished."""
+    done = []
+    for directory in unfinished_runs(ctx):
+        run = RemovalRun(ctx, index, queue, directory)
+        try:
+            settled = run.settle_all()
+            run.finish()
+        finally:
+            run.close()
+        done.append(f"{directory.name}: finished ({len(settled)} rollouts removed)")
+    return done

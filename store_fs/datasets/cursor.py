@@ -1,0 +1,102 @@
+"""A reader's place in a store: which finished rollouts it has already read.
+
+A :class:`Cursor` is a position in the store's rollout index logs (per log file, its inode and the
+bytes read; :mod:`store_fs._disk.index_cursor`). :meth:`Cursor.finished` returns the rollouts that
+finished since the last call and moves the cursor past them, reading only the bytes the logs gained
+meanwhile, never the whole store. Saved with :meth:`Cursor.save` (a small JSON file, published
+whole) and loaded with :meth:`Cursor.load`, it lets a restarted trainer go on where it stopped::
+
+    cursor = Cursor.load("runs/exp1-cursor.json", missing="start")
+    for rollout_id in cursor.finished(store):
+        ...
+    cursor.save("runs/exp1-cursor.json")
+
+Each finishing is reported once (a rollout retried after it failed is reported again when it
+finishes again). A cursor saved after rows were consumed gives at-least-once delivery across a
+crash: rows read after the last save come again.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from store_fs._disk import codec, fsio
+from store_fs._disk.index_cursor import IndexPosition, read_finished
+
+if TYPE_CHECKING:
+    from store_fs.store import FileStore
+
+__all__ = ["Cursor"]
+
+log = logging.getLogger(__name__)
+
+_FORMAT = "agl-cursor"
+
+
+class Cursor:
+    """Where a reader is in a store's stream of finished rollouts."""
+
+    def __init__(self, position: IndexPosition | None = None) -> None:
+        self._position = position if position is not None else IndexPosition()
+
+    @classmethod
+    def start(cls) -> Cursor:
+        """Before everything: the first :meth:`finished` returns every rollout finished so far."""
+        return cls()
+
+    @classmethod
+    def now(cls, store: FileStore) -> Cursor:
+        """After everything written so far: only rollouts that finish from now on are returned."""
+        return cls(IndexPosition.at_end(store.layout.rollout_index))
+
+    def finished(self, store: FileStore) -> list[str]:
+        """Ids of the rollouts that finished since the last call, and move past them."""
+        if not store.layout.rollout_index_marker.exists():
+            log.warning(
+                "the rollout index of %s is incomplete (a store from an older build?): rollouts "
+                "without index lines are not seen until `agl check --fix` rebuilds it",
+                store.root,
+            )
+        return read_finished(store.layout, self._position, store._records)
+
+    # -- saving ----------------------------------------------------------------------
+    def to_json(self) -> dict[str, Any]:
+        return {"format": _FORMAT, "version": 1, **self._position.to_json()}
+
+    @classmethod
+    def from_json(cls, data: Any) -> Cursor:
+        if not isinstance(data, dict) or data.get("format") != _FORMAT or data.get("version") != 1:
+            raise ValueError("not an agl cursor (expected {'format': 'agl-cursor', 'version': 1, ...})")
+        return cls(IndexPosition.from_json(data))
+
+    def save(self, path: str | Path) -> None:
+        """Write the cursor to ``path``, whole (temporary file, then rename)."""
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fsio.publish(target, codec.dumps_record(self.to_json()))
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        *,
+        missing: Literal["start", "now", "error"] = "error",
+        store: FileStore | None = None,
+    ) -> Cursor:
+        """The cursor saved at ``path``. A missing file gives a cursor at the ``start``, at the
+        store's end (``now``, which needs ``store``), or raises ``FileNotFoundError``."""
+        data = fsio.read_bytes(Path(path))
+        if data is None:
+            if missing == "start":
+                return cls.start()
+            if missing == "now":
+                if store is None:
+                    raise ValueError("missing='now' needs the store")
+                return cls.now(store)
+            raise FileNotFoundError(str(path))
+        try:
+            return cls.from_json(codec.loads(data))
+        except codec.DecodeError as err:
+            raise ValueError(f"{path}: not JSON: {err}") from None

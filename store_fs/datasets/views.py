@@ -1,0 +1,282 @@
+"""The data views of a store: ``triplets``, ``messages`` and ``rollouts``, one rollout at a time.
+
+Every view reads a rollout as upstream's algorithms do: its record, and the spans of its latest
+attempt (``query_spans(rollout_id, "latest")``), from which come its final reward (the last
+reward span) and how it ended (:func:`~store_fs.datasets.rollout_filter.ending_of`). Each row
+starts with the rollout's ``rollout_id``, ``attempt_id`` (the latest attempt), ``resources_id``,
+``mode``, ``final_reward`` and ``ended``; then, per view:
+
+* ``triplets``: one row per LLM call, with ``step`` (0, 1, ... within the rollout) and the
+  ``prompt``, ``response``, ``reward`` and ``metadata`` that upstream's ``TracerTraceToTriplet``
+  gives (:mod:`~store_fs.datasets.triplet_builder`);
+* ``messages``: one row per rollout, with ``conversations``: upstream's ``TraceToMessages``
+  output, one ``{"messages", "tools"}`` per LLM call (:mod:`~store_fs.datasets.message_builder`);
+* ``rollouts``: one row per rollout, ``agl export``'s document (the rollout, every attempt and
+  every span) plus ``final_reward`` and ``ended``.
+
+Rollouts are read one after the other and nothing is kept, so memory stays flat however big
+the store. A rollout whose spans the adapters cannot read (upstream's would raise) gives no rows
+and is counted in :attr:`ViewCounts.skipped`.
+
+:class:`TrainingData` is the trainer's entry point: the same views and filters, over everything
+now (:meth:`~TrainingData.rows`), or with a :class:`~store_fs.datasets.cursor.Cursor`, what
+finished since the last read (:meth:`~TrainingData.read_new`) and, as they finish,
+(:meth:`~TrainingData.follow`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, get_args
+
+from store_fs._disk.record_peek import newest_revision
+from store_fs.datasets.cursor import Cursor
+from store_fs.datasets.message_builder import MessagesError, build_messages
+from store_fs.datasets.redaction import Redactor
+from store_fs.datasets.rollout_filter import RolloutFilter, ending_of
+from store_fs.datasets.triplet_builder import TripletError, build_triplets
+from store_fs.models import Span
+from store_fs.rewards import find_final_reward
+
+if TYPE_CHECKING:
+    from store_fs.store import FileStore
+
+__all__ = ["VIEWS", "TrainingData", "View", "ViewCounts", "rollout_rows", "view_rows"]
+
+log = logging.getLogger(__name__)
+
+View = Literal["triplets", "messages", "rollouts"]
+VIEWS: tuple[View, ...] = get_args(View)
+
+
+@dataclass
+class ViewCounts:
+    """What a read produced: rollouts that gave rows, rows, and rollouts skipped (id, why)."""
+
+    rollouts: int = 0
+    rows: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+async def _document(store: FileStore, rollout_id: str) -> dict[str, Any] | None:
+    from store_fs.exporting import rollout_document
+
+    return await rollout_document(store, rollout_id)
+
+
+def _rows_of(view: View, head: dict[str, Any], spans: Sequence[Span]) -> list[dict[str, Any]]:
+    if view == "triplets":
+        return [{**head, "step": step, **triplet} for step, triplet in enumerate(build_triplets(spans))]
+    return [{**head, "conversations": build_messages(spans)}]
+
+
+@dataclass(frozen=True)
+class _Brief:
+    """What the views need of a rollout record (read as plain JSON, not as models)."""
+
+    rollout_id: str
+    status: str
+    resources_id: str | None
+    mode: str | None
+    end_time: float | None
+    attempt_id: str | None  # of the latest attempt
+    attempt_seq: int
+    attempt_status: str | None
+
+    @classmethod
+    def of(cls, rollout_id: str, body: dict[str, Any]) -> _Brief | None:
+        attempts = body.get("attempts")
+        latest = attempts[-1] if isinstance(attempts, list) and attempts else None
+        if latest is not None and not (
+            isinstance(latest, dict)
+            and isinstance(latest.get("attempt_id"), str)
+            and type(latest.get("sequence_id")) is int
+        ):
+            return None
+        status, end = body.get("status"), body.get("end_time")
+        if body.get("rollout_id") != rollout_id or not isinstance(status, str):
+            return None
+        return cls(
+            rollout_id,
+            status,
+            body.get("resources_id"),
+            body.get("mode"),
+            float(end) if isinstance(end, int | float) else None,
+            None if latest is None else latest["attempt_id"],
+            0 if latest is None else latest["sequence_id"],
+            None if latest is None else latest.get("status"),
+        )
+
+
+def _read(store: FileStore, rollout_id: str) -> tuple[_Brief, list[Span]] | None:
+    """The rollout's record and its latest attempt's spans in ``query_spans`` order (sequence
+    id, ties in storage order), read without keeping the record in the process's caches: a view
+    reads every rollout once, and caching them would grow with the store."""
+    if not store._known_rollout(rollout_id):  # raises InvalidIdError for an id unsafe in a path
+        return None
+    found = newest_revision(store.layout, rollout_id)
+    if found is None:
+        return None
+    record = _Brief.of(rollout_id, found[1])
+    if record is None:
+        log.warning("%s: revision %d is not a rollout record; skipped (see agl check)", rollout_id, found[0])
+        return None
+    spans: list[Span] = []
+    if record.attempt_id is not None:
+        attempt_dir = store.layout.attempt_dir(rollout_id, record.attempt_seq, record.attempt_id)
+        spans = store._spans.read([attempt_dir])
+        spans.sort(key=_sequence_id)
+    return record, spans
+
+
+def _sequence_id(span: Span) -> int:
+    return span.sequence_id
+
+
+def _head(record: _Brief, final_reward: float | None, ending: str | None) -> dict[str, Any]:
+    return {
+        "rollout_id": record.rollout_id,
+        "attempt_id": record.attempt_id,
+        "resources_id": record.resources_id,
+        "mode": record.mode,
+        "final_reward": final_reward,
+        "ended": ending,
+    }
+
+
+async def rollout_rows(
+    store: FileStore,
+    rollout_id: str,
+    view: View,
+    flt: RolloutFilter,
+    *,
+    redactor: Redactor | None = None,
+    counts: ViewCounts | None = None,
+) -> list[dict[str, Any]]:
+    """The rows one rollout gives in ``view`` ([] when the filter leaves it out)."""
+    found = _read(store, rollout_id)
+    if found is None or not flt.admits_record(found[0]):
+        return []
+    record, spans = found
+    final_reward = find_final_reward(spans)
+    ending = ending_of(record.status, record.attempt_status, final_reward)
+    if not flt.admits_ending(ending):
+        return []
+    head = _head(record, final_reward, ending)
+    try:
+        if view == "rollouts":
+            document = await _document(store, rollout_id)
+            if document is None:
+                return []
+            rows = [{**document, "final_reward": final_reward, "ended": ending}]
+        else:
+            rows = _rows_of(view, head, spans)
+    except (TripletError, MessagesError) as err:
+        log.warning("%s: no %s: %s", rollout_id, view, err)
+        if counts is not None:
+            counts.skipped.append((rollout_id, str(err)))
+        return []
+    if redactor:
+        rows = [redactor.apply(row) for row in rows]
+    if counts is not None:
+        counts.rollouts += 1
+        counts.rows += len(rows)
+    return rows
+
+
+def candidate_ids(store: FileStore, flt: RolloutFilter) -> list[str]:
+    """Rollouts worth reading for ``flt``, oldest first (each is checked again on its record)."""
+    statuses = flt.statuses()
+    if flt.rollout_id_in is not None:
+        return sorted(flt.rollout_id_in)
+    return store.rollout_ids(status_in=statuses)
+
+
+async def view_rows(
+    store: FileStore,
+    view: View,
+    flt: RolloutFilter | None = None,
+    *,
+    redact: Iterable[str] = (),
+    counts: ViewCounts | None = None,
+) -> AsyncIterator[dict[str, Any]]:
+    """Every row of ``view`` over the rollouts ``flt`` takes now, oldest rollout first."""
+    if view not in VIEWS:
+        raise ValueError(f"unknown view {view!r}; views: {', '.join(VIEWS)}")
+    flt = RolloutFilter() if flt is None else flt
+    redactor = Redactor(redact)
+    for rollout_id in candidate_ids(store, flt):
+        for row in await rollout_rows(store, rollout_id, view, flt, redactor=redactor, counts=counts):
+            yield row
+
+
+class TrainingData:
+    """A trainer's reader of one view of a store, with a filter, a redaction and a cursor.
+
+    ``rows()`` streams everything the filter takes now. ``read_new()`` returns the rows of the
+    rollouts that finished since the previous call (the first call: since ``cursor``, by default
+    the beginning), and ``follow()`` yields them batch by batch as rollouts finish. Save
+    :attr:`cursor` (``save_cursor``) to resume after a restart.
+    """
+
+    def __init__(
+        self,
+        store: FileStore,
+        view: View = "triplets",
+        filter: RolloutFilter | None = None,
+        *,
+        redact: Iterable[str] = (),
+        cursor: Cursor | str | Path | None = None,
+    ) -> None:
+        if view not in VIEWS:
+            raise ValueError(f"unknown view {view!r}; views: {', '.join(VIEWS)}")
+        self.store = store
+        self.view: View = view
+        self.filter = RolloutFilter() if filter is None else filter
+        self._redact = list(redact)
+        self._redactor = Redactor(self._redact)
+        if isinstance(cursor, str | Path):
+            cursor = Cursor.load(cursor, missing="start")
+        self.cursor = cursor if cursor is not None else Cursor.start()
+        self.counts = ViewCounts()
+
+    def rows(self) -> AsyncIterator[dict[str, Any]]:
+        """Every row the view and filter give now (the cursor is neither used nor moved)."""
+        return view_rows(self.store, self.view, self.filter, redact=self._redact, counts=self.counts)
+
+    async def read_new(self) -> list[dict[str, Any]]:
+        """Rows of the rollouts that finished since the last read, in the order they finished."""
+        out: list[dict[str, Any]] = []
+        for rollout_id in self.cursor.finished(self.store):
+            out += await rollout_rows(
+                self.store, rollout_id, self.view, self.filter, redactor=self._redactor, counts=self.counts
+            )
+        return out
+
+    async def follow(
+        self, *, idle_timeout: float | None = None, tick: float = 0.25
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """Batches of new rows as rollouts finish (never an empty batch), until the caller stops,
+        or ``idle_timeout`` seconds pass without one. Wakes on the store's change feed, and
+        looks at least every ``tick`` seconds."""
+        from store_fs._disk.watch import ChangeFeed, resolve_mode
+
+        mode = resolve_mode("auto", self.store.root)
+        self.store.layout.events.mkdir(parents=True, exist_ok=True)
+        async with ChangeFeed(self.store.layout.events, mode, tick=tick) as feed:
+            last = time.monotonic()
+            while True:
+                batch = await self.read_new()
+                if batch:
+                    last = time.monotonic()
+                    yield batch
+                elif idle_timeout is not None and time.monotonic() - last >= idle_timeout:
+                    return
+                await feed.next(tick)
+
+    def save_cursor(self, path: str | Path) -> None:
+        self.cursor.save(path)

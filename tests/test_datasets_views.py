@@ -1,0 +1,269 @@
+"""Data views of a store: filters, how rollouts ended, redaction, Parquet, and the cursor."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from datasets_helpers import make_rollout
+
+from store_fs import FakeClock, FileStore
+from store_fs.datasets import (
+    Cursor,
+    Redactor,
+    RolloutFilter,
+    TrainingData,
+    View,
+    ViewCounts,
+    export_view,
+    parse_time,
+    view_rows,
+)
+
+
+async def _rows(
+    store: FileStore, view: Any = "triplets", flt: RolloutFilter | None = None, **kw: Any
+) -> list[Any]:
+    return [row async for row in view_rows(store, view, flt, **kw)]
+
+
+async def _ids(store: FileStore, flt: RolloutFilter | None = None, view: Any = "messages") -> set[str]:
+    return {row["rollout_id"] for row in await _rows(store, view, flt)}
+
+
+async def test_failed_rollouts_stay_out_unless_asked_for(store: FileStore) -> None:
+    ok = await make_rollout(store)
+    silent = await make_rollout(store, reward=None)
+    failed = await make_rollout(store, end="failed")
+    timed_out = await make_rollout(store, end="timeout")
+    unresponsive = await make_rollout(store, end="unresponsive")
+    cancelled = await make_rollout(store, end="cancelled")
+    running = await make_rollout(store, end=None)
+    assert await _ids(store) == {ok, silent}
+    ended = {
+        r["rollout_id"]: r["ended"] for r in await _rows(store, "messages", RolloutFilter.of(endings=None))
+    }
+    assert ended == {
+        ok: "succeeded",
+        silent: "no_reward",
+        failed: "failed",
+        timed_out: "timeout",
+        unresponsive: "unresponsive",
+        cancelled: "cancelled",
+        running: None,
+    }
+    assert await _ids(store, RolloutFilter.of(endings=["timeout", "unresponsive"])) == {
+        timed_out,
+        unresponsive,
+    }
+    assert await _ids(store, RolloutFilter.of(status_in=["failed"], endings=None)) == {
+        failed,
+        timed_out,
+        unresponsive,
+    }
+
+
+async def test_filters_by_resources_ids_mode_and_time(store: FileStore, clock: FakeClock) -> None:
+    early = await make_rollout(store, resources_id="rs-aaaaaaaaaaaa")
+    clock.advance(3600)
+    later = await make_rollout(store, resources_id="rs-bbbbbbbbbbbb", mode="val")
+    start = clock.time()
+    assert await _ids(store, RolloutFilter.of(resources_id_in=["rs-aaaaaaaaaaaa"])) == {early}
+    assert await _ids(store, RolloutFilter.of(mode_in=["val"])) == {later}
+    assert await _ids(store, RolloutFilter.of(rollout_id_in=[later, "ro-000000000000"])) == {later}
+    assert await _ids(store, RolloutFilter.of(since=start - 60)) == {later}
+    assert await _ids(store, RolloutFilter.of(until=start - 60)) == {early}
+    assert await _ids(store, RolloutFilter.of(since=start + 1)) == set()
+
+
+async def test_triplet_rows_carry_the_rollouts_ids_and_final_reward(store: FileStore) -> None:
+    rid = await make_rollout(store, calls=3, reward=0.5)
+    rows = await _rows(store)
+    attempt = await store.get_latest_attempt(rid)
+    assert attempt is not None
+    assert [r["step"] for r in rows] == [0, 1, 2]
+    for row in rows:
+        assert row["rollout_id"] == rid
+        assert row["attempt_id"] == attempt.attempt_id
+        assert row["final_reward"] == 0.5
+        assert row["ended"] == "succeeded"
+        assert row["mode"] == "train"
+        assert set(row) >= {"prompt", "response", "reward", "metadata"}
+    assert [r["reward"] for r in rows] == [None, None, 0.5]  # the reward follows the last call
+    assert rows[1]["prompt"]["token_ids"] == list(b"what is 2+2? (call 1)")
+
+
+async def test_redaction_masks_every_text_field(store: FileStore) -> None:
+    await make_rollout(store, question="my key is sk-ABCDEF123456 ok")
+    patterns = [r"sk-[A-Za-z0-9]+", "(?i)OK$"]
+    for view in ("triplets", "messages", "rollouts"):
+        text = json.dumps(await _rows(store, view, redact=patterns))
+        assert "sk-ABCDEF" not in text
+        assert "[REDACTED]" in text
+    with pytest.raises(ValueError, match="not a regular expression"):
+        Redactor(["("])
+    assert Redactor([]).apply({"a": "sk-1"}) == {"a": "sk-1"}
+
+
+async def test_jsonl_and_parquet_files_hold_the_same_rows(store: FileStore, tmp_path: Path) -> None:
+    pq = pytest.importorskip("pyarrow.parquet")
+    tmp_path = tmp_path / "out"
+    tmp_path.mkdir()
+    for _ in range(3):
+        await make_rollout(store, calls=2)
+    views: tuple[View, ...] = ("triplets", "messages", "rollouts")
+    for view in views:
+        jsonl, parquet = tmp_path / f"{view}.jsonl", tmp_path / f"{view}.parquet"
+        counts = await export_view(store, view, output=jsonl)
+        await export_view(store, view, output=parquet)
+        rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
+        table = pq.read_table(parquet).to_pylist()
+        assert len(rows) == len(table) == counts.rows
+        assert [r["rollout_id"] for r in rows] == [t["rollout_id"] for t in table]
+        if view == "triplets":
+            assert [r["prompt"]["token_ids"] for r in rows] == [t["prompt_token_ids"] for t in table]
+            assert [r["metadata"] for r in rows] == [json.loads(t["metadata"]) for t in table]
+        elif view == "messages":
+            assert [r["conversations"] for r in rows] == [json.loads(t["conversations"]) for t in table]
+        else:
+            assert rows == [json.loads(t["document"]) for t in table]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        f"{v}.{ext}" for v in ("triplets", "messages", "rollouts") for ext in ("jsonl", "parquet")
+    )  # published whole: no temporary file left
+
+
+async def test_a_rollout_the_adapters_cannot_read_is_skipped_and_counted(store: FileStore) -> None:
+    good = await make_rollout(store)
+    bad = await make_rollout(store)
+    # An attribute named exactly like the group the adapter unflattens: upstream raises on it.
+    spans = list(await store.query_spans(bad))
+    attempt = spans[0].attempt_id
+    odd = spans[1].model_copy(update={"span_id": "f" * 16, "sequence_id": 50})
+    odd.attributes = {**odd.attributes, "gen_ai.request": "x", "gen_ai.response.id": "other"}
+    await store.add_span(odd.model_copy(update={"attempt_id": attempt}))
+    counts = ViewCounts()
+    rows = await _rows(store, "triplets", counts=counts)
+    assert {r["rollout_id"] for r in rows} == {good}
+    assert [rid for rid, _why in counts.skipped] == [bad]
+
+
+def test_parse_time_forms() -> None:
+    assert parse_time("90s", now=1000.0) == 910.0
+    assert parse_time("2h", now=10_000.0) == 10_000.0 - 7200
+    assert parse_time("1712345678.5") == 1712345678.5
+    assert parse_time("2026-01-01") == 1767225600.0
+    assert parse_time("2026-01-01T01:00:00+01:00") == 1767225600.0
+    with pytest.raises(ValueError, match="not a time"):
+        parse_time("yesterday")
+
+
+# -- the cursor -------------------------------------------------------------------------------
+
+
+async def test_cursor_returns_each_finishing_once(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "s")
+    first = await make_rollout(store)
+    running = await make_rollout(store, end=None)
+    cursor = Cursor.start()
+    assert cursor.finished(store) == [first]
+    assert cursor.finished(store) == []
+    # More revisions of a finished rollout (metadata) are not a new finishing.
+    await store.update_rollout(first, metadata={"seen": True})
+    attempt = await store.get_latest_attempt(running)
+    assert attempt is not None
+    await store.update_attempt(running, attempt.attempt_id, status="succeeded")
+    assert cursor.finished(store) == [running]
+    # A retry that finishes again is reported again.
+    await store.update_rollout(first, status="requeuing")
+    assert cursor.finished(store) == []
+    again = await store.dequeue_rollout(worker_id="w")
+    assert again is not None
+    assert again.rollout_id == first
+    await store.update_attempt(first, again.attempt.attempt_id, status="failed")
+    assert cursor.finished(store) == [first]
+    store.close()
+
+
+async def test_a_saved_cursor_resumes_where_it_stopped(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "s")
+    old = await make_rollout(store)
+    saved = tmp_path / "cursor.json"
+    data = TrainingData(store, "triplets", cursor=saved)
+    assert {r["rollout_id"] for r in await data.read_new()} == {old}
+    data.save_cursor(saved)
+    new = await make_rollout(store)
+    # A new process: a new store object and a cursor loaded from the file.
+    again = TrainingData(FileStore(tmp_path / "s"), "triplets", cursor=saved)
+    assert {r["rollout_id"] for r in await again.read_new()} == {new}
+    assert await again.read_new() == []
+    now = Cursor.now(store)
+    assert now.finished(store) == []
+    with pytest.raises(ValueError, match="not an agl cursor"):
+        Cursor.from_json({"files": {}})
+    store.close()
+
+
+async def test_after_an_index_rebuild_the_cursor_goes_on_without_repeating(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "s")
+    await make_rollout(store)
+    cursor = Cursor.start()
+    assert len(cursor.finished(store)) == 1
+    store._index.remove()  # what check --fix does before rebuilding
+    store.check(fix=True)
+    assert cursor.finished(store) == []
+    later = await make_rollout(store)
+    assert cursor.finished(store) == [later]
+    store.close()
+
+
+_FINISHER = """
+import asyncio, sys, time
+from store_fs import FileStore
+async def main():
+    store = FileStore(sys.argv[1], create=False)
+    rollout_id, attempt_id = sys.argv[2], sys.argv[3]
+    await store.update_attempt(rollout_id, attempt_id, status="succeeded")
+    print(time.time(), flush=True)
+asyncio.run(main())
+"""
+
+
+async def test_a_follower_sees_a_rollout_finish_within_a_second(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "s")
+    rid = await make_rollout(store, end=None)
+    attempt = await store.get_latest_attempt(rid)
+    assert attempt is not None
+    data = TrainingData(store, "triplets", cursor=Cursor.now(store))
+    seen: list[tuple[float, list[Any]]] = []
+
+    async def follow() -> None:
+        async for batch in data.follow(idle_timeout=10):
+            seen.append((time.time(), batch))
+            return
+
+    task = asyncio.create_task(follow())
+    await asyncio.sleep(0.3)  # the follower is waiting
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", _FINISHER, str(store.root), rid, attempt.attempt_id],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=True,
+    )
+    finished_at = float(done.stdout.strip())
+    await asyncio.wait_for(task, 10)
+    assert seen, "the follower saw nothing"
+    arrived, batch = seen[0]
+    assert {row["rollout_id"] for row in batch} == {rid}
+    assert arrived - finished_at < 1.0
+    store.close()

@@ -1,0 +1,333 @@
+"""agl prune: finished rollouts removed for good, crash-safely, while runners keep working."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from datasets_helpers import make_rollout
+
+from store_fs import FakeClock, FileStore
+from store_fs._disk.maintenance import maintenance_lock
+from store_fs._disk.rollout_index import PRUNED
+from store_fs.datasets import Cursor, RolloutFilter, view_rows
+from store_fs.errors import MaintenanceBusyError
+from store_fs.prune import prune_store
+
+ANY = RolloutFilter.of(endings=None)
+WORKERS = Path(__file__).with_name("prune_workers.py")
+
+
+def _by_status(*statuses: Any) -> RolloutFilter:
+    return RolloutFilter.of(status_in=statuses, endings=None)
+
+
+async def _listed(store: FileStore) -> set[str]:
+    return {r.rollout_id for r in await store.query_rollouts()}
+
+
+async def _assert_gone(store: FileStore, rid: str) -> None:
+    assert await store.get_rollout_by_id(rid) is None
+    assert rid not in await _listed(store)
+    assert rid not in {r.rollout_id for r in await store.query_rollouts(status_in=["failed", "succeeded"])}
+    assert list(await store.query_rollouts(rollout_id_in=[rid])) == []
+    assert list(await store.query_spans(rid)) == []
+    assert list(await store.query_attempts(rid)) == []
+    assert rid not in {r["rollout_id"] async for r in view_rows(store, "rollouts", ANY)}
+
+
+async def test_a_dry_run_lists_what_would_go_and_its_size(store: FileStore) -> None:
+    failed = await make_rollout(store, end="failed")
+    await make_rollout(store)
+    report = prune_store(store, _by_status("failed"), dry_run=True)
+    assert [r.rollout_id for r in report.rollouts] == [failed]
+    assert report.bytes > 1000  # the record's revisions and the span file
+    assert await store.get_rollout_by_id(failed) is not None
+    assert not store.layout.trash.exists()
+
+
+async def test_pruned_rollouts_are_gone_from_every_query_count_and_export(store: FileStore) -> None:
+    keep = await make_rollout(store)
+    failed = await make_rollout(store, end="failed")
+    cancelled = await make_rollout(store, end="cancelled")
+    before = await store.statistics()
+    report = prune_store(store, _by_status("failed", "cancelled"))
+    assert sorted(r.rollout_id for r in report.rollouts) == sorted([failed, cancelled])
+    for rid in (failed, cancelled):
+        await _assert_gone(store, rid)
+    after = await store.statistics()
+    assert after["total_rollouts"] == before["total_rollouts"] - 2 == 1
+    assert after["total_attempts"] == 1
+    assert after["total_spans"] == before["total_spans"] // 3
+    assert await _listed(store) == {keep}
+    assert store.check() == []
+    # The index holds tombstones, the change feed says what happened, the trash is empty.
+    view = store._index.load()
+    assert {view.entries[r].status for r in (failed, cancelled)} == {PRUNED}
+    events = [json.loads(line) for p in store.layout.events.iterdir() for line in p.read_text().splitlines()]
+    assert {e["rollout_id"] for e in events if e["status"] == PRUNED} == {failed, cancelled}
+    assert list(store.layout.trash.iterdir()) == []
+    # A fresh process agrees (nothing is cached).
+    fresh = FileStore(store.root, create=False)
+    assert await _listed(fresh) == {keep}
+    assert (await fresh.statistics())["total_rollouts"] == 1
+
+
+async def test_keep_last_per_resources_id_and_older_than(store: FileStore, clock: FakeClock) -> None:
+    made: dict[str, list[str]] = {"rs-aaaaaaaaaaaa": [], "rs-bbbbbbbbbbbb": []}
+    for _ in range(4):
+        for resources in made:
+            made[resources].append(await make_rollout(store, resources_id=resources))
+            clock.advance(60)
+    report = prune_store(store, ANY, keep_last=1, dry_run=True)
+    assert sorted(r.rollout_id for r in report.rollouts) == sorted(
+        made["rs-aaaaaaaaaaaa"][:3] + made["rs-bbbbbbbbbbbb"][:3]
+    )
+    # Finished over 5 minutes ago (A0, B0, A1), less the newest one of each version among those.
+    old = RolloutFilter.of(endings=None, until=clock.time() - 300)
+    report = prune_store(store, old, keep_last=1)
+    assert [r.rollout_id for r in report.rollouts] == [made["rs-aaaaaaaaaaaa"][0]]
+    assert len(await _listed(store)) == 7
+
+
+async def test_queued_running_and_live_attempts_are_never_touched(store: FileStore) -> None:
+    queued = (await store.enqueue_rollout(input={"q": 1})).rollout_id
+    running = await make_rollout(store, end=None)
+    # Succeeded by its second attempt while the first is alive again (a late span revived it).
+    revived = await make_rollout(store, end=None)
+    first = await store.get_latest_attempt(revived)
+    assert first is not None
+    second = await store.start_attempt(revived)
+    await store.update_attempt(revived, second.attempt.attempt_id, status="succeeded")
+    assert first.status == "running"  # its spans made it so
+    report = prune_store(store, RolloutFilter.of(endings=None, status_in=["succeeded", "queuing", "running"]))
+    assert report.rollouts == []
+    assert {queued, running, revived} <= await _listed(store)
+
+
+async def test_the_archive_puts_pruned_rollouts_back(store: FileStore, tmp_path: Path) -> None:
+    failed = await make_rollout(store, end="failed")
+    archive = tmp_path / "pruned.tar"
+    prune_store(store, _by_status("failed"), archive=archive)
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+        assert any(n.endswith(f"{failed}/rollout.json") for n in names)
+        assert all(n.startswith("rollouts/") for n in names)
+        tar.extractall(store.root, filter="tar")
+    with pytest.raises(FileExistsError):
+        prune_store(store, _by_status("failed"), archive=archive)
+    assert {p.kind for p in store.check()} == {"index-ahead"}  # the tombstone against the record
+    store.check(fix=True)
+    assert store.check() == []
+    fresh = FileStore(store.root, create=False)
+    assert failed in await _listed(fresh)
+    assert (await fresh.statistics())["total_rollouts"] == 1
+    assert [s.name for s in await fresh.query_spans(failed)][-1] == "agentlightning.annotation"
+
+
+async def test_a_process_that_read_a_rollout_before_sees_it_gone(tmp_path: Path) -> None:
+    reader = FileStore(tmp_path / "s")
+    failed = await make_rollout(reader, end="failed")
+    assert await reader.get_rollout_by_id(failed) is not None  # cached in this process
+    prune_store(FileStore(tmp_path / "s", create=False), _by_status("failed"))
+    await _assert_gone(reader, failed)
+    assert (await reader.statistics())["total_rollouts"] == 0
+
+
+async def test_an_idempotency_key_used_after_a_prune_makes_a_new_rollout(
+    store: FileStore, clock: FakeClock
+) -> None:
+    first = await make_rollout(store, end="failed", idempotency_key="sample-7")
+    prune_store(store, _by_status("failed"))
+    clock.advance(1)
+    again = await make_rollout(store, idempotency_key="sample-7")
+    assert again == first  # the id comes from the key
+    assert await _listed(store) == {again}
+    assert (await store.statistics())["total_rollouts"] == 1
+    assert store.check() == []
+
+
+async def test_prune_is_refused_while_maintenance_runs(store: FileStore) -> None:
+    await make_rollout(store, end="failed")
+    script = "import sys,time\nfrom store_fs._disk.maintenance import maintenance_lock\n"
+    script += "from store_fs._disk.layout import Layout\nfrom pathlib import Path\n"
+    script += (
+        "with maintenance_lock(Layout(Path(sys.argv[1]))):\n    print('held', flush=True); time.sleep(30)\n"
+    )
+    command = [sys.executable, "-c", script, str(store.root)]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as holder:
+        try:
+            assert holder.stdout is not None
+            assert holder.stdout.readline().strip() == "held"
+            with pytest.raises(MaintenanceBusyError):
+                prune_store(store, _by_status("failed"))
+        finally:
+            holder.kill()
+    with maintenance_lock(store.layout):
+        pass  # released with its holder
+
+
+def _interrupted_run(store: FileStore, rid: str) -> Path:
+    """What a prune killed right after its rename leaves: the rollout in trash, no tombstone."""
+    run = store.layout.trash / "20260101T000000Z-host-1"
+    target = run / "rollouts" / rid[3:5] / rid
+    target.parent.mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"archive": None, "started": 0, "by": "host-1"}))
+    os.rename(store.layout.rollout_dir(rid), target)
+    return run
+
+
+async def test_check_reports_and_finishes_an_interrupted_prune(store: FileStore) -> None:
+    keep = await make_rollout(store)
+    failed = await make_rollout(store, end="failed")
+    run = _interrupted_run(store, failed)
+    await _assert_gone(store, failed)  # already out of the store for every listing
+    assert [p.kind for p in store.check()] == ["unfinished-prune"]
+    fixed = store.check(fix=True)
+    assert [(p.kind, p.fixed) for p in fixed] == [("unfinished-prune", True)]
+    assert not run.exists()
+    assert store.check() == []
+    assert (await store.statistics())["total_rollouts"] == 1
+    assert await _listed(store) == {keep}
+
+
+async def test_a_write_after_the_prune_is_reported_and_quarantined(store: FileStore) -> None:
+    failed = await make_rollout(store, end="failed")
+    prune_store(store, _by_status("failed"))
+    late = store.layout.rollout_dir(failed) / "attempts" / "0001-at-00000000" / "heartbeat.host-1"
+    late.parent.mkdir(parents=True)
+    late.write_text("1 0 0\n")
+    assert [p.kind for p in store.check()] == ["pruned-leftover"]
+    assert [p.fixed for p in store.check(fix=True)] == [True]
+    assert store.check() == []
+    assert not store.layout.rollout_dir(failed).exists()
+
+
+async def test_a_cursor_never_returns_a_pruned_rollout(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "s")
+    failed = await make_rollout(store, end="failed")
+    cursor = Cursor.start()
+    prune_store(store, _by_status("failed"))
+    assert cursor.finished(store) == []
+    assert failed not in {r["rollout_id"] async for r in view_rows(store, "triplets", ANY)}
+    store.close()
+
+
+# -- real processes ------------------------------------------------------------------------
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+
+
+def _events(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_prune_while_runners_and_an_enqueuer_work(tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    FileStore(root).close()
+    seconds = 4.0
+    logs = [tmp_path / f"runner{i}.jsonl" for i in range(2)] + [tmp_path / "enqueuer.jsonl"]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(WORKERS), "runner", str(root), str(logs[i]), str(seconds), f"w{i}"],
+            env=_env(),
+        )
+        for i in range(2)
+    ]
+    procs.append(
+        subprocess.Popen(
+            [sys.executable, str(WORKERS), "enqueuer", str(root), str(logs[2]), str(seconds)], env=_env()
+        )
+    )
+    pruned: list[str] = []
+    store = FileStore(root, create=False)
+    try:
+        deadline = time.monotonic() + seconds + 1
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+            report = prune_store(store, ANY, keep_last=5)
+            pruned += [r.rollout_id for r in report.rollouts]
+            assert all(r.status in ("succeeded", "failed") for r in report.rollouts)
+    finally:
+        for proc in procs:
+            try:
+                proc.wait(timeout=30)
+            finally:
+                proc.kill()
+    events = [e for log in logs for e in _events(log)]
+    assert [e for e in events if e["event"] == "error"] == []
+    finished = {e["rollout_id"] for e in events if e["event"] == "finished"}
+    enqueued = {e["rollout_id"] for e in events if e["event"] == "enqueued"}
+    assert pruned, "the prunes removed nothing"
+    assert set(pruned) <= finished  # only rollouts a runner had finished
+    assert len(pruned) == len(set(pruned))
+    present = asyncio.run(_listed(store))
+    assert present == enqueued - set(pruned)
+    assert store.check() == []
+    assert asyncio.run(store.statistics())["total_rollouts"] == len(present)
+
+
+async def _seed(root: Path, n: int) -> None:
+    store = FileStore(root)
+    for i in range(n):
+        await make_rollout(store, calls=1, end="failed" if i % 3 == 0 else "succeeded")
+    await store.enqueue_rollout(input={"q": "queued"})
+    store.close()
+
+
+def test_a_prune_killed_at_any_point_leaves_nothing_half_removed(tmp_path: Path) -> None:
+    seed = tmp_path / "seed"
+    asyncio.run(_seed(seed, 150))
+    original = {p.name for bucket in (seed / "rollouts").iterdir() for p in bucket.iterdir()}
+    for trial, delay in enumerate((0.0, 0.05, 0.15, 0.3, 0.6)):
+        root = tmp_path / f"s{trial}"
+        shutil.copytree(seed, root, symlinks=True)
+        archive = tmp_path / f"a{trial}.tar"
+        command = [sys.executable, str(WORKERS), "prune", str(root), str(archive)]
+        with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=_env()) as proc:
+            try:
+                assert proc.stdout is not None
+                assert proc.stdout.readline().strip() == "start"
+                time.sleep(delay)
+                proc.send_signal(signal.SIGKILL)
+            finally:
+                proc.kill()
+        _check_after_kill(root, original)
+        _check_after_recovery(root, original, archive)
+
+
+def _check_after_kill(root: Path, original: set[str]) -> None:
+    store = FileStore(root, create=False)
+    present = {p.name for bucket in (root / "rollouts").iterdir() for p in bucket.iterdir()}
+    assert {p.kind for p in store.check()} <= {"unfinished-prune"}
+    listed = asyncio.run(_listed(store))
+    assert listed == present  # every rollout is there whole or not at all
+    for rid in original - present:
+        assert asyncio.run(store.get_rollout_by_id(rid)) is None
+
+
+def _check_after_recovery(root: Path, original: set[str], archive: Path) -> None:
+    store = FileStore(root, create=False)
+    store.check(fix=True)
+    assert store.check() == []
+    present = {p.name for bucket in (root / "rollouts").iterdir() for p in bucket.iterdir()}
+    assert asyncio.run(_listed(store)) == present
+    assert asyncio.run(store.statistics())["total_rollouts"] == len(present)
+    removed = original - present
+    if removed:  # the archive holds exactly what went
+        with tarfile.open(archive) as tar:
+            archived = {n.split("/")[2] for n in tar.getnames() if n.count("/") >= 2}
+        assert archived == removed
+    assert not list(root.joinpath("trash").glob("*"))
