@@ -70,6 +70,15 @@ def store(
             help="Extra slack before another host's heartbeats are judged silent.",
         ),
     ] = 0.0,
+    shutdown_grace: Annotated[
+        float,
+        typer.Option(
+            "--shutdown-grace",
+            parser=seconds,
+            metavar="SECONDS",
+            help="On Ctrl-C or SIGTERM, how long requests in flight may take to finish.",
+        ),
+    ] = 10.0,
 ) -> None:
     """Serve the store over HTTP in the foreground until Ctrl-C (creating the store if missing).
 
@@ -111,6 +120,7 @@ def store(
             token=token or None,
             max_body_bytes=int(max_body_mb * 2**20),
             threads=threads,
+            shutdown_grace=shutdown_grace,
         )
     except OSError as err:  # port in use, address not available...
         raise CliError(f"cannot serve on {host}:{port}: {err.strerror or err}", ExitCode.ERROR) from err

@@ -7,15 +7,23 @@ bad JSON / bad paging 400, conflict 409, validation 422 (``detail`` is a list),
 missing token 401, body too large 413. Anything unexpected is a 500 and the server
 keeps serving. Getters answer 200 ``null`` for unknown ids, as upstream does.
 
-Concurrency: the HTTP layer runs on one event loop; every store call (and the JSON
-encoding of its answer, and OTLP decoding) runs on a :class:`~.loops.LoopPool`, so
-requests on different connections overlap instead of queueing behind one another.
+Concurrency: the HTTP layer (:mod:`store_fs.server.http`) runs on one event loop; every
+store call (and the JSON encoding of its answer, and OTLP decoding) runs on a
+:class:`~.loop_pool.LoopPool`, so requests on different connections overlap instead of
+queueing behind one another. ``/health`` is answered on the HTTP loop itself.
+
+Stopping (:meth:`StoreServer.stop`): with a grace period, requests in flight finish and
+are answered; a ``wait_for_rollouts`` in progress is answered at once with what has
+finished so far, as if its timeout had passed, so that a long wait does not hold up the
+stop. Without one (or when it runs out), open requests are cut.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import ipaddress
 import logging
 import signal
 from typing import Any
@@ -25,17 +33,18 @@ from pydantic import BaseModel, ValidationError
 
 from store_fs.errors import AglError, mapping_for
 from store_fs.server import otlp
-from store_fs.server.http import HttpServer, Request, Response
+from store_fs.server.http import HttpServer, Limits, Request, Response
 from store_fs.server.loop_pool import LoopPool, PoolClosedError
 from store_fs.server.routes import PREFIX, Call, Handler, StoreApi
 from store_fs.server.schemas import BadRequest
 from store_fs.store import FileStore
 
-__all__ = ["StoreServer", "run_server"]
+__all__ = ["Limits", "StoreServer", "run_server"]
 
 log = logging.getLogger("store_fs.server")
 
 _OTLP_UNSUPPORTED = frozenset({"/v1/metrics", "/v1/logs", "/v1/development/profiles"})
+SHUTDOWN_GRACE = 10.0
 
 
 def _jsonable(value: Any) -> Any:
@@ -87,8 +96,10 @@ class StoreServer:
     The server keeps no state of its own, so any number of servers (and direct FileStore
     users) may share one store directory. ``token``: require ``Authorization: Bearer``
     on everything but ``GET /v1/agl/health``. ``threads``: how many store calls run at
-    once (see :mod:`store_fs.server.loop_pool`; None picks :func:`~.loops.default_size`);
-    waiting calls such as ``wait_for_rollouts`` do not count against it.
+    once (see :mod:`store_fs.server.loop_pool`; None picks :func:`~.loop_pool.default_size`);
+    waiting calls such as ``wait_for_rollouts`` do not count against it. ``limits``: the
+    HTTP layer's sizes and timeouts (:class:`~.http.Limits`; when given, ``max_body_bytes``
+    is ignored). A host that is not a loopback address gets a warning in the log.
     """
 
     def __init__(
@@ -100,6 +111,7 @@ class StoreServer:
         token: str | None = None,
         max_body_bytes: int = 64 * 1024 * 1024,
         threads: int | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.store = store
         self.pool = LoopPool(threads)
@@ -107,12 +119,13 @@ class StoreServer:
         self.port = port
         self.api = StoreApi(store)
         self._has_token = bool(token)
+        self._draining = asyncio.Event()
         self.http = HttpServer(
             self.handle,
             lambda status, detail: error_response(status, detail),
             token=token,
             public_paths=frozenset({PREFIX + "/health"}),
-            max_body_bytes=max_body_bytes,
+            limits=limits or Limits(max_body_bytes=max_body_bytes),
         )
 
     @property
@@ -121,12 +134,6 @@ class StoreServer:
         return f"http://{host}:{self.port}"
 
     async def start(self) -> None:
-        if self.host in ("0.0.0.0", "::", ""):
-            log.warning(
-                "binding %s: the store is reachable from other machines%s",
-                self.host or "all interfaces",
-                "" if self._has_token else " without a token (set --token / AGL_STORE_TOKEN)",
-            )
         self.pool.start()  # before listening: the first request may come at once
         try:
             await self.http.start(self.host, self.port)
@@ -136,6 +143,13 @@ class StoreServer:
         bound = self.http.sockets
         if bound:
             self.port = bound[0][1]
+        exposed = sorted({addr for addr, _ in bound if not _is_loopback(addr)})
+        if exposed:
+            log.warning(
+                "bound to %s: the store is reachable from other machines%s",
+                ", ".join(exposed),
+                "" if self._has_token else " without a token (set --token / AGL_STORE_TOKEN)",
+            )
         log.warning(
             "agl store server listening on %s (store %s, %d store threads)",
             self.endpoint,
@@ -143,11 +157,18 @@ class StoreServer:
             self.pool.size,
         )
 
-    async def stop(self) -> None:
-        """Stop listening, cut open requests, then stop the store threads and close the store."""
-        await self.http.stop()  # cancelling the requests also cancels their store calls
+    async def stop(self, grace: float = 0.0) -> None:
+        """Stop listening; give requests in flight ``grace`` seconds to finish (0: cut them
+        now; see the module docstring); then stop the store threads and close the store."""
+        if grace > 0:
+            self._draining.set()  # ends long waits early, with their answer
+        await self.http.stop(grace)  # cancelling a request also cancels its store call
         await self.pool.aclose()
         self.store.close()
+
+    def force_stop(self) -> None:
+        """Cut a graceful :meth:`stop` short (its wait for requests in flight ends now)."""
+        self.http.force_stop()
 
     async def handle(self, request: Request) -> Response:
         """Answer one request; never raises."""
@@ -164,9 +185,38 @@ class StoreServer:
             if found is False:
                 return error_response(405, "Method Not Allowed")
             handler, params = found
-            return await self.pool.run(_respond(handler, Call(request, params, self.store)))
+            if handler == self.api.health:  # no store call: not worth a trip to the pool
+                return json_response(200, {"status": "ok"})
+            call = Call(request, params, self.store)
+            if handler == self.api.wait_for_rollouts:
+                return await self._long_poll(handler, call)
+            return await self.pool.run(_respond(handler, call))
         except Exception as err:
             return response_for_exception(err)
+
+    async def _long_poll(self, handler: Handler, call: Call) -> Response:
+        """A wait, unless the server starts a graceful stop first: then the wait is cancelled and
+        asked again with timeout 0, which answers with the rollouts finished by now."""
+        work = asyncio.ensure_future(self.pool.run(_respond(handler, call)))
+        draining = asyncio.ensure_future(self._draining.wait())
+        try:
+            await asyncio.wait({work, draining}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            draining.cancel()
+        if not work.done():
+            work.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await work
+        if not work.cancelled():
+            return work.result()
+        request = call.request
+        try:
+            body = orjson.loads(request.body)
+        except orjson.JSONDecodeError:
+            body = None
+        if isinstance(body, dict):  # else it is refused again, at once
+            request = dataclasses.replace(request, body=orjson.dumps({**body, "timeout": 0}))
+        return await self.pool.run(_respond(handler, Call(request, call.params, call.store)))
 
     async def _traces(self, request: Request) -> Response:
         content_type = request.header("content-type").split(";")[0].strip().lower()
@@ -188,6 +238,13 @@ class StoreServer:
         """On a pool loop: inflate, parse and store an OTLP body; the serialized reply."""
         payload = otlp.decode_body(request.body, request.header("content-encoding"), self.http.max_body_bytes)
         return await otlp.export(self.store, payload)
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address.split("%")[0]).is_loopback
+    except ValueError:
+        return False
 
 
 async def _respond(handler: Handler, call: Call) -> Response:
@@ -215,26 +272,43 @@ def run_server(
     token: str | None = None,
     max_body_bytes: int = 64 * 1024 * 1024,
     threads: int | None = None,
+    limits: Limits | None = None,
+    shutdown_grace: float = SHUTDOWN_GRACE,
 ) -> None:
-    """Serve in the foreground until SIGINT/SIGTERM, then stop cleanly (open requests are cut).
+    """Serve in the foreground until SIGINT or SIGTERM, then stop gracefully: requests in
+    flight get up to ``shutdown_grace`` seconds to finish (a second signal cuts them at once).
 
-    ``threads``: store calls run at once (None: :func:`store_fs.server.loop_pool.default_size`).
+    ``threads``: store calls run at once (None: :func:`store_fs.server.loop_pool.default_size`);
+    ``limits``: the HTTP layer's sizes and timeouts (see :class:`StoreServer`).
     """
     server = StoreServer(
-        store, host=host, port=port, token=token, max_body_bytes=max_body_bytes, threads=threads
+        store,
+        host=host,
+        port=port,
+        token=token,
+        max_body_bytes=max_body_bytes,
+        threads=threads,
+        limits=limits,
     )
 
     async def main() -> None:
         stopping = asyncio.Event()
+
+        def on_signal() -> None:
+            if stopping.is_set():
+                log.warning("agl store server: second signal, cutting requests in flight")
+                server.force_stop()
+            stopping.set()
+
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, stopping.set)
+                loop.add_signal_handler(sig, on_signal)
         await server.start()
         try:
             await stopping.wait()
         finally:
             log.warning("agl store server stopping")
-            await server.stop()
+            await server.stop(shutdown_grace)
 
     asyncio.run(main())

@@ -1,0 +1,149 @@
+"""Graceful stop of the store server: SIGTERM to a real ``agl store``, and the grace period's end.
+
+On SIGTERM the server stops accepting, closes idle connections, answers the requests in
+flight (a body still arriving is read to its end and stored; a long wait is answered at
+once with what has finished), then exits 0 with the store clean.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import signal
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from http_helpers import (
+    FAST,
+    GUARD,
+    RawClient,
+    ServerThread,
+    http_request,
+    no_error_logs,  # noqa: F401  (an autouse fixture)
+)
+from server_helpers import ServerProcess
+
+from store_fs import FileStore, init_store
+
+ENQUEUE = "/v1/agl/queues/rollouts/enqueue"
+
+
+def _refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1.0).close()
+    except OSError:
+        return True
+    return False
+
+
+def _head_received(client: RawClient, path: str, body: bytes) -> None:
+    """Send a POST's head only, and wait until the server has parsed it (its 100 Continue says so):
+    from then on the request is in flight."""
+    expect = {"Expect": "100-continue", "Content-Length": str(len(body))}
+    client.send(http_request("POST", path, None, expect))
+    assert client.sock.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+def test_sigterm_finishes_requests_in_flight_and_loses_nothing(tmp_path: Path) -> None:
+    store_dir = init_store(tmp_path / "store")
+    waited_for = asyncio.run(FileStore(store_dir, create=False).enqueue_rollout(input="queued")).rollout_id
+    server = ServerProcess(store_dir, tmp_path / "server.log")
+    try:
+        server.start()
+        assert server.proc is not None
+        body = json.dumps({"rollouts": [{"input": "sent during the stop"}]}).encode()
+        with RawClient(server.port) as slow, RawClient(server.port) as idle, RawClient(server.port) as waiter:
+            assert idle.request(http_request("GET", "/v1/agl/health")).status == 200
+            waiting = json.dumps({"rollout_ids": [waited_for], "timeout": 60}).encode()
+            _head_received(waiter, "/v1/agl/waits/rollouts", waiting)
+            waiter.send(waiting)
+            _head_received(slow, ENQUEUE, body)
+            half = len(body) // 2
+            slow.send(body[:-half])
+
+            server.proc.send_signal(signal.SIGTERM)
+            started = time.monotonic()
+            assert idle.is_closed(5.0)  # idle: closed at once
+            answer = waiter.answer()  # the long wait: answered now, with what has finished
+            assert (answer.status, answer.json(), answer.headers["connection"]) == (200, [], "close")
+            assert time.monotonic() - started < 5.0
+            assert _refused(server.port)  # no new connections
+            slow.send(body[-half:])  # the rest of the body, after the signal
+            answer = slow.answer()
+            assert (answer.status, answer.headers["connection"]) == (201, "close")
+            stored = answer.json()[0]["rollout_id"]
+        assert server.proc.wait(10) == 0
+    finally:
+        server.stop()
+    store = FileStore(store_dir, create=False)
+    assert store.check() == []
+    assert {r.rollout_id for r in asyncio.run(store.query_rollouts()).items} == {waited_for, stored}
+    assert "agl store server stopping" in server.log_text()
+
+
+def test_the_grace_period_ends_by_cutting_what_is_left(tmp_path: Path) -> None:
+    """A request that does not finish within the grace period is cut; a forced stop cuts at once."""
+    store = FileStore(init_store(tmp_path / "store"), create=False)
+    patient = dataclasses.replace(FAST, body_timeout=60.0)  # only the stop may end the request
+    for grace, force in ((0.5, False), (30.0, True)):
+        with (
+            ServerThread(store, limits=patient) as srv,  # leaving it: stop() again, a no-op
+            RawClient(srv.port) as stuck,
+            ThreadPoolExecutor(1) as pool,
+        ):
+            _head_received(stuck, ENQUEUE, b"{" * 100)
+            stuck.send(b"{")
+            started = time.monotonic()
+            stopping = pool.submit(srv.stop, grace)
+            if force:
+                time.sleep(0.2)
+                srv.loop.call_soon_threadsafe(srv.server.force_stop)
+            stopping.result(10)
+            assert time.monotonic() - started < (2.0 if force else grace + 2.0)
+            assert stuck.is_closed(1.0)
+    assert asyncio.run(store.statistics())["total_rollouts"] == 0
+    assert store.check() == []
+
+
+def test_a_stop_waits_for_the_store_call_of_a_client_that_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client is gone, but the store call it started is in flight: the stop lets it finish."""
+    store = FileStore(init_store(tmp_path / "store"), create=False)
+    entered, release = threading.Event(), threading.Event()
+    original = store.enqueue_rollout
+
+    async def held(*args: Any, **kwargs: Any) -> Any:
+        entered.set()
+        release.wait(GUARD)  # blocks its store thread, like file I/O
+        return await original(*args, **kwargs)
+
+    monkeypatch.setattr(store, "enqueue_rollout", held)
+    with ServerThread(store) as srv, ThreadPoolExecutor(1) as pool:
+        with RawClient(srv.port) as leaving:
+            leaving.send(http_request("POST", ENQUEUE, json.dumps({"rollouts": [{"input": 1}]})))
+            assert entered.wait(GUARD)
+        stopping = pool.submit(srv.stop, 10.0)
+        time.sleep(0.3)
+        assert not stopping.done()  # waiting for the store call, not cutting it
+        release.set()
+        stopping.result(GUARD)
+    assert asyncio.run(store.statistics())["total_rollouts"] == 1
+
+
+def test_half_closed_pipelined_requests_are_all_answered(tmp_path: Path) -> None:
+    store = FileStore(init_store(tmp_path / "store"), create=False)
+    with ServerThread(store) as srv, RawClient(srv.port) as c:
+        body = json.dumps({"rollouts": [{"input": 1}]})
+        c.send(http_request("POST", ENQUEUE, body) * 3)
+        c.sock.shutdown(socket.SHUT_WR)  # "that is all": the three are still answered
+        answers = [c.answer() for _ in range(3)]
+        assert [a.status for a in answers] == [201, 201, 201]
+        assert c.is_closed()
+    assert asyncio.run(store.statistics())["total_rollouts"] == 3
