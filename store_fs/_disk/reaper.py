@@ -186,10 +186,13 @@ class Reaper:
     def _check_orphan(self, token: ClaimToken, record: RolloutRecord | None) -> bool:
         if self._age(("claim", token.name), self._engine.queue.claimed_age(token)) < self.grace:
             return False  # its claimer may still be about to record the attempt
-        if record is not None and len(record.attempts) < token.sequence_id and not _claimable(record, token):
-            # This process's view may be behind (NFS caches): judge the newest revision,
-            # proven newest by writing it again (that compare-and-swap fails if it is not).
+        if record is not None:
+            # This process's view may be behind (NFS caches): judge the newest revision, proven
+            # newest by writing it again (that compare-and-swap fails if it is not). A claimer
+            # that recorded its attempt meanwhile is alive, not abandoned.
             record = self._engine.records.update(token.rollout_id, lambda rec: rec)
+            if record.find(token.attempt_id) is not None:
+                return False
         if record is None or not _claimable(record, token):
             # Lost a race, its rollout never came to be, or a stale queue token (the rollout
             # left the queue): the claimer's compare-and-swap would have refused it.
