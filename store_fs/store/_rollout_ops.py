@@ -75,11 +75,8 @@ class RolloutMethods(StoreCore):
         )
         if rollout_id_in is not None and filter_logic == "and" and rollout_id_contains is None:
             # Read just the named rollouts instead of the whole tree.
-            ids = [
-                r
-                for r in dict.fromkeys(rollout_id_in)
-                if isinstance(r, str) and self._known_rollout(r) and self._records.exists(r)
-            ]
+            # A removed rollout (agl prune) reads as None: RecordStore checks a cached head still exists.
+            ids = [r for r in dict.fromkeys(rollout_id_in) if isinstance(r, str) and self._known_rollout(r)]
             found = [self._records.get(r) for r in ids]
             records = [r for r in found if r is not None]
         else:
@@ -186,8 +183,9 @@ class RolloutMethods(StoreCore):
 
     async def get_rollout_by_id(self, rollout_id: str) -> Rollout | AttemptedRollout | None:
         self._healthcheck()
-        # exists(): this process may hold the head of a rollout another one removed (agl prune).
-        if not self._known_rollout(rollout_id) or not self._records.exists(rollout_id):
+        # A rollout another process removed (agl prune) reads as None: RecordStore checks that a
+        # cached head still exists.
+        if not self._known_rollout(rollout_id):
             return None
         record = self._records.get(rollout_id)
         return None if record is None else self._public(record)
