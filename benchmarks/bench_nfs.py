@@ -7,7 +7,8 @@ host B: the runners; attribute/entry/negative caches of 1 s, like ``actimeo=1``)
 counts the requests each mount's filesystem receives (each one would be an NFS round
 trip; ``lookup`` covers LOOKUP and GETATTR of a path, see tests/nfs_fuse.py):
 
-1. per rollout on B, for one runner doing dequeue -> 5 spans -> complete, by phase;
+1. per rollout on B, for one runner doing dequeue -> 5 spans -> complete, by phase, with
+   the spans sent one by one (upstream's runner) and as one batch (agl's runner);
 2. on A, the algorithm's enqueue and its ``wait_for_rollouts`` while B's runner works
    (per rollout and per second of waiting);
 3. loop throughput (rollouts/s: N rollouts queued, then runners released; from their
@@ -24,6 +25,7 @@ import argparse
 import asyncio
 import json
 import multiprocessing
+import os
 import shutil
 import sys
 import tempfile
@@ -69,30 +71,43 @@ async def _enqueue(store: FileStore, n: int) -> list[str]:
 
 
 def ops_per_rollout(base: Path, n: int, latency_ms: float) -> None:
+    os.environ["AGL_NETWORK_FS"] = "1"  # docs/nfs.md: what users of an unrecognised network FS set
     with mounted_two_hosts(base, latency_ms=latency_ms, **CACHE) as hosts:
         algo = FileStore(hosts.a.path / "store", watch_mode="poll")
         runner = FileStore(hosts.b.path / "store", create=False, watch_mode="poll")
         try:
             a0 = hosts.a.ops()
-            ids = asyncio.run(_enqueue(algo, n))
+            ids = asyncio.run(_enqueue(algo, 2 * n))
             enqueue = ops_delta(a0, hosts.a.ops())
             time.sleep(1.2)  # B's caches of the new store expire, as between real hosts
             phases: Counter[str] = Counter()
-            per_phase: dict[str, Counter[str]] = {p: Counter() for p in ("dequeue", "spans", "complete")}
+            per_phase: dict[str, Counter[str]] = {
+                p: Counter() for p in ("dequeue", "spans", "complete", "batched")
+            }
+
+            async def add_spans(rid: str, aid: str, batched: bool) -> None:
+                if batched:  # as agl's runner sends what the tracer collected meanwhile
+                    seqs = await runner.get_many_span_sequence_ids([(rid, aid)] * SPANS)
+                    await runner.add_many_spans([make_span(rid, aid, seq) for seq in seqs])
+                    return
+                for _ in range(SPANS):  # as upstream's runner does, span by span
+                    seq = await runner.get_next_span_sequence_id(rid, aid)
+                    await runner.add_span(make_span(rid, aid, seq))
 
             async def work() -> None:
-                for _ in range(n):
+                for i in range(2 * n):
                     b0 = hosts.b.ops()
                     attempted = await runner.dequeue_rollout(worker_id="bench")
                     assert attempted is not None
                     b1 = hosts.b.ops()
                     rid, aid = attempted.rollout_id, attempted.attempt.attempt_id
-                    for _ in range(SPANS):
-                        seq = await runner.get_next_span_sequence_id(rid, aid)
-                        await runner.add_span(make_span(rid, aid, seq))
+                    await add_spans(rid, aid, batched=i >= n)
                     b2 = hosts.b.ops()
                     await runner.update_attempt(rid, aid, status="succeeded")
                     b3 = hosts.b.ops()
+                    if i >= n:
+                        per_phase["batched"].update(ops_delta(b1, b2))
+                        continue
                     per_phase["dequeue"].update(ops_delta(b0, b1))
                     per_phase["spans"].update(ops_delta(b1, b2))
                     per_phase["complete"].update(ops_delta(b2, b3))
@@ -100,7 +115,7 @@ def ops_per_rollout(base: Path, n: int, latency_ms: float) -> None:
             async def wait() -> float:
                 started = time.monotonic()
                 done = await algo.wait_for_rollouts(rollout_ids=ids, timeout=600)
-                assert len(done) == n
+                assert len(done) == 2 * n
                 return time.monotonic() - started
 
             async def both() -> float:
@@ -113,13 +128,20 @@ def ops_per_rollout(base: Path, n: int, latency_ms: float) -> None:
 
             seconds = asyncio.run(both())
             print(f"\n== requests per rollout, {latency_ms:g} ms per request, {n} rollouts, one runner on B")
-            print(f"  A enqueue              {fmt(enqueue, n)}")
+            print(f"  A enqueue              {fmt(enqueue, 2 * n)}")
+            labels = {
+                "dequeue": "B dequeue",
+                "spans": f"B {SPANS} spans",
+                "complete": "B complete",
+                "batched": f"B {SPANS} spans, batched",
+            }
             for name, counts in per_phase.items():
-                label = {"dequeue": "B dequeue", "spans": f"B {SPANS} spans", "complete": "B complete"}[name]
-                print(f"  {label:<22} {fmt(counts, n)}")
-            total = sum(per_phase.values(), Counter())
-            print(f"  B whole rollout        {fmt(total, n)}")
-            print(f"  A wait (per rollout)   {fmt(phases, n)}")
+                print(f"  {labels[name]:<22} {fmt(counts, n)}")
+            one_by_one = sum((per_phase[p] for p in ("dequeue", "spans", "complete")), Counter())
+            print(f"  B whole rollout        {fmt(one_by_one, n)}")
+            batched = one_by_one - per_phase["spans"] + per_phase["batched"]
+            print(f"  B rollout, batched     {fmt(batched, n)}")
+            print(f"  A wait (per rollout)   {fmt(phases, 2 * n)}")
             print(f"  A wait (per second)    {fmt(phases, seconds)}   over {seconds:.1f} s")
         finally:
             algo.close()
@@ -132,9 +154,11 @@ def throughput(base: Path | None, n: int, latency_ms: float, runners: int) -> fl
     with tempfile.TemporaryDirectory() as tmp:
         tmpdir = Path(tmp)
         if base is None:
+            os.environ["AGL_NETWORK_FS"] = "0"
             root_a = root_b = tmpdir / "store"
             ctx: Any = None
         else:
+            os.environ["AGL_NETWORK_FS"] = "1"
             ctx = mounted_two_hosts(base, latency_ms=latency_ms, **CACHE)
             hosts = ctx.__enter__()
             root_a, root_b = hosts.a.path / "store", hosts.b.path / "store"

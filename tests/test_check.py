@@ -138,9 +138,13 @@ async def test_a_revision_another_user_wrote_gets_a_symlink_mirror(
     def protected(*args: object, **kwargs: object) -> None:  # fs.protected_hardlinks refusing
         raise PermissionError(errno.EPERM, "Operation not permitted")
 
-    monkeypatch.setattr(fsio, "publish_link", protected)
     assert await store.dequeue_rollout() is not None
     mirror = store.layout.mirror_file(r.rollout_id)
+    mirror.unlink()
+    # The writer of a revision renames its own temporary file onto rollout.json; repairing
+    # a mirror links the revision instead, which the kernel refuses for another user's file.
+    monkeypatch.setattr(fsio, "publish_link", protected)
+    assert [(p.kind, p.fixed) for p in store.check(fix=True)] == [("stale-mirror", True)]
     assert os.readlink(mirror) == "history/00000002.json"
     assert store.check() == []
 
@@ -153,7 +157,7 @@ async def test_a_mirror_that_cannot_be_updated_fails_no_update(
     def full(*args: object, **kwargs: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(fsio, "publish_link", full)
+    monkeypatch.setattr(fsio.Staged, "rename_onto", full)
     with caplog.at_level(logging.WARNING, logger="store_fs._disk.rollout_history"):
         attempted = await store.dequeue_rollout()  # the revision is the truth: the call succeeds
     assert attempted is not None

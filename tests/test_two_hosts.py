@@ -57,6 +57,13 @@ SPANS = 5
 HEARTBEAT_EVERY = 0.2
 
 
+@pytest.fixture(autouse=True)
+def _network_fs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The mounts are a FUSE filesystem agl cannot recognise as networked: say so, as
+    docs/nfs.md tells users of such filesystems to (children inherit the environment)."""
+    monkeypatch.setenv("AGL_NETWORK_FS", "1")
+
+
 def run(coro: Any) -> Any:
     return asyncio.run(coro)
 

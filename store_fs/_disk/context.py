@@ -28,6 +28,9 @@ class Context:
     # Extra seconds granted before a heartbeat written by another machine's wall clock
     # is judged stale by ours (only matters to observers that have not watched it move).
     clock_skew_seconds: float = 0.0
+    # The store is on a network filesystem (NFS...): another host sees this process's writes
+    # to a file it keeps open only once they are flushed (close-to-open consistency).
+    shared_fs: bool = False
     _pid: int = field(default_factory=current_pid)
     _local: dict[str, Any] = field(default_factory=dict)
     lock: threading.RLock = field(default_factory=threading.RLock)

@@ -28,7 +28,9 @@ from typing import TypeAlias
 StrPath: TypeAlias = "str | os.PathLike[str]"
 
 __all__ = [
+    "Staged",
     "append",
+    "create_empty",
     "create_exclusive",
     "current_pid",
     "fsync_dir",
@@ -184,19 +186,69 @@ def create_exclusive(path: Path, data: bytes, *, durable: bool = False, mode: in
     """Create ``path`` holding ``data`` unless it exists. True if this call created it.
 
     ``mode`` applies to the new file (``0o444`` for files nobody may change)."""
-    tmp = _write_tmp(path, data, durable, mode)
+    staged = Staged(path, data, durable=durable, mode=mode)
     try:
-        os.link(tmp, path)
-        created = True
-    except FileExistsError:
-        # A lost reply to a retransmitted LINK over NFS can report EEXIST for a
-        # link that was made: the temporary file's link count tells the truth.
-        created = os.stat(tmp).st_nlink == 2
+        return staged.link()
     finally:
-        _unlink_quiet(tmp)
-    if created and durable:
+        staged.discard()
+
+
+class Staged:
+    """``data`` written whole under a temporary name next to ``path``, to be linked into place.
+
+    :meth:`link` is :func:`create_exclusive`'s compare-and-swap; after it succeeds the
+    temporary name can instead be renamed onto a second name (:meth:`rename_onto`), which
+    makes that name one more link to the new file in one step. Always :meth:`discard` at
+    the end (it does nothing once the temporary name was renamed away).
+    """
+
+    def __init__(self, path: Path, data: bytes, *, durable: bool = False, mode: int = 0o644) -> None:
+        self.path = path
+        self.durable = durable
+        self._tmp: Path | None = _write_tmp(path, data, durable, mode)
+
+    def link(self) -> bool:
+        """``link(2)`` the file to ``path`` unless that exists; True if this call made it."""
+        assert self._tmp is not None
+        try:
+            os.link(self._tmp, self.path)
+            created = True
+        except FileExistsError:
+            # A lost reply to a retransmitted LINK over NFS can report EEXIST for a
+            # link that was made: the temporary file's link count tells the truth.
+            created = os.stat(self._tmp).st_nlink == 2
+        if created and self.durable:
+            fsync_dir(self.path.parent)
+        return created
+
+    def rename_onto(self, other: Path) -> None:
+        """Move the temporary name onto ``other`` (replacing it); on the same filesystem."""
+        assert self._tmp is not None
+        os.replace(self._tmp, other)
+        self._tmp = None
+        if self.durable:
+            fsync_dir(other.parent)
+
+    def discard(self) -> None:
+        if self._tmp is not None:
+            _unlink_quiet(self._tmp)
+            self._tmp = None
+
+
+def create_empty(path: Path, *, durable: bool = False) -> bool:
+    """Create the empty file ``path`` unless it exists (``O_EXCL``). True if this call did.
+
+    An empty file is whole as soon as it exists, so no temporary name is needed: one
+    round trip instead of :func:`create_exclusive`'s create, link and unlink. Not for
+    files whose content matters over NFSv2, where ``O_EXCL`` was not atomic.
+    """
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+    except FileExistsError:
+        return False
+    if durable:
         fsync_dir(path.parent)
-    return created
+    return True
 
 
 def move(src: StrPath, dst: StrPath, *, durable: bool = False) -> bool:

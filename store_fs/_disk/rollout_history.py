@@ -188,6 +188,30 @@ class RecordStore:
         found = self._newest(rollout_id, cached_ok=cached_ok)
         return None if found is None else (found.rev, found.shared(self._path(rollout_id, found.rev)))
 
+    def head_at_least(self, rollout_id: str, rev: int) -> tuple[int, RolloutRecord] | None:
+        """Like :meth:`head`, for a caller that knows revision ``rev`` exists (an index line
+        named it): the revisions from ``rev`` on are looked up by name.
+
+        On NFS a listing, and a lookup of a name this host found missing before, may be
+        answered from the client's caches for seconds; a name this host never looked up is
+        asked of the server. A waiter told by the index that a rollout finished thus reads
+        the finished revision at once, instead of re-reading a stale view until the caches
+        expire.
+        """
+        cached = self._cache().heads.get(rollout_id)
+        if cached is not None and cached.rev >= rev:
+            return self.head(rollout_id)
+        newest = rev
+        while os.path.exists(self._rev_str(rollout_id, newest + 1)):
+            newest += 1
+        path = self._path(rollout_id, newest)
+        data = fsio.read_bytes(path)
+        if data is None:  # removed meanwhile, or the line was wrong: look the usual way
+            return self.head(rollout_id, cached_ok=False)
+        head = _Head(newest, data, _parse(path, data))
+        self._cache().heads[rollout_id] = head
+        return newest, head.shared(path)
+
     def get(self, rollout_id: str, *, cached_ok: bool = True) -> RolloutRecord | None:
         """The newest record, as a private copy the caller may change; None if it does not exist."""
         found = self._newest(rollout_id, cached_ok=cached_ok)
@@ -224,21 +248,31 @@ class RecordStore:
         """Create the rollout's directory and first revision. False if it already existed."""
         rid = record.rollout_id
         hist = self._layout.history_dir(rid)
-        hist.mkdir(parents=True, exist_ok=True)
+        # Parent first: mkdir(parents=True) on ``history`` would try it, fail, and climb (a
+        # wasted round trip per rollout on NFS).
+        hist.parent.mkdir(parents=True, exist_ok=True)
+        hist.mkdir(exist_ok=True)
         seq_dir = self._layout.span_seq_dir(rid)
-        seq_dir.mkdir(exist_ok=True)
-        if not fsio.list_names(seq_dir):
+        try:
+            seq_dir.mkdir()
+            fresh = True
+        except FileExistsError:
+            fresh = False
+        if fresh or not fsio.list_names(seq_dir):
             # The span sequence counter: one empty file whose name is the last issued number.
-            fsio.create_exclusive(seq_dir / "0", b"", durable=self._ctx.durable)
+            # Empty, so it needs no temporary file: nothing can be read half-written.
+            fsio.create_empty(seq_dir / "0", durable=self._ctx.durable)
         data = codec.dumps_record(record)
-        if not fsio.create_exclusive(
-            hist / _rev_name(1), data, durable=self._ctx.durable, mode=REVISION_MODE
-        ):
-            return False
-        self._cache().heads[rid] = _Head(1, data)  # the caller keeps ``record``: decode our own
-        if self._on_revision is not None:
-            self._on_revision(1, record)
-        self._publish_mirror(rid, 1)
+        staged = fsio.Staged(hist / _rev_name(1), data, durable=self._ctx.durable, mode=REVISION_MODE)
+        try:
+            if not staged.link():
+                return False
+            self._cache().heads[rid] = _Head(1, data)  # the caller keeps ``record``: decode our own
+            if self._on_revision is not None:
+                self._on_revision(1, record)
+            self._publish_mirror(rid, 1, staged)
+        finally:
+            staged.discard()
         self._notify(None, record)
         return True
 
@@ -258,18 +292,26 @@ class RecordStore:
             updated = mutate(found.private(path))
             if updated is None:
                 return found.private(path)
-            data = codec.dumps_record(updated)
-            if fsio.create_exclusive(
-                self._path(rollout_id, rev + 1), data, durable=self._ctx.durable, mode=REVISION_MODE
-            ):
-                # ``updated`` goes to the caller, who may change it: the cache decodes its own.
-                self._cache().heads[rollout_id] = _Head(rev + 1, data)
-                if self._on_revision is not None:
-                    self._on_revision(rev + 1, updated)
-                self._publish_mirror(rollout_id, rev + 1)
+            if self._try_write(rollout_id, rev + 1, updated):
                 self._notify(current, updated)
                 return updated
             log.debug("lost the race for %s revision %d; retrying", rollout_id, rev + 1)
+
+    def _try_write(self, rollout_id: str, rev: int, record: RolloutRecord) -> bool:
+        """Create revision ``rev`` holding ``record`` unless it exists; True if this call did."""
+        data = codec.dumps_record(record)
+        staged = fsio.Staged(self._path(rollout_id, rev), data, durable=self._ctx.durable, mode=REVISION_MODE)
+        try:
+            if not staged.link():
+                return False
+            # ``record`` goes to the caller, who may change it: the cache decodes its own.
+            self._cache().heads[rollout_id] = _Head(rev, data)
+            if self._on_revision is not None:
+                self._on_revision(rev, record)
+            self._publish_mirror(rollout_id, rev, staged)
+            return True
+        finally:
+            staged.discard()
 
     def _notify(self, old: RolloutRecord | None, new: RolloutRecord) -> None:
         try:
@@ -278,20 +320,28 @@ class RecordStore:
             # After the revision landed: raising would report a change that happened as failed.
             log.warning("change of %s not logged: %s", new.rollout_id, err)
 
-    def _publish_mirror(self, rollout_id: str, rev: int) -> None:
+    def _publish_mirror(self, rollout_id: str, rev: int, staged: fsio.Staged | None = None) -> None:
         """Make ``rollout.json`` revision ``rev``, or a newer one that appeared meanwhile.
 
         The mirror is a hard link to the revision file, replaced by rename: ``cat``, ``jq``
         and editors read the current record through it, and it costs no data write
         (rewriting a copy over the old one made ext4 flush the data on every revision:
         about 15% of a runner's CPU per rollout, benchmarks/compare.py "loop") and no
-        inode (a symlink cost one per revision, and freed the one it replaced).
+        inode (a symlink cost one per revision, and freed the one it replaced). The writer
+        of ``rev`` passes its ``staged`` file: renaming its temporary name, already a link to
+        the revision, onto ``rollout.json`` is one request where linking a second temporary
+        name, renaming it and removing the first were five (NFS round trips,
+        benchmarks/bench_nfs.py).
         """
         mirror = self._layout.mirror_file(rollout_id)
         hist = self._layout.history_dir(rollout_id)
         while True:
             try:
-                self._link_mirror(mirror, hist, rev)
+                if staged is not None:
+                    staged.rename_onto(mirror)
+                    staged = None
+                else:
+                    self._link_mirror(mirror, hist, rev)
             except OSError as err:
                 # The revision is already the truth; a stale mirror only waits for the next
                 # writer or `agl check --fix`.

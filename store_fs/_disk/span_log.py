@@ -174,12 +174,27 @@ class SpanLog:
         return directory, numbers[-1]
 
     def allocate(self, rollout_id: str, count: int = 1) -> int:
-        """Reserve ``count`` consecutive sequence numbers; returns the first."""
+        """Reserve ``count`` consecutive sequence numbers; returns the first.
+
+        Raises :class:`RolloutNotFoundError` when the rollout has no counter (it never existed
+        or was removed).
+        """
+        directory = self._layout.span_seq_dir(rollout_id)
+        # The counter this process renamed last is usually still the counter: one rename, no
+        # listing (on NFS a listing is a READDIR round trip, and may be served stale anyway).
+        last = self._state().counters.get(rollout_id)
         while True:
-            directory, last = self._counter(rollout_id)
-            if fsio.move(directory / str(last), directory / str(last + count)):
+            if last is not None and self._rename_counter(directory, rollout_id, last, last + count):
                 self._remember(rollout_id, last + count)
                 return last + 1
+            directory, last = self._counter(rollout_id)
+
+    @staticmethod
+    def _rename_counter(directory: Path, rollout_id: str, last: int, new: int) -> bool:
+        try:
+            return fsio.move(directory / str(last), directory / str(new))
+        except FileNotFoundError:  # span-seq/ itself is gone: the rollout was removed
+            raise RolloutNotFoundError(rollout_id) from None
 
     def bump(self, rollout_id: str, at_least: int) -> None:
         """Make sure the counter is at least ``at_least`` (explicit numbers push it up, never down)."""
@@ -268,6 +283,22 @@ class SpanLog:
                 return [], None
             fsio.append(self._fd(state, path), b"".join(chunks))
         return fresh, path
+
+    def flush(self, attempt_dir: Path) -> None:
+        """Push this process's span writes for the attempt to the file server.
+
+        Called before an attempt is reported finished: on a network filesystem the writes to a
+        file kept open may wait in this client's cache (until close or fsync), and a reader on
+        another host that sees the attempt finished must also see all its spans. Free on a local
+        filesystem, whose page cache every process shares.
+        """
+        if not self._ctx.shared_fs or self._ctx.durable:  # durable writes are synced already
+            return
+        state = self._state()
+        with state.lock:
+            fd = state.fds.get(attempt_dir / f"spans.{self._ctx.writer}.jsonl")
+            if fd is not None:
+                os.fdatasync(fd)
 
     def sync(self, path: Path) -> None:
         """Block until ``path`` is on stable storage (shared with concurrent callers)."""

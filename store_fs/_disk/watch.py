@@ -48,7 +48,14 @@ def _mount_fstype(path: Path, mounts_file: Path) -> str | None:
 
 
 def is_network_fs(path: Path, mounts: Path = Path("/proc/mounts")) -> bool:
-    """Whether ``path`` lives on a filesystem where inotify misses other machines' changes."""
+    """Whether ``path`` lives on a filesystem where inotify misses other machines' changes.
+
+    ``AGL_NETWORK_FS=1`` (or ``0``) overrides the guess from the mount table, for network
+    filesystems it does not know.
+    """
+    forced = os.environ.get("AGL_NETWORK_FS", "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
     fstype = _mount_fstype(path, mounts) or ""
     return fstype in _NETWORK_FS or fstype.startswith(_NETWORK_FUSE)
 

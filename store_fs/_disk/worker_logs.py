@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
@@ -51,6 +52,7 @@ _LOG_PREFIX = "log."
 _LOG_SUFFIX = ".jsonl"
 # Written by builds before the logs: read as the base layer, never written.
 _LEGACY = ("status.json", "heartbeat.json")
+_MAX_OPEN_LOGS = 16
 _FIELDS = frozenset(Worker.model_fields) - {"worker_id"}
 
 
@@ -78,8 +80,27 @@ class _Writer:
         self.lock = threading.Lock()
         # worker id -> the status this process last wrote or read (for mark_idle's rule)
         self.status: dict[str, str] = {}
-        # worker id -> bytes in this process's log (to know when to compact)
-        self.size: dict[str, int] = {}
+        # log path -> [open fd, size]: a dequeue or a finished attempt appends one line, so
+        # reopening the log each time would cost a lookup and an open (NFS round trips) per call.
+        self.logs: OrderedDict[Path, list[int]] = OrderedDict()
+
+    def log_fd(self, path: Path) -> list[int]:
+        """``[fd, size]`` of this process's open log ``path`` (opened, or created, on first use)."""
+        entry = self.logs.get(path)
+        if entry is not None:
+            self.logs.move_to_end(path)
+            return entry
+        fd = fsio.open_making_dirs(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        entry = self.logs[path] = [fd, os.fstat(fd).st_size]
+        while len(self.logs) > _MAX_OPEN_LOGS:
+            os.close(self.logs.popitem(last=False)[1][0])
+        return entry
+
+    def forget(self, path: Path) -> None:
+        """Close ``path``'s fd: the log was replaced (compaction) and must be reopened."""
+        entry = self.logs.pop(path, None)
+        if entry is not None:
+            os.close(entry[0])
 
 
 class WorkerStore:
@@ -148,6 +169,13 @@ class WorkerStore:
     def count(self) -> int:
         return sum(1 for _ in fsio.iter_dirs(self._layout.workers))
 
+    def close(self) -> None:
+        """Close the logs this process keeps open (they reopen on the next write)."""
+        writer = self._writer()
+        with writer.lock:
+            for path in list(writer.logs):
+                writer.forget(path)
+
     # -- writing -------------------------------------------------------------------
     def _log_path(self, worker_id: str) -> Path:
         return self._layout.worker_dir(worker_id) / f"{_LOG_PREFIX}{self._ctx.writer}{_LOG_SUFFIX}"
@@ -158,17 +186,19 @@ class WorkerStore:
         path = self._log_path(worker_id)
         writer = self._writer()
         with writer.lock:
-            fd = fsio.open_making_dirs(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+            entry = writer.log_fd(path)
             try:
-                fsio.append(fd, line)
+                fsio.append(entry[0], line)
                 if self._ctx.durable:
-                    os.fsync(fd)
-                size = os.fstat(fd).st_size
-            finally:
-                os.close(fd)
+                    os.fsync(entry[0])
+            except OSError:
+                writer.forget(path)  # e.g. ESTALE after the file was replaced: reopen next time
+                raise
+            entry[1] += len(line)  # only this process appends to its log
             if "status" in fields:
                 writer.status[worker_id] = fields["status"]
-            if size > COMPACT_BYTES:
+            if entry[1] > COMPACT_BYTES:
+                writer.forget(path)
                 self._compact(path)
 
     def _compact(self, path: Path) -> None:

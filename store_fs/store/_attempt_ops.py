@@ -65,6 +65,7 @@ class AttemptMethods(StoreCore):
         journal = None
         if not isinstance(status, Unset) and status in FINAL_ATTEMPT_STATUSES:
             _refuse_late_outcome(current, status)
+            self._spans.flush(self._engine.attempt_dir(current))
             journal = self._engine.settle(current, status)
         now = self._clock.time()
         requeued: list[bool] = []

@@ -23,7 +23,7 @@ from store_fs._disk.rollout_index import RolloutIndex, publish_marker
 from store_fs._disk.server_clock import server_offset
 from store_fs._disk.span_log import SpanLog
 from store_fs._disk.status_rules import FINAL_ATTEMPT_STATUSES
-from store_fs._disk.watch import WatchMode
+from store_fs._disk.watch import WatchMode, is_network_fs
 from store_fs._disk.worker_logs import WorkerStore
 from store_fs.clock import Clock, SystemClock
 from store_fs.errors import FormatVersionError, RolloutNotFoundError, StoreNotFoundError
@@ -104,7 +104,9 @@ class StoreCore(LightningStore):
             init_store(self.root)
         _check_format(layout)
         self._clock = clock or SystemClock()
-        self._ctx = Context(layout, self._clock, durability, clock_skew_seconds)
+        self._ctx = Context(
+            layout, self._clock, durability, clock_skew_seconds, shared_fs=is_network_fs(self.root)
+        )
         # Read the file server's clock now, so that every age judged later (on the injected
         # clock, which tests move by hand) counts from the same reading.
         server_offset(self._ctx)
@@ -137,10 +139,11 @@ class StoreCore(LightningStore):
         return self._ctx.layout
 
     def close(self) -> None:
-        """Close this process's open span, event and index files (reopened on next use)."""
+        """Close this process's open span, event, index and worker-log files (reopened on next use)."""
         self._spans.close()
         self._events.close()
         self._index.close()
+        self._workers.close()
 
     # -- helpers -------------------------------------------------------------------
     def _healthcheck(self) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
+from store_fs._disk.rollout_history import RecordStore, RolloutRecord
+from store_fs._disk.rollout_index import RolloutIndex
 from store_fs._disk.status_rules import TERMINAL_ROLLOUT_STATUSES
 from store_fs._disk.watch import ChangeFeed, resolve_mode
 from store_fs.models import Rollout
@@ -12,6 +14,51 @@ from store_fs.store._base import StoreCore
 
 # A waiter re-reads every record it waits for at least this often (index lines are hints).
 FULL_RECHECK_SECONDS = 1.0
+# The same on a network filesystem, where each re-read is a round trip or two per rollout and
+# only a crash between a revision and its index line (or an index write that failed) needs it.
+SHARED_FS_RECHECK_SECONDS = 5.0
+
+
+class _Waiting:
+    """The rollouts one call still waits for, and those it found finished."""
+
+    def __init__(
+        self, records: RecordStore, index: RolloutIndex, rollout_ids: Iterable[str], recheck: float
+    ) -> None:
+        self.records = records
+        self.index = index
+        self.recheck = recheck
+        self.waiting = set(rollout_ids)
+        self.finished: dict[str, Rollout] = {}
+        self.last_full = time.monotonic()
+
+    def settle(self, rollout_id: str, found: tuple[int, RolloutRecord] | None) -> None:
+        if found is None:  # gone (removed by ``agl prune``): nothing to wait for
+            self.waiting.discard(rollout_id)
+        elif found[1].status in TERMINAL_ROLLOUT_STATUSES:
+            self.finished[rollout_id] = found[1].plain()
+            self.waiting.discard(rollout_id)
+
+    def check_all(self) -> None:
+        self.last_full = time.monotonic()
+        for rollout_id in list(self.waiting):
+            self.settle(rollout_id, self.records.head(rollout_id))
+
+    def check_changed(self) -> None:
+        """After a wake-up: the index tells which waited-for rollouts finished, so a wake-up
+        costs one index refresh instead of a look at every record. Index lines are hints
+        (a crash can lose one): a full pass every ``recheck`` seconds covers that."""
+        entries = None
+        if time.monotonic() - self.last_full < self.recheck:
+            entries = self.index.lookup(self.waiting)
+        if entries is None:
+            self.check_all()
+            return
+        for rollout_id, entry in entries.items():
+            if entry.status in TERMINAL_ROLLOUT_STATUSES:
+                # Read the revision the index names, by name: this process's cached view (and,
+                # on NFS, its cached listing or "no such revision" answer) may be the running one.
+                self.settle(rollout_id, self.records.head_at_least(rollout_id, entry.rev))
 
 
 class WaitMethods(StoreCore):
@@ -21,48 +68,20 @@ class WaitMethods(StoreCore):
         self, *, rollout_ids: list[str], timeout: float | None = None
     ) -> list[Rollout]:
         self._healthcheck()
-        finished: dict[str, Rollout] = {}
-        waiting = {r for r in rollout_ids if self._known_rollout(r)}
+        recheck = SHARED_FS_RECHECK_SECONDS if self._ctx.shared_fs else FULL_RECHECK_SECONDS
+        wanted = (r for r in rollout_ids if self._known_rollout(r))
+        state = _Waiting(self._records, self._index, wanted, recheck)
         # Waiting sleeps for real, so its deadline is on the real clock even when an
         # injected clock drives timestamps and liveness.
         deadline = None if timeout is None else time.monotonic() + timeout
-
-        def check(candidates: Iterable[str], *, fresh: bool = False) -> None:
-            for rid in candidates:
-                found = self._records.head(rid, cached_ok=not fresh)
-                if found is None:
-                    waiting.discard(rid)
-                elif found[1].status in TERMINAL_ROLLOUT_STATUSES:
-                    finished[rid] = found[1].plain()
-                    waiting.discard(rid)
-
-        last_full = time.monotonic()
-
-        def check_changed() -> None:
-            # The index tells which waited-for rollouts finished, so a wake-up costs one
-            # index refresh instead of a look at every record. Index lines are hints too (a
-            # crash can lose one): a full pass every FULL_RECHECK_SECONDS covers that.
-            nonlocal last_full
-            now = time.monotonic()
-            entries = None if now - last_full >= FULL_RECHECK_SECONDS else self._index.lookup(waiting)
-            if entries is None:
-                last_full = now
-                check(list(waiting))
-            else:
-                # The index says these finished: read their records afresh, since this
-                # process's cached view (and, on NFS, its cached lookup of the newer revision)
-                # may still be the running one.
-                done = [rid for rid, entry in entries.items() if entry.status in TERMINAL_ROLLOUT_STATUSES]
-                check(done, fresh=True)
-
-        check(list(waiting))
-        if waiting and (timeout is None or timeout > 0):
+        state.check_all()
+        if state.waiting and (timeout is None or timeout > 0):
             mode = resolve_mode(self._watch_mode, self.root)
             async with ChangeFeed(self.layout.events, mode) as feed:
-                check(list(waiting))  # the feed is live: nothing that happens from here on is missed
-                while waiting and (deadline is None or time.monotonic() < deadline):
+                state.check_all()  # the feed is live: nothing that happens from here on is missed
+                while state.waiting and (deadline is None or time.monotonic() < deadline):
                     # Never sleep past the deadline: a watcher tick is 250 ms.
                     await feed.next(None if deadline is None else deadline - time.monotonic())
                     self._reaper.maybe_scan()
-                    check_changed()
-        return [finished[r] for r in rollout_ids if r in finished]
+                    state.check_changed()
+        return [state.finished[r] for r in rollout_ids if r in state.finished]
