@@ -213,3 +213,47 @@ def test_module_runs_as_a_script() -> None:
         proc.terminate()
         _, stderr = proc.communicate(timeout=10)
     assert proc.returncode == 0, stderr
+
+
+def test_every_endpoint_shares_responder_records_and_failures() -> None:
+    seen: list[dict[str, Any]] = []
+
+    def responder(body: dict[str, Any]) -> str:
+        seen.append(body)
+        if body["messages"][-1]["content"] == "boom":
+            raise RuntimeError("boom")
+        return "fixed"
+
+    with (
+        MockOpenAIServer(responder) as server,
+        openai.OpenAI(api_key="sk-mock", base_url=server.base_url, max_retries=0) as client,
+    ):
+        assert client.completions.create(model="m", prompt=["p1", "p2"]).choices[1].text == "fixed"
+        assert client.responses.create(model="m", input="r", instructions="sys").output_text == "fixed"
+        # The responder always sees a chat-shaped body: the request plus its conversation as messages.
+        assert [b["messages"] for b in seen] == [
+            [{"role": "user", "content": "p1"}],
+            [{"role": "user", "content": "p2"}],
+            [{"role": "system", "content": "sys"}, {"role": "user", "content": "r"}],
+        ]
+        assert seen[0]["prompt"] == ["p1", "p2"]
+        assert seen[2]["input"] == "r"
+        server.fail_next(429, times=2)
+        with pytest.raises(openai.RateLimitError):
+            client.completions.create(model="m", prompt="x")
+        with pytest.raises(openai.RateLimitError):
+            client.responses.create(model="m", input="x")
+        with pytest.raises(openai.InternalServerError, match="boom"):
+            client.responses.create(model="m", input="boom")
+        cmpl, resp = "/v1/completions", "/v1/responses"
+        assert server.paths == [cmpl, resp, cmpl, resp, resp]
+        assert len(server.requests) == len(server.paths)
+        assert server.requests[1] == {"model": "m", "input": "r", "instructions": "sys"}
+
+
+def test_unknown_get_is_404(server: MockOpenAIServer) -> None:
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(server.base_url + "/nothing", timeout=5)
+    assert caught.value.code == 404
+    assert json.loads(caught.value.read())["error"]["type"] == "not_found"
+    caught.value.close()
