@@ -19,18 +19,30 @@ FULL_RECHECK_SECONDS = 1.0
 SHARED_FS_RECHECK_SECONDS = 5.0
 
 
+class _LastFullPass:
+    """When this process last re-read every record some waiter waited for (monotonic)."""
+
+    def __init__(self) -> None:
+        self.at = float("-inf")
+
+
 class _Waiting:
     """The rollouts one call still waits for, and those it found finished."""
 
     def __init__(
-        self, records: RecordStore, index: RolloutIndex, rollout_ids: Iterable[str], recheck: float
+        self,
+        records: RecordStore,
+        index: RolloutIndex,
+        rollout_ids: Iterable[str],
+        recheck: float,
+        last_full: _LastFullPass,
     ) -> None:
         self.records = records
         self.index = index
         self.recheck = recheck
+        self.last_full = last_full
         self.waiting = set(rollout_ids)
         self.finished: dict[str, Rollout] = {}
-        self.last_full = time.monotonic()
 
     def settle(self, rollout_id: str, found: tuple[int, RolloutRecord] | None) -> None:
         if found is None:  # gone (removed by ``agl prune``): nothing to wait for
@@ -39,20 +51,19 @@ class _Waiting:
             self.finished[rollout_id] = found[1].plain()
             self.waiting.discard(rollout_id)
 
-    def check_all(self) -> None:
-        self.last_full = time.monotonic()
-        for rollout_id in list(self.waiting):
-            self.settle(rollout_id, self.records.head(rollout_id))
-
-    def check_changed(self) -> None:
-        """After a wake-up: the index tells which waited-for rollouts finished, so a wake-up
-        costs one index refresh instead of a look at every record. Index lines are hints
-        (a crash can lose one): a full pass every ``recheck`` seconds covers that."""
+    def check(self) -> None:
+        """Settle what finished. The rollout index tells which waited-for rollouts finished, so
+        a look costs one index refresh instead of a read of every record. Index lines are hints
+        (a crash can lose one): every record is read again when the last such pass in this
+        process is ``recheck`` seconds old (per process, not per call: an algorithm that waits
+        with short timeouts in a loop would otherwise re-read everything at every call)."""
         entries = None
-        if time.monotonic() - self.last_full < self.recheck:
+        if time.monotonic() - self.last_full.at < self.recheck:
             entries = self.index.lookup(self.waiting)
         if entries is None:
-            self.check_all()
+            self.last_full.at = time.monotonic()
+            for rollout_id in list(self.waiting):
+                self.settle(rollout_id, self.records.head(rollout_id))
             return
         for rollout_id, entry in entries.items():
             if entry.status in TERMINAL_ROLLOUT_STATUSES:
@@ -70,18 +81,19 @@ class WaitMethods(StoreCore):
         self._healthcheck()
         recheck = SHARED_FS_RECHECK_SECONDS if self._ctx.shared_fs else FULL_RECHECK_SECONDS
         wanted = (r for r in rollout_ids if self._known_rollout(r))
-        state = _Waiting(self._records, self._index, wanted, recheck)
+        last_full: _LastFullPass = self._ctx.local("wait-full-pass", _LastFullPass)
+        state = _Waiting(self._records, self._index, wanted, recheck, last_full)
         # Waiting sleeps for real, so its deadline is on the real clock even when an
         # injected clock drives timestamps and liveness.
         deadline = None if timeout is None else time.monotonic() + timeout
-        state.check_all()
+        state.check()
         if state.waiting and (timeout is None or timeout > 0):
             mode = resolve_mode(self._watch_mode, self.root)
             async with ChangeFeed(self.layout.events, mode) as feed:
-                state.check_all()  # the feed is live: nothing that happens from here on is missed
+                state.check()  # the feed is live: nothing that happens from here on is missed
                 while state.waiting and (deadline is None or time.monotonic() < deadline):
                     # Never sleep past the deadline: a watcher tick is 250 ms.
                     await feed.next(None if deadline is None else deadline - time.monotonic())
                     self._reaper.maybe_scan()
-                    state.check_changed()
+                    state.check()
         return [state.finished[r] for r in rollout_ids if r in state.finished]
