@@ -73,6 +73,9 @@ does not tell a kernel LOOKUP from a GETATTR of a path, so both count here),
 ``symlink``, ``readlink``, ``truncate``, ``utimens``, ``chmod``, ``statfs``, ``flush``,
 ``release``.
 
+``utimensat`` with ``UTIME_NOW`` sets the current time. The pass-through mechanism, the
+counters and the virtual file are shared with ``tests/crash_fuse.py`` (``tests/fuse_base.py``).
+
 Stop it with SIGTERM or SIGINT (it unmounts), or ``fusermount3 -u MOUNTPOINT``.
 Needs ``/dev/fuse``, the Debian package ``fuse3`` (libfuse3 and ``fusermount3``) and
 the PyPI package ``mfusepy``.
@@ -82,17 +85,14 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import errno
-import json
 import os
-import signal
-import stat
 import sys
 import threading
 import time
 from typing import Any
 
 import mfusepy
+from fuse_base import PassthroughFS, Stats, serve
 
 STATS_NAME = "/.nfs_fuse_stats"
 
@@ -126,30 +126,6 @@ COUNTERS = (
 # Requests that would be a round trip to an NFS server: these sleep --latency-ms.
 _NO_LATENCY = frozenset({"flush", "release", "opendir"})
 
-_STAT_KEYS = (
-    "st_mode",
-    "st_ino",
-    "st_dev",
-    "st_nlink",
-    "st_uid",
-    "st_gid",
-    "st_size",
-    "st_blocks",
-    "st_blksize",
-    "st_atime_ns",
-    "st_mtime_ns",
-    "st_ctime_ns",
-)
-
-
-def _stat_dict(st: os.stat_result) -> dict[str, Any]:
-    out = {k: getattr(st, k) for k in _STAT_KEYS}
-    # mfusepy (use_ns) takes nanoseconds under the plain names.
-    out["st_atime"] = out.pop("st_atime_ns")
-    out["st_mtime"] = out.pop("st_mtime_ns")
-    out["st_ctime"] = out.pop("st_ctime_ns")
-    return out
-
 
 def _dir_signature(st: os.stat_result) -> tuple[int, ...]:
     # mtime alone misses two changes within one tick of the kernel's coarse clock; a
@@ -157,33 +133,6 @@ def _dir_signature(st: os.stat_result) -> tuple[int, ...]:
     if time.time_ns() - st.st_mtime_ns < 100_000_000:
         return (-1,)
     return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_nlink)
-
-
-class Stats:
-    def __init__(self, mountpoint: str, backing: str, options: dict[str, Any]) -> None:
-        self.counts = dict.fromkeys(COUNTERS, 0)
-        self.lock = threading.Lock()
-        self.version = 0
-        self.meta = {"mountpoint": mountpoint, "backing": backing, "pid": os.getpid(), **options}
-        self.started = time.time()
-
-    def add(self, name: str) -> None:
-        with self.lock:
-            self.counts[name] += 1
-            self.version += 1
-
-    def snapshot(self) -> bytes:
-        with self.lock:
-            counts = dict(self.counts)
-        body = {**self.meta, "time": time.time(), "uptime": time.time() - self.started, "ops": counts}
-        body["total"] = sum(counts.values())
-        return (json.dumps(body, sort_keys=True) + "\n").encode()
-
-    def write(self, path: str) -> None:
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(self.snapshot())
-        os.replace(tmp, path)
 
 
 def _invalidate(path: str) -> None:
@@ -196,177 +145,62 @@ def _invalidate(path: str) -> None:
     mfusepy._libfuse.fuse_invalidate_path(fuse_ptr, path.encode("utf-8", "surrogateescape"))
 
 
-class NfsLikeFS(mfusepy.Operations):
+class NfsLikeFS(PassthroughFS):
     """Pass-through to ``backing``; see the module docstring for the cache semantics."""
 
-    use_ns = True
+    control_name = STATS_NAME
 
     def __init__(self, backing: str, stats: Stats, args: argparse.Namespace) -> None:
-        self.root = os.path.realpath(backing)
-        self.stats = stats
+        super().__init__(backing, stats)
         self.latency = args.latency_ms / 1000.0
         self.args = args
         # The readdir cache of this "host": path -> (listing, fetched at, directory signature).
         self.dir_ttl = args.attr_timeout if args.readdir_cache else 0.0
         self.dir_cache: dict[str, tuple[list[Any], float, tuple[int, ...]]] = {}
         self.dir_lock = threading.Lock()
-        # Open handles of the virtual stats file: handle -> the snapshot it reads.
-        self.snapshots: dict[int, bytes] = {}
-        self.snap_serial = 0
-        self.snap_lock = threading.Lock()
 
-    # -- helpers -----------------------------------------------------------------
+    # -- hooks -------------------------------------------------------------------------
     def _op(self, name: str) -> None:
         self.stats.add(name)
         if self.latency and name not in _NO_LATENCY:
             time.sleep(self.latency)
 
-    def _full(self, path: str) -> str:
-        return self.root + path
-
-    def init_with_config(self, conn_info: Any, config: Any) -> None:
-        if config is None:
-            return
+    def configure(self, config: Any) -> None:
+        super().configure(config)
         a = self.args
         config.attr_timeout = a.attr_timeout
         config.entry_timeout = a.entry_timeout
         config.negative_timeout = a.negative_timeout
-        config.use_ino = 1  # st_ino of the backing files: hard links are recognisable (samefile)
-        config.readdir_ino = 1
         config.kernel_cache = 0  # the page cache is dropped at every open (close-to-open)
         config.auto_cache = 0
         config.direct_io = 1 if a.direct_io else 0
         config.hard_remove = 0  # hide open files on unlink, like NFS silly rename
         config.nullpath_ok = 0
 
-    # -- attributes ----------------------------------------------------------------
-    def getattr(self, path: str, fh: Any = None) -> dict[str, Any]:
-        if path == STATS_NAME:
-            now = time.time_ns()
-            return {
-                "st_mode": stat.S_IFREG | 0o444,
-                "st_nlink": 1,
-                "st_size": 1 << 20,
-                "st_atime": now,
-                "st_mtime": now,
-                "st_ctime": now,
-            }
-        if fh is not None:
-            self._op("getattr")
-            return _stat_dict(os.fstat(fh.fh if hasattr(fh, "fh") else fh))
-        self._op("lookup")
+    def _opened(self, path: str, fi: Any) -> None:
+        if self.args.direct_io:
+            fi.direct_io = 1
+
+    def _changed(self, *paths: str) -> None:
+        """A change made through this mount: its own cached listings of the parents go."""
+        if self.dir_ttl > 0:
+            with self.dir_lock:
+                for path in paths:
+                    self.dir_cache.pop(os.path.dirname(path) or "/", None)
+
+    # -- requests with NFS caching ---------------------------------------------------------
+    def getattr(self, path: str | None, fh: Any = None) -> dict[str, Any]:
+        if path == self.control_name or fh is not None or path is None:
+            return super().getattr(path, fh)
         try:
-            return _stat_dict(os.lstat(self._full(path)))
+            return super().getattr(path, fh)
         finally:
             self._revalidate_parent(path)
 
-    def chmod(self, path: str, mode: int) -> int:
-        self._op("chmod")
-        os.chmod(self._full(path), mode)
-        return 0
-
-    def chown(self, path: str, uid: int, gid: int) -> int:
-        self._op("chmod")
-        os.lchown(self._full(path), uid, gid)
-        return 0
-
-    def utimens(self, path: str, times: tuple[int, int] | None = None) -> int:
-        self._op("utimens")
-        if times is None:
-            os.utime(self._full(path), follow_symlinks=False)
-        else:
-            os.utime(self._full(path), ns=times, follow_symlinks=False)
-        return 0
-
-    def truncate(self, path: str, length: int, fh: Any = None) -> int:
-        self._op("truncate")
-        if fh is not None:
-            os.ftruncate(fh.fh if hasattr(fh, "fh") else fh, length)
-        else:
-            os.truncate(self._full(path), length)
-        return 0
-
-    def access(self, path: str, amode: int) -> int:
-        if path != STATS_NAME and not os.access(self._full(path), amode):
-            raise mfusepy.FuseOSError(errno.EACCES)
-        return 0
-
-    def statfs(self, path: str) -> dict[str, int]:
-        self._op("statfs")
-        st = os.statvfs(self._full(path))
-        keys = ("f_bavail", "f_bfree", "f_blocks", "f_bsize", "f_favail", "f_ffree", "f_files")
-        out = {k: getattr(st, k) for k in keys}
-        out.update(f_flag=st.f_flag, f_frsize=st.f_frsize, f_namemax=st.f_namemax)
-        return out
-
-    # -- namespace -----------------------------------------------------------------
-    def mkdir(self, path: str, mode: int) -> int:
-        self._op("mkdir")
-        try:
-            os.mkdir(self._full(path), mode)
-        finally:
-            self._changed(path)
-        return 0
-
-    def rmdir(self, path: str) -> int:
-        self._op("rmdir")
-        try:
-            os.rmdir(self._full(path))
-        finally:
-            self._changed(path)
-        return 0
-
-    def unlink(self, path: str) -> int:
-        self._op("unlink")
-        try:
-            os.unlink(self._full(path))
-        finally:
-            self._changed(path)
-        return 0
-
-    def rename(self, old: str, new: str, flags: int = 0) -> int:
-        self._op("rename")
-        if flags:
-            raise mfusepy.FuseOSError(errno.EINVAL)  # as the Linux NFS client answers
-        try:
-            os.rename(self._full(old), self._full(new))
-        finally:
-            self._changed(old, new)
-        return 0
-
-    def link(self, target: str, source: str) -> int:
-        self._op("link")
-        try:
-            os.link(self._full(source), self._full(target))
-        finally:
-            self._changed(target)
-        return 0
-
-    def symlink(self, target: str, source: str) -> int:
-        self._op("symlink")
-        try:
-            os.symlink(source, self._full(target))
-        finally:
-            self._changed(target)
-        return 0
-
-    def readlink(self, path: str) -> str:
-        self._op("readlink")
-        return os.readlink(self._full(path))
-
-    def mknod(self, path: str, mode: int, dev: int) -> int:
-        self._op("create")
-        try:
-            os.mknod(self._full(path), mode, dev)
-        finally:
-            self._changed(path)
-        return 0
-
-    # -- directories ---------------------------------------------------------------
-    def opendir(self, path: str) -> int:
-        self._op("opendir")
-        if not os.path.isdir(self._full(path)):
-            raise mfusepy.FuseOSError(errno.ENOTDIR)
+    def open(self, path: str, fi: Any) -> int:
+        super().open(path, fi)
+        if path != self.control_name:
+            _invalidate(path)
         return 0
 
     def readdir(self, path: str, fh: int) -> list[Any]:
@@ -386,14 +220,7 @@ class NfsLikeFS(mfusepy.Operations):
                     return kept
         self._op("readdir")
         signature = _dir_signature(os.stat(full))
-        listing: list[Any] = [(".", {"st_mode": stat.S_IFDIR}, 0), ("..", {"st_mode": stat.S_IFDIR}, 0)]
-        with os.scandir(full) as it:
-            for entry in it:
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    continue
-                listing.append((entry.name, {"st_mode": st.st_mode, "st_ino": st.st_ino}, 0))
+        listing = self.list_dir(path)
         if self.dir_ttl > 0:
             with self.dir_lock:
                 self.dir_cache[path] = (listing, now, signature)
@@ -418,122 +245,9 @@ class NfsLikeFS(mfusepy.Operations):
                 if self.dir_cache.get(parent) is cached:
                     del self.dir_cache[parent]
 
-    def _changed(self, *paths: str) -> None:
-        """A change made through this mount: its own cached listings of the parents go."""
-        if self.dir_ttl > 0:
-            with self.dir_lock:
-                for path in paths:
-                    self.dir_cache.pop(os.path.dirname(path) or "/", None)
-
-    def releasedir(self, path: str, fh: int) -> int:
-        return 0
-
-    def fsyncdir(self, path: str, datasync: int, fh: int) -> int:
-        self._op("fsync")
-        fd = os.open(self._full(path), os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        return 0
-
-    # -- files ---------------------------------------------------------------------
-    @staticmethod
-    def _backing_flags(flags: int) -> int:
-        # O_APPEND is the kernel's business (it writes at its cached size, as NFS does);
-        # O_CREAT/O_EXCL/O_TRUNC were applied by create() or arrive through truncate.
-        return flags & ~(os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_NOCTTY)
-
-    def open(self, path: str, fi: Any) -> int:
-        if path == STATS_NAME:
-            # Each open reads one snapshot, whatever size its reader asks for at a time.
-            with self.snap_lock:
-                self.snap_serial += 1
-                fi.fh = self.snap_serial
-                self.snapshots[fi.fh] = self.stats.snapshot()
-            fi.direct_io = 1
-            return 0
-        self._op("open")
-        flags = self._backing_flags(fi.flags)
-        if fi.flags & os.O_TRUNC:
-            flags |= os.O_TRUNC
-        fi.fh = os.open(self._full(path), flags)
-        fi.keep_cache = 0
-        if self.args.direct_io:
-            fi.direct_io = 1
-        _invalidate(path)
-        return 0
-
-    def create(self, path: str, mode: int, fi: Any) -> int:
-        self._op("create")
-        flags = self._backing_flags(fi.flags) | os.O_CREAT | (fi.flags & (os.O_EXCL | os.O_TRUNC))
-        try:
-            fi.fh = os.open(self._full(path), flags, mode)
-        finally:
-            self._changed(path)
-        fi.keep_cache = 0
-        if self.args.direct_io:
-            fi.direct_io = 1
-        return 0
-
-    def read(self, path: str, size: int, offset: int, fi: Any) -> bytes:
-        if path == STATS_NAME:
-            return self.snapshots.get(fi.fh, b"")[offset : offset + size]
-        self._op("read")
-        return os.pread(fi.fh, size, offset)
-
-    def write(self, path: str, data: bytes, offset: int, fi: Any) -> int:
-        self._op("write")
-        return os.pwrite(fi.fh, data, offset)
-
-    def flush(self, path: str, fi: Any) -> int:
-        if path != STATS_NAME:
-            self._op("flush")
-        return 0
-
-    def fsync(self, path: str, datasync: int, fi: Any) -> int:
-        self._op("fsync")
-        if datasync:
-            os.fdatasync(fi.fh)
-        else:
-            os.fsync(fi.fh)
-        return 0
-
-    def release(self, path: str, fi: Any) -> int:
-        if path == STATS_NAME:
-            with self.snap_lock:
-                self.snapshots.pop(fi.fh, None)
-            return 0
-        self._op("release")
-        os.close(fi.fh)
-        return 0
-
-
-class _FUSE(mfusepy.FUSE):
-    """mfusepy's FUSE, passing ``renameat2`` flags on."""
-
-    def rename_fuse_3(self, old: bytes, new: bytes, flags: int) -> int:
-        # mfusepy drops the renameat2 flags, which would turn RENAME_NOREPLACE into a
-        # plain (replacing) rename; pass them on so they can be refused.
-        return self.operations.rename(  # type: ignore[no-any-return]
-            old.decode(self.encoding, self.errors), new.decode(self.encoding, self.errors), flags
-        )
-
-
-def _stats_thread(stats: Stats, path: str | None, interval: float, stop: threading.Event) -> None:
-    written = -1
-    while not stop.is_set():
-        got = signal.sigtimedwait({signal.SIGUSR1}, interval)
-        if path and (got is not None or stats.version != written):
-            written = stats.version
-            try:
-                stats.write(path)
-            except OSError as err:
-                print(f"nfs_fuse: cannot write stats to {path}: {err}", file=sys.stderr)
-
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("backing")
     parser.add_argument("mountpoint")
     parser.add_argument("--attr-timeout", type=float, default=1.0)
@@ -559,31 +273,18 @@ def main(argv: list[str] | None = None) -> int:
         "direct_io": args.direct_io,
         "readdir_cache": args.readdir_cache,
     }
-    stats = Stats(os.path.abspath(args.mountpoint), os.path.abspath(args.backing), options)
-    # SIGUSR1 is taken by the stats thread with sigtimedwait: block it everywhere else
-    # (libfuse's threads inherit this mask) so it never kills the process.
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
-    stop = threading.Event()
-    thread = threading.Thread(
-        target=_stats_thread, args=(stats, args.stats, args.stats_interval, stop), daemon=True
-    )
-    thread.start()
+    meta = {"mountpoint": os.path.abspath(args.mountpoint), "backing": os.path.abspath(args.backing)}
+    stats = Stats(COUNTERS, {**meta, **options})
     fs = NfsLikeFS(args.backing, stats, args)
-    try:
-        _FUSE(
-            fs,
-            args.mountpoint,
-            raw_fi=True,
-            foreground=True,
-            nothreads=False,
-            debug=args.debug,
-            fsname=f"nfs_fuse:{os.path.abspath(args.backing)}",
-            subtype="nfs_fuse",
-        )
-    finally:
-        stop.set()
-        if args.stats:
-            stats.write(args.stats)
+    serve(
+        fs,
+        args.mountpoint,
+        tag="nfs_fuse",
+        stats_path=args.stats,
+        stats_interval=args.stats_interval,
+        debug=args.debug,
+        source=args.backing,
+    )
     return 0
 
 

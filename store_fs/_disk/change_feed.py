@@ -46,7 +46,8 @@ class EventLog:
         with holder.lock:
             if holder.fd is None:
                 path = self._ctx.layout.events / f"{self._ctx.writer}.jsonl"
-                holder.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+                flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+                holder.fd = fsio.open_making_dirs(path, flags, durable=self._ctx.durable)
             fsio.append(holder.fd, line)
 
     def close(self) -> None:

@@ -105,10 +105,22 @@ def _readable_head(
             engine.records.republish_mirror(rollout_id)  # rollout.json was the moved file
             continue
         if found is None:
-            directory = str(engine.ctx.layout.rollout_dir(rollout_id))
-            out.append(Problem("no-record", directory, "no readable history revision"))
+            out.append(_no_record(engine, rollout_id, quarantine))
             return None
         return found
+
+
+def _no_record(engine: Engine, rollout_id: str, quarantine: Quarantine | None) -> Problem:
+    """A rollout directory without any revision: an enqueue that never finished (killed, or a
+    power cut that kept the directories but not the first revision). Nothing of it was ever
+    returned to anyone, so ``fix`` moves it to quarantine. (An enqueue running right now
+    would fail loudly rather than lose anything: run ``check --fix`` on a quiet store.)"""
+    directory = engine.ctx.layout.rollout_dir(rollout_id)
+    detail = "no readable history revision"
+    if quarantine is None:
+        return Problem("no-record", str(directory), detail)
+    where = quarantine.quarantine_file(directory, "an enqueue that never finished: no revision")
+    return Problem("no-record", str(directory), f"{detail}; moved to {where}", True)
 
 
 def _pruned_leftover(engine: Engine, rollout_id: str, quarantine: Quarantine | None) -> Problem:

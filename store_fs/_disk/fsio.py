@@ -37,6 +37,7 @@ __all__ = [
     "host_tag",
     "iter_dirs",
     "list_names",
+    "make_dirs",
     "move",
     "open_making_dirs",
     "publish",
@@ -272,17 +273,62 @@ def move(src: StrPath, dst: StrPath, *, durable: bool = False) -> bool:
     return True
 
 
-def open_making_dirs(path: Path, flags: int, mode: int = 0o644) -> int:
+def make_dirs(directory: Path, *, durable: bool = False) -> None:
+    """``mkdir -p directory``; with ``durable``, each directory made is also made durable.
+
+    A new directory's name lives in its parent, so the parent of every directory this call
+    creates is fsynced (deepest last), and the new directory itself: after a power cut
+    the whole path is there, or the call did not return.
+    """
+    if not durable:
+        directory.mkdir(parents=True, exist_ok=True)
+        return
+    missing: list[Path] = []
+    probe = directory
+    while not probe.is_dir():
+        missing.append(probe)
+        probe = probe.parent
+    for made in reversed(missing):
+        try:
+            made.mkdir()
+        except FileExistsError:
+            pass  # a racing creator made it: it made it durable too, or will before returning
+        fsync_dir(made.parent)
+    if missing:
+        fsync_dir(directory)
+
+
+def open_making_dirs(path: Path, flags: int, mode: int = 0o644, *, durable: bool = False) -> int:
     """``os.open(path, flags, mode)``, creating missing parent directories if that fails.
 
     Opening first saves a ``mkdir`` per call on the hot path, where the directory
-    is almost always there already.
+    is almost always there already. With ``durable`` and ``O_CREAT`` in ``flags``, a file
+    this call creates has its name made durable (its directory fsynced; missing parents
+    are made by :func:`make_dirs`), so that data later fsynced through the descriptor can
+    be found after a power cut.
     """
+    if durable and flags & os.O_CREAT:
+        return _open_creating_durably(path, flags, mode)
     try:
         return os.open(path, flags, mode)
     except FileNotFoundError:
         path.parent.mkdir(parents=True, exist_ok=True)
         return os.open(path, flags, mode)
+
+
+def _open_creating_durably(path: Path, flags: int, mode: int) -> int:
+    try:
+        return os.open(path, flags & ~os.O_CREAT, mode)  # there already: nothing to make durable
+    except FileNotFoundError:
+        pass
+    make_dirs(path.parent, durable=True)
+    fd = os.open(path, flags, mode)
+    try:
+        fsync_dir(path.parent)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def read_bytes(path: Path) -> bytes | None:

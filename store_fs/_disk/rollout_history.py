@@ -248,9 +248,10 @@ class RecordStore:
         """Create the rollout's directory and first revision. False if it already existed."""
         rid = record.rollout_id
         hist = self._layout.history_dir(rid)
+        durable = self._ctx.durable
         # Parent first: mkdir(parents=True) on ``history`` would try it, fail, and climb (a
         # wasted round trip per rollout on NFS).
-        hist.parent.mkdir(parents=True, exist_ok=True)
+        fsio.make_dirs(hist.parent, durable=durable)
         hist.mkdir(exist_ok=True)
         seq_dir = self._layout.span_seq_dir(rid)
         try:
@@ -258,6 +259,8 @@ class RecordStore:
             fresh = True
         except FileExistsError:
             fresh = False
+        if durable:
+            fsio.fsync_dir(hist.parent)  # the names history/ and span-seq/
         if fresh or not fsio.list_names(seq_dir):
             # The span sequence counter: one empty file whose name is the last issued number.
             # Empty, so it needs no temporary file: nothing can be read half-written.

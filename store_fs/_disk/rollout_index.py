@@ -371,7 +371,7 @@ class RolloutIndex:
             return holder.fd
         self._drop(holder)  # our file was deleted: appending to it would reach nobody
         path = self._dir / f"{self._ctx.writer}.jsonl"
-        fd = fsio.open_making_dirs(path, os.O_RDWR | os.O_CREAT | os.O_APPEND)
+        fd = fsio.open_making_dirs(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, durable=self._ctx.durable)
         size = os.fstat(fd).st_size
         if size and os.pread(fd, 1, size - 1) != b"\n":
             # A dead process with our pid left a torn last line: end it, so that it

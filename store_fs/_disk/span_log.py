@@ -189,10 +189,9 @@ class SpanLog:
                 return last + 1
             directory, last = self._counter(rollout_id)
 
-    @staticmethod
-    def _rename_counter(directory: Path, rollout_id: str, last: int, new: int) -> bool:
+    def _rename_counter(self, directory: Path, rollout_id: str, last: int, new: int) -> bool:
         try:
-            return fsio.move(directory / str(last), directory / str(new))
+            return fsio.move(directory / str(last), directory / str(new), durable=self._ctx.durable)
         except FileNotFoundError:  # span-seq/ itself is gone: the rollout was removed
             raise RolloutNotFoundError(rollout_id) from None
 
@@ -206,12 +205,14 @@ class SpanLog:
         # directory: whichever file is renamed to ``at_least``, the highest name (the counter)
         # is then at least that, and ``seen < at_least`` means no name goes down.
         directory = self._layout.span_seq_dir(rollout_id)
-        if fsio.move(directory / str(seen), directory / str(at_least)):
+        durable = self._ctx.durable
+        if fsio.move(directory / str(seen), directory / str(at_least), durable=durable):
             self._remember(rollout_id, at_least)
             return
         while True:
             directory, last = self._counter(rollout_id)
-            if last >= at_least or fsio.move(directory / str(last), directory / str(at_least)):
+            high_enough = last >= at_least
+            if high_enough or fsio.move(directory / str(last), directory / str(at_least), durable=durable):
                 self._remember(rollout_id, max(last, at_least))
                 return
 
@@ -227,7 +228,7 @@ class SpanLog:
         if fd is not None:
             state.fds.move_to_end(path)
             return fd
-        fd = fsio.open_making_dirs(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        fd = fsio.open_making_dirs(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, durable=self._ctx.durable)
         state.fds[path] = fd
         while len(state.fds) > _MAX_OPEN_FILES:
             _, old = state.fds.popitem(last=False)

@@ -84,13 +84,13 @@ class _Writer:
         # reopening the log each time would cost a lookup and an open (NFS round trips) per call.
         self.logs: OrderedDict[Path, list[int]] = OrderedDict()
 
-    def log_fd(self, path: Path) -> list[int]:
+    def log_fd(self, path: Path, *, durable: bool) -> list[int]:
         """``[fd, size]`` of this process's open log ``path`` (opened, or created, on first use)."""
         entry = self.logs.get(path)
         if entry is not None:
             self.logs.move_to_end(path)
             return entry
-        fd = fsio.open_making_dirs(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        fd = fsio.open_making_dirs(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, durable=durable)
         entry = self.logs[path] = [fd, os.fstat(fd).st_size]
         while len(self.logs) > _MAX_OPEN_LOGS:
             os.close(self.logs.popitem(last=False)[1][0])
@@ -186,7 +186,7 @@ class WorkerStore:
         path = self._log_path(worker_id)
         writer = self._writer()
         with writer.lock:
-            entry = writer.log_fd(path)
+            entry = writer.log_fd(path, durable=self._ctx.durable)
             try:
                 fsio.append(entry[0], line)
                 if self._ctx.durable:

@@ -39,26 +39,28 @@ from store_fs.models import (
 )
 
 
-def init_store(root: str | Path) -> Path:
-    """Create the store's directories and ``FORMAT.json`` (idempotent). Returns the root."""
+def init_store(root: str | Path, *, durable: bool = False) -> Path:
+    """Create the store's directories and ``FORMAT.json`` (idempotent). Returns the root.
+
+    ``durable``: every directory and file made is on disk when this returns (fsync mode)."""
     layout = Layout(Path(root))
     for directory in layout.directories():
-        directory.mkdir(parents=True, exist_ok=True)
+        fsio.make_dirs(directory, durable=durable)
     from store_fs import __version__
 
     body = codec.dumps_record(
         {"format": "agl-store", "version": FORMAT_VERSION, "created_by": f"agl {__version__}"}
     )
-    created = fsio.create_exclusive(layout.format_file, body)
+    created = fsio.create_exclusive(layout.format_file, body, durable=durable)
     if created and not any(fsio.iter_dirs(layout.rollouts)):
         # A new, empty store: every rollout it will ever hold gets an index line, so the
         # index is complete from the start. Stores made by older builds are not marked.
-        publish_marker(layout, "new store", now=time.time())
+        publish_marker(layout, "new store", now=time.time(), durable=durable)
     gitignore = layout.root / ".gitignore"
     if not gitignore.exists():
         # Queue churn, per-process change feeds and the (rebuildable) index are operational,
         # not history.
-        fsio.create_exclusive(gitignore, b"queue/\nevents/\nindex/\nlocks/\ntrash/\n")
+        fsio.create_exclusive(gitignore, b"queue/\nevents/\nindex/\nlocks/\ntrash/\n", durable=durable)
     return layout.root
 
 
@@ -101,7 +103,7 @@ class StoreCore(LightningStore):
         #: True when this call created the store (``create=True`` and none was there).
         self.created = create and not layout.format_file.exists()
         if self.created:
-            init_store(self.root)
+            init_store(self.root, durable=durability == "fsync")
         _check_format(layout)
         self._clock = clock or SystemClock()
         self._ctx = Context(
