@@ -152,10 +152,17 @@ class PassthroughFS(mfusepy.Operations):  # type: ignore[misc]  # mfusepy is unt
         self.snapshots: dict[int, bytes] = {}
         self.snap_serial = 0
         self.snap_lock = threading.Lock()
+        # After create, mkdir, link, symlink and mknod, libfuse's high-level API asks getattr
+        # for the new name's attributes to fill its reply: part of the same request (an NFS
+        # reply carries them too), so not a request of its own. Per libfuse worker thread, by
+        # thread id: libfuse's threads are foreign to Python, whose thread state (and so any
+        # threading.local) ctypes creates afresh for every callback.
+        self._filling: dict[int, str] = {}
 
     # -- hooks -------------------------------------------------------------------------
     def _op(self, name: str) -> None:
         """Called first by every counted request."""
+        self._filling.pop(threading.get_ident(), None)  # a new request: no reply being filled
         self.stats.add(name)
 
     def _changed(self, *paths: str) -> None:
@@ -203,11 +210,19 @@ class PassthroughFS(mfusepy.Operations):  # type: ignore[misc]  # mfusepy is unt
                 "st_mtime": now,
                 "st_ctime": now,
             }
-        if fh is not None:
+        if path is not None and self._filling.get(threading.get_ident()) == path:
+            del self._filling[threading.get_ident()]  # the reply of the request that made ``path``
+        elif fh is not None:
             self._op("getattr")
+        else:
+            self._op("lookup")
+        if fh is not None:
             return stat_dict(os.fstat(fd_of(fh)))
-        self._op("lookup")
         return stat_dict(os.lstat(self._full(str(path))))
+
+    def _reply_needs_attributes(self, path: str) -> None:
+        """``path`` was just made: libfuse's next getattr of it belongs to this request."""
+        self._filling[threading.get_ident()] = path
 
     def chmod(self, path: str, mode: int) -> int:
         self._op("chmod")
@@ -264,6 +279,7 @@ class PassthroughFS(mfusepy.Operations):  # type: ignore[misc]  # mfusepy is unt
             os.mkdir(self._full(path), mode)
         finally:
             self._changed(path)
+        self._reply_needs_attributes(path)
         return 0
 
     def rmdir(self, path: str) -> int:
@@ -298,6 +314,7 @@ class PassthroughFS(mfusepy.Operations):  # type: ignore[misc]  # mfusepy is unt
             os.link(self._full(source), self._full(target))
         finally:
             self._changed(target)
+        self._reply_needs_attributes(target)
         return 0
 
     def symlink(self, target: str, source: str) -> int:
@@ -306,6 +323,7 @@ class PassthroughFS(mfusepy.Operations):  # type: ignore[misc]  # mfusepy is unt
             os.symlink(source, self._full(target))
         finally:
             self._changed(target)
+        self._reply_needs_attributes(target)
         return 0
 
     def readlink(self, path: str) -> str:
@@ -318,6 +336,7 @@ class PassthroughFS(mfusepy.Operations):  # type: ignore[misc]  # mfusepy is unt
             os.mknod(self._full(path), mode, dev)
         finally:
             self._changed(path)
+        self._reply_needs_attributes(path)
         return 0
 
     # -- directories ---------------------------------------------------------------------
@@ -392,6 +411,7 @@ class PassthroughFS(mfusepy.Operations):  # type: ignore[misc]  # mfusepy is unt
             self._changed(path)
         fi.keep_cache = 0
         self._opened(path, fi)
+        self._reply_needs_attributes(path)
         return 0
 
     def read(self, path: str | None, size: int, offset: int, fi: Any) -> bytes:

@@ -71,7 +71,9 @@ does not tell a kernel LOOKUP from a GETATTR of a path, so both count here),
 ``getattr`` (``fstat`` of an open file), ``readdir``, ``opendir``, ``open``, ``create``,
 ``read``, ``write``, ``rename``, ``link``, ``unlink``, ``fsync``, ``mkdir``, ``rmdir``,
 ``symlink``, ``readlink``, ``truncate``, ``utimens``, ``chmod``, ``statfs``, ``flush``,
-``release``.
+``release``. A create, mkdir, link, symlink or mknod counts once: the getattr libfuse's
+high-level API then makes to fill the reply with the new name's attributes is part of that
+request (an NFS reply carries the attributes) and is neither counted nor delayed.
 
 ``utimensat`` with ``UTIME_NOW`` sets the current time. The pass-through mechanism, the
 counters and the virtual file are shared with ``tests/crash_fuse.py`` (``tests/fuse_base.py``).
@@ -161,7 +163,7 @@ class NfsLikeFS(PassthroughFS):
 
     # -- hooks -------------------------------------------------------------------------
     def _op(self, name: str) -> None:
-        self.stats.add(name)
+        super()._op(name)
         if self.latency and name not in _NO_LATENCY:
             time.sleep(self.latency)
 
