@@ -11,6 +11,8 @@ in one run:
 * **upstream**: the same spans of ``--sample`` rollouts (default 5,000) put into upstream's
   ``InMemoryLightningStore``, then for each rollout ``query_spans(rollout_id, "latest")`` and
   ``TracerTraceToTriplet().adapt(spans)``, timed (loading the store is not);
+* the two alternately, ``--repeat`` times (default 3), each run's figures and load average
+  printed, then the medians and the median of the runs' ratios;
 * **follow**: a ``TrainingData.follow()`` reader on the big store while another process finishes
   ``--follow-n`` rollouts one by one: the delay from each commit to the reader's batch.
 
@@ -169,35 +171,71 @@ def build(root: Path, n: int, workers: int) -> float:
 
 
 EXPORT = """
-import asyncio, json, resource, sys, time
+import asyncio, json, os, resource, sys, threading, time
 from pathlib import Path
 from store_fs import FileStore
 from store_fs.datasets import export_view
+
+
+def vm_kb(pid, field):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next((int(l.split()[1]) for l in f if l.startswith(field)), 0)
+    except OSError:
+        return 0
+
+
+def children():
+    try:
+        with open(f"/proc/self/task/{threading.main_thread().native_id}/children") as f:
+            return f.read().split()
+    except OSError:
+        return []
+
+
+worker_peak = 0
+done = threading.Event()
+
+
+def sample():  # the workers' resident sets, every 0.2 s (their own: ru_maxrss counts the parent's)
+    global worker_peak
+    while not done.wait(0.2):
+        for pid in children():
+            worker_peak = max(worker_peak, vm_kb(pid, "VmRSS:"))
+
+
+threading.Thread(target=sample, daemon=True).start()
 store = FileStore(sys.argv[1], create=False)
 start = time.perf_counter()
 with open("/dev/null", "wb") as sink:
     counts = asyncio.run(export_view(store, "triplets", output=sink))
 seconds = time.perf_counter() - start
-rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-print(json.dumps({"seconds": seconds, "rollouts": counts.rollouts, "rows": counts.rows, "rss_mb": rss,
-                  "worker_rss_mb": workers}))
+done.set()
+own = resource.getrusage(resource.RUSAGE_SELF)
+kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+cpu = own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+# VmHWM, not ru_maxrss: the latter keeps the RSS of the process this one was forked from.
+print(json.dumps({"seconds": seconds, "rollouts": counts.rollouts, "rows": counts.rows,
+                  "rss_mb": vm_kb("self", "VmHWM:") / 1024, "worker_rss_mb": worker_peak / 1024,
+                  "cpu_s": cpu}))
 """
 
 
 def measure_agl(root: Path) -> dict[str, Any]:
+    load = os.getloadavg()[0]
     out = subprocess.run(
         [sys.executable, "-c", EXPORT, str(root)], capture_output=True, text=True, check=True
     )
     result: dict[str, Any] = json.loads(out.stdout)
     result["rollouts_per_s"] = result["rollouts"] / result["seconds"]
     result["triplets_per_s"] = result["rows"] / result["seconds"]
+    result["load"] = (load + os.getloadavg()[0]) / 2
     return result
 
 
-async def measure_upstream(root: Path, sample: int) -> dict[str, Any]:
+async def load_upstream(root: Path, sample: int) -> tuple[Any, list[str]]:
+    """Upstream's in-memory store holding the spans of ``sample`` of our rollouts (not timed)."""
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-    from agentlightning.adapter import TracerTraceToTriplet
     from agentlightning.store.memory import InMemoryLightningStore
     from agentlightning.types import Span as UpstreamSpan
 
@@ -214,19 +252,53 @@ async def measure_upstream(root: Path, sample: int) -> dict[str, Any]:
         ]
         await upstream.add_many_spans(spans)
         loaded.append(up_rid)
+    return upstream, loaded
+
+
+async def measure_upstream(upstream: Any, loaded: list[str]) -> dict[str, Any]:
+    """``query_spans(rollout_id, "latest")`` then ``TracerTraceToTriplet().adapt`` per rollout."""
+    from agentlightning.adapter import TracerTraceToTriplet
+
     adapter = TracerTraceToTriplet()
     rows = 0
+    load = os.getloadavg()[0]
+    cpu = time.process_time()
     start = time.perf_counter()
     for rid in loaded:
         rows += len(adapter.adapt(await upstream.query_spans(rid, "latest")))
     seconds = time.perf_counter() - start
     return {
+        "cpu_s": time.process_time() - cpu,
         "rollouts": len(loaded),
         "rows": rows,
         "seconds": seconds,
         "rollouts_per_s": len(loaded) / seconds,
         "triplets_per_s": rows / seconds,
+        "load": (load + os.getloadavg()[0]) / 2,
     }
+
+
+async def side_by_side(root: Path, sample: int, repeat: int) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """agl's export and upstream's adapter, alternately, ``repeat`` times (the machine's load
+    moves; alternating lets both sides share it)."""
+    upstream, loaded = await load_upstream(root, sample)
+    runs = []
+    for i in range(repeat):
+        ours = measure_agl(root)  # blocks the loop: nothing else runs on it meanwhile
+        theirs = await measure_upstream(upstream, loaded)
+        ratio = ours["triplets_per_s"] / theirs["triplets_per_s"]
+        ours_cpu = ours["cpu_s"] / ours["rollouts"] * 1e6
+        theirs_cpu = theirs["cpu_s"] / theirs["rollouts"] * 1e6
+        print(
+            f"run {i + 1}: agl {ours['rollouts_per_s']:,.0f} rollouts/s in {ours['seconds']:.1f} s, "
+            f"{ours_cpu:,.0f} us CPU per rollout, all processes (load {ours['load']:.1f}, peak RSS "
+            f"{ours['rss_mb']:.0f} MB, largest worker {ours['worker_rss_mb']:.0f} MB); upstream "
+            f"{theirs['rollouts_per_s']:,.0f} rollouts/s, {theirs_cpu:,.0f} us CPU per rollout "
+            f"(load {theirs['load']:.1f}); ratio {ratio:.1f}x, CPU per rollout {theirs_cpu / ours_cpu:.1f}x",
+            flush=True,
+        )
+        runs.append((ours, theirs))
+    return runs
 
 
 FINISHER = """
@@ -300,6 +372,7 @@ def main() -> None:
     parser.add_argument("--sample", type=int, default=5000)
     parser.add_argument("--follow-n", type=int, default=20)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=3, help="agl and upstream alternately, N times")
     parser.add_argument("--dir", type=Path)
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--reuse", action="store_true")
@@ -313,19 +386,29 @@ def main() -> None:
         shutil.rmtree(root, ignore_errors=True)
         built = build(root, args.n, args.workers)
         print(f"built {args.n:,} rollouts x 10 spans in {built:.0f} s")
-    ours = measure_agl(root)
+    runs = asyncio.run(side_by_side(root, args.sample, args.repeat))
+    ours = [r[0] for r in runs]
+    theirs = [r[1] for r in runs]
+    med = statistics.median
     print(
-        f"agl data triplets: {ours['rollouts']:,} rollouts, {ours['rows']:,} triplets "
-        f"in {ours['seconds']:.1f} s: "
-        f"{ours['rollouts_per_s']:,.0f} rollouts/s, {ours['triplets_per_s']:,.0f} triplets/s, "
-        f"peak RSS {ours['rss_mb']:.0f} MB (largest worker {ours['worker_rss_mb']:.0f} MB)"
+        f"agl data triplets ({len(runs)} run(s), medians): {ours[0]['rollouts']:,} rollouts, "
+        f"{ours[0]['rows']:,} triplets: {med(o['rollouts_per_s'] for o in ours):,.0f} rollouts/s, "
+        f"{med(o['triplets_per_s'] for o in ours):,.0f} triplets/s, "
+        f"peak RSS {max(o['rss_mb'] for o in ours):.0f} MB "
+        f"(largest worker {max(o['worker_rss_mb'] for o in ours):.0f} MB)"
     )
-    theirs = asyncio.run(measure_upstream(root, args.sample))
     print(
-        f"upstream TracerTraceToTriplet (in-memory store, {theirs['rollouts']:,} rollouts): "
-        f"{theirs['rollouts_per_s']:,.0f} rollouts/s, {theirs['triplets_per_s']:,.0f} triplets/s"
+        f"upstream TracerTraceToTriplet (in-memory store, {theirs[0]['rollouts']:,} rollouts): "
+        f"{med(t['rollouts_per_s'] for t in theirs):,.0f} rollouts/s, "
+        f"{med(t['triplets_per_s'] for t in theirs):,.0f} triplets/s"
     )
-    print(f"ratio agl / upstream: {ours['triplets_per_s'] / theirs['triplets_per_s']:.1f}x")
+    ratios = [o["triplets_per_s"] / t["triplets_per_s"] for o, t in runs]
+    cpu = [(t["cpu_s"] / t["rollouts"]) / (o["cpu_s"] / o["rollouts"]) for o, t in runs]
+    print(f"CPU per rollout, upstream / agl: median {med(cpu):.1f}x")
+    print(
+        f"ratio agl / upstream: median {med(ratios):.1f}x (runs: {', '.join(f'{r:.1f}' for r in ratios)}); "
+        f"load average {min(o['load'] for o in ours):.1f} to {max(o['load'] for o in ours):.1f}"
+    )
     follow = asyncio.run(measure_follow(root, args.follow_n))
     print(
         f"follow: {follow['count']} rollouts finished one by one in another process: "

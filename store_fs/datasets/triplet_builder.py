@@ -19,13 +19,14 @@ upstream's package, on plain span objects:
 5. **Triplet.** ``prompt``: ``token_ids``, ``raw_content`` (the ``gen_ai.prompt`` messages)
    and ``image_urls``; ``response``: ``token_ids``, ``raw_content`` (``gen_ai.completion``) and
    ``logprobs`` when recorded; ``metadata``: ``request``/``response`` (``gen_ai.request.*`` /
-   ``gen_ai.response.*``), ``response_id`` and ``agent_name``.
+   ``gen_ai.response.*``), ``response_id`` and ``agent_name``. The four nested groups come from a
+   plan made once per attribute key shape (:mod:`~store_fs.datasets._call_shapes`).
 
 Where upstream's adapter would fail (no root at all, an attribute shaped so that it cannot be
-unflattened) :class:`TripletError` is raised. Two choices are agl's where upstream's result
-depends on chance or on a crash: parents missing from the spans become roots in the order they
-are first met (upstream: set order), and repair never moves a node under its own descendant
-(upstream then recurses forever).
+unflattened) :class:`TripletError` is raised. Where upstream's result depends on chance, agl
+chooses: parents missing from the spans become roots in the order they are first met (upstream:
+set order). Repair may move a span under one of its own descendants, as upstream's does: that
+subtree is then cut off and its calls are not read.
 """
 
 from __future__ import annotations
@@ -34,16 +35,17 @@ import json
 import logging
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from itertools import repeat
-from typing import Any
+from typing import Any, Final, TypeVar
 
-from store_fs.datasets.flat_attributes import AttributeShapeError, Groups, unflatten_prefix
+from store_fs.datasets._call_shapes import call_groups
+from store_fs.datasets._row_rewards import reward_of
+from store_fs.datasets._span_rows import SpanRow
+from store_fs.datasets.flat_attributes import AttributeShapeError
 from store_fs.models import Span
-from store_fs.rewards import get_reward_value
 
-__all__ = ["LLM_CALL_PATTERN", "TripletError", "build_triplets"]
+__all__ = ["LLM_CALL_PATTERN", "TripletError", "build_triplets", "triplets_of_rows"]
 
 log = logging.getLogger(__name__)
 
@@ -61,22 +63,37 @@ _RESPONSE_TOKEN_KEYS = (
     "agentlightning.operation.output.choices.0.token_ids",
     "agentlightning.operation.output.choices.0.provider_specific_fields.token_ids",
 )
+_T = TypeVar("_T")
+_UNREAD: Final[Any] = object()  # a node's reward not read yet
+_NO_ATTRIBUTES: Final[Mapping[str, Any]] = {}
 
 
 class TripletError(ValueError):
     """The spans cannot be turned into triplets (upstream's adapter raises on them too)."""
 
 
-@dataclass(eq=False)
 class _Node:
-    id: str
-    name: str
-    attributes: Mapping[str, Any]
-    start: float | None
-    end: float | None
-    span: Span | None = None  # None: a virtual node
-    children: list[_Node] = field(default_factory=list)
-    _reward: float | bool | None = False  # False: not computed yet
+    """A span (or a virtual parent) in the tree, with its children in order."""
+
+    __slots__ = ("_reward", "attributes", "children", "end", "id", "name", "start", "virtual")
+
+    def __init__(
+        self,
+        id: str,
+        name: str,
+        attributes: Mapping[str, Any],
+        start: float | None,
+        end: float | None,
+        virtual: bool = False,
+    ) -> None:
+        self.id = id
+        self.name = name
+        self.attributes = attributes
+        self.start = start
+        self.end = end
+        self.virtual = virtual
+        self.children: list[_Node] = []
+        self._reward: float | None = _UNREAD
 
     def walk(self) -> list[_Node]:
         """This node and its descendants, depth first (upstream's ``traverse``)."""
@@ -89,12 +106,8 @@ class _Node:
         return out
 
     def reward(self) -> float | None:
-        if self._reward is False:
-            self._reward = (
-                None
-                if self.span is None or not _may_hold_reward(self.attributes)
-                else get_reward_value(self.span)
-            )
+        if self._reward is _UNREAD:
+            self._reward = None if self.virtual else reward_of(self.name, self.attributes)
         return self._reward
 
     def is_reward(self) -> bool:
@@ -103,27 +116,23 @@ class _Node:
         return self.name == _OPERATION and self.attributes.get(_OPERATION_NAME) == _REWARD_OPERATION
 
 
-_REWARD_KEYS = ("agentlightning.reward.", "agentops.task.output", "agentops.entity.output", "reward")
+def _virtual(node_id: str, kids: list[_Node]) -> _Node:
+    starts = [k.start for k in kids if k.start is not None]
+    ends = [k.end for k in kids if k.end is not None]
+    if not starts or not ends:
+        raise TripletError(f"cannot place the missing parent span {node_id}: its children have no times")
+    return _Node(node_id, VIRTUAL_SPAN_NAME, _NO_ATTRIBUTES, min(starts), max(ends), virtual=True)
 
 
-def _may_hold_reward(attributes: Mapping[str, Any]) -> bool:
-    """False when no attribute could carry a reward (most spans): skips the full reading."""
-    return any(key.startswith(_REWARD_KEYS) for key in attributes)
-
-
-def _leaf(span: Span) -> _Node:
-    return _Node(span.span_id, span.name, span.attributes, span.start_time, span.end_time, span)
-
-
-def _tree(spans: Sequence[Span]) -> _Node:
-    by_id = {span.span_id: span for span in spans}  # a repeated id: the last copy, as upstream
+def _tree(rows: Sequence[SpanRow]) -> _Node:
+    by_id = {row[0]: row for row in rows}  # a repeated id: the last copy, as upstream
     children: dict[str, list[str]] = {}
     roots: list[str] = []
-    for span in spans:
-        if span.parent_id is None:
-            roots.append(span.span_id)
+    for row in rows:
+        if row[1] is None:
+            roots.append(row[0])
         else:
-            children.setdefault(span.parent_id, []).append(span.span_id)
+            children.setdefault(row[1], []).append(row[0])
     roots += [parent for parent in children if parent not in by_id]
 
     visiting: set[str] = set()
@@ -134,17 +143,8 @@ def _tree(spans: Sequence[Span]) -> _Node:
         visiting.add(node_id)
         kids = [n for n in map(build, children.get(node_id, ())) if n is not None]
         visiting.discard(node_id)
-        span = by_id.get(node_id)
-        if span is not None:
-            node = _leaf(span)
-        else:
-            starts = [k.start for k in kids if k.start is not None]
-            ends = [k.end for k in kids if k.end is not None]
-            if not starts or not ends:
-                raise TripletError(
-                    f"cannot place the missing parent span {node_id}: its children have no times"
-                )
-            node = _Node(node_id, VIRTUAL_SPAN_NAME, {}, min(starts), max(ends))
+        row = by_id.get(node_id)
+        node = _virtual(node_id, kids) if row is None else _Node(row[0], row[2], row[3], row[4], row[5])
         node.children = kids
         return node
 
@@ -153,39 +153,48 @@ def _tree(spans: Sequence[Span]) -> _Node:
         raise TripletError("no root span found in the trace")
     if len(nodes) == 1:
         return nodes[0]
-    return _Node(VIRTUAL_ROOT, VIRTUAL_ROOT, {}, nodes[0].start, nodes[-1].end, children=nodes)
+    top = _Node(VIRTUAL_ROOT, VIRTUAL_ROOT, _NO_ATTRIBUTES, nodes[0].start, nodes[-1].end, virtual=True)
+    top.children = nodes
+    return top
 
 
-def _encloses(outer: _Node, inner: _Node) -> float | None:
-    """How much longer ``outer`` is than ``inner`` if it strictly encloses it in time, else None."""
-    o_start, o_end, i_start, i_end = outer.start, outer.end, inner.start, inner.end
-    if o_start is None or o_end is None or i_start is None or i_end is None:
-        return None
-    if o_start <= i_start and o_end >= i_end:
-        delta = o_end - i_end + i_start - o_start
-        return delta if delta > 0 else None
-    return None
+def _tightest(nodes: list[_Node], node: _Node, moving: _Node) -> _Node | None:
+    """The node of ``nodes`` (``node``'s walk) other than ``node`` and ``moving`` that encloses
+    ``moving`` in time most tightly and strictly (the first one met, on ties), if any. It may be
+    one of ``moving``'s own descendants: upstream then moves ``moving`` under it, which cuts that
+    subtree off the tree.
+
+    Times are compared as upstream compares them, in the same order, so a missing end time
+    raises ``TypeError`` exactly where upstream's repair does."""
+    i_start, i_end = moving.start, moving.end
+    best: _Node | None = None
+    best_delta = math.inf
+    for candidate in nodes:
+        if candidate.id == moving.id or candidate is node:
+            continue
+        o_start, o_end = candidate.start, candidate.end
+        if o_start <= i_start and o_end >= i_end:  # type: ignore[operator]
+            delta = o_end - i_end + i_start - o_start  # type: ignore[operator]
+            if 0 < delta < best_delta:
+                best, best_delta = candidate, delta
+    return best
 
 
 def _repair(top: _Node) -> None:
     node = top
     while len(node.children) == 1:
         node = node.children[0]
+    nodes: list[_Node] | None = None  # node's walk, until a move changes it
     for moving in list(node.children):
         if len(node.children) == 1:
             break
-        own = {id(n) for n in moving.walk()}
-        best: _Node | None = None
-        best_delta = math.inf
-        for candidate in node.walk():
-            if candidate is node or id(candidate) in own or candidate.id == moving.id:
-                continue
-            delta = _encloses(candidate, moving)
-            if delta is not None and delta < best_delta:
-                best, best_delta = candidate, delta
+        if nodes is None:
+            nodes = node.walk()
+        best = _tightest(nodes, node, moving)
         if best is not None:
             node.children.remove(moving)
             best.children.append(moving)
+            nodes = None
 
 
 def _first_string(attributes: Mapping[str, Any], keys: Iterable[str]) -> str | None:
@@ -198,9 +207,24 @@ def _first_string(attributes: Mapping[str, Any], keys: Iterable[str]) -> str | N
     return None
 
 
+# Every attribute _agent_name reads (but ``lc_name``, read only under a LangChain span name).
+_AGENT_KEYS: Final = frozenset(
+    {
+        "agent.name",
+        "agentops.span.kind",
+        "recipient_agent_type",
+        "langchain.chain.type",
+        "executor.id",
+        "type",
+    }
+)
+
+
 def _agent_name(node: _Node) -> Any:
     """The agent a span names, if any (upstream's list of framework conventions)."""
     attributes = node.attributes
+    if attributes.keys().isdisjoint(_AGENT_KEYS) and not node.name.startswith("langchain.Chain."):
+        return None  # most spans: none of the keys below
     if attributes.get("agent.name") is not None:
         return attributes["agent.name"]
     if attributes.get("agentops.span.kind") == "agent" and attributes.get("operation.name") is not None:
@@ -218,14 +242,16 @@ def _agent_name(node: _Node) -> Any:
     return None
 
 
-@dataclass
 class _Search:
-    pattern: re.Pattern[str]
-    response_ids: set[str] = field(default_factory=set)
-    calls: list[tuple[_Node, Any]] = field(default_factory=list)
+    """The LLM calls under a node, depth first, each with its agent (upstream's call search)."""
+
+    def __init__(self, pattern: re.Pattern[str]) -> None:
+        self.search = pattern.search
+        self.response_ids: set[str] = set()
+        self.calls: list[tuple[_Node, Any]] = []
 
     def visit(self, node: _Node, agent: Any, in_reward: bool, in_call: bool) -> None:
-        if agent is not None and not in_reward and self.pattern.search(node.name):
+        if agent is not None and not in_reward and self.search(node.name):
             response_id = _first_string(node.attributes, _RESPONSE_ID_KEYS)
             fresh = response_id is None or response_id not in self.response_ids
             if fresh and not (response_id is None and in_call):
@@ -241,13 +267,16 @@ class _Search:
             self.visit(child, agent, in_reward, in_call)
 
 
+def _start(node: _Node) -> float:
+    return node.start  # type: ignore[return-value]  # every span has one (checked first)
+
+
 def _match_rewards(root: _Node, calls: list[_Node]) -> dict[int, float]:
     """Reward of each call (by node identity) under the first-occurrence rule."""
     call_ids = {c.id for c in calls}
-    timeline = sorted(root.walk(), key=lambda n: n.start)  # type: ignore[arg-type, return-value]
     open_calls: list[tuple[_Node, Any]] = []
     rewards: dict[str, float] = {}
-    for node in timeline:
+    for node in sorted(root.walk(), key=_start):
         if node.id in call_ids:
             open_calls.append((node, node.end))
         value = node.reward()
@@ -269,12 +298,6 @@ def _token_ids(attributes: Mapping[str, Any], keys: Iterable[str]) -> list[int]:
                 return list(value)
             log.debug("attribute %s is not a list of integers", key)
     return []
-
-
-def _first(groups: Groups, group: str, attributes: Mapping[str, Any], fallback: str) -> Any:
-    """The ``gen_ai.<group>`` attributes unflattened, else those under ``fallback`` (another
-    tracer's names), else None: the first of the two that is not empty, as upstream reads them."""
-    return groups.get(group) or unflatten_prefix(attributes, fallback) or None
 
 
 def _image_urls(raw: Any) -> list[str]:
@@ -310,16 +333,7 @@ def _message_image_urls(message: Any) -> list[str]:
 
 def _triplet(node: _Node, agent: Any) -> dict[str, Any]:
     attributes = node.attributes
-    groups = Groups(attributes, "gen_ai")
-    request = _first(groups, "request", attributes, "agentlightning.operation.input")
-    response = _first(groups, "response", attributes, "agentlightning.operation.output")
-    if isinstance(request, dict):
-        request.pop("messages", None)
-    if isinstance(response, dict):
-        for key in ("choices", "prompt_token_ids", "response_token_ids"):
-            response.pop(key, None)
-    prompt_raw = _first(groups, "prompt", attributes, "agentlightning.operation.input.messages")
-    completion_raw = _first(groups, "completion", attributes, "agentlightning.operation.output.choices")
+    request, response, prompt_raw, completion_raw = call_groups(attributes)
     answer: dict[str, Any] = {
         "token_ids": _token_ids(attributes, _RESPONSE_TOKEN_KEYS),
         "raw_content": completion_raw,
@@ -347,6 +361,19 @@ def _triplet(node: _Node, agent: Any) -> dict[str, Any]:
     }
 
 
+def _comparing_times(step: Callable[..., _T], *args: Any) -> _T:
+    """``step(*args)``, where a missing end time compared with a time (``TypeError``, as in
+    upstream's adapter, which then fails too) is a :class:`TripletError`."""
+    try:
+        return step(*args)
+    except TypeError as err:
+        raise TripletError(f"span times cannot be compared: {err}") from err
+
+
+def _row(span: Span) -> SpanRow:
+    return span.span_id, span.parent_id, span.name, span.attributes, span.start_time, span.end_time
+
+
 def build_triplets(
     spans: Sequence[Span], *, llm_call_pattern: str = LLM_CALL_PATTERN
 ) -> list[dict[str, Any]]:
@@ -355,17 +382,23 @@ def build_triplets(
     Each is ``{"prompt", "response", "reward", "metadata"}``, equal to upstream's
     ``Triplet.model_dump()``. No spans give no triplets.
     """
-    if not spans:
+    return triplets_of_rows([_row(span) for span in spans], llm_call_pattern=llm_call_pattern)
+
+
+def triplets_of_rows(
+    rows: Sequence[SpanRow], *, llm_call_pattern: str = LLM_CALL_PATTERN
+) -> list[dict[str, Any]]:
+    """:func:`build_triplets` of the spans these rows stand for (same order, same result)."""
+    if not rows:
         return []
-    if any(s.start_time is None for s in spans):
+    if any(row[4] is None for row in rows):
         raise TripletError("a span has no start time")
     try:
-        root = _tree(spans)
-        _repair(root)
+        root = _tree(rows)
+        _comparing_times(_repair, root)
         search = _Search(re.compile(llm_call_pattern))
         search.visit(root, "*", False, False)
-        calls = [node for node, _agent in search.calls]
-        rewards = _match_rewards(root, calls)
+        rewards = _comparing_times(_match_rewards, root, [node for node, _agent in search.calls])
         out = []
         for node, agent in search.calls:
             triplet = _triplet(node, agent)

@@ -1,0 +1,202 @@
+"""An attempt's spans as plain rows, read for the ``triplets`` view without building span objects.
+
+The triplet builder needs six fields of a span: ``span_id``, ``parent_id``, ``name``,
+``attributes``, ``start_time`` and ``end_time``. :func:`read_span_rows` gives them as a
+:data:`SpanRow` tuple per span, exactly the spans ``query_spans(rollout_id, "latest")`` returns for
+the attempt and in its order (sequence id, ties in storage order), with the values
+``Span.model_validate`` would give them; it skips the span models themselves, which cost about
+as much as parsing the JSON (the ``triplets`` export reads every span of a store once).
+
+How each line is judged is the store's (:mod:`store_fs._disk.span_log`): files in name order,
+the bytes after the last newline left out, the first copy of each ``span_id`` kept, a line that
+does not parse or does not validate logged and skipped (a later copy of its ``span_id`` too).
+A line in the *canonical* shape (what ``Span.model_dump`` writes: the model's keys in order, each
+value of the exact type validation produces, see :mod:`store_fs._disk.span_decode`) validates
+to itself, so its parsed values are used as they are; any other line goes through
+:func:`~store_fs._disk.span_decode.decode_span` and its values are read off the span. When the
+span models no longer have the layout the shape check was written for
+(:data:`~store_fs._disk.span_decode.FAST_PATH` false), every line goes that way.
+"""
+
+from __future__ import annotations
+
+import logging
+from operator import itemgetter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+from pydantic import ValidationError
+
+from store_fs._disk import codec, fsio
+from store_fs._disk.span_decode import FAST_PATH, decode_span
+
+if TYPE_CHECKING:
+    from store_fs.store import FileStore
+
+__all__ = ["SpanRow", "read_span_rows", "row_of"]
+
+log = logging.getLogger(__name__)
+
+# (span_id, parent_id, name, attributes, start_time, end_time): what the triplet builder reads.
+SpanRow = tuple[str, str | None, str, dict[str, Any], float | None, float | None]
+
+_NONE: Final = type(None)
+_SCALARS: Final = frozenset({str, int, float, bool})
+_SCALARS_OR_LIST: Final = frozenset({str, int, float, bool, list})
+_STATUS_CODES: Final = frozenset({"UNSET", "OK", "ERROR"})
+_SPAN_KEYS: Final = (
+    "rollout_id",
+    "attempt_id",
+    "sequence_id",
+    "trace_id",
+    "span_id",
+    "parent_id",
+    "name",
+    "status",
+    "attributes",
+    "events",
+    "links",
+    "start_time",
+    "end_time",
+    "context",
+    "parent",
+    "resource",
+)
+_N_KEYS: Final = len(_SPAN_KEYS)
+# Exact value types of a canonical line with no events and no links (lines with either are
+# rare and take the validating path). Optional fields may be None; extra keys follow these.
+_CANONICAL_TYPES: Final = frozenset(
+    (str, str, int, str, str, parent_id, str, dict, dict, list, list, start, end, context, parent, dict)
+    for parent_id in (str, _NONE)
+    for start in (float, _NONE)
+    for end in (float, _NONE)
+    for context in (dict, _NONE)
+    for parent in (dict, _NONE)
+)
+_STATUS_KEYS: Final = ("status_code", "description")
+_CONTEXT_KEYS: Final = ("trace_id", "span_id", "is_remote", "trace_state")
+_CONTEXT_TYPES: Final = (str, str, bool, dict)
+_RESOURCE_KEYS: Final = ("attributes", "schema_url")
+_by_sequence = itemgetter(0)
+
+
+def _attributes_ok(attributes: dict[str, Any]) -> bool:
+    """Whether validating ``attributes`` keeps every value as it is (scalars of the four exact
+    types; lists of one such type, or empty)."""
+    kinds = set(map(type, attributes.values()))
+    if kinds <= _SCALARS:
+        return True
+    if not kinds <= _SCALARS_OR_LIST:
+        return False
+    for value in attributes.values():
+        if type(value) is list and value:
+            elements = set(map(type, value))
+            if len(elements) != 1 or not elements <= _SCALARS:
+                return False
+    return True
+
+
+def _context_ok(value: Any) -> bool:
+    if value is None:
+        return True
+    if tuple(value) != _CONTEXT_KEYS or tuple(map(type, value.values())) != _CONTEXT_TYPES:
+        return False
+    state = value["trace_state"]
+    return not state or set(map(type, state.values())) == {str}
+
+
+def _nested_ok(obj: dict[str, Any]) -> bool:
+    """Status, resource, context and parent of a line whose top-level types are canonical."""
+    status = obj["status"]
+    keys = tuple(status)
+    code = status.get("status_code")
+    if type(code) is not str or code not in _STATUS_CODES:
+        return False
+    if keys != ("status_code",) and not (
+        keys == _STATUS_KEYS and (status["description"] is None or type(status["description"]) is str)
+    ):
+        return False
+    resource = obj["resource"]
+    if tuple(resource) != _RESOURCE_KEYS or type(resource["schema_url"]) is not str:
+        return False
+    if type(resource["attributes"]) is not dict or not _attributes_ok(resource["attributes"]):
+        return False
+    return _context_ok(obj["context"]) and _context_ok(obj["parent"])
+
+
+def _canonical(obj: dict[str, Any]) -> bool:
+    """Whether ``Span.model_validate(obj)`` would accept ``obj`` and keep its values as they are."""
+    if not FAST_PATH:
+        return False
+    keys = tuple(obj)
+    extras = len(keys) > _N_KEYS  # kept as they are (the tracer's span kind and scope)
+    if (keys[:_N_KEYS] if extras else keys) != _SPAN_KEYS:
+        return False
+    types = tuple(map(type, obj.values()))
+    if (types[:_N_KEYS] if extras else types) not in _CANONICAL_TYPES or obj["events"] or obj["links"]:
+        return False
+    return _attributes_ok(obj["attributes"]) and _nested_ok(obj)
+
+
+def row_of(obj: dict[str, Any]) -> tuple[int, SpanRow]:
+    """(sequence id, row) of one parsed span line; raises pydantic's ``ValidationError`` exactly
+    when the store would skip the line as invalid."""
+    if _canonical(obj):
+        return obj["sequence_id"], (
+            obj["span_id"],
+            obj["parent_id"],
+            obj["name"],
+            obj["attributes"],
+            obj["start_time"],
+            obj["end_time"],
+        )
+    span = decode_span(obj)
+    return span.sequence_id, (
+        span.span_id,
+        span.parent_id,
+        span.name,
+        span.attributes,
+        span.start_time,
+        span.end_time,
+    )
+
+
+def _file_rows(path: Path, seen: set[object], out: list[tuple[int, SpanRow]]) -> None:
+    data = fsio.read_bytes(path) or b""
+    offset = 0
+    for line in data[: data.rfind(b"\n") + 1].split(b"\n")[:-1]:
+        at, offset = offset, offset + len(line) + 1
+        if not line:
+            continue
+        try:
+            obj = codec.loads(line)
+        except ValueError as err:
+            if line.strip(b"\x00 \t\r"):
+                log.warning(
+                    "skipping corrupt span line in %s at byte %d: %s", path, at, str(err).splitlines()[0]
+                )
+            continue
+        if type(obj) is not dict:
+            log.warning("skipping corrupt span line in %s at byte %d: not a JSON object", path, at)
+            continue
+        key = obj.get("span_id")
+        if type(key) is not str:
+            log.warning("skipping invalid span in %s at byte %d: span_id is not a string", path, at)
+            continue  # cannot validate; whatever later lines share it cannot either
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            out.append(row_of(obj))
+        except ValidationError as err:
+            log.warning("skipping invalid span in %s at byte %d: %s", path, at, str(err).splitlines()[0])
+
+
+def read_span_rows(store: FileStore, attempt_dir: Path) -> list[SpanRow]:
+    """The rows of the spans ``query_spans`` returns for the attempt stored in ``attempt_dir``."""
+    seen: set[object] = set()
+    keyed: list[tuple[int, SpanRow]] = []
+    for path in store._spans._span_files(attempt_dir):
+        _file_rows(path, seen, keyed)
+    keyed.sort(key=_by_sequence)
+    return [row for _seq, row in keyed]
