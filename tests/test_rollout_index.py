@@ -469,3 +469,40 @@ def test_two_writer_processes_and_a_reader(tmp_path: Path) -> None:
     assert stats["total_attempts"] == 150
     assert fresh.check() == []
     fresh.close()
+
+
+@given(
+    lines=st.lists(st.sampled_from(["good", "bad", "blank"]), min_size=1, max_size=40),
+    slice_bytes=st.integers(min_value=1, max_value=400),
+)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_a_log_read_in_slices_merges_like_one_read(
+    monkeypatch: pytest.MonkeyPatch, lines: list[str], slice_bytes: int
+) -> None:
+    """Index logs are parsed a slice at a time (memory); entries, and the offsets of bad lines,
+    are those of one parse of the whole log, wherever the slices are cut."""
+    from store_fs._disk import rollout_index
+
+    chunks = []
+    for i, kind in enumerate(lines):
+        if kind == "good":
+            row = {
+                "rollout_id": f"ro-{i:012x}",
+                "rev": 1 + i % 3,
+                "status": "queuing",
+                "start_time": 1.0,
+                "attempts": 0,
+            }
+            chunks.append(json.dumps(row).encode() + b"\n")
+        else:
+            chunks.append(b"{not json\n" if kind == "bad" else b"\n")
+    data = b"".join(chunks)
+    whole, sliced = rollout_index.IndexView(), rollout_index.IndexView()
+    whole._parse(Path("log"), 7, data)
+    monkeypatch.setattr(rollout_index, "_SLICE_BYTES", slice_bytes)
+    sliced._parse(Path("log"), 7, data)
+    assert sliced.entries == whole.entries
+    assert sliced.bad == whole.bad
+    assert [b.offset for b in whole.bad] == [
+        7 + sum(len(c) for c in chunks[:i]) for i, kind in enumerate(lines) if kind == "bad"
+    ]
