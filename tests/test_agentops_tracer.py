@@ -1,7 +1,11 @@
-"""AgentOpsTracer: offline, no key, spans of one rollout in the store, nothing but loopback touched.
+"""AgentOpsTracer: offline, no key, spans of one rollout in the store, nothing but loopback touched,
+and every OpenAI call kind recorded once (agentops' own spans where it records a call in full,
+agl's instrumentation for the rest), under the attempt's root span.
 
 agentops patches ``builtins.__import__`` and ``print`` for the whole process, so every run that
-imports it happens in a child process (with a timeout; ``subprocess.run`` kills and reaps it).
+imports it happens in a child process (with a timeout; killed and reaped whatever happens). Two
+children, started side by side once for the module, hold all the runs: tracers in sequence (no
+API key), and one rollout making every OpenAI call kind (with an API key that must be ignored).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+REWARD = "agentlightning.annotation"
 
 ROLLOUT_SCRIPT = textwrap.dedent(
     """
@@ -47,7 +52,7 @@ ROLLOUT_SCRIPT = textwrap.dedent(
     from store_fs.tracing.agentops_tracer import AgentOpsTracer
     from store_fs.tracing.tracer import OtelTracer
 
-    TRACERS = {"agentops": AgentOpsTracer, "otel": lambda: OtelTracer(instrument_openai=False)}
+    TRACERS = {"agentops": AgentOpsTracer, "otel": OtelTracer}
 
 
     async def main(root, base_url, kinds):
@@ -105,48 +110,350 @@ IMPORT_SCRIPT = textwrap.dedent(
 )
 
 
-def _run(script: str, cwd: Path, *args: str, env_extra: dict[str, str] | None = None) -> str:
+CHILD_TIMEOUT = 180.0
+IGNORED_KEY = "must-be-ignored"
+
+
+def _spawn(
+    script: str, cwd: Path, *args: str, env_extra: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTOPS_")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env.update(env_extra or {})
     path = cwd / "script.py"
     path.write_text(script)
-    done = subprocess.run(
-        [sys.executable, str(path), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0, f"child failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
-    return done.stdout
+    # stderr to a file: a child logging more than a pipe holds must not block.
+    with (cwd / "stderr.txt").open("w") as stderr:
+        return subprocess.Popen(
+            [sys.executable, str(path), *args],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )
 
 
-def _rollouts(tmp_path: Path, kinds: str, env_extra: dict[str, str] | None = None) -> dict[str, Any]:
-    """Run one rollout per tracer kind in ``kinds`` ("agentops,otel"), one after another, in a child."""
-    out = _run(ROLLOUT_SCRIPT, tmp_path, str(tmp_path), kinds, env_extra=env_extra)
-    line = next(line for line in out.splitlines() if line.startswith("RESULT "))
-    result: dict[str, Any] = json.loads(line.removeprefix("RESULT "))
+def _output(child: subprocess.Popen[str], cwd: Path) -> str:
+    try:
+        out, _ = child.communicate(timeout=CHILD_TIMEOUT)
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.wait()
+    err = (cwd / "stderr.txt").read_text()[-4000:]
+    assert child.returncode == 0, f"child failed ({child.returncode}):\n{out}\n{err}"
+    return out
+
+
+def _run(script: str, cwd: Path, *args: str) -> str:
+    return _output(_spawn(script, cwd, *args), cwd)
+
+
+def _result(out: str) -> dict[str, Any]:
+    result: dict[str, Any] = json.loads(next(x for x in out.splitlines() if x.startswith("RESULT "))[7:])
     return result
 
 
-@pytest.mark.parametrize(
-    "env_extra",
-    [pytest.param({}, id="no-key"), pytest.param({"AGENTOPS_API_KEY": "must-be-ignored"}, id="key-ignored")],
-)
-def test_a_rollout_is_traced_offline_into_the_store(tmp_path: Path, env_extra: dict[str, str]) -> None:
-    result = _rollouts(tmp_path, "agentops", env_extra)
-    _assert_loopback_only(result["targets"])
-    assert not (tmp_path / "agentops.log").exists()
-    (rollout,) = result["rollouts"]
-    _assert_agentops_rollout(rollout)
+@pytest.fixture(scope="module")
+def children(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Both children's results, and their working directories (where agentops would log)."""
+    dirs = {name: tmp_path_factory.mktemp(name) for name in ("sequence", "call_kinds")}
+    started: dict[str, subprocess.Popen[str]] = {}
+    try:
+        # Tracers in sequence in one process, no API key: agentops, agentops again, agl's default.
+        started["sequence"] = _spawn(
+            ROLLOUT_SCRIPT, dirs["sequence"], str(dirs["sequence"]), "agentops,agentops,otel"
+        )
+        env = {"AGENTOPS_API_KEY": IGNORED_KEY}
+        started["call_kinds"] = _spawn(
+            CALL_KINDS_SCRIPT, dirs["call_kinds"], str(dirs["call_kinds"]), env_extra=env
+        )
+        return {
+            name: {**_result(_output(child, dirs[name])), "cwd": dirs[name]}
+            for name, child in started.items()
+        }
+    finally:
+        for child in started.values():
+            if child.poll() is None:
+                child.kill()
+            child.wait()
 
 
-def test_tracers_in_sequence_in_one_process_do_not_double_or_leak_spans(tmp_path: Path) -> None:
-    result = _rollouts(tmp_path, "agentops,agentops,otel")
+def test_a_rollout_is_traced_offline_into_the_store(children: dict[str, Any]) -> None:
+    result = children["sequence"]
     _assert_loopback_only(result["targets"])
-    first, again, otel = result["rollouts"]
+    assert not (result["cwd"] / "agentops.log").exists()
+    _assert_agentops_rollout(result["rollouts"][0])
+
+
+def test_an_api_key_in_the_environment_is_ignored_and_restored(children: dict[str, Any]) -> None:
+    result = children["call_kinds"]  # every call kind, AGENTOPS_API_KEY set
+    _assert_loopback_only(result["targets"])
+    assert not (result["cwd"] / "agentops.log").exists()
+    assert result["status"] == "succeeded"
+    assert result["key_during_rollout"] is None  # hidden from agentops while its tracer runs
+    assert result["key_after_teardown"] == IGNORED_KEY
+
+
+def test_tracers_in_sequence_in_one_process_do_not_double_or_leak_spans(children: dict[str, Any]) -> None:
+    first, again, otel = children["sequence"]["rollouts"]
     _assert_agentops_rollout(first)
     _assert_agentops_rollout(again)  # init after teardown: exactly one processor again
-    # agentops still instruments openai after teardown, but its spans stay out of other tracers' rollouts.
+    # agentops still instruments openai after teardown, but its spans stay out of other tracers'
+    # rollouts: agl's default tracer records each call once, in its own shape.
     assert otel["status"] == "succeeded"
-    assert [s["name"] for s in otel["spans"]] == ["agentlightning.message", "agentlightning.annotation"]
+    names = [s["name"] for s in otel["spans"] if not s["name"].endswith(".session")]
+    assert sorted(names) == sorted([*["openai.chat.completion"] * 2, "agentlightning.message", REWARD])
+    systems = [
+        s["attributes"]["gen_ai.system"] for s in otel["spans"] if s["name"] == "openai.chat.completion"
+    ]
+    assert systems == ["openai", "openai"]  # agentops would say "OpenAI"
+
+
+CALL_KINDS_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, json, os, sys
+    from pathlib import Path
+
+    targets = []
+    keys = {}
+
+    def audit(event, args):
+        if event == "socket.connect":
+            address = args[1]
+            host = address[0] if isinstance(address, tuple) else f"unix:{address!r}"
+            targets.append(["connect", str(host)])
+        elif event == "socket.getaddrinfo":
+            host = args[0]
+            targets.append(["getaddrinfo", host.decode() if isinstance(host, bytes) else str(host)])
+
+    sys.addaudithook(audit)
+
+    import openai
+    from pydantic import BaseModel
+
+    from store_fs import FileStore
+    from store_fs.agent import rollout
+    from store_fs.models.resource_types import LLM
+    from store_fs.runner import LitAgentRunner
+    from store_fs.testing.mock_openai import MockOpenAIServer
+    from store_fs.tracing.agentops_tracer import AgentOpsTracer
+
+    USAGE = {"include_usage": True}
+    TOOL = {
+        "type": "function",
+        "function": {
+            "name": "lookup",
+            "description": "Look a fact up.",
+            "parameters": {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]},
+        },
+    }
+
+
+    class Answer(BaseModel):
+        text: str
+
+
+    def ask(kind):
+        return [{"role": "user", "content": kind}]
+
+
+    def sync_calls(s, m):
+        s.chat.completions.create(model=m, messages=ask("chat-sync"))
+        chunks = s.chat.completions.create(
+            model=m, messages=ask("chat-stream-sync"), stream=True, stream_options=USAGE
+        )
+        for _ in chunks:
+            pass
+        with s.chat.completions.stream(model=m, messages=ask("chat-helper-sync"), stream_options=USAGE) as st:
+            for _ in st:
+                pass
+        s.chat.completions.parse(model=m, messages=ask("chat-parse-sync"), response_format=Answer)
+        s.chat.completions.with_raw_response.create(model=m, messages=ask("chat-raw-sync")).parse()
+        with s.chat.completions.with_streaming_response.create(
+            model=m, messages=ask("chat-rawstream-sync"), stream=True, stream_options=USAGE
+        ) as raw:
+            for _ in raw.parse():
+                pass
+        s.completions.create(model=m, prompt="text-sync")
+        for _ in s.completions.create(model=m, prompt="text-stream-sync", stream=True, stream_options=USAGE):
+            pass
+        s.responses.create(model=m, input="resp-sync")
+        for _ in s.responses.create(model=m, input="resp-stream-sync", stream=True):
+            pass
+        with s.responses.stream(model=m, input="resp-helper-sync") as st:
+            for _ in st:
+                pass
+
+
+    async def async_calls(a, m):
+        await a.chat.completions.create(model=m, messages=ask("chat-async"))
+        stream = await a.chat.completions.create(
+            model=m, messages=ask("chat-stream-async"), stream=True, stream_options=USAGE
+        )
+        async for _ in stream:
+            pass
+        helper = a.chat.completions.stream(model=m, messages=ask("chat-helper-async"), stream_options=USAGE)
+        async with helper as st:
+            async for _ in st:
+                pass
+        await a.chat.completions.parse(model=m, messages=ask("chat-parse-async"), response_format=Answer)
+        raw = await a.chat.completions.with_raw_response.create(model=m, messages=ask("chat-raw-async"))
+        raw.parse()
+        rawjson = a.chat.completions.with_streaming_response
+        raw_json = rawjson.create(model=m, messages=ask("chat-rawjson-async"))
+        async with raw_json as r:
+            await r.parse()
+        await a.completions.create(model=m, prompt="text-async")
+        stream = await a.completions.create(
+            model=m, prompt="text-stream-async", stream=True, stream_options=USAGE
+        )
+        async for _ in stream:
+            pass
+        await a.responses.create(model=m, input="resp-async")
+        stream = await a.responses.create(model=m, input="resp-stream-async", stream=True)
+        async for _ in stream:
+            pass
+        await a.responses.parse(model=m, input="resp-parse-async", text_format=Answer)
+        messages = ask("tool-round-trip")
+        first = await a.chat.completions.create(model=m, messages=messages, tools=[TOOL])
+        (call,) = first.choices[0].message.tool_calls
+        # content None, as agents echo it: agentops records a None attribute, which must not fail the call.
+        calls = [call.model_dump(exclude_none=True)]
+        messages.append({"role": "assistant", "content": None, "tool_calls": calls})
+        messages.append({"role": "tool", "tool_call_id": call.id, "content": "4"})
+        await a.chat.completions.create(model=m, messages=messages, tools=[TOOL])
+
+
+    @rollout
+    async def agent(task, llm):
+        keys["key_during_rollout"] = os.environ.get("AGENTOPS_API_KEY")
+        with openai.OpenAI(base_url=llm.endpoint, api_key="sk-mock", max_retries=0) as s:
+            await asyncio.to_thread(sync_calls, s, llm.model)
+        async with openai.AsyncOpenAI(base_url=llm.endpoint, api_key="sk-mock", max_retries=0) as a:
+            await async_calls(a, llm.model)
+        return 1.0
+
+
+    async def main(root, base_url):
+        store = FileStore(root / "store", scan_debounce_seconds=0)
+        await store.add_resources({"llm": LLM(endpoint=base_url, model="mock-gpt")})
+        enqueued = await store.enqueue_rollout(input="all call kinds")
+        runner = LitAgentRunner(tracer=AgentOpsTracer(), poll_interval=0.05, max_rollouts=1)
+        with runner.run_context(agent=agent, store=store):
+            await asyncio.wait_for(runner.iter(), 90)
+        keys["key_after_teardown"] = os.environ.get("AGENTOPS_API_KEY")
+        got = await store.get_rollout_by_id(enqueued.rollout_id)
+        spans = await store.query_spans(enqueued.rollout_id)
+        dumped = [s.model_dump(mode="json") for s in spans]
+        return {"status": got.status, "rollout_id": enqueued.rollout_id, "spans": dumped}
+
+
+    with MockOpenAIServer() as mock:
+        result = asyncio.run(main(Path(sys.argv[1]), mock.base_url))
+    result.update(keys, targets=targets)
+    sys.stdout.write("RESULT " + json.dumps(result) + "\\n")
+    """
+)
+
+# The prompt each call sends, and the span it must produce.
+CHAT, TEXT, RESPONSES = "openai.chat.completion", "openai.completion", "openai.responses.create"
+CALLS = {
+    **{f"chat-{k}-{m}": CHAT for k in ("stream", "helper", "parse", "raw") for m in ("sync", "async")},
+    "chat-sync": CHAT,
+    "chat-async": CHAT,
+    "chat-rawstream-sync": CHAT,
+    "chat-rawjson-async": CHAT,
+    **{f"text-{m}": TEXT for m in ("sync", "stream-sync", "async", "stream-async")},
+    **{
+        f"resp-{m}": RESPONSES
+        for m in ("sync", "stream-sync", "helper-sync", "async", "stream-async", "parse-async")
+    },
+}
+# agentops records plain chat.completions.create itself (its spans say gen_ai.system "OpenAI").
+BY_AGENTOPS = {"chat-sync", "chat-async", "chat-stream-sync", "chat-stream-async"}
+
+
+@pytest.fixture(scope="module")
+def call_kinds(children: dict[str, Any]) -> dict[str, Any]:
+    """The rollout making every call kind, its spans by prompt."""
+    result: dict[str, Any] = children["call_kinds"]
+    spans = result["spans"]
+    (root,) = [s for s in spans if s["name"] == f"{result['rollout_id']}.session"]
+    by_prompt: dict[str, list[dict[str, Any]]] = {}
+    for span in spans:
+        if span["name"] in (CHAT, TEXT, RESPONSES):
+            by_prompt.setdefault(str(span["attributes"].get("gen_ai.prompt.0.content")), []).append(span)
+    return {**result, "root": root, "by_prompt": by_prompt}
+
+
+def test_every_call_is_recorded_once_in_one_tree(call_kinds: dict[str, Any]) -> None:
+    assert call_kinds["status"] == "succeeded"
+    root = call_kinds["root"]
+    assert [s for s in call_kinds["spans"] if s["parent_id"] is None] == [root], "one tree under the root"
+    by_prompt = call_kinds["by_prompt"]
+    assert sorted(by_prompt) == sorted([*CALLS, "tool-round-trip"])
+    assert {prompt: len(spans) for prompt, spans in by_prompt.items() if prompt in CALLS} == dict.fromkeys(
+        CALLS, 1
+    )
+
+
+@pytest.mark.parametrize("prompt", sorted(CALLS))
+def test_each_call_kind_records_request_reply_usage_and_token_ids(
+    call_kinds: dict[str, Any], prompt: str
+) -> None:
+    (span,) = call_kinds["by_prompt"][prompt]
+    _assert_llm_span(span, CALLS[prompt], call_kinds["root"], by_agentops=prompt in BY_AGENTOPS)
+
+
+def test_a_tool_round_trip_shows_the_tools_name_arguments_and_result(call_kinds: dict[str, Any]) -> None:
+    _assert_tool_round_trip(
+        call_kinds["by_prompt"]["tool-round-trip"], call_kinds["spans"], call_kinds["root"]
+    )
+
+
+def _assert_llm_span(span: dict[str, Any], name: str, root: dict[str, Any], *, by_agentops: bool) -> None:
+    attrs = span["attributes"]
+    prompt = attrs["gen_ai.prompt.0.content"]
+    assert (span["name"], span["parent_id"]) == (name, root["span_id"])
+    assert span["status"]["status_code"] != "ERROR", prompt
+    assert attrs["gen_ai.system"] == ("OpenAI" if by_agentops else "openai"), prompt
+    assert attrs["gen_ai.request.model"] == "mock-gpt"
+    assert attrs["gen_ai.response.model"] == "mock-gpt"
+    completion = attrs["gen_ai.completion.0.content"]
+    if "parse" in prompt:
+        assert json.loads(completion), prompt  # structured output: the JSON the model produced
+    else:
+        assert completion == f"echo: {prompt}"
+    assert attrs["gen_ai.request.streaming"] is any(k in prompt for k in ("stream", "helper")), prompt
+    assert attrs["gen_ai.usage.prompt_tokens"] > 0, prompt
+    assert attrs["gen_ai.usage.completion_tokens"] > 0, prompt
+    assert attrs.get("prompt_token_ids"), prompt  # the mock sends vLLM-style token ids
+    assert attrs.get("response_token_ids"), prompt
+    assert len(attrs["response_token_ids"]) == attrs["gen_ai.usage.completion_tokens"], prompt
+
+
+def _assert_tool_round_trip(
+    calls: list[dict[str, Any]], spans: list[dict[str, Any]], root: dict[str, Any]
+) -> None:
+    first, second = sorted(calls, key=lambda s: s["start_time"])
+    for span in (first, second):
+        assert span["parent_id"] == root["span_id"]
+        assert span["attributes"]["gen_ai.request.functions.0.name"] == "lookup"
+    assert first["attributes"]["gen_ai.completion.0.finish_reason"] == "tool_calls"
+    (tool,) = [s for s in spans if s["parent_id"] == first["span_id"]]
+    assert tool["name"] == "tool_call.lookup"
+    assert tool["attributes"]["tool.name"] == "lookup"
+    call_id = tool["attributes"]["tool.call.id"]
+    assert json.loads(tool["attributes"]["tool.parameters"]).keys() == {"q"}
+    prompt = second["attributes"]
+    assert prompt["gen_ai.prompt.1.tool_calls.0.id"] == call_id
+    assert prompt["gen_ai.prompt.1.tool_calls.0.name"] == "lookup"
+    assert (prompt["gen_ai.prompt.2.role"], prompt["gen_ai.prompt.2.content"]) == ("tool", "4")
+    assert prompt["gen_ai.prompt.2.tool_call_id"] == call_id
+    assert "gen_ai.prompt.1.content" not in prompt  # agentops' None left out, not stored
+    assert second["attributes"]["gen_ai.completion.0.content"]
 
 
 def _assert_loopback_only(targets: list[list[str]]) -> None:
@@ -194,3 +501,51 @@ def _assert_agentops_rollout(result: dict[str, Any]) -> None:
 
 def test_importing_store_fs_does_not_import_agentops(tmp_path: Path) -> None:
     assert _run(IMPORT_SCRIPT, tmp_path).split() == ["False", "False"]
+
+
+# -- the pieces that share calls between agentops and agl, in-process (no agentops needed) -----------
+
+
+def test_agentops_keeps_only_the_chat_calls_it_records_in_full() -> None:
+    import openai
+
+    from store_fs.tracing._agentops_openai import agentops_records
+
+    plain = {"model": "m", "messages": [], "stream": True}
+    assert agentops_records(plain)
+    assert not agentops_records({**plain, "extra_headers": {"X-Stainless-Raw-Response": "true"}})
+    assert not agentops_records({**plain, "tools": openai.omit})  # the stream() helper's way
+    assert not agentops_records({**plain, "tools": openai.NOT_GIVEN})
+
+
+def test_no_agl_span_while_agentops_records_the_call() -> None:
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from store_fs.tracing._agentops_openai import BesideAgentOps, marking
+
+    exported = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exported))
+    beside = BesideAgentOps(provider.get_tracer("t"))
+
+    def sdk_method(self: object, name: str) -> tuple[bool, bool]:
+        """Starts a span and a child of it, as agl's instrumentation does; says which record."""
+        span = beside.start_span(name)
+        child = beside.start_span(f"{name}.child", context=trace.set_span_in_context(span))
+        recording = span.is_recording(), child.is_recording()
+        child.end()
+        span.end()
+        return recording
+
+    outer = provider.get_tracer("agentops").start_span("openai.chat.completion")
+    with trace.use_span(outer, end_on_exit=True):
+        assert marking(sdk_method, is_async=False)(None, "inside") == (False, False)
+        assert sdk_method(None, "beside") == (True, True)  # a call agentops does not record
+        with beside.start_as_current_span("current") as current:
+            assert current.is_recording()
+    names = sorted(s.name for s in exported.get_finished_spans())
+    assert names == ["beside", "beside.child", "current", "openai.chat.completion"]
+    assert all(s.parent is not None for s in exported.get_finished_spans() if s.name.startswith("beside"))

@@ -3,24 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import openai
 import pytest
-from openai.resources.chat.completions import AsyncCompletions, Completions
+from openai._base_client import AsyncAPIClient, SyncAPIClient
 from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
+from store_fs.models import Span
 from store_fs.testing.mock_openai import MockOpenAIServer
 from store_fs.tracing.openai_instrument import SPAN_NAME, instrument_openai
+from store_fs.tracing.tracer import OtelTracer
 
-ORIGINAL_SYNC = Completions.create
-ORIGINAL_ASYNC = AsyncCompletions.create
+ORIGINAL_SYNC = SyncAPIClient.request
+ORIGINAL_ASYNC = AsyncAPIClient.request
 USER: Any = [{"role": "user", "content": "hello world"}]
 
 
@@ -54,8 +57,8 @@ def otel() -> Iterator[Otel]:
     undo()
     o.provider.shutdown()
     # Every test must leave openai unpatched, whatever it did.
-    assert Completions.create is ORIGINAL_SYNC
-    assert AsyncCompletions.create is ORIGINAL_ASYNC
+    assert SyncAPIClient.request is ORIGINAL_SYNC
+    assert AsyncAPIClient.request is ORIGINAL_ASYNC
 
 
 @pytest.fixture
@@ -99,7 +102,6 @@ def test_plain_call_exact_attributes(otel: Otel, client: openai.OpenAI) -> None:
         "gen_ai.response.id": reply.id,
         "gen_ai.response.model": "m1",
         "gen_ai.openai.system_fingerprint": "fp_mock",
-        "gen_ai.response.finish_reasons": ("stop",),
         "gen_ai.completion.0.role": "assistant",
         "gen_ai.completion.0.content": "echo: hello world",
         "gen_ai.completion.0.finish_reason": "stop",
@@ -141,9 +143,14 @@ def test_structured_content_and_tool_calls_are_json_strings(otel: Otel, client: 
         attrs["gen_ai.prompt.0.content"] == '[{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]'
     )
     assert "gen_ai.prompt.1.content" not in attrs
-    assert attrs["gen_ai.prompt.1.tool_calls"] == (
-        '[{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]'
-    )
+    assert {k: v for k, v in attrs.items() if k.startswith("gen_ai.prompt.1.")} == {
+        "gen_ai.prompt.1.role": "assistant",
+        "gen_ai.prompt.1.tool_calls.0.id": "c1",
+        "gen_ai.prompt.1.tool_calls.0.name": "f",
+        "gen_ai.prompt.1.tool_calls.0.arguments": "{}",
+    }
+    assert attrs["gen_ai.prompt.2.role"] == "tool"
+    assert attrs["gen_ai.prompt.2.content"] == "42"
     assert attrs["gen_ai.prompt.2.tool_call_id"] == "c1"
     assert attrs["gen_ai.completion.0.content"] == "echo: done?"
     assert "gen_ai.request.temperature" not in attrs  # omit / NOT_GIVEN are not values
@@ -163,8 +170,10 @@ def test_sync_stream(otel: Otel, client: openai.OpenAI, include_usage: bool) -> 
     assert attrs["gen_ai.completion.0.content"] == text
     assert attrs["gen_ai.completion.0.role"] == "assistant"
     assert attrs["gen_ai.completion.0.finish_reason"] == "stop"
-    assert attrs["gen_ai.response.finish_reasons"] == ("stop",)
     assert attrs["gen_ai.response.model"] == "m"
+    first_token = attrs["gen_ai.streaming.time_to_first_token"]
+    assert isinstance(first_token, float)
+    assert 0 < first_token < 30
     assert attrs["response_token_ids"] == _bytes(text)
     assert attrs["prompt_token_ids"] == _bytes("user: hello world\n")
     usage_keys = {k for k in attrs if k.startswith("gen_ai.usage.")}
@@ -184,7 +193,7 @@ def test_sync_stream_closed_early_ends_span(otel: Otel, client: openai.OpenAI) -
     assert span.status.status_code is StatusCode.UNSET
     assert span.attributes is not None
     assert span.attributes["gen_ai.completion.0.content"] == "echo: "
-    assert span.attributes["gen_ai.response.finish_reasons"] == ()
+    assert "gen_ai.completion.0.finish_reason" not in span.attributes
     stream.close()  # a second close must not end the span twice
     assert len(otel.spans()) == 1
 
@@ -290,10 +299,10 @@ def test_uninstrument_restores_and_is_reference_counted(
 ) -> None:
     first, second = Otel(), Otel()
     undo_first = instrument_openai(first.tracer)
-    wrapped = Completions.create
+    wrapped = SyncAPIClient.request
     assert wrapped is not ORIGINAL_SYNC
     undo_second = instrument_openai(second.tracer)
-    assert Completions.create is wrapped  # not double-wrapped
+    assert SyncAPIClient.request is wrapped  # not double-wrapped
     client.chat.completions.create(model="m", messages=USER)
     assert (len(first.spans()), len(second.spans())) == (0, 1)  # the latest registration records
     undo_second()
@@ -301,8 +310,8 @@ def test_uninstrument_restores_and_is_reference_counted(
     client.chat.completions.create(model="m", messages=USER)
     assert (len(first.spans()), len(second.spans())) == (1, 1)
     undo_first()
-    assert Completions.create is ORIGINAL_SYNC
-    assert AsyncCompletions.create is ORIGINAL_ASYNC
+    assert SyncAPIClient.request is ORIGINAL_SYNC
+    assert AsyncAPIClient.request is ORIGINAL_ASYNC
     client.chat.completions.create(model="m", messages=USER)
     assert (len(first.spans()), len(second.spans())) == (1, 1)
     first.provider.shutdown()
@@ -344,18 +353,20 @@ def test_traced_calls_contact_only_loopback(otel: Otel, server: MockOpenAIServer
     assert len(otel.spans()) == 2
 
 
-def test_raw_response_call_is_traced_without_failing(otel: Otel, client: openai.OpenAI) -> None:
+def test_raw_response_call_is_traced_with_its_reply(otel: Otel, client: openai.OpenAI) -> None:
     raw = client.chat.completions.with_raw_response.create(model="m", messages=USER)
-    assert raw.parse().choices[0].message.content == "echo: hello world"
+    reply = raw.parse()
+    assert reply.choices[0].message.content == "echo: hello world"
     attrs = dict(otel.only().attributes or {})
     assert attrs["gen_ai.prompt.0.content"] == "hello world"
-    assert "gen_ai.response.id" not in attrs  # a raw response is not read by the instrumentation
+    assert attrs["gen_ai.response.id"] == reply.id
+    assert attrs["gen_ai.completion.0.content"] == "echo: hello world"
 
 
 def test_streamed_tool_calls_are_accumulated() -> None:
     from openai.types.chat import ChatCompletionChunk
 
-    from store_fs.tracing.openai_instrument import _Accumulator
+    from store_fs.tracing._oai_chat import ChatChunks
 
     def chunk(delta: dict[str, Any], finish: str | None = None) -> ChatCompletionChunk:
         choice = {"index": 0, "delta": delta, "finish_reason": finish}
@@ -366,7 +377,7 @@ def test_streamed_tool_calls_are_accumulated() -> None:
     def call(args: str, name: str | None = None, call_id: str | None = None) -> dict[str, Any]:
         return {"index": 0, "id": call_id, "type": "function", "function": {"name": name, "arguments": args}}
 
-    acc = _Accumulator()
+    acc = ChatChunks()
     for c in (
         chunk({"role": "assistant", "tool_calls": [call('{"a"', "f", "call_1")]}),
         chunk({"tool_calls": [call(": 1}")]}),
@@ -374,9 +385,155 @@ def test_streamed_tool_calls_are_accumulated() -> None:
     ):
         acc.add(c)
     attrs = acc.result()
-    assert attrs["gen_ai.completion.0.tool_calls"] == (
-        '[{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{\\"a\\": 1}"}}]'
-    )
+    assert {k: v for k, v in attrs.items() if ".tool_calls." in k} == {
+        "gen_ai.completion.0.tool_calls.0.id": "call_1",
+        "gen_ai.completion.0.tool_calls.0.type": "function",
+        "gen_ai.completion.0.tool_calls.0.name": "f",
+        "gen_ai.completion.0.tool_calls.0.arguments": '{"a": 1}',
+    }
     assert attrs["gen_ai.completion.0.finish_reason"] == "tool_calls"
     assert "gen_ai.completion.0.content" not in attrs
     assert "response_token_ids" not in attrs
+
+
+def test_clients_and_raw_wrappers_made_before_instrumenting_are_traced(server: MockOpenAIServer) -> None:
+    # Resources bind client.post, and with_raw_response binds create, when first used: the
+    # patch must sit below both.
+    with openai.OpenAI(api_key="sk-mock", base_url=server.base_url, max_retries=0) as c:
+        raw = c.chat.completions.with_raw_response
+        c.chat.completions.create(model="m", messages=USER)
+        o = Otel()
+        undo = instrument_openai(o.tracer)
+        try:
+            c.chat.completions.create(model="m", messages=USER)
+            raw.create(model="m", messages=USER).parse()
+        finally:
+            undo()
+    assert len(o.spans()) == 2
+
+
+def test_stream_helper_gives_one_span_even_when_left_early(otel: Otel, client: openai.OpenAI) -> None:
+    with client.chat.completions.stream(model="m", messages=USER) as stream:
+        for event in stream:
+            if event.type == "content.delta" and event.delta:
+                break
+    attrs = dict(otel.only().attributes or {})  # ended by the helper closing the response
+    assert attrs["gen_ai.request.streaming"] is True
+    assert attrs["gen_ai.completion.0.content"] == "echo: "
+    assert "gen_ai.completion.0.finish_reason" not in attrs
+    with client.chat.completions.stream(model="m", messages=USER) as stream:
+        final = stream.get_final_completion()
+    spans = otel.spans()
+    assert len(spans) == 2
+    assert dict(spans[1].attributes or {})["gen_ai.completion.0.content"] == final.choices[0].message.content
+
+
+async def test_async_stream_helper_left_early(otel: Otel, server: MockOpenAIServer) -> None:
+    client = openai.AsyncOpenAI(api_key="sk-mock", base_url=server.base_url, max_retries=0)
+    async with client as c, c.chat.completions.stream(model="m", messages=USER) as stream:
+        async for event in stream:
+            if event.type == "content.delta" and event.delta:
+                break
+    assert dict(otel.only().attributes or {})["gen_ai.completion.0.content"] == "echo: "
+
+
+def test_streaming_response_closed_unread_still_records_the_reply(otel: Otel, client: openai.OpenAI) -> None:
+    with client.chat.completions.with_streaming_response.create(model="m", messages=USER) as response:
+        assert response.http_response.status_code == 200
+    attrs = dict(otel.only().attributes or {})
+    assert attrs["gen_ai.completion.0.content"] == "echo: hello world"
+
+
+def test_other_requests_are_not_traced(otel: Otel, client: openai.OpenAI) -> None:
+    assert [m.id for m in client.models.list()]
+    assert otel.exporter.get_finished_spans() == ()
+
+
+def test_logprobs_are_kept_when_the_server_returns_them(otel: Otel, client: openai.OpenAI) -> None:
+    reply = client.chat.completions.create(model="m", messages=USER, logprobs=True, top_logprobs=2)
+    for _ in client.chat.completions.create(model="m", messages=USER, logprobs=True, stream=True):
+        pass
+    text = client.completions.create(model="m", prompt="hi", logprobs=1)
+    plain, streamed, legacy = (dict(s.attributes or {}) for s in otel.exporter.get_finished_spans())
+    assert reply.choices[0].logprobs is not None
+    expected = [t.model_dump(mode="json", exclude_none=True) for t in reply.choices[0].logprobs.content or []]
+    assert expected
+    assert json.loads(str(plain["logprobs.content"])) == expected
+    assert [t["token"] for t in json.loads(str(streamed["logprobs.content"]))] == [
+        t["token"] for t in expected
+    ]
+    assert text.choices[0].logprobs is not None
+    assert json.loads(str(legacy["logprobs.content"]))["tokens"] == text.choices[0].logprobs.tokens
+
+
+# -- agl's tracers: what an instrumentation records, and which tracer records a call ---------------
+
+
+class _RecordsNone(SpanProcessor):
+    """An instrumentation that records ``None`` values, as agentops does for an absent content."""
+
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        span.set_attribute("gen_ai.prompt.1.content", None)
+        span.set_attribute("mixed", [1, None])
+        span.set_attribute("kept", "yes")
+        span.add_event("looked", {"absent": None, "present": 1})
+
+
+def _records_none(provider: TracerProvider) -> Callable[[], None]:
+    provider.add_span_processor(_RecordsNone())
+    return lambda: None
+
+
+async def test_none_attribute_values_are_left_out_instead_of_failing_the_call(
+    server: MockOpenAIServer,
+) -> None:
+    tracer = OtelTracer(instrument=[_records_none])
+    client = openai.AsyncOpenAI(api_key="sk-mock", base_url=server.base_url, max_retries=0)
+    with tracer.lifespan():
+        async with tracer.trace_context(rollout_id="ro-none", attempt_id="at-none") as binding, client as c:
+            reply = await c.chat.completions.create(model="m", messages=USER)
+    assert reply.choices[0].message.content == "echo: hello world"  # the call did not fail
+    assert (binding.lost, binding.lost_error) == (0, None)
+    [call] = [s for s in binding.spans if s.name == SPAN_NAME]
+    assert call.attributes["kept"] == "yes"
+    assert "gen_ai.prompt.1.content" not in call.attributes
+    assert "mixed" not in call.attributes  # a stored sequence holds one type: no None in it
+    assert call.attributes["gen_ai.prompt.0.content"] == "hello world"
+    [event] = call.events
+    assert event.attributes == {"present": 1}
+    assert {s.name for s in binding.spans} == {SPAN_NAME, "ro-none.session"}  # the root was stored too
+
+
+def _exporting(exporter: InMemorySpanExporter) -> Callable[[TracerProvider], Callable[[], None]]:
+    def hook(provider: TracerProvider) -> Callable[[], None]:
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        return lambda: None
+
+    return hook
+
+
+async def test_each_rollouts_calls_are_recorded_by_its_own_tracer(server: MockOpenAIServer) -> None:
+    # Two tracers initialised in one process (the second registers last), two rollouts at once:
+    # each call is recorded on the provider of the tracer whose rollout made it.
+    exporters = {name: InMemorySpanExporter() for name in ("first", "second")}
+    tracers = {name: OtelTracer(instrument=[_exporting(exporters[name])]) for name in exporters}
+    both_started = asyncio.Barrier(2)
+
+    async def one_rollout(name: str) -> list[Span]:
+        tracer = tracers[name]
+        async with tracer.trace_context(rollout_id=f"ro-{name}", attempt_id=f"at-{name}") as binding:
+            await both_started.wait()  # both trace contexts are open while the calls run
+            async with openai.AsyncOpenAI(api_key="sk-mock", base_url=server.base_url, max_retries=0) as c:
+                await c.chat.completions.create(model=f"model-{name}", messages=USER)
+                await asyncio.sleep(0.01)
+                await c.chat.completions.create(model=f"model-{name}", messages=USER)
+        return binding.spans
+
+    with tracers["first"].lifespan(), tracers["second"].lifespan():
+        stored = dict(zip(exporters, await asyncio.gather(*map(one_rollout, exporters)), strict=True))
+    for name, exporter in exporters.items():
+        recorded = [dict(s.attributes or {}) for s in exporter.get_finished_spans() if s.name == SPAN_NAME]
+        assert [a["gen_ai.request.model"] for a in recorded] == [f"model-{name}"] * 2, name
+        assert {a["agentlightning.rollout_id"] for a in recorded} == {f"ro-{name}"}
+        calls = [s for s in stored[name] if s.name == SPAN_NAME]
+        assert [s.attributes["gen_ai.request.model"] for s in calls] == [f"model-{name}"] * 2, name

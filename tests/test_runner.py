@@ -65,10 +65,17 @@ async def test_returned_float_becomes_the_final_reward(fs: FileStore) -> None:
     assert rollout_now is not None
     assert rollout_now.status == "succeeded"
     spans = list(await fs.query_spans(r.rollout_id))
-    assert [s.name for s in spans] == ["agentlightning.message", "agentlightning.annotation"]
+    # The agent's message, the attempt's root span (ended when the agent returned), then the
+    # reward the runner builds from the returned float, hung under that root.
+    assert [s.name for s in spans] == [
+        "agentlightning.message",
+        f"{r.rollout_id}.session",
+        "agentlightning.annotation",
+    ]
     assert spans[0].attributes["agentlightning.message.body"] == "Q: half please"
     assert find_final_reward(spans) == 0.5
-    assert [s.sequence_id for s in spans] == [1, 2]
+    assert [s.sequence_id for s in spans] == [1, 2, 3]
+    assert spans[2].parent_id == spans[1].span_id
 
 
 async def test_sync_agents_run_too(fs: FileStore) -> None:
@@ -163,7 +170,7 @@ async def test_concurrent_rollouts_keep_their_own_spans(fs: FileStore) -> None:
         bodies = [s.attributes.get("agentlightning.message.body") for s in spans[:3]]
         assert bodies == [f"task{i}-0", f"task{i}-1", f"task{i}-2"]
         assert find_final_reward(spans) == i / 10
-        assert [s.sequence_id for s in spans] == [1, 2, 3, 4]
+        assert [s.sequence_id for s in spans] == [1, 2, 3, 4, 5]  # 3 messages, the reward, the root
 
 
 async def test_stop_event_reports_attempts_in_flight_failed_so_the_retry_rule_applies(fs: FileStore) -> None:

@@ -290,7 +290,13 @@ async def test_hooks_are_called_where_upstream_calls_them(fs: FileStore) -> None
     assert hook.calls[0][1] is None  # before the trace context
     assert hook.calls[1][1] is not None  # inside it
     assert hook.calls[2][1] is hook.calls[1][1]
-    assert hook.calls[3][1] == ["agentlightning.message", "agentlightning.annotation"]
+    # Every span of the attempt, its root (`<rollout id>.session`) included.
+    rollout_id = (await fs.query_rollouts())[0].rollout_id
+    assert hook.calls[3][1] == [
+        "agentlightning.message",
+        f"{rollout_id}.session",
+        "agentlightning.annotation",
+    ]
 
 
 @rollout

@@ -175,7 +175,9 @@ def test_upstream_runner_runs_rollout_functions_over_a_file_store(tmp_path: Path
         # agl's tracer under upstream's runner: the same spans, in the same order.
         agl_traced = await enqueue(store, [{"q": "c", "score": 0.5}])
         await upstream_runner(store, prompt_agent, 1, tracer=OtelTracer())
-        assert await outcome(store, agl_traced[0]) == ("succeeded", 0.5, [MESSAGE, REWARD, REWARD])
+        # ... under the attempt's root span, which ends when the agent returns.
+        root = f"{agl_traced[0]}.session"
+        assert await outcome(store, agl_traced[0]) == ("succeeded", 0.5, [MESSAGE, REWARD, root, REWARD])
 
     asyncio.run(main())
 
@@ -223,7 +225,7 @@ def test_agl_runner_runs_upstream_agents_and_keeps_their_upstream_rewards(tmp_pa
         for rid, task in zip(ids, tasks, strict=True):
             status, reward, names = await outcome(store, rid)
             assert (status, reward) == ("succeeded", task["score"])
-            assert names == ["agentlightning.operation", MESSAGE, REWARD, REWARD]
+            assert names == ["agentlightning.operation", MESSAGE, REWARD, f"{rid}.session", REWARD]
             spans = list(await store.query_spans(rid))
             assert spans[1].attributes[BODY] == f"msg {task['q']}"  # no mixing between rollouts
             assert agl.get_reward_value(spans[2]) == task["score"] / 10
@@ -248,10 +250,14 @@ def test_agl_runner_runs_upstream_lit_agents(tmp_path: Path) -> None:
         await agl_runner(store, agent, 2)
         assert (await outcome(store, train[0]))[:2] == ("succeeded", 1.0)
         assert (await outcome(store, val[0]))[:2] == ("succeeded", 0.0)
-        assert (await outcome(store, train[0]))[2] == [REWARD, REWARD]
+        assert (await outcome(store, train[0]))[2] == [REWARD, f"{train[0]}.session", REWARD]
         spans_of = await enqueue(store, [3])
         await agl_runner(store, SpanAgent(), 1)
-        assert await outcome(store, spans_of[0]) == ("succeeded", 3.0, [REWARD, "step"])
+        assert await outcome(store, spans_of[0]) == (
+            "succeeded",
+            3.0,
+            [REWARD, f"{spans_of[0]}.session", "step"],
+        )
         failing = await enqueue(store, [0])
         await agl_runner(store, FailingAgent(), 1)
         attempt = await store.get_latest_attempt(failing[0])
@@ -372,12 +378,15 @@ def test_agl_trainer_runs_upstream_algorithms_and_agents_in_runner_processes(tmp
     )
     assert trainer.fit(prompt_agent, [{"q": "a", "score": 1.0}, {"q": "b", "score": 0.5}]) == 0.75
 
-    async def names() -> list[list[str]]:
+    async def names() -> list[tuple[str, list[str]]]:
         store = FileStore(tmp_path / "s")
-        return [[s.name for s in await store.query_spans(r.rollout_id)] for r in await store.query_rollouts()]
+        rollouts = await store.query_rollouts()
+        return [(r.rollout_id, [s.name for s in await store.query_spans(r.rollout_id)]) for r in rollouts]
 
-    emitted_then_returned = [MESSAGE, REWARD, REWARD]
-    assert asyncio.run(names()) == [emitted_then_returned, emitted_then_returned]
+    named = asyncio.run(names())
+    assert len(named) == 2
+    for rollout_id, span_names in named:  # emitted, the attempt's root, then the returned reward
+        assert span_names == [MESSAGE, REWARD, f"{rollout_id}.session", REWARD]
     with pytest.raises(TypeError, match="upstream's tracers run under upstream's Trainer"):
         Trainer(tracer=agl.OtelTracer())
 

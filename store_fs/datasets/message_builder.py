@@ -11,12 +11,13 @@ object in the OpenAI fine-tuning format:
   (``tool.name``, ``tool.parameters``, ``tool.call.id``, ``tool.call.type``).
 * ``tools``: the request's ``gen_ai.request.functions`` as function tools, else null.
 
-One deviation: agl's tracer records a prompt message's ``tool_calls`` as the JSON text of
-OpenAI's list (``[{"id", "type", "function": {"name", "arguments"}}]``), where upstream's
-tracers flatten them into ``tool_calls.<i>.id/name/arguments`` attributes; upstream's adapter
-fails on the text (it indexes the string), agl's reads both. Anything else upstream's adapter
-refuses (a message without a role, a tool result without ``tool_call_id``, attributes that are
-not numbered where a list is expected) raises :class:`MessagesError`.
+One deviation: spans stored by agl's tracer before it flattened a prompt message's
+``tool_calls`` into ``tool_calls.<i>.id/name/arguments`` attributes (as upstream's tracers do)
+hold them as the JSON text of OpenAI's list (``[{"id", "type", "function": {...}}]``);
+upstream's adapter fails on that text (it indexes the string), agl's reads both. Anything
+else upstream's adapter refuses (a message without a role, a tool result without
+``tool_call_id``, attributes that are not numbered where a list is expected) raises
+:class:`MessagesError`.
 """
 
 from __future__ import annotations

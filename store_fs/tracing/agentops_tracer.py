@@ -2,8 +2,20 @@
 
 agentops is imported only by :meth:`AgentOpsTracer.init` (it is slow to import and patches
 ``builtins.__import__`` process-wide). Offline unless ``agentops_service=True``: no API key,
-null span/metric exporters and no log upload, so nothing leaves the machine. Our own OpenAI
-wrapper stays off (agentops records ``openai.chat.completion`` spans); token ids are added.
+null span/metric exporters and no log upload, so nothing leaves the machine.
+
+**OpenAI coverage.** agentops 0.4.21 (with openai 3.x) records only ``chat.completions.create``
+(sync, async, streamed) well: ``parse`` and the Responses API get no span, the ``stream()``
+helpers and ``with_streaming_response(stream=True)`` fail inside its wrapper, raw responses and
+legacy streamed completions get spans without the reply. So agentops keeps plain
+``chat.completions.create`` calls (its spans gain token ids and logprobs, as upstream's tracer
+adds them) and every other call is routed past its wrapper to our own instrumentation
+(:mod:`store_fs.tracing.openai_instrument`), recording on agentops' provider in the same
+shape; a call agentops records is never recorded twice (the mechanism:
+:mod:`store_fs.tracing._agentops_openai`). Each attempt's root span is agentops'
+``<name or rollout id>.session`` span, adopted as the attempt's root
+(:mod:`store_fs.tracing.root_span`), so a rollout's spans form one tree as under agl's default
+tracer.
 """
 
 from __future__ import annotations
@@ -11,10 +23,10 @@ from __future__ import annotations
 import builtins
 import contextlib
 import importlib
+import importlib.util
 import logging
 import os
-import threading
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from opentelemetry.context import Context
@@ -24,7 +36,9 @@ from opentelemetry.sdk.trace import Span as SdkSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import Status, StatusCode
 
+from store_fs.tracing._agentops_openai import acquire, patch_token_ids, share_openai
 from store_fs.tracing.rollout_binding import RolloutBinding, SpanSink, current_binding
+from store_fs.tracing.root_span import adopt_root_span
 from store_fs.tracing.span_processor import LightningSpanProcessor
 from store_fs.tracing.tracer import ProviderTracer
 
@@ -61,7 +75,11 @@ class _NullMetricExporter(MetricExporter):
 
 
 class _GatedProcessor(LightningSpanProcessor):
-    """On agentops' provider: only AgentOpsTracer rollouts (agentops instruments until exit), until closed."""
+    """On agentops' provider: only AgentOpsTracer rollouts (agentops instruments until exit), until closed.
+
+    The ``None`` values agentops records for absent values (an assistant message's ``content``
+    next to its ``tool_calls``) are left out by the base class.
+    """
 
     enabled = True
 
@@ -76,7 +94,8 @@ class AgentOpsTracer(ProviderTracer):
 
     ``agentops_service=True`` also sends them to AgentOps (needs ``AGENTOPS_API_KEY``); otherwise
     the key is hidden from agentops until teardown. ``token_ids`` adds vLLM-style
-    ``prompt_token_ids`` / ``response_token_ids`` to agentops' OpenAI spans.
+    ``prompt_token_ids`` / ``response_token_ids`` (and ``logprobs.content``) to agentops' OpenAI
+    spans; the spans of our own instrumentation always carry them.
     """
 
     def __init__(self, *, agentops_service: bool = False, token_ids: bool = True) -> None:
@@ -93,10 +112,10 @@ class AgentOpsTracer(ProviderTracer):
         if not self.agentops_service and key is not None:
             del os.environ[API_KEY_ENV]  # a key makes agentops authenticate with its service at init
             self._undo.append(lambda: os.environ.setdefault(API_KEY_ENV, key))
-        from store_fs.tracing.openai_instrument import _active_tracer
-
-        if _active_tracer() is not None:
-            log.warning("store_fs' OpenAI instrumentation is active too: completions get two spans")
+        if _has_openai():
+            # agentops instruments a package when it is imported; openai imported after init()
+            # fails with a circular import inside agentops and stays unwrapped until imported again.
+            importlib.import_module("openai")
         agentops: Any = importlib.import_module("agentops")
         core: Any = importlib.import_module("agentops.sdk.core")
         if core.tracer.initialized:
@@ -107,9 +126,11 @@ class AgentOpsTracer(ProviderTracer):
         if importlib.import_module("opentelemetry.trace").get_tracer_provider() is not provider:
             log.warning("a global TracerProvider predates agentops': its traces will be split")
         # agentops has one provider per process: tracers share one processor, or spans double.
-        self._undo.append(_acquire("processor", lambda: _add_processor(provider)))
+        self._undo.append(acquire("processor", lambda: _add_processor(provider)))
         if self.token_ids:
-            self._undo.append(_acquire("token_ids", _patch_token_ids))
+            self._undo.append(acquire("token_ids", patch_token_ids))
+        if _has_openai():
+            self._undo.extend(share_openai(provider, self))
         self._provider = provider
 
     @staticmethod
@@ -146,50 +167,28 @@ class AgentOpsTracer(ProviderTracer):
         rollout_id: str | None = None,
         attempt_id: str | None = None,
     ) -> AsyncIterator[RolloutBinding]:
-        """The base context, holding one agentops trace (root span ``<rollout_id>.session``)."""
+        """The base context, holding one agentops trace whose ``<name or rollout_id>.session``
+        span is the attempt's root (as agl's default tracer names it): spans that end up without
+        a parent are stored under it."""
         self.provider  # noqa: B018 - raises before anything is opened if init() was not called
         agentops: Any = importlib.import_module("agentops")
         context = super().trace_context(name, store=store, rollout_id=rollout_id, attempt_id=attempt_id)
         async with context as binding:
-            trace = agentops.start_trace(trace_name=rollout_id or name or "agentlightning")
+            trace_context = agentops.start_trace(trace_name=name or rollout_id or "agentlightning")
+            if trace_context is not None:
+                adopt_root_span(binding, trace_context.span.get_span_context())
             ok = False
             try:
                 yield binding
                 ok = True
             finally:
-                if trace is not None:  # ended inside the binding, so the base class drains it
-                    trace.span.set_status(Status(StatusCode.OK if ok else StatusCode.ERROR))
-                    agentops.end_trace(trace, end_state="Success" if ok else "Error")
+                if trace_context is not None:  # ended inside the binding, so the base class drains it
+                    trace_context.span.set_status(Status(StatusCode.OK if ok else StatusCode.ERROR))
+                    agentops.end_trace(trace_context, end_state="Success" if ok else "Error")
 
     def flush_instrumentation(self) -> None:
         if self._provider is not None:
             self._provider.force_flush(5_000)
-
-
-_lock = threading.Lock()
-_shared: dict[str, tuple[int, Callable[[], object]]] = {}  # key -> (users, undo)
-
-
-def _acquire(key: str, setup: Callable[[], Callable[[], object]]) -> Callable[[], None]:
-    """Run ``setup`` once per process; its undo runs when the last user releases it."""
-    with _lock:
-        users, undo = _shared[key] if key in _shared else (0, setup())
-        _shared[key] = (users + 1, undo)
-    released = False
-
-    def release() -> None:
-        nonlocal released
-        with _lock:
-            if released:
-                return
-            released = True
-            users, undo = _shared.pop(key)
-            if users > 1:
-                _shared[key] = (users - 1, undo)
-            else:
-                undo()
-
-    return release
 
 
 def _add_processor(provider: TracerProvider) -> Callable[[], None]:
@@ -206,77 +205,5 @@ def _remove_processor(provider: TracerProvider, processor: _GatedProcessor) -> N
         multi._span_processors = tuple(p for p in multi._span_processors if p is not processor)
 
 
-# ---------------------------------------------------------------- token ids on agentops' spans
-
-
-def _extra(obj: Any) -> Mapping[str, Any]:
-    extra = getattr(obj, "model_extra", None)
-    return extra if isinstance(extra, Mapping) else {}
-
-
-def _ids(value: Any) -> list[int] | None:
-    ok = isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-    return value if ok else None
-
-
-def _with_response_ids(original: Any) -> Any:
-    def handle_chat_attributes(*args: Any, **kwargs: Any) -> Any:
-        attrs = original(*args, **kwargs)
-        response = kwargs.get("return_value")
-        first = (getattr(response, "choices", None) or [None])[0]
-        found = {
-            "prompt_token_ids": _ids(_extra(response).get("prompt_token_ids")),
-            "response_token_ids": _ids(_extra(first).get("token_ids")),
-        }
-        attrs.update({k: v for k, v in found.items() if v is not None})
-        return attrs
-
-    return handle_chat_attributes
-
-
-def _collecting(original: Any) -> Any:
-    # vLLM streams: prompt ids on the first chunk, reply ids with each delta.
-    def _process_chunk(self: Any, chunk: Any) -> Any:
-        ids: dict[str, list[int]] = self.__dict__.setdefault("_agl_token_ids", {})
-        prompt = _ids(_extra(chunk).get("prompt_token_ids"))
-        if prompt is not None:
-            ids.setdefault("prompt_token_ids", prompt)
-        for choice in getattr(chunk, "choices", None) or []:
-            reply = _ids(_extra(choice).get("token_ids")) if getattr(choice, "index", 0) == 0 else None
-            if reply is not None:
-                ids.setdefault("response_token_ids", []).extend(reply)
-        return original(self, chunk)
-
-    return _process_chunk
-
-
-def _stamping(original: Any) -> Any:
-    def _finalize_stream(self: Any) -> Any:
-        for key, value in self.__dict__.get("_agl_token_ids", {}).items():
-            self._span.set_attribute(key, value)
-        return original(self)
-
-    return _finalize_stream
-
-
-def _patch_token_ids() -> Callable[[], None]:
-    """Wrap agentops' OpenAI chat attribute extraction and stream wrappers; returns the undo."""
-    saved: list[tuple[Any, str, Any]] = []
-    try:
-        wrappers: Any = importlib.import_module("agentops.instrumentation.providers.openai.stream_wrapper")
-        targets = [(wrappers, "handle_chat_attributes", _with_response_ids)]
-        for cls in (wrappers.OpenaiStreamWrapper, wrappers.OpenAIAsyncStreamWrapper):
-            targets += [(cls, "_process_chunk", _collecting), (cls, "_finalize_stream", _stamping)]
-        for owner, attr, make in targets:
-            original = getattr(owner, attr)
-            setattr(owner, attr, make(original))
-            saved.append((owner, attr, original))
-    except Exception as err:  # another agentops version: its spans simply lack token ids
-        log.warning("cannot add token ids to agentops' OpenAI spans: %s", err)
-
-    def undo() -> None:
-        for owner, attr, original in reversed(saved):
-            setattr(owner, attr, original)
-        saved.clear()
-
-    return undo
+def _has_openai() -> bool:
+    return importlib.util.find_spec("openai") is not None

@@ -21,6 +21,11 @@ retry whose first try did land stores nothing twice. A span that cannot be store
 permanent error, or retrying given up) is counted in :attr:`RolloutBinding.lost`; the
 runner then fails the attempt instead of reporting it ``succeeded``.
 
+**Tree and secrets.** Every span passes :func:`~store_fs.tracing.credential_scrub.scrub_span`
+before it is queued (credentials masked or dropped), and, once the attempt's root span is
+known (:attr:`RolloutBinding.root`, see :mod:`store_fs.tracing.root_span`), a span without a
+parent is hung under the root, so an attempt's spans form one tree.
+
 **Settlement.** :meth:`RolloutBinding.close` ends delivery for good: spans still queued,
 and every span delivered later (an abandoned agent that keeps running), are dropped and
 counted in :attr:`RolloutBinding.dropped`, with one warning.
@@ -40,8 +45,9 @@ from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from store_fs.models import Span
+from store_fs.models import Span, SpanContext
 from store_fs.retrying import RetryPolicy, call_with_retry, is_transient
+from store_fs.tracing.credential_scrub import scrub_span
 
 __all__ = ["RolloutBinding", "SpanSink", "SpanTransport", "StoreWriter", "current_binding"]
 
@@ -134,6 +140,7 @@ class RolloutBinding:
         dropped: spans dropped because the binding was closed (the attempt was settled).
         closed: why the binding was closed, or None while it is open.
         flush_deadline: a ``time.monotonic()`` instant after which :meth:`drain` gives up.
+        root: (trace id, span id) in hex of the attempt's root span, once it is open.
     """
 
     def __init__(
@@ -162,6 +169,7 @@ class RolloutBinding:
         self.dropped = 0
         self.closed: str | None = None
         self.flush_deadline: float | None = None
+        self.root: tuple[str, str] | None = None
         self._queue: deque[_Entry] = deque()
         self._pump: concurrent.futures.Future[None] | None = None
         self._lock = threading.Lock()
@@ -175,16 +183,41 @@ class RolloutBinding:
 
     # -- receiving spans (any thread, never blocks) ---------------------------------------
     def deliver(self, readable_span: Any) -> None:
-        """Queue a finished OpenTelemetry span for the store."""
+        """Queue a finished OpenTelemetry span for the store.
+
+        Never raises (it runs inside the instrumented code's ``span.end()``): a span that
+        cannot be converted is counted in :attr:`lost`, so the attempt fails instead.
+        """
         rollout_id = self.rollout_id or "rollout-dummy"
         attempt_id = self.attempt_id or "attempt-dummy"
-        span = Span.from_opentelemetry(readable_span, rollout_id, attempt_id, 0)
-        self._enqueue(_Entry(span, readable_span if self.span_transport == "otlp" else None))
+        try:
+            span = Span.from_opentelemetry(readable_span, rollout_id, attempt_id, 0)
+        except Exception as err:
+            self._count_lost(1, err)
+            return
+        if self.closed is not None and self.root is not None and span.span_id == self.root[1]:
+            return  # the root of an attempt settled early is no span of its agent: not counted
+        prepared = self._prepared(span)
+        # The OTLP transport exports the SDK span as it is: only when nothing had to change.
+        keep = self.span_transport == "otlp" and prepared is span
+        self._enqueue(_Entry(prepared, readable_span if keep else None))
 
     def submit(self, span: Span, *, numbered: bool = False) -> None:
         """Queue a span built by the caller (the runner's reward span, an agent's returned
         spans); ``numbered``: keep its sequence id instead of allocating one."""
-        self._enqueue(_Entry(span, None, numbered))
+        self._enqueue(_Entry(self._prepared(span), None, numbered))
+
+    def _prepared(self, span: Span) -> Span:
+        """``span`` scrubbed of credentials and, if it has no parent, hung under the root."""
+        span = scrub_span(span)
+        root = self.root
+        if root is None or span.parent_id is not None or span.span_id == root[1]:
+            return span
+        trace_id, root_id = root
+        context = span.context.model_copy(update={"trace_id": trace_id}) if span.context else None
+        parent = SpanContext(trace_id=trace_id, span_id=root_id, is_remote=False, trace_state={})
+        update = {"trace_id": trace_id, "parent_id": root_id, "context": context, "parent": parent}
+        return span.model_copy(update=update)
 
     def _enqueue(self, entry: _Entry) -> None:
         if not self.bound:
@@ -263,7 +296,7 @@ class RolloutBinding:
                 await self._write(batch)
             except Exception as err:  # a bug here must not stall the queue: count and go on
                 log.exception("span delivery of %s failed", self.rollout_id)
-                self._count_lost(batch, err)
+                self._count_lost(len(batch), err)
 
     async def _write(self, batch: Sequence[_Entry], give_up_after: float | None = None) -> None:
         limit = self.give_up_after if give_up_after is None else give_up_after
@@ -301,13 +334,13 @@ class RolloutBinding:
             for entry in batch:
                 await self._write([entry], patience)
             return
-        self._count_lost(batch, err)
+        self._count_lost(len(batch), err)
 
-    def _count_lost(self, batch: Sequence[_Entry], err: BaseException) -> None:
+    def _count_lost(self, count: int, err: BaseException) -> None:
         with self._lock:
-            self.lost += len(batch)
+            self.lost += count
             self.lost_error = f"{type(err).__name__}: {err}"
-        log.warning("could not store %d span(s) of %s: %s", len(batch), self.rollout_id, self.lost_error)
+        log.warning("could not store %d span(s) of %s: %s", count, self.rollout_id, self.lost_error)
 
     def _is_closed(self) -> bool:
         return self.closed is not None

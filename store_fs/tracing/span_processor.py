@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
+from typing import Any
 
 from opentelemetry.context import Context
-from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
+from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor
 from opentelemetry.sdk.trace import Span as SdkSpan
 
 from store_fs.tracing.rollout_binding import RolloutBinding, current_binding
@@ -23,6 +25,11 @@ class LightningSpanProcessor(SpanProcessor):
     variable is visible; the binding is remembered by span id, because a span may
     end elsewhere (a stream drained in another task). Spans started outside any
     rollout are ignored.
+
+    ``on_end`` runs inside the instrumented code's ``span.end()``, so it must not fail on
+    what an instrumentation recorded: ``None`` values (agentops records an absent message
+    ``content`` as ``None``; the OpenTelemetry SDK keeps them, a stored span cannot hold
+    them) are left out, as an OTLP exporter would, in the span's and its events' attributes.
     """
 
     def __init__(self) -> None:
@@ -46,7 +53,7 @@ class LightningSpanProcessor(SpanProcessor):
         with self._lock:
             binding = self._open.pop(context.span_id, None)
         if binding is not None and context.trace_flags.sampled:
-            binding.deliver(span)
+            binding.deliver(storable(span))
 
     def shutdown(self) -> None:
         with self._lock:
@@ -54,3 +61,35 @@ class LightningSpanProcessor(SpanProcessor):
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return True
+
+
+def _holds_none(attributes: Mapping[str, Any] | None) -> bool:
+    values = (attributes or {}).values()
+    return any(v is None or (isinstance(v, tuple | list) and None in v) for v in values)
+
+
+def _without_none(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The attributes minus ``None`` values and sequences holding one (a stored span's
+    sequences are of one type)."""
+    return {k: v for k, v in (attributes or {}).items() if v is not None and not _holds_none({k: v})}
+
+
+def storable(span: ReadableSpan) -> ReadableSpan:
+    """``span`` itself, or a copy without the ``None`` values a stored span cannot hold."""
+    if not _holds_none(span.attributes) and not any(_holds_none(e.attributes) for e in span.events):
+        return span
+    events = [Event(e.name, _without_none(e.attributes), e.timestamp) for e in span.events]
+    return ReadableSpan(
+        name=span.name,
+        context=span.context,
+        parent=span.parent,
+        resource=span.resource,
+        attributes=_without_none(span.attributes),
+        events=events,
+        links=span.links,
+        kind=span.kind,
+        status=span.status,
+        start_time=span.start_time,
+        end_time=span.end_time,
+        instrumentation_scope=span.instrumentation_scope,
+    )

@@ -1,9 +1,10 @@
 """Tracers: record what an agent does during a rollout as spans in the store.
 
 :class:`OtelTracer` (the default) owns a private OpenTelemetry ``TracerProvider``
-(it never replaces the global one), records every OpenAI chat completion through
-:mod:`store_fs.tracing.openai_instrument`, and sends spans to the rollout's
-store as they end. It needs no network and no API key.
+(it never replaces the global one), records every OpenAI generation call through
+:mod:`store_fs.tracing.openai_instrument`, opens one root span per attempt
+(:mod:`store_fs.tracing.root_span`) and sends spans to the rollout's store as they
+end. It needs no network and no API key.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from store_fs.tracing.rollout_binding import (
     current_binding,
     unbind,
 )
+from store_fs.tracing.root_span import rollout_root_span
 from store_fs.tracing.span_processor import LightningSpanProcessor
 
 __all__ = ["OtelTracer", "ProviderTracer", "SpanRecorder", "Tracer", "active_tracer"]
@@ -270,8 +272,12 @@ class SpanRecorder:
 class OtelTracer(ProviderTracer):
     """OpenTelemetry SDK + our OpenAI instrumentation; spans go to the rollout's store.
 
+    Each trace context opens the attempt's root span, ``<name or rollout id>.session``, which
+    every span of the attempt descends from (see :mod:`store_fs.tracing.root_span`).
+
     Args:
-        instrument_openai: record OpenAI chat completions (sync, async, streaming).
+        instrument_openai: record OpenAI generation calls (chat completions, completions,
+            Responses; sync, async, streaming).
         instrument: extra ``callable(tracer_provider) -> uninstrument`` hooks, e.g. for
             other OpenTelemetry instrumentations that accept a ``tracer_provider``.
         span_transport: "api" (``add_span`` calls, any store) or "otlp" (OTLP/HTTP export
@@ -300,7 +306,7 @@ class OtelTracer(ProviderTracer):
         if self._instrument_openai:
             from store_fs.tracing.openai_instrument import instrument_openai
 
-            self._undo.append(instrument_openai(self._provider.get_tracer("agentlightning.openai")))
+            self._undo.append(instrument_openai(self._provider.get_tracer("agentlightning.openai"), self))
         self._undo.extend(hook(self._provider) for hook in self._extra)
 
     def teardown(self) -> None:
@@ -308,6 +314,22 @@ class OtelTracer(ProviderTracer):
         if self._provider is not None:
             self._provider.shutdown()
             self._provider = None
+
+    @contextlib.asynccontextmanager
+    async def trace_context(
+        self,
+        name: str | None = None,
+        *,
+        store: SpanSink | None = None,
+        rollout_id: str | None = None,
+        attempt_id: str | None = None,
+    ) -> AsyncIterator[RolloutBinding]:
+        """The base context, with the attempt's root span open (and current) inside it."""
+        tracer = self._tracer()  # raises before anything is opened if init() was not called
+        context = super().trace_context(name, store=store, rollout_id=rollout_id, attempt_id=attempt_id)
+        async with context as binding:
+            with rollout_root_span(tracer, binding, name or rollout_id or "agentlightning"):
+                yield binding
 
     @contextlib.contextmanager
     def operation(self, name: str, attributes: dict[str, Any] | None = None) -> Iterator[Any]:
