@@ -48,8 +48,21 @@ def report(
         typer.Option("--rollout", help="Rollout whose spans to draw (repeatable; default: best and worst)."),
     ] = None,
     check: Annotated[
-        bool, typer.Option("--check/--no-check", help="Include what `agl check` finds (reads every file).")
+        bool,
+        typer.Option(
+            "--check/--no-check",
+            help="Include a data health section: a quick check of what the report reads, the queue and "
+            "the index marker (see --full-check).",
+        ),
     ] = True,
+    full_check: Annotated[
+        bool,
+        typer.Option(
+            "--full-check",
+            help="Make the data health section what `agl check` finds: it reads every file again "
+            "(minutes for 100,000 rollouts).",
+        ),
+    ] = False,
     watch: Annotated[
         bool, typer.Option("--watch", help="Write the report again when the store changes (Ctrl-C stops).")
     ] = False,
@@ -75,14 +88,18 @@ def report(
     \b
     agl report runs/exp1 -o exp1.html && xdg-open exp1.html
     agl report --watch -o live.html          # regenerated as the run goes on
+    agl report --full-check -o exp1.html     # data health as `agl check` reports it
     """
     from store_fs.report import ReportOptions, ReportOutputError, watch_report, write_report
 
+    if full_check and not check:
+        raise typer.BadParameter("cannot be used with --no-check", param_hint="--full-check")
     cli = CliState.of(ctx)
     opened = (dataclasses.replace(cli, store=store) if store else cli).open_store()
     options = ReportOptions(
         rollout_ids=tuple(rollout or ()),
         run_check=check,
+        full_check=full_check,
         jobs=jobs if jobs is not None else _default_jobs(),
         refresh_seconds=max(2, round(interval)) if watch else None,
     )

@@ -6,9 +6,11 @@ resource versions (default 20) published along the way, each rollout dequeued by
 ``--workers`` workers (default 8), given an agent span with an LLM call inside it and a reward
 span, and completed; one in 20 fails with one of three error messages instead. Then writes the
 report from a fresh process each time (as the ``agl report`` command does: a cold store,
-nothing cached), for each ``--jobs`` value, with and without the data health check, and prints
-the wall time, the size of the page and the peak memory of the report process and of its
-worker processes.
+nothing cached), for each ``--jobs`` value and each data health setting of ``--checks`` (``quick``:
+the default quick check, ``none``: ``--no-check``, ``full``: ``--full-check``), ``--repeat`` times
+interleaved, and prints for each the median wall time, the CPU time of the report process and its
+workers, the size of the page, the peak memory of the report process and of its worker processes,
+and the load average when it started (the machine is shared: CPU time moves less than wall time).
 
 Usage::
 
@@ -16,6 +18,7 @@ Usage::
     python benchmarks/bench_report.py --n 10000 --jobs 1,2
     python benchmarks/bench_report.py --dir /tmp/big --keep   # keep the store for another run
     python benchmarks/bench_report.py --dir /tmp/big --reuse  # measure a store kept before
+    python benchmarks/bench_report.py --dir /tmp/big --keep --build-only   # build it, measure later
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import platform
 import random
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -114,55 +118,69 @@ async def build(root: Path, n: int, versions: int, workers: int, batch: int = 10
     return time.perf_counter() - started
 
 
-def measure_once(root: str, out: str, jobs: int, check: bool) -> dict[str, Any]:
+#: ``--checks`` values: (run_check, full_check) of ``ReportOptions``.
+CHECKS = {"quick": (True, False), "none": (False, False), "full": (True, True)}
+
+
+def measure_once(root: str, out: str, jobs: int, check: str) -> dict[str, Any]:
     """One report in this (fresh) process; the figures as a dict."""
     from store_fs.report import ReportOptions, write_report
 
+    load = os.getloadavg()[0]
     started = time.perf_counter()
-    result = write_report(FileStore(root, create=False), out, ReportOptions(jobs=jobs, run_check=check))
+    run_check, full_check = CHECKS[check]
+    options = ReportOptions(jobs=jobs, run_check=run_check, full_check=full_check)
+    result = write_report(FileStore(root, create=False), out, options)
     seconds = time.perf_counter() - started
+    me, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return {
         "jobs": jobs,
         "check": check,
         "seconds": round(seconds, 2),
+        "cpu_seconds": round(me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime, 2),
+        "load": round(load, 1),
         "bytes": result.bytes,
         "rollouts": result.rollouts,
         "problems": result.problems,
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "worker_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
+        "peak_rss_mb": round(me.ru_maxrss / 1024, 1),
+        "worker_peak_rss_mb": round(children.ru_maxrss / 1024, 1),
     }
 
 
-def measure(root: Path, jobs: int, check: bool) -> dict[str, Any]:
+def measure(root: Path, jobs: int, check: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         code = (
             "import json, sys; sys.path.insert(0, sys.argv[1]); from bench_report import measure_once; "
-            "print(json.dumps(measure_once(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5] == '1')))"
+            "print(json.dumps(measure_once(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5])))"
         )
         here = str(Path(__file__).resolve().parent)
-        args = [
-            sys.executable,
-            "-c",
-            code,
-            here,
-            str(root),
-            str(Path(tmp) / "report.html"),
-            str(jobs),
-            str(int(check)),
-        ]
+        args = [sys.executable, "-c", code, here, str(root), str(Path(tmp) / "report.html"), str(jobs), check]
         done = subprocess.run(args, capture_output=True, text=True, check=True)
         figures: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return figures
 
 
+def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run of median wall time, with every run's seconds beside it."""
+    ordered = sorted(runs, key=lambda r: r["seconds"])
+    middle = dict(ordered[(len(ordered) - 1) // 2])
+    middle["runs_seconds"] = [r["seconds"] for r in runs]
+    middle["median_seconds"] = statistics.median(r["seconds"] for r in runs)
+    return middle
+
+
 def render(results: list[dict[str, Any]]) -> str:
-    header = f"{'jobs':>4} {'check':>6} {'seconds':>9} {'page MB':>8} {'RSS MB':>7} {'workers MB':>10}"
+    header = (
+        f"{'jobs':>4} {'check':>6} {'seconds':>9} {'CPU s':>7} {'load':>5} {'page MB':>8} "
+        f"{'RSS MB':>7} {'workers MB':>10}  runs"
+    )
     lines = [header, "-" * len(header)]
     for r in results:
-        check = "yes" if r["check"] else "no"
+        runs = ", ".join(f"{s:.1f}" for s in r.get("runs_seconds", [r["seconds"]]))
         lines.append(
-            f"{r['jobs']:>4} {check:>6} {r['seconds']:>9.2f} {r['bytes'] / 1e6:>8.2f} "
-            f"{r['peak_rss_mb']:>7.0f} {r['worker_peak_rss_mb']:>10.0f}"
+            f"{r['jobs']:>4} {r['check']:>6} {r.get('median_seconds', r['seconds']):>9.2f} "
+            f"{r['cpu_seconds']:>7.1f} {r['load']:>5.1f} {r['bytes'] / 1e6:>8.2f} "
+            f"{r['peak_rss_mb']:>7.0f} {r['worker_peak_rss_mb']:>10.0f}  {runs}"
         )
     return "\n".join(lines)
 
@@ -175,25 +193,34 @@ def main() -> None:
     parser.add_argument("--versions", type=int, default=20)
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--jobs", default="1,4", help="comma-separated --jobs values to measure")
+    parser.add_argument(
+        "--checks", default="quick,none,full", help="comma-separated data health settings: quick, none, full"
+    )
+    parser.add_argument("--repeat", type=int, default=1, help="measure each setting this many times")
     parser.add_argument("--dir", type=Path, help="where to build the store (default: a temporary directory)")
     parser.add_argument("--keep", action="store_true", help="keep the store afterwards")
     parser.add_argument("--reuse", action="store_true", help="measure the store already in --dir")
+    parser.add_argument("--build-only", action="store_true", help="build the store and stop (with --keep)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     random.seed(19)
     parent = args.dir or Path(tempfile.mkdtemp(prefix="agl-bench-report-"))
     root = parent / "store" if not args.reuse or not (parent / "FORMAT.json").exists() else parent
     build_seconds = None
+    settings = [(int(j), c) for j in args.jobs.split(",") for c in args.checks.split(",") if c]
     try:
         if not args.reuse:
             print(f"building {args.n:,} rollouts in {root} ...", file=sys.stderr)
             build_seconds = asyncio.run(build(root, args.n, args.versions, args.workers))
-        results = []
-        for jobs in (int(j) for j in args.jobs.split(",")):
-            for check in (False, True):
+        if args.build_only:
+            return
+        runs: dict[tuple[int, str], list[dict[str, Any]]] = {setting: [] for setting in settings}
+        for _round in range(args.repeat):  # interleaved: each round measures every setting once
+            for jobs, check in settings:
                 figures = measure(root, jobs, check)
                 print(f"  jobs={jobs} check={check}: {figures}", file=sys.stderr)
-                results.append(figures)
+                runs[(jobs, check)].append(figures)
+        results = [median_of(runs[setting]) for setting in settings]
         print(render(results))
         if args.json:
             machine = {"python": platform.python_version(), "cpus": os.cpu_count(), "agl": __version__}

@@ -35,7 +35,7 @@ from store_fs.report import (
 )
 from store_fs.report.prompt_diff import diff_html
 from store_fs.report.report_data import ReportData
-from store_fs.report.report_scan import AttemptRow, RolloutRow
+from store_fs.report.report_scan import AttemptRow, RolloutRow, scan_page
 from store_fs.report.report_stats import duration_bins, failure_groups, reward_series, timeline_lanes
 from store_fs.report.svg_charts import nice_ticks
 from store_fs.report.svg_timelines import MAX_BARS, timeline
@@ -163,8 +163,12 @@ def test_data_health_shows_what_check_finds(
     assert data.problems is not None
     assert [p.path for p in data.problems] == [exp.corrupt_span_file]
     assert embedded(page)["problems"] == 1
+    assert embedded(page)["check"] == "quick"
+    assert data.problems == problems  # the quick check words it as check() does
     assert "corrupt-span" in page
     assert exp.corrupt_span_file in page
+    assert "quick check finds 1 problem(s)" in page
+    assert "--full-check" in page
 
 
 def test_timeline_waterfalls_and_charts(
@@ -262,18 +266,37 @@ def test_a_requested_rollout_gets_its_waterfall(rich: tuple[FileStore, Expected]
     assert f"<title>Spans of {exp.retried} (requested)" in page
 
 
-def test_pages_and_worker_processes_read_the_same_as_one_pass(
+def test_worker_processes_read_the_same_as_one_process_and_the_api(
     rich: tuple[FileStore, Expected], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store, _exp = rich
     alone = asyncio.run(gather(store, ReportOptions(jobs=1)))
-    monkeypatch.setattr(report_data, "PAGE_ROLLOUTS", 5)  # pages, each through a store of its own
-    paged = asyncio.run(gather(store, ReportOptions(jobs=1)))
     monkeypatch.setattr(report_data, "PARALLEL_MIN_ROLLOUTS", 0)
     pooled = asyncio.run(gather(store, ReportOptions(jobs=2)))
+    through_api = asyncio.run(scan_page(store, 0, -1))
     assert len(alone.rollouts) == 18
-    assert paged.rollouts == pooled.rollouts == alone.rollouts
-    assert paged.problems == pooled.problems == alone.problems
+    assert pooled.rollouts == alone.rollouts
+    assert sorted(through_api, key=lambda r: (r.start_time, r.rollout_id)) == alone.rollouts
+    assert pooled.problems == alone.problems
+    assert alone.check_scope == pooled.check_scope == "quick"
+
+
+def test_the_full_check_is_what_check_finds(
+    rich: tuple[FileStore, Expected], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, exp = rich
+    full = asyncio.run(gather(store, ReportOptions(full_check=True)))
+    monkeypatch.setattr(report_data, "PARALLEL_MIN_ROLLOUTS", 0)
+    pooled = asyncio.run(gather(store, ReportOptions(full_check=True, jobs=2)))
+    assert full.problems == pooled.problems == store.check()
+    assert full.check_scope == "full"
+    page = render_page(full)
+    assert embedded(page)["check"] == "full"
+    assert "<code>agl check</code> finds 1 problem(s)" in page
+    assert exp.corrupt_span_file in page
+    not_checked = asyncio.run(gather(store, ReportOptions(run_check=False, full_check=True)))
+    assert not_checked.problems is None
+    assert not_checked.check_scope is None
 
 
 def _synthetic(n: int) -> ReportData:
@@ -407,5 +430,6 @@ def test_the_report_benchmark_runs_at_a_tiny_size(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     figures = json.loads(out.read_text())
-    assert [(r["rollouts"], r["check"]) for r in figures["results"]] == [(60, False), (60, True)]
+    results = [(r["rollouts"], r["check"], r["problems"]) for r in figures["results"]]
+    assert results == [(60, "quick", 0), (60, "none", None), (60, "full", 0)]
     assert "page MB" in done.stdout

@@ -104,6 +104,11 @@ def test_report_of_a_store_with_every_outcome(tmp_path: Path) -> None:
     assert doc["summary"]["by_status"] == exp.by_status
     assert doc["waterfalls"] == [exp.timed_out, exp.retried]
     assert [v["resources_id"] for v in doc["versions"] if v["best"]] == [exp.version_ids[2]]
+    assert doc["check"] == "quick"
+    full = agl.ok("report", "-o", "full.html", "--full-check")
+    assert full.json()["problems"] == 1
+    assert embedded((tmp_path / "full.html").read_text())["check"] == "full"
+    assert "<code>agl check</code> finds 1 problem(s)" in (tmp_path / "full.html").read_text()
 
 
 def test_an_empty_store_gives_a_report_that_says_so(tmp_path: Path) -> None:
@@ -128,9 +133,8 @@ def test_bad_input_gives_one_line_and_a_documented_exit(tmp_path: Path) -> None:
     (tmp_path / "a-file").write_text("")
     assert_error(agl("report", "-o", "a-file/r.html"), ExitCode.BAD_INPUT, "Not a directory")
     assert_error(agl("report", "-o", "."), ExitCode.BAD_INPUT, "is a directory")
-    assert_error(
-        agl("report", "--watch", "--interval", "0", "-o", "r.html"), ExitCode.USAGE, "--interval"
-    )
+    assert_error(agl("report", "--watch", "--interval", "0", "-o", "r.html"), ExitCode.USAGE, "--interval")
+    assert_error(agl("report", "--no-check", "--full-check", "-o", "r.html"), ExitCode.USAGE, "--no-check")
     assert not (tmp_path / "r.html").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "store"]  # no temporary files left
 

@@ -136,6 +136,8 @@ class Reaper:
         tracker.last_sweep = now
         queue = self._engine.queue
         tokens = queue.list_pending()
+        if not tokens:
+            return True  # nothing to sweep: do not load the index (100,000 rollouts: ~1.8 s)
         # A rollout named by the index exists (its line follows its first revision): one
         # dict look-up instead of a stat per queued rollout (100,000 queued: ~1.3 s -> ~0.1 s).
         indexed = self._index.lookup(t.rollout_id for t in tokens) if self._index is not None else None

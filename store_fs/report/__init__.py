@@ -5,7 +5,11 @@ throughput over time, attempts per worker, distributions, failures, data health 
 waterfalls, as inline SVG and CSS: no script runs, nothing is fetched, the page opens from
 ``file://`` offline and prints well. Modules:
 
-    report_scan     rollouts → compact rows (final reward, counts, attempts), per page
+    report_scan     the rows (final reward, counts, attempts) as the public API gives them
+    report_fastscan the same rows read straight from records and span files (the hot path)
+    _record_rows    a row from a record's JSON in the store's own shape
+    _span_digest    a rollout's span digest from its span files, without span objects
+    report_health   the default quick data health check (``--full-check``: ``agl check``)
     report_data     gathering a store into ``ReportData`` (worker processes for big stores)
     report_stats    the numbers: summary, versions, series, histograms, failures, lanes
     svg_charts      hand-written SVG: scales, axes, bars, histograms, lines

@@ -1,21 +1,23 @@
-"""Gathering what a report shows, through the public ``FileStore`` API.
+"""Gathering what a report shows: rows of every rollout, resources, workers, findings, waterfalls.
 
-Rollouts are read page by page (``query_rollouts(limit=, offset=)``, which the rollout index
-serves without reading other pages' records) and reduced to rows at once
-(:mod:`store_fs.report.report_scan`). A store of one page is read through the caller's
-``FileStore``; a bigger one through a fresh ``FileStore`` per page, because an instance keeps
-every record it reads. With ``jobs`` > 1, a store of more than :data:`PARALLEL_MIN_ROLLOUTS`
-rollouts is read by a pool of worker processes, a page at a time each, while one more process
-runs ``check()``: reading every record and span file is the cost of a report, and it is I/O
-and decoding, which parallelise across processes (Python threads would not). Pages are taken
-in the default order (oldest first), so rollouts enqueued while the report is gathered land
-on the last page, which reads to the end; a rollout met twice is kept once."""
+Rollouts are read straight from their files (:mod:`store_fs.report.report_fastscan`: the newest
+revision of each record as JSON, span lines judged and counted without span objects), giving the
+rows the public API would give; anything not in the store's own shape is read through the API.
+With ``jobs`` > 1, a store of more than :data:`PARALLEL_MIN_ROLLOUTS` rollouts is read by a pool
+of worker processes, each taking a share of the fan-out directories (``rollouts/<2 hex>/``):
+reading is file reads and JSON, which parallelise across processes (Python threads would not).
+Resources, workers and the waterfalls' spans come through the public API.
+
+Data health is, by default, :func:`~store_fs.report.report_health.quick_check` (what that
+reading found, plus the queue, the trash and the index marker); ``full_check`` runs
+``FileStore.check()`` instead, which reads every file again (in one more worker process, beside
+the readers, when there is a pool)."""
 
 from __future__ import annotations
 
 import asyncio
-import math
 import multiprocessing
+import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -24,14 +26,9 @@ from typing import TYPE_CHECKING
 
 from store_fs.errors import RolloutNotFoundError
 from store_fs.models import ResourcesUpdate, Span, Worker
-from store_fs.report.report_scan import (
-    RolloutRow,
-    check_alone,
-    scan_page,
-    scan_page_alone,
-    scan_page_in_worker,
-    scan_rollout,
-)
+from store_fs.report.report_fastscan import FastScan, buckets, scan_buckets, scan_buckets_in_worker
+from store_fs.report.report_health import quick_check
+from store_fs.report.report_scan import RolloutRow, check_alone, scan_rollout
 
 if TYPE_CHECKING:
     from store_fs._disk.check import Problem
@@ -39,12 +36,12 @@ if TYPE_CHECKING:
 
 __all__ = ["PARALLEL_MIN_ROLLOUTS", "ReportData", "ReportOptions", "Waterfall", "gather"]
 
-#: Stores with more rollouts than this are read by worker processes (when ``jobs`` > 1).
-PARALLEL_MIN_ROLLOUTS = 3000
-#: Rollouts per page. Past one page, each page is read through a ``FileStore`` of its own, which
-#: loads the rollout index again (about a second, and a transient peak of memory, at 100,000
-#: rollouts) but drops the records the previous one cached (about 5 KB per rollout).
-PAGE_ROLLOUTS = 25_000
+#: Stores with more rollouts than this are read by worker processes (when ``jobs`` > 1): below
+#: it, starting the processes (a fresh interpreter each) costs more than they save.
+PARALLEL_MIN_ROLLOUTS = 5000
+#: Shares of the fan-out directories per worker process: several each, so a worker slowed by
+#: the rest of the machine holds back less of the work.
+SHARES_PER_JOB = 4
 #: At most this many spans of a rollout are drawn in its waterfall.
 WATERFALL_MAX_SPANS = 300
 
@@ -54,7 +51,9 @@ class ReportOptions:
     """What to put in a report and how to gather it.
 
     ``rollout_ids``: the rollouts whose span waterfall is drawn (default: the best and the
-    worst final reward). ``run_check``: include ``check()``'s findings (it reads every file).
+    worst final reward). ``run_check``: include a data health section; ``full_check``: make it
+    ``check()``'s findings (which reads every file again) instead of the quick check's
+    (:mod:`store_fs.report.report_health`).
     ``jobs``: worker processes reading a store of more than :data:`PARALLEL_MIN_ROLLOUTS` rollouts
     (1: none). They are started with multiprocessing's ``spawn`` method, so a script that asks
     for them needs the usual ``if __name__ == "__main__":`` guard (``agl report`` uses one per
@@ -64,6 +63,7 @@ class ReportOptions:
 
     rollout_ids: tuple[str, ...] = ()
     run_check: bool = True
+    full_check: bool = False
     jobs: int = 1
     refresh_seconds: int | None = None
 
@@ -77,9 +77,10 @@ class Waterfall:
     spans: list[Span]
 
 
-@dataclass
+@dataclass(repr=False)
 class ReportData:
-    """Everything a report page is made from."""
+    """Everything a report page is made from. ``check_scope``: ``"quick"`` or ``"full"`` (None:
+    not checked)."""
 
     store: str
     generated_at: float
@@ -90,6 +91,12 @@ class ReportData:
     waterfalls: list[Waterfall] = field(default_factory=list)
     options: ReportOptions = field(default_factory=ReportOptions)
     gather_seconds: float = 0.0
+    check_scope: str | None = None
+
+    def __repr__(self) -> str:
+        # Short on purpose: asyncio.run (Python 3.11) formats the repr of its main task's
+        # result when it ends, and a generated repr would spell out every row.
+        return f"ReportData({self.store!r}, {len(self.rollouts)} rollouts)"
 
 
 async def _check_requested(store: FileStore, rollout_ids: Sequence[str]) -> None:
@@ -106,41 +113,58 @@ def _dedupe(rows: Sequence[RolloutRow]) -> list[RolloutRow]:
     return sorted(by_id.values(), key=lambda r: (r.start_time, r.rollout_id))
 
 
-def _pages(total: int, size: int) -> list[tuple[int, int]]:
-    """(offset, limit) of each page; the last reads to the end (rollouts enqueued meanwhile)."""
-    offsets = list(range(0, total, size)) or [0]
-    return [(offset, -1 if offset == offsets[-1] else size) for offset in offsets]
+def _count(root: str, names: list[str]) -> int:
+    """Entries under the fan-out directories: about the number of rollouts, for the choice of a pool."""
+    total = 0
+    for name in names:
+        try:
+            total += len(os.listdir(f"{root}/rollouts/{name}"))
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+    return total
 
 
-async def _read_in_process(
-    store: FileStore, total: int, run_check: bool
-) -> tuple[list[RolloutRow], list[Problem] | None]:
-    """One page through ``store``; more, each through a store of its own (memory: one page)."""
-    if total <= PAGE_ROLLOUTS:
-        return await scan_page(store, 0, -1), (store.check() if run_check else None)
-    rows: list[RolloutRow] = []
-    for offset, limit in _pages(total, PAGE_ROLLOUTS):
-        rows.extend(await scan_page_alone(str(store.root), offset, limit))
-    return rows, (check_alone(str(store.root)) if run_check else None)
+@dataclass
+class _Read:
+    """What the reading phase gathers."""
+
+    scan: FastScan
+    problems: list[Problem] | None
+    resources: list[ResourcesUpdate]
+    workers: list[Worker]
 
 
-async def _read_in_pool(
-    store: FileStore, total: int, jobs: int, run_check: bool
-) -> tuple[list[RolloutRow], list[Problem] | None]:
-    """Pages read by ``jobs`` worker processes, and the check by one more, all at once."""
+async def _registry(store: FileStore) -> tuple[list[ResourcesUpdate], list[Worker]]:
+    """Resource versions (oldest first) and workers, through the API."""
+    resources = sorted(await store.query_resources(), key=lambda r: (r.create_time, r.resources_id))
+    return resources, list(await store.query_workers(sort_by="worker_id"))
+
+
+async def _read_in_process(store: FileStore, names: list[str], full_check: bool) -> _Read:
+    scan = await scan_buckets(str(store.root), names)
+    problems = store.check() if full_check else None
+    return _Read(scan, problems, *await _registry(store))
+
+
+async def _read_in_pool(store: FileStore, names: list[str], jobs: int, full_check: bool) -> _Read:
+    """Shares of the fan-out directories read by ``jobs`` worker processes, and the full check
+    by one more, all at once; resources and workers meanwhile, here (the store's first API call
+    in a process costs a second or more on a big store: it runs the reaper's sweep)."""
     root = str(store.root)
-    size = min(PAGE_ROLLOUTS, max(500, math.ceil(total / (jobs * 2))))
+    shares = max(1, min(len(names), jobs * SHARES_PER_JOB))
     loop = asyncio.get_running_loop()
     context = multiprocessing.get_context("spawn")  # no fork of a process that may hold threads
-    with ProcessPoolExecutor(max_workers=jobs + int(run_check), mp_context=context) as pool:
-        check = loop.run_in_executor(pool, check_alone, root) if run_check else None
-        pages = [
-            loop.run_in_executor(pool, scan_page_in_worker, root, offset, limit)
-            for offset, limit in _pages(total, size)
+    with ProcessPoolExecutor(max_workers=jobs + int(full_check), mp_context=context) as pool:
+        check = loop.run_in_executor(pool, check_alone, root) if full_check else None
+        parts = [
+            loop.run_in_executor(pool, scan_buckets_in_worker, root, names[i::shares]) for i in range(shares)
         ]
-        rows = [row for chunk in await asyncio.gather(*pages) for row in chunk]
+        resources, workers = await _registry(store)
+        scan = FastScan()
+        for part in await asyncio.gather(*parts):
+            scan.extend(part)
         problems = await check if check is not None else None
-    return rows, problems
+    return _Read(scan, problems, resources, workers)
 
 
 async def _waterfalls(
@@ -179,23 +203,26 @@ async def gather(store: FileStore, options: ReportOptions | None = None) -> Repo
     options = options or ReportOptions()
     started = time.perf_counter()
     await _check_requested(store, options.rollout_ids)
-    total = (await store.query_rollouts(limit=1)).total
-    if options.jobs > 1 and total > PARALLEL_MIN_ROLLOUTS:
-        rows, problems = await _read_in_pool(store, total, options.jobs, options.run_check)
+    names = buckets(store.layout)
+    full = options.run_check and options.full_check
+    if options.jobs > 1 and _count(str(store.root), names) > PARALLEL_MIN_ROLLOUTS:
+        read = await _read_in_pool(store, names, options.jobs, full)
     else:
-        rows, problems = await _read_in_process(store, total, options.run_check)
-    rows = _dedupe(rows)
-    resources = sorted(await store.query_resources(), key=lambda r: (r.create_time, r.resources_id))
-    workers = list(await store.query_workers(sort_by="worker_id"))
+        read = await _read_in_process(store, names, full)
+    rows = _dedupe(read.scan.rows)
+    problems = read.problems
+    if options.run_check and not full:
+        problems = quick_check(store.layout, rows, read.scan.bad_spans, read.scan.corrupt_records)
     waterfalls = await _waterfalls(store, rows, options.rollout_ids)
     return ReportData(
         store=str(store.root),
         generated_at=time.time(),
         rollouts=rows,
-        resources=resources,
-        workers=workers,
+        resources=read.resources,
+        workers=read.workers,
         problems=problems,
         waterfalls=waterfalls,
         options=options,
         gather_seconds=time.perf_counter() - started,
+        check_scope=None if not options.run_check else "full" if full else "quick",
     )

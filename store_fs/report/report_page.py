@@ -15,6 +15,7 @@ from typing import Any
 
 from store_fs.report.prompt_diff import diff_texts
 from store_fs.report.report_data import ReportData, Waterfall
+from store_fs.report.report_health import NOT_QUICK
 from store_fs.report.report_stats import (
     ATTEMPT_STATUSES,
     ROLLOUT_STATUSES,
@@ -340,22 +341,38 @@ def _failures(groups: Sequence[FailureGroup]) -> str:
     )
 
 
+def _check_name(data: ReportData) -> tuple[str, str]:
+    """(who found the problems, what was not looked at) for the health section."""
+    if data.check_scope == "full":
+        return "<code>agl check</code>", ""
+    return (
+        "The report's quick check",
+        '<p class="caption">The quick check reports what reading the rollouts for this report found '
+        "(span lines that do not parse or validate, torn span files, unreadable records) and what the "
+        "queue, the trash and the index marker show. It does not look for "
+        + ", ".join(f"<code>{kind}</code>" for kind in NOT_QUICK)
+        + ": <code>agl report --full-check</code> (or <code>agl check</code>) reads every file again "
+        "for those.</p>",
+    )
+
+
 def _health(data: ReportData) -> str:
     head = '<section id="health"><h2>Data health</h2>'
     if data.problems is None:
         return head + '<p class="muted">Not checked (<code>--no-check</code>).</p></section>'
+    who, caption = _check_name(data)
     if not data.problems:
-        return head + '<p class="ok">✓ <code>agl check</code> finds no problems.</p></section>'
+        return head + f'<p class="ok">✓ {who} finds no problems.</p>{caption}</section>'
     rows = "".join(
         f'<tr><td><code>{esc(g.kind)}</code></td><td class="n">{g.count:,}</td><td class="n">{g.fixed:,}</td>'
         "<td>" + "<br>".join(f"<code>{esc(p)}</code>: {esc(d)}" for p, d in g.examples) + "</td></tr>"
         for g in problem_groups(data.problems)
     )
     return (
-        head + f'<p class="bad">✗ <code>agl check</code> finds {len(data.problems):,} problem(s); '
+        head + f'<p class="bad">✗ {who} finds {len(data.problems):,} problem(s); '
         "<code>agl check --fix</code> repairs what is safe to repair (on a quiet store).</p>"
         '<table><tr><th>kind</th><th class="n">count</th><th class="n">fixed</th><th>examples</th></tr>'
-        f"{rows}</table></section>"
+        f"{rows}</table>{caption}</section>"
     )
 
 
@@ -420,6 +437,7 @@ def _embedded(
             for g in groups
         ],
         "problems": None if data.problems is None else len(data.problems),
+        "check": data.check_scope,
         "waterfalls": [w.row.rollout_id for w in data.waterfalls],
     }
     text = json.dumps(doc, sort_keys=True).replace("</", "<\\/")

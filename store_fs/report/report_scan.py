@@ -3,14 +3,15 @@
 A report of a big store must not hold every record and span in memory: each rollout is
 reduced, as soon as it is read, to a :class:`RolloutRow` (status, times, final reward, span
 and LLM-call counts, and its attempts as :class:`AttemptRow`). Rows are small, picklable
-and independent of the models, so pages of rollouts can also be read by worker processes
-(:func:`scan_page_in_worker`) and merged by the caller. Rollouts that were never dequeued cost
-one record read; the others a record read, a span read and, when retried, an attempts query.
+and independent of the models, so they can be made by worker processes and merged by the
+caller. This module defines the rows as the public API gives them (:func:`scan_rollout`: a
+record read, a span read and, when retried, an attempts query); the report reads most rollouts
+faster, straight from their files, into the same rows (:mod:`store_fs.report.report_fastscan`),
+and comes here for the rest.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,9 +33,8 @@ __all__ = [
     "is_llm_span",
     "llm_details",
     "scan_page",
-    "scan_page_alone",
-    "scan_page_in_worker",
     "scan_rollout",
+    "set_verdict_times",
 ]
 
 _INPUT_TOKENS = ("gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens")
@@ -153,6 +153,14 @@ def attempt_row(attempt: Attempt) -> AttemptRow:
     )
 
 
+def set_verdict_times(row: RolloutRow) -> None:
+    """Give each attempt the reaper expired without an end time its :attr:`AttemptRow.verdict_time`."""
+    for i, attempt in enumerate(row.attempts):
+        if attempt.status in ("timeout", "unresponsive") and attempt.end_time is None:
+            following = row.attempts[i + 1].start_time if i + 1 < len(row.attempts) else row.end_time
+            attempt.verdict_time = following
+
+
 async def scan_rollout(store: FileStore, rollout: Rollout | AttemptedRollout) -> RolloutRow:
     """The row of one rollout: its attempts (all of them only when it was retried) and spans."""
     row = RolloutRow(
@@ -168,10 +176,7 @@ async def scan_rollout(store: FileStore, rollout: Rollout | AttemptedRollout) ->
     latest = rollout.attempt
     attempts = [latest] if latest.sequence_id == 1 else list(await store.query_attempts(rollout.rollout_id))
     row.attempts = [attempt_row(a) for a in attempts]
-    for i, attempt in enumerate(row.attempts):
-        if attempt.status in ("timeout", "unresponsive") and attempt.end_time is None:
-            following = row.attempts[i + 1].start_time if i + 1 < len(row.attempts) else rollout.end_time
-            attempt.verdict_time = following
+    set_verdict_times(row)
     digest = digest_spans(list(await store.query_spans(rollout.rollout_id)))
     row.reward = digest.reward
     row.spans = digest.spans
@@ -186,27 +191,6 @@ async def scan_page(store: FileStore, offset: int, limit: int) -> list[RolloutRo
     ``limit=-1``: to the end)."""
     page = await store.query_rollouts(limit=limit, offset=offset)
     return [await scan_rollout(store, rollout) for rollout in page.items]
-
-
-async def scan_page_alone(root: str, offset: int, limit: int) -> list[RolloutRow]:
-    """:func:`scan_page` through a ``FileStore`` of its own, dropped afterwards.
-
-    A ``FileStore`` keeps every record it has read (its cache grows with the rollouts read, about
-    5 KB each), so reading a big store through one instance would hold all of them; one instance
-    per page holds a page's worth. The price is loading the rollout index once per page.
-    """
-    from store_fs.store import FileStore
-
-    store = FileStore(Path(root), create=False)
-    try:
-        return await scan_page(store, offset, limit)
-    finally:
-        store.close()
-
-
-def scan_page_in_worker(root: str, offset: int, limit: int) -> list[RolloutRow]:
-    """:func:`scan_page_alone` in a worker process of a pool."""
-    return asyncio.run(scan_page_alone(root, offset, limit))
 
 
 def check_alone(root: str) -> list[Problem]:

@@ -1,0 +1,178 @@
+"""Reading every rollout of a store into report rows straight from its files: the report's hot path.
+
+Through the public API each rollout costs a listing read, a ``query_spans`` (which reads the
+record again and builds a span object per line) and, for a retried one, a ``query_attempts``:
+about a millisecond cold, a minute and a half for 100,000 rollouts. Here a rollout costs a
+listing of its ``history/``, a read of the newest revision as plain JSON, and per attempt a
+listing of its directory and a read of each span file, whose lines are judged and counted
+without span objects (:mod:`store_fs.report._span_digest`). The rows are the ones
+:func:`~store_fs.report.report_scan.scan_rollout` makes: a record not in the store's own shape,
+or with a live or unresponsive attempt (whose heartbeat files the API consults), is read through
+the API instead (:mod:`store_fs.report._record_rows`); ``tests/test_report_fastscan.py`` compares
+both ways on stores with retries, corrupt lines and several writers.
+
+Work is split by the store's fan-out directories (``rollouts/<2 hex>/``), so a worker process
+lists its own share and nothing but the rows travels back. The span lines that are not good
+spans, and records that cannot be read, come back too: they are the span and record part of the
+report's data health section (:mod:`store_fs.report.report_health`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from store_fs._disk import codec
+from store_fs._disk.ids import ROLLOUT_ID_RE
+from store_fs._disk.layout import Layout
+from store_fs._disk.status_rules import LIVE_ATTEMPT_STATUSES
+from store_fs.errors import CorruptRecordError
+from store_fs.report._record_rows import row_of_record
+from store_fs.report._span_digest import BadSpanLine, DigestOfFiles, digest_attempts, read_file
+from store_fs.report.report_scan import RolloutRow, scan_rollout
+
+__all__ = ["FastScan", "buckets", "scan_buckets", "scan_buckets_in_worker"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FastScan:
+    """Rows of the rollouts read, and what could not be read well."""
+
+    rows: list[RolloutRow] = field(default_factory=list)
+    bad_spans: list[BadSpanLine] = field(default_factory=list)
+    #: (path, reason) of records whose newest revision does not parse or validate.
+    corrupt_records: list[tuple[str, str]] = field(default_factory=list)
+    #: How many rollouts were read through the public API (not in the store's own shape).
+    through_api: int = 0
+
+    def __repr__(self) -> str:
+        # Short on purpose: asyncio.run (Python 3.11) formats the repr of its main task's
+        # result when it ends, and a generated repr would spell out every row.
+        return f"FastScan({len(self.rows)} rows, {len(self.bad_spans)} bad span lines)"
+
+    def extend(self, other: FastScan) -> None:
+        self.rows.extend(other.rows)
+        self.bad_spans.extend(other.bad_spans)
+        self.corrupt_records.extend(other.corrupt_records)
+        self.through_api += other.through_api
+
+
+def buckets(layout: Layout) -> list[str]:
+    """Names of the fan-out directories under ``rollouts/`` (sorted)."""
+    try:
+        with os.scandir(layout.rollouts_str) as it:
+            return sorted(e.name for e in it if not e.name.startswith(".") and e.is_dir())
+    except FileNotFoundError:
+        return []
+
+
+def _newest(history: str) -> dict[str, Any] | bool | None:
+    """The newest revision's parsed JSON object; None if there is no revision (no record);
+    False if it does not parse as an object (the API path decides what that is)."""
+    try:
+        names = os.listdir(history)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    rev = max((int(n[:-5]) for n in names if n.endswith(".json") and n[:-5].isdigit()), default=0)
+    if rev == 0:
+        return None
+    data = read_file(f"{history}/{rev:08d}.json")
+    if data is None:
+        return False  # removed meanwhile (a prune): the API path knows what to do
+    try:
+        body = codec.loads(data)
+    except ValueError:
+        return False  # unreadable: the API path reports it as the store does
+    return body if type(body) is dict else False
+
+
+def _digest_into(row: RolloutRow, digest: DigestOfFiles) -> None:
+    row.reward = digest.reward
+    row.spans = digest.spans
+    row.llm_calls = digest.llm_calls
+    row.input_tokens = digest.input_tokens
+    row.output_tokens = digest.output_tokens
+
+
+def _attempt_dirs(rollout_dir: str, attempts: Sequence[tuple[int, str, str]]) -> list[tuple[str, bool]]:
+    """(directory, finished) of each (sequence id, attempt id, status)."""
+    return [
+        (f"{rollout_dir}/attempts/{seq:04d}-{aid}", status not in LIVE_ATTEMPT_STATUSES)
+        for seq, aid, status in attempts
+    ]
+
+
+def _scan_one(rollout_dir: str, rollout_id: str, out: FastScan) -> bool:
+    """Read one rollout into ``out``; False when it must be read through the API instead."""
+    record = _newest(f"{rollout_dir}/history")
+    if record is None:
+        return True  # no record: not a rollout (a pruned rollout's late leftovers, say)
+    found = row_of_record(record, rollout_id) if isinstance(record, dict) else None
+    if found is None:
+        return False
+    row, attempts = found
+    if attempts:  # a rollout never dequeued shows no spans, as the API path does
+        dirs = _attempt_dirs(rollout_dir, [(a.sequence_id, a.attempt_id, a.status) for a in attempts])
+        digest = digest_attempts(dirs)
+        _digest_into(row, digest)
+        out.bad_spans.extend(digest.bad)
+    out.rows.append(row)
+    return True
+
+
+async def _through_api(root: str, rollout_ids: Sequence[str], out: FastScan) -> None:
+    """The rollouts the fast path left, through a ``FileStore`` of their own."""
+    from store_fs.store import FileStore
+
+    store = FileStore(Path(root), create=False)
+    layout = store.layout
+    try:
+        for rollout_id in rollout_ids:
+            try:
+                rollout = await store.get_rollout_by_id(rollout_id)
+            except CorruptRecordError as err:
+                log.warning("%s", err)  # as a listing does: skipped, and reported
+                out.corrupt_records.append((err.path, err.reason))
+                continue
+            if rollout is None:
+                continue
+            row = await scan_rollout(store, rollout)
+            out.rows.append(row)
+            out.through_api += 1
+            rollout_dir = layout.rollout_dir_str(rollout_id)
+            attempts = [(a.sequence_id, a.attempt_id, a.status) for a in row.attempts]
+            out.bad_spans.extend(digest_attempts(_attempt_dirs(rollout_dir, attempts)).bad)
+    finally:
+        store.close()
+
+
+async def scan_buckets(root: str, names: Sequence[str]) -> FastScan:
+    """Rows of every rollout under ``rollouts/<name>/`` for each of ``names``, in no set order."""
+    layout = Layout(Path(root))
+    out = FastScan()
+    leftover: list[str] = []
+    match = ROLLOUT_ID_RE.fullmatch
+    for name in names:
+        directory = f"{layout.rollouts_str}/{name}"
+        try:
+            rollout_ids = [n for n in os.listdir(directory) if match(n)]
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for rollout_id in rollout_ids:
+            if not _scan_one(f"{directory}/{rollout_id}", rollout_id, out):
+                leftover.append(rollout_id)
+    if leftover:
+        await _through_api(root, leftover, out)
+    return out
+
+
+def scan_buckets_in_worker(root: str, names: Sequence[str]) -> FastScan:
+    """:func:`scan_buckets` in a worker process of a pool (a top-level function: picklable)."""
+    return asyncio.run(scan_buckets(root, names))
