@@ -4,6 +4,7 @@
 ``fs``         our ``FileStore`` on a local directory, default durability
 ``fs-fsync``   the same with ``durability="fsync"``
 ``agl-http``   our ``agl store`` server process, upstream's ``LightningStoreClient``
+``agl-own``    our ``agl store`` server process, our ``store_fs.client.LightningStoreClient``
 ``up-mem``     upstream's ``InMemoryLightningStore``, in the measuring process
 ``up-http``    upstream's ``agl store`` server process, upstream's client
 =============  ==============================================================
@@ -43,6 +44,7 @@ class Backend:
     kind: str  # "fs", "http" or "memory"
     durability: str = "process"
     server: str | None = None  # "ours" or "upstream" for kind == "http"
+    client: str = "upstream"  # whose LightningStoreClient talks to the server (kind == "http")
 
     @property
     def multiprocess(self) -> bool:
@@ -55,6 +57,7 @@ BACKENDS: dict[str, Backend] = {
         Backend("fs", "FileStore, runners as processes", "fs"),
         Backend("fs-fsync", "FileStore, durability=fsync", "fs", durability="fsync"),
         Backend("agl-http", "agl store (ours) + upstream client", "http", server="ours"),
+        Backend("agl-own", "agl store (ours) + agl client", "http", server="ours", client="agl"),
         Backend("up-mem", "upstream InMemoryLightningStore, one process", "memory"),
         Backend("up-http", "upstream agl store + upstream client", "http", server="upstream"),
     )
@@ -159,7 +162,8 @@ class Deployment:
         elif backend.kind == "http":
             assert backend.server is not None
             self.server = ServerProcess(backend.server, self.dir / "store", self.dir / "server.log")
-            self.spec = f"http:{self.server.url}"
+            # Both prefixes are 5 characters: workloads.startup strips them by length.
+            self.spec = f"{'aglc' if backend.client == 'agl' else 'http'}:{self.server.url}"
         else:
             from agentlightning.store.memory import InMemoryLightningStore
 
@@ -205,12 +209,16 @@ def open_spec(spec: str) -> Any:
         from agentlightning.store.client_server import LightningStoreClient
 
         return LightningStoreClient(rest, retry_delays=(0.5, 1.0), health_retry_delays=(0.1, 0.5))
+    if kind == "aglc":
+        from store_fs.client import LightningStoreClient as AglClient
+
+        return AglClient(rest, retry_delays=(0.5, 1.0))
     raise ValueError(f"unknown store spec {spec!r}")
 
 
 def span_model(spec: str | None) -> Any:
-    """The Span class the store at ``spec`` takes (ours for FileStore, upstream's otherwise)."""
-    if spec is not None and spec.startswith("fs:"):
+    """The Span class the store at ``spec`` takes (ours for FileStore and our client, else upstream's)."""
+    if spec is not None and spec.startswith(("fs:", "aglc:")):
         from store_fs import Span
 
         return Span

@@ -14,11 +14,23 @@ behind ``store_fs.server.http`` (``ours``) and, if installed, behind uvicorn wit
 httptools and with h11 (``uvicorn-httptools``, ``uvicorn-h11``), so the framing and
 connection code is all that differs.
 
+``--loop`` runs the loop benchmark of ``compare.py`` (``--n`` rollouts enqueued at once; 4
+runner processes dequeue, add 5 spans one call each, complete; the algorithm waits for all)
+over HTTP, three ways, interleaved: ``agl store`` through upstream 0.3's client
+(``agl-http``), ``agl store`` through agl's client (``agl-own``), and upstream's own
+``agl store`` (its LightningStoreServer over InMemoryLightningStore) through upstream's
+client (``up-http``). Unlike ``compare.py``'s loop, the clock starts only once every runner
+has opened its store and made one request: importing upstream's package takes 3-60 s of a
+busy 2-core machine, and a runner still importing must not count against the store. Printed:
+rollouts per second, and CPU milliseconds per rollout of the server, the runners together and
+the algorithm, medians, with each figure's ratio to ``up-http``.
+
 Usage::
 
     python benchmarks/bench_http.py                              # this checkout, n=2000, 3 rounds
     python benchmarks/bench_http.py --tree new=. --tree old=/tmp/old-checkout --reps 5
     python benchmarks/bench_http.py --layer --reps 3
+    python benchmarks/bench_http.py --loop --n 1000 --reps 3
 """
 
 from __future__ import annotations
@@ -40,6 +52,11 @@ from typing import Any
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT)]  # the harness, and this checkout's store_fs
+
+LOOP_BACKENDS = ("agl-http", "agl-own", "up-http")
+LOOP_BASELINE = "up-http"
+LOOP_RUNNERS = 4
 LISTENING = re.compile(r"listening on http://127\.0\.0\.1:(\d+)")
 
 # The servers of --layer: each prints its port on stdout, then serves until killed.
@@ -154,6 +171,102 @@ def run_layer(kind: str, n: int) -> dict[str, float]:
         proc.wait()
 
 
+# -- --loop ------------------------------------------------------------------------------
+def _loop_runner(spec: str, index: int, ready: Any, go: Any, stop: Any, results: Any) -> None:
+    """A runner process: open the store, make one request, say so, then run until ``stop``."""
+    import workloads
+    from backends import close_store, open_spec, span_model
+
+    async def body() -> int:
+        store = open_spec(spec)
+        try:
+            await store.statistics()  # the client's session is up: start-up is behind us
+            ready.put(index)
+            await asyncio.to_thread(go.wait, 600)
+            done: int = await workloads._runner(store, f"runner-{index}", stop.is_set, span_model(spec))
+            return done
+        finally:
+            await close_store(store)
+
+    try:
+        results.put(asyncio.run(body()))
+    except BaseException as err:  # report, never leave the parent waiting
+        results.put(f"runner {index}: {err!r}")
+        raise
+
+
+async def _loop_once(name: str, n: int, base: Path) -> dict[str, float]:
+    """One loop of ``n`` rollouts on a fresh deployment of backend ``name``."""
+    import multiprocessing
+
+    import workloads
+    from backends import BACKENDS, close_store, deployed
+
+    ctx = multiprocessing.get_context("spawn")
+    with deployed(BACKENDS[name], base) as dep:
+        assert dep.spec is not None
+        assert dep.server is not None
+        ready, results, go, stop = ctx.Queue(), ctx.Queue(), ctx.Event(), ctx.Event()
+        procs = [
+            ctx.Process(target=_loop_runner, args=(dep.spec, i, ready, go, stop, results))
+            for i in range(LOOP_RUNNERS)
+        ]
+        for proc in procs:
+            proc.start()
+        store = dep.open()
+        try:
+            await store.statistics()
+            for _ in procs:
+                await asyncio.to_thread(ready.get, True, 600)
+            pids = [dep.server.proc.pid] + [p.pid for p in procs if p.pid is not None]
+            cpu0, algo0, start = [cpu_seconds(p) for p in pids], time.process_time(), time.perf_counter()
+            go.set()
+            remaining = set(await workloads._fill(store, n))
+            while remaining:
+                remaining -= {r.rollout_id for r in await workloads._wait_some(store, sorted(remaining))}
+            elapsed = time.perf_counter() - start
+            cpu1, algo = [cpu_seconds(p) for p in pids], time.process_time() - algo0
+        finally:
+            stop.set()
+            counts = [await asyncio.to_thread(results.get, True, 600) for _ in procs]
+            for proc in procs:
+                proc.join(30)
+            await close_store(store)
+    if any(isinstance(c, str) for c in counts) or sum(counts) != n:
+        raise RuntimeError(f"{name}: runners reported {counts}, not {n} rollouts in all")
+    used = [b - a for a, b in zip(cpu0, cpu1, strict=True)]
+    return {
+        "rollouts/s": n / elapsed,
+        "server ms/rollout": used[0] / n * 1000,
+        "runners ms/rollout": sum(used[1:]) / n * 1000,
+        "algorithm ms/rollout": algo / n * 1000,
+    }
+
+
+def run_loops(n: int, reps: int) -> dict[str, dict[str, float]]:
+    """Every backend once a round, the order rotated each round; the medians."""
+    rounds: dict[str, list[dict[str, float]]] = {name: [] for name in LOOP_BACKENDS}
+    with tempfile.TemporaryDirectory(prefix="agl-bench-http-") as tmp:
+        for rep in range(reps):
+            order = LOOP_BACKENDS[rep % 3 :] + LOOP_BACKENDS[: rep % 3]
+            for name in order:
+                result = asyncio.run(_loop_once(name, n, Path(tmp)))
+                rounds[name].append(result)
+                shown = ", ".join(f"{k} {v:.1f}" for k, v in result.items())
+                print(f"round {rep + 1} {name}: {shown} (load {os.getloadavg()[0]:.1f})", flush=True)
+    medians = {name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in rounds.items()}
+    base = medians[LOOP_BASELINE]
+    print(f"\nthe loop over HTTP: {n} rollouts, {LOOP_RUNNERS} runner processes, medians of {reps} rounds")
+    print("(ratio to up-http: how many times faster, or how many times less CPU a rollout)")
+    for name, values in medians.items():
+        cells = []
+        for key, value in values.items():
+            better = value / base[key] if key == "rollouts/s" else base[key] / value if value else 0.0
+            cells.append(f"{key} {value:.1f}" + ("" if name == LOOP_BASELINE else f" ({better:.2f}x)"))
+        print(f"  {name:9} " + ", ".join(cells))
+    return medians
+
+
 def main() -> None:
     formatter = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
@@ -161,8 +274,14 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3, help="rounds (medians are reported)")
     parser.add_argument("--tree", action="append", default=[], metavar="NAME=DIR", help="a checkout to run")
     parser.add_argument("--layer", action="store_true", help="the HTTP layer alone, ours against uvicorn")
+    parser.add_argument("--loop", action="store_true", help="the loop benchmark, three ways (see above)")
     parser.add_argument("--json", type=Path, help="write the results here too")
     opts = parser.parse_args()
+    if opts.loop:
+        medians = run_loops(opts.n, opts.reps)
+        if opts.json:
+            opts.json.write_text(json.dumps({"n": opts.n, "reps": opts.reps, "medians": medians}))
+        return
     if opts.layer:
         subjects: list[tuple[str, Any]] = [("ours", "ours")]
         try:

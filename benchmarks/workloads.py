@@ -372,6 +372,7 @@ _STARTUP = {
         "from agentlightning.store.client_server import LightningStoreClient\n"
         "store = LightningStoreClient({target!r})"
     ),
+    "aglc": "from store_fs.client import LightningStoreClient\nstore = LightningStoreClient({target!r})",
     "memory": (
         "from agentlightning.store.memory import InMemoryLightningStore\nstore = InMemoryLightningStore()"
     ),
@@ -382,9 +383,10 @@ async def startup(dep: Deployment, _: int) -> dict[str, Any]:
     """A fresh interpreter: import the store, open it, dequeue once (empty queue), exit."""
     kind = dep.backend.kind
     target = "" if dep.spec is None else dep.spec.split(":", 2)[-1] if kind == "fs" else dep.spec[5:]
+    probe = "aglc" if dep.spec is not None and dep.spec.startswith("aglc:") else kind  # whose client
     code = (
         "import asyncio\n"
-        + _STARTUP[kind].format(target=target)
+        + _STARTUP[probe].format(target=target)
         + "\nasyncio.run(store.dequeue_rollout(worker_id='probe'))\n"
         + ("asyncio.run(store.close())\n" if kind == "http" else "")
         # The peak resident set of this interpreter (see backends.peak_rss_kb), for the parent.

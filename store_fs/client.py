@@ -14,7 +14,9 @@ Unlike upstream's client, ``wait_for_rollouts`` accepts any timeout.
 
 It also works against upstream's own server: ``heartbeat`` finds out once (405) that the
 server has no heartbeat route and falls back to ``update_attempt(last_heartbeat_time=...)``,
-reading cancellation from the statuses (:func:`store_fs.retrying.heartbeat_by_update`).
+reading cancellation from the statuses (:func:`store_fs.retrying.heartbeat_by_update`);
+``add_many_spans`` sends up to :data:`SPAN_BATCH` spans a request to agl's ``POST /spans/batch``
+and, on a server without that route, finds that out once and sends one ``add_span`` a span.
 ``export_otlp`` sends spans the OTLP way (the tracer's ``span_transport="otlp"``).
 """
 
@@ -64,6 +66,8 @@ log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
 _ROLLOUTS: TypeAdapter[list[Rollout]] = TypeAdapter(list[Rollout])
 _NAMED: TypeAdapter[NamedResources] = TypeAdapter(NamedResources)
+# Spans per POST /spans/batch request: a bounded body, however many spans a caller hands over.
+SPAN_BATCH = 500
 
 
 def _seg(value: str) -> str:
@@ -99,6 +103,7 @@ class LightningStoreClient(LightningStore):
         self._http = Transport(self.url + "/v1/agl", token=token, timeout=timeout, retry_delays=retry_delays)
         self._call = self._http.call
         self._heartbeat_route = True  # until the server shows it has none
+        self._batch_route = True  # the same for POST /spans/batch
 
     def __repr__(self) -> str:
         return f"LightningStoreClient({self.url!r})"
@@ -412,8 +417,25 @@ class LightningStoreClient(LightningStore):
         return None if data is None else Span.model_validate(data)
 
     async def add_many_spans(self, spans: Sequence[Span]) -> Sequence[Span]:
-        stored = [await self.add_span(s) for s in spans]
-        return [s for s in stored if s is not None]
+        # One request per SPAN_BATCH spans (agl's /spans/batch); one per span on a server without
+        # that route (upstream's), found out once, as for heartbeats.
+        stored: list[Span] = []
+        for first in range(0, len(spans), SPAN_BATCH):
+            chunk = spans[first : first + SPAN_BATCH]
+            if self._batch_route:
+                body = {"spans": [s.model_dump(mode="json") for s in chunk]}
+                try:
+                    data = await self._call("POST", "/spans/batch", json=body, idempotent=True)
+                except (RemoteStoreError, NotFoundError) as err:
+                    if not _route_missing(err):
+                        raise
+                    self._batch_route = False
+                else:
+                    stored += [Span.model_validate(d) for d in data]
+                    continue
+            one_by_one = [await self.add_span(s) for s in chunk]
+            stored += [s for s in one_by_one if s is not None]
+        return stored
 
     async def add_otel_span(
         self, rollout_id: str, attempt_id: str, readable_span: Any, sequence_id: int | None = None

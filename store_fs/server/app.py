@@ -7,10 +7,14 @@ bad JSON / bad paging 400, conflict 409, validation 422 (``detail`` is a list),
 missing token 401, body too large 413. Anything unexpected is a 500 and the server
 keeps serving. Getters answer 200 ``null`` for unknown ids, as upstream does.
 
-Concurrency: the HTTP layer (:mod:`store_fs.server.http`) runs on one event loop; every
-store call (and the JSON encoding of its answer, and OTLP decoding) runs on a
-:class:`~.loop_pool.LoopPool`, so requests on different connections overlap instead of
-queueing behind one another. ``/health`` is answered on the HTTP loop itself.
+Concurrency: the HTTP layer (:mod:`store_fs.server.http`) runs on one event loop. Calls that
+read or write one rollout's few files (:attr:`StoreApi.inline`: a span, an attempt update, a
+heartbeat, a get) run on that loop too: they take tens of microseconds of syscalls, and the
+two cross-thread wake-ups of a trip to the pool cost more than that (the server's CPU per
+``POST /spans`` fell from ~920 to ~500 µs without them; BENCHMARKS.md, "the HTTP loop"). Every
+other call (the queue, searches, statistics, batches, OTLP decoding, waits), with the JSON
+encoding of its answer, runs on a :class:`~.loop_pool.LoopPool`, so that a long call on one
+connection does not hold up the others. ``/health`` is answered on the HTTP loop itself.
 
 Stopping (:meth:`StoreServer.stop`): with a grace period, requests in flight finish and
 are answered; a ``wait_for_rollouts`` in progress is answered at once with what has
@@ -118,6 +122,7 @@ class StoreServer:
         self.host = host
         self.port = port
         self.api = StoreApi(store)
+        self._inline = self.api.inline
         self._has_token = bool(token)
         self._draining = asyncio.Event()
         self.http = HttpServer(
@@ -190,6 +195,8 @@ class StoreServer:
             call = Call(request, params, self.store)
             if handler == self.api.wait_for_rollouts:
                 return await self._long_poll(handler, call)
+            if handler in self._inline:
+                return await _respond(handler, call)
             return await self.pool.run(_respond(handler, call))
         except Exception as err:
             return response_for_exception(err)

@@ -25,7 +25,8 @@ With the store behind it (``agl store``, before → after, two runs of 5 rounds)
 ``GET /v1/agl/health`` 380 → 135 and 420 → 150 µs/req (it is also answered on the HTTP
 loop now, without a trip to the store threads); ``POST /v1/agl/spans`` 690 → 645 and
 755 → 745 µs/req, where the store call and the two cross-thread wake-ups that reach it
-(:mod:`.loop_pool`) are now most of the cost. The client saw 470 → 620 and 630 → 880
+(:mod:`.loop_pool`) are now most of the cost (since then, calls on one rollout's files run
+on this loop instead: ~500 µs/req, :mod:`store_fs.server.app`). The client saw 470 → 620 and 630 → 880
 health requests a second, 380 → 330 and 435 → 490 span requests: httpx's own ~1 ms a
 request and the VM's other load decide those more than the server does.
 

@@ -10,6 +10,10 @@ store calls are coroutines that may really wait: ``wait_for_rollouts`` awaits a 
 feed, and while it does its thread's loop serves other calls. So a long wait occupies
 no thread, and a pool of a few threads serves any number of waiters.
 
+The server sends here the calls that may take long (the queue, searches, batches, waits);
+those that touch one rollout's few files it runs on its own loop, because for them the two
+cross-thread wake-ups of the trip here cost more than the call (:mod:`store_fs.server.app`).
+
 Contract:
 
 * :meth:`LoopPool.start` starts ``size`` threads, each running its own event loop.

@@ -31,6 +31,7 @@ from store_fs.server.schemas import (
     ResourcesQuery,
     RolloutQuery,
     RolloutUpdateBody,
+    SpanBatchBody,
     SpanQuery,
     StartAttemptBody,
     StartRolloutBody,
@@ -173,6 +174,7 @@ class StoreApi:
             ("POST", "/resources/{resources_id}", self.update_resources, (ls.update_resources,)),
             ("GET", "/resources/{resources_id}", self.get_resources, (ls.get_resources_by_id,)),
             ("POST", "/spans", self.add_span, (ls.add_span, ls.add_many_spans, ls.add_otel_span)),
+            ("POST", "/spans/batch", self.add_spans, (ls.add_many_spans,)),  # agl addition
             ("GET", "/spans", self.query_spans_get, (ls.query_spans,)),
             ("POST", "/spans/search", self.search_spans, (ls.query_spans,)),
             (
@@ -184,6 +186,23 @@ class StoreApi:
             ("POST", "/waits/rollouts", self.wait_for_rollouts, (ls.wait_for_rollouts,)),
         ]
         self.routes = [Route(m, t, _compile(PREFIX + t), h, serves) for m, t, h, serves in table]
+        # Handlers whose store call reads or writes one rollout's (or worker's, or resource
+        # snapshot's) few files: cheap enough to run on the server's HTTP loop (see app.py).
+        self.inline: frozenset[Handler] = frozenset(
+            {
+                self.add_span,
+                self.update_attempt,
+                self.heartbeat,
+                self.get_rollout,
+                self.update_rollout,
+                self.latest_attempt,
+                self.next_sequence_id,
+                self.get_worker,
+                self.update_worker,
+                self.get_resources,
+                self.latest_resources,
+            }
+        )
         # Routes without parameters, by (method, path): a dict look-up instead of trying each pattern
         # in turn. Only those no earlier route would take first, so the answer is the same.
         self._literal: dict[tuple[str, str], Handler] = {}
@@ -403,6 +422,12 @@ class StoreApi:
     async def add_span(self, call: Call) -> Result:
         # A duplicate span_id is stored once; the repeat (e.g. a client retry) gets null.
         return 201, await call.store.add_span(call.body(Span))
+
+    async def add_spans(self, call: Call) -> Result:
+        """agl addition: ``{"spans": [Span, ...]}`` stored by ``add_many_spans`` (in order, by attempt);
+        the answer lists the spans stored, without the duplicates. Safe to repeat: a retried batch
+        stores nothing twice."""
+        return 201, list(await call.store.add_many_spans(call.body(SpanBatchBody).spans))
 
     async def _spans(self, q: SpanQuery) -> Result:
         check_page(q, Span)

@@ -19,6 +19,7 @@ from store_fs.models import (
     RolloutConfig,
     RolloutMode,
     RolloutStatus,
+    Span,
     TaskInput,
     WorkerStatus,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "ResourcesQuery",
     "RolloutQuery",
     "RolloutUpdateBody",
+    "SpanBatchBody",
     "SpanQuery",
     "StartAttemptBody",
     "StartRolloutBody",
@@ -75,6 +77,12 @@ class EnqueueItem(EnqueueRolloutRequest):
 
 class EnqueueBody(BaseModel):
     rollouts: list[EnqueueItem]
+
+
+class SpanBatchBody(BaseModel):
+    """agl addition (``POST /spans/batch``): many spans in one request, stored as ``add_many_spans``."""
+
+    spans: list[Span]
 
 
 class DequeueBody(BaseModel):

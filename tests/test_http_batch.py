@@ -1,0 +1,158 @@
+"""agl's ``POST /v1/agl/spans/batch`` and the client that uses it (docs/behaviour.md §9.2, §5.2).
+
+Many spans go in one request and are stored as ``add_many_spans`` stores them: per attempt in
+the order given, duplicates skipped, safe to send again. A server without the route (upstream's)
+gets one ``POST /spans`` a span from the same client call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from http_helpers import ServerThread
+from server_helpers import raw_request
+
+from store_fs import FileStore, Span
+from store_fs.client import LightningStoreClient
+from store_fs.errors import RolloutNotFoundError
+from store_fs.server.http import Request, Response
+from store_fs.server.routes import PREFIX
+
+JSON = {"Content-Type": "application/json"}
+
+
+def span(rid: str, aid: str, seq: int, name: str | None = None) -> Span:
+    return Span.model_validate(
+        {
+            "rollout_id": rid, "attempt_id": aid, "sequence_id": seq, "trace_id": f"{seq:032x}",
+            "span_id": f"{aid[-6:]}{seq:010x}", "parent_id": None, "name": name or f"s{seq}",
+            "status": {"status_code": "OK"}, "attributes": {"i": seq}, "events": [], "links": [],
+            "start_time": 1.0, "end_time": 2.0, "context": None, "parent": None,
+            "resource": {"attributes": {}, "schema_url": ""},
+        }
+    )  # fmt: skip
+
+
+@pytest.fixture
+def fstore(tmp_path: Path) -> Iterator[FileStore]:
+    store = FileStore(tmp_path / "store")
+    yield store
+    store.close()
+
+
+def base_url(srv: ServerThread) -> str:
+    return f"http://127.0.0.1:{srv.port}"
+
+
+class Counted:
+    """Wraps a server's request handler to record the (method, path) of each request."""
+
+    def __init__(self, srv: ServerThread) -> None:
+        self.seen: list[tuple[str, str]] = []
+        self.inner = srv.server.http.handler
+        srv.server.http.handler = self.handle
+
+    async def handle(self, request: Request) -> Response:
+        self.seen.append((request.method, request.path.removeprefix(PREFIX)))
+        return await self.inner(request)
+
+
+def _two_attempts(store: FileStore) -> tuple[tuple[str, str], tuple[str, str]]:
+    first = asyncio.run(store.start_rollout(input={"q": 1}))
+    second = asyncio.run(store.start_rollout(input={"q": 2}))
+    return (first.rollout_id, first.attempt.attempt_id), (second.rollout_id, second.attempt.attempt_id)
+
+
+def test_the_client_sends_many_spans_in_one_request_and_a_retry_stores_nothing_twice(
+    fstore: FileStore,
+) -> None:
+    (r1, a1), (r2, a2) = _two_attempts(fstore)
+    # Interleaved attempts and sequence ids out of order: each attempt keeps the order given.
+    spans = [span(r1, a1, 3), span(r2, a2, 1), span(r1, a1, 1), span(r2, a2, 2), span(r1, a1, 2)]
+
+    async def send(url: str) -> tuple[list[Span], list[Span]]:
+        async with LightningStoreClient(url, retry_delays=()) as client:
+            return list(await client.add_many_spans(spans)), list(await client.add_many_spans(spans))
+
+    with ServerThread(fstore) as srv:
+        counted = Counted(srv)
+        stored, again = asyncio.run(send(base_url(srv)))
+    assert counted.seen == [("POST", "/spans/batch"), ("POST", "/spans/batch")]
+    # Grouped by attempt in first-seen order, each group in the order given (§5.2).
+    grouped = [s for s in spans if s.attempt_id == a1] + [s for s in spans if s.attempt_id == a2]
+    assert [s.span_id for s in stored] == [s.span_id for s in grouped]
+    assert again == []  # every span_id already stored: skipped, as add_many_spans does
+    for rid, aid in ((r1, a1), (r2, a2)):
+        page = asyncio.run(fstore.query_spans(rid, aid, sort_by=None))
+        # Stored once each, in the order the batch gave them for this attempt.
+        want = [s.span_id for s in spans if s.attempt_id == aid]
+        assert [s.span_id for s in page.items] == want
+
+
+def test_batches_are_bounded_in_size(fstore: FileStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    import store_fs.client as client_module
+
+    monkeypatch.setattr(client_module, "SPAN_BATCH", 2)
+    (rid, aid), _ = _two_attempts(fstore)
+    spans = [span(rid, aid, seq) for seq in range(1, 6)]
+
+    async def send(url: str) -> list[Span]:
+        async with LightningStoreClient(url, retry_delays=()) as client:
+            return list(await client.add_many_spans(spans))
+
+    with ServerThread(fstore) as srv:
+        counted = Counted(srv)
+        stored = asyncio.run(send(base_url(srv)))
+    assert counted.seen == [("POST", "/spans/batch")] * 3
+    assert [s.sequence_id for s in stored] == [1, 2, 3, 4, 5]
+
+
+def test_a_server_without_the_route_gets_one_span_a_request(fstore: FileStore) -> None:
+    """As against upstream's server: the 404 of an unknown route is seen once, then every span
+    (of this call and later ones) goes by ``POST /spans``."""
+    (rid, aid), _ = _two_attempts(fstore)
+    with ServerThread(fstore) as srv:
+        api = srv.server.api
+        api.routes = [r for r in api.routes if r.template != "/spans/batch"]
+        del api._literal[("POST", PREFIX + "/spans/batch")]
+        counted = Counted(srv)
+
+        async def send() -> tuple[list[Span], list[Span]]:
+            async with LightningStoreClient(base_url(srv), retry_delays=()) as client:
+                first = list(await client.add_many_spans([span(rid, aid, 1), span(rid, aid, 2)]))
+                return first, list(await client.add_many_spans([span(rid, aid, 3)]))
+
+        first, second = asyncio.run(send())
+    assert [s.sequence_id for s in first + second] == [1, 2, 3]
+    assert counted.seen == [("POST", "/spans/batch")] + [("POST", "/spans")] * 3
+    page = asyncio.run(fstore.query_spans(rid, aid))
+    assert [s.sequence_id for s in page.items] == [1, 2, 3]
+
+
+def test_the_route_refuses_what_add_many_spans_refuses(fstore: FileStore) -> None:
+    (rid, aid), _ = _two_attempts(fstore)
+    good = span(rid, aid, 1).model_dump(mode="json")
+    with ServerThread(fstore) as srv:
+        url, path = base_url(srv), PREFIX + "/spans/batch"
+        status, detail, _ = raw_request(url, "POST", path, json.dumps({"spans": [{"name": 1}]}), JSON)
+        assert status == 422
+        assert isinstance(detail["detail"], list)
+        status, _, _ = raw_request(url, "POST", path, json.dumps([good]), JSON)  # not the object
+        assert status == 422
+        status, _, _ = raw_request(url, "POST", path, "{not json", JSON)
+        assert status == 400
+        unknown = {**good, "rollout_id": "ro-000000000000"}
+        status, body, _ = raw_request(url, "POST", path, json.dumps({"spans": [unknown]}), JSON)
+        assert (status, body["error_type"]) == (404, RolloutNotFoundError.__name__)
+        status, body, _ = raw_request(url, "POST", path, json.dumps({"spans": []}), JSON)
+        assert (status, body) == (201, [])
+        # The upstream route is unchanged beside it: one span in, the span (or null) out.
+        status, body, _ = raw_request(url, "POST", PREFIX + "/spans", json.dumps(good), JSON)
+        assert (status, body["span_id"]) == (201, good["span_id"])
+        status, body, _ = raw_request(url, "POST", PREFIX + "/spans", json.dumps(good), JSON)
+        assert (status, body) == (201, None)
+    assert [s.span_id for s in asyncio.run(fstore.query_spans(rid)).items] == [good["span_id"]]
