@@ -122,14 +122,20 @@ class DiskFaults:
         "publish_link",
         "publish_symlink",
         "create_exclusive",
+        "create_empty",
+        "make_dirs",
         "open_making_dirs",
     )
+    # Record revisions are staged, linked and renamed onto rollout.json through fsio.Staged.
+    STAGED = ("__init__", "link", "rename_onto")
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.failing = False
         self.injected = 0
         for name in self.NAMES:
             monkeypatch.setattr(fsio, name, self._wrap(getattr(fsio, name)))
+        for name in self.STAGED:
+            monkeypatch.setattr(fsio.Staged, name, self._wrap(getattr(fsio.Staged, name)))
 
     def _wrap(self, func: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(func)

@@ -146,6 +146,7 @@ class _WriterState:
         self.known_ids: OrderedDict[Path, set[str]] = OrderedDict()
         self.counters: dict[str, int] = {}
         self.heartbeats: dict[Path, tuple[int, float]] = {}
+        self.torn: set[Path] = set()  # logs whose last append failed (maybe midway)
         self.lock = threading.Lock()
         self.group = _GroupSync()
 
@@ -271,19 +272,34 @@ class SpanLog:
             known = self._known(state, attempt_dir)
             fresh: list[Span] = []
             chunks: list[bytes] = []
+            batch: set[str] = set()
             for span in spans:
-                if span.span_id in known:
+                if span.span_id in known or span.span_id in batch:
                     log.error(
                         "Duplicated span added: %s/%s/%s", span.rollout_id, span.attempt_id, span.span_id
                     )
                     continue
-                known.add(span.span_id)
+                batch.add(span.span_id)
                 fresh.append(span)
                 chunks.append(codec.dumps_line(span.model_dump(mode="json")))
             if not chunks:
                 return [], None
-            fsio.append(self._fd(state, path), b"".join(chunks))
+            self._write(state, path, b"".join(chunks))
+            # Only now: a span whose write failed is not "held", so a retry stores it.
+            known.update(batch)
         return fresh, path
+
+    def _write(self, state: _WriterState, path: Path, data: bytes) -> None:
+        """Append ``data``; after a failed append, first end the line it may have left torn
+        (a retry's line would otherwise be glued to the fragment, and both be unreadable)."""
+        if path in state.torn:
+            data = b"\n" + data  # a blank line when nothing was written: readers skip it
+        try:
+            fsio.append(self._fd(state, path), data)
+        except OSError:
+            state.torn.add(path)
+            raise
+        state.torn.discard(path)
 
     def flush(self, attempt_dir: Path) -> None:
         """Push this process's span writes for the attempt to the file server.
