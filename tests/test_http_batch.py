@@ -156,3 +156,20 @@ def test_the_route_refuses_what_add_many_spans_refuses(fstore: FileStore) -> Non
         status, body, _ = raw_request(url, "POST", PREFIX + "/spans", json.dumps(good), JSON)
         assert (status, body) == (201, None)
     assert [s.span_id for s in asyncio.run(fstore.query_spans(rid)).items] == [good["span_id"]]
+
+
+@pytest.mark.parametrize("network", ["0", "1"])
+def test_one_rollout_calls_leave_the_http_loop_only_on_a_network_filesystem(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, network: str
+) -> None:
+    """On a local disk a span or an attempt update is answered on the HTTP loop (cheaper than the
+    trip to the pool); on NFS each is several round trips, which would hold up every connection."""
+    from store_fs.server.app import StoreServer
+
+    monkeypatch.setenv("AGL_NETWORK_FS", network)
+    store = FileStore(tmp_path / "store")
+    server = StoreServer(store, host="127.0.0.1", port=0)
+    assert store.network_filesystem is (network == "1")
+    assert (server._inline == frozenset()) is (network == "1")
+    assert server.api.add_span in server.api.inline
+    store.close()

@@ -9,7 +9,8 @@ keeps serving. Getters answer 200 ``null`` for unknown ids, as upstream does.
 
 Concurrency: the HTTP layer (:mod:`store_fs.server.http`) runs on one event loop. Calls that
 read or write one rollout's few files (:attr:`StoreApi.inline`: a span, an attempt update, a
-heartbeat, a get) run on that loop too: they take tens of microseconds of syscalls, and the
+heartbeat, a get) run on that loop too, unless the store is on a network filesystem: on a
+local disk they take tens of microseconds of syscalls, and the
 two cross-thread wake-ups of a trip to the pool cost more than that (the server's CPU per
 ``POST /spans`` fell from ~920 to ~500 µs without them; BENCHMARKS.md, "the HTTP loop"). Every
 other call (the queue, searches, statistics, batches, OTLP decoding, waits), with the JSON
@@ -122,7 +123,9 @@ class StoreServer:
         self.host = host
         self.port = port
         self.api = StoreApi(store)
-        self._inline = self.api.inline
+        # On a network filesystem each of those calls is several round trips to the file
+        # server (milliseconds): run on the loop they would hold up every other connection.
+        self._inline = frozenset() if store.network_filesystem else self.api.inline
         self._has_token = bool(token)
         self._draining = asyncio.Event()
         self.http = HttpServer(

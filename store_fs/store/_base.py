@@ -140,6 +140,12 @@ class StoreCore(LightningStore):
     def layout(self) -> Layout:
         return self._ctx.layout
 
+    @property
+    def network_filesystem(self) -> bool:
+        """Whether the store is on a network filesystem (detected from the mount table, or
+        ``AGL_NETWORK_FS=1|0``): other hosts see changes late and each call costs round trips."""
+        return self._ctx.shared_fs
+
     def close(self) -> None:
         """Close this process's open span, event, index and worker-log files (reopened on next use)."""
         self._spans.close()
