@@ -265,17 +265,8 @@ class RecordStore:
             # The span sequence counter: one empty file whose name is the last issued number.
             # Empty, so it needs no temporary file: nothing can be read half-written.
             fsio.create_empty(seq_dir / "0", durable=self._ctx.durable)
-        data = codec.dumps_record(record)
-        staged = fsio.Staged(hist / _rev_name(1), data, durable=self._ctx.durable, mode=REVISION_MODE)
-        try:
-            if not staged.link():
-                return False
-            self._cache().heads[rid] = _Head(1, data)  # the caller keeps ``record``: decode our own
-            if self._on_revision is not None:
-                self._on_revision(1, record)
-            self._publish_mirror(rid, 1, staged)
-        finally:
-            staged.discard()
+        if not self._try_write(rid, 1, record):
+            return False
         self._notify(None, record)
         return True
 
