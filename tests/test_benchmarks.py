@@ -56,6 +56,7 @@ def test_compare_runs_every_workload_on_the_file_store(tmp_path: Path) -> None:
 
 
 @pytest.mark.upstream
+@pytest.mark.stress  # ~30 s, most of it importing upstream's package twice: opt-in (-m stress)
 def test_compare_runs_upstream_in_process_store_beside_ours(tmp_path: Path) -> None:
     pytest.importorskip("agentlightning")
     payload = _run_compare(tmp_path, "--backends", "fs,up-mem", "--only", "loop", "--only", "enqueue")
