@@ -35,15 +35,31 @@ from pydantic import BaseModel
 
 from store_fs.models import Event, Link, OtelResource, Span, SpanContext, TraceStatus
 
-__all__ = ["FAST_PATH", "copy_span", "decode_span"]
+# The canonical line layout (SPAN_KEYS ... RESOURCE_KEYS) is public for other fast readers of
+# span lines (store_fs/datasets/_span_rows.py): one definition of what "canonical" means.
+__all__ = [
+    "CONTEXT_KEYS",
+    "CONTEXT_TYPES",
+    "FAST_PATH",
+    "N_SPAN_KEYS",
+    "RESOURCE_KEYS",
+    "SCALARS",
+    "SCALARS_OR_LIST",
+    "SPAN_KEYS",
+    "SPAN_TYPES",
+    "STATUS_CODES",
+    "STATUS_KEYS",
+    "copy_span",
+    "decode_span",
+]
 
 _NONE: Final = type(None)
-_SCALARS: Final = frozenset({str, int, float, bool})
-_SCALARS_OR_LIST: Final = frozenset({str, int, float, bool, list})
+SCALARS: Final = frozenset({str, int, float, bool})
+SCALARS_OR_LIST: Final = frozenset({str, int, float, bool, list})
 _STR_ONLY: Final = frozenset({str})
-_STATUS_CODES: Final = frozenset({"UNSET", "OK", "ERROR"})
+STATUS_CODES: Final = frozenset({"UNSET", "OK", "ERROR"})
 
-_SPAN_KEYS: Final = (
+SPAN_KEYS: Final = (
     "rollout_id",
     "attempt_id",
     "sequence_id",
@@ -61,18 +77,18 @@ _SPAN_KEYS: Final = (
     "parent",
     "resource",
 )
-_N_SPAN_KEYS: Final = len(_SPAN_KEYS)
+N_SPAN_KEYS: Final = len(SPAN_KEYS)
 # The exact value types of a canonical span line, field by field (optional fields: both).
-_SPAN_TYPES: Final = frozenset(
+SPAN_TYPES: Final = frozenset(
     (str, str, int, str, str, parent_id, str, dict, dict, list, list, start, end, context, parent, dict)
     for parent_id, start, end, context, parent in itertools.product(
         (str, _NONE), (float, _NONE), (float, _NONE), (dict, _NONE), (dict, _NONE)
     )
 )
-_STATUS_KEYS: Final = ("status_code", "description")
-_CONTEXT_KEYS: Final = ("trace_id", "span_id", "is_remote", "trace_state")
-_CONTEXT_TYPES: Final = (str, str, bool, dict)
-_RESOURCE_KEYS: Final = ("attributes", "schema_url")
+STATUS_KEYS: Final = ("status_code", "description")
+CONTEXT_KEYS: Final = ("trace_id", "span_id", "is_remote", "trace_state")
+CONTEXT_TYPES: Final = (str, str, bool, dict)
+RESOURCE_KEYS: Final = ("attributes", "schema_url")
 _EVENT_KEYS: Final = ("name", "attributes", "timestamp")
 _LINK_KEYS: Final = ("context", "attributes")
 
@@ -194,14 +210,14 @@ def _attributes_ok(attributes: dict[str, Any]) -> bool:
     whatever member matches it.
     """
     kinds = set(map(type, attributes.values()))
-    if kinds <= _SCALARS:
+    if kinds <= SCALARS:
         return True
-    if not kinds <= _SCALARS_OR_LIST:
+    if not kinds <= SCALARS_OR_LIST:
         return False
     for value in attributes.values():
         if type(value) is list and value:
             elements = set(map(type, value))
-            if len(elements) != 1 or not elements <= _SCALARS:
+            if len(elements) != 1 or not elements <= SCALARS:
                 return False
     return True
 
@@ -209,9 +225,9 @@ def _attributes_ok(attributes: dict[str, Any]) -> bool:
 def _status(value: dict[str, Any]) -> TraceStatus | None:
     keys = tuple(value)
     code = value.get("status_code")
-    if type(code) is not str or code not in _STATUS_CODES:
+    if type(code) is not str or code not in STATUS_CODES:
         return None
-    if keys == _STATUS_KEYS:
+    if keys == STATUS_KEYS:
         description = value["description"]
         if description is None or type(description) is str:
             status: TraceStatus = _make(TraceStatus, value, {"status_code", "description"}, {})
@@ -223,9 +239,9 @@ def _status(value: dict[str, Any]) -> TraceStatus | None:
 
 
 def _context(value: Any) -> SpanContext | None:
-    if type(value) is not dict or tuple(value) != _CONTEXT_KEYS:
+    if type(value) is not dict or tuple(value) != CONTEXT_KEYS:
         return None
-    if tuple(map(type, value.values())) != _CONTEXT_TYPES:
+    if tuple(map(type, value.values())) != CONTEXT_TYPES:
         return None
     trace_state = value["trace_state"]
     if trace_state and set(map(type, trace_state.values())) != _STR_ONLY:
@@ -235,7 +251,7 @@ def _context(value: Any) -> SpanContext | None:
 
 
 def _resource(value: dict[str, Any]) -> OtelResource | None:
-    if tuple(value) != _RESOURCE_KEYS or type(value["schema_url"]) is not str:
+    if tuple(value) != RESOURCE_KEYS or type(value["schema_url"]) is not str:
         return None
     attributes = value["attributes"]
     if type(attributes) is not dict or not _attributes_ok(attributes):
@@ -294,11 +310,11 @@ def _models(values: list[Any], build: Any) -> list[Any] | None:
 def _fast_span(obj: dict[str, Any]) -> Span | None:
     """The span of a canonical line (taking over ``obj``), or None, leaving ``obj`` untouched."""
     keys = tuple(obj)
-    extra_keys = keys[_N_SPAN_KEYS:]
-    if keys[:_N_SPAN_KEYS] != _SPAN_KEYS:
+    extra_keys = keys[N_SPAN_KEYS:]
+    if keys[:N_SPAN_KEYS] != SPAN_KEYS:
         return None
     types = tuple(map(type, obj.values()))
-    if (types[:_N_SPAN_KEYS] if extra_keys else types) not in _SPAN_TYPES:
+    if (types[:N_SPAN_KEYS] if extra_keys else types) not in SPAN_TYPES:
         return None
     status = _status(obj["status"])
     resource = _resource(obj["resource"])

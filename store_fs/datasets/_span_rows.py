@@ -23,12 +23,25 @@ from __future__ import annotations
 import logging
 from operator import itemgetter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from store_fs._disk import codec, fsio
-from store_fs._disk.span_decode import FAST_PATH, decode_span
+from store_fs._disk.span_decode import (
+    CONTEXT_KEYS,
+    CONTEXT_TYPES,
+    FAST_PATH,
+    N_SPAN_KEYS,
+    RESOURCE_KEYS,
+    SCALARS,
+    SCALARS_OR_LIST,
+    SPAN_KEYS,
+    SPAN_TYPES,
+    STATUS_CODES,
+    STATUS_KEYS,
+    decode_span,
+)
 
 if TYPE_CHECKING:
     from store_fs.store import FileStore
@@ -40,43 +53,6 @@ log = logging.getLogger(__name__)
 # (span_id, parent_id, name, attributes, start_time, end_time): what the triplet builder reads.
 SpanRow = tuple[str, str | None, str, dict[str, Any], float | None, float | None]
 
-_NONE: Final = type(None)
-_SCALARS: Final = frozenset({str, int, float, bool})
-_SCALARS_OR_LIST: Final = frozenset({str, int, float, bool, list})
-_STATUS_CODES: Final = frozenset({"UNSET", "OK", "ERROR"})
-_SPAN_KEYS: Final = (
-    "rollout_id",
-    "attempt_id",
-    "sequence_id",
-    "trace_id",
-    "span_id",
-    "parent_id",
-    "name",
-    "status",
-    "attributes",
-    "events",
-    "links",
-    "start_time",
-    "end_time",
-    "context",
-    "parent",
-    "resource",
-)
-_N_KEYS: Final = len(_SPAN_KEYS)
-# Exact value types of a canonical line with no events and no links (lines with either are
-# rare and take the validating path). Optional fields may be None; extra keys follow these.
-_CANONICAL_TYPES: Final = frozenset(
-    (str, str, int, str, str, parent_id, str, dict, dict, list, list, start, end, context, parent, dict)
-    for parent_id in (str, _NONE)
-    for start in (float, _NONE)
-    for end in (float, _NONE)
-    for context in (dict, _NONE)
-    for parent in (dict, _NONE)
-)
-_STATUS_KEYS: Final = ("status_code", "description")
-_CONTEXT_KEYS: Final = ("trace_id", "span_id", "is_remote", "trace_state")
-_CONTEXT_TYPES: Final = (str, str, bool, dict)
-_RESOURCE_KEYS: Final = ("attributes", "schema_url")
 _by_sequence = itemgetter(0)
 
 
@@ -84,14 +60,14 @@ def _attributes_ok(attributes: dict[str, Any]) -> bool:
     """Whether validating ``attributes`` keeps every value as it is (scalars of the four exact
     types; lists of one such type, or empty)."""
     kinds = set(map(type, attributes.values()))
-    if kinds <= _SCALARS:
+    if kinds <= SCALARS:
         return True
-    if not kinds <= _SCALARS_OR_LIST:
+    if not kinds <= SCALARS_OR_LIST:
         return False
     for value in attributes.values():
         if type(value) is list and value:
             elements = set(map(type, value))
-            if len(elements) != 1 or not elements <= _SCALARS:
+            if len(elements) != 1 or not elements <= SCALARS:
                 return False
     return True
 
@@ -99,7 +75,7 @@ def _attributes_ok(attributes: dict[str, Any]) -> bool:
 def _context_ok(value: Any) -> bool:
     if value is None:
         return True
-    if tuple(value) != _CONTEXT_KEYS or tuple(map(type, value.values())) != _CONTEXT_TYPES:
+    if tuple(value) != CONTEXT_KEYS or tuple(map(type, value.values())) != CONTEXT_TYPES:
         return False
     state = value["trace_state"]
     return not state or set(map(type, state.values())) == {str}
@@ -110,14 +86,14 @@ def _nested_ok(obj: dict[str, Any]) -> bool:
     status = obj["status"]
     keys = tuple(status)
     code = status.get("status_code")
-    if type(code) is not str or code not in _STATUS_CODES:
+    if type(code) is not str or code not in STATUS_CODES:
         return False
     if keys != ("status_code",) and not (
-        keys == _STATUS_KEYS and (status["description"] is None or type(status["description"]) is str)
+        keys == STATUS_KEYS and (status["description"] is None or type(status["description"]) is str)
     ):
         return False
     resource = obj["resource"]
-    if tuple(resource) != _RESOURCE_KEYS or type(resource["schema_url"]) is not str:
+    if tuple(resource) != RESOURCE_KEYS or type(resource["schema_url"]) is not str:
         return False
     if type(resource["attributes"]) is not dict or not _attributes_ok(resource["attributes"]):
         return False
@@ -129,11 +105,11 @@ def _canonical(obj: dict[str, Any]) -> bool:
     if not FAST_PATH:
         return False
     keys = tuple(obj)
-    extras = len(keys) > _N_KEYS  # kept as they are (the tracer's span kind and scope)
-    if (keys[:_N_KEYS] if extras else keys) != _SPAN_KEYS:
+    extras = len(keys) > N_SPAN_KEYS  # kept as they are (the tracer's span kind and scope)
+    if (keys[:N_SPAN_KEYS] if extras else keys) != SPAN_KEYS:
         return False
     types = tuple(map(type, obj.values()))
-    if (types[:_N_KEYS] if extras else types) not in _CANONICAL_TYPES or obj["events"] or obj["links"]:
+    if (types[:N_SPAN_KEYS] if extras else types) not in SPAN_TYPES or obj["events"] or obj["links"]:
         return False
     return _attributes_ok(obj["attributes"]) and _nested_ok(obj)
 
