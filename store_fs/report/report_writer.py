@@ -127,9 +127,11 @@ def watch_report(
     mode = resolve_mode("auto", store.root)
     for directory in _watched(store):
         directory.mkdir(parents=True, exist_ok=True)
-    pause = _write_and_tell(store, output, options, on_written, interval)
+    pause = 0.0
+    written = False
     # One watcher for the whole run: changes made while a report is being written are kept
-    # and wake the next round.
+    # and wake the next round. The first report is written once the watcher runs (its first
+    # yield), so a change made right after it is not missed.
     for changes in watchfiles.watch(
         *_watched(store),
         stop_event=stop,
@@ -142,8 +144,9 @@ def watch_report(
     ):
         if stop.is_set():
             return
-        if changes and not stop.wait(pause):  # let a burst of changes settle first
+        if not written or (changes and not stop.wait(pause)):  # let a burst of changes settle first
             pause = _write_and_tell(store, output, options, on_written, interval)
+            written = True
 
 
 def _write_and_tell(
