@@ -12,7 +12,7 @@ from store_fs.errors import ExitCode
 
 from . import completion, output
 from .exit_codes import CliError
-from .params import StatusFilter, values
+from .params import StatusFilter, seconds, values
 from .progress import Progress
 from .state import CliState, check_directories, check_store_path, run
 from .tables import WORKER_COLUMNS
@@ -105,6 +105,60 @@ def check(
     output.info(f"{len(problems)} problem(s), {len(problems) - len(left)} fixed")
     if left:
         raise typer.Exit(ExitCode.CORRUPT)
+
+
+def compact(
+    ctx: typer.Context,
+    idle: Annotated[
+        float,
+        typer.Option(
+            parser=seconds,
+            metavar="SECONDS",
+            help="Take logs written from other hosts once untouched this long (their writers may be alive).",
+        ),
+    ] = 3600.0,
+    wait: Annotated[
+        float,
+        typer.Option(parser=seconds, metavar="SECONDS", help="Wait this long for the maintenance lock."),
+    ] = 0.0,
+) -> None:
+    """Merge the logs of exited processes into segments: a store written by thousands of
+    one-shot agl calls keeps a handful of files, and readers open only those.
+
+    Compacts the rollout index, the change feed and the worker logs. Logs of processes still
+    running are left alone (on this host by pid; from other hosts, until untouched for --idle).
+    Runners and readers may keep working. Runs under the maintenance lock (exit 6 if a repair,
+    a prune or another compaction holds it). Readers also compact by themselves when they meet
+    more than 32 per-writer index logs. Also writes the rollout index snapshot, so that a
+    fresh process listing one status reads that status only. Prints a JSON summary.
+
+    \b
+    agl compact
+    agl compact --wait 60 --idle 600
+    """
+    cli = CliState.of(ctx)
+    store = cli.open_store()
+    with Progress("log directories compacted", quiet=cli.quiet) as bar:
+
+        def advance(done: int, total: int) -> None:
+            bar.total = total
+            bar.advance(done - bar.done)
+
+        report = store.compact(idle_seconds=idle, wait=wait, progress=advance)
+    cli.out.emit_json(
+        {
+            "directories": report.directories,
+            "segments": report.segments,
+            "absorbed": report.absorbed,
+            "removed": report.removed,
+            "bytes": report.bytes,
+            "torn_lines_quarantined": report.torn,
+            "quarantine": report.quarantine,
+            "index_snapshot": report.snapshot,
+        }
+    )
+    absorbed = f"absorbed {report.absorbed} log(s) into {report.segments} segment(s)"
+    output.info(f"{absorbed}, removed {report.removed}")
 
 
 def _export_ids(store: FileStore, rollout_ids: list[str], all_: bool, status: list[str] | None) -> list[str]:

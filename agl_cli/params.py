@@ -39,7 +39,10 @@ class RetryOn(enum.StrEnum):
     unresponsive = "unresponsive"
 
 
-AttemptStatus = Literal["preparing", "running", "succeeded", "failed", "timeout", "unresponsive"]
+# In the order of store_fs.models.AttemptStatus: typing caches ``Literal[...] | None`` by value
+# (set equality), so whichever of two equal literals is met first would decide the order of the
+# choices --help and error messages print, depending on import order.
+AttemptStatus = Literal["preparing", "running", "failed", "succeeded", "unresponsive", "timeout"]
 Mode = Literal["train", "val", "test"]
 # Scalar fields of a rollout (the store also accepts input, config and metadata, which do not sort).
 RolloutSortField = Literal["rollout_id", "start_time", "end_time", "status", "mode", "resources_id"]

@@ -11,14 +11,14 @@ last read and never a torn last line. Following sleeps on the feed directory wit
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from store_fs._disk import codec
+from store_fs._disk import codec, log_segments
+from store_fs._disk.change_feed import EVENT_LOGS
 from store_fs._disk.watch import ChangeFeed, resolve_mode
 from store_fs.models import Rollout, RolloutStatus
 
@@ -27,52 +27,38 @@ if TYPE_CHECKING:
 
 __all__ = ["EventReader", "follow_events", "watch_rollouts"]
 
-EVENT_SUFFIX = ".jsonl"
-
 
 @dataclass
 class EventReader:
     """Incremental reader of a store's ``events/`` directory.
 
     Each call to :meth:`read_new` returns the events appended since the previous call, oldest
-    first, each as its JSON object with ``writer`` (the file's name) added. A line without
-    its newline yet is left for the next call; a complete line that does not parse is skipped.
+    first, each as its JSON object with ``writer`` (the name of the file it was appended to)
+    added. A line without its newline yet is left for the next call; a complete line that does
+    not parse is skipped. Logs compacted into segments meanwhile are followed across
+    (``store_fs/_disk/log_segments.py``): no event is returned twice.
     """
 
     directory: Path
-    offsets: dict[str, int] = field(default_factory=dict)
-
-    def _files(self) -> list[str]:
-        try:
-            names = os.listdir(self.directory)
-        except (FileNotFoundError, NotADirectoryError):
-            return []
-        return sorted(n for n in names if n.endswith(EVENT_SUFFIX) and not n.startswith("."))
-
-    def _read_file(self, name: str) -> list[dict[str, Any]]:
-        start = self.offsets.get(name, 0)
-        try:
-            with open(self.directory / name, "rb") as f:
-                f.seek(start)
-                data = f.read()
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-            return []
-        end = data.rfind(b"\n") + 1  # complete lines only
-        self.offsets[name] = start + end
-        events = []
-        for line in data[:end].splitlines():
-            try:
-                event = codec.loads(line)
-            except codec.DecodeError:
-                continue
-            if isinstance(event, dict) and isinstance(event.get("rollout_id"), str):
-                event["writer"] = name[: -len(EVENT_SUFFIX)]
-                events.append(event)
-        return events
+    position: log_segments.Position = field(default_factory=dict)
 
     def read_new(self) -> list[dict[str, Any]]:
         """Events appended since the last call, by time."""
-        events = [event for name in self._files() for event in self._read_file(name)]
+        chunks, replaced = log_segments.read_new(self.directory, EVENT_LOGS, self.position)
+        if replaced:  # the feed was deleted and begun again: read it from the start
+            self.position.clear()
+            chunks, _ = log_segments.read_new(self.directory, EVENT_LOGS, self.position)
+        events = []
+        for chunk in chunks:
+            writer = EVENT_LOGS.writer(chunk.source)
+            for line in chunk.data.splitlines():
+                try:
+                    event = codec.loads(line)
+                except codec.DecodeError:
+                    continue
+                if isinstance(event, dict) and isinstance(event.get("rollout_id"), str):
+                    event["writer"] = writer
+                    events.append(event)
         events.sort(key=_time_of)
         return events
 

@@ -159,6 +159,7 @@ BASES: dict[tuple[str, ...], tuple[list[Unit], str | None]] = {
     ("attempts", "list"): ([("{running}",)], None),
     ("attempts", "update"): ([("{running}",), ("{attempt}",), ("--status", "running")], None),
     ("check",): ([], None),
+    ("compact",): ([], None),
     ("complete",): ([("{running}",), ("{attempt}",)], None),
     ("dequeue",): ([("--worker-id", "w9")], None),
     ("data", "messages"): ([], None),

@@ -109,7 +109,7 @@ async def test_a_new_store_is_complete_and_every_revision_adds_a_line(store: Fil
     assert attempted is not None
     await store.update_attempt(r.rollout_id, attempted.attempt.attempt_id, status="succeeded")
     [log] = index_logs(store)
-    assert log.name == f"{store._ctx.writer}.jsonl"
+    assert log.name == f"{store._ctx.log_writer}.jsonl"
     assert index_lines(store) == [
         {"rollout_id": r.rollout_id, "rev": rev, "status": status, "start_time": r.start_time, "attempts": n}
         for rev, status, n in [(1, "queuing", 0), (2, "preparing", 1), (3, "succeeded", 1)]
@@ -282,13 +282,13 @@ async def test_another_instance_sees_changes_incrementally(store: FileStore) -> 
     reader = FileStore(store.root, create=False)
     first = await store.enqueue_rollout(input=1)
     assert await ids(reader, status_in=["queuing"]) == [first.rollout_id]
-    offsets = {name: f.offset for name, f in reader._index._view().files.items()}
+    offsets = {name: offset for name, (_, offset) in reader._index._view().files.items()}
     second = await store.enqueue_rollout(input=2)
     attempted = await store.dequeue_rollout()
     assert attempted is not None
     assert await ids(reader, status_in=["queuing"]) == [second.rollout_id]
     assert await ids(reader, status_in=["preparing"]) == [first.rollout_id]
-    grown = {name: f.offset for name, f in reader._index._view().files.items()}
+    grown = {name: offset for name, (_, offset) in reader._index._view().files.items()}
     assert all(grown[name] > offset for name, offset in offsets.items())
     assert (await reader.statistics())["total_attempts"] == 1
     reader.close()
@@ -303,7 +303,7 @@ async def test_a_torn_last_line_waits_for_its_newline(store: FileStore) -> None:
     reader = FileStore(store.root, create=False)
     assert await ids(reader, status_in=["queuing"]) == [r.rollout_id]
     view = reader._index._view()
-    assert view.files[log.name].offset == len(line)
+    assert view.files[log.name][1] == len(line)
     with open(log, "ab") as f:
         f.write(line[20:])
     await store.dequeue_rollout()
@@ -315,7 +315,7 @@ async def test_a_torn_last_line_waits_for_its_newline(store: FileStore) -> None:
 
 async def test_a_writer_after_a_dead_torn_writer_keeps_its_first_line(store: FileStore) -> None:
     # A dead process with this process's pid left half a line in "our" file.
-    log = store.layout.rollout_index / f"{store._ctx.writer}.jsonl"
+    log = store.layout.rollout_index / f"{store._ctx.log_writer}.jsonl"
     log.write_bytes(b'{"rollout_id": "ro-')
     fresh = FileStore(store.root, create=False)
     r = await fresh.enqueue_rollout(input=1)
@@ -429,7 +429,7 @@ def test_a_forked_child_writes_its_own_log(tmp_path: Path) -> None:
     assert status == 0
     logs = index_logs(store)
     assert len(logs) == 2
-    assert {log.name.rsplit("-", 1)[1] for log in logs} == {f"{os.getpid()}.jsonl", f"{pid}.jsonl"}
+    assert {log.name.partition(".")[0].rsplit("-", 1)[1] for log in logs} == {str(os.getpid()), str(pid)}
     assert all(len(log.read_text().splitlines()) == 1 for log in logs)
     assert (asyncio.run(FileStore(store.root).statistics()))["total_rollouts"] == 2
     store.close()

@@ -37,7 +37,7 @@ Spans, heartbeats and workers:
                      ``span-seq/`` (the rollout-wide sequence: one rename per allocation).
     span_read        reading span files: decodes only bytes appended since this process last read.
     span_decode      span objects from parsed lines without pydantic re-validation (same objects).
-    worker_logs      ``workers/<worker_id>/log.<host>-<pid>.jsonl``: per-process change logs folded
+    worker_logs      ``workers/<worker_id>/log.<writer>.jsonl``: per-process change logs folded
                      by time into upstream's ``Worker``.
 
 Resources, indexes, change feed and waits:
@@ -45,12 +45,19 @@ Resources, indexes, change feed and waits:
                      allocated by exclusive create, so two publishers never share a number.
     rollout_index    ``index/rollouts/<writer>.jsonl``: one line per revision; a cache of status and
                      counts (the highest revision wins; ``pruned`` tombstones), never the truth.
+    index_snapshot   ``index/rollouts/snapshot.json``: the merged index at one position, by status, so a
+                     cold listing of one status merges only that status.
     index_cursor     positions in the index logs: which rollouts finished since (data cursors).
     change_feed      ``events/<writer>.jsonl``: one line per status change; wakes waiters (a hint).
+    log_segments     ``<prefix>@seg-<µs>-<writer>.jsonl``: per-writer logs of exited processes merged
+                     into one file; readers see every line once, also mid-compaction and after a kill.
+    log_compaction   compacting the index, feed and worker logs (``agl compact``; by itself when a
+                     reader meets too many logs), under the maintenance lock.
     watch            waiting for the change feed (inotify, or polling on network filesystems).
     check            ``agl check [--fix]``: finds damage and half-done work; repairs what a crashed writer
                      left half done and takes out what cannot be read (into quarantine).
-    maintenance      ``locks/maintenance.lock``: one repair or migration at a time; never on the hot path.
+    maintenance      ``locks/maintenance.lock``: one repair, prune, compaction or migration at a time;
+                     never on the hot path.
     removal          ``trash/<run>/``: ``agl prune``'s removals, one rename per rollout, tombstones,
                      archive; a run a crash interrupted is finished by the next prune or check --fix.
     quarantine       ``quarantine/<time>-<writer>/``: what a repair took out, never deleted, with notes.

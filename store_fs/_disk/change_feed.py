@@ -10,11 +10,14 @@ from __future__ import annotations
 import os
 import threading
 
-from store_fs._disk import codec, fsio
+from store_fs._disk import codec, fsio, log_segments
 from store_fs._disk.context import Context
 from store_fs._disk.rollout_history import RolloutRecord
 
-__all__ = ["EventLog"]
+__all__ = ["EVENT_LOGS", "EventLog"]
+
+#: The feed's files: ``<writer>.jsonl`` and segments (:mod:`store_fs._disk.log_segments`).
+EVENT_LOGS = log_segments.Kind(prefix="")
 
 
 class _Fd:
@@ -45,7 +48,7 @@ class EventLog:
         holder = self._fd()
         with holder.lock:
             if holder.fd is None:
-                path = self._ctx.layout.events / f"{self._ctx.writer}.jsonl"
+                path = self._ctx.layout.events / f"{self._ctx.log_writer}.jsonl"
                 flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
                 holder.fd = fsio.open_making_dirs(path, flags, durable=self._ctx.durable)
             fsio.append(holder.fd, line)

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from store_fs._disk.fsio import current_pid, writer_tag
+from store_fs._disk.fsio import current_pid, log_tag, writer_tag
 from store_fs._disk.layout import Layout
 from store_fs.clock import Clock
 
@@ -42,6 +42,11 @@ class Context:
     @property
     def writer(self) -> str:
         return writer_tag()
+
+    @property
+    def log_writer(self) -> str:
+        """The name of this process's compactable logs (see :func:`~store_fs._disk.fsio.log_tag`)."""
+        return log_tag()
 
     def local(self, name: str, factory: Callable[[], Any]) -> Any:
         """A per-process object named ``name``, created by ``factory()`` (fresh after fork)."""

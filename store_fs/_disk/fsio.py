@@ -37,6 +37,7 @@ __all__ = [
     "host_tag",
     "iter_dirs",
     "list_names",
+    "log_tag",
     "make_dirs",
     "move",
     "open_making_dirs",
@@ -59,12 +60,17 @@ _HOST = _sanitise(socket.gethostname())
 # rollout (per-process caches, per-writer file names), and each os.getpid() is a syscall.
 _PID = os.getpid()
 _TAG = f"{_HOST}-{_PID}"
+# Logs that compaction removes once their writer is gone are named after this process
+# *instance*: pids are reused, and ext4 hands a freed inode straight back, so "<host>-<pid>"
+# and the inode number together could name two different files over a long run.
+_INSTANCE = secrets.token_hex(3)
 
 
 def _after_fork_in_child() -> None:
-    global _PID, _TAG
+    global _PID, _TAG, _INSTANCE
     _PID = os.getpid()
     _TAG = f"{_HOST}-{_PID}"
+    _INSTANCE = secrets.token_hex(3)
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -83,6 +89,12 @@ def host_tag() -> str:
 def writer_tag() -> str:
     """``<host>-<pid>``: names this process in per-writer file names (recomputed after fork)."""
     return _TAG
+
+
+def log_tag() -> str:
+    """``<host>-<pid>.<6 hex>``: names this process in the logs compaction may remove (index,
+    change feed, worker logs), unique to this process even when its pid is used again."""
+    return f"{_TAG}.{_INSTANCE}"
 
 
 # Temporary names: <host>-<pid> plus a per-process counter (next() on a count is atomic

@@ -15,9 +15,11 @@ revisions follow it (a late span's heartbeat stamp, a metadata update) and in wh
 logs of several writers are read; a rollout that is retried and finishes again is reported again;
 one that is running again is not reported until it finishes again.
 
-If the logs were rebuilt (``agl check --fix`` replaced them: a known file vanished, was replaced,
-or shrank), positions cannot be carried over: reading restarts at the end of the new logs and the
-rebuild is logged. Rollouts that finished between the last read and the rebuild are then missed,
+Compaction (:mod:`store_fs._disk.log_segments`) moves lines into segments; a position is carried
+across it, so no line is read twice or skipped. If the logs were rebuilt (``agl check --fix``
+replaced them: a known file vanished, was replaced, or shrank, and no segment holds it), positions
+cannot be carried over: reading restarts at the end of the new logs and the rebuild is logged.
+Rollouts that finished between the last read and the rebuild are then missed,
 which is why rebuilds are for quiet stores. A process killed between a finishing revision and its
 index line leaves the line to ``agl check --fix`` (``stale-index``), which appends it at the
 newest revision: reported then if nothing has changed the rollout since.
@@ -26,16 +28,15 @@ newest revision: reported then if nothing has changed the rollout since.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from store_fs._disk import codec, fsio
+from store_fs._disk import codec, fsio, log_segments
 from store_fs._disk.layout import Layout
 from store_fs._disk.rollout_history import RecordStore
-from store_fs._disk.rollout_index import parse_entry
+from store_fs._disk.rollout_index import INDEX_LOGS, parse_entry
 from store_fs._disk.status_rules import TERMINAL_ROLLOUT_STATUSES
 from store_fs.errors import CorruptRecordError
 
@@ -75,70 +76,14 @@ class IndexPosition:
     @classmethod
     def at_end(cls, directory: Path) -> IndexPosition:
         """The position after every complete line written so far."""
-        position = cls()
-        for name, st in _listing(directory).items():
-            position.files[name] = (st.st_ino, _complete_end(directory / name, st.st_size))
-        return position
+        return cls(log_segments.end_position(directory, INDEX_LOGS))
 
 
-def _listing(directory: Path) -> dict[str, os.stat_result]:
-    out: dict[str, os.stat_result] = {}
-    try:
-        with os.scandir(directory) as it:
-            for item in it:
-                if item.name.endswith(SUFFIX) and not item.name.startswith("."):
-                    try:
-                        out[item.name] = item.stat()
-                    except FileNotFoundError:
-                        continue
-    except FileNotFoundError:
-        pass
-    return out
-
-
-def _complete_end(path: Path, size: int) -> int:
-    """Offset just past the last newline within the first ``size`` bytes."""
-    try:
-        with open(path, "rb") as f:
-            step = 4096
-            end = size
-            while end > 0:
-                start = max(0, end - step)
-                f.seek(start)
-                chunk = f.read(end - start)
-                at = chunk.rfind(b"\n")
-                if at >= 0:
-                    return start + at + 1
-                end = start
-    except FileNotFoundError:
-        pass
-    return 0
-
-
-def _rebuilt(position: IndexPosition, listing: Mapping[str, os.stat_result]) -> bool:
-    for name, (ino, offset) in position.files.items():
-        st = listing.get(name)
-        if st is None or st.st_ino != ino or st.st_size < offset:
-            return True
-    return False
-
-
-def _new_finished_lines(directory: Path, position: IndexPosition) -> dict[str, set[int]]:
-    """Per rollout, the revisions of the finished lines appended since ``position`` (advanced)."""
+def _new_finished_lines(chunks: list[log_segments.Chunk]) -> dict[str, set[int]]:
+    """Per rollout, the revisions of the finished lines in ``chunks``."""
     found: dict[str, set[int]] = {}
-    for name, st in sorted(_listing(directory).items()):
-        ino, offset = position.files.get(name, (st.st_ino, 0))
-        if st.st_size <= offset:
-            position.files[name] = (ino, offset)
-            continue
-        try:
-            with open(directory / name, "rb") as f:
-                f.seek(offset)
-                data = f.read(st.st_size - offset)
-        except FileNotFoundError:
-            continue
-        end = data.rfind(b"\n") + 1  # bytes after the last newline: a write in progress
-        for raw in data[:end].split(b"\n"):
+    for chunk in chunks:
+        for raw in chunk.data.split(b"\n"):
             if not raw.strip():
                 continue
             try:
@@ -147,7 +92,6 @@ def _new_finished_lines(directory: Path, position: IndexPosition) -> dict[str, s
                 entry = None
             if entry is not None and entry.status in TERMINAL_ROLLOUT_STATUSES:
                 found.setdefault(entry.rollout_id, set()).add(entry.rev)
-        position.files[name] = (ino, offset + end)
     return found
 
 
@@ -178,13 +122,13 @@ def read_finished(layout: Layout, position: IndexPosition, records: RecordStore)
     """Rollouts that finished since ``position`` (which is advanced), in the order the logs
     name them. See the module's docstring for what "finished" means and when it is reported."""
     directory = layout.rollout_index
-    listing = _listing(directory)
-    if _rebuilt(position, listing):
+    chunks, rebuilt = log_segments.read_new(directory, INDEX_LOGS, position.files)
+    if rebuilt:
         log.warning("the rollout index was rebuilt: following on from its end (%s)", directory)
         position.files = IndexPosition.at_end(directory).files
         return []
     out = []
-    for rollout_id, revs in _new_finished_lines(directory, position).items():
+    for rollout_id, revs in _new_finished_lines(chunks).items():
         try:
             finished_at = _finishing_revision(layout, records, rollout_id)
         except CorruptRecordError as err:  # reported by check; skipped here

@@ -209,7 +209,7 @@ class RemovalRun:
             "time": self._ctx.clock.time(),
         }
         if self._events_fd is None:
-            path = self._ctx.layout.events / f"{self._ctx.writer}.jsonl"
+            path = self._ctx.layout.events / f"{self._ctx.log_writer}.jsonl"
             self._events_fd = fsio.open_making_dirs(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         fsio.append(self._events_fd, codec.dumps_line(line))
 

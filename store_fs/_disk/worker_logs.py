@@ -1,4 +1,4 @@
-"""Worker records: ``workers/<worker_id>/log.<host>-<pid>.jsonl``, one log per writing process.
+"""Worker records: ``workers/<worker_id>/log.<host>-<pid>.<instance>.jsonl``, one log per writing process.
 
 A worker's state is upstream's ``Worker``: a status (busy, idle, unknown), the
 rollout and attempt it works on, and the times of its last dequeue, busy and
@@ -24,9 +24,10 @@ their clocks. Nothing decides anything from it.
 
 A writer keeps its own log short: past ``COMPACT_BYTES`` it rewrites it (temporary
 file, then rename) as the few lines that still win a field, each keeping its
-``t``, so the fold of all logs is unchanged. Logs of exited processes stay (they
-are small); ``status.json`` and ``heartbeat.json`` written by older builds are read
-as the oldest layer.
+``t``, so the fold of all logs is unchanged. Logs of exited processes are folded into
+a segment by compaction (:mod:`store_fs._disk.log_compaction`, :func:`fold_bytes`);
+readers read segments and logs alike (:mod:`store_fs._disk.log_segments`).
+``status.json`` and ``heartbeat.json`` written by older builds are read as the oldest layer.
 """
 
 from __future__ import annotations
@@ -38,18 +39,20 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
 
-from store_fs._disk import codec, fsio
+from store_fs._disk import codec, fsio, log_segments
 from store_fs._disk.context import Context
 from store_fs._disk.ids import check_name_id
 from store_fs.errors import CorruptRecordError
 from store_fs.models import Attempt, Worker
 
-__all__ = ["COMPACT_BYTES", "WorkerStore", "fold_lines"]
+__all__ = ["COMPACT_BYTES", "WORKER_LOGS", "WorkerStore", "fold_bytes", "fold_lines"]
 
 COMPACT_BYTES: Final = 32 * 1024
 
 _LOG_PREFIX = "log."
 _LOG_SUFFIX = ".jsonl"
+#: One worker's logs: ``log.<writer>.jsonl`` and segments (:mod:`store_fs._disk.log_segments`).
+WORKER_LOGS = log_segments.Kind(_LOG_PREFIX, _LOG_SUFFIX)
 # Written by builds before the logs: read as the base layer, never written.
 _LEGACY = ("status.json", "heartbeat.json")
 _MAX_OPEN_LOGS = 16
@@ -71,6 +74,34 @@ def _winners(changes: list[Change]) -> dict[str, tuple[float, Any]]:
 def fold_lines(lines: list[Change]) -> dict[str, Any]:
     """Fold ``(t, order, fields)`` changes into one state: by ``t``, then ``order``; later wins."""
     return {key: value for key, (_, value) in _winners(lines).items()}
+
+
+def _winning_lines(changes: list[Change]) -> bytes:
+    """Lines holding only what wins a field, each with its ``t``: the same fold, fewer lines."""
+    by_time: dict[float, dict[str, Any]] = {}
+    for key, (t, value) in _winners(changes).items():
+        by_time.setdefault(t, {})[key] = value
+    return b"".join(codec.dumps_line({"t": t, **fields}) for t, fields in sorted(by_time.items()))
+
+
+def fold_bytes(data: bytes) -> bytes:
+    """Worker log lines (of one or several logs, in order) as the few lines that win a field:
+    how compaction shrinks a worker's logs without changing what readers fold. Lines that do
+    not parse are kept as they are (``agl check`` reports them, nothing is lost)."""
+    changes: list[Change] = []
+    kept: list[bytes] = []
+    for order, line in enumerate(data.splitlines()):
+        try:
+            fields = codec.loads(line)
+        except codec.DecodeError:
+            fields = None
+        t = fields.pop("t", None) if isinstance(fields, dict) else None
+        if not isinstance(fields, dict) or not isinstance(t, (int, float)):
+            if line.strip():
+                kept.append(line + b"\n")
+            continue
+        changes.append((float(t), order, fields))
+    return b"".join(kept) + _winning_lines(changes)
 
 
 class _Writer:
@@ -123,17 +154,20 @@ class WorkerStore:
                 obj = self._decode(path, data)
                 yield float("-inf"), order, {k: v for k, v in obj.items() if k in _FIELDS}
                 order += 1
-        for name in sorted(fsio.list_names(directory)):
-            if name.startswith(_LOG_PREFIX) and name.endswith(_LOG_SUFFIX):
-                for t, fields in self._log_lines(directory / name):
-                    yield t, order, {k: v for k, v in fields.items() if k in _FIELDS}
-                    order += 1
+        for chunk in log_segments.read_all(directory, WORKER_LOGS):
+            for t, fields in self._lines(directory / chunk.file, chunk.data):
+                yield t, order, {k: v for k, v in fields.items() if k in _FIELDS}
+                order += 1
 
     def _log_lines(self, path: Path) -> Iterator[tuple[float, dict[str, Any]]]:
         """The complete lines of one log, as ``(t, the other fields)``, in write order."""
         data = fsio.read_bytes(path) or b""
         # Bytes after the last newline are a write in progress.
-        for line in data[: data.rfind(b"\n") + 1].splitlines():
+        return self._lines(path, data[: data.rfind(b"\n") + 1])
+
+    def _lines(self, path: Path, data: bytes) -> Iterator[tuple[float, dict[str, Any]]]:
+        """Complete lines (read from ``path``) as ``(t, the other fields)``, in order."""
+        for line in data.splitlines():
             if not line.strip():
                 continue
             fields = self._decode(path, line)
@@ -178,7 +212,7 @@ class WorkerStore:
 
     # -- writing -------------------------------------------------------------------
     def _log_path(self, worker_id: str) -> Path:
-        return self._layout.worker_dir(worker_id) / f"{_LOG_PREFIX}{self._ctx.writer}{_LOG_SUFFIX}"
+        return self._layout.worker_dir(worker_id) / f"{_LOG_PREFIX}{self._ctx.log_writer}{_LOG_SUFFIX}"
 
     def _append(self, worker_id: str, fields: dict[str, Any]) -> None:
         """Record one change: one appended line in this process's log of the worker."""
@@ -204,11 +238,7 @@ class WorkerStore:
     def _compact(self, path: Path) -> None:
         """Rewrite this process's log as the lines that still win a field (same fold)."""
         changes = [(t, order, fields) for order, (t, fields) in enumerate(self._log_lines(path))]
-        by_time: dict[float, dict[str, Any]] = {}
-        for key, (t, value) in _winners(changes).items():
-            by_time.setdefault(t, {})[key] = value
-        body = b"".join(codec.dumps_line({"t": t, **fields}) for t, fields in sorted(by_time.items()))
-        fsio.publish(path, body, durable=self._ctx.durable)
+        fsio.publish(path, _winning_lines(changes), durable=self._ctx.durable)
 
     def heartbeat(self, worker_id: str, stats: dict[str, Any] | None) -> Worker:
         """Record a heartbeat (and replace the stats when given)."""

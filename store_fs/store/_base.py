@@ -5,6 +5,7 @@ helpers its methods are written with, and creating or opening the store director
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,8 @@ from store_fs._disk.claims import Engine
 from store_fs._disk.context import Context, Durability
 from store_fs._disk.ids import is_rollout_id
 from store_fs._disk.layout import FORMAT_VERSION, Layout
+from store_fs._disk.log_compaction import DEFAULT_IDLE_SECONDS, AutoCompaction, CompactionReport, compact_logs
+from store_fs._disk.maintenance import maintenance_lock
 from store_fs._disk.queue_tokens import Queue
 from store_fs._disk.reaper import Reaper
 from store_fs._disk.resource_versions import ResourceStore
@@ -113,7 +116,7 @@ class StoreCore(LightningStore):
         # clock, which tests move by hand) counts from the same reading.
         server_offset(self._ctx)
         self._events = EventLog(self._ctx)
-        self._index = RolloutIndex(self._ctx)
+        self._index = RolloutIndex(self._ctx, after_refresh=AutoCompaction(self._ctx))
         self._records = RecordStore(self._ctx, self._events.record_change, self._index.record)
         self._queue = Queue(self._ctx)
         if span_cache_bytes < 0:
@@ -165,6 +168,23 @@ class StoreCore(LightningStore):
         a quiet store.
         """
         return check_store(self._engine, self._index, fix=fix)
+
+    def compact(
+        self,
+        *,
+        idle_seconds: float = DEFAULT_IDLE_SECONDS,
+        wait: float = 0.0,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> CompactionReport:
+        """Merge the per-writer logs (rollout index, change feed, worker logs) of processes that
+        have exited into segments, so that the number of files stays bounded however many
+        processes wrote (docs/format.md, "Segments and compaction"). Logs written from another
+        host count as exited once untouched for ``idle_seconds``. Runs under the maintenance
+        lock: :class:`~store_fs.errors.MaintenanceBusyError` if another holder keeps it longer
+        than ``wait`` seconds. Readers and writers go on meanwhile and see every line once.
+        ``progress(done, total)`` follows the log directories."""
+        with maintenance_lock(self._ctx.layout, timeout=wait):
+            return compact_logs(self._ctx, idle_seconds=idle_seconds, progress=progress)
 
     def reap(self) -> int:
         """Run one reaper scan now; returns how many attempts were expired."""

@@ -1,0 +1,79 @@
+"""Compaction as a repair: the torn last line of a log whose writer is gone is moved to
+``quarantine/`` with a note, never copied and never dropped; what the log held stays readable
+(docs/format.md, "Segments and compaction")."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from store_fs import FileStore
+from store_fs._disk.codec import dumps_line, loads
+from store_fs._disk.fsio import host_tag
+from store_fs.live import EventReader
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _notes(root: Path) -> list[dict[str, object]]:
+    return [loads(p.read_bytes()) for p in sorted((root / "quarantine").rglob("*.note.json"))]
+
+
+async def test_a_dead_writers_torn_lines_go_to_quarantine(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "s")
+    r = await store.enqueue_rollout(input="x")
+    dead = f"{host_tag()}-{_dead_pid()}"
+    # What a writer killed mid-line leaves: complete lines, then part of one.
+    entry = {
+        "rollout_id": r.rollout_id,
+        "rev": 1,
+        "status": "queuing",
+        "start_time": r.start_time,
+        "attempts": 0,
+    }
+    index_log = store.layout.rollout_index / f"{dead}.jsonl"
+    index_log.write_bytes(dumps_line(entry) + b'{"rollout_id": "ro-')
+    event = {"rollout_id": r.rollout_id, "status": "queuing", "previous": None, "time": 1.0}
+    event_log = store.layout.events / f"{dead}.jsonl"
+    event_log.write_bytes(dumps_line(event) + b'{"rollout')
+    before = [e for e in EventReader(store.layout.events).read_new() if e["writer"] == dead]
+
+    report = store.compact()
+
+    assert report.torn == 2
+    assert report.absorbed == 2
+    assert report.segments == 2
+    assert not index_log.exists()
+    assert not event_log.exists()
+    kept = {n["path"]: n for n in _notes(store.root)}
+    assert set(kept) == {f"index/rollouts/{dead}.jsonl", f"events/{dead}.jsonl"}
+    assert all(n["why"] and n["length"] for n in kept.values())
+    quarantined = (store.root / "quarantine").rglob(f"{dead}.jsonl.*")
+    torn = sorted(p.read_bytes() for p in quarantined if not p.name.endswith(".note.json"))
+    assert torn == [b'{"rollout', b'{"rollout_id": "ro-']
+    # The complete lines were copied: the feed still shows the dead writer's event, once.
+    after = [e for e in EventReader(store.layout.events).read_new() if e["writer"] == dead]
+    assert after == before
+    assert len(after) == 1
+    fresh = FileStore(store.root, create=False)
+    assert [x.rollout_id for x in await fresh.query_rollouts(status_in=["queuing"])] == [r.rollout_id]
+    assert fresh.check() == []
+    fresh.close()
+    store.close()
+
+
+async def test_a_live_writers_log_is_left_alone(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "s")
+    await store.enqueue_rollout(input="x")
+    own = sorted(p.name for p in store.layout.rollout_index.glob("*.jsonl"))
+    report = store.compact()
+    assert report.absorbed == 0
+    assert report.segments == 0
+    assert sorted(p.name for p in store.layout.rollout_index.glob("*.jsonl")) == own
+    store.close()
