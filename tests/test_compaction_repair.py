@@ -77,3 +77,49 @@ async def test_a_live_writers_log_is_left_alone(tmp_path: Path) -> None:
     assert report.segments == 0
     assert sorted(p.name for p in store.layout.rollout_index.glob("*.jsonl")) == own
     store.close()
+
+
+def _finish_in_a_process(root: Path, i: int) -> None:
+    script = (
+        "import asyncio, sys\n"
+        "from store_fs import FileStore\n"
+        "async def main():\n"
+        "    store = FileStore(sys.argv[1], create=False)\n"
+        "    r = await store.enqueue_rollout(input=1)\n"
+        "    a = await store.dequeue_rollout(worker_id='w-1')\n"
+        "    await store.update_attempt(r.rollout_id, a.attempt.attempt_id, status='succeeded')\n"
+        "asyncio.run(main())\n"
+    )
+    subprocess.run([sys.executable, "-c", script, str(root), str(i)], check=True, timeout=60)
+
+
+async def test_a_copied_store_reads_each_line_once_after_an_interrupted_compaction(tmp_path: Path) -> None:
+    """``cp -r`` gives every file a new inode. Segments and instance-named logs are matched by
+    name, so inputs a killed compaction left behind are still skipped in the copy."""
+    import shutil
+    from unittest import mock
+
+    from store_fs._disk import log_segments
+
+    root = tmp_path / "s"
+    FileStore(root).close()
+    for i in range(3):
+        _finish_in_a_process(root, i)
+    events = sorted(map(str, EventReader(root / "events").read_new()))
+    store = FileStore(root, create=False)
+    with mock.patch.object(log_segments, "_remove_if_unchanged", return_value=0):  # killed before removing
+        report = store.compact()
+    assert report.segments
+    assert report.removed == 0
+    store.close()
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    assert sorted(map(str, EventReader(copy / "events").read_new())) == events
+    fresh = FileStore(copy, create=False)
+    assert (await fresh.statistics())["total_rollouts"] == 3
+    assert fresh.compact().removed > 0  # the leftovers are recognised by name and removed
+    assert sorted(map(str, EventReader(copy / "events").read_new())) == events
+    worker = await fresh.get_worker_by_id("w-1")
+    assert worker is not None
+    assert worker.status == "idle"
+    fresh.close()

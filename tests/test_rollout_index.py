@@ -403,6 +403,11 @@ async def test_entries_ahead_of_the_records_and_corrupt_lines_make_check_rebuild
     problems = store.check(fix=True)
     assert sorted(p.kind for p in problems) == ["corrupt-index-line", "index-ahead", "index-ahead"]
     assert all(p.fixed for p in problems)
+    # The rebuild deleted the logs; the line it could not read is kept in quarantine, with a note.
+    files = [p for p in (store.root / "quarantine").rglob("*") if p.is_file()]
+    kept = [p for p in files if not p.name.endswith(".note.json")]
+    assert [p.read_bytes() for p in kept] == [b"not json"]
+    assert kept[0].with_name(kept[0].name + ".note.json").exists()
     assert store.check() == []
     assert await ids(store, status_in=["queuing"]) == [r.rollout_id, other.rollout_id]
     assert (await store.statistics())["total_rollouts"] == 2

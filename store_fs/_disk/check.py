@@ -319,7 +319,11 @@ def _index_disagreements(
 
 
 def _index(
-    engine: Engine, index: RolloutIndex, heads: dict[str, Entry | None], fix: bool, removing: set[str]
+    engine: Engine,
+    index: RolloutIndex,
+    heads: dict[str, Entry | None],
+    quarantine: Quarantine | None,
+    removing: set[str],
 ) -> list[Problem]:
     """The rollout index against the records read by :func:`_rollouts`.
 
@@ -328,11 +332,18 @@ def _index(
     rebuilding the index from the records (which assumes a quiet store, like all of
     ``fix``). A missing ``complete.json`` is one problem, not one per rollout.
     """
+    fix = quarantine is not None
     where = str(engine.ctx.layout.rollout_index)
     view, behind, wrong = _index_disagreements(engine, index, heads, index.load(), removing)
     complete = index.is_complete()
     rebuild = fix and bool(wrong or view.bad)
     if rebuild:
+        assert quarantine is not None
+        for bad in view.bad:  # the rebuild deletes the logs: keep what could not be read
+            line = _line_at(bad.path, bad.offset)
+            if line:
+                why = "a rollout index line that does not parse"
+                quarantine.quarantine_bytes(bad.path, line, bad.offset, why)
         index.remove()
         index.append(e for e in heads.values() if e is not None)
     elif fix:
@@ -349,6 +360,16 @@ def _index(
     else:
         out += [Problem("stale-index", where, why, fix) for _entry, why in behind.values()]
     return out
+
+
+def _line_at(path: Path, offset: int) -> bytes:
+    """The line of ``path`` that starts at ``offset`` (without its newline; empty if gone)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.readline().rstrip(b"\n")
+    except OSError:
+        return b""
 
 
 def check_store(engine: Engine, index: RolloutIndex | None = None, *, fix: bool = False) -> list[Problem]:
@@ -369,5 +390,5 @@ def _check(engine: Engine, index: RolloutIndex | None, quarantine: Quarantine | 
     pruned = set() if index is None else set(index.load().by_status.get(PRUNED, ()))
     out += _tokens(engine, fix, removing) + _rollouts(engine, quarantine, heads, pruned)
     if index is not None:
-        out += _index(engine, index, heads, fix, removing)
+        out += _index(engine, index, heads, quarantine, removing)
     return out + _temp_files(engine.ctx.layout.root, fix)

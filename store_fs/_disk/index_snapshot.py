@@ -47,7 +47,10 @@ _FORMAT = 1
 class Snapshot:
     """An open snapshot: its position, and its sections read on demand."""
 
-    def __init__(self, fd: int, header_end: int, position: Position, sections: dict[str, tuple[int, int]]):
+    def __init__(
+        self, path: Path, fd: int, header_end: int, position: Position, sections: dict[str, tuple[int, int]]
+    ):
+        self.path = path
         self._fd: int | None = fd
         self._header_end = header_end
         self.position = position
@@ -70,7 +73,11 @@ class Snapshot:
             os.close(fd)
             return None
         header_end, position, sections = header
-        return cls(fd, header_end, position, sections)
+        return cls(directory / SNAPSHOT_NAME, fd, header_end, position, sections)
+
+    def offset_of(self, status: str) -> int:
+        """Where the section of ``status`` starts in the file."""
+        return self._header_end + self.sections[status][0]
 
     def section(self, status: str) -> bytes:
         """The lines of ``status`` (complete lines; empty when the snapshot has none)."""

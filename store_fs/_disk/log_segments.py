@@ -95,6 +95,12 @@ class Kind:
     def writer(self, name: str) -> str:
         return name[len(self.prefix) : len(name) - len(self.suffix)]
 
+    def unique(self, name: str) -> bool:
+        """Whether no other file will ever have this name: a segment, or a log named after its
+        process instance (``<host>-<pid>.<instance>``). Covers then hold by name, even when the
+        inode changed (a copied or restored store); older ``<host>-<pid>`` logs need the inode."""
+        return self.is_segment(name) or "." in self.writer(name)
+
     def segment_name(self, writer: str) -> str:
         return f"{self.prefix}{SEGMENT_MARK}{time.time_ns() // 1000:017d}-{writer}{self.suffix}"
 
@@ -135,16 +141,24 @@ class Listing:
     """One look at a directory of logs, with what the segments in it cover."""
 
     directory: Path
+    kind: Kind
     files: dict[str, LogFile] = field(default_factory=dict)
-    #: (name, ino) -> the end of the bytes of that file some live segment holds
+    #: (name, ino) -> the end of the bytes of that file some segment holds
     covered: dict[tuple[str, int], int] = field(default_factory=dict)
+    #: name -> the same, for names that are never reused (:meth:`Kind.unique`)
+    covered_names: dict[str, int] = field(default_factory=dict)
+
+    def covered_end(self, name: str, ino: int) -> int | None:
+        """The end of the bytes of file ``name`` (inode ``ino``) that a segment holds, if any."""
+        end = self.covered.get((name, ino))
+        if end is None and self.kind.unique(name):
+            end = self.covered_names.get(name)
+        return end
 
     def live_segments(self) -> list[LogFile]:
         """Segments no other segment has absorbed, oldest first."""
-        return sorted(
-            (f for f in self.files.values() if f.segment is not None and (f.name, f.ino) not in self.covered),
-            key=lambda f: f.name,
-        )
+        segments = (f for f in self.files.values() if f.segment is not None)
+        return sorted((f for f in segments if self.covered_end(f.name, f.ino) is None), key=lambda f: f.name)
 
     def plain(self) -> list[LogFile]:
         return sorted((f for f in self.files.values() if f.segment is None), key=lambda f: f.name)
@@ -153,7 +167,7 @@ class Listing:
         """Where reading ``log`` begins: past its header, or past what segments hold of it."""
         if log.segment is not None:
             return log.segment.header_end
-        return self.covered.get((log.name, log.ino), 0)
+        return self.covered_end(log.name, log.ino) or 0
 
 
 @dataclass(frozen=True)
@@ -224,7 +238,7 @@ def _parse_header(line: bytes) -> Segment | None:
 
 def scan(directory: Path, kind: Kind) -> Listing:
     """The logs of ``directory`` now (an absent directory has none)."""
-    listing = Listing(directory)
+    listing = Listing(directory, kind)
     try:
         with os.scandir(directory) as it:
             entries = [e for e in it if kind.matches(e.name)]
@@ -242,6 +256,7 @@ def scan(directory: Path, kind: Kind) -> Listing:
             for c in log.segment.covers:
                 key = (c.name, c.ino)
                 listing.covered[key] = max(listing.covered.get(key, 0), c.end)
+                listing.covered_names[c.name] = max(listing.covered_names.get(c.name, 0), c.end)
     return listing
 
 
@@ -312,7 +327,7 @@ def _replaced(listing: Listing, position: Position) -> bool:
         log = listing.files.get(name)
         if log is not None and log.ino == ino and log.size >= offset:
             continue
-        if (name, ino) in listing.covered:
+        if listing.covered_end(name, ino) is not None:
             continue  # absorbed by a segment
         return True
     return False
@@ -464,7 +479,7 @@ def compact_directory(
     inputs = [
         log
         for log in listing.plain()
-        if (log.name, log.ino) not in listing.covered or log.size > listing.covered[(log.name, log.ino)]
+        if (listing.covered_end(log.name, log.ino) or 0) < log.size
         if take(log)
     ]
     segments = listing.live_segments()
@@ -540,7 +555,7 @@ def _remove_leftovers(listing: Listing, take: Callable[[LogFile], bool], result:
     """Remove what live segments already hold whole: absorbed segments, and plain logs that did
     not grow since they were copied (left by a compaction killed before its removals)."""
     for log in list(listing.files.values()):
-        end = listing.covered.get((log.name, log.ino))
+        end = listing.covered_end(log.name, log.ino)
         if end is None or log.size > end or (log.segment is None and not take(log)):
             continue
         result.removed += _remove_if_unchanged(listing.directory / log.name, log.ino, log.size)

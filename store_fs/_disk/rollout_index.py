@@ -75,7 +75,7 @@ from typing import Any, NamedTuple, get_args
 from store_fs._disk import codec, fsio, log_segments
 from store_fs._disk.context import Context
 from store_fs._disk.ids import ROLLOUT_ID_RE
-from store_fs._disk.index_snapshot import SNAPSHOT_NAME, Snapshot
+from store_fs._disk.index_snapshot import Snapshot
 from store_fs._disk.layout import Layout
 from store_fs._disk.rollout_history import RolloutRecord
 from store_fs.models import RolloutStatus
@@ -204,10 +204,10 @@ class IndexView:
         known = snapshot.sections
         wanted = list(known) if statuses is None else [s for s in statuses if s in known]
         for status in wanted:
-            data = snapshot.section(status)
+            data, offset = snapshot.section(status), snapshot.offset_of(status)
             del snapshot.sections[status]
             if data:
-                self._parse(Path(SNAPSHOT_NAME), 0, data)
+                self._parse(snapshot.path, offset, data)
         if not snapshot.sections:
             self._drop_snapshot()
 
