@@ -12,14 +12,16 @@ name). Its first line is a header, then comes the *payload*, complete lines only
 
     {"agl_segment": 1, "covers": [{"name": "h-12.jsonl", "ino": 1834, "start": 0, "end": 311, "at": 0}, ...]}
 
-A cover says: bytes ``[start, end)`` of the file ``name`` whose inode was ``ino`` are at payload
-offset ``at`` (``at`` is null when the payload is a fold of its inputs rather than a copy, as for
-worker logs, whose readers fold anyway). Covers are flattened: a segment that absorbs another lists
-the other and everything the other listed, so one header answers for every file ever absorbed.
+A cover says: bytes ``[start, end)`` of the file ``name`` whose inode was ``ino`` are accounted
+for, copied at payload offset ``at`` (a dead writer's torn last line is counted, not copied; ``at``
+is null when the payload is a fold of its inputs rather than a copy, as for worker logs, whose
+readers fold anyway). Covers are flattened: a segment that absorbs another lists the other and
+everything the other listed, so one header answers for every file absorbed recently.
 
 **Reading.** A reader lists the directory (:func:`scan`) and reads each segment that no other
 segment covers (from the end of its header), and each plain log from the end of what the covers
-say of it when its inode matches, else from byte 0. So the order of compaction's steps (publish
+say of it when its inode matches (or its name, for names never reused: :meth:`Kind.unique`),
+else from byte 0. So the order of compaction's steps (publish
 the segment by rename, then remove its inputs) never shows a line twice or hides one, also when
 compaction is killed between them: the inputs left behind are skipped up to what was copied, and
 the next compaction removes them. A file that vanishes between a reader's listing and its read was
