@@ -17,13 +17,21 @@ FULL_RECHECK_SECONDS = 1.0
 # The same on a network filesystem, where each re-read is a round trip or two per rollout and
 # only a crash between a revision and its index line (or an index write that failed) needs it.
 SHARED_FS_RECHECK_SECONDS = 5.0
+# Seconds of re-reading per look on a network filesystem (at least one record per look): a
+# re-read costs tens of lookups at the file server's latency (a path walk, an open, a read), and
+# re-reading 200 records at once kept a waiter from seeing completions for 3 s
+# (tests/test_two_hosts.py, stress). A look comes every poll tick, so a few hundred waited-for
+# rollouts are all re-read within tens of seconds; few are re-read every SHARED_FS_RECHECK_SECONDS.
+SHARED_FS_RECHECK_BUDGET = 0.1
+# Rollouts whose last re-read this process remembers, at most (waits that timed out leave some).
+_REMEMBERED = 200_000
 
 
-class _LastFullPass:
-    """When this process last re-read every record some waiter waited for (monotonic)."""
+class _Rechecks:
+    """When this process last re-read each record some waiter waited for (monotonic)."""
 
     def __init__(self) -> None:
-        self.at = float("-inf")
+        self.read_at: dict[str, float] = {}
 
 
 class _Waiting:
@@ -35,14 +43,23 @@ class _Waiting:
         index: RolloutIndex,
         rollout_ids: Iterable[str],
         recheck: float,
-        last_full: _LastFullPass,
+        budget: float | None,
+        rechecks: _Rechecks,
     ) -> None:
         self.records = records
         self.index = index
         self.recheck = recheck
-        self.last_full = last_full
+        self.budget = budget
+        self.rechecks = rechecks
         self.waiting = set(rollout_ids)
         self.finished: dict[str, Rollout] = {}
+        # The first look (at the index) counts as a read: re-reads start ``recheck`` from now.
+        now = time.monotonic()
+        read_at = rechecks.read_at
+        if len(read_at) > _REMEMBERED:
+            read_at.clear()
+        for rollout_id in self.waiting:
+            read_at.setdefault(rollout_id, now)
 
     def settle(self, rollout_id: str, found: tuple[int, RolloutRecord] | None) -> None:
         if found is None:  # gone (removed by ``agl prune``): nothing to wait for
@@ -54,14 +71,13 @@ class _Waiting:
     def check(self) -> None:
         """Settle what finished. The rollout index tells which waited-for rollouts finished, so
         a look costs one index refresh instead of a read of every record. Index lines are hints
-        (a crash can lose one): every record is read again when the last such pass in this
+        (a crash can lose one), so each record is also read again once its last read in this
         process is ``recheck`` seconds old (per process, not per call: an algorithm that waits
-        with short timeouts in a loop would otherwise re-read everything at every call)."""
-        entries = None
-        if time.monotonic() - self.last_full.at < self.recheck:
-            entries = self.index.lookup(self.waiting)
-        if entries is None:
-            self.last_full.at = time.monotonic()
+        with short timeouts in a loop would otherwise re-read everything at every call), for
+        at most ``budget`` seconds per look (a network filesystem: the longest unread first, a
+        few at a time, so a look stays short and completions are seen while the rest wait)."""
+        entries = self.index.lookup(self.waiting)
+        if entries is None:  # no complete index: the records are all there is
             for rollout_id in list(self.waiting):
                 self.settle(rollout_id, self.records.head(rollout_id))
             return
@@ -70,6 +86,19 @@ class _Waiting:
                 # Read the revision the index names, by name: this process's cached view (and,
                 # on NFS, its cached listing or "no such revision" answer) may be the running one.
                 self.settle(rollout_id, self.records.head_at_least(rollout_id, entry.rev))
+        self._recheck_due()
+
+    def _recheck_due(self) -> None:
+        now = time.monotonic()
+        read_at = self.rechecks.read_at
+        due = [r for r in self.waiting if now - read_at.get(r, now) >= self.recheck]
+        if self.budget is not None:
+            due.sort(key=lambda r: read_at.get(r, now))  # the longest unread first
+        for rollout_id in due:
+            read_at[rollout_id] = now
+            self.settle(rollout_id, self.records.head(rollout_id))
+            if self.budget is not None and time.monotonic() - now >= self.budget:
+                return
 
 
 class WaitMethods(StoreCore):
@@ -79,10 +108,12 @@ class WaitMethods(StoreCore):
         self, *, rollout_ids: list[str], timeout: float | None = None
     ) -> list[Rollout]:
         self._healthcheck()
-        recheck = SHARED_FS_RECHECK_SECONDS if self._ctx.shared_fs else FULL_RECHECK_SECONDS
+        shared = self._ctx.shared_fs
+        recheck = SHARED_FS_RECHECK_SECONDS if shared else FULL_RECHECK_SECONDS
+        budget = SHARED_FS_RECHECK_BUDGET if shared else None
         wanted = (r for r in rollout_ids if self._known_rollout(r))
-        last_full: _LastFullPass = self._ctx.local("wait-full-pass", _LastFullPass)
-        state = _Waiting(self._records, self._index, wanted, recheck, last_full)
+        rechecks: _Rechecks = self._ctx.local("wait-rechecks", _Rechecks)
+        state = _Waiting(self._records, self._index, wanted, recheck, budget, rechecks)
         # Waiting sleeps for real, so its deadline is on the real clock even when an
         # injected clock drives timestamps and liveness.
         deadline = None if timeout is None else time.monotonic() + timeout
