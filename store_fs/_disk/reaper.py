@@ -107,6 +107,31 @@ class Reaper:
         finally:
             tracker.scan_lock.release()
 
+    def maybe_scan_soon(self) -> None:
+        """Like :meth:`maybe_scan`, in a thread of its own, returning at once: for a waiter on
+        a network filesystem, where a pass costs round trips per live attempt (up to a second
+        and more at a few ms each) that would otherwise delay the waiter seeing completions."""
+        tracker = self._tracker()
+        now = self._ctx.clock.monotonic()
+        with tracker.lock:
+            if tracker.last_scan is not None and now - tracker.last_scan < self.debounce:
+                return
+            tracker.last_scan = now
+        if not tracker.scan_lock.acquire(blocking=False):
+            return  # a pass is running
+
+        def run() -> None:
+            try:
+                self._scan(tracker)
+            except Exception:  # a thread's error would only be printed: log it as the reaper does
+                log.exception("reaper pass failed")
+            finally:
+                tracker.scan_lock.release()
+
+        # A daemon: a pass cut short by the process's exit is one a later pass finishes
+        # (every step is one rename, applied again idempotently).
+        threading.Thread(target=run, name="agl-reaper", daemon=True).start()
+
     def scan(self) -> int:
         """One pass (after any pass another thread is making); returns the number of attempts
         expired. Errors on one token never stop the pass."""

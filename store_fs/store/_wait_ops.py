@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 from store_fs._disk.rollout_history import RecordStore, RolloutRecord
 from store_fs._disk.rollout_index import RolloutIndex
@@ -25,6 +28,18 @@ SHARED_FS_RECHECK_SECONDS = 5.0
 SHARED_FS_RECHECK_BUDGET = 0.1
 # Rollouts whose last re-read this process remembers, at most (waits that timed out leave some).
 _REMEMBERED = 200_000
+
+
+# Reads a waiter on a network filesystem makes at once (threads mostly waiting on the server).
+_PARALLEL_READS = 8
+_T = TypeVar("_T")
+_Found = tuple[int, RolloutRecord] | None
+
+
+@functools.cache
+def _readers() -> ThreadPoolExecutor:
+    """The process's pool for a waiter's parallel reads (made on first use on a network FS)."""
+    return ThreadPoolExecutor(_PARALLEL_READS, thread_name_prefix="agl-wait-read")
 
 
 class _Rechecks:
@@ -81,12 +96,19 @@ class _Waiting:
             for rollout_id in list(self.waiting):
                 self.settle(rollout_id, self.records.head(rollout_id))
             return
-        for rollout_id, entry in entries.items():
-            if entry.status in TERMINAL_ROLLOUT_STATUSES:
-                # Read the revision the index names, by name: this process's cached view (and,
-                # on NFS, its cached listing or "no such revision" answer) may be the running one.
-                self.settle(rollout_id, self.records.head_at_least(rollout_id, entry.rev))
+        # Read the revision the index names, by name: this process's cached view (and, on NFS,
+        # its cached listing or "no such revision" answer) may be the running one.
+        finished = [(r, e.rev) for r, e in entries.items() if e.status in TERMINAL_ROLLOUT_STATUSES]
+        for (rid, _rev), found in self._read(lambda key: self.records.head_at_least(*key), finished):
+            self.settle(rid, found)
         self._recheck_due()
+
+    def _read(self, read: Callable[[_T], _Found], keys: list[_T]) -> Iterator[tuple[_T, _Found]]:
+        """``(key, read(key))`` for each key: on a network filesystem several at once (each read
+        is a dozen round trips that mostly wait on the file server), else one after another."""
+        if self.budget is None or len(keys) < 2:
+            return ((k, read(k)) for k in keys)
+        return zip(keys, _readers().map(read, keys), strict=True)
 
     def _recheck_due(self) -> None:
         now = time.monotonic()
@@ -94,9 +116,13 @@ class _Waiting:
         due = [r for r in self.waiting if now - read_at.get(r, now) >= self.recheck]
         if self.budget is not None:
             due.sort(key=lambda r: read_at.get(r, now))  # the longest unread first
-        for rollout_id in due:
-            read_at[rollout_id] = now
-            self.settle(rollout_id, self.records.head(rollout_id))
+        step = 1 if self.budget is None else _PARALLEL_READS
+        for start in range(0, len(due), step):
+            batch = due[start : start + step]
+            for rollout_id in batch:
+                read_at[rollout_id] = now
+            for rollout_id, found in self._read(self.records.head, batch):
+                self.settle(rollout_id, found)
             if self.budget is not None and time.monotonic() - now >= self.budget:
                 return
 
@@ -107,8 +133,11 @@ class WaitMethods(StoreCore):
     async def wait_for_rollouts(
         self, *, rollout_ids: list[str], timeout: float | None = None
     ) -> list[Rollout]:
-        self._healthcheck()
         shared = self._ctx.shared_fs
+        # The watchdog runs while waiting, as upstream's does. On a network filesystem a pass
+        # costs round trips per live attempt, so it runs beside the waiter rather than before it.
+        watchdog = self._reaper.maybe_scan_soon if shared else self._reaper.maybe_scan
+        watchdog()
         recheck = SHARED_FS_RECHECK_SECONDS if shared else FULL_RECHECK_SECONDS
         budget = SHARED_FS_RECHECK_BUDGET if shared else None
         wanted = (r for r in rollout_ids if self._known_rollout(r))
@@ -125,6 +154,6 @@ class WaitMethods(StoreCore):
                 while state.waiting and (deadline is None or time.monotonic() < deadline):
                     # Never sleep past the deadline: a watcher tick is 250 ms.
                     await feed.next(None if deadline is None else deadline - time.monotonic())
-                    self._reaper.maybe_scan()
+                    watchdog()
                     state.check()
         return [state.finished[r] for r in rollout_ids if r in state.finished]
