@@ -123,3 +123,39 @@ async def test_a_copied_store_reads_each_line_once_after_an_interrupted_compacti
     assert worker is not None
     assert worker.status == "idle"
     fresh.close()
+
+
+def test_a_reader_looks_again_when_its_listing_is_from_a_cache(tmp_path: Path) -> None:
+    """An NFS client may list a directory from its cache: a log a compaction removed is still
+    listed and the segment that absorbed it is not. The reader lists again (after a pause)
+    instead of losing lines or taking the logs for rebuilt."""
+    from unittest import mock
+
+    from store_fs._disk import log_segments
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    kind = log_segments.Kind(prefix="")
+    log = logs / "h-1.abc123.jsonl"
+    log.write_bytes(b'{"a": 1}\n')
+    position: log_segments.Position = {}
+    first, _ = log_segments.read_new(logs, kind, position)
+    assert [c.data for c in first] == [b'{"a": 1}\n']
+    with open(log, "ab") as f:
+        f.write(b'{"a": 2}\n')
+    stale_with_the_log = log_segments.scan(logs, kind)
+    stale_empty = log_segments.Listing(logs, kind)
+    log_segments.compact_directory(logs, kind, take=lambda _: True, writer="c-1")
+    assert not log.exists()
+    real_scan = log_segments.scan
+    for stale in (stale_with_the_log, stale_empty):
+        answers = iter([stale])
+        seen = dict(position)
+
+        def cached_then_real(directory: Path, k: log_segments.Kind) -> log_segments.Listing:
+            return next(answers, None) or real_scan(directory, k)  # noqa: B023 - used at once
+
+        with mock.patch.object(log_segments, "scan", cached_then_real):
+            chunks, replaced = log_segments.read_new(logs, kind, seen)
+        assert not replaced
+        assert [c.data for c in chunks] == [b'{"a": 2}\n']

@@ -45,6 +45,7 @@ copied end. Covers of files that are gone are dropped a week after they were abs
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -64,6 +65,7 @@ __all__ = [
     "Segment",
     "compact_directory",
     "end_position",
+    "position_holds",
     "read_all",
     "read_new",
     "scan",
@@ -73,8 +75,11 @@ __all__ = [
 SEGMENT_MARK = "@seg-"
 _HEADER_KEY = "agl_segment"
 _FORMAT = 1
-#: Lists re-taken when files vanish under a reader (each vanishing is one compaction's progress).
-_RELIST_TRIES = 8
+#: Pauses before each listing when files vanish under a reader (a compaction removed them) or
+#: seem replaced: an NFS client may list a directory from its cache for a second or so, without
+#: the segment that absorbed them. About 1.5 s in all before a reader concludes the logs were
+#: rebuilt (or gives up on a compaction that keeps removing files).
+_RELIST_PAUSES = (0.0, 0.0, 0.05, 0.1, 0.2, 0.4, 0.8)
 #: Covers of removed files are carried into new segments for at least this long after the file
 #: was absorbed: positions saved before that can still be carried across (older ones read on
 #: from the end of the logs). Without a limit every header would list every file ever written.
@@ -187,6 +192,12 @@ class _Vanished(Exception):
     """A listed file was gone when read: it was absorbed; list again."""
 
 
+def _gone(err: OSError) -> bool:
+    """A file that is no longer there: ENOENT, or ESTALE from an NFS client whose handle for it
+    outlived its removal on another host."""
+    return isinstance(err, FileNotFoundError) or err.errno == errno.ESTALE
+
+
 # -- headers -----------------------------------------------------------------------------
 
 # Segments never change, so a header is parsed once per process: (path, ino) -> Segment.
@@ -250,8 +261,10 @@ def scan(directory: Path, kind: Kind) -> Listing:
         try:
             st = entry.stat()
             segment = _read_header(directory / entry.name, st.st_ino) if kind.is_segment(entry.name) else None
-        except (FileNotFoundError, _Vanished):
-            continue  # absorbed or removed since the listing
+        except OSError as err:
+            if _gone(err):
+                raise _Vanished from None  # absorbed since the listing: its segment may be new
+            raise
         listing.files[entry.name] = LogFile(entry.name, st.st_ino, st.st_size, st.st_mtime, segment)
     for log in listing.files.values():
         if log.segment is not None:
@@ -278,18 +291,23 @@ def read_new(directory: Path, kind: Kind, position: Position) -> tuple[list[Chun
     were replaced rather than grown (a file the position knows vanished, shrank or changed inode
     with no segment holding it: the index was rebuilt). When that is so, nothing is read and the
     position is left alone: the caller decides (start over, or go on from the end)."""
-    for _ in range(_RELIST_TRIES):
-        listing = scan(directory, kind)
-        if _replaced(listing, position):
-            return [], True
-        advanced: Position = {}
+    replaced = False
+    for pause in _RELIST_PAUSES:
+        time.sleep(pause)
         try:
+            listing = scan(directory, kind)
+            replaced = _replaced(listing, position)
+            if replaced:
+                continue  # or a listing from a cache, without the new segment: look again
+            advanced: Position = {}
             chunks = _read_listing(listing, position, advanced)
         except _Vanished:
             continue
         position.clear()
         position.update(advanced)
         return chunks, False
+    if replaced:
+        return [], True
     raise OSError(f"{directory}: logs kept vanishing while read (is a compaction looping?)")
 
 
@@ -322,6 +340,15 @@ def _complete_end(path: Path, size: int) -> int:
     except FileNotFoundError:
         pass
     return 0
+
+
+def position_holds(directory: Path, kind: Kind, position: Position) -> bool:
+    """Whether reading on from ``position`` is possible now (one listing, no waiting): every file
+    it names is there, or held by a segment. A saved position of a copied store does not hold."""
+    try:
+        return not _replaced(scan(directory, kind), position)
+    except _Vanished:
+        return False
 
 
 def _replaced(listing: Listing, position: Position) -> bool:
@@ -367,8 +394,10 @@ def _read_range(path: Path, ino: int, start: int, end: int) -> bytes:
                 raise _Vanished
             f.seek(start)
             return f.read(end - start)
-    except FileNotFoundError:
-        raise _Vanished from None
+    except OSError as err:
+        if _gone(err):
+            raise _Vanished from None
+        raise
 
 
 def _unread_pieces(log: LogFile, payload: bytes, position: Position) -> list[Chunk]:

@@ -192,10 +192,6 @@ class IndexView:
             self.snapshot.close()
             self.snapshot = None
 
-    def complete(self) -> bool:
-        """Whether every rollout's newest entry is merged (no snapshot section left out)."""
-        return self.snapshot is None
-
     def merge_sections(self, statuses: Collection[str] | None = None) -> None:
         """Merge the snapshot's sections of ``statuses`` (all when None) into the view."""
         snapshot = self.snapshot
@@ -229,9 +225,11 @@ class IndexView:
         ``partial`` its sections are left for :meth:`merge_sections`, else all are merged."""
         if not self.files and self.snapshot is None and not self.entries:
             snapshot = Snapshot.open(directory)
-            if snapshot is not None:
+            if snapshot is not None and log_segments.position_holds(directory, INDEX_LOGS, snapshot.position):
                 self.files.update(snapshot.position)
                 self.snapshot = snapshot
+            elif snapshot is not None:  # the logs were rebuilt, or the store copied: read them all
+                snapshot.close()
         chunks, replaced = log_segments.read_new(directory, INDEX_LOGS, self.files)
         if replaced:  # files only grow or are absorbed by segments: the index was rebuilt
             self.reset()
