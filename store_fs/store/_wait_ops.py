@@ -58,13 +58,14 @@ class _Waiting:
         index: RolloutIndex,
         rollout_ids: Iterable[str],
         recheck: float,
-        budget: float | None,
+        shared_fs: bool,
         rechecks: _Rechecks,
     ) -> None:
         self.records = records
         self.index = index
         self.recheck = recheck
-        self.budget = budget
+        self.shared_fs = shared_fs
+        self.budget = SHARED_FS_RECHECK_BUDGET if shared_fs else None
         self.rechecks = rechecks
         self.waiting = set(rollout_ids)
         self.finished: dict[str, Rollout] = {}
@@ -106,7 +107,7 @@ class _Waiting:
     def _read(self, read: Callable[[_T], _Found], keys: list[_T]) -> Iterator[tuple[_T, _Found]]:
         """``(key, read(key))`` for each key: on a network filesystem several at once (each read
         is a dozen round trips that mostly wait on the file server), else one after another."""
-        if self.budget is None or len(keys) < 2:
+        if not self.shared_fs or len(keys) < 2:
             return ((k, read(k)) for k in keys)
         return zip(keys, _readers().map(read, keys), strict=True)
 
@@ -116,7 +117,7 @@ class _Waiting:
         due = [r for r in self.waiting if now - read_at.get(r, now) >= self.recheck]
         if self.budget is not None:
             due.sort(key=lambda r: read_at.get(r, now))  # the longest unread first
-        step = 1 if self.budget is None else _PARALLEL_READS
+        step = _PARALLEL_READS if self.shared_fs else 1
         for start in range(0, len(due), step):
             batch = due[start : start + step]
             for rollout_id in batch:
@@ -139,10 +140,9 @@ class WaitMethods(StoreCore):
         watchdog = self._reaper.maybe_scan_soon if shared else self._reaper.maybe_scan
         watchdog()
         recheck = SHARED_FS_RECHECK_SECONDS if shared else FULL_RECHECK_SECONDS
-        budget = SHARED_FS_RECHECK_BUDGET if shared else None
         wanted = (r for r in rollout_ids if self._known_rollout(r))
         rechecks: _Rechecks = self._ctx.local("wait-rechecks", _Rechecks)
-        state = _Waiting(self._records, self._index, wanted, recheck, budget, rechecks)
+        state = _Waiting(self._records, self._index, wanted, recheck, shared, rechecks)
         # Waiting sleeps for real, so its deadline is on the real clock even when an
         # injected clock drives timestamps and liveness.
         deadline = None if timeout is None else time.monotonic() + timeout
