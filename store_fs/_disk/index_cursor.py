@@ -44,8 +44,6 @@ __all__ = ["IndexPosition", "read_finished"]
 
 log = logging.getLogger(__name__)
 
-SUFFIX = ".jsonl"
-
 
 @dataclass
 class IndexPosition:
