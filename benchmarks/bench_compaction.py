@@ -84,7 +84,7 @@ WORKERS = 8  # distinct --worker-id values of the shell loop
 _NO_AUTO = (
     "import store_fs._disk.log_compaction as _lc; _lc.AUTO_THRESHOLD = _lc.SNAPSHOT_EVERY_LINES = 1 << 60\n"
 )
-STATS_CHILD = """
+_CHILD = """
 import sys, time
 t0 = time.perf_counter()
 import asyncio, json
@@ -95,28 +95,20 @@ loop = asyncio.new_event_loop()
 t1 = time.perf_counter()
 store = FileStore(sys.argv[1], create=False)
 t2 = time.perf_counter()
-stats = loop.run_until_complete(store.statistics())
-t3 = time.perf_counter()
-stats.pop("uptime", None)
-print(json.dumps({{"import_ms": (t1 - t0) * 1e3, "open_ms": (t2 - t1) * 1e3, "call_ms": (t3 - t2) * 1e3,
-                  "result": stats}}))
-""".format(no_auto=_NO_AUTO.strip().replace("\n", "\n    "))
-QUERY_CHILD = """
-import sys, time
-t0 = time.perf_counter()
-import asyncio, json
-from store_fs import FileStore
-if sys.argv[2] == "0":
-    {no_auto}
-loop = asyncio.new_event_loop()
-t1 = time.perf_counter()
-store = FileStore(sys.argv[1], create=False)
-t2 = time.perf_counter()
-page = loop.run_until_complete(store.query_rollouts(status_in=[sys.argv[3]]))
+answer = loop.run_until_complete({call})
 t3 = time.perf_counter()
 print(json.dumps({{"import_ms": (t1 - t0) * 1e3, "open_ms": (t2 - t1) * 1e3, "call_ms": (t3 - t2) * 1e3,
-                  "result": len(page.items)}}))
-""".format(no_auto=_NO_AUTO.strip().replace("\n", "\n    "))
+                  "result": {result}}}))
+"""
+
+
+def _child(call: str, result: str) -> str:
+    """A fresh-interpreter script timing import, open and ``call``, printing ``result``."""
+    return _CHILD.format(no_auto=_NO_AUTO.strip().replace("\n", "\n    "), call=call, result=result)
+
+
+STATS_CHILD = _child("store.statistics()", '{k: v for k, v in answer.items() if k != "uptime"}')
+QUERY_CHILD = _child("store.query_rollouts(status_in=[sys.argv[3]])", "len(answer.items)")
 # ``agl`` with automatic compaction off: the same entry point as the console script.
 AGL_NO_AUTO = _NO_AUTO + "import sys\nfrom agl_cli.main import main\nsys.argv[0] = 'agl'\nmain()\n"
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
 import sys
 import time
 import traceback
@@ -137,6 +138,22 @@ def victim(root: str, out: str) -> None:
         _log(fd, event="end", absorbed=report.absorbed, removed=report.removed)
 
 
+async def finish(root: str, status: str, worker_id: str) -> None:
+    """Run one rollout to ``status`` (dequeued as ``worker_id`` when not empty), then exit."""
+    store = FileStore(root, create=False)
+    r = await store.enqueue_rollout(input=1)
+    a = await store.dequeue_rollout(worker_id=worker_id or None)
+    assert a is not None
+    await store.update_attempt(r.rollout_id, a.attempt.attempt_id, status=status)  # type: ignore[arg-type]
+
+
+def finish_in_a_process(root: Path, status: str, worker_id: str = "") -> None:
+    """:func:`finish` in a process of its own, which is gone when this returns (its logs are
+    a dead writer's, for compaction)."""
+    command = [sys.executable, __file__, "finish", str(root), status, worker_id]
+    subprocess.run(command, check=True, timeout=60)
+
+
 def hold(root: str) -> None:
     """Hold the maintenance lock, say ``held`` on stdout, and sleep until killed."""
     with maintenance_lock(Layout(Path(root))):
@@ -154,6 +171,8 @@ if __name__ == "__main__":
         compactor(args[0], args[1], args[2])
     elif role == "victim":
         victim(args[0], args[1])
+    elif role == "finish":
+        asyncio.run(finish(args[0], args[1], args[2]))
     elif role == "hold":
         hold(args[0])
     else:

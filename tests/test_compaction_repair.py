@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from compaction_workers import finish_in_a_process
+
 from store_fs import FileStore
 from store_fs._disk.codec import dumps_line, loads
 from store_fs._disk.fsio import host_tag
@@ -79,20 +81,6 @@ async def test_a_live_writers_log_is_left_alone(tmp_path: Path) -> None:
     store.close()
 
 
-def _finish_in_a_process(root: Path, i: int) -> None:
-    script = (
-        "import asyncio, sys\n"
-        "from store_fs import FileStore\n"
-        "async def main():\n"
-        "    store = FileStore(sys.argv[1], create=False)\n"
-        "    r = await store.enqueue_rollout(input=1)\n"
-        "    a = await store.dequeue_rollout(worker_id='w-1')\n"
-        "    await store.update_attempt(r.rollout_id, a.attempt.attempt_id, status='succeeded')\n"
-        "asyncio.run(main())\n"
-    )
-    subprocess.run([sys.executable, "-c", script, str(root), str(i)], check=True, timeout=60)
-
-
 async def test_a_copied_store_reads_each_line_once_after_an_interrupted_compaction(tmp_path: Path) -> None:
     """``cp -r`` gives every file a new inode. Segments and instance-named logs are matched by
     name, so inputs a killed compaction left behind are still skipped in the copy."""
@@ -103,8 +91,8 @@ async def test_a_copied_store_reads_each_line_once_after_an_interrupted_compacti
 
     root = tmp_path / "s"
     FileStore(root).close()
-    for i in range(3):
-        _finish_in_a_process(root, i)
+    for _ in range(3):
+        finish_in_a_process(root, "succeeded", "w-1")
     events = sorted(map(str, EventReader(root / "events").read_new()))
     store = FileStore(root, create=False)
     with mock.patch.object(log_segments, "_remove_if_unchanged", return_value=0):  # killed before removing

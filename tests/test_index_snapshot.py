@@ -4,9 +4,9 @@ equals the one read from the logs alone, also after changes and compactions sinc
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
+
+from compaction_workers import finish_in_a_process
 
 from store_fs import FileStore
 from store_fs._disk.index_snapshot import SNAPSHOT_NAME
@@ -97,7 +97,7 @@ async def test_compactions_after_the_snapshot_are_followed(tmp_path: Path, monke
     assert store.compact().snapshot
     # Later writers exit; a compaction absorbs their logs but (few lines) keeps the snapshot.
     for status in ("succeeded", "failed", "succeeded"):
-        _finish_in_a_process(store.root, status)
+        finish_in_a_process(store.root, status)
     setattr(log_compaction, "SNAPSHOT_EVERY_LINES", 10**9)  # noqa: B010 - keep the old snapshot
     try:
         report = store.compact()
@@ -109,21 +109,6 @@ async def test_compactions_after_the_snapshot_are_followed(tmp_path: Path, monke
     _without_snapshot(store.root)
     assert await _answers(store.root) == expected
     store.close()
-
-
-def _finish_in_a_process(root: Path, status: str) -> None:
-    """Run one rollout to ``status`` in a process of its own, which then exits."""
-    script = (
-        "import asyncio, sys\n"
-        "from store_fs import FileStore\n"
-        "async def main():\n"
-        "    store = FileStore(sys.argv[1], create=False)\n"
-        "    r = await store.enqueue_rollout(input=1)\n"
-        "    a = await store.dequeue_rollout()\n"
-        "    await store.update_attempt(r.rollout_id, a.attempt.attempt_id, status=sys.argv[2])\n"
-        "asyncio.run(main())\n"
-    )
-    subprocess.run([sys.executable, "-c", script, str(root), status], check=True, timeout=60)
 
 
 async def test_a_damaged_snapshot_is_ignored(tmp_path: Path) -> None:

@@ -49,6 +49,7 @@ __all__ = [
     "SPAN_TYPES",
     "STATUS_CODES",
     "STATUS_KEYS",
+    "attributes_kept",
     "copy_span",
     "decode_span",
 ]
@@ -201,7 +202,7 @@ FAST_PATH: Final = all(_layout_matches(m, c, f) for m, (c, f) in _EXPECTED_LAYOU
 
 
 # -- canonical checks: each returns the model, or None when the value is not canonical ------
-def _attributes_ok(attributes: dict[str, Any]) -> bool:
+def attributes_kept(attributes: dict[str, Any]) -> bool:
     """Whether the smart union of ``Attributes`` would keep every value as it is.
 
     Scalars of the four exact types are kept. A list is kept only when all its
@@ -254,7 +255,7 @@ def _resource(value: dict[str, Any]) -> OtelResource | None:
     if tuple(value) != RESOURCE_KEYS or type(value["schema_url"]) is not str:
         return None
     attributes = value["attributes"]
-    if type(attributes) is not dict or not _attributes_ok(attributes):
+    if type(attributes) is not dict or not attributes_kept(attributes):
         return None
     resource: OtelResource = _make(OtelResource, value, {"attributes", "schema_url"}, None)
     return resource
@@ -274,7 +275,7 @@ def _event(value: Any) -> Event | None:
     else:
         return None
     attributes = value["attributes"]
-    if type(value["name"]) is not str or type(attributes) is not dict or not _attributes_ok(attributes):
+    if type(value["name"]) is not str or type(attributes) is not dict or not attributes_kept(attributes):
         return None
     event: Event = _make(Event, values, set(keys), {})
     return event
@@ -286,7 +287,7 @@ def _link(value: Any) -> Link | None:
     keys = tuple(value)
     if keys == _LINK_KEYS:
         attributes = value["attributes"]
-        if attributes is not None and (type(attributes) is not dict or not _attributes_ok(attributes)):
+        if attributes is not None and (type(attributes) is not dict or not attributes_kept(attributes)):
             return None
     elif keys != _LINK_KEYS[:1]:
         return None
@@ -318,7 +319,7 @@ def _fast_span(obj: dict[str, Any]) -> Span | None:
         return None
     status = _status(obj["status"])
     resource = _resource(obj["resource"])
-    if status is None or resource is None or not _attributes_ok(obj["attributes"]):
+    if status is None or resource is None or not attributes_kept(obj["attributes"]):
         return None
     context = parent = None
     if obj["context"] is not None and (context := _context(obj["context"])) is None:

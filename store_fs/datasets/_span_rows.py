@@ -34,12 +34,11 @@ from store_fs._disk.span_decode import (
     FAST_PATH,
     N_SPAN_KEYS,
     RESOURCE_KEYS,
-    SCALARS,
-    SCALARS_OR_LIST,
     SPAN_KEYS,
     SPAN_TYPES,
     STATUS_CODES,
     STATUS_KEYS,
+    attributes_kept,
     decode_span,
 )
 
@@ -54,22 +53,6 @@ log = logging.getLogger(__name__)
 SpanRow = tuple[str, str | None, str, dict[str, Any], float | None, float | None]
 
 _by_sequence = itemgetter(0)
-
-
-def _attributes_ok(attributes: dict[str, Any]) -> bool:
-    """Whether validating ``attributes`` keeps every value as it is (scalars of the four exact
-    types; lists of one such type, or empty)."""
-    kinds = set(map(type, attributes.values()))
-    if kinds <= SCALARS:
-        return True
-    if not kinds <= SCALARS_OR_LIST:
-        return False
-    for value in attributes.values():
-        if type(value) is list and value:
-            elements = set(map(type, value))
-            if len(elements) != 1 or not elements <= SCALARS:
-                return False
-    return True
 
 
 def _context_ok(value: Any) -> bool:
@@ -95,7 +78,7 @@ def _nested_ok(obj: dict[str, Any]) -> bool:
     resource = obj["resource"]
     if tuple(resource) != RESOURCE_KEYS or type(resource["schema_url"]) is not str:
         return False
-    if type(resource["attributes"]) is not dict or not _attributes_ok(resource["attributes"]):
+    if type(resource["attributes"]) is not dict or not attributes_kept(resource["attributes"]):
         return False
     return _context_ok(obj["context"]) and _context_ok(obj["parent"])
 
@@ -111,7 +94,7 @@ def _canonical(obj: dict[str, Any]) -> bool:
     types = tuple(map(type, obj.values()))
     if (types[:N_SPAN_KEYS] if extras else types) not in SPAN_TYPES or obj["events"] or obj["links"]:
         return False
-    return _attributes_ok(obj["attributes"]) and _nested_ok(obj)
+    return attributes_kept(obj["attributes"]) and _nested_ok(obj)
 
 
 def row_of(obj: dict[str, Any]) -> tuple[int, SpanRow]:
