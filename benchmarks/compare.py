@@ -46,6 +46,7 @@ PLAN: dict[str, tuple[Workload, int, int]] = {
     "dequeue x1": (lambda d, n: workloads.dequeue(d, n, 1), 1000, 300),
     "dequeue x4": (lambda d, n: workloads.dequeue(d, n, 4), 1000, 300),
     "add_span": (workloads.add_span, 2000, 500),
+    "add_span x4": (lambda d, n: workloads.add_span_writers(d, n, 4), 4000, 2000),
     "query_spans": (workloads.query_spans, 20, 20),
     "wait wake-up": (workloads.wake_up, 20, 20),
     "loop": (lambda d, n: workloads.loop(d, n, 4), 1000, 1000),

@@ -31,6 +31,7 @@ UNITS = {
     "dequeue x1": "ops/s",
     "dequeue x4": "ops/s",
     "add_span": "spans/s",
+    "add_span x4": "spans/s",
     "query_spans": "ms",
     "query_spans cold": "ms",
     "wait wake-up": "ms",
@@ -51,9 +52,13 @@ _CTX = multiprocessing.get_context("spawn")
 async def _fill(store: Any, n: int) -> list[str]:
     """Enqueue ``n`` rollouts in batches; their ids."""
     if type(store).__module__.startswith("store_fs"):
-        from store_fs import EnqueueRolloutRequest as request
+        from store_fs import EnqueueRolloutRequest
+
+        request: Any = EnqueueRolloutRequest
     else:
-        from agentlightning.types import EnqueueRolloutRequest as request
+        from agentlightning.types import EnqueueRolloutRequest as upstream_request
+
+        request = upstream_request
     ids: list[str] = []
     for first in range(0, n, 250):
         batch = [request(input={"question": f"task {i}"}) for i in range(first, min(n, first + 250))]
@@ -118,7 +123,7 @@ async def enqueue(dep: Deployment, n: int) -> dict[str, Any]:
 
 
 # -- dequeue ----------------------------------------------------------------------------
-async def _drain(store: Any, worker: str, go: Callable[[], Awaitable[None]]) -> tuple[float, float, int]:
+async def _drain(store: Any, worker: str, go: Callable[[], Awaitable[object]]) -> tuple[float, float, int]:
     await go()
     start, got = time.perf_counter(), 0
     while await store.dequeue_rollout(worker_id=worker) is not None:
@@ -168,6 +173,63 @@ async def add_span(dep: Deployment, n: int) -> dict[str, Any]:
         for span in spans:
             await store.add_span(span)
         return {"value": n / (time.perf_counter() - start)}
+    finally:
+        await close_store(store)
+
+
+async def _add_spans(
+    store: Any, spec: str | None, rid: str, aid: str, n: int, go: Callable[[], Awaitable[object]]
+) -> tuple[float, float, int]:
+    """Add ``n`` spans to one attempt, one ``add_span`` call each, once ``go`` returns."""
+    model = span_model(spec)
+    spans = [model.model_validate(span_dict(rid, aid, seq)) for seq in range(1, n + 1)]
+    await go()
+    start = time.perf_counter()
+    for span in spans:
+        await store.add_span(span)
+    return start, time.perf_counter(), n
+
+
+def _add_span_child(
+    spec: str, index: int, go: Any, stop: Any, results: Any, rid: str, aid: str, n: int
+) -> None:
+    async def ready() -> None:
+        await asyncio.to_thread(go.wait, 120)
+
+    _child_main(lambda store: _add_spans(store, spec, rid, aid, n, ready), spec, index, results)
+
+
+async def add_span_writers(dep: Deployment, n: int, procs: int) -> dict[str, Any]:
+    """``procs`` writers at once (processes, or tasks for the in-process store), each adding
+    ``n // procs`` spans one by one to its own attempt, as runners do: spans per second, from
+    the first writer's start to the last one's end."""
+    store = dep.open()
+    try:
+        each = n // procs
+        attempts = []
+        for _ in range(procs):
+            attempted = await store.start_rollout(input={"question": "spans"})
+            attempts.append((attempted.rollout_id, attempted.attempt.attempt_id))
+        if dep.spec is None:
+            event = asyncio.Event()
+            tasks = [
+                asyncio.create_task(_add_spans(store, None, r, a, each, event.wait)) for r, a in attempts
+            ]
+            await asyncio.sleep(0)
+            event.set()
+            spans = await asyncio.gather(*tasks)
+        else:
+            go, stop, results = _CTX.Event(), _CTX.Event(), _CTX.Queue()
+            children = [
+                _CTX.Process(target=_add_span_child, args=(dep.spec, i, go, stop, results, r, a, each))
+                for i, (r, a) in enumerate(attempts)
+            ]
+            for child in children:
+                child.start()
+            await asyncio.sleep(1.0 + 0.5 * procs)  # let the interpreters start before the clock does
+            go.set()
+            spans = await asyncio.to_thread(_collect, children, results, procs)
+        return {"value": sum(s[2] for s in spans) / (max(s[1] for s in spans) - min(s[0] for s in spans))}
     finally:
         await close_store(store)
 
@@ -234,7 +296,7 @@ async def _complete(store: Any, rid: str, aid: str) -> tuple[float, float]:
 def _complete_child(spec: str, index: int, go: Any, stop: Any, results: Any, jobs: Any) -> None:
     """Complete each (rollout, attempt) from ``jobs`` as it arrives; report the times."""
 
-    async def body(store: Any) -> str:
+    async def body(store: Any) -> int:
         while (job := await asyncio.to_thread(jobs.get)) is not None:
             results.put(await _complete(store, *job))
         return 0
@@ -316,7 +378,7 @@ async def _runner(store: Any, worker: str, stop: Callable[[], bool], model: Any)
 
 
 def _runner_child(spec: str, index: int, go: Any, stop: Any, results: Any) -> None:
-    async def body(store: Any) -> tuple[int, int]:
+    async def body(store: Any) -> tuple[int, int | None]:
         await asyncio.to_thread(go.wait, 120)
         done = await _runner(store, f"runner-{index}", stop.is_set, span_model(spec))
         return done, peak_rss_kb()

@@ -133,3 +133,38 @@ async def test_a_rebuilt_index_drops_the_snapshot(tmp_path: Path) -> None:
     store.check(fix=True)
     assert await _listing(store.root, "failed") == [rid]
     store.close()
+
+
+async def test_a_waiter_merges_only_the_finished_sections_and_later_lines_win(tmp_path: Path) -> None:
+    """``finished_among`` (what ``wait_for_rollouts`` asks at every change) on a cold view:
+    the terminal sections of the snapshot are merged, the rest stays on disk, and a rollout the
+    snapshot holds as finished but that was put back in the queue since is not finished."""
+    store = FileStore(tmp_path / "s")
+    done = [await _finish(store, "succeeded") for _ in range(3)]
+    failed = await _finish(store, "failed")
+    queued = [(await store.enqueue_rollout(input=i)).rollout_id for i in range(2)]
+    assert store.compact().snapshot
+    await store.update_rollout(done[0], status="requeuing")  # after the snapshot: newer
+    late = (await store.enqueue_rollout(input="late")).rollout_id
+    attempted = await store.start_attempt(late)
+    await store.update_attempt(late, attempted.attempt.attempt_id, status="succeeded")
+
+    fresh = FileStore(store.root, create=False)
+    try:
+        asked = {*done, failed, *queued, late}
+        found = fresh._index.finished_among(asked, ("succeeded", "failed", "cancelled"))
+        assert found is not None
+        assert {rid: e.status for rid, e in found.items()} == {
+            done[1]: "succeeded",
+            done[2]: "succeeded",
+            failed: "failed",
+            late: "succeeded",
+        }
+        view = fresh._index._view()
+        assert view.snapshot is not None
+        assert set(view.snapshot.sections) == {"queuing"}
+        waited = await fresh.wait_for_rollouts(rollout_ids=sorted(asked), timeout=0)
+        assert sorted(r.rollout_id for r in waited) == sorted(found)
+    finally:
+        fresh.close()
+        store.close()

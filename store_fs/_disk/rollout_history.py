@@ -95,16 +95,16 @@ class _Head:
         self.data = data
         self._record = record
 
-    def shared(self, path: Path) -> RolloutRecord:
+    def shared(self, path: str | Path) -> RolloutRecord:
         if self._record is None:
             self._record = _parse(path, self.data)
         return self._record
 
-    def private(self, path: Path) -> RolloutRecord:
+    def private(self, path: str | Path) -> RolloutRecord:
         return _parse(path, self.data)
 
 
-def _parse(path: Path, data: bytes) -> RolloutRecord:
+def _parse(path: str | Path, data: bytes) -> RolloutRecord:
     try:
         return RolloutRecord.model_validate(codec.loads(data))
     except (codec.DecodeError, ValidationError) as err:
@@ -186,7 +186,8 @@ class RecordStore:
         (``get`` gives a private copy).
         """
         found = self._newest(rollout_id, cached_ok=cached_ok)
-        return None if found is None else (found.rev, found.shared(self._path(rollout_id, found.rev)))
+        # The path only names the file in an error: a string, as every cached read passes here.
+        return None if found is None else (found.rev, found.shared(self._rev_str(rollout_id, found.rev)))
 
     def head_at_least(self, rollout_id: str, rev: int) -> tuple[int, RolloutRecord] | None:
         """Like :meth:`head`, for a caller that knows revision ``rev`` exists (an index line
@@ -215,7 +216,7 @@ class RecordStore:
     def get(self, rollout_id: str, *, cached_ok: bool = True) -> RolloutRecord | None:
         """The newest record, as a private copy the caller may change; None if it does not exist."""
         found = self._newest(rollout_id, cached_ok=cached_ok)
-        return None if found is None else found.private(self._path(rollout_id, found.rev))
+        return None if found is None else found.private(self._rev_str(rollout_id, found.rev))
 
     def require(self, rollout_id: str) -> RolloutRecord:
         record = self.get(rollout_id)

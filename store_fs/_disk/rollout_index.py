@@ -527,6 +527,28 @@ class RolloutIndex:
         self._after_refresh(seen)
         return found
 
+    def finished_among(self, rollout_ids: set[str], statuses: Collection[str]) -> dict[str, Entry] | None:
+        """The newest entries of ``rollout_ids`` whose status is one of ``statuses`` (one
+        refresh, then per status a set intersection that walks the smaller side), or None when
+        the index is not complete. A waiter asks this at every change it hears of: unlike
+        :meth:`lookup`, it costs little when few of the ids it waits for have finished."""
+        view = self._view()
+        with view.lock:
+            # Merging only the asked-for sections of a snapshot is enough: a rollout has one
+            # entry in a snapshot, and every log line past it is newer than that entry.
+            view.refresh(self._dir, partial=True)
+            view.merge_sections(statuses)
+            seen = self._counts(view)
+            found: dict[str, Entry] | None = None
+            if self.is_complete():
+                found = {}
+                for status in statuses:
+                    section = view.by_status.get(status)
+                    if section:
+                        found.update((rid, section[rid]) for rid in section.keys() & rollout_ids)
+        self._after_refresh(seen)
+        return found
+
     def counts(self) -> tuple[int, int, list[str]] | None:
         """(rollouts, attempts, ids of rollouts with attempts), or None if not complete."""
         view = self._view()

@@ -48,7 +48,10 @@ class SpanMethods(StoreCore):
     ) -> tuple[list[Span], Path | None]:
         if not self._known_rollout(rollout_id):
             raise RolloutNotFoundError(rollout_id)
-        record = self._records.require(rollout_id)
+        found = self._records.head(rollout_id)  # shared, read only: updates go through ``update``
+        if found is None:
+            raise RolloutNotFoundError(rollout_id)
+        record = found[1]
         check_attempt_id(attempt_id)
         attempt = record.find(attempt_id)
         if attempt is None:
@@ -182,8 +185,8 @@ class SpanMethods(StoreCore):
         )
         if attempt_id is not None and attempt_id != "latest":
             check_attempt_id(attempt_id)
-        record = self._records.get(rollout_id) if self._known_rollout(rollout_id) else None
-        attempts = record.attempts if record else []
+        found = self._records.head(rollout_id) if self._known_rollout(rollout_id) else None
+        attempts = found[1].attempts if found else []
         if attempt_id == "latest":
             attempts = attempts[-1:]
         elif attempt_id is not None:

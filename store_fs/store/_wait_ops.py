@@ -76,6 +76,7 @@ class _Waiting:
             read_at.clear()
         for rollout_id in self.waiting:
             read_at.setdefault(rollout_id, now)
+        self.next_due = self._next_due(now)
 
     def settle(self, rollout_id: str, found: tuple[int, RolloutRecord] | None) -> None:
         if found is None:  # gone (removed by ``agl prune``): nothing to wait for
@@ -92,14 +93,14 @@ class _Waiting:
         with short timeouts in a loop would otherwise re-read everything at every call), for
         at most ``budget`` seconds per look (a network filesystem: the longest unread first, a
         few at a time, so a look stays short and completions are seen while the rest wait)."""
-        entries = self.index.lookup(self.waiting)
+        entries = self.index.finished_among(self.waiting, TERMINAL_ROLLOUT_STATUSES)
         if entries is None:  # no complete index: the records are all there is
             for rollout_id in list(self.waiting):
                 self.settle(rollout_id, self.records.head(rollout_id))
             return
         # Read the revision the index names, by name: this process's cached view (and, on NFS,
         # its cached listing or "no such revision" answer) may be the running one.
-        finished = [(r, e.rev) for r, e in entries.items() if e.status in TERMINAL_ROLLOUT_STATUSES]
+        finished = [(r, e.rev) for r, e in entries.items()]
         for (rid, _rev), found in self._read(lambda key: self.records.head_at_least(*key), finished):
             self.settle(rid, found)
         self._recheck_due()
@@ -111,8 +112,16 @@ class _Waiting:
             return ((k, read(k)) for k in keys)
         return zip(keys, _readers().map(read, keys), strict=True)
 
+    def _next_due(self, now: float) -> float:
+        """When the least recently read of the waited-for records is due for a re-read (another
+        call of this process may read some meanwhile: then a look finds fewer due, never misses one)."""
+        read_at = self.rechecks.read_at
+        return min((read_at.get(r, now) for r in self.waiting), default=now) + self.recheck
+
     def _recheck_due(self) -> None:
         now = time.monotonic()
+        if now < self.next_due:  # a look at every change: most find nothing due
+            return
         read_at = self.rechecks.read_at
         due = [r for r in self.waiting if now - read_at.get(r, now) >= self.recheck]
         if self.budget is not None:
@@ -125,7 +134,8 @@ class _Waiting:
             for rollout_id, found in self._read(self.records.head, batch):
                 self.settle(rollout_id, found)
             if self.budget is not None and time.monotonic() - now >= self.budget:
-                return
+                return  # ``next_due`` stays passed: the next look goes on with the rest
+        self.next_due = self._next_due(now)
 
 
 class WaitMethods(StoreCore):
