@@ -80,6 +80,14 @@ def report(
             min=1, max=64, help="Worker processes reading a big store [default: one per CPU, at most 4]."
         ),
     ] = None,
+    cache: Annotated[
+        bool,
+        typer.Option(
+            "--cache/--no-cache",
+            help="Reuse the rows of rollouts that ended minutes ago, kept in the store's cache/ by "
+            "earlier reports (a rollout changed since is read again); --no-cache reads everything.",
+        ),
+    ] = True,
 ) -> None:
     """Write one offline HTML page about the store: summary, reward per resource version, reward
     and throughput over time, attempts per worker, distributions, failures, data health and span
@@ -102,6 +110,7 @@ def report(
         full_check=full_check,
         jobs=jobs if jobs is not None else _default_jobs(),
         refresh_seconds=max(2, round(interval)) if watch else None,
+        cache=cache,
     )
     try:
         if watch:

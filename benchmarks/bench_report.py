@@ -5,9 +5,11 @@ Builds one store with ``--n`` rollouts (default 100,000) through the public API:
 resource versions (default 20) published along the way, each rollout dequeued by one of
 ``--workers`` workers (default 8), given an agent span with an LLM call inside it and a reward
 span, and completed; one in 20 fails with one of three error messages instead. Then writes the
-report from a fresh process each time (as the ``agl report`` command does: a cold store,
-nothing cached), for each ``--jobs`` value and each data health setting of ``--checks`` (``quick``:
-the default quick check, ``none``: ``--no-check``, ``full``: ``--full-check``), ``--repeat`` times
+report from a fresh process each time (as the ``agl report`` command does), for each ``--jobs``
+value, each data health setting of ``--checks`` (``quick``: the default quick check, ``none``:
+``--no-check``, ``full``: ``--full-check``) and each setting of the report row cache of
+``--caches`` (``off``: ``--no-cache``; ``first``: the store's ``cache/`` removed, so the report
+reads everything and fills it; ``next``: the cache the previous report left), ``--repeat`` times
 interleaved, and prints for each the median wall time, the CPU time of the report process and its
 workers, the size of the page, the peak memory of the report process and of its worker processes,
 and the load average when it started (the machine is shared: CPU time moves less than wall time).
@@ -120,22 +122,28 @@ async def build(root: Path, n: int, versions: int, workers: int, batch: int = 10
 
 #: ``--checks`` values: (run_check, full_check) of ``ReportOptions``.
 CHECKS = {"quick": (True, False), "none": (False, False), "full": (True, True)}
+#: ``--caches`` values: ``off`` (``--no-cache``), ``first`` (the store's ``cache/`` removed before:
+#: the first report, which fills it) and ``next`` (the cache as the previous report left it).
+CACHES = ("off", "first", "next")
 
 
-def measure_once(root: str, out: str, jobs: int, check: str) -> dict[str, Any]:
+def measure_once(root: str, out: str, jobs: int, check: str, cache: str = "off") -> dict[str, Any]:
     """One report in this (fresh) process; the figures as a dict."""
     from store_fs.report import ReportOptions, write_report
 
+    if cache == "first":
+        shutil.rmtree(Path(root) / "cache", ignore_errors=True)
     load = os.getloadavg()[0]
     started = time.perf_counter()
     run_check, full_check = CHECKS[check]
-    options = ReportOptions(jobs=jobs, run_check=run_check, full_check=full_check)
+    options = ReportOptions(jobs=jobs, run_check=run_check, full_check=full_check, cache=cache != "off")
     result = write_report(FileStore(root, create=False), out, options)
     seconds = time.perf_counter() - started
     me, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return {
         "jobs": jobs,
         "check": check,
+        "cache": cache,
         "seconds": round(seconds, 2),
         "cpu_seconds": round(me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime, 2),
         "load": round(load, 1),
@@ -147,14 +155,15 @@ def measure_once(root: str, out: str, jobs: int, check: str) -> dict[str, Any]:
     }
 
 
-def measure(root: Path, jobs: int, check: str) -> dict[str, Any]:
+def measure(root: Path, jobs: int, check: str, cache: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         code = (
             "import json, sys; sys.path.insert(0, sys.argv[1]); from bench_report import measure_once; "
-            "print(json.dumps(measure_once(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5])))"
+            "print(json.dumps(measure_once(sys.argv[2], sys.argv[3], int(sys.argv[4]), *sys.argv[5:])))"
         )
         here = str(Path(__file__).resolve().parent)
-        args = [sys.executable, "-c", code, here, str(root), str(Path(tmp) / "report.html"), str(jobs), check]
+        report = str(Path(tmp) / "report.html")
+        args = [sys.executable, "-c", code, here, str(root), report, str(jobs), check, cache]
         done = subprocess.run(args, capture_output=True, text=True, check=True)
         figures: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return figures
@@ -171,14 +180,15 @@ def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def render(results: list[dict[str, Any]]) -> str:
     header = (
-        f"{'jobs':>4} {'check':>6} {'seconds':>9} {'CPU s':>7} {'load':>5} {'page MB':>8} "
+        f"{'jobs':>4} {'check':>6} {'cache':>6} {'seconds':>9} {'CPU s':>7} {'load':>5} {'page MB':>8} "
         f"{'RSS MB':>7} {'workers MB':>10}  runs"
     )
     lines = [header, "-" * len(header)]
     for r in results:
         runs = ", ".join(f"{s:.1f}" for s in r.get("runs_seconds", [r["seconds"]]))
         lines.append(
-            f"{r['jobs']:>4} {r['check']:>6} {r.get('median_seconds', r['seconds']):>9.2f} "
+            f"{r['jobs']:>4} {r['check']:>6} {r.get('cache', 'off'):>6} "
+            f"{r.get('median_seconds', r['seconds']):>9.2f} "
             f"{r['cpu_seconds']:>7.1f} {r['load']:>5.1f} {r['bytes'] / 1e6:>8.2f} "
             f"{r['peak_rss_mb']:>7.0f} {r['worker_peak_rss_mb']:>10.0f}  {runs}"
         )
@@ -196,6 +206,9 @@ def main() -> None:
     parser.add_argument(
         "--checks", default="quick,none,full", help="comma-separated data health settings: quick, none, full"
     )
+    parser.add_argument(
+        "--caches", default="first,next", help="comma-separated report row cache settings: off, first, next"
+    )
     parser.add_argument("--repeat", type=int, default=1, help="measure each setting this many times")
     parser.add_argument("--dir", type=Path, help="where to build the store (default: a temporary directory)")
     parser.add_argument("--keep", action="store_true", help="keep the store afterwards")
@@ -207,19 +220,24 @@ def main() -> None:
     parent = args.dir or Path(tempfile.mkdtemp(prefix="agl-bench-report-"))
     root = parent / "store" if not args.reuse or not (parent / "FORMAT.json").exists() else parent
     build_seconds = None
-    settings = [(int(j), c) for j in args.jobs.split(",") for c in args.checks.split(",") if c]
+    caches = [c for c in args.caches.split(",") if c]
+    if unknown := set(caches) - set(CACHES):
+        parser.error(f"--caches: unknown {', '.join(sorted(unknown))} (choose from {', '.join(CACHES)})")
+    settings = [
+        (int(j), c, k) for j in args.jobs.split(",") for c in args.checks.split(",") if c for k in caches
+    ]
     try:
         if not args.reuse:
             print(f"building {args.n:,} rollouts in {root} ...", file=sys.stderr)
             build_seconds = asyncio.run(build(root, args.n, args.versions, args.workers))
         if args.build_only:
             return
-        runs: dict[tuple[int, str], list[dict[str, Any]]] = {setting: [] for setting in settings}
+        runs: dict[tuple[int, str, str], list[dict[str, Any]]] = {setting: [] for setting in settings}
         for _round in range(args.repeat):  # interleaved: each round measures every setting once
-            for jobs, check in settings:
-                figures = measure(root, jobs, check)
-                print(f"  jobs={jobs} check={check}: {figures}", file=sys.stderr)
-                runs[(jobs, check)].append(figures)
+            for jobs, check, cache in settings:
+                figures = measure(root, jobs, check, cache)
+                print(f"  jobs={jobs} check={check} cache={cache}: {figures}", file=sys.stderr)
+                runs[(jobs, check, cache)].append(figures)
         results = [median_of(runs[setting]) for setting in settings]
         print(render(results))
         if args.json:

@@ -427,9 +427,15 @@ def test_the_report_benchmark_runs_at_a_tiny_size(tmp_path: Path) -> None:
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_report.py"
     out = tmp_path / "figures.json"
     args = ["--n", "60", "--versions", "2", "--jobs", "1", "--dir", str(tmp_path), "--json", str(out)]
+    args += ["--checks", "quick,full", "--caches", "first,next"]
     done = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     figures = json.loads(out.read_text())
-    results = [(r["rollouts"], r["check"], r["problems"]) for r in figures["results"]]
-    assert results == [(60, "quick", 0), (60, "none", None), (60, "full", 0)]
+    results = [(r["rollouts"], r["check"], r["cache"], r["problems"]) for r in figures["results"]]
+    assert results == [
+        (60, "quick", "first", 0),
+        (60, "quick", "next", 0),
+        (60, "full", "first", 0),
+        (60, "full", "next", 0),
+    ]
     assert "page MB" in done.stdout

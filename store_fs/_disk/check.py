@@ -11,6 +11,7 @@ run under the maintenance lock (:mod:`store_fs._disk.maintenance`).
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -378,7 +379,12 @@ def check_store(engine: Engine, index: RolloutIndex | None = None, *, fix: bool 
     if not fix:
         return _check(engine, index, None)
     with maintenance_lock(engine.ctx.layout):
-        return _check(engine, index, Quarantine(engine.ctx.layout, engine.ctx.writer))
+        found = _check(engine, index, Quarantine(engine.ctx.layout, engine.ctx.writer))
+        if any(p.fixed for p in found):
+            # A repair changes span files without a new revision: rows kept by reports may
+            # no longer hold (store_fs/report/_row_cache.py).
+            shutil.rmtree(engine.ctx.layout.report_cache, ignore_errors=True)
+        return found
 
 
 def _check(engine: Engine, index: RolloutIndex | None, quarantine: Quarantine | None) -> list[Problem]:

@@ -75,6 +75,11 @@ class Layout:
         return self.root / "trash"
 
     @cached_property
+    def report_cache(self) -> Path:
+        # Rows kept by `agl report` (store_fs/report/_row_cache.py); a repair deletes them.
+        return self.root / "cache" / "report-rows"
+
+    @cached_property
     def rollout_index(self) -> Path:
         return self.root / "index" / "rollouts"
 

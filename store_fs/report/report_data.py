@@ -59,6 +59,8 @@ class ReportOptions:
     for them needs the usual ``if __name__ == "__main__":`` guard (``agl report`` uses one per
     CPU, at most 4).
     ``refresh_seconds``: make an open browser reload the page this often (``--watch``).
+    ``cache``: use and update the rows of settled rollouts kept in the store by earlier reports
+    (``cache/report-rows/``, :mod:`store_fs.report._row_cache`); False reads every rollout.
     """
 
     rollout_ids: tuple[str, ...] = ()
@@ -66,6 +68,7 @@ class ReportOptions:
     full_check: bool = False
     jobs: int = 1
     refresh_seconds: int | None = None
+    cache: bool = True
 
 
 @dataclass
@@ -140,13 +143,15 @@ async def _registry(store: FileStore) -> tuple[list[ResourcesUpdate], list[Worke
     return resources, list(await store.query_workers(sort_by="worker_id"))
 
 
-async def _read_in_process(store: FileStore, names: list[str], full_check: bool) -> _Read:
-    scan = await scan_buckets(str(store.root), names)
+async def _read_in_process(store: FileStore, names: list[str], full_check: bool, cache: bool) -> _Read:
+    scan = await scan_buckets(str(store.root), names, cache=cache)
     problems = store.check() if full_check else None
     return _Read(scan, problems, *await _registry(store))
 
 
-async def _read_in_pool(store: FileStore, names: list[str], jobs: int, full_check: bool) -> _Read:
+async def _read_in_pool(
+    store: FileStore, names: list[str], jobs: int, full_check: bool, cache: bool
+) -> _Read:
     """Shares of the fan-out directories read by ``jobs`` worker processes, and the full check
     by one more, all at once; resources and workers meanwhile, here (the store's first API call
     in a process costs a second or more on a big store: it runs the reaper's sweep)."""
@@ -157,7 +162,8 @@ async def _read_in_pool(store: FileStore, names: list[str], jobs: int, full_chec
     with ProcessPoolExecutor(max_workers=jobs + int(full_check), mp_context=context) as pool:
         check = loop.run_in_executor(pool, check_alone, root) if full_check else None
         parts = [
-            loop.run_in_executor(pool, scan_buckets_in_worker, root, names[i::shares]) for i in range(shares)
+            loop.run_in_executor(pool, scan_buckets_in_worker, root, names[i::shares], cache)
+            for i in range(shares)
         ]
         resources, workers = await _registry(store)
         scan = FastScan()
@@ -206,9 +212,9 @@ async def gather(store: FileStore, options: ReportOptions | None = None) -> Repo
     names = buckets(store.layout)
     full = options.run_check and options.full_check
     if options.jobs > 1 and _count(str(store.root), names) > PARALLEL_MIN_ROLLOUTS:
-        read = await _read_in_pool(store, names, options.jobs, full)
+        read = await _read_in_pool(store, names, options.jobs, full, options.cache)
     else:
-        read = await _read_in_process(store, names, full)
+        read = await _read_in_process(store, names, full, options.cache)
     rows = _dedupe(read.scan.rows)
     problems = read.problems
     if options.run_check and not full:

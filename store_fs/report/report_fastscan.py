@@ -9,7 +9,9 @@ without span objects (:mod:`store_fs.report._span_digest`). The rows are the one
 :func:`~store_fs.report.report_scan.scan_rollout` makes: a record not in the store's own shape,
 or with a live or unresponsive attempt (whose heartbeat files the API consults), is read through
 the API instead (:mod:`store_fs.report._record_rows`); ``tests/test_report_fastscan.py`` compares
-both ways on stores with retries, corrupt lines and several writers.
+both ways on stores with retries, corrupt lines and several writers. A rollout that ended minutes
+ago and has no newer revision than when an earlier report read it costs only the listing: its row
+was kept (:mod:`store_fs.report._row_cache`).
 
 Work is split by the store's fan-out directories (``rollouts/<2 hex>/``), so a worker process
 lists its own share and nothing but the rows travels back. The span lines that are not good
@@ -33,6 +35,7 @@ from store_fs._disk.layout import Layout
 from store_fs._disk.status_rules import LIVE_ATTEMPT_STATUSES
 from store_fs.errors import CorruptRecordError
 from store_fs.report._record_rows import row_of_record
+from store_fs.report._row_cache import BucketCache
 from store_fs.report._span_digest import BadSpanLine, DigestOfFiles, digest_attempts, read_file
 from store_fs.report.report_scan import RolloutRow, scan_rollout
 
@@ -73,16 +76,18 @@ def buckets(layout: Layout) -> list[str]:
         return []
 
 
-def _newest(history: str) -> dict[str, Any] | bool | None:
-    """The newest revision's parsed JSON object; None if there is no revision (no record);
-    False if it does not parse as an object (the API path decides what that is)."""
+def _newest_rev(history: str) -> int:
+    """The newest revision's number (0: no revision, no record)."""
     try:
         names = os.listdir(history)
     except (FileNotFoundError, NotADirectoryError):
-        return None
-    rev = max((int(n[:-5]) for n in names if n.endswith(".json") and n[:-5].isdigit()), default=0)
-    if rev == 0:
-        return None
+        return 0
+    return max((int(n[:-5]) for n in names if n.endswith(".json") and n[:-5].isdigit()), default=0)
+
+
+def _revision(history: str, rev: int) -> dict[str, Any] | bool:
+    """Revision ``rev``'s parsed JSON object; False if it is gone or does not parse as an object
+    (the API path decides what that is)."""
     data = read_file(f"{history}/{rev:08d}.json")
     if data is None:
         return False  # removed meanwhile (a prune): the API path knows what to do
@@ -109,21 +114,33 @@ def _attempt_dirs(rollout_dir: str, attempts: Sequence[tuple[int, str, str]]) ->
     ]
 
 
-def _scan_one(rollout_dir: str, rollout_id: str, out: FastScan) -> bool:
-    """Read one rollout into ``out``; False when it must be read through the API instead."""
-    record = _newest(f"{rollout_dir}/history")
-    if record is None:
+def _scan_one(rollout_dir: str, rollout_id: str, out: FastScan, kept: BucketCache | None) -> bool:
+    """Read one rollout into ``out`` (its kept row when it holds); False when it must be read
+    through the API instead."""
+    history = f"{rollout_dir}/history"
+    rev = _newest_rev(history)
+    if rev == 0:
         return True  # no record: not a rollout (a pruned rollout's late leftovers, say)
+    hit = kept.get(rollout_id, rev) if kept is not None else None
+    if hit is not None:
+        out.rows.append(hit[0])
+        out.bad_spans.extend(hit[1])
+        return True
+    record = _revision(history, rev)
     found = row_of_record(record, rollout_id) if isinstance(record, dict) else None
     if found is None:
         return False
     row, attempts = found
+    bad: list[BadSpanLine] = []
     if attempts:  # a rollout never dequeued shows no spans, as the API path does
         dirs = _attempt_dirs(rollout_dir, [(a.sequence_id, a.attempt_id, a.status) for a in attempts])
         digest = digest_attempts(dirs)
         _digest_into(row, digest)
-        out.bad_spans.extend(digest.bad)
+        bad = digest.bad
+        out.bad_spans.extend(bad)
     out.rows.append(row)
+    if kept is not None:
+        kept.put(rollout_id, rev, row, bad)
     return True
 
 
@@ -153,8 +170,9 @@ async def _through_api(root: str, rollout_ids: Sequence[str], out: FastScan) -> 
         store.close()
 
 
-async def scan_buckets(root: str, names: Sequence[str]) -> FastScan:
-    """Rows of every rollout under ``rollouts/<name>/`` for each of ``names``, in no set order."""
+async def scan_buckets(root: str, names: Sequence[str], *, cache: bool = True) -> FastScan:
+    """Rows of every rollout under ``rollouts/<name>/`` for each of ``names``, in no set order.
+    ``cache``: use and update the rows kept by earlier reports (:mod:`._row_cache`)."""
     layout = Layout(Path(root))
     out = FastScan()
     leftover: list[str] = []
@@ -165,14 +183,17 @@ async def scan_buckets(root: str, names: Sequence[str]) -> FastScan:
             rollout_ids = [n for n in os.listdir(directory) if match(n)]
         except (FileNotFoundError, NotADirectoryError):
             continue
+        kept = BucketCache(root, name) if cache else None
         for rollout_id in rollout_ids:
-            if not _scan_one(f"{directory}/{rollout_id}", rollout_id, out):
+            if not _scan_one(f"{directory}/{rollout_id}", rollout_id, out, kept):
                 leftover.append(rollout_id)
+        if kept is not None:
+            kept.save()
     if leftover:
         await _through_api(root, leftover, out)
     return out
 
 
-def scan_buckets_in_worker(root: str, names: Sequence[str]) -> FastScan:
+def scan_buckets_in_worker(root: str, names: Sequence[str], cache: bool = True) -> FastScan:
     """:func:`scan_buckets` in a worker process of a pool (a top-level function: picklable)."""
-    return asyncio.run(scan_buckets(root, names))
+    return asyncio.run(scan_buckets(root, names, cache=cache))

@@ -61,9 +61,11 @@ def init_store(root: str | Path, *, durable: bool = False) -> Path:
         publish_marker(layout, "new store", now=time.time(), durable=durable)
     gitignore = layout.root / ".gitignore"
     if not gitignore.exists():
-        # Queue churn, per-process change feeds and the (rebuildable) index are operational,
-        # not history.
-        fsio.create_exclusive(gitignore, b"queue/\nevents/\nindex/\nlocks/\ntrash/\n", durable=durable)
+        # Queue churn, per-process change feeds, the (rebuildable) index and caches are
+        # operational, not history.
+        fsio.create_exclusive(
+            gitignore, b"queue/\nevents/\nindex/\nlocks/\ntrash/\ncache/\n", durable=durable
+        )
     return layout.root
 
 
