@@ -184,6 +184,14 @@ class SpanLog:
         # The counter this process renamed last is usually still the counter: one rename, no
         # listing (on NFS a listing is a READDIR round trip, and may be served stale anyway).
         last = self._state().counters.get(rollout_id)
+        if last is None:
+            # A bump is not synced by itself (see ``bump``): after a power cut the counter may
+            # be below a stored span's number. This process has not used this counter before,
+            # so it may be the first since a cut (whatever its own durability setting): it
+            # raises the counter to the stored spans first, and only then hands out numbers.
+            # Usually one listing that finds no ``attempts/`` yet.
+            self._raise_to_stored(rollout_id)
+            last = self._state().counters.get(rollout_id)
         while True:
             if last is not None and self._rename_counter(directory, rollout_id, last, last + count):
                 self._remember(rollout_id, last + count)
@@ -196,8 +204,26 @@ class SpanLog:
         except FileNotFoundError:  # span-seq/ itself is gone: the rollout was removed
             raise RolloutNotFoundError(rollout_id) from None
 
-    def bump(self, rollout_id: str, at_least: int) -> None:
-        """Make sure the counter is at least ``at_least`` (explicit numbers push it up, never down)."""
+    def _raise_to_stored(self, rollout_id: str) -> None:
+        """Make the counter at least the highest ``sequence_id`` stored for the rollout, durably."""
+        attempts = self._layout.attempts_dir(rollout_id)
+        high = 0
+        for name in fsio.list_names(attempts):
+            for obj in self._iter_attempt_lines(attempts / name):
+                seq = obj.get("sequence_id")
+                if type(seq) is int and seq > high:
+                    high = seq
+        if high:
+            self.bump(rollout_id, high, durable=self._ctx.durable)
+
+    def bump(self, rollout_id: str, at_least: int, *, durable: bool = False) -> None:
+        """Make sure the counter is at least ``at_least`` (explicit numbers push it up, never down).
+
+        The rename is synced only when ``durable`` asks: a bump comes with the span that carries
+        the number, and that span's line is what is synced. After a power cut, the first
+        allocation of each process raises a counter that fell behind its stored spans
+        (``allocate``), so a number already stored is never handed out, at one sync a span
+        instead of two."""
         # The counter only grows, so a value this process saw is a lower bound of the truth.
         seen = self._state().counters.get(rollout_id, 0)
         if seen >= at_least:
@@ -206,7 +232,6 @@ class SpanLog:
         # directory: whichever file is renamed to ``at_least``, the highest name (the counter)
         # is then at least that, and ``seen < at_least`` means no name goes down.
         directory = self._layout.span_seq_dir(rollout_id)
-        durable = self._ctx.durable
         if fsio.move(directory / str(seen), directory / str(at_least), durable=durable):
             self._remember(rollout_id, at_least)
             return

@@ -150,7 +150,10 @@ class BucketCache:
             return None
         self._new[rollout_id] = entry
         # Paths are kept relative to the store: a copied or moved store's stay right.
-        return row, [dataclasses.replace(b, path=f"{self._root}/{b.path}") for b in lines]
+        return row, [
+            b if b.path.startswith("/") else dataclasses.replace(b, path=f"{self._root}/{b.path}")
+            for b in lines
+        ]
 
     def put(self, rollout_id: str, rev: int, row: RolloutRow, bad: list[BadSpanLine]) -> None:
         """Keep the row made from revision ``rev``, if the rollout has settled."""
