@@ -234,12 +234,13 @@ class Staged:
             fsync_dir(self.path.parent)
         return created
 
-    def rename_onto(self, other: Path) -> None:
-        """Move the temporary name onto ``other`` (replacing it); on the same filesystem."""
+    def rename_onto(self, other: Path, *, sync: bool = True) -> None:
+        """Move the temporary name onto ``other`` (replacing it); on the same filesystem.
+        ``sync=False``: not fsynced even when durable (a name that may come back stale)."""
         assert self._tmp is not None
         os.replace(self._tmp, other)
         self._tmp = None
-        if self.durable:
+        if self.durable and sync:
             fsync_dir(other.parent)
 
     def discard(self) -> None:
@@ -285,11 +286,12 @@ def move(src: StrPath, dst: StrPath, *, durable: bool = False) -> bool:
     return True
 
 
-def make_dirs(directory: Path, *, durable: bool = False) -> None:
+def make_dirs(directory: Path, *, durable: bool = False, sync_leaf: bool = True) -> None:
     """``mkdir -p directory``; with ``durable``, each directory made is also made durable.
 
     A new directory's name lives in its parent, so the parent of every directory this call
-    creates is fsynced (deepest last), and the new directory itself: after a power cut
+    creates is fsynced (deepest last), and the new directory itself (unless ``sync_leaf`` is
+    False: a caller that creates a name in it next and fsyncs it then): after a power cut
     the whole path is there, or the call did not return.
     """
     if not durable:
@@ -306,7 +308,7 @@ def make_dirs(directory: Path, *, durable: bool = False) -> None:
         except FileExistsError:
             pass  # a racing creator made it: it made it durable too, or will before returning
         fsync_dir(made.parent)
-    if missing:
+    if missing and sync_leaf:
         fsync_dir(directory)
 
 
@@ -333,7 +335,7 @@ def _open_creating_durably(path: Path, flags: int, mode: int) -> int:
         return os.open(path, flags & ~os.O_CREAT, mode)  # there already: nothing to make durable
     except FileNotFoundError:
         pass
-    make_dirs(path.parent, durable=True)
+    make_dirs(path.parent, durable=True, sync_leaf=False)  # fsynced below, with the new name
     fd = os.open(path, flags, mode)
     try:
         fsync_dir(path.parent)

@@ -333,7 +333,9 @@ class RecordStore:
         while True:
             try:
                 if staged is not None:
-                    staged.rename_onto(mirror)
+                    # Not synced: the revision in history/ is the record; a power cut may leave
+                    # rollout.json a revision behind, for the next writer or `check --fix`.
+                    staged.rename_onto(mirror, sync=False)
                     staged = None
                 else:
                     self._link_mirror(mirror, hist, rev)

@@ -222,9 +222,9 @@ class WorkerStore:
         with writer.lock:
             entry = writer.log_fd(path, durable=self._ctx.durable)
             try:
+                # Not synced even when durable: worker status is advisory, and re-sent by the
+                # worker's next dequeue or heartbeat (docs/format.md, "Durability").
                 fsio.append(entry[0], line)
-                if self._ctx.durable:
-                    os.fsync(entry[0])
             except OSError:
                 writer.forget(path)  # e.g. ESTALE after the file was replaced: reopen next time
                 raise
