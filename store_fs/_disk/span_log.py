@@ -205,7 +205,8 @@ class SpanLog:
             raise RolloutNotFoundError(rollout_id) from None
 
     def _raise_to_stored(self, rollout_id: str) -> None:
-        """Make the counter at least the highest ``sequence_id`` stored for the rollout, durably."""
+        """Make the counter at least the highest ``sequence_id`` stored for the rollout (the
+        rename synced when this store is durable)."""
         attempts = self._layout.attempts_dir(rollout_id)
         high = 0
         for name in fsio.list_names(attempts):
