@@ -191,12 +191,13 @@ async def _add_spans(
 
 
 def _add_span_child(
-    spec: str, index: int, go: Any, stop: Any, results: Any, rid: str, aid: str, n: int
+    spec: str, index: int, go: Any, ready: Any, results: Any, rid: str, aid: str, n: int
 ) -> None:
-    async def ready() -> None:
+    async def started() -> None:
+        ready.put(index)  # the store is open and the spans are built: the clock may start
         await asyncio.to_thread(go.wait, 120)
 
-    _child_main(lambda store: _add_spans(store, spec, rid, aid, n, ready), spec, index, results)
+    _child_main(lambda store: _add_spans(store, spec, rid, aid, n, started), spec, index, results)
 
 
 async def add_span_writers(dep: Deployment, n: int, procs: int) -> dict[str, Any]:
@@ -219,14 +220,15 @@ async def add_span_writers(dep: Deployment, n: int, procs: int) -> dict[str, Any
             event.set()
             spans = await asyncio.gather(*tasks)
         else:
-            go, stop, results = _CTX.Event(), _CTX.Event(), _CTX.Queue()
+            go, ready, results = _CTX.Event(), _CTX.Queue(), _CTX.Queue()
             children = [
-                _CTX.Process(target=_add_span_child, args=(dep.spec, i, go, stop, results, r, a, each))
+                _CTX.Process(target=_add_span_child, args=(dep.spec, i, go, ready, results, r, a, each))
                 for i, (r, a) in enumerate(attempts)
             ]
             for child in children:
                 child.start()
-            await asyncio.sleep(1.0 + 0.5 * procs)  # let the interpreters start before the clock does
+            for _ in children:  # every writer started, not a guess at how long that takes
+                await asyncio.to_thread(ready.get, True, 120)
             go.set()
             spans = await asyncio.to_thread(_collect, children, results, procs)
         return {"value": sum(s[2] for s in spans) / (max(s[1] for s in spans) - min(s[0] for s in spans))}
