@@ -31,6 +31,7 @@ from typing import Any, Final
 
 from store_fs._disk import codec, fsio
 from store_fs._disk.layout import Layout
+from store_fs._disk.status_rules import LIVE_ATTEMPT_STATUSES, TERMINAL_ROLLOUT_STATUSES
 from store_fs.report._span_digest import BadSpanLine
 from store_fs.report.report_scan import AttemptRow, RolloutRow
 
@@ -41,8 +42,8 @@ log = logging.getLogger(__name__)
 #: How long after a rollout's end its row may be kept: far above the 0.25 s heartbeat stamp
 #: interval, and above any clock difference between hosts that agl runs with (``agl doctor``).
 SETTLE_SECONDS: Final = 120.0
-_TERMINAL: Final = frozenset({"succeeded", "failed", "cancelled"})
-_LIVE: Final = frozenset({"preparing", "running", "unresponsive"})
+# Attempts whose row the API makes from heartbeat files: never kept (an unresponsive one may revive).
+_LIVE: Final = LIVE_ATTEMPT_STATUSES | {"unresponsive"}
 
 # Each field and the JSON types its value may have (int where a float is asked: JSON keeps 1.0
 # as a float, but a reward may be an int).
@@ -97,7 +98,7 @@ def _values(types: Mapping[str, tuple[type, ...]], values: Any) -> dict[str, Any
 
 def _settled(row: RolloutRow, now: float) -> bool:
     return (
-        row.status in _TERMINAL
+        row.status in TERMINAL_ROLLOUT_STATUSES
         and row.end_time is not None
         and row.end_time < now - SETTLE_SECONDS
         and not any(a.status in _LIVE for a in row.attempts)
