@@ -312,6 +312,8 @@ def _sequence_ids(tmp_path: Path, per_proc: int, batches: list[int]) -> None:
     try:
         attempted = run(store.start_rollout(input=None))
         rid, aid = attempted.rollout_id, attempted.attempt.attempt_id
+        # No counter yet: the children race to make it with their first allocations.
+        assert not store.layout.span_seq_dir(rid).exists()
         go = SPAWN.Event()
         outs = [tmp_path / f"seq-{i}.json" for i in range(len(batches))]
         with children() as kids:

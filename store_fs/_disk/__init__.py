@@ -34,7 +34,8 @@ Rollouts and the queue:
 Spans, heartbeats and workers:
     span_log         ``.../attempts/<seq>-<attempt_id>/spans.<writer>.jsonl`` (one file per writing
                      process; each span one ``write(2)``), ``heartbeat.<writer>`` counters, and
-                     ``span-seq/`` (the rollout-wide sequence: one rename per allocation).
+                     ``span-seq/`` (the rollout-wide sequence: one rename per allocation; the
+                     first allocation makes it).
     span_read        reading span files: decodes only bytes appended since this process last read.
     span_decode      span objects from parsed lines without pydantic re-validation (same objects).
     worker_logs      ``workers/<worker_id>/log.<writer>.jsonl``: per-process change logs folded

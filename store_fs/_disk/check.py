@@ -50,8 +50,9 @@ class Problem:
 def _temp_files(root: Path, fix: bool) -> list[Problem]:
     out: list[Problem] = []
     now = time.time()
-    for directory, _dirs, files in os.walk(root):
-        for name in files:
+    for directory, dirs, files in os.walk(root):
+        # Temporary directories too: a span counter is built in one (store_fs/_disk/span_log.py).
+        for name in [*files, *dirs]:
             if not (name.startswith(".") and name.endswith(".tmp")):
                 continue
             path = Path(directory) / name
@@ -62,7 +63,10 @@ def _temp_files(root: Path, fix: bool) -> list[Problem]:
             if age < TEMP_FILE_AGE:
                 continue  # probably being written right now
             if fix:
-                path.unlink(missing_ok=True)
+                if name in dirs:
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
             out.append(Problem("temp-file", str(path), f"left by a crashed writer {age:.0f}s ago", fix))
     return out
 

@@ -107,7 +107,14 @@ class Engine:
             return record
 
         try:
-            record = self.records.update(claim.rollout_id, add_attempt)
+            just_read = False
+            if from_queue and claim.sequence_id == 1:
+                # A first attempt's rollout is usually still at its first revision: read that by
+                # name instead of listing history/ and asking for revision 2 (NFS round trips).
+                # If it is not the newest, adding the attempt fails its compare-and-swap and
+                # the retry reads the newest.
+                just_read = self.records.head_at_least(claim.rollout_id, 1, newer=False) is not None
+            record = self.records.update(claim.rollout_id, add_attempt, just_read=just_read)
             if confirmed:
                 raise _Stale  # the newest revision, just confirmed, does not want this attempt
         except (_Stale, ConflictError, RolloutNotFoundError):
@@ -122,7 +129,7 @@ class Engine:
         attempt_dir = self.attempt_dir(attempt)
         # Its id is ours, fresh: nobody has spans for it yet. Its directory is made by the
         # first span or heartbeat; until then the reaper dates its liveness from start_time.
-        self.spans.new_attempt(attempt_dir)
+        self.spans.new_attempt(attempt_dir, attempt.rollout_id, attempt.sequence_id)
         self.workers.sync(attempt, dequeue=from_queue)
         public = record.public()
         assert isinstance(public, AttemptedRollout)

@@ -105,11 +105,14 @@ class Queue:
 
     # -- pending -------------------------------------------------------------------
     def publish_pending(self, rollout_id: str, sequence_id: int) -> PendingToken:
+        """Publish the token for attempt ``sequence_id``: an empty file, as its name says all.
+
+        Empty, so ``O_EXCL`` creates it whole: two requests to an NFS server where a temporary
+        file written and renamed into place was five (older builds wrote a JSON body, which
+        nothing reads). A name that exists already is the same token.
+        """
         name = f"{self._stamp():016d}-{rollout_id}-{sequence_id}.json"
-        body = codec.dumps_record(
-            {"rollout_id": rollout_id, "sequence_id": sequence_id, "enqueue_time": self._ctx.clock.time()}
-        )
-        fsio.publish(self._layout.pending / name, body, durable=self._ctx.durable)
+        fsio.create_empty(self._layout.pending / name, durable=self._ctx.durable)
         return PendingToken(name, rollout_id, sequence_id)
 
     def list_pending(self) -> list[PendingToken]:

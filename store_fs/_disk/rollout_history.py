@@ -141,16 +141,20 @@ class RecordStore:
         revs = [n for n in fsio.list_names(self._layout.history_dir(rollout_id)) if n.endswith(".json")]
         return max((int(n[:-5]) for n in revs if n[:-5].isdigit()), default=0)
 
-    def _newest(self, rollout_id: str, *, cached_ok: bool = True) -> _Head | None:
+    def _newest(self, rollout_id: str, *, cached_ok: bool = True, just_read: bool = False) -> _Head | None:
         """The newest revision, or None if the rollout does not exist.
 
         Revisions are immutable, so a cached one stays right until a newer revision
         appears (one ``stat`` tells) or the rollout is removed (``agl prune`` moves its
-        directory away: a second ``stat``, of the cached revision itself). ``cached_ok=False``
-        re-reads the file (``check``).
+        directory away: a second ``stat``, of the cached revision itself). A caller that
+        ``just_read`` the head and only writes after it (``update``) skips both: its
+        compare-and-swap fails if a newer revision exists. ``cached_ok=False`` re-reads the
+        file (``check``).
         """
         cache = self._cache()
         cached = cache.heads.get(rollout_id) if cached_ok else None
+        if cached is not None and just_read:
+            return cached
         if cached is not None and not os.path.exists(self._rev_str(rollout_id, cached.rev + 1)):
             if os.path.exists(self._rev_str(rollout_id, cached.rev)):
                 return cached
@@ -189,9 +193,14 @@ class RecordStore:
         # The path only names the file in an error: a string, as every cached read passes here.
         return None if found is None else (found.rev, found.shared(self._rev_str(rollout_id, found.rev)))
 
-    def head_at_least(self, rollout_id: str, rev: int) -> tuple[int, RolloutRecord] | None:
+    def head_at_least(
+        self, rollout_id: str, rev: int, *, newer: bool = True
+    ) -> tuple[int, RolloutRecord] | None:
         """Like :meth:`head`, for a caller that knows revision ``rev`` exists (an index line
-        named it): the revisions from ``rev`` on are looked up by name.
+        named it): the revisions from ``rev`` on are looked up by name. ``newer=False`` reads
+        revision ``rev`` itself unless this process knows a newer one, without asking for
+        ``rev + 1`` (one round trip on NFS): for a waiter, the revision that finished the
+        rollout is the answer.
 
         On NFS a listing, and a lookup of a name this host found missing before, may be
         answered from the client's caches for seconds; a name this host never looked up is
@@ -203,7 +212,7 @@ class RecordStore:
         if cached is not None and cached.rev >= rev:
             return self.head(rollout_id)
         newest = rev
-        while os.path.exists(self._rev_str(rollout_id, newest + 1)):
+        while newer and os.path.exists(self._rev_str(rollout_id, newest + 1)):
             newest += 1
         path = self._path(rollout_id, newest)
         data = fsio.read_bytes(path)
@@ -226,6 +235,14 @@ class RecordStore:
 
     def exists(self, rollout_id: str) -> bool:
         return os.path.exists(self._rev_str(rollout_id, 1))
+
+    def seen(self, rollout_id: str) -> bool:
+        """:meth:`exists`, answered without a lookup when this process holds the rollout's record.
+
+        Only for callers whose next step fails cleanly if the rollout was removed meanwhile
+        (allocating span numbers renames the counter in the rollout's directory).
+        """
+        return rollout_id in self._cache().heads or self.exists(rollout_id)
 
     def all_ids(self) -> Iterator[str]:
         """Ids of every rollout directory, in no particular order."""
@@ -254,32 +271,27 @@ class RecordStore:
         # wasted round trip per rollout on NFS).
         fsio.make_dirs(hist.parent, durable=durable)
         hist.mkdir(exist_ok=True)
-        seq_dir = self._layout.span_seq_dir(rid)
-        try:
-            seq_dir.mkdir()
-            fresh = True
-        except FileExistsError:
-            fresh = False
         if durable:
-            fsio.fsync_dir(hist.parent)  # the names history/ and span-seq/
-        if fresh or not fsio.list_names(seq_dir):
-            # The span sequence counter: one empty file whose name is the last issued number.
-            # Empty, so it needs no temporary file: nothing can be read half-written.
-            fsio.create_empty(seq_dir / "0", durable=self._ctx.durable)
+            fsio.fsync_dir(hist.parent)  # the name history/
+        # The span sequence counter (span-seq/) is made by the first allocation (SpanLog).
         if not self._try_write(rid, 1, record):
             return False
         self._notify(None, record)
         return True
 
-    def update(self, rollout_id: str, mutate: Mutation) -> RolloutRecord:
+    def update(self, rollout_id: str, mutate: Mutation, *, just_read: bool = False) -> RolloutRecord:
         """Apply ``mutate`` to the newest record and store the result as the next revision.
 
         ``mutate`` receives a private copy; returning None means "no change". It may be
         called several times when other writers race, so it must be a pure function of
-        its argument. Raises :class:`RolloutNotFoundError`, or whatever ``mutate`` raises.
+        its argument. ``just_read``: the caller read the rollout's head a moment ago
+        (:meth:`head_at_least`), so the first try starts from it without asking whether it
+        is still the newest (the compare-and-swap tells, and the retry asks).
+        Raises :class:`RolloutNotFoundError`, or whatever ``mutate`` raises.
         """
         while True:
-            found = self._newest(rollout_id)
+            found = self._newest(rollout_id, just_read=just_read)
+            just_read = False
             if found is None:
                 raise RolloutNotFoundError(rollout_id)
             rev, path = found.rev, self._path(rollout_id, found.rev)

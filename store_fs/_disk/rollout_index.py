@@ -67,6 +67,7 @@ import os
 import secrets
 import shutil
 import threading
+import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -370,9 +371,19 @@ def publish_marker(layout: Layout, reason: str, *, now: float, durable: bool = F
     fsio.publish(layout.rollout_index_marker, codec.dumps_record(body), durable=durable)
 
 
+# On a network filesystem, how long an open index log is trusted to still be the index's
+# before ``fstat`` asks whether it was deleted: by ``rm -r index``, which takes the completeness
+# marker too (readers then scan the records, so a line lost meanwhile costs nothing), or by
+# ``check --fix``, which runs on a quiet store. Asking on every append cost one round trip to
+# the NFS server per revision (benchmarks/bench_nfs.py); on a local disk it costs nothing, so it
+# is asked every time.
+_RECHECK_SECONDS = 1.0
+
+
 class _Writer:
     def __init__(self) -> None:
         self.fd: int | None = None
+        self.checked = 0.0  # monotonic time ``fd`` was last known to be linked
         self.lock = threading.Lock()
 
 
@@ -420,8 +431,13 @@ class RolloutIndex:
                     self._drop(holder)
 
     def _open(self, holder: _Writer) -> int:
-        if holder.fd is not None and os.fstat(holder.fd).st_nlink > 0:
-            return holder.fd
+        now = time.monotonic()  # the real clock: a test's frozen clock must not freeze the check
+        if holder.fd is not None:
+            if self._ctx.shared_fs and now - holder.checked < _RECHECK_SECONDS:
+                return holder.fd
+            if os.fstat(holder.fd).st_nlink > 0:
+                holder.checked = now
+                return holder.fd
         self._drop(holder)  # our file was deleted: appending to it would reach nobody
         path = self._dir / f"{self._ctx.log_writer}.jsonl"
         fd = fsio.open_making_dirs(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, durable=self._ctx.durable)
@@ -430,7 +446,7 @@ class RolloutIndex:
             # A dead process with our pid left a torn last line: end it, so that it
             # reads as one bad line instead of swallowing our first line.
             fsio.append(fd, b"\n")
-        holder.fd = fd
+        holder.fd, holder.checked = fd, now
         return fd
 
     @staticmethod
@@ -457,6 +473,7 @@ class RolloutIndex:
 
     def remove(self) -> None:
         """Delete the whole index (``check --fix`` rebuilds it; run on a quiet store)."""
+        self.close()  # this process's next line goes to the new index at once
         aside = self._dir.with_name(f".rollouts-{secrets.token_hex(4)}.old")
         try:
             os.rename(self._dir, aside)  # one step: no reader sees a half-deleted index

@@ -22,7 +22,7 @@ class SpanMethods(StoreCore):
 
     async def get_next_span_sequence_id(self, rollout_id: str, attempt_id: str) -> int:
         # The sequence is rollout-wide: ``attempt_id`` is not used.
-        if not self._known_rollout(rollout_id) or not self._records.exists(rollout_id):
+        if not self._known_rollout(rollout_id) or not self._records.seen(rollout_id):
             raise RolloutNotFoundError(rollout_id)
         return self._spans.allocate(rollout_id)
 
@@ -34,7 +34,7 @@ class SpanMethods(StoreCore):
             counts[rollout_id] = counts.get(rollout_id, 0) + 1
         firsts: dict[str, int] = {}
         for rollout_id, count in counts.items():
-            if not self._known_rollout(rollout_id) or not self._records.exists(rollout_id):
+            if not self._known_rollout(rollout_id) or not self._records.seen(rollout_id):
                 raise RolloutNotFoundError(rollout_id)
             firsts[rollout_id] = self._spans.allocate(rollout_id, count)
         out: list[int] = []
@@ -61,15 +61,26 @@ class SpanMethods(StoreCore):
         attempt_dir = self._engine.attempt_dir(attempt)
         written, path = self._spans.append(attempt_dir, spans)
         if written:
-            self._spans.heartbeat(attempt_dir)
-            self._promote(record, attempt)
+            stamped = False
+            try:
+                stamped = self._promote(record, attempt)
+            finally:
+                # A revision that stamped the heartbeat time is the heartbeat: writing the
+                # file too would cost three more requests to an NFS server per attempt
+                # (benchmarks/bench_nfs.py). The next file write waits out the interval as usual.
+                if stamped:
+                    self._spans.heartbeat_recorded(attempt_dir)
+                else:
+                    self._spans.heartbeat(attempt_dir)
         return written, path
 
-    def _promote(self, record: RolloutRecord, attempt: Attempt) -> None:
-        """The span-as-heartbeat rule, skipped when it would change nothing.
+    def _promote(self, record: RolloutRecord, attempt: Attempt) -> bool:
+        """The span-as-heartbeat rule, skipped when it would change nothing. Returns whether a
+        revision was written, which stamps the attempt's ``last_heartbeat_time``.
 
-        Live attempts report heartbeats from the heartbeat files; a finished attempt's
-        record is stamped instead (rare, and throttled like heartbeats).
+        Live attempts report heartbeats from the heartbeat files (and the record's stamp,
+        whichever is newer); a finished attempt's record is stamped instead (rare, and
+        throttled like heartbeats).
         """
         now = self._clock.time()
         latest = record.latest()
@@ -81,26 +92,28 @@ class SpanMethods(StoreCore):
             attempt.status in FINAL_ATTEMPT_STATUSES and now - (attempt.last_heartbeat_time or 0.0) >= 0.25
         )
         if not revive and not stamp:
-            return
+            return False
 
         before: list[tuple[str, str]] = []  # (attempt status, rollout status) the update saw
+        wrote: list[bool] = []
 
         def promote(rec: RolloutRecord) -> RolloutRecord | None:
             before.clear()
+            wrote.clear()
             current = rec.find(attempt.attempt_id)
             if current is None:
                 return None
             before.append((current.status, rec.status))
-            if mark_running(rec, current, now):
-                return rec
-            if current.status in FINAL_ATTEMPT_STATUSES:
+            if mark_running(rec, current, now) or current.status in FINAL_ATTEMPT_STATUSES:
                 current.last_heartbeat_time = now
+                wrote.append(True)
                 return rec
             return None
 
         updated = self._records.update(record.rollout_id, promote)
         if before and before[0][0] == "unresponsive":
             self._rewatch(updated, attempt.attempt_id, requeued=before[0][1] == "requeuing")
+        return bool(wrote)
 
     def _rewatch(self, record: RolloutRecord, attempt_id: str, *, requeued: bool) -> None:
         """A span revived an attempt the reaper had expired: it is live again, so it needs its

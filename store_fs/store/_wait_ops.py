@@ -99,9 +99,11 @@ class _Waiting:
                 self.settle(rollout_id, self.records.head(rollout_id))
             return
         # Read the revision the index names, by name: this process's cached view (and, on NFS,
-        # its cached listing or "no such revision" answer) may be the running one.
+        # its cached listing or "no such revision" answer) may be the running one. That revision
+        # finished the rollout; a newer one would have its own index line, so none is asked for.
         finished = [(r, e.rev) for r, e in entries.items()]
-        for (rid, _rev), found in self._read(lambda key: self.records.head_at_least(*key), finished):
+        newest = self.records.head_at_least
+        for (rid, _rev), found in self._read(lambda key: newest(*key, newer=False), finished):
             self.settle(rid, found)
         self._recheck_due()
 
