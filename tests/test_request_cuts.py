@@ -20,7 +20,7 @@ import pytest
 from mp_workers import make_span
 from two_hosts import TwoHosts, ops_delta, two_hosts  # noqa: F401  (two_hosts is the fixture)
 
-from store_fs import FileStore
+from store_fs import FileStore, RolloutConfig
 from store_fs._disk.check import TEMP_FILE_AGE
 from store_fs.errors import RolloutNotFoundError
 
@@ -141,6 +141,40 @@ def test_the_first_span_heartbeats_through_the_revision_that_marks_it_running(st
     assert later is not None
     assert later.last_heartbeat_time is not None
     assert later.last_heartbeat_time > attempt.last_heartbeat_time
+
+
+class _Behind:
+    """The real clocks, with the wall clock 5 s behind (a host whose NTP is off)."""
+
+    def time(self) -> float:
+        return time.time() - 5.0
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+
+def test_a_first_span_stamped_by_a_host_behind_is_read_on_its_clock(tmp_path: Path) -> None:
+    """The first span's heartbeat is a time in the record, stamped on the span writer's clock.
+    The reaper reads it with the offset of the process that started the attempt (the runner,
+    which also writes its spans), not as if it were its own clock's: 5 s behind would make a
+    live attempt look silent for 5 s more."""
+    reaper = FileStore(tmp_path / "store")
+    runner = FileStore(tmp_path / "store", create=False, clock=_Behind())
+    try:
+        run(reaper.enqueue_rollout(input=1, config=RolloutConfig(unresponsive_seconds=1.0)))
+        attempted = run(runner.dequeue_rollout())
+        assert attempted is not None
+        rid, aid = attempted.rollout_id, attempted.attempt.attempt_id
+        time.sleep(0.6)
+        run(runner.add_span(make_span(rid, aid, 1)))  # no heartbeat file: the running revision
+        time.sleep(0.7)  # 1.3 s since the start, 0.7 s since the span
+        reaper.reap()
+        attempt = run(reaper.get_latest_attempt(rid))
+        assert attempt is not None
+        assert attempt.status == "running"
+    finally:
+        runner.close()
+        reaper.close()
 
 
 def test_an_index_reset_reaches_this_processs_next_line_on_a_network_filesystem(

@@ -251,11 +251,14 @@ class Reaper:
         if timeout is not None and max(now - started - skew, mono - seen.first_seen) > timeout:
             return "timeout"
         if config.unresponsive_seconds is not None:
-            # ``last_heartbeat_time`` is set by callers (upstream's runners heartbeat through
-            # update_attempt) on a clock nobody recorded: read as if it were this host's.
+            # ``last_heartbeat_time`` is stamped by the span that marked the attempt running,
+            # usually in the process that started it (whose clock offset the record keeps), or
+            # set by callers (upstream's runners heartbeat through update_attempt) on a clock
+            # nobody recorded: read on the starter's clock, or this host's if none was recorded.
             signs = [started] + [b.server_time for b in beats]
             if attempt.last_heartbeat_time is not None:
-                signs.append(attempt.last_heartbeat_time + offset)
+                starter = record.server_offsets.get(attempt.attempt_id, offset)
+                signs.append(attempt.last_heartbeat_time + starter)
             last_sign = max(signs)
             silence = max(now - last_sign - skew, mono - seen.changed_at)
             if silence > config.unresponsive_seconds:
