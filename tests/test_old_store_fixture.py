@@ -65,3 +65,34 @@ async def test_the_previous_format_answers_the_same_before_and_after_compaction(
     store.close()
     again = await answers(root)
     assert again["queuing"] == sorted([*expected["queuing"], r.rollout_id])
+
+
+async def test_the_previous_format_keeps_running_rollouts(tmp_path: Path) -> None:
+    """Its pending tokens hold a JSON body and its rollouts got ``span-seq/0`` at enqueue; this
+    build writes empty tokens and makes a counter at the first allocation (docs/format.md).
+    Old tokens are claimed, old counters count on, and the store stays clean. The copy has no
+    empty directories (``queue/done/`` among them), as a git clone would not: opening the store
+    makes them again."""
+    root = tmp_path / "store"
+    shutil.copytree(FIXTURE, root)
+    store = FileStore(root, create=False)
+    try:
+        queued = {p.name.split("-", 1)[1].rsplit("-", 1)[0] for p in store.layout.pending.iterdir()}
+        assert queued == {"ro-44cc612475ad", "ro-4036c578fd21"}
+        while (attempted := await store.dequeue_rollout(worker_id="new")) is not None:
+            rid, aid = attempted.rollout_id, attempted.attempt.attempt_id
+            counter = store.layout.span_seq_dir(rid)
+            [name] = [p.name for p in counter.iterdir()]  # "0": made at enqueue by that build
+            seqs = await store.get_many_span_sequence_ids([(rid, aid)] * 3)
+            assert list(seqs) == [int(name) + 1, int(name) + 2, int(name) + 3]
+            await store.update_attempt(rid, aid, status="succeeded")
+            queued.discard(rid)
+        assert queued == set()
+        # An old counter that had handed out numbers counts on from them.
+        for r in await store.query_rollouts(status_in=["running"]):
+            counter = store.layout.span_seq_dir(r.rollout_id)
+            [name] = [p.name for p in counter.iterdir()]
+            assert await store.get_next_span_sequence_id(r.rollout_id, "latest") == int(name) + 1
+        assert [str(p) for p in store.check()] == []
+    finally:
+        store.close()

@@ -69,6 +69,18 @@ def init_store(root: str | Path, *, durable: bool = False) -> Path:
     return layout.root
 
 
+def _restore_directories(layout: Layout) -> None:
+    """Make the store's empty directories again where they are missing: git and some copies
+    keep no empty directory (and a store's ``.gitignore`` leaves out ``queue/``), and every
+    write assumes its directory exists. A store this process cannot write to stays as it is."""
+    for directory in layout.directories():
+        if not directory.is_dir():
+            try:
+                fsio.make_dirs(directory)
+            except OSError:
+                return  # read-only: readers need none of them
+
+
 def _check_format(layout: Layout) -> None:
     data = fsio.read_bytes(layout.format_file)
     if data is None:
@@ -110,6 +122,8 @@ class StoreCore(LightningStore):
         if self.created:
             init_store(self.root, durable=durability == "fsync")
         _check_format(layout)
+        if not self.created:
+            _restore_directories(layout)
         self._clock = clock or SystemClock()
         self._ctx = Context(
             layout, self._clock, durability, clock_skew_seconds, shared_fs=is_network_fs(self.root)
