@@ -21,8 +21,9 @@ from mp_workers import make_span
 from two_hosts import TwoHosts, ops_delta, two_hosts  # noqa: F401  (two_hosts is the fixture)
 
 from store_fs import FileStore, RolloutConfig
+from store_fs._disk import span_log
 from store_fs._disk.check import TEMP_FILE_AGE
-from store_fs.errors import RolloutNotFoundError
+from store_fs.errors import CorruptRecordError, RolloutNotFoundError
 
 T = TypeVar("T")
 
@@ -103,6 +104,21 @@ def test_a_counter_of_a_removed_rollout_is_not_made_again(store: FileStore, tmp_
     finally:
         fresh.close()
     assert not store.layout.rollout_dir(rid).exists()
+
+
+def test_a_counter_directory_without_a_counter_is_reported(
+    store: FileStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ``span-seq/`` holding only a stray file: making a counter there fails (the directory is
+    not empty) and no counter ever shows, so the allocation stops with an error naming it."""
+    attempted = run(store.start_rollout(input=1))
+    rid, aid = attempted.rollout_id, attempted.attempt.attempt_id
+    (store.layout.span_seq_dir(rid)).mkdir()
+    (store.layout.span_seq_dir(rid) / "notes.txt").write_text("hello")
+    monkeypatch.setattr(span_log, "_COUNTER_WAITS", 2)
+    with pytest.raises(CorruptRecordError, match="span-seq"):
+        run(store.get_next_span_sequence_id(rid, aid))
+    assert _hidden(store.layout.rollout_dir(rid)) == []  # the attempts' temporary directories went
 
 
 def test_check_sweeps_a_counter_directory_left_half_built(store: FileStore) -> None:

@@ -39,7 +39,7 @@ from store_fs._disk.context import Context
 from store_fs._disk.server_clock import server_offset
 from store_fs._disk.span_decode import copy_span
 from store_fs._disk.span_read import BLANK, UNPARSED, SpanReadCache, collector_paused
-from store_fs.errors import RolloutNotFoundError
+from store_fs.errors import CorruptRecordError, RolloutNotFoundError
 from store_fs.models import Span
 
 __all__ = ["Heartbeat", "SpanLog", "read_span_file"]
@@ -47,6 +47,8 @@ __all__ = ["Heartbeat", "SpanLog", "read_span_file"]
 log = logging.getLogger(__name__)
 
 HEARTBEAT_MIN_INTERVAL = 0.25
+# Looks for a counter another process made, before giving up: ~70 s in all (``_pause_after_losing``).
+_COUNTER_WAITS = 76
 _MAX_OPEN_FILES = 64
 
 
@@ -205,6 +207,8 @@ class SpanLog:
             shutil.rmtree(staging, ignore_errors=True)
             if err.errno in (errno.EEXIST, errno.ENOTEMPTY):
                 return False  # another process's counter is in place
+            if err.errno == errno.ENOENT:
+                raise RolloutNotFoundError(rollout_id) from None  # removed meanwhile
             raise
         if durable:
             fsio.fsync_dir(directory.parent)
@@ -213,8 +217,8 @@ class SpanLog:
     def allocate(self, rollout_id: str, count: int = 1) -> int:
         """Reserve ``count`` consecutive sequence numbers; returns the first.
 
-        Raises :class:`RolloutNotFoundError` when the rollout has no counter (it never existed
-        or was removed).
+        Raises :class:`RolloutNotFoundError` when the rollout's directory is gone (it never
+        existed or was removed); a rollout without a counter yet gets one (``_publish_counter``).
         """
         # The counter this process renamed last is usually still the counter: one rename, no
         # listing (on NFS a listing is a READDIR round trip, and may be served stale anyway).
@@ -228,7 +232,7 @@ class SpanLog:
             # created the rollout's first attempt (``new_attempt``).
             self._raise_to_stored(rollout_id)
             last = self._state().counters.get(rollout_id)
-        pause = 0.0
+        lost = 0
         while True:
             if last is not None and self._rename_counter(rollout_id, last, last + count):
                 self._remember(rollout_id, last + count)
@@ -240,10 +244,18 @@ class SpanLog:
                 if self._publish_counter(rollout_id, count, durable=self._ctx.durable):
                     self._remember(rollout_id, count)
                     return 1
-                # Another process's counter came first, but this host may list it only once its
-                # caches expire (NFS): pause a little between tries instead of spinning.
-                pause = min(0.05, pause + 0.005)
-                time.sleep(pause)
+                lost = self._pause_after_losing(rollout_id, lost)
+
+    def _pause_after_losing(self, rollout_id: str, lost: int) -> int:
+        """Another process's counter landed first, yet this host lists none: on NFS a host may
+        see it only once its caches expire (a minute at most), so wait, longer each time, before
+        looking again. A ``span-seq/`` that never shows a counter (only files not named by a
+        number) is reported instead of waited on forever. Returns the new count of losses."""
+        if lost >= _COUNTER_WAITS:
+            where = str(self._layout.span_seq_dir(rollout_id))
+            raise CorruptRecordError(where, "holds no span counter (a file named by a number)")
+        time.sleep(min(1.0, 0.005 * 2**lost))
+        return lost + 1
 
     def _rename_counter(self, rollout_id: str, last: int, new: int, *, durable: bool | None = None) -> bool:
         directory = self._layout.span_seq_dir(rollout_id)
@@ -290,15 +302,14 @@ class SpanLog:
                 return
         except FileNotFoundError:
             pass  # no span-seq/ yet: the loop publishes the counter
-        pause = 0.0
+        lost = 0
         while True:
             last = self._counter(rollout_id)
             if last is None:
                 if self._publish_counter(rollout_id, at_least, durable=durable):
                     self._remember(rollout_id, at_least)
                     return
-                pause = min(0.05, pause + 0.005)  # as in ``allocate``
-                time.sleep(pause)
+                lost = self._pause_after_losing(rollout_id, lost)
                 continue
             if last >= at_least or self._rename_counter(rollout_id, last, at_least, durable=durable):
                 self._remember(rollout_id, max(last, at_least))
