@@ -1,6 +1,6 @@
 """Filesystem operations per rollout, and loop throughput, on two simulated NFS clients.
 
-    .venv/bin/python benchmarks/bench_nfs.py [--rollouts N] [--latencies 0,1,5] [--runners 1,4]
+    .venv/bin/python benchmarks/bench_nfs.py [--rollouts N] [--latencies 0,1,5] [--runners 1,4] [--trace DIR]
 
 Mounts ``tests/nfs_fuse.py`` twice over one backing directory (host A: the algorithm,
 host B: the runners; attribute/entry/negative caches of 1 s, like ``actimeo=1``) and
@@ -31,7 +31,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -70,13 +70,27 @@ async def _enqueue(store: FileStore, n: int) -> list[str]:
     return [(await store.enqueue_rollout(input={"i": i})).rollout_id for i in range(n)]
 
 
-def ops_per_rollout(base: Path, n: int, latency_ms: float) -> None:
+def _marker(trace: Path | None) -> Callable[[str, str], None]:
+    """``mark(host, text)``: a line of ours in the host's trace, between the requests before
+    it and after it (nothing when not tracing)."""
+
+    def mark(host: str, text: str) -> None:
+        if trace is not None:
+            with open(trace / f"host-{host}.trace", "a") as f:
+                f.write(f"# {text}\n")
+
+    return mark
+
+
+def ops_per_rollout(base: Path, n: int, latency_ms: float, trace: Path | None = None) -> None:
     os.environ["AGL_NETWORK_FS"] = "1"  # docs/nfs.md: what users of an unrecognised network FS set
-    with mounted_two_hosts(base, latency_ms=latency_ms, **CACHE) as hosts:
+    mark = _marker(trace)
+    with mounted_two_hosts(base, latency_ms=latency_ms, trace_dir=trace, **CACHE) as hosts:
         algo = FileStore(hosts.a.path / "store", watch_mode="poll")
         runner = FileStore(hosts.b.path / "store", create=False, watch_mode="poll")
         try:
             a0 = hosts.a.ops()
+            mark("a", "enqueue")
             ids = asyncio.run(_enqueue(algo, 2 * n))
             enqueue = ops_delta(a0, hosts.a.ops())
             time.sleep(1.2)  # B's caches of the new store expire, as between real hosts
@@ -97,12 +111,15 @@ def ops_per_rollout(base: Path, n: int, latency_ms: float) -> None:
             async def work() -> None:
                 for i in range(2 * n):
                     b0 = hosts.b.ops()
+                    mark("b", f"dequeue {i}")
                     attempted = await runner.dequeue_rollout(worker_id="bench")
                     assert attempted is not None
                     b1 = hosts.b.ops()
                     rid, aid = attempted.rollout_id, attempted.attempt.attempt_id
+                    mark("b", f"{SPANS} spans{', batched' if i >= n else ''} {i}")
                     await add_spans(rid, aid, batched=i >= n)
                     b2 = hosts.b.ops()
+                    mark("b", f"complete {i}")
                     await runner.update_attempt(rid, aid, status="succeeded")
                     b3 = hosts.b.ops()
                     if i >= n:
@@ -120,6 +137,7 @@ def ops_per_rollout(base: Path, n: int, latency_ms: float) -> None:
 
             async def both() -> float:
                 a1 = hosts.a.ops()
+                mark("a", "wait")
                 waiting = asyncio.create_task(wait())
                 await asyncio.to_thread(lambda: asyncio.run(work()))
                 seconds = await waiting
@@ -204,6 +222,12 @@ def main() -> int:
     parser.add_argument("--rollouts", type=int, default=40, help="rollouts per measurement")
     parser.add_argument("--latencies", default="0,1,5", help="ms per request, comma separated")
     parser.add_argument("--runners", default="1,4", help="runner processes on B, comma separated")
+    parser.add_argument(
+        "--trace",
+        type=Path,
+        default=None,
+        help="write each host's requests, with their paths and the phases, to DIR/<latency>/host-<a|b>.trace",
+    )
     args = parser.parse_args()
     reason = unavailable_reason()
     if reason is not None:
@@ -214,7 +238,8 @@ def main() -> int:
     base = Path(tempfile.mkdtemp(prefix="bench_nfs-"))
     try:
         for i, latency in enumerate(latencies):
-            ops_per_rollout(base / f"ops{i}", args.rollouts, latency)
+            trace = None if args.trace is None else args.trace / f"{latency:g}ms"
+            ops_per_rollout(base / f"ops{i}", args.rollouts, latency, trace)
         what = f"enqueue on A, N runners on B, {SPANS} spans each, {args.rollouts} rollouts"
         print(f"\n== loop throughput: {what}")
         print(f"  {'filesystem':<26}" + "".join(f"{f'{r} runner(s)':>14}" for r in runner_counts))

@@ -460,10 +460,10 @@ class CrashFS(PassthroughFS):
         self.handles: dict[int, int] = {}  # backing descriptor -> object
 
     # -- hooks -----------------------------------------------------------------------
-    def _op(self, name: str) -> None:
+    def _op(self, name: str, path: str | None = None, other: str = "") -> None:
         if self.frozen:
             raise mfusepy.FuseOSError(errno.EIO)
-        super()._op(name)
+        super()._op(name, path, other)
 
     @contextlib.contextmanager
     def _mutation(self) -> Iterator[DurableModel]:
@@ -592,7 +592,7 @@ class CrashFS(PassthroughFS):
 
     def fsyncdir(self, path: str, datasync: int, fh: int) -> int:
         with self._mutation() as model:
-            self._op("fsyncdir")
+            self._op("fsyncdir", path)
             model.sync_dir(self._full(path))  # no fsync of the backing disk: durability is modelled
         return 0
 
@@ -670,7 +670,7 @@ class CrashFS(PassthroughFS):
         if path == self.control_name:
             return 0
         with self._mutation() as model:
-            self._op("fsync")
+            self._op("fsync", path)
             model.sync_file(self.handles[fi.fh], fi.fh)  # no fsync of the backing disk
         return 0
 

@@ -37,7 +37,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TextIO
 
 import mfusepy
 
@@ -158,12 +158,20 @@ class PassthroughFS(mfusepy.Operations):  # type: ignore[misc]  # mfusepy is unt
         # thread id: libfuse's threads are foreign to Python, whose thread state (and so any
         # threading.local) ctypes creates afresh for every callback.
         self._filling: dict[int, str] = {}
+        # One line per counted request, with its path, when tracing (nfs_fuse.py --trace).
+        self.trace: TextIO | None = None
+        self.trace_lock = threading.Lock()
 
     # -- hooks -------------------------------------------------------------------------
-    def _op(self, name: str) -> None:
-        """Called first by every counted request."""
+    def _op(self, name: str, path: str | None = None, other: str = "") -> None:
+        """Called first by every counted request (``path``, and ``other`` for a rename's or
+        link's second name, only go to the trace)."""
         self._filling.pop(threading.get_ident(), None)  # a new request: no reply being filled
         self.stats.add(name)
+        if self.trace is not None:
+            line = f"{time.time():.6f} {name} {path or '-'}{' ' + other if other else ''}\n"
+            with self.trace_lock:
+                self.trace.write(line)
 
     def _changed(self, *paths: str) -> None:
         """After a namespace operation on ``paths`` (successful or not)."""
@@ -213,9 +221,9 @@ class PassthroughFS(mfusepy.Operations):  # type: ignore[misc]  # mfusepy is unt
         if path is not None and self._filling.get(threading.get_ident()) == path:
             del self._filling[threading.get_ident()]  # the reply of the request that made ``path``
         elif fh is not None:
-            self._op("getattr")
+            self._op("getattr", path)
         else:
-            self._op("lookup")
+            self._op("lookup", path)
         if fh is not None:
             return stat_dict(os.fstat(fd_of(fh)))
         return stat_dict(os.lstat(self._full(str(path))))
@@ -225,18 +233,18 @@ class PassthroughFS(mfusepy.Operations):  # type: ignore[misc]  # mfusepy is unt
         self._filling[threading.get_ident()] = path
 
     def chmod(self, path: str, mode: int) -> int:
-        self._op("chmod")
+        self._op("chmod", path)
         os.chmod(self._full(path), mode)
         return 0
 
     def chown(self, path: str, uid: int, gid: int) -> int:
-        self._op("chmod")
+        self._op("chmod", path)
         os.lchown(self._full(path), uid, gid)
         return 0
 
     def utimens(self, path: str, times: tuple[int | None, int | None] | None = None) -> int:
         """``times`` as :class:`PassthroughFUSE` decodes them: None is now; a None time is left as is."""
-        self._op("utimens")
+        self._op("utimens", path)
         full = self._full(path)
         if times is None:
             os.utime(full, follow_symlinks=False)
@@ -252,7 +260,7 @@ class PassthroughFS(mfusepy.Operations):  # type: ignore[misc]  # mfusepy is unt
     def truncate(self, path: str | None, length: int, fh: Any = None) -> int:
         if path == self.control_name:
             return 0  # opening the control file for writing may truncate it: nothing to do
-        self._op("truncate")
+        self._op("truncate", path)
         if fh is not None:
             os.ftruncate(fd_of(fh), length)
         else:
@@ -265,7 +273,7 @@ class PassthroughFS(mfusepy.Operations):  # type: ignore[misc]  # mfusepy is unt
         return 0
 
     def statfs(self, path: str) -> dict[str, int]:
-        self._op("statfs")
+        self._op("statfs", path)
         st = os.statvfs(self._full(path))
         keys = ("f_bavail", "f_bfree", "f_blocks", "f_bsize", "f_favail", "f_ffree", "f_files")
         out = {k: getattr(st, k) for k in keys}
@@ -274,7 +282,7 @@ class PassthroughFS(mfusepy.Operations):  # type: ignore[misc]  # mfusepy is unt
 
     # -- namespace -----------------------------------------------------------------------
     def mkdir(self, path: str, mode: int) -> int:
-        self._op("mkdir")
+        self._op("mkdir", path)
         try:
             os.mkdir(self._full(path), mode)
         finally:
@@ -283,7 +291,7 @@ class PassthroughFS(mfusepy.Operations):  # type: ignore[misc]  # mfusepy is unt
         return 0
 
     def rmdir(self, path: str) -> int:
-        self._op("rmdir")
+        self._op("rmdir", path)
         try:
             os.rmdir(self._full(path))
         finally:
@@ -291,7 +299,7 @@ class PassthroughFS(mfusepy.Operations):  # type: ignore[misc]  # mfusepy is unt
         return 0
 
     def unlink(self, path: str) -> int:
-        self._op("unlink")
+        self._op("unlink", path)
         try:
             os.unlink(self._full(path))
         finally:
@@ -299,7 +307,7 @@ class PassthroughFS(mfusepy.Operations):  # type: ignore[misc]  # mfusepy is unt
         return 0
 
     def rename(self, old: str, new: str, flags: int = 0) -> int:
-        self._op("rename")
+        self._op("rename", old, new)
         if flags:
             raise mfusepy.FuseOSError(errno.EINVAL)  # no renameat2 in Python (and none on NFS)
         try:
@@ -309,7 +317,7 @@ class PassthroughFS(mfusepy.Operations):  # type: ignore[misc]  # mfusepy is unt
         return 0
 
     def link(self, target: str, source: str) -> int:
-        self._op("link")
+        self._op("link", source, target)  # as rename: the existing name, then the new one
         try:
             os.link(self._full(source), self._full(target))
         finally:
@@ -318,7 +326,7 @@ class PassthroughFS(mfusepy.Operations):  # type: ignore[misc]  # mfusepy is unt
         return 0
 
     def symlink(self, target: str, source: str) -> int:
-        self._op("symlink")
+        self._op("symlink", target, source)
         try:
             os.symlink(source, self._full(target))
         finally:
@@ -327,11 +335,11 @@ class PassthroughFS(mfusepy.Operations):  # type: ignore[misc]  # mfusepy is unt
         return 0
 
     def readlink(self, path: str) -> str:
-        self._op("readlink")
+        self._op("readlink", path)
         return os.readlink(self._full(path))
 
     def mknod(self, path: str, mode: int, dev: int) -> int:
-        self._op("create")
+        self._op("create", path)
         try:
             os.mknod(self._full(path), mode, dev)
         finally:
@@ -341,7 +349,7 @@ class PassthroughFS(mfusepy.Operations):  # type: ignore[misc]  # mfusepy is unt
 
     # -- directories ---------------------------------------------------------------------
     def opendir(self, path: str) -> int:
-        self._op("opendir")
+        self._op("opendir", path)
         if not os.path.isdir(self._full(path)):
             raise mfusepy.FuseOSError(errno.ENOTDIR)
         return 0
@@ -359,14 +367,14 @@ class PassthroughFS(mfusepy.Operations):  # type: ignore[misc]  # mfusepy is unt
         return listing
 
     def readdir(self, path: str, fh: int) -> list[Any]:
-        self._op("readdir")
+        self._op("readdir", path)
         return self.list_dir(path)
 
     def releasedir(self, path: str, fh: int) -> int:
         return 0
 
     def fsyncdir(self, path: str, datasync: int, fh: int) -> int:
-        self._op("fsync")
+        self._op("fsync", path)
         fd = os.open(self._full(path), os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(fd)
@@ -393,7 +401,7 @@ class PassthroughFS(mfusepy.Operations):  # type: ignore[misc]  # mfusepy is unt
                 self.snapshots[fi.fh] = self.snapshot() if fi.flags & os.O_ACCMODE != os.O_WRONLY else b""
             fi.direct_io = 1
             return 0
-        self._op("open")
+        self._op("open", path)
         flags = self.backing_flags(fi.flags)
         if fi.flags & os.O_TRUNC:
             flags |= os.O_TRUNC
@@ -403,7 +411,7 @@ class PassthroughFS(mfusepy.Operations):  # type: ignore[misc]  # mfusepy is unt
         return 0
 
     def create(self, path: str, mode: int, fi: Any) -> int:
-        self._op("create")
+        self._op("create", path)
         flags = self.backing_flags(fi.flags) | os.O_CREAT | (fi.flags & (os.O_EXCL | os.O_TRUNC))
         try:
             fi.fh = os.open(self._full(path), flags, mode)
@@ -417,25 +425,25 @@ class PassthroughFS(mfusepy.Operations):  # type: ignore[misc]  # mfusepy is unt
     def read(self, path: str | None, size: int, offset: int, fi: Any) -> bytes:
         if path == self.control_name:
             return self.snapshots.get(fi.fh, b"")[offset : offset + size]
-        self._op("read")
+        self._op("read", path)
         return os.pread(fi.fh, size, offset)
 
     def write(self, path: str | None, data: bytes, offset: int, fi: Any) -> int:
         if path == self.control_name:
             self.command(data)
             return len(data)
-        self._op("write")
+        self._op("write", path)
         return os.pwrite(fi.fh, data, offset)
 
     def flush(self, path: str | None, fi: Any) -> int:
         if path != self.control_name:
-            self._op("flush")
+            self._op("flush", path)
         return 0
 
     def fsync(self, path: str | None, datasync: int, fi: Any) -> int:
         if path == self.control_name:
             return 0
-        self._op("fsync")
+        self._op("fsync", path)
         if datasync:
             os.fdatasync(fi.fh)
         else:
@@ -447,7 +455,7 @@ class PassthroughFS(mfusepy.Operations):  # type: ignore[misc]  # mfusepy is unt
             with self.snap_lock:
                 self.snapshots.pop(fi.fh, None)
             return 0
-        self._op("release")
+        self._op("release", path)
         os.close(fi.fh)
         return 0
 

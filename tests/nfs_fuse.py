@@ -2,7 +2,7 @@
 
     python tests/nfs_fuse.py BACKING MOUNTPOINT [--attr-timeout S] [--entry-timeout S]
         [--negative-timeout S] [--latency-ms MS] [--stats FILE] [--stats-interval S]
-        [--direct-io] [--no-readdir-cache]
+        [--direct-io] [--no-readdir-cache] [--trace FILE]
 
 Every operation is passed through to the directory BACKING (the "server"). Mount the
 same BACKING twice, from two processes on two mount points, and you have two "hosts":
@@ -57,6 +57,10 @@ Injected latency (``--latency-ms``) is slept in the handler of every request the
 sends (lookup, getattr, readdir, open, create, read, write, rename, link, unlink, mkdir,
 fsync, ...; not release, flush, access), concurrently across requests: like an NFS
 round trip per RPC.
+
+``--trace FILE`` appends one line per counted request, ``<time> <kind> <path> [<second path>]``
+(a rename's or link's new name): what a piece of work asks the server, in order
+(``benchmarks/bench_nfs.py --trace DIR``).
 
 Counters of requests that reached the filesystem, by kind, are available two ways:
 
@@ -162,8 +166,8 @@ class NfsLikeFS(PassthroughFS):
         self.dir_lock = threading.Lock()
 
     # -- hooks -------------------------------------------------------------------------
-    def _op(self, name: str) -> None:
-        super()._op(name)
+    def _op(self, name: str, path: str | None = None, other: str = "") -> None:
+        super()._op(name, path, other)
         if self.latency and name not in _NO_LATENCY:
             time.sleep(self.latency)
 
@@ -215,12 +219,12 @@ class NfsLikeFS(PassthroughFS):
                 kept, fetched, kept_signature = cached
                 if now - fetched < self.dir_ttl:
                     return kept  # served from this host's cache: no round trip
-                self._op("getattr")  # revalidate: has the directory changed?
+                self._op("getattr", path)  # revalidate: has the directory changed?
                 if _dir_signature(os.stat(full)) == kept_signature:
                     with self.dir_lock:
                         self.dir_cache[path] = (kept, now, kept_signature)
                     return kept
-        self._op("readdir")
+        self._op("readdir", path)
         signature = _dir_signature(os.stat(full))
         listing = self.list_dir(path)
         if self.dir_ttl > 0:
@@ -263,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
         "--no-readdir-cache", dest="readdir_cache", action="store_false", help="list afresh at every opendir"
     )
     parser.add_argument("--debug", action="store_true", help="libfuse debug output")
+    parser.add_argument(
+        "--trace", default=None, help="append '<time> <request> <path> [<second path>]' per counted request"
+    )
     args = parser.parse_args(argv)
 
     if not os.path.isdir(args.backing):
@@ -278,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"mountpoint": os.path.abspath(args.mountpoint), "backing": os.path.abspath(args.backing)}
     stats = Stats(COUNTERS, {**meta, **options})
     fs = NfsLikeFS(args.backing, stats, args)
+    if args.trace:
+        fs.trace = open(args.trace, "a", buffering=1)  # noqa: SIM115  (open while mounted)
     serve(
         fs,
         args.mountpoint,

@@ -340,6 +340,27 @@ def test_harness_behaves_like_two_nfs_clients(two_hosts: Callable[..., TwoHosts]
     assert delta.get("read", 0) >= 1, delta
 
 
+def test_harness_traces_each_request_with_its_paths(
+    two_hosts: Callable[..., TwoHosts],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """``nfs_fuse.py --trace`` (what benchmarks/bench_nfs.py --trace reads): a line per counted
+    request, in order, naming the path, and a rename's or link's new name too."""
+    hosts = two_hosts(trace_dir=tmp_path / "trace")
+    a = hosts.a.path
+    (a / "x").write_bytes(b"1")
+    os.rename(a / "x", a / "y")
+    os.link(a / "y", a / "z")
+    lines = [line.split(" ", 1)[1] for line in (tmp_path / "trace" / "host-a.trace").read_text().splitlines()]
+    kinds = [line.split()[0] for line in lines]
+    assert "create /x" in lines
+    assert "write /x" in lines
+    assert "rename /x /y" in lines
+    assert "link /y /z" in lines
+    assert kinds.index("create") < kinds.index("rename") < kinds.index("link")
+    assert "/x" not in (tmp_path / "trace" / "host-b.trace").read_text()  # each host its own trace
+
+
 # -- the loop on two hosts -------------------------------------------------------------
 def test_runners_on_both_hosts_drain_rollouts_enqueued_on_a(
     two_hosts: Callable[..., TwoHosts],  # noqa: F811

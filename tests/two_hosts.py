@@ -176,14 +176,24 @@ def mounted_two_hosts(
     latency_ms: float = 0.0,
     latency_ms_b: float | None = None,
     extra: tuple[str, ...] = (),
+    trace_dir: Path | None = None,
 ) -> Iterator[TwoHosts]:
-    """Mount host A and host B over ``base/backing``; unmount both however the block ends."""
+    """Mount host A and host B over ``base/backing``; unmount both however the block ends.
+
+    ``trace_dir``: each host appends a line per request to ``trace_dir/host-<name>.trace``
+    (``nfs_fuse.py --trace``)."""
     reason = unavailable_reason()
     if reason is not None:
         pytest.skip(reason)
     backing = base / "backing"
     backing.mkdir(parents=True, exist_ok=True)
+    if trace_dir is not None:
+        trace_dir.mkdir(parents=True, exist_ok=True)
     hosts: list[Host] = []
+
+    def traced(name: str) -> tuple[str, ...]:
+        return extra if trace_dir is None else (*extra, f"--trace={trace_dir / f'host-{name}.trace'}")
+
     try:
         for name, latency in (("a", latency_ms), ("b", latency_ms if latency_ms_b is None else latency_ms_b)):
             hosts.append(
@@ -195,7 +205,7 @@ def mounted_two_hosts(
                     entry_timeout=entry_timeout,
                     negative_timeout=negative_timeout,
                     latency_ms=latency,
-                    extra=extra,
+                    extra=traced(name),
                 )
             )
         yield TwoHosts(backing, hosts[0], hosts[1])
