@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -168,13 +169,33 @@ class RecordStore:
             # contents): a revision this process failed to create is known to exist by name.
             while os.path.exists(self._rev_str(rollout_id, rev + 1)):
                 rev += 1
-            path = hist / _rev_name(rev)
-            data = fsio.read_bytes(path)
-            if data is None:  # pruned between listing and reading: list again
+            found = self._read_newest_readable(hist, rev)
+            if found is None:
+                if not hist.is_dir():
+                    return None  # removed (``agl prune``) between listing and reading
+                time.sleep(0.01)  # every listed revision unreadable: caches catching up
                 continue
+            rev, path, data = found
             head = _Head(rev, data, _parse(path, data))
             cache.heads[rollout_id] = head
             return head
+
+    @staticmethod
+    def _read_newest_readable(hist: Path, rev: int) -> tuple[int, Path, bytes] | None:
+        """Revision ``rev``'s bytes, or else of the newest one below it that can be read.
+
+        On NFS a listing can name a revision that this host's lookups still answer "not found"
+        for (a cached negative lookup, kept for up to the mount's cache timeout, from before
+        the revision was made). Listing and reading again would spin until the cache expires
+        (one waiter looped ~700 times, benchmarks/bench_nfs.py --trace); the revision below
+        is what this host's caches still show, and the next look after they expire reads on.
+        """
+        for candidate in range(rev, 0, -1):
+            path = hist / _rev_name(candidate)
+            data = fsio.read_bytes(path)
+            if data is not None:
+                return candidate, path, data
+        return None
 
     def _rev_str(self, rollout_id: str, rev: int) -> str:
         # A string, not a Path: every cached read and every write stats the next revision.

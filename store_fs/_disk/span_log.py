@@ -154,6 +154,7 @@ class _WriterState:
         self.known_ids: OrderedDict[Path, set[str]] = OrderedDict()
         self.counters: dict[str, int] = {}
         self.spanless: set[str] = set()  # rollouts whose first attempt this process created
+        self.unmade: set[Path] = set()  # directories of attempts this process created, not made yet
         self.heartbeats: dict[Path, tuple[int, float]] = {}
         self.torn: set[Path] = set()  # logs whose last append failed (maybe midway)
         self.lock = threading.Lock()
@@ -233,10 +234,18 @@ class SpanLog:
             self._raise_to_stored(rollout_id)
             last = self._state().counters.get(rollout_id)
         lost = 0
+        # A rollout whose first attempt this process created usually has no counter yet: try to
+        # make it before listing ``span-seq/`` (one lookup fewer); that fails if one exists.
+        guess_none = last is None and rollout_id in self._state().spanless
         while True:
             if last is not None and self._rename_counter(rollout_id, last, last + count):
                 self._remember(rollout_id, last + count)
                 return last + 1
+            if guess_none:
+                guess_none = False
+                if self._publish_counter(rollout_id, count, durable=self._ctx.durable):
+                    self._remember(rollout_id, count)
+                    return 1
             last = self._counter(rollout_id)
             if last is None:
                 # No counter yet, so no number was handed out: none is stored (a counter raised
@@ -327,6 +336,15 @@ class SpanLog:
         if fd is not None:
             state.fds.move_to_end(path)
             return fd
+        attempt_dir = path.parent
+        if attempt_dir in state.unmade:
+            state.unmade.discard(attempt_dir)
+            if not self._ctx.durable:
+                # This process's new attempt: its directory is most likely missing, and so is
+                # ``attempts/`` for a first attempt. Made top down, they cost one request to an
+                # NFS server fewer than an open that fails first (fsync mode makes them durably).
+                attempt_dir.parent.mkdir(exist_ok=True)
+                attempt_dir.mkdir(exist_ok=True)
         fd = fsio.open_making_dirs(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, durable=self._ctx.durable)
         state.fds[path] = fd
         while len(state.fds) > _MAX_OPEN_FILES:
@@ -362,6 +380,9 @@ class SpanLog:
                 if len(state.spanless) > 4096:
                     state.spanless.clear()
                 state.spanless.add(rollout_id)
+            if len(state.unmade) > 4096:
+                state.unmade.clear()
+            state.unmade.add(attempt_dir)
 
     def append(self, attempt_dir: Path, spans: Sequence[Span]) -> tuple[list[Span], Path | None]:
         """Write the spans whose ``span_id`` this attempt does not hold yet, in one write.
