@@ -343,8 +343,11 @@ class SpanLog:
                 # This process's new attempt: its directory is most likely missing, and so is
                 # ``attempts/`` for a first attempt. Made top down, they cost one request to an
                 # NFS server fewer than an open that fails first (fsync mode makes them durably).
-                attempt_dir.parent.mkdir(exist_ok=True)
-                attempt_dir.mkdir(exist_ok=True)
+                try:
+                    attempt_dir.parent.mkdir(exist_ok=True)
+                    attempt_dir.mkdir(exist_ok=True)
+                except FileNotFoundError:
+                    pass  # the rollout's directory is gone: the open below decides, as always
         fd = fsio.open_making_dirs(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, durable=self._ctx.durable)
         state.fds[path] = fd
         while len(state.fds) > _MAX_OPEN_FILES:
