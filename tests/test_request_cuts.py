@@ -4,7 +4,8 @@ Each cut is a change of what is written when (docs/format.md): an empty pending 
 counter made by the first allocation instead of at enqueue, the first span's heartbeat stored
 in the revision that marks the attempt running, the index log's "was it deleted?" question
 asked once a second on a network filesystem, and a waiter reading the revision the index
-named. The last test counts the requests of one rollout on the two-host test filesystem.
+named. The last two tests run on the two-host test filesystem: a reader meeting a listing
+ahead of its host's cached lookups, and the requests one rollout costs.
 """
 
 from __future__ import annotations
