@@ -223,37 +223,37 @@ class SpanLog:
         """
         # The counter this process renamed last is usually still the counter: one rename, no
         # listing (on NFS a listing is a READDIR round trip, and may be served stale anyway).
-        last = self._state().counters.get(rollout_id)
-        if last is None and rollout_id not in self._state().spanless:
+        state = self._state()
+        last = state.counters.get(rollout_id)
+        # A rollout whose first attempt this process created (``new_attempt``) holds no span
+        # anywhere, and usually no counter yet: the first try makes one without listing
+        # ``span-seq/`` for it (one lookup fewer), which fails if one exists.
+        first = last is None and rollout_id in state.spanless
+        if last is None and not first:
             # A bump is not synced by itself (see ``bump``): after a power cut the counter may
             # be below a stored span's number. This process has not used this counter before,
             # so it may be the first since a cut (whatever its own durability setting): it
             # raises the counter to the stored spans first, and only then hands out numbers.
-            # Usually one listing that finds no ``attempts/`` yet; none when this process
-            # created the rollout's first attempt (``new_attempt``).
+            # Usually one listing that finds no ``attempts/`` yet.
             self._raise_to_stored(rollout_id)
-            last = self._state().counters.get(rollout_id)
+            last = state.counters.get(rollout_id)
         lost = 0
-        # A rollout whose first attempt this process created usually has no counter yet: try to
-        # make it before listing ``span-seq/`` (one lookup fewer); that fails if one exists.
-        guess_none = last is None and rollout_id in self._state().spanless
         while True:
-            if last is not None and self._rename_counter(rollout_id, last, last + count):
+            if last is not None and self._rename_counter(
+                rollout_id, last, last + count, durable=self._ctx.durable
+            ):
                 self._remember(rollout_id, last + count)
                 return last + 1
-            if guess_none:
-                guess_none = False
-                if self._publish_counter(rollout_id, count, durable=self._ctx.durable):
-                    self._remember(rollout_id, count)
-                    return 1
-            last = self._counter(rollout_id)
+            last = None if first else self._counter(rollout_id)
             if last is None:
                 # No counter yet, so no number was handed out: none is stored (a counter raised
                 # to stored spans above would exist). This allocation becomes the counter.
                 if self._publish_counter(rollout_id, count, durable=self._ctx.durable):
                     self._remember(rollout_id, count)
                     return 1
-                lost = self._pause_after_losing(rollout_id, lost)
+                if not first:
+                    lost = self._pause_after_losing(rollout_id, lost)
+            first = False
 
     def _pause_after_losing(self, rollout_id: str, lost: int) -> int:
         """Another process's counter landed first, yet this host lists none: on NFS a host may
@@ -266,11 +266,10 @@ class SpanLog:
         time.sleep(min(1.0, 0.005 * 2**lost))
         return lost + 1
 
-    def _rename_counter(self, rollout_id: str, last: int, new: int, *, durable: bool | None = None) -> bool:
+    def _rename_counter(self, rollout_id: str, last: int, new: int, *, durable: bool) -> bool:
         directory = self._layout.span_seq_dir(rollout_id)
-        sync = self._ctx.durable if durable is None else durable
         try:
-            return fsio.move(directory / str(last), directory / str(new), durable=sync)
+            return fsio.move(directory / str(last), directory / str(new), durable=durable)
         except FileNotFoundError:  # span-seq/ is gone: the rollout was removed (or re-made)
             if not self._layout.history_dir(rollout_id).is_dir():
                 raise RolloutNotFoundError(rollout_id) from None
