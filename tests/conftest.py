@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import compileall
 import logging
 import os
 from collections.abc import Iterator
@@ -13,6 +14,19 @@ from store_fs import FakeClock, FileStore
 
 # Importing agentlightning makes LiteLLM try to fetch a price list from the network; keep it local.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Compile the project's modules to bytecode once, for the processes the tests start.
+
+    With ``PYTHONDONTWRITEBYTECODE`` set (as on this project's CI machines) no import writes
+    bytecode, so every ``agl`` call and every child process the suite starts (hundreds) would
+    compile ``store_fs`` and ``agl_cli`` from source again: ~50 ms each. Reading bytecode is
+    still allowed, and ``compileall`` writes it whatever that variable says.
+    """
+    root = Path(__file__).resolve().parent.parent
+    for package in ("store_fs", "agl_cli", "tests"):
+        compileall.compile_dir(root / package, quiet=1)
 
 
 @pytest.fixture
