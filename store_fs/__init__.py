@@ -25,6 +25,7 @@ from store_fs.errors import (
     ResourcesNotFoundError,
     RolloutNotFoundError,
     StoreNotFoundError,
+    UnstorableValueError,
     WorkerNotFoundError,
 )
 from store_fs.models import *  # noqa: F403 - the data model is part of the public surface
@@ -78,6 +79,7 @@ __all__ = [
     "RolloutNotFoundError",
     "StoreNotFoundError",
     "SystemClock",
+    "UnstorableValueError",
     "WorkerNotFoundError",
     "__version__",
     "init_store",

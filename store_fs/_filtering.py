@@ -122,7 +122,12 @@ def sort_items(
         key: Callable[[T], Any] = lambda i: filler if getattr(i, sort_by) is None else getattr(i, sort_by)  # noqa: E731
     else:
         key = lambda i: getattr(i, sort_by)  # noqa: E731
-    return sorted(items, key=key, reverse=sort_order == "desc")
+    try:
+        return sorted(items, key=key, reverse=sort_order == "desc")
+    except TypeError:
+        raise ValueError(
+            f"cannot sort by {sort_by}: its values (objects, mixed types) have no order"
+        ) from None
 
 
 def check_page_args(limit: int, offset: int) -> None:

@@ -299,7 +299,10 @@ class Transport:
         target = self._prefix + path
         if params:
             target += "?" + urlencode(params, doseq=True)
-        body = None if json is None else orjson.dumps(json, option=_JSON_OPTIONS)
+        try:
+            body = None if json is None else orjson.dumps(json, option=_JSON_OPTIONS)
+        except orjson.JSONEncodeError as err:  # refused here as the server would refuse it
+            raise errors.UnstorableValueError(f"the body of {method} {path}", str(err)) from None
         request = self._request(method, target, body, "application/json")
         limit = self.timeout if isinstance(timeout, Unset) else timeout
         reply = await self._send(request, limit, idempotent, f"{method} {path}")

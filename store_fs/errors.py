@@ -37,6 +37,7 @@ __all__ = [
     "ResourcesNotFoundError",
     "RolloutNotFoundError",
     "StoreNotFoundError",
+    "UnstorableValueError",
     "WorkerNotFoundError",
     "mapping_for",
 ]
@@ -114,6 +115,16 @@ class InvalidIdError(AglError, ValueError):
         super().__init__(f"invalid {kind} id {value!r}: {reason}")
         self.kind = kind
         self.value = value
+        self.reason = reason
+
+
+class UnstorableValueError(AglError, ValueError):
+    """A value JSON cannot hold as given: an integer outside 64 bits, nesting deeper than 254
+    levels, an object of no JSON type. Refused before anything of the call is written."""
+
+    def __init__(self, what: str, reason: str) -> None:
+        super().__init__(f"{what} cannot be stored as JSON: {reason}")
+        self.what = what
         self.reason = reason
 
 
@@ -229,6 +240,7 @@ ERROR_TABLE: tuple[ErrorMapping, ...] = (
     ErrorMapping(ConflictError, ExitCode.CONFLICT, 409, True),
     ErrorMapping(MaintenanceBusyError, ExitCode.CONFLICT, 409, True),
     ErrorMapping(InvalidIdError, ExitCode.BAD_INPUT, 400, True),
+    ErrorMapping(UnstorableValueError, ExitCode.BAD_INPUT, 400, True),
     # A missing store or damage on disk is the server's problem, not the caller's.
     ErrorMapping(StoreNotFoundError, ExitCode.NO_STORE, 500, False),
     ErrorMapping(FormatVersionError, ExitCode.NO_STORE, 500, False),

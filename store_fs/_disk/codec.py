@@ -11,7 +11,9 @@ from typing import Any
 
 import orjson
 
-__all__ = ["DecodeError", "dumps_line", "dumps_record", "loads"]
+from store_fs.errors import UnstorableValueError
+
+__all__ = ["DecodeError", "check_storable", "dumps_line", "dumps_record", "loads"]
 
 DecodeError = orjson.JSONDecodeError
 
@@ -29,14 +31,38 @@ def _default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+def _refused(what: str, err: orjson.JSONEncodeError) -> UnstorableValueError:
+    return UnstorableValueError(what, str(err) or type(err).__name__)
+
+
 def dumps_record(obj: Any) -> bytes:
-    """Pretty, key-sorted JSON with a final newline."""
-    return orjson.dumps(obj, default=_default, option=_RECORD)
+    """Pretty, key-sorted JSON with a final newline; :class:`UnstorableValueError` if JSON cannot hold it."""
+    try:
+        return orjson.dumps(obj, default=_default, option=_RECORD)
+    except orjson.JSONEncodeError as err:
+        raise _refused(type(obj).__name__, err) from None
 
 
 def dumps_line(obj: Any) -> bytes:
-    """One compact JSON line ending in a newline (no newline may occur inside)."""
-    return orjson.dumps(obj, default=_default, option=_LINE)
+    """One compact JSON line ending in a newline (no newline may occur inside); raises like
+    :func:`dumps_record`."""
+    try:
+        return orjson.dumps(obj, default=_default, option=_LINE)
+    except orjson.JSONEncodeError as err:
+        raise _refused(type(obj).__name__, err) from None
+
+
+def check_storable(what: str, value: Any) -> None:
+    """Raise :class:`UnstorableValueError` naming ``what`` unless ``value`` can be written as JSON.
+
+    For callers that must refuse a value before their first write rather than half-way: pydantic
+    accepts what orjson cannot write (an integer of 2**64 or more given as a digit string, JSON
+    nested deeper than orjson's 254 levels for writing while it reads 1,024).
+    """
+    try:
+        orjson.dumps(value, default=_default, option=_LINE)
+    except orjson.JSONEncodeError as err:
+        raise _refused(what, err) from None
 
 
 def loads(data: bytes | bytearray | memoryview | str) -> Any:

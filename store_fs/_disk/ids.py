@@ -75,7 +75,19 @@ def _check_unsafe(kind: str, value: object) -> str:
         raise InvalidIdError(kind, value, "contains a control character")
     if len(value) > MAX_NAME_LENGTH:
         raise InvalidIdError(kind, value[:40] + "...", f"longer than {MAX_NAME_LENGTH} characters")
+    _check_encoded_length(kind, value)
     return value
+
+
+def _check_encoded_length(kind: str, value: str) -> None:
+    # A file name is limited in bytes (255 on Linux), and the name an id becomes carries a prefix
+    # or suffix: 128 'é' are 128 characters but 256 bytes, which failed only once written.
+    try:
+        encoded = value.encode()
+    except UnicodeEncodeError:
+        raise InvalidIdError(kind, ascii(value)[:40], "is not valid Unicode (a lone surrogate)") from None
+    if len(encoded) > MAX_NAME_LENGTH:
+        raise InvalidIdError(kind, value[:40] + "...", f"longer than {MAX_NAME_LENGTH} bytes in UTF-8")
 
 
 def is_rollout_id(value: str) -> bool:

@@ -32,6 +32,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from math import isfinite
 from pathlib import Path
 
 from store_fs._disk import codec, fsio
@@ -39,7 +40,7 @@ from store_fs._disk.context import Context
 from store_fs._disk.server_clock import server_offset
 from store_fs._disk.span_decode import copy_span
 from store_fs._disk.span_read import BLANK, UNPARSED, SpanReadCache, collector_paused
-from store_fs.errors import CorruptRecordError, RolloutNotFoundError
+from store_fs.errors import CorruptRecordError, RolloutNotFoundError, UnstorableValueError
 from store_fs.models import Span
 
 __all__ = ["Heartbeat", "SpanLog", "read_span_file"]
@@ -159,6 +160,34 @@ class _WriterState:
         self.torn: set[Path] = set()  # logs whose last append failed (maybe midway)
         self.lock = threading.Lock()
         self.group = _GroupSync()
+
+
+def _span_line(span: Span) -> bytes:
+    """The span's log line; :class:`UnstorableValueError` if an attribute holds NaN or an infinity.
+
+    JSON has no form for them and orjson writes ``null``; an attribute may not be null, so the
+    line would be stored and then refused by every reader: the span (a reward, maybe) lost
+    without a word.
+    """
+    line = span.model_dump(mode="json")
+    maps = [("", line["attributes"]), ("resource ", line["resource"]["attributes"])]
+    maps += [(f"event {i} ", event["attributes"]) for i, event in enumerate(line["events"])]
+    maps += [(f"link {i} ", link["attributes"] or {}) for i, link in enumerate(line["links"])]
+    for where, attributes in maps:
+        for key, value in attributes.items():
+            if not _finite(value):
+                raise UnstorableValueError(
+                    f"span {span.span_id}'s {where}attribute {key!r}", "NaN and infinities have no JSON form"
+                )
+    return codec.dumps_line(line)
+
+
+def _finite(value: object) -> bool:
+    if type(value) is float:
+        return isfinite(value)
+    if type(value) is list:
+        return all(isfinite(v) for v in value if type(v) is float)
+    return True
 
 
 class SpanLog:
@@ -409,7 +438,7 @@ class SpanLog:
                     continue
                 batch.add(span.span_id)
                 fresh.append(span)
-                chunks.append(codec.dumps_line(span.model_dump(mode="json")))
+                chunks.append(_span_line(span))
             if not chunks:
                 return [], None
             self._write(state, path, b"".join(chunks))

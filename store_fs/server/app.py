@@ -77,7 +77,7 @@ def response_for_exception(err: Exception) -> Response:
     if isinstance(err, PoolClosedError):
         return error_response(503, "server is shutting down")
     if isinstance(err, BadRequest):
-        return error_response(400, err.detail)
+        return error_response(err.status, err.detail)
     if isinstance(err, ValidationError):
         detail = orjson.loads(err.json(include_url=False, include_context=False))
         return json_response(422, {"detail": detail})
@@ -205,14 +205,17 @@ class StoreServer:
             return response_for_exception(err)
 
     async def _long_poll(self, handler: Handler, call: Call) -> Response:
-        """A wait, unless the server starts a graceful stop first: then the wait is cancelled and
-        asked again with timeout 0, which answers with the rollouts finished by now."""
+        """A wait, unless the server starts a graceful stop or the client leaves first: then the
+        wait is cancelled and asked again with timeout 0, which answers with the rollouts
+        finished by now (a wait of hours must not outlive the client that asked)."""
         work = asyncio.ensure_future(self.pool.run(_respond(handler, call)))
         draining = asyncio.ensure_future(self._draining.wait())
+        left = asyncio.ensure_future(call.request.client_left.wait())
         try:
-            await asyncio.wait({work, draining}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({work, draining, left}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             draining.cancel()
+            left.cancel()
         if not work.done():
             work.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -138,6 +138,9 @@ class Request:
     body: bytes = b""
     request_id: str = "-"
     keep_alive: bool = True
+    # Set once the client can no longer be waiting for this answer (it closed or half-closed
+    # the connection): long polls then answer at once instead of holding their wait.
+    client_left: asyncio.Event = field(default_factory=asyncio.Event, repr=False, compare=False)
 
     def header(self, name: str, default: str = "") -> str:
         return self.headers.get(name.lower(), default)
@@ -340,6 +343,7 @@ class _Connection(asyncio.BufferedProtocol):
         self.message = _Message()
         self.queue: deque[Request | _Refusal] = deque()
         self.task: asyncio.Task[None] | None = None
+        self.answering: Request | None = None  # the request ``task`` answers
         self.refusal: _Refusal | None = None
         self.broken = False  # no more parsing: a refusal is on its way
         self.close_after = False  # close once the queued answers are out
@@ -388,13 +392,19 @@ class _Connection(asyncio.BufferedProtocol):
             return
         self._watch_sizes(before, len(data))
 
+    def _client_left(self) -> None:
+        if self.answering is not None and self.task is not None and not self.task.done():
+            self.answering.client_left.set()
+
     def eof_received(self) -> bool:
         if self.lingering or (self.task is None and not self.queue):
             return False  # the transport closes
         self.close_after = True  # a request was complete: answer it, then close
+        self._client_left()
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._client_left()
         self.lost = True
         self.deadline = math.inf
         self._wake_writer()
@@ -607,6 +617,7 @@ class _Connection(asyncio.BufferedProtocol):
         if isinstance(item, _Refusal):
             self._send_refusal(item)
         else:
+            self.answering = item
             self.task = self.loop.create_task(self._answer(item))
 
     async def _answer(self, request: Request) -> None:

@@ -50,6 +50,12 @@ M = TypeVar("M", bound=BaseModel)
 Result = tuple[int, Any]
 
 
+def _is_json_media_type(content_type: str) -> bool:
+    """``application/json`` or a ``+json`` type, parameters such as ``charset`` aside."""
+    media = content_type.partition(";")[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
 @dataclass
 class Call:
     """One request as the handlers see it: the request, its path parameters, the store."""
@@ -64,6 +70,11 @@ class Call:
         body = self.request.body
         if not body.strip():
             return None
+        content_type = self.request.headers.get("content-type")
+        if content_type is not None and not _is_json_media_type(content_type):
+            # A browser sends text/plain, form and multipart posts to any site without asking
+            # first: refusing them keeps a web page from writing to a token-less local store.
+            raise BadRequest(f"Content-Type {content_type!r} is not JSON: send application/json", status=415)
         try:
             return orjson.loads(body)
         except orjson.JSONDecodeError as err:
@@ -83,6 +94,15 @@ class Call:
             else:
                 data[key] = value
         return model.model_validate(data)
+
+
+def _decode_params(raw: dict[str, str]) -> dict[str, str]:
+    """Percent-decoded path parameters. Bytes that are not UTF-8 are refused rather than replaced
+    by U+FFFD, which would make different ids name one record."""
+    try:
+        return {key: unquote(value, errors="strict") for key, value in raw.items()}
+    except UnicodeDecodeError:
+        raise BadRequest("a path parameter is not UTF-8 once percent-decoded") from None
 
 
 Handler = Callable[[Call], Awaitable[Result]]
@@ -223,7 +243,7 @@ class StoreApi:
             if found is None:
                 continue
             if route.method == method:
-                return route.handler, {k: unquote(v) for k, v in found.groupdict().items()}
+                return route.handler, _decode_params(found.groupdict())
             path_known = True
         return False if path_known else None
 

@@ -53,11 +53,13 @@ NAMED_RESOURCES: TypeAdapter[NamedResources] = TypeAdapter(NamedResources)
 
 
 class BadRequest(Exception):
-    """The caller's mistake, found before the store is called: answered 400 with ``detail``."""
+    """The caller's mistake, found before the store is called: answered ``status`` (400 unless
+    said) with ``detail``."""
 
-    def __init__(self, detail: str) -> None:
+    def __init__(self, detail: str, *, status: int = 400) -> None:
         super().__init__(detail)
         self.detail = detail
+        self.status = status
 
 
 class EnqueueItem(EnqueueRolloutRequest):

@@ -246,6 +246,9 @@ class StoreCore(LightningStore):
         metadata: dict[str, Any] | None,
         status: RolloutStatus,
     ) -> RolloutRecord:
+        """The first revision of a new rollout; raises :class:`UnstorableValueError` for caller
+        values JSON cannot hold, before the caller writes anything."""
+        codec.check_storable("the rollout's input, config or metadata", (input, config, metadata))
         return RolloutRecord(
             rollout_id=rollout_id,
             input=input,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from store_fs._disk import codec
 from store_fs._disk.ids import check_name_id, new_attempt_id, new_rollout_id, rollout_id_for_key
 from store_fs._disk.queue_tokens import ClaimToken
 from store_fs.models import (
@@ -70,12 +71,13 @@ class DispatchMethods(StoreCore):
             if existing is not None:
                 self._engine.ensure_pending(existing)
                 return existing.plain()
-        # Token first, record second: a claimer that finds a token without a record waits,
-        # so a crash in between leaves only a token the reaper removes, never a ghost rollout.
-        self._queue.publish_pending(rollout_id, 1)
+        # Built (and its values checked) before anything is written. Then token first, record
+        # second: a claimer that finds a token without a record waits, so a crash in between
+        # leaves only a token the reaper removes, never a ghost rollout.
         record = self._new_record(
             rollout_id, request.input, request.mode, resources_id, request.config, request.metadata, "queuing"
         )
+        self._queue.publish_pending(rollout_id, 1)
         if not self._records.create(record):
             existing = self._records.get(rollout_id)
             assert existing is not None
@@ -91,8 +93,12 @@ class DispatchMethods(StoreCore):
             raise ValueError("idempotency_keys must have one key per rollout")
         latest: str | Unset | None = UNSET
         out: list[Rollout] = []
-        for i, raw in enumerate(rollouts):
-            request = EnqueueRolloutRequest.model_validate(raw)
+        # Every request is checked before the first is written: a refused batch stores nothing.
+        requests = [EnqueueRolloutRequest.model_validate(raw) for raw in rollouts]
+        for i, request in enumerate(requests):
+            values = (request.input, request.config, request.metadata)
+            codec.check_storable(f"rollout {i} of the batch", values)
+        for i, request in enumerate(requests):
             resources_id = request.resources_id
             if resources_id is None:
                 if isinstance(latest, Unset):

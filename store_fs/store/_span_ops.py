@@ -12,9 +12,13 @@ from store_fs._disk.queue_tokens import ClaimToken
 from store_fs._disk.rollout_history import RolloutRecord
 from store_fs._disk.status_rules import FINAL_ATTEMPT_STATUSES, mark_running
 from store_fs._filtering import build_filter, check_page_args, has_conditions, matches, paginate, sort_items
-from store_fs.errors import AttemptNotFoundError, RolloutNotFoundError
+from store_fs.errors import AttemptNotFoundError, RolloutNotFoundError, UnstorableValueError
 from store_fs.models import Attempt, FilterLogic, PaginatedResult, SortOrder, Span
 from store_fs.store._base import StoreCore
+
+# Sequence numbers are signed 64-bit integers in JSON and upstream's clients, and the counter
+# hands out one more than the highest stored.
+MAX_SEQUENCE_ID = 2**63 - 2
 
 
 class SpanMethods(StoreCore):
@@ -56,8 +60,15 @@ class SpanMethods(StoreCore):
         attempt = record.find(attempt_id)
         if attempt is None:
             raise AttemptNotFoundError(rollout_id, attempt_id)
-        # Upstream syncs the counter before validating; here a refused span changes nothing.
-        self._spans.bump(rollout_id, max(s.sequence_id for s in spans))
+        # Upstream syncs the counter before validating; here a span refused for its ids or its
+        # sequence number leaves the counter alone. (One refused later, for a value JSON cannot
+        # hold, may have pushed it up: numbers are then skipped, never handed out twice.)
+        top = max(s.sequence_id for s in spans)
+        if top > MAX_SEQUENCE_ID:
+            raise UnstorableValueError(
+                "span sequence_id", f"{top} is above {MAX_SEQUENCE_ID}, the counter's last number"
+            )
+        self._spans.bump(rollout_id, top)
         attempt_dir = self._engine.attempt_dir(attempt)
         written, path = self._spans.append(attempt_dir, spans)
         if written:

@@ -1,0 +1,321 @@
+"""Requests refused as bad input change nothing, and the server does not outlive its clients.
+
+Found by an adversarial pass over ``agl store`` (each test names the defect it pins down):
+values pydantic accepts but JSON cannot hold (an integer of 2**64 or more given as a digit
+string, nesting past orjson's 254 levels) failed half-way through a write; ids short in
+characters but over 255 bytes failed on disk after a rollout was claimed; a span's sequence
+number of 2**64 broke its rollout's counter for good; invalid UTF-8 in a path named another
+record; any Content-Type was taken for JSON; a wait with a huge timeout kept running after its
+client left; a span attribute of NaN or an infinity was stored as a line no reader accepts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cli_helpers import AGL
+from fault_helpers import PROMPT, quick_runner
+from mp_workers import make_span
+from server_helpers import ServerProcess, raw_request, store_snapshot
+
+from store_fs import FileStore, InvalidIdError, PromptTemplate, UnstorableValueError, init_store
+from store_fs.agent import rollout
+from store_fs.models import EnqueueRolloutRequest, Event, RolloutConfig
+
+API = "/v1/agl"
+JSON = {"Content-Type": "application/json"}
+HUGE = "100000000000000000000000"  # a digit string pydantic turns into an int past 64 bits
+DEEP = '{"a":' * 300 + "1" + "}" * 300  # orjson reads 1,024 levels, writes 254
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerProcess]:
+    proc = ServerProcess(init_store(tmp_path / "store"), tmp_path / "server.log")
+    try:
+        yield proc.start()
+    finally:
+        proc.stop()
+
+
+def post(
+    server: ServerProcess, path: str, body: Any, headers: dict[str, str] | None = None
+) -> tuple[int, Any]:
+    raw = body if isinstance(body, (str, bytes)) else json.dumps(body)
+    status, answer, _ = raw_request(server.url, "POST", API + path, raw, headers or JSON)
+    return status, answer
+
+
+def check_clean(store: Path) -> None:
+    done = subprocess.run([AGL, "--store", str(store), "check"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+# -- values JSON cannot hold: refused before the first write ------------------------------
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/rollouts", f'{{"input": 1, "config": {{"max_attempts": "{HUGE}"}}}}'),
+        (
+            "/queues/rollouts/enqueue",
+            f'{{"rollouts": [{{"input": 1, "config": {{"max_attempts": "{HUGE}"}}}}]}}',
+        ),
+        ("/queues/rollouts/enqueue", f'{{"rollouts": [{{"input": 2}}, {{"input": {DEEP}}}]}}'),
+        ("/rollouts", f'{{"input": {DEEP}}}'),
+    ],
+    ids=["start-huge-int", "enqueue-huge-int", "batch-second-too-deep", "start-too-deep"],
+)
+def test_a_value_json_cannot_hold_is_refused_and_nothing_is_written(
+    server: ServerProcess, path: str, body: str
+) -> None:
+    before = store_snapshot(server.store)
+    status, answer = post(server, path, body)
+    assert status == 400, answer
+    assert answer["error_type"] == "UnstorableValueError"
+    assert "cannot be stored as JSON" in answer["detail"]
+    assert store_snapshot(server.store) == before  # not even the batch's first rollout
+    status, page = raw_request(server.url, "GET", API + "/rollouts")[:2]
+    assert status == 200
+    assert page["total"] == 0
+    check_clean(server.store)
+
+
+async def test_in_process_calls_refuse_unstorable_values_with_the_store_unchanged(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "store")
+    try:
+        before = store_snapshot(store.root)
+        with pytest.raises(UnstorableValueError, match="Integer exceeds 64-bit range"):
+            await store.enqueue_rollout(input={"n": 2**70})
+        with pytest.raises(UnstorableValueError):
+            await store.start_rollout(input="x", metadata={"n": -(2**70)})
+        with pytest.raises(UnstorableValueError, match="rollout 1 of the batch"):
+            await store.enqueue_many_rollouts(
+                [
+                    EnqueueRolloutRequest(input=1),
+                    EnqueueRolloutRequest(input=2, config=RolloutConfig(max_attempts=2**64)),
+                ]
+            )
+        assert store_snapshot(store.root) == before
+        assert (await store.query_rollouts()).total == 0
+        # The refusal is a ValueError, as a caller of upstream's API would catch.
+        assert issubclass(UnstorableValueError, ValueError)
+    finally:
+        store.close()
+
+
+# -- ids: file names are limited in bytes, not characters ----------------------------------
+@pytest.mark.parametrize("worker_id", ["é" * 128, "\ud800x"], ids=["256-bytes", "lone-surrogate"])
+async def test_a_worker_id_too_long_in_bytes_or_not_utf8_is_refused_before_a_claim(
+    tmp_path: Path, worker_id: str
+) -> None:
+    store = FileStore(tmp_path / "store")
+    try:
+        queued = await store.enqueue_rollout(input="keep me")
+        with pytest.raises(InvalidIdError, match=r"bytes in UTF-8|not valid Unicode"):
+            await store.dequeue_rollout(worker_id=worker_id)
+        claimed = await store.dequeue_rollout(worker_id="w1")  # still queued
+        assert claimed is not None
+        assert claimed.rollout_id == queued.rollout_id
+    finally:
+        store.close()
+
+
+def test_over_http_a_long_worker_id_is_a_400_and_the_rollout_stays_queued(server: ServerProcess) -> None:
+    status, queued = post(server, "/queues/rollouts/enqueue", {"rollouts": [{"input": "keep me"}]})
+    assert status == 201, queued
+    status, answer = post(server, "/queues/rollouts/dequeue", {"limit": 1, "worker_id": "é" * 128})
+    assert status == 400, answer
+    assert answer["error_type"] == "InvalidIdError", answer
+    status, claimed = post(server, "/queues/rollouts/dequeue", {"limit": 1, "worker_id": "w1"})
+    assert status == 200
+    assert [r["rollout_id"] for r in claimed] == [queued[0]["rollout_id"]]
+
+
+# -- span sequence numbers: one out of range leaves the counter alone ----------------------
+async def test_a_sequence_id_past_the_counters_range_is_refused_and_the_counter_still_counts(
+    tmp_path: Path,
+) -> None:
+    store = FileStore(tmp_path / "store")
+    try:
+        started = await store.start_rollout(input="x")
+        rid, aid = started.rollout_id, started.attempt.attempt_id
+        for bad in (2**63 - 1, 2**64, 10**24):
+            with pytest.raises(UnstorableValueError, match="sequence_id"):
+                await store.add_span(make_span(rid, aid, bad))
+        assert await store.get_next_span_sequence_id(rid, aid) == 1
+        assert await store.add_span(make_span(rid, aid, 2**63 - 2)) is not None  # the last one allowed
+        assert await store.get_next_span_sequence_id(rid, aid) == 2**63 - 1
+    finally:
+        store.close()
+
+
+def test_over_http_a_huge_sequence_id_leaves_next_sequence_ids_working(server: ServerProcess) -> None:
+    status, started = post(server, "/rollouts", {"input": "x"})
+    assert status == 201, started
+    rid, aid = started["rollout_id"], started["attempt"]["attempt_id"]
+    span = make_span(rid, aid, 1).model_dump(mode="json")
+    span["sequence_id"] = HUGE
+    status, answer = post(server, "/spans", span)
+    assert 400 <= status < 500, answer
+    status, answer = post(server, "/spans/next", {"rollout_id": rid, "attempt_id": aid})
+    assert status == 200, answer
+    assert answer == {"sequence_id": 1}, answer
+    check_clean(server.store)
+
+
+# -- paths and content types ---------------------------------------------------------------
+def test_a_path_id_that_is_not_utf8_is_a_400_not_another_id(server: ServerProcess) -> None:
+    for path in ("/workers/%FF", "/resources/%C0%80", "/rollouts/ro-%FE"):
+        status, answer, _ = raw_request(server.url, "GET", API + path)
+        assert status == 400, (path, answer)
+        assert "not UTF-8" in answer["detail"], (path, answer)
+    status, answer = post(server, "/workers/%FF", {"status": "idle"})
+    assert status == 400, answer
+    assert not any((server.store / "workers").iterdir())
+
+
+@pytest.mark.parametrize(
+    "content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"]
+)
+def test_a_post_whose_content_type_is_not_json_is_refused_with_415(
+    server: ServerProcess, content_type: str
+) -> None:
+    before = store_snapshot(server.store)
+    status, answer = post(
+        server, "/queues/rollouts/enqueue", {"rollouts": [{"input": 1}]}, {"Content-Type": content_type}
+    )
+    assert status == 415, answer
+    assert "not JSON" in answer["detail"], answer
+    assert store_snapshot(server.store) == before
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        JSON,
+        {"Content-Type": "application/json; charset=utf-8"},
+        {"Content-Type": "application/vnd.agl+json"},
+    ],
+)
+def test_json_or_no_content_type_is_accepted(server: ServerProcess, headers: dict[str, str]) -> None:
+    status, answer = post(server, "/queues/rollouts/enqueue", {"rollouts": [{"input": 1}]}, headers)
+    assert status == 201, answer
+    assert len(answer) == 1, answer
+
+
+def test_a_sort_by_a_field_without_order_names_the_field(server: ServerProcess) -> None:
+    post(server, "/queues/rollouts/enqueue", {"rollouts": [{"input": 1}, {"input": "a"}]})
+    status, answer, _ = raw_request(server.url, "GET", API + "/rollouts?sort_by=config")
+    assert status == 400, answer
+    assert answer["detail"].startswith("cannot sort by config"), answer
+
+
+# -- a wait does not outlive its client ----------------------------------------------------
+@pytest.mark.parametrize("how", ["close", "half-close"])
+def test_a_long_wait_ends_when_its_client_leaves(server: ServerProcess, how: str) -> None:
+    status, started = post(server, "/rollouts", {"input": "x"})
+    assert status == 201
+    body = json.dumps({"rollout_ids": [started["rollout_id"]], "timeout": 1e308}).encode()
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+    sock.sendall(
+        b"POST %s/waits/rollouts HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (API.encode(), len(body), body)
+    )
+    time.sleep(0.5)  # the wait is running on the server
+    assert "waits/rollouts" not in server.log_text()  # no answer yet: an access line comes with one
+    left = time.monotonic()
+    if how == "close":
+        sock.close()
+    else:
+        sock.shutdown(socket.SHUT_WR)  # a half-closed client still gets its answer, at once
+    deadline = left + 10
+    while "/waits/rollouts 200" not in server.log_text():
+        assert time.monotonic() < deadline, server.log_text()[-2000:]
+        time.sleep(0.05)
+    assert time.monotonic() - left < 5
+    if how == "half-close":
+        answer = sock.recv(65536)
+        sock.close()
+        assert answer.startswith(b"HTTP/1.1 200"), answer
+        assert answer.rstrip().endswith(b"[]"), answer
+
+
+def test_the_in_process_refusals_are_the_same_errors_over_agl_client(server: ServerProcess) -> None:
+    async def main() -> None:
+        from store_fs.client import LightningStoreClient
+
+        client = LightningStoreClient(server.url)
+        try:
+            with pytest.raises(UnstorableValueError):
+                await client.enqueue_rollout(input={"n": 2**70})
+        finally:
+            await client.close()
+
+    asyncio.run(main())
+
+
+# -- NaN and infinities in span attributes: refused, not stored unreadable -------------------
+@pytest.mark.parametrize(
+    ("where", "value", "named"),
+    [
+        ("attributes", math.nan, "attribute 'v'"),
+        ("attributes", [1.0, math.inf], "attribute 'v'"),
+        ("event", -math.inf, "event 0 attribute 'v'"),
+        ("resource", math.nan, "resource attribute 'v'"),
+    ],
+)
+async def test_a_span_attribute_json_cannot_hold_is_refused_not_stored_unreadable(
+    tmp_path: Path, where: str, value: Any, named: str
+) -> None:
+    # Before: the line was written with null there, the call returned the span, and every
+    # reader skipped the line as invalid: a reward lost without an error.
+    store = FileStore(tmp_path / "store")
+    try:
+        started = await store.start_rollout(input="x")
+        rid, aid = started.rollout_id, started.attempt.attempt_id
+        span = make_span(rid, aid, 1)
+        if where == "attributes":
+            span.attributes["v"] = value
+        elif where == "event":
+            span.events = [Event(name="e", attributes={"v": value})]
+        else:
+            span.resource.attributes["v"] = value
+        with pytest.raises(UnstorableValueError, match=named):
+            await store.add_span(span)
+        assert (await store.query_spans(rid)).total == 0
+        assert await store.add_span(make_span(rid, aid, 2)) is not None  # the attempt takes others
+        assert [s.sequence_id for s in await store.query_spans(rid)] == [2]
+    finally:
+        store.close()
+
+
+@rollout
+async def nan_reward(task: Any, prompt_template: PromptTemplate) -> float:
+    return math.nan
+
+
+async def test_a_nan_reward_fails_the_attempt_instead_of_vanishing(tmp_path: Path) -> None:
+    fs = FileStore(tmp_path / "store", scan_debounce_seconds=0, claim_grace_seconds=0.5)
+    try:
+        await fs.add_resources(PROMPT)
+        queued = await fs.enqueue_rollout(input="x")
+        runner = quick_runner(max_rollouts=1)
+        with runner.run_context(agent=nan_reward, store=fs):
+            await asyncio.wait_for(runner.iter(), 30)
+        attempt = await fs.get_latest_attempt(queued.rollout_id)
+        assert attempt is not None
+        assert attempt.status == "failed"
+        assert attempt.metadata is not None
+        assert "could not be stored" in attempt.metadata["error"]
+        assert "UnstorableValueError" in attempt.metadata["error"]
+    finally:
+        fs.close()
