@@ -46,6 +46,8 @@ def init(
     cli = CliState.of(ctx)
     from store_fs import FileStore, StoreNotFoundError, init_store
 
+    if path is not None and not path.strip():
+        raise CliError("the store's path is empty")
     target = Path(path) if path is not None else cli.store_path()
     check_store_path(target)
     try:  # an existing store must be sound: a newer format, or damage, is not "ready"

@@ -132,6 +132,7 @@ def _filter(
     ended: list[EndedChoice] | None,
     *,
     default_endings: Any,
+    until_option: str = "--until",
 ) -> RolloutFilter:
     from store_fs.datasets import RolloutFilter
 
@@ -143,7 +144,7 @@ def _filter(
         rollout_id_in=rollout,
         mode_in=values(mode),  # type: ignore[arg-type]
         since=_time(since, "--since"),
-        until=_time(until, "--until"),
+        until=_time(until, until_option),
         endings=endings,  # type: ignore[arg-type]
     )
 
@@ -292,7 +293,9 @@ def prune(
     archive: Annotated[
         Path | None,
         typer.Option(
-            metavar="FILE", help="Keep a tar of what is removed (tar -xf FILE -C STORE puts it back)."
+            metavar="FILE",
+            help="Keep a tar of what is removed (tar -xf FILE -C STORE puts it back). Its directory "
+            "must exist and be writable (checked before anything is removed); FILE must not exist.",
         ),
     ] = None,
 ) -> None:
@@ -315,7 +318,19 @@ def prune(
         raise CliError("say what to remove: --older-than, --status, --keep-last, --ended or --rollout")
     if archive is not None and archive.exists():
         raise CliError(f"--archive {archive}: the file exists (an archive is never overwritten)")
-    flt = _filter(status, resources_id, rollout, None, None, older_than, ended, default_endings=None)
+    if archive is not None and not archive.absolute().parent.is_dir():
+        raise CliError(f"--archive {archive}: no directory {archive.absolute().parent}")
+    flt = _filter(
+        status,
+        resources_id,
+        rollout,
+        None,
+        None,
+        older_than,
+        ended,
+        default_endings=None,
+        until_option="--older-than",
+    )
     cli = CliState.of(ctx)
     store = cli.open_store()
     report = prune_store(store, flt, keep_last=keep_last, dry_run=dry_run, archive=archive)

@@ -45,9 +45,11 @@ def _named_resources(
         return data
     if template_file is not None:
         try:
-            template = template_file.read_text()
+            template = template_file.read_text(encoding="utf-8")
         except OSError as err:
             raise CliError(f"cannot read {template_file}: {err.strerror}") from None
+        except UnicodeDecodeError as err:
+            raise CliError(f"{template_file} is not UTF-8 text (byte {err.start})") from None
     if template is not None:
         return {name: {"resource_type": "prompt_template", "template": template, "engine": engine}}
     if llm_endpoint is not None or model is not None:

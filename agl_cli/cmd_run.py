@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import types
 from typing import Annotated, Any, Literal
 
 import typer
@@ -27,10 +28,14 @@ def load_agent(spec: str) -> Any:
         obj: Any = importlib.import_module(module_name)
     except ImportError as err:
         raise CliError(f"cannot import {module_name}: {err}") from None
+    except (TypeError, ValueError):  # a relative or empty name: '../x', '.x'
+        raise CliError(f"{module_name!r} is not a module name (dotted names, like pkg.agents)") from None
     for part in attribute.split("."):
         if not hasattr(obj, part):
             raise CliError(f"{module_name} has no attribute {attribute!r}")
         obj = getattr(obj, part)
+    if isinstance(obj, types.ModuleType):
+        raise CliError(f"{spec} is a module, not a function or an agent")
     return obj
 
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import threading
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
@@ -83,8 +86,52 @@ def is_url(location: str) -> bool:
     return location.startswith(("http://", "https://"))
 
 
+# How long a cancelled command may take to stop before it is interrupted where it stands.
+_STOP_GRACE_SECONDS = 1.0
+
+
 def run(coro: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(coro)
+    """Run a store call to its end; Ctrl-C stops it (``KeyboardInterrupt``), even while blocked.
+
+    Like ``asyncio.run``, a first Ctrl-C cancels the call, which then ends through its
+    ``finally`` blocks. That cancellation lands only at the next ``await``, so a call blocked
+    meanwhile (a store call waiting out a network filesystem's caches, up to a minute) ignored
+    it: one still running a second later is interrupted where it stands. Store calls are safe
+    to stop at any point, as a kill -9 is. A second Ctrl-C interrupts at once.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return asyncio.run(coro)
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is not signal.default_int_handler:  # someone chose their own: leave it
+        return asyncio.run(coro)
+    with asyncio.Runner() as runner:
+        loop = runner.get_loop()
+        task = loop.create_task(coro)
+        interrupted = False
+
+        def on_sigint(signum: int, frame: FrameType | None) -> None:
+            nonlocal interrupted
+            if interrupted:
+                raise KeyboardInterrupt
+            interrupted = True
+            loop.call_soon_threadsafe(task.cancel)
+            signal.setitimer(signal.ITIMER_REAL, _STOP_GRACE_SECONDS)
+
+        def on_alarm(signum: int, frame: FrameType | None) -> None:
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGINT, on_sigint)
+        previous_alarm = signal.signal(signal.SIGALRM, on_alarm)
+        try:
+            return loop.run_until_complete(task)
+        except asyncio.CancelledError:
+            if interrupted:
+                raise KeyboardInterrupt from None
+            raise
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous_alarm)
+            signal.signal(signal.SIGINT, previous)
 
 
 def require_rollout(store: FileStore, rollout_id: str) -> Any:

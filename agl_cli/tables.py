@@ -45,8 +45,12 @@ class Column:
 
 
 def date(epoch: float) -> str:
-    """Local date and time, to the second."""
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
+    """Local date and time, to the second; the number itself when no calendar date has it
+    (a span timed 1e20 is stored as given, and a table must still show it)."""
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
+    except (OverflowError, OSError, ValueError):
+        return f"{epoch:g}"
 
 
 def duration(seconds: float) -> str:

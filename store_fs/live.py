@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from store_fs._disk import codec, log_segments
 from store_fs._disk.change_feed import EVENT_LOGS
+from store_fs._disk.ids import check_rollout_id
 from store_fs._disk.watch import ChangeFeed, resolve_mode
 from store_fs.models import Rollout, RolloutStatus
 
@@ -77,7 +78,7 @@ async def follow_events(
 ) -> AsyncIterator[dict[str, Any]]:
     """The store's change events so far, oldest first; with ``follow``, then new ones as they
     are written, until the caller stops iterating. ``rollout_ids`` keeps only those rollouts'."""
-    wanted = None if rollout_ids is None else set(rollout_ids)
+    wanted = None if rollout_ids is None else {check_rollout_id(rid) for rid in rollout_ids}
     reader = EventReader(store.layout.events)
     if not follow:
         for event in reader.read_new():

@@ -18,6 +18,7 @@ With ``archive``, a tar of what was removed (paths as in the store) is written f
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -133,6 +134,20 @@ def _entry(store: FileStore, record: RolloutRecord, directory: Path) -> PrunedRo
     )
 
 
+def _check_archive_destination(archive: Path) -> None:
+    """Raise unless a new file can be made at ``archive``: it is written after the rollouts are
+    moved to the trash, and a removal that cannot write its archive cannot finish (the next
+    repair or prune would try the same path again)."""
+    if archive.exists():
+        raise FileExistsError(errno.EEXIST, "an archive is never overwritten", str(archive))
+    probe = archive.with_name(f".{archive.name}.{os.getpid()}.probe")
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError as err:
+        raise type(err)(err.errno, f"cannot write the archive there ({err.strerror})", str(archive)) from None
+    os.unlink(probe)
+
+
 def prune_store(
     store: FileStore,
     flt: RolloutFilter,
@@ -145,8 +160,8 @@ def prune_store(
     id (see the module's docstring). ``flt.endings`` of ``None`` means any ending."""
     if keep_last is not None and keep_last < 0:
         raise ValueError("keep_last must be 0 or more")
-    if archive is not None and archive.exists():
-        raise FileExistsError(f"{archive} exists: an archive is never overwritten")
+    if archive is not None:
+        _check_archive_destination(archive)
     report = PruneReport(dry_run=dry_run, archive=None if archive is None else str(archive))
     if dry_run:
         for record in _select(store, flt, keep_last):

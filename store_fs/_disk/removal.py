@@ -223,7 +223,16 @@ class RemovalRun:
     def finish(self) -> None:
         """Write the archive (if asked for and not there yet), then delete the run's directory."""
         if self.archive is not None and not self.archive.exists():
-            write_archive(self.directory, self.archive, self.directory.name, durable=self._ctx.durable)
+            try:
+                write_archive(self.directory, self.archive, self.directory.name, durable=self._ctx.durable)
+            except OSError as err:
+                # Said with the way out: the run's rollouts wait in the trash until it is written.
+                raise type(err)(
+                    err.errno,
+                    f"the removal {self.directory.name} cannot write its archive ({err.strerror}); "
+                    "make its directory writable, then run 'agl check --fix'",
+                    str(self.archive),
+                ) from None
         self.close()
         shutil.rmtree(self.directory)
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from store_fs._disk import codec, fsio
 from store_fs._disk.index_cursor import IndexPosition, read_finished
+from store_fs.errors import CorruptRecordError
 
 if TYPE_CHECKING:
     from store_fs.store import FileStore
@@ -99,4 +100,6 @@ class Cursor:
         try:
             return cls.from_json(codec.loads(data))
         except codec.DecodeError as err:
-            raise ValueError(f"{path}: not JSON: {err}") from None
+            raise CorruptRecordError(str(path), f"not JSON: {err}") from None
+        except ValueError as err:  # JSON, but not a cursor
+            raise CorruptRecordError(str(path), str(err)) from None

@@ -19,6 +19,7 @@ Data views keep ``succeeded`` and ``no_reward`` unless asked for others
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Collection, Iterable
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol, get_args
 
+from store_fs._disk.ids import check_rollout_id
 from store_fs.models import RolloutMode, RolloutStatus
 
 __all__ = [
@@ -111,10 +113,13 @@ class RolloutFilter:
         bad_status = set(status_in or ()) - set(get_args(RolloutStatus))
         if bad_status:
             raise ValueError(f"unknown status(es) {sorted(bad_status)}")
+        rollout_ids = _frozen(rollout_id_in)
+        for rollout_id in rollout_ids or ():
+            check_rollout_id(rollout_id)  # one that cannot name a rollout is a typo, not "no match"
         return cls(
             status_in=_frozen(status_in),
             resources_id_in=_frozen(resources_id_in),
-            rollout_id_in=_frozen(rollout_id_in),
+            rollout_id_in=rollout_ids,
             mode_in=_frozen(mode_in),
             since=since,
             until=until,
@@ -182,9 +187,13 @@ def parse_time(text: str, *, now: float | None = None) -> float:
         current = time.time() if now is None else now
         return current - float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
     try:
-        return float(text)
+        seconds = float(text)
     except ValueError:
         pass
+    else:
+        if not math.isfinite(seconds):
+            raise ValueError(f"not a time: {text!r} (not a finite number)")
+        return seconds
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:

@@ -70,7 +70,15 @@ def fmt_time(stamp: float | None, with_date: bool = True) -> str:
     if stamp is None:
         return "-"
     pattern = "%Y-%m-%d %H:%M:%S" if with_date else "%H:%M:%S"
-    return time.strftime(pattern, time.gmtime(stamp))
+    return _strftime_or_number(pattern, stamp)
+
+
+def _strftime_or_number(pattern: str, stamp: float) -> str:
+    # Times are stored as given: one of 1e20 has no calendar date, and must not end the report.
+    try:
+        return time.strftime(pattern, time.gmtime(stamp))
+    except (OverflowError, OSError, ValueError):
+        return f"{stamp:g}"
 
 
 def fmt_duration(seconds: float | None) -> str:
@@ -132,6 +140,8 @@ class Scale:
 def nice_ticks(lo: float, hi: float, count: int = 5, integer: bool = False) -> list[float]:
     """About ``count`` round values from one at or below ``lo`` to one at or above ``hi`` (whole
     numbers only with ``integer``)."""
+    if not math.isfinite(hi - lo):  # an absurd value (a span ending in 1e306) spans no scale
+        return [value for value in (lo, hi) if math.isfinite(value)] or [0.0]
     if hi <= lo:
         return [lo]
     raw = (hi - lo) / max(count, 1)
@@ -149,7 +159,7 @@ _TIME_STEPS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10
 
 def time_ticks(lo: float, hi: float, count: int = 6) -> list[tuple[float, str]]:
     """Round wall-clock instants in ``[lo, hi]`` with labels (UTC)."""
-    if hi <= lo:
+    if hi <= lo or not math.isfinite(hi - lo):
         return [(lo, fmt_time(lo, with_date=False))]
     raw = (hi - lo) / max(count, 1)
     step = next((s for s in _TIME_STEPS if s >= raw), math.ceil(raw / 86400) * 86400)
@@ -159,7 +169,7 @@ def time_ticks(lo: float, hi: float, count: int = 6) -> list[tuple[float, str]]:
     out: list[tuple[float, str]] = []
     value = float(first)
     while value <= hi:
-        out.append((value, time.strftime(pattern, time.gmtime(value))))
+        out.append((value, _strftime_or_number(pattern, value)))
         value += step
     return out
 

@@ -29,7 +29,7 @@ from store_fs._disk.status_rules import FINAL_ATTEMPT_STATUSES
 from store_fs._disk.watch import WatchMode, is_network_fs
 from store_fs._disk.worker_logs import WorkerStore
 from store_fs.clock import Clock, SystemClock
-from store_fs.errors import FormatVersionError, RolloutNotFoundError, StoreNotFoundError
+from store_fs.errors import CorruptRecordError, FormatVersionError, RolloutNotFoundError, StoreNotFoundError
 from store_fs.lightning_store import LightningStore
 from store_fs.models import (
     Attempt,
@@ -82,13 +82,21 @@ def _restore_directories(layout: Layout) -> None:
 
 
 def _check_format(layout: Layout) -> None:
-    data = fsio.read_bytes(layout.format_file)
+    try:
+        data = fsio.read_bytes(layout.format_file)
+    except IsADirectoryError:
+        raise CorruptRecordError(
+            str(layout.format_file), "a directory, not the store's format file"
+        ) from None
     if data is None:
         raise StoreNotFoundError(str(layout.root))
     try:
-        version = codec.loads(data).get("version")
-    except (ValueError, AttributeError):
-        version = None
+        body = codec.loads(data)
+    except ValueError:
+        raise CorruptRecordError(str(layout.format_file), "not JSON (torn or damaged)") from None
+    version = body.get("version") if isinstance(body, dict) else None
+    if not isinstance(version, int):
+        raise CorruptRecordError(str(layout.format_file), "no format version in it")
     if version != FORMAT_VERSION:
         raise FormatVersionError(str(layout.root), version, FORMAT_VERSION)
 
