@@ -85,7 +85,7 @@ def check(
     ctx: typer.Context, fix: Annotated[bool, typer.Option(help="Repair what is safe to repair.")] = False
 ) -> None:
     """Look for torn span lines, orphan tokens, temp files, stale rollout.json links, rollout index
-    gaps and corrupt records.
+    gaps, corrupt records, resources and worker log lines, misplaced files and span counters.
 
     Exits 7 if problems remain (after --fix: those it could not repair). Run --fix on a quiet store.
 

@@ -6,6 +6,7 @@ fold its logs (across writers, through compactions) to the same state.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,6 @@ from store_fs._disk import worker_logs as workers
 from store_fs._disk.context import Context
 from store_fs._disk.layout import Layout
 from store_fs._disk.worker_logs import WorkerStore, fold_lines
-from store_fs.errors import CorruptRecordError
 from store_fs.models import Attempt, Worker
 
 
@@ -167,15 +167,24 @@ def test_a_line_being_written_is_ignored(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("line", [b"not json\n", b'{"status": "idle"}\n', b"[1, 2]\n"])
-def test_a_corrupt_line_is_reported(tmp_path: Path, line: bytes) -> None:
+def test_a_corrupt_line_is_skipped_with_a_warning_and_reported(
+    tmp_path: Path, line: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
     clock = FakeClock()
     store, ctx = _store(tmp_path / "store", clock)
     store.sync(_attempt("busy", 1))
-    log = tmp_path / "store" / "workers" / "w" / f"log.{ctx.writer}.jsonl"
-    with log.open("ab") as f:
-        f.write(line)
-    with pytest.raises(CorruptRecordError, match="log"):
-        store.get("w")
+    (written,) = (tmp_path / "store" / "workers" / "w").glob("log.*.jsonl")
+    log = written.with_name(f"log.{ctx.writer}.jsonl")  # as another process's log
+    log.write_bytes(b'{"t": 0.5, "status": "busy"}\n' + line)
+    size = len(b'{"t": 0.5, "status": "busy"}\n')
+    clock.advance(1.0)
+    store.mark_idle("w")  # a good line after the bad one is still read
+    with caplog.at_level(logging.WARNING):
+        got = store.get("w")
+    assert got is not None
+    assert got.status == "idle"
+    assert f"corrupt worker log line in {log} at byte {size}" in caplog.text
+    assert [(b.path, b.offset) for b in store.bad_lines(log.parent)] == [(log, size)]
 
 
 def test_fold_breaks_ties_by_order() -> None:

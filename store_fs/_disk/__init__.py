@@ -57,6 +57,11 @@ Resources, indexes, change feed and waits:
     watch            waiting for the change feed (inotify, or polling on network filesystems).
     check            ``agl check [--fix]``: finds damage and half-done work; repairs what a crashed writer
                      left half done and takes out what cannot be read (into quarantine).
+    check_findings   what the checks share: a finding, lines cut out of a log into quarantine.
+    check_resources  ``agl check`` of ``resources/``: bodies hashed, versions and publications read;
+                     reported only (nothing to rebuild them from).
+    check_workers    ``agl check`` of ``workers/``: unreadable log lines; ``--fix`` quarantines them
+                     where nobody appends any more.
     maintenance      ``locks/maintenance.lock``: one repair, prune, compaction or migration at a time;
                      never on the hot path.
     removal          ``trash/<run>/``: ``agl prune``'s removals, one rename per rollout, tombstones,

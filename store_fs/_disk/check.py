@@ -3,20 +3,27 @@
 Each finding names a path and what is wrong. Repairs finish what a crashed process left
 half done, remove what no reader uses, and take out what cannot be read: an unreadable
 newest revision (the rollout is then read at the revision before it), a span line that does
-not parse, the torn tail of a finished attempt's span file. What is taken out is never
-deleted: it goes to ``quarantine/`` with a note (:mod:`store_fs._disk.quarantine`). Repairs
-run under the maintenance lock (:mod:`store_fs._disk.maintenance`).
+not parse, the torn tail of a finished attempt's span file, a file where a directory belongs
+(or the reverse) among a rollout's attempts, names in ``span-seq/`` that are no counter (the
+counter is then remade from the stored spans). What is taken out is never deleted: it goes to
+``quarantine/`` with a note (:mod:`store_fs._disk.quarantine`). Resources are checked by
+:mod:`store_fs._disk.check_resources` (reported, never repaired), worker logs by
+:mod:`store_fs._disk.check_workers`. Repairs run under the maintenance lock
+(:mod:`store_fs._disk.maintenance`).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import stat
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from store_fs._disk import fsio
+from store_fs._disk.check_findings import Problem, cut_lines
+from store_fs._disk.check_resources import resource_problems
+from store_fs._disk.check_workers import worker_problems
 from store_fs._disk.claims import Engine
 from store_fs._disk.maintenance import maintenance_lock
 from store_fs._disk.quarantine import Quarantine
@@ -32,19 +39,6 @@ from store_fs.models import Attempt
 __all__ = ["Problem", "check_store"]
 
 TEMP_FILE_AGE = 3600.0
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One finding. ``fixed`` tells whether ``fix=True`` repaired it."""
-
-    kind: str
-    path: str
-    detail: str
-    fixed: bool = False
-
-    def __str__(self) -> str:
-        return f"{self.kind}: {self.path}: {self.detail}" + (" (fixed)" if self.fixed else "")
 
 
 def _temp_files(root: Path, fix: bool) -> list[Problem]:
@@ -174,8 +168,72 @@ def _rollout_problems(
             if fix:
                 engine.ensure_pending(record)
             out.append(Problem("not-queued", mirror, f"{record.status} but no pending token", fix))
+    return out + _attempt_files(engine, record, quarantine) + _span_counter(engine, rollout_id, quarantine)
+
+
+def _attempt_files(engine: Engine, record: RolloutRecord, quarantine: Quarantine | None) -> list[Problem]:
+    """What is wrong with the files of each attempt: their kind, then (where every one is of
+    the right kind, so it can be read) their lines."""
+    out = _misshapen(engine.ctx.layout.attempts_dir(record.rollout_id), quarantine, directory=True)
+    if out and not out[0].fixed:
+        return out  # no attempt's files can be read through it
     for attempt in record.attempts:
-        out.extend(_span_file_problems(engine, attempt, quarantine))
+        attempt_dir = engine.attempt_dir(attempt)
+        shape = _misshapen(attempt_dir, quarantine, directory=True)
+        for name in sorted(fsio.list_names(attempt_dir)):
+            if name.startswith(("spans.", "heartbeat.")):
+                shape += _misshapen(attempt_dir / name, quarantine, directory=False)
+        out += shape
+        if all(p.fixed for p in shape):
+            out += _span_file_problems(engine, attempt, quarantine)
+    return out
+
+
+def _misshapen(path: Path, quarantine: Quarantine | None, *, directory: bool) -> list[Problem]:
+    """``path`` when it is not a directory (``directory``) or not a regular file: readers and
+    writers fail on it ("Not a directory", "Is a directory"). ``fix`` moves it to quarantine,
+    which keeps what it holds; the path is then absent, which readers take as empty and
+    writers make anew."""
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    if stat.S_ISDIR(mode) if directory else stat.S_ISREG(mode):
+        return []
+    wanted = "a directory" if directory else "a file"
+    detail = f"is not {wanted}: the rollout's readers and writers fail on it"
+    if quarantine is None:
+        return [Problem("wrong-file-type", str(path), detail)]
+    where = quarantine.quarantine_file(path, f"should have been {wanted}")
+    return [Problem("wrong-file-type", str(path), f"{detail}; moved to {where}", True)]
+
+
+def _span_counter(engine: Engine, rollout_id: str, quarantine: Quarantine | None) -> list[Problem]:
+    """A ``span-seq/`` that is not a directory, or holds names but no counter (a name that is a
+    number): every span write would look for a counter for about 70 s, then fail. ``fix`` moves
+    what is there to quarantine and remakes the counter at the highest ``sequence_id`` stored
+    for the rollout, as an allocation after a power cut raises it (none stored: ``span-seq/`` is
+    left empty, and the next allocation makes the counter). Numbers handed out but not stored
+    yet are not known: run ``--fix`` on a quiet store."""
+    directory = engine.ctx.layout.span_seq_dir(rollout_id)
+    out = _misshapen(directory, quarantine, directory=True)
+    if not out:
+        try:
+            names = sorted(os.listdir(directory))
+        except FileNotFoundError:
+            return []
+        if not names or any(name.isdigit() for name in names):
+            return []
+        detail = f"holds no counter (a file named by a number), only {', '.join(names[:3])}"
+        if quarantine is None:
+            return [Problem("no-span-counter", str(directory), detail)]
+        for name in names:
+            quarantine.quarantine_file(directory / name, "in span-seq/ but not a span counter")
+        out = [Problem("no-span-counter", str(directory), f"{detail}; moved to {quarantine.directory}", True)]
+    if out[0].fixed:
+        high = engine.spans.highest_stored(rollout_id)
+        if high:
+            engine.spans.bump(rollout_id, high, durable=engine.ctx.durable)
     return out
 
 
@@ -191,7 +249,7 @@ def _span_file_problems(engine: Engine, attempt: Attempt, quarantine: Quarantine
     for path in sorted({b.path for b in bad}):
         lines = [b for b in bad if b.path == path]
         if repair is not None:
-            _cut_lines(path, [b.offset for b in lines], repair)
+            cut_lines(path, [b.offset for b in lines], repair, "a span line that does not parse")
         out.extend(
             Problem("corrupt-span", str(b.path), f"byte {b.offset}: {b.reason}", repair is not None)
             for b in lines
@@ -199,20 +257,6 @@ def _span_file_problems(engine: Engine, attempt: Attempt, quarantine: Quarantine
     if finished:
         out.extend(_torn_tails(attempt_dir, quarantine))
     return out
-
-
-def _cut_lines(path: Path, offsets: list[int], quarantine: Quarantine) -> None:
-    """Republish ``path`` without the lines starting at ``offsets``; each goes to quarantine."""
-    data = fsio.read_bytes(path) or b""
-    kept: list[bytes] = []
-    start = 0
-    for offset in sorted(offsets):
-        end = data.find(b"\n", offset) + 1 or len(data)
-        kept.append(data[start:offset])
-        quarantine.quarantine_bytes(path, data[offset:end], offset, "a span line that does not parse")
-        start = end
-    kept.append(data[start:])
-    fsio.publish(path, b"".join(kept))
 
 
 def _torn_tails(attempt_dir: Path, quarantine: Quarantine | None) -> list[Problem]:
@@ -401,4 +445,5 @@ def _check(engine: Engine, index: RolloutIndex | None, quarantine: Quarantine | 
     out += _tokens(engine, fix, removing) + _rollouts(engine, quarantine, heads, pruned)
     if index is not None:
         out += _index(engine, index, heads, quarantine, removing)
+    out += resource_problems(engine.ctx) + worker_problems(engine.ctx, engine.workers, quarantine)
     return out + _temp_files(engine.ctx.layout.root, fix)

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import threading
 from pathlib import Path
 from typing import Any
@@ -21,12 +22,13 @@ from pydantic import TypeAdapter, ValidationError
 from store_fs._disk import codec, fsio
 from store_fs._disk.context import Context
 from store_fs._disk.ids import check_name_id, new_resources_id
-from store_fs.errors import CorruptRecordError
+from store_fs.errors import CorruptRecordError, InvalidIdError
 from store_fs.models import NamedResources, ResourcesUpdate
 
 __all__ = ["ResourceStore"]
 
 _NAMED = TypeAdapter(NamedResources)
+_DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
 def _num(name: str) -> int | None:
@@ -115,14 +117,44 @@ class ResourceStore:
             resources=resources,
         )
 
+    def _object_path(self, path: Path, record: dict[str, Any]) -> Path:
+        """Where the body named by the version ``record`` (read from ``path``) is stored;
+        :class:`CorruptRecordError` when it names none (a digest is 64 hex digits)."""
+        digest = record.get("object")
+        if not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
+            raise CorruptRecordError(str(path), f"'object' is not a sha256 digest: {digest!r}")
+        return self._layout.resource_object(digest)
+
     def _materialise(self, path: Path, record: dict[str, Any]) -> ResourcesUpdate:
-        body = self._load(self._layout.resource_object(str(record.get("object", ""))))
+        body_path = self._object_path(path, record)
+        body = self._load(body_path)
         if body is None:
-            raise CorruptRecordError(str(path), f"resource object {record.get('object')} is missing")
+            raise CorruptRecordError(str(path), f"its body {body_path} is missing")
         try:
             return ResourcesUpdate.model_validate({**record, "resources": body})
         except ValidationError as err:
             raise CorruptRecordError(str(path), str(err).splitlines()[0]) from None
+
+    def read_version(self, path: Path) -> ResourcesUpdate | None:
+        """The version stored at ``path`` (``by-id/<id>/<version>.json``) with its body, read
+        as :meth:`get` reads the newest; None if the file is gone, :class:`CorruptRecordError`
+        when it or its body cannot be read."""
+        record = self._load(path)
+        return None if record is None else self._materialise(path, record)
+
+    def read_pointer(self, path: Path) -> tuple[str, int] | None:
+        """``(resources_id, version)`` of the publication ``path`` (``versions/<n>.json``);
+        None if the file is gone, :class:`CorruptRecordError` when it holds no such pair."""
+        pointer = self._load(path)
+        if pointer is None:
+            return None
+        rid, version = pointer.get("resources_id"), pointer.get("version")
+        if not isinstance(rid, str) or type(version) is not int:
+            raise CorruptRecordError(str(path), "needs a resources_id and an integer version")
+        try:
+            return check_name_id("resources", rid), version
+        except InvalidIdError as err:
+            raise CorruptRecordError(str(path), str(err)) from None
 
     def get(self, resources_id: str) -> ResourcesUpdate | None:
         rid = check_name_id("resources", resources_id)
@@ -130,9 +162,7 @@ class ResourceStore:
         version = _highest(directory)
         if not version:
             return None
-        path = directory / f"{version:06d}.json"
-        record = self._load(path)
-        return None if record is None else self._materialise(path, record)
+        return self.read_version(directory / f"{version:06d}.json")
 
     def latest(self) -> ResourcesUpdate | None:
         cursor = self._cursor()
@@ -143,11 +173,8 @@ class ResourceStore:
             cursor.global_version = n
         if n <= 0:
             return None
-        path = self._layout.resource_versions / f"{n:08d}.json"
-        pointer = self._load(path)
-        if pointer is None:
-            return None
-        return self.get(str(pointer["resources_id"]))
+        pointer = self.read_pointer(self._layout.resource_versions / f"{n:08d}.json")
+        return None if pointer is None else self.get(pointer[0])
 
     def latest_id(self) -> str | None:
         latest = self.latest()

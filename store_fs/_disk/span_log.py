@@ -307,6 +307,13 @@ class SpanLog:
     def _raise_to_stored(self, rollout_id: str) -> None:
         """Make the counter at least the highest ``sequence_id`` stored for the rollout (the
         rename synced when this store is durable)."""
+        high = self.highest_stored(rollout_id)
+        if high:
+            self.bump(rollout_id, high, durable=self._ctx.durable)
+
+    def highest_stored(self, rollout_id: str) -> int:
+        """The highest ``sequence_id`` in the rollout's span files (0 if none): the least value
+        its counter may hold."""
         attempts = self._layout.attempts_dir(rollout_id)
         high = 0
         for name in fsio.list_names(attempts):
@@ -314,8 +321,7 @@ class SpanLog:
                 seq = obj.get("sequence_id")
                 if type(seq) is int and seq > high:
                     high = seq
-        if high:
-            self.bump(rollout_id, high, durable=self._ctx.durable)
+        return high
 
     def bump(self, rollout_id: str, at_least: int, *, durable: bool = False) -> None:
         """Make sure the counter is at least ``at_least`` (explicit numbers push it up, never down).

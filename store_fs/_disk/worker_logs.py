@@ -28,10 +28,16 @@ file, then rename) as the few lines that still win a field, each keeping its
 a segment by compaction (:mod:`store_fs._disk.log_compaction`, :func:`fold_bytes`);
 readers read segments and logs alike (:mod:`store_fs._disk.log_segments`).
 ``status.json`` and ``heartbeat.json`` written by older builds are read as the oldest layer.
+
+A complete line that does not parse, is not a JSON object or has no numeric ``t`` is logged and
+skipped, as a bad span line is: one damaged line costs the change it held, not every read of
+the worker. ``agl check`` reports such lines (:meth:`WorkerStore.bad_lines`) and ``--fix`` moves
+them to quarantine.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections import OrderedDict
@@ -42,10 +48,12 @@ from typing import Any, Final
 from store_fs._disk import codec, fsio, log_segments
 from store_fs._disk.context import Context
 from store_fs._disk.ids import check_name_id
-from store_fs.errors import CorruptRecordError
+from store_fs._disk.span_log import BadLine
 from store_fs.models import Attempt, Worker
 
 __all__ = ["COMPACT_BYTES", "WORKER_LOGS", "WorkerStore", "fold_bytes", "fold_lines"]
+
+log = logging.getLogger(__name__)
 
 COMPACT_BYTES: Final = 32 * 1024
 
@@ -104,6 +112,12 @@ def fold_bytes(data: bytes) -> bytes:
     return b"".join(kept) + _winning_lines(changes)
 
 
+def _skip(path: Path, offset: int, reason: str, bad: list[BadLine] | None) -> None:
+    log.warning("skipping corrupt worker log line in %s at byte %d: %s", path, offset, reason)
+    if bad is not None:
+        bad.append(BadLine(path, offset, reason))
+
+
 class _Writer:
     """This process's view of the worker logs it appends to."""
 
@@ -144,47 +158,59 @@ class WorkerStore:
         return writer
 
     # -- reading -------------------------------------------------------------------
-    def _changes(self, directory: Path) -> Iterator[tuple[float, int, dict[str, Any]]]:
-        """Every change recorded for one worker, as ``(t, order, fields)``."""
+    def _changes(self, directory: Path, bad: list[BadLine] | None = None) -> Iterator[Change]:
+        """Every readable change recorded for one worker, as ``(t, order, fields)``; what
+        cannot be read is logged, skipped and appended to ``bad``."""
         order = 0
         for name in _LEGACY:
             path = directory / name
             data = fsio.read_bytes(path)
-            if data:
-                obj = self._decode(path, data)
+            obj = self._decode(path, data, 0, bad) if data else None
+            if obj is not None:
                 yield float("-inf"), order, {k: v for k, v in obj.items() if k in _FIELDS}
                 order += 1
         for chunk in log_segments.read_all(directory, WORKER_LOGS):
-            for t, fields in self._lines(directory / chunk.file, chunk.data):
+            for t, fields in self._lines(directory / chunk.file, chunk.data, chunk.offset, bad):
                 yield t, order, {k: v for k, v in fields.items() if k in _FIELDS}
                 order += 1
 
-    def _log_lines(self, path: Path) -> Iterator[tuple[float, dict[str, Any]]]:
-        """The complete lines of one log, as ``(t, the other fields)``, in write order."""
-        data = fsio.read_bytes(path) or b""
-        # Bytes after the last newline are a write in progress.
-        return self._lines(path, data[: data.rfind(b"\n") + 1])
-
-    def _lines(self, path: Path, data: bytes) -> Iterator[tuple[float, dict[str, Any]]]:
-        """Complete lines (read from ``path``) as ``(t, the other fields)``, in order."""
-        for line in data.splitlines():
-            if not line.strip():
-                continue
-            fields = self._decode(path, line)
-            t = fields.pop("t", None)
-            if not isinstance(t, (int, float)):
-                raise CorruptRecordError(str(path), "a worker log line without a numeric 't'")
-            yield float(t), fields
+    def _lines(
+        self, path: Path, data: bytes, start: int, bad: list[BadLine] | None
+    ) -> Iterator[tuple[float, dict[str, Any]]]:
+        """Complete lines (read from ``path`` at byte ``start``) as ``(t, the other fields)``,
+        in order; lines that cannot be read are skipped (see :meth:`_decode`)."""
+        offset = start
+        for line in data.split(b"\n")[:-1]:
+            fields = self._decode(path, line, offset, bad) if line.strip() else None
+            if fields is not None:
+                t = fields.pop("t", None)
+                if isinstance(t, (int, float)):
+                    yield float(t), fields
+                else:
+                    _skip(path, offset, "a worker log line without a numeric 't'", bad)
+            offset += len(line) + 1
 
     @staticmethod
-    def _decode(path: Path, data: bytes) -> dict[str, Any]:
+    def _decode(path: Path, data: bytes, offset: int, bad: list[BadLine] | None) -> dict[str, Any] | None:
+        """The JSON object at byte ``offset`` of ``path``; None (logged, added to ``bad``) when
+        it is not one."""
         try:
             obj = codec.loads(data)
         except codec.DecodeError as err:
-            raise CorruptRecordError(str(path), str(err)) from None
+            _skip(path, offset, str(err).splitlines()[0], bad)
+            return None
         if not isinstance(obj, dict):
-            raise CorruptRecordError(str(path), "not a JSON object")
+            _skip(path, offset, "not a JSON object", bad)
+            return None
         return obj
+
+    def bad_lines(self, directory: Path) -> list[BadLine]:
+        """What readers of the worker at ``directory`` skip: lines (and older builds' records)
+        that cannot be read, each with its file and byte offset. For ``agl check``."""
+        bad: list[BadLine] = []
+        for _change in self._changes(directory, bad):
+            pass
+        return bad
 
     def _state(self, worker_id: str) -> dict[str, Any] | None:
         directory = self._layout.worker_dir(worker_id)
@@ -236,9 +262,11 @@ class WorkerStore:
                 self._compact(path)
 
     def _compact(self, path: Path) -> None:
-        """Rewrite this process's log as the lines that still win a field (same fold)."""
-        changes = [(t, order, fields) for order, (t, fields) in enumerate(self._log_lines(path))]
-        fsio.publish(path, _winning_lines(changes), durable=self._ctx.durable)
+        """Rewrite this process's log as the lines that still win a field (same fold); lines
+        that cannot be read are kept as they are, for ``agl check`` to report."""
+        data = fsio.read_bytes(path) or b""
+        # Bytes after the last newline are a write in progress.
+        fsio.publish(path, fold_bytes(data[: data.rfind(b"\n") + 1]), durable=self._ctx.durable)
 
     def heartbeat(self, worker_id: str, stats: dict[str, Any] | None) -> Worker:
         """Record a heartbeat (and replace the stats when given)."""

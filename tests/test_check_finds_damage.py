@@ -1,0 +1,287 @@
+"""agl check finds damage that made other commands fail, names the file, and --fix repairs only
+what it can without losing anything: corrupt resources (reported, left in place), an unreadable
+worker log line (skipped by readers, quarantined), files of the wrong kind among a rollout's
+attempts (quarantined), and a ``span-seq/`` without a counter (remade from the stored spans).
+
+The CLI tests run the real ``agl``; each starts from the store of the defect reports: resources
+added, one rollout enqueued and dequeued by worker ``w1`` (plus two spans where spans matter).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from cli_helpers import Agl, Result, assert_error, diff_snapshots, snapshot
+
+from store_fs import FileStore
+
+
+@pytest.fixture
+def agl(tmp_path: Path) -> Agl:
+    runner = Agl(tmp_path / "st", tmp_path)
+    runner.ok("init")
+    runner.ok("resources", "add", "--template", "Q {x}")
+    runner.enqueue("a")
+    runner.dequeue("w1")
+    return runner
+
+
+def _rollout(agl: Agl) -> tuple[str, str, Path]:
+    """The one rollout's id, its attempt's id, and its directory."""
+    (directory,) = agl.store.glob("rollouts/*/ro-*")
+    (attempt,) = agl.ok("attempts", "list", directory.name).lines()
+    return directory.name, attempt["attempt_id"], directory
+
+
+def _with_spans(agl: Agl) -> tuple[str, str, Path]:
+    rid, aid, directory = _rollout(agl)
+    agl.ok("spans", "add", rid, aid, input='{"name": "a"}\n{"name": "b"}\n')
+    return rid, aid, directory
+
+
+def _problems(res: Result) -> list[dict[str, object]]:
+    assert "Traceback" not in res.stderr, str(res)
+    return res.lines()
+
+
+def _found(res: Result, path: Path, kind: str, *, fixed: bool) -> dict[str, object]:
+    """The one problem ``res`` reports for ``path``, of ``kind`` and ``fixed`` as given."""
+    hits = [p for p in _problems(res) if p["path"] == str(path)]
+    assert [(p["kind"], p["fixed"]) for p in hits] == [(kind, fixed)], str(res)
+    return hits[0]
+
+
+def _lost(before: dict[str, bytes], after: dict[str, bytes], *changed: Path, root: Path) -> list[str]:
+    """What ``before`` held that ``after`` lacks or holds otherwise, except under ``changed``
+    (paths under ``root``) and the rollout index (rewritten by design)."""
+    allowed = (*(p.relative_to(root).as_posix() for p in changed), "index/")
+    return [
+        line
+        for line in diff_snapshots(before, after)
+        if not line.startswith("+ ") and not line[2:].startswith(allowed)
+    ]
+
+
+def _quarantined(store: Path, original: Path) -> Path:
+    """Where a repair moved ``original`` (its note names it)."""
+    rel = original.relative_to(store).as_posix()
+    for note in store.glob("quarantine/*/**/*.note.json"):
+        if json.loads(note.read_bytes())["path"] == rel:
+            return note.with_name(note.name.removesuffix(".note.json"))
+    raise AssertionError(f"nothing from {rel} in quarantine")
+
+
+# --------------------------------------------------------------------------------------------
+# 1. resources: reported by name, never repaired
+# --------------------------------------------------------------------------------------------
+
+
+def _cut_pointer(store: Path) -> Path:
+    (path,) = store.glob("resources/versions/*.json")
+    os.truncate(path, 3)
+    return path
+
+
+def _cut_body(store: Path) -> Path:
+    (path,) = store.glob("resources/objects/*/*.json")
+    os.truncate(path, 10)
+    return path
+
+
+def _garbage_version(store: Path) -> Path:
+    (path,) = store.glob("resources/by-id/*/*.json")
+    path.write_bytes(b"garbage\n")
+    return path
+
+
+def _no_bodies(store: Path) -> Path:
+    shutil.rmtree(store / "resources" / "objects")
+    (path,) = store.glob("resources/by-id/*/*.json")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("damage", "kind"),
+    [
+        (_cut_pointer, "corrupt-resource-pointer"),
+        (_cut_body, "corrupt-resource-object"),
+        (_garbage_version, "corrupt-resource-version"),
+        (_no_bodies, "corrupt-resource-version"),
+    ],
+)
+def test_damaged_resources_are_reported_by_name_and_left_in_place(
+    agl: Agl, damage: Callable[[Path], Path], kind: str
+) -> None:
+    assert _problems(agl.ok("check")) == []
+    damaged = damage(agl.store)
+    assert_error(agl("enqueue", '"b"'), 7)  # the failure the check must foresee
+
+    res = agl("check")
+    assert res.code == 7, str(res)
+    found = _found(res, damaged, kind, fixed=False)
+    if damage is _no_bodies:
+        assert "resources/objects/" in str(found["detail"]), found  # the missing body, by path
+
+    before = snapshot(agl.store)
+    res = agl("check", "--fix")
+    assert res.code == 7, str(res)
+    _found(res, damaged, kind, fixed=False)
+    assert not (agl.store / "quarantine").exists()
+    after = snapshot(agl.store)
+    assert _lost(before, after, root=agl.store) == []  # nothing moved or changed
+    assert {p for p in after.keys() - before.keys() if p.startswith("resources/")} == set()  # or invented
+
+
+def test_a_stale_temporary_file_among_resources_is_removed(agl: Agl) -> None:
+    (fan,) = agl.store.glob("resources/objects/*")
+    torn = fan / ".0123abcd.json.vm-1.tmp"
+    torn.write_bytes(b'{"main_pro')
+    old = time.time() - 7200
+    os.utime(torn, (old, old))
+    res = agl("check")
+    assert res.code == 7, str(res)
+    _found(res, torn, "temp-file", fixed=False)
+    _found(agl.ok("check", "--fix"), torn, "temp-file", fixed=True)
+    assert not torn.exists()
+    assert _problems(agl.ok("check")) == []
+    agl.ok("resources", "list")
+
+
+# --------------------------------------------------------------------------------------------
+# 2. a worker log line that cannot be read
+# --------------------------------------------------------------------------------------------
+
+
+def test_a_garbage_worker_log_line_is_skipped_reported_and_quarantined(agl: Agl) -> None:
+    workers = agl.ok("workers", "list").lines()
+    (log,) = agl.store.glob("workers/w1/log.*.jsonl")
+    good = log.read_bytes()
+    with log.open("ab") as f:
+        f.write(b"garbage\n")
+    before = snapshot(agl.store)
+
+    res = agl.ok("workers", "list")  # the line is skipped, with a warning naming it
+    assert res.lines() == workers
+    assert f"corrupt worker log line in {log} at byte {len(good)}" in res.stderr
+    agl.ok("report", "-o", str(agl.cwd / "report.html"))
+
+    res = agl("check")
+    assert res.code == 7, str(res)
+    assert f"byte {len(good)}" in str(_found(res, log, "corrupt-worker-log", fixed=False)["detail"])
+
+    _found(agl.ok("check", "--fix"), log, "corrupt-worker-log", fixed=True)  # its writer exited
+    assert log.read_bytes() == good
+    assert _quarantined(agl.store, log).read_bytes() == b"garbage\n"
+    assert _problems(agl.ok("check")) == []
+    assert agl.ok("workers", "list").lines() == workers
+    assert _lost(before, snapshot(agl.store), log, root=agl.store) == []
+
+
+async def test_a_live_writers_worker_log_is_only_reported(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "st")
+    await store.enqueue_rollout(input="a")
+    assert await store.dequeue_rollout(worker_id="w1") is not None  # this process writes w1's log
+    (log,) = (tmp_path / "st" / "workers" / "w1").glob("log.*.jsonl")
+    with log.open("ab") as f:
+        f.write(b"[1, 2]\n")
+    [problem] = [p for p in store.check(fix=True) if p.kind == "corrupt-worker-log"]
+    assert (problem.path, problem.fixed) == (str(log), False)
+    assert log.read_bytes().endswith(b"[1, 2]\n")
+    worker = await store.get_worker_by_id("w1")
+    assert worker is not None
+    assert worker.status == "busy"
+    store.close()
+
+
+# --------------------------------------------------------------------------------------------
+# 3. files of the wrong kind among a rollout's attempts
+# --------------------------------------------------------------------------------------------
+
+
+def test_an_attempts_entry_that_is_a_file_is_reported_and_moved_aside(agl: Agl) -> None:
+    rid, aid, directory = _rollout(agl)
+    attempts = directory / "attempts"
+    attempts.write_bytes(b"not a directory\n")
+    before = snapshot(agl.store)
+    assert agl("stats").code != 0  # "Not a directory" until it is repaired
+
+    res = agl("check")
+    assert res.code == 7, str(res)
+    _found(res, attempts, "wrong-file-type", fixed=False)
+
+    _found(agl.ok("check", "--fix"), attempts, "wrong-file-type", fixed=True)
+    assert _quarantined(agl.store, attempts).read_bytes() == b"not a directory\n"
+    assert _problems(agl.ok("check")) == []
+    assert _lost(before, snapshot(agl.store), attempts, root=agl.store) == []
+    agl.ok("stats")
+    agl.ok("reward", rid, "0.5", "--attempt", aid)  # its attempt's directory made anew
+    assert agl.ok("spans", "list", rid).lines()[0]["sequence_id"] == 1
+
+
+def test_a_span_log_that_is_a_directory_is_reported_without_a_crash(agl: Agl) -> None:
+    rid, aid, directory = _with_spans(agl)
+    (span_log,) = directory.glob("attempts/*/spans.*.jsonl")
+    span_log.unlink()
+    (span_log / "inside").mkdir(parents=True)
+    before = snapshot(agl.store)
+
+    res = agl("check")
+    assert res.code == 7, str(res)
+    _found(res, span_log, "wrong-file-type", fixed=False)
+
+    _found(agl.ok("check", "--fix"), span_log, "wrong-file-type", fixed=True)
+    assert (_quarantined(agl.store, span_log) / "inside").is_dir()
+    assert _problems(agl.ok("check")) == []
+    agl.ok("spans", "add", rid, aid, input='{"name": "c"}\n')  # the log is made anew
+    assert [s["name"] for s in agl.ok("spans", "list", rid).lines()] == ["c"]
+    assert _lost(before, snapshot(agl.store), span_log, directory / "span-seq", root=agl.store) == []
+
+
+# --------------------------------------------------------------------------------------------
+# 4. a span-seq/ without a counter
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("junk", ["abc", "-5"])
+def test_a_span_counter_lost_among_junk_is_remade_from_the_stored_spans(agl: Agl, junk: str) -> None:
+    rid, aid, directory = _with_spans(agl)
+    counter_dir = directory / "span-seq"
+    for name in os.listdir(counter_dir):
+        (counter_dir / name).unlink()
+    (counter_dir / junk).touch()
+    before = snapshot(agl.store)
+
+    res = agl("check")
+    assert res.code == 7, str(res)
+    assert junk in str(_found(res, counter_dir, "no-span-counter", fixed=False)["detail"])
+
+    _found(agl.ok("check", "--fix"), counter_dir, "no-span-counter", fixed=True)
+    assert sorted(os.listdir(counter_dir)) == ["2"]  # the highest sequence_id stored
+    assert _quarantined(agl.store, counter_dir / junk).read_bytes() == b""
+    assert _problems(agl.ok("check")) == []
+    res = agl.ok("spans", "add", rid, aid, input='{"name": "c"}\n', timeout=15)  # no 70 s wait
+    assert res.lines()[0]["sequence_id"] == 3
+    assert [s["sequence_id"] for s in agl.ok("spans", "list", rid).lines()] == [1, 2, 3]
+    assert _lost(before, snapshot(agl.store), counter_dir, directory / "attempts", root=agl.store) == []
+
+
+async def test_a_junk_span_counter_without_spans_is_emptied_for_the_next_allocation(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "st")
+    rollout = await store.enqueue_rollout(input="a")
+    counter_dir = store.layout.span_seq_dir(rollout.rollout_id)
+    counter_dir.mkdir()
+    (counter_dir / "junk").mkdir()  # a directory is junk as well
+    [problem] = store.check(fix=True)
+    assert (problem.kind, problem.path, problem.fixed) == ("no-span-counter", str(counter_dir), True)
+    assert os.listdir(counter_dir) == []  # no span stored: the next allocation makes the counter
+    assert store.check() == []
+    attempted = await store.dequeue_rollout()
+    assert attempted is not None
+    assert await store.get_next_span_sequence_id(rollout.rollout_id, attempted.attempt.attempt_id) == 1
+    store.close()
