@@ -9,6 +9,7 @@ added, one rollout enqueued and dequeued by worker ``w1`` (plus two spans where 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -19,29 +20,60 @@ from pathlib import Path
 import pytest
 from cli_helpers import Agl, Result, assert_error, diff_snapshots, snapshot
 
-from store_fs import FileStore
+from store_fs import FileStore, PromptTemplate, Span
+
+
+async def _build(root: Path) -> None:
+    store = FileStore(root)
+    try:
+        await store.add_resources({"main_prompt": PromptTemplate(template="Q {x}", engine="f-string")})
+        await store.enqueue_rollout(input="a")
+    finally:
+        store.close()
 
 
 @pytest.fixture
 def agl(tmp_path: Path) -> Agl:
+    # Made in process but the dequeue (what is tested is `agl check`; each agl call costs ~0.4 s),
+    # which an agl process does so that worker w1's log has a writer that is gone.
+    asyncio.run(_build(tmp_path / "st"))
     runner = Agl(tmp_path / "st", tmp_path)
-    runner.ok("init")
-    runner.ok("resources", "add", "--template", "Q {x}")
-    runner.enqueue("a")
     runner.dequeue("w1")
     return runner
+
+
+async def _attempt_id(root: Path, rollout_id: str) -> str:
+    store = FileStore(root)
+    try:
+        attempt = await store.get_latest_attempt(rollout_id)
+        assert attempt is not None
+        return attempt.attempt_id
+    finally:
+        store.close()
 
 
 def _rollout(agl: Agl) -> tuple[str, str, Path]:
     """The one rollout's id, its attempt's id, and its directory."""
     (directory,) = agl.store.glob("rollouts/*/ro-*")
-    (attempt,) = agl.ok("attempts", "list", directory.name).lines()
-    return directory.name, attempt["attempt_id"], directory
+    return directory.name, asyncio.run(_attempt_id(agl.store, directory.name)), directory
+
+
+async def _add_spans(root: Path, rid: str, aid: str) -> None:
+    store = FileStore(root)
+    try:
+        for seq, name in enumerate(("a", "b"), 1):
+            await store.add_span(
+                Span.from_attributes(
+                    rollout_id=rid, attempt_id=aid, sequence_id=seq, name=name, attributes={}
+                )
+            )
+    finally:
+        store.close()
 
 
 def _with_spans(agl: Agl) -> tuple[str, str, Path]:
     rid, aid, directory = _rollout(agl)
-    agl.ok("spans", "add", rid, aid, input='{"name": "a"}\n{"name": "b"}\n')
+    asyncio.run(_add_spans(agl.store, rid, aid))
     return rid, aid, directory
 
 

@@ -37,9 +37,12 @@ HUGE = "100000000000000000000000"  # a digit string pydantic turns into an int p
 DEEP = '{"a":' * 300 + "1" + "}" * 300  # orjson reads 1,024 levels, writes 254
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[ServerProcess]:
-    proc = ServerProcess(init_store(tmp_path / "store"), tmp_path / "server.log")
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    # One server for the module (starting one costs ~1 s): each test compares the store with
+    # itself before and after, or uses rollouts of its own.
+    root = tmp_path_factory.mktemp("refused")
+    proc = ServerProcess(init_store(root / "store"), root / "server.log")
     try:
         yield proc.start()
     finally:
@@ -76,6 +79,7 @@ def check_clean(store: Path) -> None:
 def test_a_value_json_cannot_hold_is_refused_and_nothing_is_written(
     server: ServerProcess, path: str, body: str
 ) -> None:
+    total = raw_request(server.url, "GET", API + "/rollouts")[1]["total"]
     before = store_snapshot(server.store)
     status, answer = post(server, path, body)
     assert status == 400, answer
@@ -84,7 +88,7 @@ def test_a_value_json_cannot_hold_is_refused_and_nothing_is_written(
     assert store_snapshot(server.store) == before  # not even the batch's first rollout
     status, page = raw_request(server.url, "GET", API + "/rollouts")[:2]
     assert status == 200
-    assert page["total"] == 0
+    assert page["total"] == total
     check_clean(server.store)
 
 
@@ -134,9 +138,9 @@ def test_over_http_a_long_worker_id_is_a_400_and_the_rollout_stays_queued(server
     status, answer = post(server, "/queues/rollouts/dequeue", {"limit": 1, "worker_id": "é" * 128})
     assert status == 400, answer
     assert answer["error_type"] == "InvalidIdError", answer
-    status, claimed = post(server, "/queues/rollouts/dequeue", {"limit": 1, "worker_id": "w1"})
+    status, claimed = post(server, "/queues/rollouts/dequeue", {"limit": 1000, "worker_id": "w1"})
     assert status == 200
-    assert [r["rollout_id"] for r in claimed] == [queued[0]["rollout_id"]]
+    assert queued[0]["rollout_id"] in [r["rollout_id"] for r in claimed]
 
 
 # -- span sequence numbers: one out of range leaves the counter alone ----------------------
@@ -179,7 +183,7 @@ def test_a_path_id_that_is_not_utf8_is_a_400_not_another_id(server: ServerProces
         assert "not UTF-8" in answer["detail"], (path, answer)
     status, answer = post(server, "/workers/%FF", {"status": "idle"})
     assert status == 400, answer
-    assert not any((server.store / "workers").iterdir())
+    assert not (server.store / "workers" / "\ufffd").exists()
 
 
 @pytest.mark.parametrize(
@@ -225,20 +229,21 @@ def test_a_long_wait_ends_when_its_client_leaves(server: ServerProcess, how: str
     status, started = post(server, "/rollouts", {"input": "x"})
     assert status == 201
     body = json.dumps({"rollout_ids": [started["rollout_id"]], "timeout": 1e308}).encode()
+    logged = len(server.log_text())
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
     sock.sendall(
         b"POST %s/waits/rollouts HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         b"Content-Length: %d\r\n\r\n%s" % (API.encode(), len(body), body)
     )
     time.sleep(0.5)  # the wait is running on the server
-    assert "waits/rollouts" not in server.log_text()  # no answer yet: an access line comes with one
+    assert "waits/rollouts" not in server.log_text()[logged:]  # no answer yet: its access line comes with it
     left = time.monotonic()
     if how == "close":
         sock.close()
     else:
         sock.shutdown(socket.SHUT_WR)  # a half-closed client still gets its answer, at once
     deadline = left + 10
-    while "/waits/rollouts 200" not in server.log_text():
+    while "/waits/rollouts 200" not in server.log_text()[logged:]:
         assert time.monotonic() < deadline, server.log_text()[-2000:]
         time.sleep(0.05)
     assert time.monotonic() - left < 5
