@@ -190,12 +190,19 @@ def test_a_stale_temporary_file_among_resources_is_removed(agl: Agl) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def test_a_garbage_worker_log_line_is_skipped_reported_and_quarantined(agl: Agl) -> None:
+@pytest.mark.parametrize(
+    "junk",
+    [b"garbage\n", b'{"t": 9e9, "status": 5}\n', b'{"t": 9e9, "last_heartbeat_time": "soon"}\n'],
+    ids=["not-json", "status-not-a-status", "time-not-a-number"],
+)
+def test_a_garbage_worker_log_line_is_skipped_reported_and_quarantined(agl: Agl, junk: bytes) -> None:
+    # A line that parses but holds a value its field refuses, folded in, failed every read of
+    # the worker as surely as one that does not parse.
     workers = agl.ok("workers", "list").lines()
     (log,) = agl.store.glob("workers/w1/log.*.jsonl")
     good = log.read_bytes()
     with log.open("ab") as f:
-        f.write(b"garbage\n")
+        f.write(junk)
     before = snapshot(agl.store)
 
     res = agl.ok("workers", "list")  # the line is skipped, with a warning naming it
@@ -209,7 +216,7 @@ def test_a_garbage_worker_log_line_is_skipped_reported_and_quarantined(agl: Agl)
 
     _found(agl.ok("check", "--fix"), log, "corrupt-worker-log", fixed=True)  # its writer exited
     assert log.read_bytes() == good
-    assert _quarantined(agl.store, log).read_bytes() == b"garbage\n"
+    assert _quarantined(agl.store, log).read_bytes() == junk
     assert _problems(agl.ok("check")) == []
     assert agl.ok("workers", "list").lines() == workers
     assert _lost(before, snapshot(agl.store), log, root=agl.store) == []

@@ -29,21 +29,24 @@ a segment by compaction (:mod:`store_fs._disk.log_compaction`, :func:`fold_bytes
 readers read segments and logs alike (:mod:`store_fs._disk.log_segments`).
 ``status.json`` and ``heartbeat.json`` written by older builds are read as the oldest layer.
 
-A complete line that does not parse, is not a JSON object or has no numeric ``t`` is logged and
-skipped, as a bad span line is: one damaged line costs the change it held, not every read of
+A complete line that does not parse, is not a JSON object, has no numeric ``t`` or holds a
+value its ``Worker`` field refuses is logged and skipped, as a bad span line is: one damaged line costs the change it held, not every read of
 the worker. ``agl check`` reports such lines (:meth:`WorkerStore.bad_lines`) and ``--fix`` moves
 them to quarantine.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Final
+from typing import Annotated, Any, Final
+
+from pydantic import TypeAdapter, ValidationError
 
 from store_fs._disk import codec, fsio, log_segments
 from store_fs._disk.context import Context
@@ -112,6 +115,35 @@ def fold_bytes(data: bytes) -> bytes:
     return b"".join(kept) + _winning_lines(changes)
 
 
+@functools.cache
+def _field_validators() -> dict[str, TypeAdapter[Any]]:
+    # Built on first read, not at import: every agl command imports this module.
+    out: dict[str, TypeAdapter[Any]] = {}
+    for name, info in Worker.model_fields.items():
+        if name in _FIELDS:
+            annotation: Any = info.annotation
+            out[name] = TypeAdapter(Annotated[annotation, *info.metadata] if info.metadata else annotation)
+    return out
+
+
+def _valid(path: Path, offset: int, fields: dict[str, Any], bad: list[BadLine] | None) -> bool:
+    """Whether every known field of a line holds a value its ``Worker`` field accepts. A line
+    with one that does not (``"status": 5``, written by hand) is skipped like a line that does
+    not parse: folded in, it would make every read of the worker fail."""
+    validators = _field_validators()
+    for name, value in fields.items():
+        validator = validators.get(name)
+        if validator is None:
+            continue
+        try:
+            validator.validate_python(value)
+        except ValidationError as err:
+            reason = err.errors()[0]["msg"]
+            _skip(path, offset, f"field {name!r} does not validate: {reason}", bad)
+            return False
+    return True
+
+
 def _skip(path: Path, offset: int, reason: str, bad: list[BadLine] | None) -> None:
     log.warning("skipping corrupt worker log line in %s at byte %d: %s", path, offset, reason)
     if bad is not None:
@@ -166,8 +198,9 @@ class WorkerStore:
             path = directory / name
             data = fsio.read_bytes(path)
             obj = self._decode(path, data, 0, bad) if data else None
-            if obj is not None:
-                yield float("-inf"), order, {k: v for k, v in obj.items() if k in _FIELDS}
+            fields = None if obj is None else {k: v for k, v in obj.items() if k in _FIELDS}
+            if fields is not None and _valid(path, 0, fields, bad):
+                yield float("-inf"), order, fields
                 order += 1
         for chunk in log_segments.read_all(directory, WORKER_LOGS):
             for t, fields in self._lines(directory / chunk.file, chunk.data, chunk.offset, bad):
@@ -184,10 +217,10 @@ class WorkerStore:
             fields = self._decode(path, line, offset, bad) if line.strip() else None
             if fields is not None:
                 t = fields.pop("t", None)
-                if isinstance(t, (int, float)):
-                    yield float(t), fields
-                else:
+                if not isinstance(t, (int, float)):
                     _skip(path, offset, "a worker log line without a numeric 't'", bad)
+                elif _valid(path, offset, fields, bad):
+                    yield float(t), fields
             offset += len(line) + 1
 
     @staticmethod
