@@ -30,9 +30,9 @@ readers read segments and logs alike (:mod:`store_fs._disk.log_segments`).
 ``status.json`` and ``heartbeat.json`` written by older builds are read as the oldest layer.
 
 A complete line that does not parse, is not a JSON object, has no numeric ``t`` or holds a
-value its ``Worker`` field refuses is logged and skipped, as a bad span line is: one damaged line costs the change it held, not every read of
-the worker. ``agl check`` reports such lines (:meth:`WorkerStore.bad_lines`) and ``--fix`` moves
-them to quarantine.
+value its ``Worker`` field refuses is logged and skipped, as a bad span line is: one damaged
+line costs the change it held, not every read of the worker. ``agl check`` reports such lines
+(:meth:`WorkerStore.bad_lines`) and ``--fix`` moves them to quarantine.
 """
 
 from __future__ import annotations
