@@ -8,7 +8,7 @@ invariant it keeps.
 Foundations (no store knowledge):
     fsio             every write: temp file + rename/link; ``publish`` appears whole, ``create_exclusive``
                      succeeds for exactly one writer, ``move`` (rename) for exactly one mover.
-    codec            every byte of every record and log line: orjson, sorted keys for records.
+    codec            every byte of every record and log line: orjson, sorted keys for records but revisions.
     layout           every path: only it turns (validated) ids into paths.
     ids              id formats and checks: no id reaches ``layout`` unless it is safe in a path.
     context          what the components share (layout, clock, durability, per-process state

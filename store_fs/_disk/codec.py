@@ -1,8 +1,10 @@
 """The only place where records become bytes and bytes become records.
 
 Records meant to be read and diffed by people (rollout history, resources,
-workers) are pretty-printed JSON with sorted keys and a final newline. Logs
-(spans, events) are one compact JSON object per line.
+workers) are pretty-printed JSON with a final newline: with sorted keys, except
+rollout revisions, which keep the order of the model's fields and of the
+caller's own dicts (``input``, ``metadata``), as upstream's store hands them
+back. Logs (spans, events) are one compact JSON object per line.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ __all__ = ["DecodeError", "check_storable", "dumps_line", "dumps_record", "loads
 
 DecodeError = orjson.JSONDecodeError
 
-_RECORD = orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS | orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS
+_IN_ORDER = orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS
+_RECORD = _IN_ORDER | orjson.OPT_SORT_KEYS
 _LINE = orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS
 
 
@@ -35,10 +38,12 @@ def _refused(what: str, err: orjson.JSONEncodeError) -> UnstorableValueError:
     return UnstorableValueError(what, str(err) or type(err).__name__)
 
 
-def dumps_record(obj: Any) -> bytes:
-    """Pretty, key-sorted JSON with a final newline; :class:`UnstorableValueError` if JSON cannot hold it."""
+def dumps_record(obj: Any, *, sort_keys: bool = True) -> bytes:
+    """Pretty JSON with a final newline, keys sorted unless ``sort_keys`` is false (then in the
+    order of the model's fields and of each dict); :class:`UnstorableValueError` if JSON cannot
+    hold it."""
     try:
-        return orjson.dumps(obj, default=_default, option=_RECORD)
+        return orjson.dumps(obj, default=_default, option=_RECORD if sort_keys else _IN_ORDER)
     except orjson.JSONEncodeError as err:
         raise _refused(type(obj).__name__, err) from None
 

@@ -327,7 +327,8 @@ class RecordStore:
 
     def _try_write(self, rollout_id: str, rev: int, record: RolloutRecord) -> bool:
         """Create revision ``rev`` holding ``record`` unless it exists; True if this call did."""
-        data = codec.dumps_record(record)
+        # In field order, not sorted: a caller's input and metadata come back in their own order.
+        data = codec.dumps_record(record, sort_keys=False)
         staged = fsio.Staged(self._path(rollout_id, rev), data, durable=self._ctx.durable, mode=REVISION_MODE)
         try:
             if not staged.link():
