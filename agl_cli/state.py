@@ -102,7 +102,10 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     if threading.current_thread() is not threading.main_thread():
         return asyncio.run(coro)
     previous = signal.getsignal(signal.SIGINT)
-    if previous is not signal.default_int_handler:  # someone chose their own: leave it
+    previous_alarm = signal.getsignal(signal.SIGALRM)
+    # Someone chose their own SIGINT handler, or holds SIGALRM (None: one installed outside
+    # Python, which could not be put back): leave both alone.
+    if previous is not signal.default_int_handler or previous_alarm not in (signal.SIG_DFL, signal.SIG_IGN):
         return asyncio.run(coro)
     with asyncio.Runner() as runner:
         loop = runner.get_loop()
@@ -121,7 +124,7 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
             raise KeyboardInterrupt
 
         signal.signal(signal.SIGINT, on_sigint)
-        previous_alarm = signal.signal(signal.SIGALRM, on_alarm)
+        signal.signal(signal.SIGALRM, on_alarm)
         try:
             return loop.run_until_complete(task)
         except asyncio.CancelledError:
