@@ -334,3 +334,26 @@ class OnTty:
 def run_on_tty(agl: Agl, *args: str, **options: Any) -> tuple[int, str, str]:
     """Run agl to the end on a pseudo-terminal (see :class:`OnTty`)."""
     return OnTty(agl, *args, **options).finish()
+
+
+_DRIVER = Path(__file__).with_name("cli_fuzz_driver.py")
+
+
+def run_driver(sandbox: Path, specs: list[dict[str, Any]], work: Path) -> list[dict[str, Any]]:
+    """Run ``specs`` (each ``{"args", "env", "stdin", "timeout"}``) through tests/cli_fuzz_driver.py:
+    the installed ``agl`` script in forked children of one warm interpreter, in ``sandbox``
+    (its docstring says why, and tests/test_cli_fuzz.py checks the results match real runs).
+    Returns one ``{"code", "seconds", "stdout", "stderr", "changes"}`` per spec."""
+    specs_path, results_path = work / "specs.json", work / "results.json"
+    specs_path.write_text(json.dumps(specs))
+    proc = subprocess.run(
+        [sys.executable, str(_DRIVER), str(sandbox), str(specs_path), str(results_path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "AGL_SCRIPT": AGL},
+        stdin=subprocess.DEVNULL,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    results: list[dict[str, Any]] = json.loads(results_path.read_text())
+    return results

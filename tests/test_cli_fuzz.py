@@ -18,12 +18,10 @@ executable and must give byte-identical results. AGL_FUZZ_SEED=N explores other 
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -34,7 +32,7 @@ from typing import Any
 
 import pytest
 import typer
-from cli_helpers import AGL, Ids, agl_env, diff_snapshots, seed_store, snapshot
+from cli_helpers import AGL, Ids, agl_env, diff_snapshots, run_driver, seed_store, snapshot
 
 from store_fs.errors import ExitCode
 
@@ -43,7 +41,6 @@ COUNT = 1200
 REAL_SAMPLE = 12
 DRIVERS = 2
 INVOCATION_TIMEOUT = 10.0
-DRIVER = Path(__file__).with_name("cli_fuzz_driver.py")
 DOCUMENTED = {int(code) for code in ExitCode} - {0}
 USAGE = frozenset({2})
 
@@ -527,22 +524,6 @@ def _env(sandbox: Path, extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def _run_driver(sandbox: Path, specs: list[dict[str, Any]], work: Path) -> list[dict[str, Any]]:
-    specs_path, results_path = work / "specs.json", work / "results.json"
-    specs_path.write_text(json.dumps(specs))
-    proc = subprocess.run(
-        [sys.executable, str(DRIVER), str(sandbox), str(specs_path), str(results_path)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "AGL_SCRIPT": AGL},
-        stdin=subprocess.DEVNULL,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr
-    results: list[dict[str, Any]] = json.loads(results_path.read_text())
-    return results
-
-
 def _problems(inv: Invocation, result: dict[str, Any]) -> list[str]:
     code, err = result["code"], result["stderr"]
     lines = [line for line in err.splitlines() if line.strip()]
@@ -622,7 +603,7 @@ def test_fuzz_malformed_invocations(sandbox: tuple[Path, Ids]) -> None:
     with ThreadPoolExecutor(DRIVERS) as pool:
         parts = list(
             pool.map(
-                lambda n: _run_driver(copies[n], specs[n::DRIVERS], root.parent / f"work-{n}"),
+                lambda n: run_driver(copies[n], specs[n::DRIVERS], root.parent / f"work-{n}"),
                 range(DRIVERS),
             )
         )
