@@ -34,6 +34,7 @@ async def test_input_and_metadata_keep_their_key_order_in_a_new_process_view(tmp
         got = await fresh.get_rollout_by_id(queued.rollout_id)
         assert got is not None
         assert _orders(got.input) == _orders(INPUT)
+        assert got.metadata is not None
         assert list(got.metadata) == ["z", "a", "b"]
     finally:
         fresh.close()
