@@ -170,6 +170,28 @@ def test_damaged_resources_are_reported_by_name_and_left_in_place(
     assert {p for p in after.keys() - before.keys() if p.startswith("resources/")} == set()  # or invented
 
 
+async def test_a_new_version_over_a_damaged_latest_one_is_refused_naming_it(tmp_path: Path) -> None:
+    """update_resources read the latest version's create_time without looking: a version file
+    without one (damaged by hand) ended as a KeyError. It names the file now, and adds nothing."""
+    from store_fs import CorruptRecordError
+
+    store = FileStore(tmp_path / "st")
+    try:
+        update = await store.add_resources({"p": PromptTemplate(template="Q {x}", engine="f-string")})
+        (latest,) = (tmp_path / "st").glob(f"resources/by-id/{update.resources_id}/*.json")
+        body = json.loads(latest.read_bytes())
+        del body["create_time"]
+        latest.write_text(json.dumps(body))
+        before = snapshot(tmp_path / "st")
+        with pytest.raises(CorruptRecordError, match=latest.name):
+            await store.update_resources(
+                update.resources_id, {"p": PromptTemplate(template="R {x}", engine="f-string")}
+            )
+        assert [p for p in snapshot(tmp_path / "st").keys() - before.keys() if "by-id" in p] == []
+    finally:
+        store.close()
+
+
 def test_a_stale_temporary_file_among_resources_is_removed(agl: Agl) -> None:
     (fan,) = agl.store.glob("resources/objects/*")
     torn = fan / ".0123abcd.json.vm-1.tmp"

@@ -97,11 +97,16 @@ class ResourceStore:
         now = self._ctx.clock.time()
         while True:
             version = _highest(directory)
-            first = self._load(directory / f"{version:06d}.json") if version else None
+            latest_path = directory / f"{version:06d}.json"
+            latest = self._load(latest_path) if version else None
+            created = latest.get("create_time") if latest is not None else now
+            if isinstance(created, bool) or not isinstance(created, (int, float)):
+                # Damaged (agl check reports it): a new version must not hide that it was.
+                raise CorruptRecordError(str(latest_path), "no numeric create_time")
             record = {
                 "resources_id": rid,
                 "version": version + 1,
-                "create_time": first["create_time"] if first else now,
+                "create_time": created,
                 "update_time": now,
                 "object": digest,
             }
