@@ -34,27 +34,24 @@ def _default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-def _refused(what: str, err: orjson.JSONEncodeError) -> UnstorableValueError:
-    return UnstorableValueError(what, str(err) or type(err).__name__)
+def _dumps(obj: Any, option: int, what: str) -> bytes:
+    try:
+        return orjson.dumps(obj, default=_default, option=option)
+    except orjson.JSONEncodeError as err:
+        raise UnstorableValueError(what, str(err) or type(err).__name__) from None
 
 
 def dumps_record(obj: Any, *, sort_keys: bool = True) -> bytes:
     """Pretty JSON with a final newline, keys sorted unless ``sort_keys`` is false (then in the
     order of the model's fields and of each dict); :class:`UnstorableValueError` if JSON cannot
     hold it."""
-    try:
-        return orjson.dumps(obj, default=_default, option=_RECORD if sort_keys else _IN_ORDER)
-    except orjson.JSONEncodeError as err:
-        raise _refused(type(obj).__name__, err) from None
+    return _dumps(obj, _RECORD if sort_keys else _IN_ORDER, type(obj).__name__)
 
 
 def dumps_line(obj: Any) -> bytes:
     """One compact JSON line ending in a newline (no newline may occur inside); raises like
     :func:`dumps_record`."""
-    try:
-        return orjson.dumps(obj, default=_default, option=_LINE)
-    except orjson.JSONEncodeError as err:
-        raise _refused(type(obj).__name__, err) from None
+    return _dumps(obj, _LINE, type(obj).__name__)
 
 
 def check_storable(what: str, value: Any) -> None:
@@ -64,10 +61,7 @@ def check_storable(what: str, value: Any) -> None:
     accepts what orjson cannot write (an integer of 2**64 or more given as a digit string, JSON
     nested deeper than orjson's 254 levels for writing while it reads 1,024).
     """
-    try:
-        orjson.dumps(value, default=_default, option=_LINE)
-    except orjson.JSONEncodeError as err:
-        raise _refused(what, err) from None
+    _dumps(value, _LINE, what)
 
 
 def loads(data: bytes | bytearray | memoryview | str) -> Any:

@@ -253,10 +253,12 @@ class StoreCore(LightningStore):
         config: RolloutConfig | None,
         metadata: dict[str, Any] | None,
         status: RolloutStatus,
+        *,
+        what: str = "the rollout's input, config or metadata",
     ) -> RolloutRecord:
-        """The first revision of a new rollout; raises :class:`UnstorableValueError` for caller
-        values JSON cannot hold, before the caller writes anything."""
-        codec.check_storable("the rollout's input, config or metadata", (input, config, metadata))
+        """The first revision of a new rollout; raises :class:`UnstorableValueError` (naming
+        ``what``) for caller values JSON cannot hold, before the caller writes anything."""
+        codec.check_storable(what, (input, config, metadata))
         return RolloutRecord(
             rollout_id=rollout_id,
             input=input,

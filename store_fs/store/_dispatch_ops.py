@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from store_fs._disk import codec
 from store_fs._disk.ids import check_name_id, new_attempt_id, new_rollout_id, rollout_id_for_key
 from store_fs._disk.queue_tokens import ClaimToken
+from store_fs._disk.rollout_history import RolloutRecord
 from store_fs.models import (
     UNSET,
     AttemptedRollout,
@@ -66,17 +66,44 @@ class DispatchMethods(StoreCore):
 
     def _enqueue(self, request: EnqueueRolloutRequest, resources_id: str | None, key: str | None) -> Rollout:
         rollout_id = rollout_id_for_key(key) if key is not None else new_rollout_id()
-        if key is not None:
-            existing = self._records.get(rollout_id)
-            if existing is not None:
-                self._engine.ensure_pending(existing)
-                return existing.plain()
+        existing = self._keyed(rollout_id, key)
+        if existing is not None:
+            return existing
+        return self._publish_new(self._queued_record(rollout_id, request, resources_id))
+
+    def _keyed(self, rollout_id: str, key: str | None) -> Rollout | None:
+        """The rollout an idempotency key already made (queued again if its token was lost)."""
+        if key is None:
+            return None
+        existing = self._records.get(rollout_id)
+        if existing is None:
+            return None
+        self._engine.ensure_pending(existing)
+        return existing.plain()
+
+    def _queued_record(
+        self,
+        rollout_id: str,
+        request: EnqueueRolloutRequest,
+        resources_id: str | None,
+        what: str = "the rollout's input, config or metadata",
+    ) -> RolloutRecord:
+        return self._new_record(
+            rollout_id,
+            request.input,
+            request.mode,
+            resources_id,
+            request.config,
+            request.metadata,
+            "queuing",
+            what=what,
+        )
+
+    def _publish_new(self, record: RolloutRecord) -> Rollout:
         # Built (and its values checked) before anything is written. Then token first, record
         # second: a claimer that finds a token without a record waits, so a crash in between
         # leaves only a token the reaper removes, never a ghost rollout.
-        record = self._new_record(
-            rollout_id, request.input, request.mode, resources_id, request.config, request.metadata, "queuing"
-        )
+        rollout_id = record.rollout_id
         self._queue.publish_pending(rollout_id, 1)
         if not self._records.create(record):
             existing = self._records.get(rollout_id)
@@ -92,21 +119,24 @@ class DispatchMethods(StoreCore):
         if idempotency_keys is not None and len(idempotency_keys) != len(rollouts):
             raise ValueError("idempotency_keys must have one key per rollout")
         latest: str | Unset | None = UNSET
-        out: list[Rollout] = []
-        # Every request is checked before the first is written: a refused batch stores nothing.
-        requests = [EnqueueRolloutRequest.model_validate(raw) for raw in rollouts]
-        for i, request in enumerate(requests):
-            values = (request.input, request.config, request.metadata)
-            codec.check_storable(f"rollout {i} of the batch", values)
-        for i, request in enumerate(requests):
+        # Every record is built (its values checked) before the first is written: a refused
+        # batch stores nothing.
+        planned: list[tuple[str | None, RolloutRecord]] = []
+        for i, raw in enumerate(rollouts):
+            request = EnqueueRolloutRequest.model_validate(raw)
             resources_id = request.resources_id
             if resources_id is None:
                 if isinstance(latest, Unset):
                     latest = self._resources.latest_id()
                 resources_id = latest
-            out.append(
-                self._enqueue(request, resources_id, idempotency_keys[i] if idempotency_keys else None)
-            )
+            key = idempotency_keys[i] if idempotency_keys else None
+            rollout_id = rollout_id_for_key(key) if key is not None else new_rollout_id()
+            what = f"rollout {i} of the batch"
+            planned.append((key, self._queued_record(rollout_id, request, resources_id, what)))
+        out: list[Rollout] = []
+        for key, record in planned:
+            existing = self._keyed(record.rollout_id, key)
+            out.append(existing if existing is not None else self._publish_new(record))
         return out
 
     async def dequeue_rollout(self, worker_id: str | None = None) -> AttemptedRollout | None:
