@@ -16,4 +16,6 @@ __all__ = ["AglModel"]
 
 
 class AglModel(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
+    # defer_build: a model's validator is built when first used, not when its class is made;
+    # a command uses a few of the models, and building them all cost every agl start ~20 ms.
+    model_config = ConfigDict(from_attributes=True, defer_build=True)
