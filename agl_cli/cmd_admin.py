@@ -164,13 +164,13 @@ def compact(
 
 
 def _export_ids(store: FileStore, rollout_ids: list[str], all_: bool, status: list[str] | None) -> list[str]:
-    from store_fs.exporting import select_rollout_ids
-
     if sum((bool(rollout_ids), all_, status is not None)) != 1:
         raise CliError("name rollouts to export, or give --all or --status (one of the three)")
     if rollout_ids:
         return list(dict.fromkeys(rollout_ids))
-    return run(select_rollout_ids(store, status_in=status))  # type: ignore[arg-type]
+    # The store's ids rather than a query's: a query leaves out a rollout whose record is
+    # damaged, and a backup made with --all would then look complete.
+    return store.rollout_ids(status_in=status)
 
 
 def export(
@@ -186,8 +186,9 @@ def export(
 ) -> None:
     """Rollouts with their attempts and spans: one JSON document for one id, else one per line.
 
-    Every named rollout must exist (exit 3 before anything is printed otherwise). A progress
-    bar shows on stderr when it is a terminal.
+    Every named rollout must exist (exit 3 before anything is printed otherwise). A rollout
+    whose record is damaged is named on stderr and the others are exported; the exit code is
+    then 7 (`agl check` says more). A progress bar shows on stderr when it is a terminal.
 
     \b
     agl export "$RID" > "$RID.json"
@@ -195,22 +196,42 @@ def export(
     agl export --status failed --status cancelled | jq -c '{rollout_id, spans: (.spans | length)}'
     """
     cli = CliState.of(ctx)
-    from store_fs import RolloutNotFoundError
+    from store_fs import CorruptRecordError, RolloutNotFoundError
     from store_fs.exporting import rollout_document
 
     store = cli.open_store()
-    ids = _export_ids(store, rollout_ids or [], all_, values(status))
+    wanted = values(status)
+    ids = _export_ids(store, rollout_ids or [], all_, wanted)
     for rid in ids if rollout_ids else ():
         if run(store.get_rollout_by_id(rid)) is None:
             raise RolloutNotFoundError(rid)
     one = bool(rollout_ids) and len(ids) == 1
     emit = cli.out.emit_json if one else cli.out.emit_line
     # No bar when the documents themselves go to the terminal.
+    exported: list[str] = []
+    damaged: list[str] = []
     with Progress("exported", len(ids), quiet=cli.quiet or sys.stdout.isatty()) as bar:
         for rid in ids:
-            document = run(rollout_document(store, rid))
-            if document is not None:  # None: removed since it was listed
+            try:
+                document = run(rollout_document(store, rid))
+            except CorruptRecordError as err:
+                if one:
+                    raise
+                output.problem(str(err))
+                damaged.append(rid)
+                document = None
+            # None: removed since it was listed. The status is checked on the record itself:
+            # the listing came from the rollout index, which a concurrent update may have passed.
+            if document is not None and (wanted is None or document["status"] in wanted):
                 emit(document)
+                exported.append(rid)
             bar.advance()
     if not one:
-        output.info(f"exported {len(ids)} rollout(s)")
+        output.info(f"exported {len(exported)} rollout(s)")
+    if damaged:
+        raise CliError(
+            f"{len(damaged)} rollout(s) not exported, their records are damaged: {', '.join(damaged[:3])}"
+            + (" ..." if len(damaged) > 3 else "")
+            + " (`agl check` reports them)",
+            ExitCode.CORRUPT,
+        )

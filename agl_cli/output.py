@@ -55,6 +55,13 @@ def info(message: str) -> None:
     sys.stderr.flush()
 
 
+def problem(message: str) -> None:
+    """A problem met on the way that does not stop the command, on stderr (even with --quiet):
+    the command still ends with a non-zero exit code."""
+    sys.stderr.write(f"agl: {message}\n")
+    sys.stderr.flush()
+
+
 def color_allowed(stream: Any) -> bool:
     """Colour only on a terminal, never with NO_COLOR (https://no-color.org) or TERM=dumb."""
     if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":

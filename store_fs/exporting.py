@@ -7,13 +7,11 @@ sequence order); read-only, over any :class:`~store_fs.lightning_store.Lightning
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from store_fs.lightning_store import LightningStore
-from store_fs.models import RolloutStatus
 
-__all__ = ["rollout_document", "select_rollout_ids"]
+__all__ = ["rollout_document"]
 
 
 async def rollout_document(
@@ -29,10 +27,3 @@ async def rollout_document(
     if spans:
         data["spans"] = [s.model_dump(mode="json") for s in await store.query_spans(rollout_id)]
     return data
-
-
-async def select_rollout_ids(
-    store: LightningStore, *, status_in: Sequence[RolloutStatus] | None = None
-) -> list[str]:
-    """Ids of every rollout (or of those in ``status_in``), oldest first."""
-    return [r.rollout_id for r in await store.query_rollouts(status_in=status_in)]

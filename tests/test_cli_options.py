@@ -244,6 +244,31 @@ def test_export_all_and_by_status(seeded: tuple[Agl, Ids]) -> None:
     assert_error(agl("export"), 4, "--all")
 
 
+def test_export_names_a_damaged_record_exports_the_rest_and_exits_7(seeded: tuple[Agl, Ids]) -> None:
+    """A backup made with ``export --all`` must not look complete when a record could not be read."""
+    agl, ids = seeded
+    (directory,) = agl.store.glob(f"rollouts/*/{ids.running}")
+    *_, newest = sorted((directory / "history").iterdir())
+    newest.chmod(0o644)
+    newest.write_text("{torn")
+    (directory / "rollout.json").unlink()  # the mirror would still name the rollout's status
+    for args in (["--all"], ["--status", "running", "--status", "succeeded", "--status", "queuing"]):
+        res = agl("export", *args)
+        assert res.code == 7, str(res)
+        assert [d["rollout_id"] for d in res.lines()] == [ids.done, ids.queued]
+        lines = res.stderr.splitlines()
+        assert any(line.startswith("agl: corrupt record") and newest.name in line for line in lines), str(res)
+        assert lines[-1].startswith("agl: 1 rollout(s) not exported"), str(res)
+        assert ids.running in lines[-1], str(res)
+        assert "exported 2 rollout(s)" in res.stderr
+        assert "Traceback" not in res.stderr
+    # A filter the damaged rollout was not in before the damage: nothing to report.
+    assert [d["rollout_id"] for d in agl.ok("export", "--status", "succeeded").lines()] == [ids.done]
+    alone = agl("export", ids.running)  # stderr may also hold the reaper's warning about it
+    assert alone.code == 7, str(alone)
+    assert alone.stderr.splitlines()[-1].startswith("agl: corrupt record"), str(alone)
+
+
 # --------------------------------------------------------------------------------------------
 # Following the store: agl events --follow, agl rollouts list --watch
 # --------------------------------------------------------------------------------------------
