@@ -2,6 +2,10 @@
 interpreter (used by tests/test_cli_fuzz.py).
 
     python tests/cli_fuzz_driver.py SANDBOX SPECS.json RESULTS.json
+    python tests/cli_fuzz_driver.py --serve    # one JSON spec per stdin line, one result per line
+
+The second form serves the CLI tests' ``Agl(..., warm=...)`` (tests/cli_helpers.py): each spec
+names its working directory (``cwd``) and no files are compared.
 
 Why a fork server: a fresh ``agl`` process spends ~0.4 s importing pydantic, typer and the
 store before it looks at its arguments, so a thousand invocations would take minutes on CI's
@@ -157,11 +161,27 @@ def run_one(script: str, spec: dict[str, Any], sandbox: Path, scratch: Path) -> 
         }
 
 
-def main(sandbox: Path, specs_path: Path, results_path: Path) -> None:
-    script = os.environ["AGL_SCRIPT"]
+def _warm_up() -> str:
+    """Import what every invocation needs, once; the script to run."""
     for name in WARM_MODULES:
         importlib.import_module(name)
     importlib.import_module("agl_cli.main").cli_command()  # the click command, built once
+    return os.environ["AGL_SCRIPT"]
+
+
+def serve() -> None:
+    """Answer specs from stdin, one JSON line each, until stdin closes."""
+    script = _warm_up()
+    replies = os.fdopen(os.dup(1), "w")  # fd 1 itself is redirected in each child, never here
+    with tempfile.TemporaryDirectory(prefix="agl-warm-io-") as scratch:
+        for line in sys.stdin:
+            spec = json.loads(line)
+            replies.write(json.dumps(run_one(script, spec, Path(spec["cwd"]), Path(scratch))) + "\n")
+            replies.flush()
+
+
+def main(sandbox: Path, specs_path: Path, results_path: Path) -> None:
+    script = _warm_up()
     specs = json.loads(specs_path.read_text())
     results = []
     baseline = fingerprint(sandbox)
@@ -176,4 +196,7 @@ def main(sandbox: Path, specs_path: Path, results_path: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]))
+    if sys.argv[1:] == ["--serve"]:
+        serve()
+    else:
+        main(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]))

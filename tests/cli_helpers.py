@@ -1,7 +1,9 @@
 """Helpers for the end-to-end tests of the ``agl`` command (tests/test_cli.py).
 
 Every call runs the installed console script in a subprocess, with stdout and stderr
-captured separately (so stdout is a pipe: agl prints JSON / JSONL) and a timeout.
+captured separately (so stdout is a pipe: agl prints JSON / JSONL) and a timeout: a fresh
+interpreter each time, or (``Agl(..., warm=...)``, for modules of many short calls) a forked
+child of one interpreter that has already imported what ``agl`` imports.
 """
 
 from __future__ import annotations
@@ -142,13 +144,60 @@ def json_lines(text: str) -> list[Any]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-class Agl:
-    """Runs agl against one store directory."""
+class WarmAgl:
+    """Runs ``agl`` invocations as forked children of one warm interpreter that has imported
+    what ``agl`` imports (tests/cli_fuzz_driver.py ``--serve``): each child executes the
+    installed console script with its own argv, stdin, stdout, stderr, environment and working
+    directory, and exits with its exit code; only the ~0.4 s of imports is saved.
+    tests/test_cli_fuzz.py requires a sample of such runs to equal runs of the real executable.
+    """
 
-    def __init__(self, store: Path, cwd: Path) -> None:
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(_DRIVER), "--serve"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "AGL_SCRIPT": AGL},
+        )
+
+    def run(
+        self, args: Sequence[str], *, stdin: str, env: Mapping[str, str], cwd: Path, timeout: float
+    ) -> Result:
+        assert self.proc.stdin is not None
+        assert self.proc.stdout is not None
+        spec = {"args": list(args), "env": dict(env), "stdin": stdin, "timeout": timeout, "cwd": str(cwd)}
+        self.proc.stdin.write(json.dumps(spec) + "\n")
+        self.proc.stdin.flush()
+        reply = self.proc.stdout.readline()
+        assert reply, f"the warm agl driver exited (code {self.proc.poll()})"
+        got = json.loads(reply)
+        if got["code"] is None:
+            raise subprocess.TimeoutExpired([AGL, *args], timeout)
+        return Result(list(args), got["code"], got["stdout"], got["stderr"], got["seconds"])
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        finally:
+            assert self.proc.stdout is not None
+            self.proc.stdout.close()
+
+
+class Agl:
+    """Runs agl against one store directory: the real executable each time, or, given ``warm``,
+    the same script in a forked child of a warm interpreter (for modules of many short calls)."""
+
+    def __init__(self, store: Path, cwd: Path, *, warm: WarmAgl | None = None) -> None:
         self.store = store
         self.cwd = cwd
         self.env = agl_env(store)
+        self.warm = warm
 
     def __call__(
         self,
@@ -157,6 +206,14 @@ class Agl:
         timeout: float = CALL_TIMEOUT,
         env: Mapping[str, str] | None = None,
     ) -> Result:
+        if self.warm is not None:
+            return self.warm.run(
+                args,
+                stdin=input if input is not None else "",
+                env=env if env is not None else self.env,
+                cwd=self.cwd,
+                timeout=timeout,
+            )
         start = time.monotonic()
         proc = subprocess.run(
             [AGL, *args],

@@ -49,3 +49,15 @@ def _restore_logging() -> Iterator[None]:
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
+
+
+@pytest.fixture(scope="session")
+def warm_agl() -> Iterator[object]:
+    """One warm fork server for the whole session (tests/cli_helpers.py ``WarmAgl``), stopped at its end."""
+    from cli_helpers import WarmAgl
+
+    driver = WarmAgl()
+    try:
+        yield driver
+    finally:
+        driver.close()

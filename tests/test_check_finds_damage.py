@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from cli_helpers import Agl, Result, assert_error, diff_snapshots, snapshot
+from cli_helpers import Agl, Result, WarmAgl, assert_error, diff_snapshots, snapshot
 
 from store_fs import FileStore, PromptTemplate, Span
 
@@ -33,11 +33,11 @@ async def _build(root: Path) -> None:
 
 
 @pytest.fixture
-def agl(tmp_path: Path) -> Agl:
+def agl(tmp_path: Path, warm_agl: WarmAgl) -> Agl:
     # Made in process but the dequeue (what is tested is `agl check`; each agl call costs ~0.4 s),
     # which an agl process does so that worker w1's log has a writer that is gone.
     asyncio.run(_build(tmp_path / "st"))
-    runner = Agl(tmp_path / "st", tmp_path)
+    runner = Agl(tmp_path / "st", tmp_path, warm=warm_agl)
     runner.dequeue("w1")
     return runner
 

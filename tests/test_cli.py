@@ -25,6 +25,7 @@ from cli_helpers import (
     ROLLOUT_KEYS,
     SPAN_KEYS,
     Agl,
+    WarmAgl,
     agl_env,
     assert_error,
     diff_snapshots,
@@ -565,11 +566,12 @@ def _run_on_tty(agl: Agl, *args: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def populated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Agl, str, str]:
+def populated(tmp_path_factory: pytest.TempPathFactory, warm_agl: WarmAgl) -> tuple[Agl, str, str]:
     """A store with resources, a running rollout with spans and a queued one (shared: tests only
-    run commands that must not change it, and each checks that it did not)."""
+    run commands that must not change it, and each checks that it did not). Its many short
+    calls run warm (cli_helpers.WarmAgl); the rest of this module runs the real executable."""
     root = tmp_path_factory.mktemp("populated")
-    agl = Agl(root / "store", root)
+    agl = Agl(root / "store", root, warm=warm_agl)
     agl.ok("init")
     agl.ok("resources", "add", "--template", "Q: {any_question}")
     rid = agl.enqueue("running")["rollout_id"]

@@ -14,16 +14,16 @@ import re
 from pathlib import Path
 
 import pytest
-from cli_helpers import Agl, Ids, assert_error, run_on_tty, seed_store, snapshot
+from cli_helpers import Agl, Ids, WarmAgl, assert_error, run_on_tty, seed_store, snapshot
 
 from store_fs.errors import ExitCode
 
 
 @pytest.fixture
-def seeded(tmp_path: Path) -> tuple[Agl, Ids]:
+def seeded(tmp_path: Path, warm_agl: WarmAgl) -> tuple[Agl, Ids]:
     store = tmp_path / "store"
     ids = seed_store(store)
-    return Agl(store, tmp_path), ids
+    return Agl(store, tmp_path, warm=warm_agl), ids
 
 
 def test_prune_with_an_archive_in_a_missing_directory_changes_nothing(

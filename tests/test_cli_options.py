@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_helpers import AGL, CALL_TIMEOUT, Agl, Ids, agl_env, assert_error, seed_store
+from cli_helpers import AGL, CALL_TIMEOUT, Agl, Ids, WarmAgl, agl_env, assert_error, seed_store
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -27,8 +27,8 @@ from agl_cli.main import cli_command
 
 
 @pytest.fixture
-def seeded(tmp_path: Path) -> tuple[Agl, Ids]:
-    return Agl(tmp_path / "store", tmp_path), seed_store(tmp_path / "store")
+def seeded(tmp_path: Path, warm_agl: WarmAgl) -> tuple[Agl, Ids]:
+    return Agl(tmp_path / "store", tmp_path, warm=warm_agl), seed_store(tmp_path / "store")
 
 
 # --------------------------------------------------------------------------------------------
