@@ -172,8 +172,10 @@ def _layout_matches(
     model: type[BaseModel], config: dict[str, Any], fields: dict[str, tuple[Any, Any]]
 ) -> bool:
     decorators = model.__pydantic_decorators__
+    # defer_build says when the validator is built, not what it accepts.
+    settings = {k: v for k, v in model.model_config.items() if k != "defer_build"}
     if (
-        dict(model.model_config) != config
+        settings != config
         or model.__private_attributes__
         or model.__pydantic_post_init__ is not None
         or model.__pydantic_custom_init__
