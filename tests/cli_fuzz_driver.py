@@ -172,12 +172,12 @@ def _warm_up() -> str:
 def serve() -> None:
     """Answer specs from stdin, one JSON line each, until stdin closes."""
     script = _warm_up()
-    replies = os.fdopen(os.dup(1), "w")  # fd 1 itself is redirected in each child, never here
     with tempfile.TemporaryDirectory(prefix="agl-warm-io-") as scratch:
         for line in sys.stdin:
             spec = json.loads(line)
-            replies.write(json.dumps(run_one(script, spec, Path(spec["cwd"]), Path(scratch))) + "\n")
-            replies.flush()
+            # Only the children's fds 0-2 are redirected (in _child): the replies go out here.
+            sys.stdout.write(json.dumps(run_one(script, spec, Path(spec["cwd"]), Path(scratch))) + "\n")
+            sys.stdout.flush()
 
 
 def main(sandbox: Path, specs_path: Path, results_path: Path) -> None:

@@ -7,10 +7,14 @@ import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from store_fs import FakeClock, FileStore
+
+if TYPE_CHECKING:
+    from cli_helpers import WarmAgl  # imported by the fixture: it checks that agl is installed
 
 # Importing agentlightning makes LiteLLM try to fetch a price list from the network; keep it local.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -52,7 +56,7 @@ def _restore_logging() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def warm_agl() -> Iterator[object]:
+def warm_agl() -> Iterator[WarmAgl]:
     """One warm fork server for the whole session (tests/cli_helpers.py ``WarmAgl``), stopped at its end."""
     from cli_helpers import WarmAgl
 
