@@ -29,6 +29,7 @@ import httptools
 import orjson
 
 from store_fs import errors
+from store_fs._disk import codec
 from store_fs.errors import RemoteStoreError
 from store_fs.models import UNSET, Unset
 
@@ -303,6 +304,8 @@ class Transport:
             body = None if json is None else orjson.dumps(json, option=_JSON_OPTIONS)
         except orjson.JSONEncodeError as err:  # refused here as the server would refuse it
             raise errors.UnstorableValueError(f"the body of {method} {path}", str(err)) from None
+        if body is not None and not codec.all_finite(json):  # orjson sent them as null
+            raise errors.UnstorableValueError(f"the body of {method} {path}", codec.NON_FINITE)
         request = self._request(method, target, body, "application/json")
         limit = self.timeout if isinstance(timeout, Unset) else timeout
         reply = await self._send(request, limit, idempotent, f"{method} {path}")

@@ -31,8 +31,9 @@ from urllib.parse import quote
 
 from pydantic import BaseModel, TypeAdapter
 
+from store_fs._disk import codec
 from store_fs._transport import Transport
-from store_fs.errors import NotFoundError, RemoteStoreError
+from store_fs.errors import NotFoundError, RemoteStoreError, UnstorableValueError
 from store_fs.lightning_store import LightningStore
 from store_fs.models import (
     UNSET,
@@ -68,6 +69,13 @@ _ROLLOUTS: TypeAdapter[list[Rollout]] = TypeAdapter(list[Rollout])
 _NAMED: TypeAdapter[NamedResources] = TypeAdapter(NamedResources)
 # Spans per POST /spans/batch request: a bounded body, however many spans a caller hands over.
 SPAN_BATCH = 500
+
+
+def _refuse_non_finite(values: Any) -> None:
+    """What the store refuses in process, refused here too: a model's JSON dump would turn NaN
+    and infinities into ``null``, a value the caller never gave, before the request is sent."""
+    if not codec.all_finite(values):
+        raise UnstorableValueError("the rollout's input, config or metadata", codec.NON_FINITE)
 
 
 def _seg(value: str) -> str:
@@ -151,6 +159,7 @@ class LightningStoreClient(LightningStore):
         metadata: dict[str, Any] | None = None,
         worker_id: str | None = None,
     ) -> AttemptedRollout:
+        _refuse_non_finite(config)
         body = {
             "input": input,
             "mode": mode,
@@ -186,6 +195,7 @@ class LightningStoreClient(LightningStore):
             raise ValueError("idempotency_keys must have one key per rollout")
         if not rollouts:
             return []
+        _refuse_non_finite(rollouts)
         # Without caller keys, fresh ones make a retried request find the rollouts it made.
         keys = (
             list(idempotency_keys) if idempotency_keys is not None else [uuid.uuid4().hex for _ in rollouts]
@@ -277,6 +287,7 @@ class LightningStoreClient(LightningStore):
         config: RolloutConfig | Unset = UNSET,
         metadata: dict[str, Any] | Unset | None = UNSET,
     ) -> Rollout:
+        _refuse_non_finite(config)
         fields = {
             "input": input,
             "mode": mode,

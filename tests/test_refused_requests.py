@@ -73,8 +73,10 @@ def check_clean(store: Path) -> None:
         ),
         ("/queues/rollouts/enqueue", f'{{"rollouts": [{{"input": 2}}, {{"input": {DEEP}}}]}}'),
         ("/rollouts", f'{{"input": {DEEP}}}'),
+        # JSON has no NaN or infinity, but pydantic reads a float field's string "-inf" as one.
+        ("/rollouts", '{"input": 1, "config": {"timeout_seconds": "-inf"}}'),
     ],
-    ids=["start-huge-int", "enqueue-huge-int", "batch-second-too-deep", "start-too-deep"],
+    ids=["start-huge-int", "enqueue-huge-int", "batch-second-too-deep", "start-too-deep", "start-minus-inf"],
 )
 def test_a_value_json_cannot_hold_is_refused_and_nothing_is_written(
     server: ServerProcess, path: str, body: str
@@ -113,6 +115,75 @@ async def test_in_process_calls_refuse_unstorable_values_with_the_store_unchange
         assert issubclass(UnstorableValueError, ValueError)
     finally:
         store.close()
+
+
+async def test_an_update_json_cannot_hold_is_refused_before_anything_moves(tmp_path: Path) -> None:
+    """A final status used to settle the attempt's token before the record write failed on the
+    metadata: the call was refused, yet `agl check` found a half-applied decision that the
+    watchdog would later finish."""
+    store = FileStore(tmp_path / "store")
+    try:
+        await store.enqueue_rollout(input="x")
+        attempted = await store.dequeue_rollout(worker_id="w1")
+        assert attempted is not None
+        rid, aid = attempted.rollout_id, attempted.attempt.attempt_id
+        before = store_snapshot(store.root)
+        refused: list[dict[str, Any]] = [
+            {"status": "succeeded", "metadata": {"n": 2**70}},
+            {"status": "failed", "metadata": {"n": math.nan}},
+            {"last_heartbeat_time": math.inf},
+        ]
+        for values in refused:
+            with pytest.raises(UnstorableValueError, match="the attempt's metadata or last_heartbeat_time"):
+                await store.update_attempt(rid, aid, **values)
+        for rollout_values in ({"metadata": {"n": 2**70}}, {"input": {"x": [1.0, -math.inf]}}):
+            with pytest.raises(UnstorableValueError, match="the rollout's input, config or metadata"):
+                await store.update_rollout(rid, **rollout_values)
+        assert store_snapshot(store.root) == before
+        assert store.check() == []
+        assert (await store.get_latest_attempt(rid)) == attempted.attempt
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"input": {"x": math.nan}},
+        {"input": "x", "metadata": {"deep": [{"y": math.inf}]}},
+        {"input": "x", "config": RolloutConfig(timeout_seconds=-math.inf)},
+    ],
+    ids=["nan-input", "inf-metadata", "minus-inf-timeout"],
+)
+async def test_nan_and_infinities_are_refused_not_stored_as_null(
+    tmp_path: Path, values: dict[str, Any]
+) -> None:
+    """orjson writes them as ``null``: the call returned the caller's value while the store kept
+    another (a timeout of -inf, "at once", would have become "never")."""
+    store = FileStore(tmp_path / "store")
+    try:
+        before = store_snapshot(store.root)
+        with pytest.raises(UnstorableValueError, match="NaN and infinities have no JSON form"):
+            await store.enqueue_rollout(**values)
+        assert store_snapshot(store.root) == before
+    finally:
+        store.close()
+
+
+def test_agl_client_refuses_nan_instead_of_sending_null(server: ServerProcess) -> None:
+    async def main() -> None:
+        from store_fs.client import LightningStoreClient
+
+        client = LightningStoreClient(server.url)
+        try:
+            total = (await client.query_rollouts()).total
+            with pytest.raises(UnstorableValueError, match="NaN and infinities"):
+                await client.enqueue_rollout(input={"x": math.nan})
+            assert (await client.query_rollouts()).total == total
+        finally:
+            await client.close()
+
+    asyncio.run(main())
 
 
 # -- ids: file names are limited in bytes, not characters ----------------------------------

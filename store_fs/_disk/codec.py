@@ -9,15 +9,19 @@ back. Logs (spans, events) are one compact JSON object per line.
 
 from __future__ import annotations
 
+from math import isfinite
 from typing import Any
 
 import orjson
 
 from store_fs.errors import UnstorableValueError
 
-__all__ = ["DecodeError", "check_storable", "dumps_line", "dumps_record", "loads"]
+__all__ = ["NON_FINITE", "DecodeError", "all_finite", "check_storable", "dumps_line", "dumps_record", "loads"]
 
 DecodeError = orjson.JSONDecodeError
+
+# Why a value holding NaN or an infinity is refused (orjson would write ``null``).
+NON_FINITE = "NaN and infinities have no JSON form"
 
 _IN_ORDER = orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS
 _RECORD = _IN_ORDER | orjson.OPT_SORT_KEYS
@@ -55,13 +59,30 @@ def dumps_line(obj: Any) -> bytes:
 
 
 def check_storable(what: str, value: Any) -> None:
-    """Raise :class:`UnstorableValueError` naming ``what`` unless ``value`` can be written as JSON.
+    """Raise :class:`UnstorableValueError` naming ``what`` unless ``value`` can be written as JSON
+    and read back the same.
 
     For callers that must refuse a value before their first write rather than half-way: pydantic
     accepts what orjson cannot write (an integer of 2**64 or more given as a digit string, JSON
-    nested deeper than orjson's 254 levels for writing while it reads 1,024).
+    nested deeper than orjson's 254 levels for writing while it reads 1,024). And orjson writes
+    NaN and the infinities as ``null``, which would store another value than the caller's
+    without a word.
     """
-    _dumps(value, _LINE, what)
+    _dumps(value, _LINE, what)  # first: it also refuses nesting too deep for the walk below
+    if not all_finite(value):
+        raise UnstorableValueError(what, NON_FINITE)
+
+
+def all_finite(value: Any) -> bool:
+    """No NaN or infinity anywhere in ``value`` (JSON-like data, models included)."""
+    if isinstance(value, float):
+        return isfinite(value)
+    if isinstance(value, dict):
+        return all(all_finite(v) for v in value.values())
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return all(all_finite(v) for v in value)
+    dump = getattr(value, "model_dump", None)
+    return all_finite(dump()) if dump is not None else True
 
 
 def loads(data: bytes | bytearray | memoryview | str) -> Any:

@@ -177,7 +177,7 @@ def _span_line(span: Span) -> bytes:
         for key, value in attributes.items():
             if not _finite(value):
                 raise UnstorableValueError(
-                    f"span {span.span_id}'s {where}attribute {key!r}", "NaN and infinities have no JSON form"
+                    f"span {span.span_id}'s {where}attribute {key!r}", codec.NON_FINITE
                 )
     return codec.dumps_line(line)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from store_fs._disk import codec
 from store_fs._disk.ids import check_attempt_id, check_name_id
 from store_fs._disk.queue_tokens import ClaimToken
 from store_fs._disk.rollout_history import RolloutRecord
@@ -59,6 +60,11 @@ class AttemptMethods(StoreCore):
         # decide it.
         self._healthcheck()
         _check_ids(attempt_id, worker_id)
+        # Before anything moves: a final status settles the attempt's token first.
+        codec.check_storable(
+            "the attempt's metadata or last_heartbeat_time",
+            [v for v in (metadata, last_heartbeat_time) if not isinstance(v, Unset)],
+        )
         current = self._engine.find_attempt(self._record(rollout_id), attempt_id)
         if not isinstance(status, Unset):
             status = Attempt.model_validate({**current.model_dump(), "status": status}).status

@@ -8,6 +8,7 @@ import warnings
 from collections.abc import Collection, Sequence
 from typing import Any
 
+from store_fs._disk import codec
 from store_fs._disk.rollout_history import RolloutRecord
 from store_fs._disk.rollout_index import Entry
 from store_fs._disk.rollout_index import ordered as index_order
@@ -216,6 +217,10 @@ class RolloutMethods(StoreCore):
         }
         validated = Rollout.model_validate(
             {"rollout_id": rollout_id, "input": None, "start_time": 0.0, **fields}
+        )
+        codec.check_storable(
+            "the rollout's input, config or metadata",
+            [getattr(validated, key) for key in ("input", "config", "metadata") if key in fields],
         )
         now = self._clock.time()
 
