@@ -73,8 +73,16 @@ def check_storable(what: str, value: Any) -> None:
         raise UnstorableValueError(what, NON_FINITE)
 
 
+_SCALARS = (str, int, bool, type(None))
+
+
 def all_finite(value: Any) -> bool:
     """No NaN or infinity anywhere in ``value`` (JSON-like data, models included)."""
+    kind = type(value)
+    if kind is float:
+        return isfinite(value)
+    if kind in _SCALARS:  # most values: answered before the slower checks below
+        return True
     if isinstance(value, float):
         return isfinite(value)
     if isinstance(value, dict):

@@ -32,7 +32,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from math import isfinite
 from pathlib import Path
 
 from store_fs._disk import codec, fsio
@@ -175,19 +174,11 @@ def _span_line(span: Span) -> bytes:
     maps += [(f"link {i} ", link["attributes"] or {}) for i, link in enumerate(line["links"])]
     for where, attributes in maps:
         for key, value in attributes.items():
-            if not _finite(value):
+            if not codec.all_finite(value):
                 raise UnstorableValueError(
                     f"span {span.span_id}'s {where}attribute {key!r}", codec.NON_FINITE
                 )
     return codec.dumps_line(line)
-
-
-def _finite(value: object) -> bool:
-    if type(value) is float:
-        return isfinite(value)
-    if type(value) is list:
-        return all(isfinite(v) for v in value if type(v) is float)
-    return True
 
 
 class SpanLog:
