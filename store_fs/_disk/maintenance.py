@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import filelock
+
 from store_fs._disk.layout import Layout
 from store_fs.errors import MaintenanceBusyError
 
@@ -26,8 +28,6 @@ __all__ = ["maintenance_lock"]
 def maintenance_lock(layout: Layout, *, timeout: float = 0.0) -> Iterator[None]:
     """Hold the store's maintenance lock; :class:`MaintenanceBusyError` if another process
     holds it for longer than ``timeout`` seconds."""
-    import filelock  # here, not at the top: every agl command imports this module, few lock
-
     layout.locks.mkdir(parents=True, exist_ok=True)
     lock = filelock.FileLock(layout.locks / "maintenance.lock", timeout=timeout)
     try:
