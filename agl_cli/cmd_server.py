@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Annotated
 
 import typer
@@ -70,6 +69,15 @@ def store(
             help="Extra slack before another host's heartbeats are judged silent.",
         ),
     ] = 0.0,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=64,
+            help="Server processes sharing the port, to use more than one core "
+            "(each with --threads store threads).",
+        ),
+    ] = 1,
     shutdown_grace: Annotated[
         float,
         typer.Option(
@@ -89,19 +97,14 @@ def store(
     Example:
       AGL_STORE=runs/exp1 agl store --port 4747 &
       curl -s localhost:4747/v1/agl/statistics
+      agl store --workers 4        # on a machine with 4 or more cores
     """
     cli = CliState.of(ctx)
     from store_fs import FileStore
-    from store_fs.server import run_server
+    from store_fs.server import ServerStartError, log_to_stderr, run_server
 
-    level = log_level.upper()
     # The global logging setup is WARNING; the access log needs its own level and handler.
-    server_log = logging.getLogger("store_fs.server")
-    server_log.setLevel(level)
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    server_log.addHandler(handler)
-    server_log.propagate = False
+    log_to_stderr(log_level.upper())
     check_store_path(cli.store_path())
     opened = FileStore(
         cli.store_path(),
@@ -121,6 +124,9 @@ def store(
             max_body_bytes=int(max_body_mb * 2**20),
             threads=threads,
             shutdown_grace=shutdown_grace,
+            workers=workers,
         )
     except OSError as err:  # port in use, address not available...
         raise CliError(f"cannot serve on {host}:{port}: {err.strerror or err}", ExitCode.ERROR) from err
+    except ServerStartError as err:
+        raise CliError(f"cannot serve on {host}:{port}: {err}", ExitCode.ERROR) from err

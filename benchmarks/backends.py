@@ -18,6 +18,7 @@ one process by construction: its "runners" are tasks of the measuring process.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import socket
@@ -45,6 +46,7 @@ class Backend:
     durability: str = "process"
     server: str | None = None  # "ours" or "upstream" for kind == "http"
     client: str = "upstream"  # whose LightningStoreClient talks to the server (kind == "http")
+    workers: int = 1  # processes of our server (``agl store --workers``)
 
     @property
     def multiprocess(self) -> bool:
@@ -87,12 +89,21 @@ def free_port() -> int:
         return port
 
 
-def _server_command(server: str, store_dir: Path, port: int) -> list[str]:
+def with_workers(backend: Backend, workers: int) -> Backend:
+    """``backend`` (one of ours over HTTP) served by ``workers`` server processes, named
+    ``<name>-w<workers>``, and registered in :data:`BACKENDS`."""
+    assert backend.server == "ours", backend
+    variant = dataclasses.replace(backend, name=f"{backend.name}-w{workers}", workers=workers)
+    BACKENDS[variant.name] = variant
+    return variant
+
+
+def _server_command(server: str, store_dir: Path, port: int, workers: int = 1) -> list[str]:
     if server == "ours":
         # `agl store` of this environment (creates the store when missing).
         agl = str(Path(sys.executable).parent / "agl")
         return [
-            agl, "--store", str(store_dir), "store",
+            agl, "--store", str(store_dir), "store", "--workers", str(workers),
             "--host", "127.0.0.1", "--port", str(port), "--log-level", "WARNING",
         ]  # fmt: skip
     code = "import sys; from agentlightning.cli.store import main; sys.exit(main(sys.argv[1:]))"
@@ -104,7 +115,7 @@ def _server_command(server: str, store_dir: Path, port: int) -> list[str]:
 class ServerProcess:
     """A store server on 127.0.0.1, started and stopped by the benchmark."""
 
-    def __init__(self, server: str, store_dir: Path, log: Path) -> None:
+    def __init__(self, server: str, store_dir: Path, log: Path, workers: int = 1) -> None:
         self.server = server
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -113,7 +124,7 @@ class ServerProcess:
         with log.open("ab") as sink:
             start = time.perf_counter()
             self.proc = subprocess.Popen(
-                _server_command(server, store_dir, self.port), stdout=sink, stderr=sink, cwd=ROOT
+                _server_command(server, store_dir, self.port, workers), stdout=sink, stderr=sink, cwd=ROOT
             )
         self._wait_healthy(start)
 
@@ -161,7 +172,9 @@ class Deployment:
             self.spec: str | None = f"fs:{backend.durability}:{self.dir / 'store'}"
         elif backend.kind == "http":
             assert backend.server is not None
-            self.server = ServerProcess(backend.server, self.dir / "store", self.dir / "server.log")
+            self.server = ServerProcess(
+                backend.server, self.dir / "store", self.dir / "server.log", backend.workers
+            )
             # Both prefixes are 5 characters: workloads.startup strips them by length.
             self.spec = f"{'aglc' if backend.client == 'agl' else 'http'}:{self.server.url}"
         else:

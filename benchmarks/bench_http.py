@@ -23,7 +23,9 @@ client (``up-http``). Unlike ``compare.py``'s loop, the clock starts only once e
 has opened its store and made one request: importing upstream's package takes 3-60 s of a
 busy 2-core machine, and a runner still importing must not count against the store. Printed:
 rollouts per second, and CPU milliseconds per rollout of the server, the runners together and
-the algorithm, medians, with each figure's ratio to ``up-http``.
+the algorithm, medians, with each figure's ratio to ``up-http``. ``--workers N`` adds
+``agl-http-wN`` and ``agl-own-wN``: the same with ``agl store --workers N`` (the server's CPU
+is then its worker processes' together).
 
 Usage::
 
@@ -31,6 +33,7 @@ Usage::
     python benchmarks/bench_http.py --tree new=. --tree old=/tmp/old-checkout --reps 5
     python benchmarks/bench_http.py --layer --reps 3
     python benchmarks/bench_http.py --loop --n 1000 --reps 3
+    python benchmarks/bench_http.py --loop --n 1000 --reps 3 --workers 2
 """
 
 from __future__ import annotations
@@ -102,6 +105,16 @@ asyncio.run(main())
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def server_cpu_seconds(pid: int) -> float:
+    """A server's CPU: its own and its live children's (``agl store --workers``)."""
+    children = [
+        int(child)
+        for task in Path(f"/proc/{pid}/task").iterdir()
+        for child in (task / "children").read_text().split()
+    ]
+    return cpu_seconds(pid) + sum(cpu_seconds(child) for child in children)
 
 
 def span(rollout_id: str, attempt_id: str, i: int) -> dict[str, Any]:
@@ -219,6 +232,7 @@ async def _loop_once(name: str, n: int, base: Path) -> dict[str, float]:
             for _ in procs:
                 await asyncio.to_thread(ready.get, True, 600)
             pids = [dep.server.proc.pid] + [p.pid for p in procs if p.pid is not None]
+            server0 = server_cpu_seconds(dep.server.proc.pid)
             cpu0, algo0, start = [cpu_seconds(p) for p in pids], time.process_time(), time.perf_counter()
             go.set()
             remaining = set(await workloads._fill(store, n))
@@ -226,6 +240,7 @@ async def _loop_once(name: str, n: int, base: Path) -> dict[str, float]:
                 remaining -= {r.rollout_id for r in await workloads._wait_some(store, sorted(remaining))}
             elapsed = time.perf_counter() - start
             cpu1, algo = [cpu_seconds(p) for p in pids], time.process_time() - algo0
+            cpu0[0], cpu1[0] = server0, server_cpu_seconds(dep.server.proc.pid)
         finally:
             stop.set()
             counts = [await asyncio.to_thread(results.get, True, 600) for _ in procs]
@@ -243,12 +258,18 @@ async def _loop_once(name: str, n: int, base: Path) -> dict[str, float]:
     }
 
 
-def run_loops(n: int, reps: int) -> dict[str, dict[str, float]]:
-    """Every backend once a round, the order rotated each round; the medians."""
-    rounds: dict[str, list[dict[str, float]]] = {name: [] for name in LOOP_BACKENDS}
+def run_loops(n: int, reps: int, workers: int = 1) -> dict[str, dict[str, float]]:
+    """Every backend once a round, the order rotated each round; the medians. With
+    ``workers`` > 1, also ``agl-http`` and ``agl-own`` served by that many processes."""
+    names = list(LOOP_BACKENDS)
+    if workers > 1:
+        from backends import BACKENDS, with_workers
+
+        names[2:2] = [with_workers(BACKENDS[name], workers).name for name in ("agl-http", "agl-own")]
+    rounds: dict[str, list[dict[str, float]]] = {name: [] for name in names}
     with tempfile.TemporaryDirectory(prefix="agl-bench-http-") as tmp:
         for rep in range(reps):
-            order = LOOP_BACKENDS[rep % 3 :] + LOOP_BACKENDS[: rep % 3]
+            order = names[rep % len(names) :] + names[: rep % len(names)]
             for name in order:
                 result = asyncio.run(_loop_once(name, n, Path(tmp)))
                 rounds[name].append(result)
@@ -263,7 +284,7 @@ def run_loops(n: int, reps: int) -> dict[str, dict[str, float]]:
         for key, value in values.items():
             better = value / base[key] if key == "rollouts/s" else base[key] / value if value else 0.0
             cells.append(f"{key} {value:.1f}" + ("" if name == LOOP_BASELINE else f" ({better:.2f}x)"))
-        print(f"  {name:9} " + ", ".join(cells))
+        print(f"  {name:12} " + ", ".join(cells))
     return medians
 
 
@@ -276,9 +297,12 @@ def main() -> None:
     parser.add_argument("--layer", action="store_true", help="the HTTP layer alone, ours against uvicorn")
     parser.add_argument("--loop", action="store_true", help="the loop benchmark, three ways (see above)")
     parser.add_argument("--json", type=Path, help="write the results here too")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="--loop: also agl store --workers N (agl-http-wN, agl-own-wN)"
+    )
     opts = parser.parse_args()
     if opts.loop:
-        medians = run_loops(opts.n, opts.reps)
+        medians = run_loops(opts.n, opts.reps, opts.workers)
         if opts.json:
             opts.json.write_text(json.dumps({"n": opts.n, "reps": opts.reps, "medians": medians}))
         return

@@ -50,10 +50,12 @@ def _head_received(client: RawClient, path: str, body: bytes) -> None:
     assert client.sock.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
-def test_sigterm_finishes_requests_in_flight_and_loses_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigterm_finishes_requests_in_flight_and_loses_nothing(tmp_path: Path, workers: int) -> None:
+    """With worker processes the parent relays the signal; each connection may be on either."""
     store_dir = init_store(tmp_path / "store")
     waited_for = asyncio.run(FileStore(store_dir, create=False).enqueue_rollout(input="queued")).rollout_id
-    server = ServerProcess(store_dir, tmp_path / "server.log")
+    server = ServerProcess(store_dir, tmp_path / "server.log", args=["--workers", str(workers)])
     try:
         server.start()
         assert server.proc is not None

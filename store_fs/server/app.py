@@ -30,7 +30,10 @@ import contextlib
 import dataclasses
 import ipaddress
 import logging
+import os
 import signal
+import socket
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
@@ -50,6 +53,7 @@ log = logging.getLogger("store_fs.server")
 
 _OTLP_UNSUPPORTED = frozenset({"/v1/metrics", "/v1/logs", "/v1/development/profiles"})
 SHUTDOWN_GRACE = 10.0
+ORPHAN_CHECK_SECONDS = 0.5
 
 
 def _jsonable(value: Any) -> Any:
@@ -141,23 +145,22 @@ class StoreServer:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
 
-    async def start(self) -> None:
+    async def start(self, sockets: Sequence[socket.socket] = ()) -> None:
+        """Listen on ``host``:``port`` and log where; or, as one of several worker processes
+        (:mod:`.workers`), on ``sockets`` bound by the parent, which says where it listens."""
         self.pool.start()  # before listening: the first request may come at once
         try:
-            await self.http.start(self.host, self.port)
+            await self.http.start(self.host, self.port, sockets)
         except BaseException:
             await self.pool.aclose()
             raise
         bound = self.http.sockets
         if bound:
             self.port = bound[0][1]
-        exposed = sorted({addr for addr, _ in bound if not _is_loopback(addr)})
-        if exposed:
-            log.warning(
-                "bound to %s: the store is reachable from other machines%s",
-                ", ".join(exposed),
-                "" if self._has_token else " without a token (set --token / AGL_STORE_TOKEN)",
-            )
+        if sockets:
+            log.info("agl store worker %d serving (%d store threads)", os.getpid(), self.pool.size)
+            return
+        warn_if_exposed([addr for addr, _ in bound], has_token=self._has_token)
         log.warning(
             "agl store server listening on %s (store %s, %d store threads)",
             self.endpoint,
@@ -253,6 +256,27 @@ class StoreServer:
         return await otlp.export(self.store, payload)
 
 
+def warn_if_exposed(addresses: Sequence[str], *, has_token: bool) -> None:
+    """Log a warning when the server listens on an address other machines can reach."""
+    exposed = sorted({addr for addr in addresses if not _is_loopback(addr)})
+    if exposed:
+        log.warning(
+            "bound to %s: the store is reachable from other machines%s",
+            ", ".join(exposed),
+            "" if has_token else " without a token (set --token / AGL_STORE_TOKEN)",
+        )
+
+
+def log_to_stderr(level: int | str) -> None:
+    """Send the server's log (one line per request at INFO) to stderr at ``level``."""
+    server_log = logging.getLogger("store_fs.server")
+    server_log.setLevel(level)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    server_log.addHandler(handler)
+    server_log.propagate = False
+
+
 def _is_loopback(address: str) -> bool:
     try:
         return ipaddress.ip_address(address.split("%")[0]).is_loopback
@@ -287,41 +311,68 @@ def run_server(
     threads: int | None = None,
     limits: Limits | None = None,
     shutdown_grace: float = SHUTDOWN_GRACE,
+    workers: int = 1,
 ) -> None:
     """Serve in the foreground until SIGINT or SIGTERM, then stop gracefully: requests in
     flight get up to ``shutdown_grace`` seconds to finish (a second signal cuts them at once).
 
     ``threads``: store calls run at once (None: :func:`store_fs.server.loop_pool.default_size`);
-    ``limits``: the HTTP layer's sizes and timeouts (see :class:`StoreServer`).
+    ``limits``: the HTTP layer's sizes and timeouts (see :class:`StoreServer`); ``workers``:
+    server processes sharing the address (:mod:`store_fs.server.workers`), each with
+    ``threads`` store threads; more than one lets the server use more than one core.
     """
-    server = StoreServer(
-        store,
-        host=host,
-        port=port,
-        token=token,
-        max_body_bytes=max_body_bytes,
-        threads=threads,
-        limits=limits,
-    )
+    limits = limits or Limits(max_body_bytes=max_body_bytes)
+    if workers > 1:
+        from store_fs.server.workers import serve_in_workers
 
-    async def main() -> None:
-        stopping = asyncio.Event()
+        serve_in_workers(
+            store,
+            workers,
+            host=host,
+            port=port,
+            token=token,
+            threads=threads,
+            limits=limits,
+            shutdown_grace=shutdown_grace,
+        )
+        return
+    server = StoreServer(store, host=host, port=port, token=token, threads=threads, limits=limits)
+    asyncio.run(serve(server, shutdown_grace))
 
-        def on_signal() -> None:
-            if stopping.is_set():
-                log.warning("agl store server: second signal, cutting requests in flight")
-                server.force_stop()
-            stopping.set()
 
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, on_signal)
-        await server.start()
-        try:
-            await stopping.wait()
-        finally:
-            log.warning("agl store server stopping")
-            await server.stop(shutdown_grace)
+async def serve(
+    server: StoreServer,
+    shutdown_grace: float,
+    *,
+    sockets: Sequence[socket.socket] = (),
+    on_started: Callable[[], None] | None = None,
+    orphaned: Callable[[], bool] | None = None,
+) -> None:
+    """Start ``server`` (on ``sockets`` if given), call ``on_started``, serve until SIGINT or
+    SIGTERM, or until ``orphaned()`` turns true (asked twice a second), then stop gracefully
+    (see :func:`run_server`)."""
+    stopping = asyncio.Event()
 
-    asyncio.run(main())
+    def on_signal() -> None:
+        if stopping.is_set():
+            log.warning("agl store server: second signal, cutting requests in flight")
+            server.force_stop()
+        stopping.set()
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, on_signal)
+    await server.start(sockets)
+    try:
+        if on_started is not None:
+            on_started()
+        while not stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), ORPHAN_CHECK_SECONDS if orphaned else None)
+            if orphaned is not None and orphaned():
+                log.warning("agl store worker %d: the server process is gone, stopping", os.getpid())
+                break
+    finally:
+        log.warning("agl store server stopping")
+        await server.stop(shutdown_grace)

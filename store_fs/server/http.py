@@ -81,9 +81,10 @@ import logging
 import math
 import os
 import re
+import socket
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from urllib.parse import parse_qsl
@@ -199,7 +200,7 @@ class HttpServer:
         self.public_paths = public_paths
         self.limits = limits
         self.draining = False
-        self._server: asyncio.Server | None = None
+        self._servers: list[asyncio.Server] = []
         self._connections: set[_Connection] = set()
         self._all_closed = asyncio.Event()
         self._ids = itertools.count(1)
@@ -216,21 +217,25 @@ class HttpServer:
     @property
     def sockets(self) -> list[tuple[str, int]]:
         """The bound (host, port) pairs; empty before :meth:`start`."""
-        if self._server is None:
-            return []
-        return [s.getsockname()[:2] for s in self._server.sockets]
+        return [s.getsockname()[:2] for server in self._servers for s in server.sockets]
 
-    async def start(self, host: str, port: int) -> None:
+    async def start(self, host: str, port: int, sockets: Sequence[socket.socket] = ()) -> None:
+        """Listen on ``host``:``port``, or on ``sockets`` already bound and listening (then
+        ``host`` and ``port`` are ignored: several processes share them, see ``workers.py``)."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _Connection(self), host, port)
+        protocol = lambda: _Connection(self)  # noqa: E731
+        if sockets:
+            self._servers = [await loop.create_server(protocol, sock=sock) for sock in sockets]
+        else:
+            self._servers = [await loop.create_server(protocol, host, port)]
         self._sweeper = loop.create_task(self._sweep())
 
     async def stop(self, grace: float = 0.0) -> None:
         """Stop accepting; close idle connections; give requests in flight ``grace`` seconds to
         be answered (0: none); then cut every connection left and cancel its request."""
         self.draining = True
-        if self._server is not None:
-            self._server.close()
+        for server in self._servers:
+            server.close()
         for connection in list(self._connections):
             connection.shutdown()
         if grace > 0 and self._connections:
@@ -245,8 +250,8 @@ class HttpServer:
             connection.abort()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
-        if self._server is not None:
-            await self._server.wait_closed()
+        for server in self._servers:
+            await server.wait_closed()
         if self._sweeper is not None:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)

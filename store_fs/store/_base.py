@@ -124,6 +124,18 @@ class StoreCore(LightningStore):
         if durability not in ("process", "fsync"):
             raise ValueError(f"durability must be 'process' or 'fsync', not {durability!r}")
         self.root = Path(root)
+        #: How this store was opened, to open it again in another process (the server's
+        #: worker processes); None when a clock was injected, which cannot cross a process.
+        self.open_options: dict[str, Any] | None = None
+        if clock is None:
+            self.open_options = {
+                "durability": durability,
+                "scan_debounce_seconds": scan_debounce_seconds,
+                "claim_grace_seconds": claim_grace_seconds,
+                "clock_skew_seconds": clock_skew_seconds,
+                "watch_mode": watch_mode,
+                "span_cache_bytes": span_cache_bytes,
+            }
         layout = Layout(self.root)
         #: True when this call created the store (``create=True`` and none was there).
         self.created = create and not layout.format_file.exists()

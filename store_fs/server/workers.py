@@ -1,0 +1,233 @@
+"""Several ``agl store`` processes on one address (``agl store --workers N``).
+
+One server process runs its HTTP layer and most store calls on one core. With ``N`` workers,
+the parent binds the listening sockets, starts ``N`` worker processes that inherit them
+(``python -m store_fs.server._worker``), and the kernel hands each new connection to whichever
+worker accepts it first. A keep-alive connection stays with its worker, so a few busy clients
+may load the workers unevenly; many clients spread out.
+
+This is safe because a server keeps no state of its own: each worker opens the store directory
+like any other process sharing it (docs/behaviour.md §9.1), runs its own watchdog, and wakes its
+own waits from the store's file events, so a request may land on any worker.
+
+The parent:
+
+- says where it listens (the same log line as one process) once every worker serves;
+- relays SIGINT and SIGTERM to the workers: the first stops them gracefully, a second cuts
+  requests in flight, as for one process (workers run in their own session, so a Ctrl-C in
+  the terminal reaches them only through the parent, once);
+- replaces a worker that dies while serving (its clients' connections are cut; clients retry).
+  A worker that cannot start stops the whole server with an error.
+
+A worker whose parent is killed (``kill -9``) notices within half a second and stops gracefully,
+so the address is freed for a new server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from store_fs.server.http import Limits
+from store_fs.store import FileStore
+
+__all__ = ["ServerStartError", "bind_listening", "serve_in_workers"]
+
+log = logging.getLogger("store_fs.server")
+
+BACKLOG = 1024
+READY_TIMEOUT = 60.0  # a worker imports, opens the store, then serves: seconds on a slow machine
+POLL_SECONDS = 0.1
+KILL_AFTER = 5.0  # beyond the grace period, before a worker that will not stop is killed
+RESTARTS_PER_MINUTE = 10  # more deaths than this: something is wrong, stop rather than churn
+
+
+class ServerStartError(RuntimeError):
+    """A worker process could not start serving, or workers keep dying."""
+
+
+def bind_listening(host: str, port: int) -> list[socket.socket]:
+    """Listening sockets for every address ``host`` resolves to, all on one port (port 0: the
+    first socket picks a free one and the others take it too). ``OSError`` if any bind fails."""
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    sockets: list[socket.socket] = []
+    seen: set[tuple[int, str | int]] = set()
+    try:
+        for family, kind, proto, _, address in infos:
+            if (family, address[0]) in seen:
+                continue
+            seen.add((family, address[0]))
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:  # one socket per family, as asyncio does
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if port == 0 and len(sockets) > 1:
+                address = (address[0], sockets[0].getsockname()[1], *address[2:])
+            sock.bind(address)
+            sock.listen(BACKLOG)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+def serve_in_workers(
+    store: FileStore,
+    count: int,
+    *,
+    host: str,
+    port: int,
+    token: str | None,
+    threads: int | None,
+    limits: Limits,
+    shutdown_grace: float,
+) -> None:
+    """Serve ``store`` from ``count`` worker processes until SIGINT or SIGTERM (module docstring).
+
+    ``OSError`` if the address cannot be bound; :class:`ServerStartError` if a worker cannot
+    start; ``ValueError`` for a store opened with an injected clock.
+    """
+    if store.open_options is None:
+        raise ValueError("a store opened with an injected clock cannot be served by worker processes")
+    config = {
+        "root": str(store.root),
+        "store": store.open_options,
+        "server": {"host": host, "token": token, "threads": threads, "limits": dataclasses.asdict(limits)},
+        "shutdown_grace": shutdown_grace,
+        "log_level": log.getEffectiveLevel(),
+        "parent": os.getpid(),
+    }
+    from store_fs.server.app import warn_if_exposed
+
+    sockets = bind_listening(host, port)
+    bound = [sock.getsockname() for sock in sockets]
+    pool = _Pool(config, sockets, count)
+    signals = _Signals()
+    try:
+        try:
+            pool.start_all()
+            warn_if_exposed([address[0] for address in bound], has_token=bool(token))
+            shown = f"[{host}]" if ":" in host else host
+            log.warning(
+                "agl store server listening on http://%s:%d (store %s, %d worker processes)",
+                shown,
+                bound[0][1],
+                store.root,
+                count,
+            )
+            pool.supervise(signals)
+        finally:
+            for sock in sockets:  # no new connections once the workers close theirs too
+                sock.close()
+            pool.stop(signals, shutdown_grace)
+    finally:
+        signals.restore()
+        store.close()
+
+
+class _Signals:
+    """SIGINT and SIGTERM counted instead of raising, for the parent's supervising loop."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.count += 1
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class _Pool:
+    def __init__(self, config: dict[str, Any], sockets: Sequence[socket.socket], count: int) -> None:
+        self._config = json.dumps(config).encode()
+        self._fds = [sock.fileno() for sock in sockets]
+        self._count = count
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self._deaths: list[float] = []
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        command = [sys.executable, "-m", "store_fs.server._worker", *map(str, self._fds)]
+        proc = subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            pass_fds=self._fds,
+            start_new_session=True,  # Ctrl-C reaches the parent only; it relays it once
+        )
+        assert proc.stdin is not None
+        with proc.stdin:  # the configuration (the token among it) never appears in argv
+            proc.stdin.write(self._config)
+        return proc
+
+    def _await_ready(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], READY_TIMEOUT)
+        line = proc.stdout.readline() if ready else b""
+        proc.stdout.close()
+        if line.strip() != b"ready":
+            if proc.poll() is None:
+                proc.kill()
+            code = proc.wait()
+            raise ServerStartError(f"a server worker did not start (exit code {code}; its log is above)")
+
+    def start_all(self) -> None:
+        for _ in range(self._count):
+            self.procs.append(self._spawn())
+        for proc in self.procs:
+            self._await_ready(proc)
+
+    def supervise(self, signals: _Signals) -> None:
+        """Until a signal: replace workers that die."""
+        while signals.count == 0:
+            time.sleep(POLL_SECONDS)
+            for i, proc in enumerate(self.procs):
+                code = proc.poll()
+                if code is None or signals.count:
+                    continue
+                now = time.monotonic()
+                self._deaths = [t for t in self._deaths if now - t < 60] + [now]
+                if len(self._deaths) > RESTARTS_PER_MINUTE:
+                    raise ServerStartError(f"server workers keep dying ({len(self._deaths)} in a minute)")
+                log.warning("agl store worker %d exited with code %d: starting another", proc.pid, code)
+                self.procs[i] = self._spawn()
+                self._await_ready(self.procs[i])
+
+    def stop(self, signals: _Signals, grace: float) -> None:
+        """Stop every worker gracefully (a second signal cuts their requests); kill stragglers."""
+        log.warning("agl store server stopping")
+        live = [p for p in self.procs if p.poll() is None]
+        for proc in live:
+            proc.send_signal(signal.SIGTERM)
+        cut = False
+        deadline = time.monotonic() + grace + KILL_AFTER
+        while any(p.poll() is None for p in live) and time.monotonic() < deadline:
+            if signals.count >= 2 and not cut:  # a second signal: the workers cut what is in flight
+                cut = True
+                for proc in live:
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.send_signal(signal.SIGTERM)
+            time.sleep(POLL_SECONDS)
+        for proc in live:
+            if proc.poll() is None:
+                log.warning("agl store worker %d did not stop: killed", proc.pid)
+                proc.kill()
+            proc.wait()
+        for proc in self.procs:
+            if proc.stdout is not None:
+                proc.stdout.close()  # a worker that never said it was ready

@@ -1,0 +1,182 @@
+"""``agl store --workers N``: several server processes on one port, with real processes.
+
+The workers share the port and the store directory; the parent replaces a worker that dies;
+workers stop by themselves when the parent is killed; a worker that cannot start stops the
+server with an error. (SIGTERM with requests in flight: ``test_server_shutdown.py``.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+import pytest
+from http_helpers import RawClient, http_request, wait_until
+from server_helpers import ServerProcess, raw_request
+
+from store_fs import FileStore, init_store
+from store_fs.client import LightningStoreClient
+from store_fs.models import Span
+from store_fs.server import Limits, ServerStartError
+from store_fs.server.workers import bind_listening, serve_in_workers
+
+TOKEN = "s3cret"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def children(pid: int) -> set[int]:
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found.update(int(child) for child in (task / "children").read_text().split())
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def enqueue(url: str, i: int) -> str:
+    status, body, _ = raw_request(
+        url, "POST", "/v1/agl/queues/rollouts/enqueue", f'{{"rollouts": [{{"input": {i}}}]}}', AUTH
+    )
+    assert status == 201, body
+    rollout_id: str = body[0]["rollout_id"]
+    return rollout_id
+
+
+async def _loop(url: str, ids: list[str]) -> None:
+    """Two clients (two connections, maybe two workers) run every rollout; a third waits."""
+    clients = [LightningStoreClient(url, token=TOKEN) for _ in range(3)]
+    try:
+
+        async def runner(client: LightningStoreClient, name: str) -> None:
+            while (attempted := await client.dequeue_rollout(worker_id=name)) is not None:
+                rid, aid = attempted.rollout_id, attempted.attempt.attempt_id
+                for seq in (1, 2):
+                    span = Span.from_attributes(
+                        attributes={"seq": seq}, rollout_id=rid, attempt_id=aid, sequence_id=seq
+                    )
+                    await client.add_span(span)
+                await client.update_attempt(rid, aid, status="succeeded")
+
+        waiting = asyncio.create_task(clients[2].wait_for_rollouts(rollout_ids=ids, timeout=30))
+        await asyncio.gather(runner(clients[0], "a"), runner(clients[1], "b"))
+        done = await waiting
+        assert sorted(r.rollout_id for r in done) == sorted(ids)
+        assert {r.status for r in done} == {"succeeded"}
+    finally:
+        for client in clients:
+            await client.close()
+
+
+def test_workers_share_the_port_the_token_and_the_store(tmp_path: Path) -> None:
+    store_dir = tmp_path / "new-store"  # created by the parent, opened by every worker
+    args = ["--workers", "2", "--token", TOKEN]
+    with ServerProcess(store_dir, tmp_path / "server.log", args=args) as server:
+        assert server.proc is not None
+        assert f"(store {store_dir}, 2 worker processes)" in server.log_text()
+        workers = children(server.proc.pid)
+        assert len(workers) == 2
+        assert all(alive(pid) for pid in workers)
+        status, _, _ = raw_request(server.url, "GET", "/v1/agl/statistics")
+        assert status == 401  # whichever worker answered, it knows the token
+        ids = [enqueue(server.url, i) for i in range(12)]  # a fresh connection each
+        asyncio.run(_loop(server.url, ids))
+        assert children(server.proc.pid) == workers  # nobody died on the way
+    assert server.proc is None
+    store = FileStore(store_dir, create=False)
+    assert store.check() == []
+    stats = asyncio.run(store.statistics())
+    assert (stats["total_rollouts"], stats["total_spans"]) == (12, 24)
+    assert not any(alive(pid) for pid in workers)
+
+
+def test_a_dead_worker_is_replaced_and_a_killed_parent_takes_the_workers_down(tmp_path: Path) -> None:
+    server = ServerProcess(init_store(tmp_path / "store"), tmp_path / "server.log", args=["--workers", "2"])
+    replaced: set[int] = set()
+    try:
+        server.start()
+        assert server.proc is not None
+        parent = server.proc.pid
+        first = children(parent)
+        victim = min(first)
+        os.kill(victim, signal.SIGKILL)
+        assert wait_until(lambda: len(children(parent)) == 2 and victim not in children(parent), 20)
+        assert "exited with code -9: starting another" in server.log_text()
+        replaced = children(parent)
+        assert wait_until(lambda: raw_request(server.url, "GET", "/v1/agl/health")[0] == 200, 20)
+        assert [enqueue(server.url, i) for i in range(4)]  # served, by either worker
+
+        os.kill(parent, signal.SIGKILL)  # no chance to stop its workers: they notice alone
+        server.proc.wait(10)
+        assert wait_until(lambda: not any(alive(pid) for pid in replaced), 10)
+        assert wait_until(lambda: port_is_free(server.port), 10)
+    finally:
+        server.stop()
+        for pid in replaced:  # only if the test failed before they stopped
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert FileStore(tmp_path / "store", create=False).check() == []
+
+
+def test_a_second_signal_cuts_requests_in_flight_in_every_worker(tmp_path: Path) -> None:
+    args = ["--workers", "2", "--shutdown-grace", "60"]
+    server = ServerProcess(init_store(tmp_path / "store"), tmp_path / "server.log", args=args)
+    with server, RawClient(server.port) as stuck:
+        assert server.proc is not None
+        head = {"Expect": "100-continue", "Content-Length": "100"}
+        stuck.send(http_request("POST", "/v1/agl/queues/rollouts/enqueue", None, head))
+        assert stuck.sock.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"  # in flight from here
+        stuck.send(b'{"rollouts": [')
+        started = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        assert server.proc.poll() is None  # waiting for the body, up to the grace period
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(15) == 0
+        assert time.monotonic() - started < 15  # not the 60 s grace period
+        assert stuck.is_closed(1.0)
+    assert asyncio.run(FileStore(tmp_path / "store", create=False).statistics())["total_rollouts"] == 0
+
+
+def test_a_worker_that_cannot_start_stops_the_server_with_an_error(tmp_path: Path) -> None:
+    store = FileStore(init_store(tmp_path / "store"), create=False)
+    assert store.open_options is not None
+    store.open_options["durability"] = "neither"  # every worker's FileStore refuses it
+    with pytest.raises(ServerStartError, match="did not start"):
+        serve_in_workers(
+            store, 2, host="127.0.0.1", port=0, token=None, threads=2, limits=Limits(), shutdown_grace=1.0
+        )
+    assert children(os.getpid()) == set()  # none left behind
+
+
+def test_bind_listening_takes_one_port_for_every_address() -> None:
+    sockets = bind_listening("localhost", 0)  # 127.0.0.1, and ::1 where the machine has it
+    try:
+        ports = {sock.getsockname()[1] for sock in sockets}
+        assert len(ports) == 1
+        assert 0 not in ports
+        assert all(sock.getsockname()[0] in ("127.0.0.1", "::1") for sock in sockets)
+        with pytest.raises(OSError, match="in use"):
+            bind_listening("127.0.0.1", ports.pop())  # in use
+    finally:
+        for sock in sockets:
+            sock.close()
