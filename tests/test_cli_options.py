@@ -264,6 +264,14 @@ def test_export_names_a_damaged_record_exports_the_rest_and_exits_7(seeded: tupl
         assert "Traceback" not in res.stderr
     # A filter the damaged rollout was not in before the damage: nothing to report.
     assert [d["rollout_id"] for d in agl.ok("export", "--status", "succeeded").lines()] == [ids.done]
+    # A store whose rollout index is not known complete (one from before the index): the ids
+    # come from the records, and the damaged one is still listed, so still reported.
+    (agl.store / "index" / "rollouts" / "complete.json").unlink()
+    for args in (["--all"], ["--status", "running"]):
+        res = agl("export", *args)
+        assert res.code == 7, str(res)
+        assert [d["rollout_id"] for d in res.lines()] == ([ids.done, ids.queued] if args == ["--all"] else [])
+        assert ids.running in res.stderr.splitlines()[-1], str(res)
     alone = agl("export", ids.running)  # stderr may also hold the reaper's warning about it
     assert alone.code == 7, str(alone)
     assert alone.stderr.splitlines()[-1].startswith("agl: corrupt record"), str(alone)

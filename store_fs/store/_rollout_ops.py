@@ -171,16 +171,29 @@ class RolloutMethods(StoreCore):
     def rollout_ids(self, *, status_in: Collection[str] | None = None) -> list[str]:
         """Ids of the rollouts (those in ``status_in``), oldest first: from the rollout index
         when it is complete, without reading a record (as late as the index; callers check the
-        records they then read), else from the records. For data views and ``agl prune``."""
+        records they then read), else from the records. For data views, ``agl export`` and
+        ``agl prune``.
+
+        A rollout whose record is damaged is listed either way (after the others when the
+        records are read), so that its reader meets the damage and says so: ``agl export
+        --all`` must not make a backup that only looks complete."""
         statuses = None if status_in is None else sorted(status_in)
         picked = self._index.select(
             status_in=statuses, rollout_id_in=None, rollout_id_contains=None, logic="and"
         )
         if picked is not None:
             return [e.rollout_id for e in index_order(picked, None, False, None)]
-        records = [r for r in self._records.iter_records() if statuses is None or r.status in statuses]
-        records.sort(key=lambda r: (r.start_time, r.rollout_id))
-        return [r.rollout_id for r in records]
+        found: list[tuple[float, str]] = []
+        damaged: list[str] = []
+        for rollout_id in self._records.all_ids():
+            try:
+                record = self._records.get(rollout_id)
+            except CorruptRecordError:
+                damaged.append(rollout_id)
+                continue
+            if record is not None and (statuses is None or record.status in statuses):
+                found.append((record.start_time, rollout_id))
+        return [rollout_id for _, rollout_id in sorted(found)] + sorted(damaged)
 
     async def get_rollout_by_id(self, rollout_id: str) -> Rollout | AttemptedRollout | None:
         self._healthcheck()
