@@ -31,6 +31,10 @@ __all__ = [
 ROLLOUT_ID_RE: Final = re.compile(r"ro-[0-9a-f]{12}")
 ATTEMPT_ID_RE: Final = re.compile(r"at-[0-9a-f]{8}")
 MAX_NAME_LENGTH: Final = 200
+# Ids made only of these (store-made ids, most caller-chosen ones) pass every check below; one
+# match instead of the checks in turn (a wait for 1,000 rollouts checks 1,000 ids).
+_PLAIN: Final = re.compile(rf"[A-Za-z0-9_\-][A-Za-z0-9_\-]{{0,{MAX_NAME_LENGTH - 1}}}")
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _hex(n: int) -> str:
@@ -61,6 +65,8 @@ def _check_unsafe(kind: str, value: object) -> str:
     """Reject what could escape or corrupt a path; return the id when merely odd-looking is fine."""
     if not isinstance(value, str):
         raise InvalidIdError(kind, repr(value), "must be a string")
+    if _PLAIN.fullmatch(value):
+        return value
     if not value:
         raise InvalidIdError(kind, value, "must not be empty")
     if "\x00" in value:
@@ -71,7 +77,7 @@ def _check_unsafe(kind: str, value: object) -> str:
         raise InvalidIdError(kind, value, "starts with '.'")
     if ".." in value:
         raise InvalidIdError(kind, value, "contains '..'")
-    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+    if _CONTROL.search(value):
         raise InvalidIdError(kind, value, "contains a control character")
     if len(value) > MAX_NAME_LENGTH:
         raise InvalidIdError(kind, value[:40] + "...", f"longer than {MAX_NAME_LENGTH} characters")
