@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import shutil
 import signal
 import subprocess
 import time
@@ -275,6 +276,26 @@ def test_export_names_a_damaged_record_exports_the_rest_and_exits_7(seeded: tupl
     alone = agl("export", ids.running)  # stderr may also hold the reaper's warning about it
     assert alone.code == 7, str(alone)
     assert alone.stderr.splitlines()[-1].startswith("agl: corrupt record"), str(alone)
+
+
+def test_a_file_where_a_rollouts_history_belongs_is_damage_not_absence(seeded: tuple[Agl, Ids]) -> None:
+    """Read as "no such rollout", it left `export --all` complete-looking and exit 0."""
+    agl, ids = seeded
+    (directory,) = agl.store.glob(f"rollouts/*/{ids.done}")
+    history = directory / "history"
+    for revision in history.iterdir():
+        revision.chmod(0o644)
+    shutil.rmtree(history)
+    history.write_text("not a directory\n")
+    res = agl("export", "--all")
+    assert res.code == 7, str(res)
+    assert [d["rollout_id"] for d in res.lines()] == [ids.running, ids.queued]
+    assert ids.done in res.stderr.splitlines()[-1], str(res)
+    shown = agl("rollouts", "show", ids.done)
+    assert shown.code == 7, str(shown)
+    assert shown.stderr.splitlines()[-1] == f"agl: corrupt record {history}: not a directory", str(shown)
+    problem = {"kind": "corrupt-record", "path": str(history), "detail": "not a directory", "fixed": False}
+    assert problem in agl("check").lines()
 
 
 # --------------------------------------------------------------------------------------------

@@ -139,7 +139,18 @@ class RecordStore:
 
     # -- reading -------------------------------------------------------------------
     def _head_rev(self, rollout_id: str) -> int:
-        revs = [n for n in fsio.list_names(self._layout.history_dir(rollout_id)) if n.endswith(".json")]
+        """The newest revision listed; 0 when there is none (no such rollout, or not yet)."""
+        hist = self._layout.history_dir(rollout_id)
+        try:
+            names = os.listdir(hist)
+        except FileNotFoundError:
+            return 0
+        except NotADirectoryError:
+            # A file where the history directory (or one above it) belongs is damage, not an
+            # absent rollout: reading on as "no such rollout" would let `agl export --all`
+            # leave it out and exit 0.
+            raise CorruptRecordError(str(hist), "not a directory") from None
+        revs = [n for n in names if n.endswith(".json") and not n.startswith(".")]
         return max((int(n[:-5]) for n in revs if n[:-5].isdigit()), default=0)
 
     def _newest(self, rollout_id: str, *, cached_ok: bool = True, just_read: bool = False) -> _Head | None:
