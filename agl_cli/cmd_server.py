@@ -128,5 +128,5 @@ def store(
         )
     except OSError as err:  # port in use, address not available...
         raise CliError(f"cannot serve on {host}:{port}: {err.strerror or err}", ExitCode.ERROR) from err
-    except ServerStartError as err:
-        raise CliError(f"cannot serve on {host}:{port}: {err}", ExitCode.ERROR) from err
+    except ServerStartError as err:  # a worker could not start, or workers kept dying
+        raise CliError(str(err), ExitCode.ERROR) from err

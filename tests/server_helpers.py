@@ -25,10 +25,17 @@ class ServerProcess:
     """A store server on 127.0.0.1; ``port=0`` lets it pick a free port (read from its log)."""
 
     def __init__(
-        self, store: Path, log: Path, *, port: int = 0, args: Sequence[str] = ()
+        self,
+        store: Path,
+        log: Path,
+        *,
+        port: int = 0,
+        args: Sequence[str] = (),
+        cwd: Path | None = None,
     ) -> None:
         self.store = store
         self.log = log
+        self.cwd = cwd
         self.port = port
         self.args = list(args)
         self.proc: subprocess.Popen[bytes] | None = None
@@ -48,7 +55,7 @@ class ServerProcess:
         env.pop("AGL_STORE_TOKEN", None)
         offset = self.log.stat().st_size if self.log.exists() else 0
         with self.log.open("ab") as sink:
-            self.proc = subprocess.Popen(self.command(), stdout=sink, stderr=sink, env=env)
+            self.proc = subprocess.Popen(self.command(), stdout=sink, stderr=sink, env=env, cwd=self.cwd)
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             found = LISTENING.search(self.log.read_bytes()[offset:].decode(errors="replace"))

@@ -26,6 +26,7 @@ from http_helpers import (
     ServerThread,
     http_request,
     no_error_logs,  # noqa: F401  (an autouse fixture)
+    wait_until,
 )
 from server_helpers import ServerProcess
 
@@ -75,7 +76,7 @@ def test_sigterm_finishes_requests_in_flight_and_loses_nothing(tmp_path: Path, w
             answer = waiter.answer()  # the long wait: answered now, with what has finished
             assert (answer.status, answer.json(), answer.headers["connection"]) == (200, [], "close")
             assert time.monotonic() - started < 5.0
-            assert _refused(server.port)  # no new connections
+            assert wait_until(lambda: _refused(server.port))  # no new connections (every worker's)
             slow.send(body[-half:])  # the rest of the body, after the signal
             answer = slow.answer()
             assert (answer.status, answer.headers["connection"]) == (201, "close")

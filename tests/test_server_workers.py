@@ -11,10 +11,13 @@ import asyncio
 import os
 import signal
 import socket
+import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from cli_helpers import AGL
 from http_helpers import RawClient, http_request, wait_until
 from server_helpers import ServerProcess, raw_request
 
@@ -90,7 +93,10 @@ async def _loop(url: str, ids: list[str]) -> None:
 def test_workers_share_the_port_the_token_and_the_store(tmp_path: Path) -> None:
     store_dir = tmp_path / "new-store"  # created by the parent, opened by every worker
     args = ["--workers", "2", "--token", TOKEN]
-    with ServerProcess(store_dir, tmp_path / "server.log", args=args) as server:
+    # Modules in the working directory do not shadow the real ones in the workers.
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "signal.py").write_text("raise SystemExit(3)\n")
+    with ServerProcess(store_dir, tmp_path / "server.log", args=args, cwd=tmp_path / "work") as server:
         assert server.proc is not None
         assert f"(store {store_dir}, 2 worker processes)" in server.log_text()
         workers = children(server.proc.pid)
@@ -137,35 +143,124 @@ def test_a_dead_worker_is_replaced_and_a_killed_parent_takes_the_workers_down(tm
     assert FileStore(tmp_path / "store", create=False).check() == []
 
 
-def test_a_second_signal_cuts_requests_in_flight_in_every_worker(tmp_path: Path) -> None:
+BODY = b'{"rollouts": [{"input": "sent during the stop"}]}'
+
+
+def _in_flight(port: int) -> RawClient:
+    """A connection whose enqueue request is in flight: head parsed, half the body sent."""
+    client = RawClient(port)
+    head = {"Expect": "100-continue", "Content-Length": str(len(BODY))}
+    client.send(http_request("POST", "/v1/agl/queues/rollouts/enqueue", None, head))
+    assert client.sock.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+    client.send(BODY[:20])
+    return client
+
+
+@pytest.mark.parametrize("gap", [0.0, 0.5])
+def test_a_second_signal_cuts_requests_in_flight_in_every_worker(tmp_path: Path, gap: float) -> None:
+    """Also when both signals arrive before the stop begins (gap 0; SIGTERM then SIGINT, which
+    cannot merge into one): the parent must not relay them as one signal sent twice."""
     args = ["--workers", "2", "--shutdown-grace", "60"]
     server = ServerProcess(init_store(tmp_path / "store"), tmp_path / "server.log", args=args)
-    with server, RawClient(server.port) as stuck:
+    with server, _in_flight(server.port) as stuck:
         assert server.proc is not None
-        head = {"Expect": "100-continue", "Content-Length": "100"}
-        stuck.send(http_request("POST", "/v1/agl/queues/rollouts/enqueue", None, head))
-        assert stuck.sock.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"  # in flight from here
-        stuck.send(b'{"rollouts": [')
         started = time.monotonic()
         server.proc.send_signal(signal.SIGTERM)
-        time.sleep(0.5)
-        assert server.proc.poll() is None  # waiting for the body, up to the grace period
-        server.proc.send_signal(signal.SIGTERM)
+        if gap:
+            time.sleep(gap)
+            assert server.proc.poll() is None  # waiting for the body, up to the grace period
+        server.proc.send_signal(signal.SIGINT)
         assert server.proc.wait(15) == 0
         assert time.monotonic() - started < 15  # not the 60 s grace period
         assert stuck.is_closed(1.0)
     assert asyncio.run(FileStore(tmp_path / "store", create=False).statistics())["total_rollouts"] == 0
 
 
+def test_a_service_manager_signalling_every_process_still_stops_gracefully(tmp_path: Path) -> None:
+    """systemd's default stop sends SIGTERM to the parent and to each worker: one signal each,
+    not a second one for the workers."""
+    server = ServerProcess(init_store(tmp_path / "store"), tmp_path / "server.log", args=["--workers", "2"])
+    with server, _in_flight(server.port) as slow:
+        assert server.proc is not None
+        for pid in [server.proc.pid, *children(server.proc.pid)]:
+            os.kill(pid, signal.SIGTERM)
+        time.sleep(0.3)
+        slow.send(BODY[20:])
+        answer = slow.answer()
+        assert (answer.status, answer.headers["connection"]) == (201, "close")
+        assert server.proc.wait(15) == 0
+    assert asyncio.run(FileStore(tmp_path / "store", create=False).statistics())["total_rollouts"] == 1
+
+
+# In a worker only: importing the store hangs (as on a stuck filesystem).
+HANG_AT_START = """
+import sys, time
+class Hang:
+    def find_spec(self, name, path=None, target=None):
+        if name == "store_fs.store":
+            time.sleep(120)
+if any("store_fs.server._worker" in arg for arg in sys.orig_argv[1:4]):
+    sys.meta_path.insert(0, Hang())
+"""
+
+
+@pytest.mark.parametrize("how", ["interrupted", "killed"])
+def test_workers_hanging_at_start_do_not_outlive_their_parent(tmp_path: Path, how: str) -> None:
+    """Ctrl-C stops the start at once; a killed parent's starting workers exit by themselves."""
+    (tmp_path / "hang").mkdir()
+    (tmp_path / "hang" / "sitecustomize.py").write_text(HANG_AT_START)
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path / "hang"), os.environ.get("PYTHONPATH", "")])
+    )
+    command = [AGL, "--store", str(tmp_path / "store"), "store", "--port", "0", "--workers", "2"]
+    with (tmp_path / "server.log").open("wb") as log:
+        proc = subprocess.Popen(command, stdout=log, stderr=log, env=env)
+    starting: set[int] = set()
+    try:
+        assert wait_until(lambda: len(children(proc.pid)) == 2, 20)
+        starting = children(proc.pid)
+        os.kill(proc.pid, signal.SIGINT if how == "interrupted" else signal.SIGKILL)
+        proc.wait(10)
+        assert wait_until(lambda: not any(alive(pid) for pid in starting), 10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in starting:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    if how == "interrupted":
+        assert proc.returncode == 0
+
+
 def test_a_worker_that_cannot_start_stops_the_server_with_an_error(tmp_path: Path) -> None:
     store = FileStore(init_store(tmp_path / "store"), create=False)
     assert store.open_options is not None
     store.open_options["durability"] = "neither"  # every worker's FileStore refuses it
+    before = children(os.getpid())
     with pytest.raises(ServerStartError, match="did not start"):
         serve_in_workers(
             store, 2, host="127.0.0.1", port=0, token=None, threads=2, limits=Limits(), shutdown_grace=1.0
         )
-    assert children(os.getpid()) == set()  # none left behind
+    assert children(os.getpid()) <= before  # none left behind
+
+
+def test_worker_processes_need_the_main_thread(tmp_path: Path) -> None:
+    store = FileStore(init_store(tmp_path / "store"), create=False)
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(
+            serve_in_workers,
+            store,
+            2,
+            host="127.0.0.1",
+            port=0,
+            token=None,
+            threads=2,
+            limits=Limits(),
+            shutdown_grace=1.0,
+        )
+        with pytest.raises(ValueError, match="main thread"):
+            running.result(30)
 
 
 def test_bind_listening_takes_one_port_for_every_address() -> None:

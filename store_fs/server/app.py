@@ -347,22 +347,36 @@ async def serve(
     sockets: Sequence[socket.socket] = (),
     on_started: Callable[[], None] | None = None,
     orphaned: Callable[[], bool] | None = None,
+    cut_signal: int | None = None,
 ) -> None:
     """Start ``server`` (on ``sockets`` if given), call ``on_started``, serve until SIGINT or
     SIGTERM, or until ``orphaned()`` turns true (asked twice a second), then stop gracefully
-    (see :func:`run_server`)."""
-    stopping = asyncio.Event()
+    (see :func:`run_server`): a second SIGINT or SIGTERM cuts the requests still in flight.
 
-    def on_signal() -> None:
-        if stopping.is_set():
-            log.warning("agl store server: second signal, cutting requests in flight")
-            server.force_stop()
+    With ``cut_signal`` (a worker process, :mod:`.workers`), SIGINT and SIGTERM only ever
+    stop gracefully, however many arrive (a service manager may signal every process of the
+    group as well as the parent, which relays), and ``cut_signal`` cuts."""
+    stopping = asyncio.Event()
+    cut = False
+
+    def request_stop(force: bool) -> None:
+        nonlocal cut
+        if force and not cut:
+            log.warning("agl store server: cutting requests in flight")
+            cut = True
+            server.force_stop()  # ends a graceful stop's wait, if one has begun
         stopping.set()
 
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    handlers: list[tuple[int, Callable[[], None]]] = [
+        (sig, lambda: request_stop(cut_signal is None and stopping.is_set()))
+        for sig in (signal.SIGINT, signal.SIGTERM)
+    ]
+    if cut_signal is not None:
+        handlers.append((cut_signal, lambda: request_stop(True)))
+    for sig, handler in handlers:
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, on_signal)
+            loop.add_signal_handler(sig, handler)
     await server.start(sockets)
     try:
         if on_started is not None:
@@ -375,4 +389,4 @@ async def serve(
                 break
     finally:
         log.warning("agl store server stopping")
-        await server.stop(shutdown_grace)
+        await server.stop(0.0 if cut else shutdown_grace)

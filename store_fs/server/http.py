@@ -225,7 +225,14 @@ class HttpServer:
         loop = asyncio.get_running_loop()
         protocol = lambda: _Connection(self)  # noqa: E731
         if sockets:
-            self._servers = [await loop.create_server(protocol, sock=sock) for sock in sockets]
+            try:
+                for sock in sockets:
+                    self._servers.append(await loop.create_server(protocol, sock=sock))
+            except BaseException:
+                for server in self._servers:
+                    server.close()
+                self._servers = []
+                raise
         else:
             self._servers = [await loop.create_server(protocol, host, port)]
         self._sweeper = loop.create_task(self._sweep())

@@ -2,7 +2,7 @@
 
 One server process runs its HTTP layer and most store calls on one core. With ``N`` workers,
 the parent binds the listening sockets, starts ``N`` worker processes that inherit them
-(``python -m store_fs.server._worker``), and the kernel hands each new connection to whichever
+(:data:`BOOTSTRAP`, then ``store_fs.server._worker``), and the kernel hands each new connection to whichever
 worker accepts it first. A keep-alive connection stays with its worker, so a few busy clients
 may load the workers unevenly; many clients spread out.
 
@@ -13,28 +13,33 @@ own waits from the store's file events, so a request may land on any worker.
 The parent:
 
 - says where it listens (the same log line as one process) once every worker serves;
-- relays SIGINT and SIGTERM to the workers: the first stops them gracefully, a second cuts
-  requests in flight, as for one process (workers run in their own session, so a Ctrl-C in
-  the terminal reaches them only through the parent, once);
+- relays SIGINT and SIGTERM: the first stops every worker gracefully, a second (before or
+  during the stop) sends them :data:`CUT_SIGNAL` to cut the requests in flight, as a second
+  signal does to one process. Workers run in their own session, so a terminal's Ctrl-C reaches
+  them only through the parent; and they take any number of SIGINT or SIGTERM as a graceful
+  stop, so a service manager that signals the whole group does not cut them;
 - replaces a worker that dies while serving (its clients' connections are cut; clients retry).
   A worker that cannot start stops the whole server with an error.
 
-A worker whose parent is killed (``kill -9``) notices within half a second and stops gracefully,
-so the address is freed for a new server.
+A worker whose parent is killed (``kill -9``) notices within half a second: while starting it
+exits at once, while serving it stops gracefully. Either way the address is freed for a new
+server.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import os
-import select
+import selectors
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -51,6 +56,28 @@ READY_TIMEOUT = 60.0  # a worker imports, opens the store, then serves: seconds 
 POLL_SECONDS = 0.1
 KILL_AFTER = 5.0  # beyond the grace period, before a worker that will not stop is killed
 RESTARTS_PER_MINUTE = 10  # more deaths than this: something is wrong, stop rather than churn
+PORT_ATTEMPTS = 5
+#: What the parent sends its workers on a second SIGINT or SIGTERM: cut what is in flight.
+#: Not a second SIGTERM: a repeated signal may merge with the first before the worker sees it,
+#: and a service manager may send every process of the group a SIGTERM of its own.
+CUT_SIGNAL = signal.SIGUSR1
+
+#: A worker's first lines (``python -P -c BOOTSTRAP PARENT_PID FD...``). Before anything of
+#: store_fs is imported (an import, like opening the store, can hang on a stuck filesystem), a
+#: thread exits the worker if the parent dies before it serves: a worker that never started
+#: must not outlive the parent holding the listening socket. Serving, it stops gracefully by
+#: itself (``store_fs.server._worker``).
+BOOTSTRAP = """\
+import os, sys, threading
+parent, serving = int(sys.argv[1]), threading.Event()
+def exit_if_orphaned():
+    while not serving.wait(0.5):
+        if os.getppid() != parent:
+            os._exit(1)
+threading.Thread(target=exit_if_orphaned, daemon=True).start()
+from store_fs.server._worker import main
+main(parent, [int(fd) for fd in sys.argv[2:]], serving)
+"""
 
 
 class ServerStartError(RuntimeError):
@@ -61,6 +88,17 @@ def bind_listening(host: str, port: int) -> list[socket.socket]:
     """Listening sockets for every address ``host`` resolves to, all on one port (port 0: the
     first socket picks a free one and the others take it too). ``OSError`` if any bind fails."""
     infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    for attempt in range(PORT_ATTEMPTS):
+        try:
+            return _bind_all(infos, port)
+        except OSError as err:
+            # Port 0: the port the first address got may be taken on another one; pick again.
+            if port != 0 or err.errno != errno.EADDRINUSE or attempt == PORT_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _bind_all(infos: Sequence[tuple[Any, ...]], port: int) -> list[socket.socket]:
     sockets: list[socket.socket] = []
     seen: set[tuple[int, str | int]] = set()
     try:
@@ -96,39 +134,42 @@ def serve_in_workers(
     shutdown_grace: float,
 ) -> None:
     """Serve ``store`` from ``count`` worker processes until SIGINT or SIGTERM (module docstring).
+    Call it from the main thread (it handles the signals).
 
     ``OSError`` if the address cannot be bound; :class:`ServerStartError` if a worker cannot
-    start; ``ValueError`` for a store opened with an injected clock.
+    start, or workers keep dying; ``ValueError`` outside the main thread, or for a store opened
+    with an injected clock.
     """
     if store.open_options is None:
         raise ValueError("a store opened with an injected clock cannot be served by worker processes")
+    if threading.current_thread() is not threading.main_thread():
+        raise ValueError("serving with worker processes takes the main thread (it handles the signals)")
+    from store_fs.server.app import warn_if_exposed
+
     config = {
         "root": str(store.root),
         "store": store.open_options,
         "server": {"host": host, "token": token, "threads": threads, "limits": dataclasses.asdict(limits)},
         "shutdown_grace": shutdown_grace,
         "log_level": log.getEffectiveLevel(),
-        "parent": os.getpid(),
     }
-    from store_fs.server.app import warn_if_exposed
-
-    sockets = bind_listening(host, port)
-    bound = [sock.getsockname() for sock in sockets]
-    pool = _Pool(config, sockets, count)
     signals = _Signals()
     try:
+        sockets = bind_listening(host, port)
+        bound = [sock.getsockname() for sock in sockets]
+        pool = _Pool(config, sockets, count)
         try:
-            pool.start_all()
-            warn_if_exposed([address[0] for address in bound], has_token=bool(token))
-            shown = f"[{host}]" if ":" in host else host
-            log.warning(
-                "agl store server listening on http://%s:%d (store %s, %d worker processes)",
-                shown,
-                bound[0][1],
-                store.root,
-                count,
-            )
-            pool.supervise(signals)
+            if pool.start_all(signals):
+                warn_if_exposed([address[0] for address in bound], has_token=bool(token))
+                shown = f"[{host}]" if ":" in host else host
+                log.warning(
+                    "agl store server listening on http://%s:%d (store %s, %d worker processes)",
+                    shown,
+                    bound[0][1],
+                    store.root,
+                    count,
+                )
+                pool.supervise(signals)
         finally:
             for sock in sockets:  # no new connections once the workers close theirs too
                 sock.close()
@@ -162,7 +203,9 @@ class _Pool:
         self._deaths: list[float] = []
 
     def _spawn(self) -> subprocess.Popen[bytes]:
-        command = [sys.executable, "-m", "store_fs.server._worker", *map(str, self._fds)]
+        # -P: the working directory does not go on the path (a json.py or another checkout's
+        # store_fs there would shadow the real ones in the workers only).
+        command = [sys.executable, "-P", "-c", BOOTSTRAP, str(os.getpid()), *map(str, self._fds)]
         proc = subprocess.Popen(
             command,
             stdin=subprocess.PIPE,
@@ -170,46 +213,62 @@ class _Pool:
             pass_fds=self._fds,
             start_new_session=True,  # Ctrl-C reaches the parent only; it relays it once
         )
+        self.procs.append(proc)  # reaped and its pipe closed by stop(), whatever happens next
         assert proc.stdin is not None
-        with proc.stdin:  # the configuration (the token among it) never appears in argv
+        # The configuration (the token among it) goes through a pipe, never argv. A worker that
+        # died at once breaks the pipe: waiting for its "ready" reports it.
+        with contextlib.suppress(BrokenPipeError), proc.stdin:
             proc.stdin.write(self._config)
         return proc
 
-    def _await_ready(self, proc: subprocess.Popen[bytes]) -> None:
+    def _await_ready(self, proc: subprocess.Popen[bytes], signals: _Signals) -> bool:
+        """True once ``proc`` serves; False if a signal came first (the server is stopping);
+        :class:`ServerStartError` if it exits or stays silent for :data:`READY_TIMEOUT`."""
         assert proc.stdout is not None
-        ready, _, _ = select.select([proc.stdout], [], [], READY_TIMEOUT)
-        line = proc.stdout.readline() if ready else b""
+        deadline = time.monotonic() + READY_TIMEOUT
+        readable = False
+        with selectors.DefaultSelector() as selector:
+            selector.register(proc.stdout, selectors.EVENT_READ)
+            while not readable:
+                readable = bool(selector.select(POLL_SECONDS))
+                if not readable and signals.count:
+                    return False
+                if not readable and time.monotonic() > deadline:
+                    break
+        line = proc.stdout.readline() if readable else b""  # "ready", or b"" once it exited
         proc.stdout.close()
-        if line.strip() != b"ready":
-            if proc.poll() is None:
-                proc.kill()
-            code = proc.wait()
-            raise ServerStartError(f"a server worker did not start (exit code {code}; its log is above)")
+        if line.strip() == b"ready":
+            return True
+        if proc.poll() is None:
+            proc.kill()
+        code = proc.wait()
+        raise ServerStartError(f"a server worker did not start (exit code {code}; its log is above)")
 
-    def start_all(self) -> None:
-        for _ in range(self._count):
-            self.procs.append(self._spawn())
-        for proc in self.procs:
-            self._await_ready(proc)
+    def start_all(self, signals: _Signals) -> bool:
+        """Start every worker; True once all serve, False if a signal came first."""
+        started = [self._spawn() for _ in range(self._count)]
+        return all(self._await_ready(proc, signals) for proc in started)
 
     def supervise(self, signals: _Signals) -> None:
         """Until a signal: replace workers that die."""
         while signals.count == 0:
             time.sleep(POLL_SECONDS)
-            for i, proc in enumerate(self.procs):
-                code = proc.poll()
-                if code is None or signals.count:
-                    continue
+            for proc in [p for p in self.procs if p.poll() is not None]:
+                if signals.count:
+                    return
                 now = time.monotonic()
                 self._deaths = [t for t in self._deaths if now - t < 60] + [now]
                 if len(self._deaths) > RESTARTS_PER_MINUTE:
                     raise ServerStartError(f"server workers keep dying ({len(self._deaths)} in a minute)")
+                code = proc.returncode
                 log.warning("agl store worker %d exited with code %d: starting another", proc.pid, code)
-                self.procs[i] = self._spawn()
-                self._await_ready(self.procs[i])
+                self.procs.remove(proc)
+                if not self._await_ready(self._spawn(), signals):
+                    return
 
     def stop(self, signals: _Signals, grace: float) -> None:
-        """Stop every worker gracefully (a second signal cuts their requests); kill stragglers."""
+        """Stop every worker gracefully; on a second signal (before or during the stop) tell
+        them to cut what is in flight; kill the ones still there after ``grace`` and a margin."""
         log.warning("agl store server stopping")
         live = [p for p in self.procs if p.poll() is None]
         for proc in live:
@@ -217,17 +276,17 @@ class _Pool:
         cut = False
         deadline = time.monotonic() + grace + KILL_AFTER
         while any(p.poll() is None for p in live) and time.monotonic() < deadline:
-            if signals.count >= 2 and not cut:  # a second signal: the workers cut what is in flight
+            if signals.count >= 2 and not cut:
                 cut = True
                 for proc in live:
                     with contextlib.suppress(ProcessLookupError):
-                        proc.send_signal(signal.SIGTERM)
+                        proc.send_signal(CUT_SIGNAL)
             time.sleep(POLL_SECONDS)
         for proc in live:
             if proc.poll() is None:
                 log.warning("agl store worker %d did not stop: killed", proc.pid)
                 proc.kill()
-            proc.wait()
         for proc in self.procs:
+            proc.wait()
             if proc.stdout is not None:
                 proc.stdout.close()  # a worker that never said it was ready
