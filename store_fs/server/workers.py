@@ -109,7 +109,7 @@ def _bind_all(infos: Sequence[tuple[Any, ...]], port: int) -> list[socket.socket
             sock = socket.socket(family, kind, proto)
             sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:  # one socket per family, as asyncio does
+            if family == socket.AF_INET6:  # IPv4 addresses get their own socket, as in asyncio
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             if port == 0 and len(sockets) > 1:
                 address = (address[0], sockets[0].getsockname()[1], *address[2:])
