@@ -8,6 +8,7 @@ server with an error. (SIGTERM with requests in flight: ``test_server_shutdown.p
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 import socket
@@ -15,6 +16,7 @@ import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from cli_helpers import AGL
@@ -25,6 +27,7 @@ from store_fs import FileStore, init_store
 from store_fs.client import LightningStoreClient
 from store_fs.models import Span
 from store_fs.server import Limits, ServerStartError
+from store_fs.server.http import _SharedListener
 from store_fs.server.workers import bind_listening, serve_in_workers
 
 TOKEN = "s3cret"
@@ -261,6 +264,40 @@ def test_worker_processes_need_the_main_thread(tmp_path: Path) -> None:
         )
         with pytest.raises(ValueError, match="main thread"):
             running.result(30)
+
+
+class _Counted(asyncio.Protocol):
+    def __init__(self, accepted: list[asyncio.BaseTransport]) -> None:
+        self.accepted = accepted
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.accepted.append(transport)
+
+
+async def test_workers_take_turns_at_connections_that_arrive_together() -> None:
+    """Two workers' listeners on one socket (here two descriptors of it in one event loop, so
+    both are woken by the same connections): each takes one per wake-up, so six connections
+    opened at once are shared three and three, not all taken by whoever woke first."""
+    loop = asyncio.get_running_loop()
+    with socket.create_server(("127.0.0.1", 0)) as listening:
+        accepted: list[list[asyncio.BaseTransport]] = [[], []]
+        listeners = [
+            # Any protocol will do here; the server's is an HTTP connection.
+            _SharedListener(loop, listening.dup(), cast(Any, functools.partial(_Counted, accepted[i])))
+            for i in range(2)
+        ]
+        clients = [socket.create_connection(listening.getsockname()) for _ in range(6)]
+        try:
+            assert await asyncio.to_thread(wait_until, lambda: sum(map(len, accepted)) == 6)
+            assert [len(a) for a in accepted] == [3, 3]
+        finally:
+            for client in clients:
+                client.close()
+            for listener in listeners:
+                listener.close()
+                await listener.wait_closed()
+            for transport in accepted[0] + accepted[1]:
+                transport.close()
 
 
 def test_bind_listening_takes_one_port_for_every_address() -> None:

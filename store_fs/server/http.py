@@ -200,7 +200,7 @@ class HttpServer:
         self.public_paths = public_paths
         self.limits = limits
         self.draining = False
-        self._servers: list[asyncio.Server] = []
+        self._servers: list[asyncio.Server | _SharedListener] = []
         self._connections: set[_Connection] = set()
         self._all_closed = asyncio.Event()
         self._ids = itertools.count(1)
@@ -227,7 +227,7 @@ class HttpServer:
         if sockets:
             try:
                 for sock in sockets:
-                    self._servers.append(await loop.create_server(protocol, sock=sock))
+                    self._servers.append(_SharedListener(loop, sock, protocol))
             except BaseException:
                 for server in self._servers:
                     server.close()
@@ -340,6 +340,59 @@ class _Message:
         self.body_size = 0
         self.request: Request | None = None
         self.started = 0.0
+
+
+class _SharedListener:
+    """Accept connections on a socket other processes listen on too (``agl store --workers``),
+    one per wake-up.
+
+    asyncio's own server accepts every connection waiting when it wakes, so one idle worker
+    took all the connections a batch of clients opened at once: in half the loop benchmark's
+    runs one of two workers served every runner while the other did nothing. Taking one at a
+    time lets every worker woken by the same connections take its share, and a busy worker
+    (not waiting in the event loop) leaves new connections to the idle ones.
+    """
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, sock: socket.socket, protocol: Callable[[], _Connection]
+    ) -> None:
+        sock.setblocking(False)
+        self._loop = loop
+        self._sock = sock
+        self._protocol = protocol
+        self._pending: set[asyncio.Task[None]] = set()
+        self.sockets = (sock,)
+        loop.add_reader(sock.fileno(), self._accept_one)
+
+    def _accept_one(self) -> None:
+        try:
+            conn, _ = self._sock.accept()
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            return  # another worker took it, or the client gave up meanwhile
+        except OSError as err:  # out of file descriptors, say: the next wake-up tries again
+            log.warning("accepting a connection failed: %s", err)
+            return
+        conn.setblocking(False)
+        task = self._loop.create_task(self._connect(conn))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _connect(self, conn: socket.socket) -> None:
+        try:
+            await self._loop.connect_accepted_socket(self._protocol, conn)
+        except Exception as err:
+            conn.close()
+            log.warning("a connection could not be set up: %s", err)
+
+    def close(self) -> None:
+        """Stop accepting (this process's copy of the socket is closed; connections stay)."""
+        if self._sock.fileno() >= 0:
+            self._loop.remove_reader(self._sock.fileno())
+            self._sock.close()
+
+    async def wait_closed(self) -> None:
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
 
 
 class _Connection(asyncio.BufferedProtocol):

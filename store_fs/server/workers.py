@@ -2,9 +2,10 @@
 
 One server process runs its HTTP layer and most store calls on one core. With ``N`` workers,
 the parent binds the listening sockets, starts ``N`` worker processes that inherit them
-(:data:`BOOTSTRAP`, then ``store_fs.server._worker``), and the kernel hands each new connection to whichever
-worker accepts it first. A keep-alive connection stays with its worker, so a few busy clients
-may load the workers unevenly; many clients spread out.
+(:data:`BOOTSTRAP`, then ``store_fs.server._worker``), and each new connection goes to whichever
+worker accepts it first. Workers accept one connection per wake-up, so connections opened
+together spread over them, and a busy worker leaves new ones to idle workers. A keep-alive
+connection stays with its worker.
 
 This is safe because a server keeps no state of its own: each worker opens the store directory
 like any other process sharing it (docs/behaviour.md §9.1), runs its own watchdog, and wakes its
