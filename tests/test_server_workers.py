@@ -8,6 +8,7 @@ server with an error. (SIGTERM with requests in flight: ``test_server_shutdown.p
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import os
 import signal
@@ -26,7 +27,7 @@ from server_helpers import ServerProcess, raw_request
 from store_fs import FileStore, init_store
 from store_fs.client import LightningStoreClient
 from store_fs.models import Span
-from store_fs.server import Limits, ServerStartError
+from store_fs.server import Limits, ServerStartError, http
 from store_fs.server.http import _SharedListener
 from store_fs.server.workers import bind_listening, serve_in_workers
 
@@ -298,6 +299,35 @@ async def test_workers_take_turns_at_connections_that_arrive_together() -> None:
                 await listener.wait_closed()
             for transport in accepted[0] + accepted[1]:
                 transport.close()
+
+
+class _OutOfDescriptors(socket.socket):
+    """A listening socket whose first accept fails as with too many open files."""
+
+    calls = 0
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        self.calls += 1
+        if self.calls == 1:
+            raise OSError(errno.EMFILE, "Too many open files")
+        return super().accept()
+
+
+async def test_a_failed_accept_pauses_instead_of_spinning(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(http, "ACCEPT_RETRY_SECONDS", 0.3)
+    loop = asyncio.get_running_loop()
+    with _OutOfDescriptors(socket.AF_INET, socket.SOCK_STREAM) as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        accepted: list[asyncio.BaseTransport] = []
+        listener = _SharedListener(loop, listening, cast(Any, functools.partial(_Counted, accepted)))
+        with socket.create_connection(listening.getsockname()):
+            await asyncio.sleep(0.15)
+            assert (listening.calls, accepted) == (1, [])  # paused: the socket is still readable
+            assert await asyncio.to_thread(wait_until, lambda: len(accepted) == 1)
+            assert listening.calls == 2
+        listener.close()
+        accepted[0].close()
 
 
 def test_bind_listening_takes_one_port_for_every_address() -> None:

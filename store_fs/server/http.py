@@ -101,6 +101,7 @@ READ_SIZE = 64 * 1024
 # After an error answer, the rest of the request is read and dropped, up to this much and this long.
 DRAIN_LIMIT = 256 * 1024 * 1024
 LINGER_SECONDS = 5.0
+ACCEPT_RETRY_SECONDS = 1.0  # after accept() failed for want of resources (as asyncio waits)
 
 _REASONS = {
     100: "Continue",
@@ -361,6 +362,7 @@ class _SharedListener:
         self._sock = sock
         self._protocol = protocol
         self._pending: set[asyncio.Task[None]] = set()
+        self._retry: asyncio.TimerHandle | None = None
         self.sockets = (sock,)
         loop.add_reader(sock.fileno(), self._accept_one)
 
@@ -369,8 +371,12 @@ class _SharedListener:
             conn, _ = self._sock.accept()
         except (BlockingIOError, InterruptedError, ConnectionAbortedError):
             return  # another worker took it, or the client gave up meanwhile
-        except OSError as err:  # out of file descriptors, say: the next wake-up tries again
-            log.warning("accepting a connection failed: %s", err)
+        except OSError as err:
+            # Out of file descriptors, say. The socket stays readable, so listening on would
+            # spin: pause, as asyncio's own server does, and let the queue wait.
+            log.warning("accepting a connection failed: %s; retrying in %.0f s", err, ACCEPT_RETRY_SECONDS)
+            self._loop.remove_reader(self._sock.fileno())
+            self._retry = self._loop.call_later(ACCEPT_RETRY_SECONDS, self._resume)
             return
         conn.setblocking(False)
         task = self._loop.create_task(self._connect(conn))
@@ -384,8 +390,15 @@ class _SharedListener:
             conn.close()
             log.warning("a connection could not be set up: %s", err)
 
+    def _resume(self) -> None:
+        self._retry = None
+        self._loop.add_reader(self._sock.fileno(), self._accept_one)
+
     def close(self) -> None:
         """Stop accepting (this process's copy of the socket is closed; connections stay)."""
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
         if self._sock.fileno() >= 0:
             self._loop.remove_reader(self._sock.fileno())
             self._sock.close()
