@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from http_helpers import ServerThread
@@ -173,3 +175,39 @@ def test_one_rollout_calls_leave_the_http_loop_only_on_a_network_filesystem(
     assert (server._inline == frozenset()) is (network == "1")
     assert server.api.add_span in server.api.inline
     store.close()
+
+
+def test_a_dequeue_runs_on_the_http_loop_once_the_queue_is_listed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Listing the queue can take a while (~0.1 s for 20,000 rollouts): the first dequeue of a
+    process, and one after the listing ran dry, go to a store thread; a dequeue of one rollout
+    from the listing is as cheap as a span, and is answered on the HTTP loop."""
+    monkeypatch.setenv("AGL_NETWORK_FS", "0")
+    store = FileStore(tmp_path / "store")
+    ids = [asyncio.run(store.enqueue_rollout({"i": i})).rollout_id for i in range(4)]
+    ran_on: list[tuple[str, str]] = []
+    for name in ("dequeue_rollout", "dequeue_many_rollouts"):
+        original = getattr(store, name)
+
+        async def recorded(*args: Any, _name: str = name, _call: Any = original, **kwargs: Any) -> Any:
+            ran_on.append((_name, threading.current_thread().name))
+            return await _call(*args, **kwargs)
+
+        monkeypatch.setattr(store, name, recorded)
+    path = PREFIX + "/queues/rollouts/dequeue"
+    with ServerThread(store) as srv:
+        url = f"http://127.0.0.1:{srv.port}"
+        got = []
+        for body in ({"worker_id": "w"}, {}, {"limit": 2}, {"worker_id": "w"}):
+            status, answer, _ = raw_request(url, "POST", path, json.dumps(body), JSON)
+            assert status == 200, answer
+            got += [a["rollout_id"] for a in answer]
+    assert got == ids
+    loop = srv.thread.name
+    assert [(name, thread == loop) for name, thread in ran_on] == [
+        ("dequeue_rollout", False),  # lists the queue
+        ("dequeue_rollout", True),  # from the listing
+        ("dequeue_many_rollouts", False),  # several at once
+        ("dequeue_rollout", False),  # the listing ran dry: list again
+    ]

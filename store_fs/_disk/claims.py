@@ -169,6 +169,12 @@ class Engine:
                 index = -1 - random.randrange(min(_SPREAD, len(cache.tokens)))
             return cache.tokens.pop(index)
 
+    def has_candidates(self) -> bool:
+        """Whether this process holds pending tokens from an earlier listing: the next claim
+        then starts with a ``rename``, not with listing the queue (``claim_next``)."""
+        cache: _PendingCache = self.ctx.local("pending-cache", _PendingCache)
+        return bool(cache.tokens)
+
     def claim_next(self, worker_id: str | None) -> AttemptedRollout | None:
         """Claim the oldest claimable pending token. None when the queue is exhausted."""
         relisted = [False]

@@ -12,8 +12,9 @@ read or write one rollout's few files (:attr:`StoreApi.inline`: a span, an attem
 heartbeat, a get) run on that loop too, unless the store is on a network filesystem: on a
 local disk they take tens of microseconds of syscalls, and the
 two cross-thread wake-ups of a trip to the pool cost more than that (the server's CPU per
-``POST /spans`` fell from ~920 to ~500 µs without them; BENCHMARKS.md, "the HTTP loop"). Every
-other call (the queue, searches, statistics, batches, OTLP decoding, waits), with the JSON
+``POST /spans`` fell from ~920 to ~500 µs without them; BENCHMARKS.md, "the HTTP loop"). So does
+a dequeue of one rollout once this process has listed the queue (listing it is what can take a
+while). Every other call (enqueues, searches, statistics, batches, OTLP decoding, waits), with the JSON
 encoding of its answer, runs on a :class:`~.loop_pool.LoopPool`, so that a long call on one
 connection does not hold up the others. ``/health`` is answered on the HTTP loop itself.
 
@@ -177,6 +178,18 @@ class StoreServer:
         await self.pool.aclose()
         self.store.close()
 
+    def _cheap_dequeue(self, call: Call) -> bool:
+        """A dequeue of one rollout from a queue this process has listed already: inline too.
+        Its store call then costs about what a span's does, and the trip to a store thread
+        and back cost more than the call (BENCHMARKS.md, "the HTTP loop")."""
+        if self.store.network_filesystem or not self.store.dequeue_is_cheap():
+            return False
+        try:
+            body = call.json()
+        except BadRequest:
+            return False  # refused on a store thread, like any other
+        return body is None or (isinstance(body, dict) and body.get("limit", 1) == 1)
+
     def force_stop(self) -> None:
         """Cut a graceful :meth:`stop` short (its wait for requests in flight ends now)."""
         self.http.force_stop()
@@ -201,7 +214,7 @@ class StoreServer:
             call = Call(request, params, self.store)
             if handler == self.api.wait_for_rollouts:
                 return await self._long_poll(handler, call)
-            if handler in self._inline:
+            if handler in self._inline or (handler == self.api.dequeue and self._cheap_dequeue(call)):
                 return await _respond(handler, call)
             return await self.pool.run(_respond(handler, call))
         except Exception as err:
