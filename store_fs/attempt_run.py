@@ -285,6 +285,7 @@ class AttemptRun:
         outage = runner.retry_policy.outage
         while self.abandoned is None:
             await asyncio.sleep(runner.jittered(runner.heartbeat_seconds))
+            sent = time.monotonic()
             try:
                 alive = await renew_attempt(runner.store, self.rollout_id, self.attempt_id)
             except NotFoundError:
@@ -295,7 +296,7 @@ class AttemptRun:
                 else:
                     log.warning("heartbeat of %s failed: %s: %s", self.rollout_id, type(err).__name__, err)
                 continue
-            outage.ended()
+            outage.ended(sent)
             if not alive:
                 self.abandon("was cancelled, timed out or reaped (the store says it is no longer ours)")
 

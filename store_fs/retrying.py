@@ -84,8 +84,10 @@ class OutageLog:
     """Logs an outage of the store once when it starts and once when it ends.
 
     Shared by every loop of a runner (dequeue, heartbeats, span delivery, reports), which may
-    run on different threads; whichever call fails first opens the outage, whichever succeeds
-    first closes it.
+    run on different threads; whichever call fails first opens the outage, and the first call
+    *sent after that* to succeed closes it. A call already in flight when another one failed
+    proves nothing about the store now: counting its answer as the end made one outage log as
+    two when it came back while the failures went on.
     """
 
     def __init__(self, store_name: str = "the store", logger: logging.Logger = log) -> None:
@@ -113,11 +115,14 @@ class OutageLog:
             err,
         )
 
-    def ended(self) -> None:
+    def ended(self, sent: float | None = None) -> None:
+        """A call succeeded; ``sent``: when it was sent (``time.monotonic()``), if known."""
         with self._lock:
-            since, self._since = self._since, None
-        if since is not None:
-            self._log.warning("%s answers again after %.1f s", self.store_name, time.monotonic() - since)
+            since = self._since
+            if since is None or (sent is not None and sent < since):
+                return
+            self._since = None
+        self._log.warning("%s answers again after %.1f s", self.store_name, time.monotonic() - since)
 
 
 @dataclass
@@ -201,6 +206,7 @@ async def call_with_retry(
     """
     tries = _Tries(policy, stop, give_up_after)
     while True:
+        sent = time.monotonic()
         try:
             result = await call()
         except Exception as err:
@@ -211,7 +217,7 @@ async def call_with_retry(
             if stop():
                 raise
             continue
-        policy.outage.ended()
+        policy.outage.ended(sent)
         return result
 
 

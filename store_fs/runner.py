@@ -288,6 +288,7 @@ class LitAgentRunner:
         outage = self.retry_policy.outage
         while not _is_set(event):
             stats = {"timestamp": time.time(), "host": socket.gethostname(), "pid": os.getpid()}
+            sent = time.monotonic()
             try:
                 await self._store.update_worker(self.worker_id, stats)
             except Exception as err:
@@ -296,5 +297,5 @@ class LitAgentRunner:
                 else:
                     log.debug("worker heartbeat failed: %s", err)
             else:
-                outage.ended()
+                outage.ended(sent)
             await self._sleep(self.jittered(self.heartbeat_seconds), event)
