@@ -12,7 +12,7 @@ from store_fs.errors import ExitCode
 
 from . import completion, output
 from .exit_codes import CliError
-from .params import StatusFilter, seconds, values
+from .params import Durability, StatusFilter, seconds, values
 from .progress import Progress
 from .state import CliState, check_directories, check_store_path, run
 from .tables import WORKER_COLUMNS
@@ -37,11 +37,24 @@ def init(
     path: Annotated[
         str | None, typer.Argument(help="Directory of the store (default: --store or runs/default).")
     ] = None,
+    durability: Annotated[
+        Durability | None,
+        typer.Option(
+            help="What every process does before a call returns: 'process' survives kill -9 of "
+            "any process, 'fsync' also power loss (slower: each write waits for the disk). "
+            "Recorded in the store, so runners, 'agl store' and every command follow it; "
+            "given for an existing store, changes it. [default for a new store: process]",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
-    """Create a store (safe to run again on an existing one).
+    """Create a store (safe to run again on an existing one), or change its durability.
 
     \b
     agl init runs/exp1 && export AGL_STORE=runs/exp1
+    agl init runs/exp1 --durability fsync    # survive power loss too
+
+    Processes that have the store open keep their durability until they open it again.
     """
     cli = CliState.of(ctx)
     from store_fs import FileStore, StoreNotFoundError, init_store
@@ -50,12 +63,17 @@ def init(
         raise CliError("the store's path is empty")
     target = Path(path) if path is not None else cli.store_path()
     check_store_path(target)
+    before: str | None = None
     try:  # an existing store must be sound: a newer format, or damage, is not "ready"
-        check_directories(FileStore(target, create=False))
+        existing = FileStore(target, create=False)
+        check_directories(existing)
+        before = existing.durability
     except StoreNotFoundError:
         pass
-    root = init_store(target)
-    output.info(f"store ready at {root}")
+    root = init_store(target, durability=durability)
+    now = durability or before or "process"
+    change = f", was {before}: processes that have it open keep {before} until they open it again"
+    output.info(f"store ready at {root} (durability: {now}{change if before not in (None, now) else ''})")
 
 
 @workers_app.command("list")

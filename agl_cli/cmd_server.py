@@ -92,6 +92,7 @@ def store(
 
     Upstream's LightningStoreClient, its OTLP exporters and store_fs.client.LightningStoreClient
     can all talk to it. Several servers, CLI calls and runners may share one store directory.
+    Writes are as durable as the store's setting says (agl init --durability fsync: power loss).
 
     \b
     Example:
@@ -114,7 +115,10 @@ def store(
         clock_skew_seconds=clock_skew_seconds,
     )
     check_directories(opened)
-    output.info(f"{'created a new' if opened.created else 'serving the'} store at {opened.root}")
+    output.info(
+        f"{'created a new' if opened.created else 'serving the'} store at {opened.root}"
+        f" (durability: {opened.durability})"
+    )
     try:
         run_server(
             opened,

@@ -48,6 +48,7 @@ Mode = Literal["train", "val", "test"]
 RolloutSortField = Literal["rollout_id", "start_time", "end_time", "status", "mode", "resources_id"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 Engine = Literal["f-string", "jinja", "poml"]
+Durability = Literal["process", "fsync"]
 
 
 def values(items: list[Any] | None) -> list[str] | None:

@@ -1,10 +1,12 @@
 """Child-process bodies for tests/test_power_cut.py ("spawn"): the loop, run until SIGKILLed.
 
-Every process opens the store with ``durability="fsync"`` on the crash mount
-(``tests/crash_fuse.py``) and records each call that *returned* as one JSON line in a
-journal on the real disk (outside the mount), written with one ``write(2)`` and
-``fdatasync``-ed before the next call starts. So after the power cut every line names a
-call the store had acknowledged, which must have survived; a call cut short has no line.
+Every process opens the store on the crash mount (``tests/crash_fuse.py``) without naming
+a durability: the store was made with ``durability="fsync"``, which every opener follows
+(docs/format.md, "Durability"), so the cuts also test that setting. Each records every
+call that *returned* as one JSON line in a journal on the real disk (outside the mount),
+written with one ``write(2)`` and ``fdatasync``-ed before the next call starts. So after
+the power cut every line names a call the store had acknowledged, which must have
+survived; a call cut short has no line.
 
 Journal lines (``event``):
 
@@ -42,7 +44,9 @@ class Journal:
 
 
 def _open(root: str) -> FileStore:
-    return FileStore(root, create=False, durability="fsync", watch_mode="poll", scan_debounce_seconds=3600)
+    store = FileStore(root, create=False, watch_mode="poll", scan_debounce_seconds=3600)
+    assert store.durability == "fsync", "the store's setting was not followed"
+    return store
 
 
 def _guarded(journal_path: str, body: Any) -> None:

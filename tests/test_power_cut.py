@@ -58,7 +58,8 @@ from mp_workers import make_span
 from test_multiprocess import children
 from two_hosts import fusermount, unavailable_reason
 
-from store_fs import FileStore
+from store_fs import FileStore, init_store
+from store_fs._disk.context import Durability
 from store_fs._disk.ids import new_rollout_id
 from store_fs._disk.layout import Layout
 
@@ -599,8 +600,24 @@ def test_store_created_in_fsync_mode_survives_a_cut(crash_mount: Callable[..., C
     FileStore(root, durability="fsync").close()
     mount.cut()
     mount.reboot()
-    FileStore(root, create=False).close()
+    reopened = FileStore(root, create=False)
+    assert reopened.durability == "fsync"  # the setting is part of what was made durable
+    reopened.close()
     assert agl(root, "check").returncode == 0
+
+
+def test_a_changed_durability_setting_survives_a_cut(crash_mount: Callable[..., CrashMount]) -> None:
+    """``init_store(root, durability=...)`` returned on an existing store: the new setting is
+    there after a power cut, and the file is whole."""
+    mount = crash_mount(7, persist=0.0, keep_data=0.0)
+    root = mount.path / "store"
+    FileStore(root, durability="fsync").close()
+    settings: tuple[Durability, ...] = ("process", "fsync", "process")
+    for setting in settings:
+        init_store(root, durability=setting)
+        mount.cut()
+        mount.reboot()
+        assert FileStore(root, create=False).durability == setting
 
 
 @dataclass

@@ -10,6 +10,8 @@ Foundations (no store knowledge):
                      succeeds for exactly one writer, ``move`` (rename) for exactly one mover.
     codec            every byte of every record and log line: orjson, sorted keys for records but revisions.
     layout           every path: only it turns (validated) ids into paths.
+    format_file      ``FORMAT.json``: the format version and the store's durability setting, which
+                     every opener uses at least; changed only whole, under the maintenance lock.
     ids              id formats and checks: no id reaches ``layout`` unless it is safe in a path.
     context          what the components share (layout, clock, durability, per-process state
                      rebuilt after ``fork``).

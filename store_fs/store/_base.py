@@ -14,8 +14,15 @@ from store_fs._disk.change_feed import EventLog
 from store_fs._disk.check import Problem, check_store
 from store_fs._disk.claims import Engine
 from store_fs._disk.context import Context, Durability
+from store_fs._disk.format_file import (
+    DURABILITIES,
+    effective_durability,
+    format_body,
+    read_format,
+    set_durability,
+)
 from store_fs._disk.ids import is_rollout_id
-from store_fs._disk.layout import FORMAT_VERSION, Layout
+from store_fs._disk.layout import Layout
 from store_fs._disk.log_compaction import DEFAULT_IDLE_SECONDS, AutoCompaction, CompactionReport, compact_logs
 from store_fs._disk.maintenance import maintenance_lock
 from store_fs._disk.queue_tokens import Queue
@@ -29,7 +36,7 @@ from store_fs._disk.status_rules import FINAL_ATTEMPT_STATUSES
 from store_fs._disk.watch import WatchMode, is_network_fs
 from store_fs._disk.worker_logs import WorkerStore
 from store_fs.clock import Clock, SystemClock
-from store_fs.errors import CorruptRecordError, FormatVersionError, RolloutNotFoundError, StoreNotFoundError
+from store_fs.errors import RolloutNotFoundError
 from store_fs.lightning_store import LightningStore
 from store_fs.models import (
     Attempt,
@@ -42,18 +49,31 @@ from store_fs.models import (
 )
 
 
-def init_store(root: str | Path, *, durable: bool = False) -> Path:
+def init_store(root: str | Path, *, durability: Durability | None = None) -> Path:
     """Create the store's directories and ``FORMAT.json`` (idempotent). Returns the root.
 
-    ``durable``: every directory and file made is on disk when this returns (fsync mode)."""
-    layout = Layout(Path(root))
+    ``durability``: the store's setting, which every process opening it uses at least
+    (docs/format.md, "Durability"). A new store records it (``"process"`` when None); an
+    existing one is changed to it under the maintenance lock (None: left as it is). With
+    ``"fsync"``, every directory and file made is on disk when this returns.
+    """
+    if durability is not None and durability not in DURABILITIES:
+        raise ValueError(f"durability must be 'process' or 'fsync', not {durability!r}")
+    root = Path(root)
+    if not _make_store(Layout(root), durability or "process") and durability is not None:
+        set_durability(root, durability)
+    return root
+
+
+def _make_store(layout: Layout, durability: Durability) -> bool:
+    """Make whatever of the store is missing, recording ``durability`` in a new
+    ``FORMAT.json``; whether this call made that file (an existing store's setting stays)."""
+    durable = durability == "fsync"
     for directory in layout.directories():
         fsio.make_dirs(directory, durable=durable)
     from store_fs import __version__
 
-    body = codec.dumps_record(
-        {"format": "agl-store", "version": FORMAT_VERSION, "created_by": f"agl {__version__}"}
-    )
+    body = format_body(durability, created_by=f"agl {__version__}")
     created = fsio.create_exclusive(layout.format_file, body, durable=durable)
     if created and not any(fsio.iter_dirs(layout.rollouts)):
         # A new, empty store: every rollout it will ever hold gets an index line, so the
@@ -66,7 +86,7 @@ def init_store(root: str | Path, *, durable: bool = False) -> Path:
         fsio.create_exclusive(
             gitignore, b"queue/\nevents/\nindex/\nlocks/\ntrash/\ncache/\n", durable=durable
         )
-    return layout.root
+    return created
 
 
 def _restore_directories(layout: Layout) -> None:
@@ -81,26 +101,6 @@ def _restore_directories(layout: Layout) -> None:
                 return  # read-only: readers need none of them
 
 
-def _check_format(layout: Layout) -> None:
-    try:
-        data = fsio.read_bytes(layout.format_file)
-    except IsADirectoryError:
-        raise CorruptRecordError(
-            str(layout.format_file), "a directory, not the store's format file"
-        ) from None
-    if data is None:
-        raise StoreNotFoundError(str(layout.root))
-    try:
-        body = codec.loads(data)
-    except ValueError:
-        raise CorruptRecordError(str(layout.format_file), "not JSON (torn or damaged)") from None
-    version = body.get("version") if isinstance(body, dict) else None
-    if not isinstance(version, int):
-        raise CorruptRecordError(str(layout.format_file), "no format version in it")
-    if version != FORMAT_VERSION:
-        raise FormatVersionError(str(layout.root), version, FORMAT_VERSION)
-
-
 class StoreCore(LightningStore):
     """The state and helpers of a :class:`~store_fs.store.FileStore`, which mixes the API in.
 
@@ -113,7 +113,7 @@ class StoreCore(LightningStore):
         root: str | Path,
         *,
         create: bool = True,
-        durability: Durability = "process",
+        durability: Durability | None = None,
         scan_debounce_seconds: float = 1.0,
         claim_grace_seconds: float = 30.0,
         clock_skew_seconds: float = 0.0,
@@ -121,7 +121,7 @@ class StoreCore(LightningStore):
         span_cache_bytes: int = 16 * 2**20,
         clock: Clock | None = None,
     ) -> None:
-        if durability not in ("process", "fsync"):
+        if durability is not None and durability not in DURABILITIES:
             raise ValueError(f"durability must be 'process' or 'fsync', not {durability!r}")
         self.root = Path(root)
         #: How this store was opened, to open it again in another process (the server's
@@ -129,7 +129,7 @@ class StoreCore(LightningStore):
         self.open_options: dict[str, Any] | None = None
         if clock is None:
             self.open_options = {
-                "durability": durability,
+                "durability": durability,  # as asked: the store's setting is read at each open
                 "scan_debounce_seconds": scan_debounce_seconds,
                 "claim_grace_seconds": claim_grace_seconds,
                 "clock_skew_seconds": clock_skew_seconds,
@@ -140,13 +140,15 @@ class StoreCore(LightningStore):
         #: True when this call created the store (``create=True`` and none was there).
         self.created = create and not layout.format_file.exists()
         if self.created:
-            init_store(self.root, durable=durability == "fsync")
-        _check_format(layout)
+            _make_store(layout, durability or "process")
+        #: What this process does before a call returns: the stronger of the store's
+        #: setting and ``durability`` (docs/format.md, "Durability").
+        self.durability: Durability = effective_durability(durability, read_format(layout).durability)
         if not self.created:
             _restore_directories(layout)
         self._clock = clock or SystemClock()
         self._ctx = Context(
-            layout, self._clock, durability, clock_skew_seconds, shared_fs=is_network_fs(self.root)
+            layout, self._clock, self.durability, clock_skew_seconds, shared_fs=is_network_fs(self.root)
         )
         # Read the file server's clock now, so that every age judged later (on the injected
         # clock, which tests move by hand) counts from the same reading.

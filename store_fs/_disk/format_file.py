@@ -1,0 +1,108 @@
+"""``FORMAT.json``: what makes a directory a store, its format version, and its durability.
+
+The file is written when the store is made and replaced (whole, by rename) only when
+someone changes the store's durability, under the maintenance lock. Stores made before
+the setting existed have no ``durability`` key and read as ``"process"``; builds that do
+not know the key ignore it, so the key needs no new format version.
+
+The durability a process uses is the stronger of the store's setting and what the
+process asked for (:func:`effective_durability`): a store declared durable stays durable
+whichever program opens it (a runner, ``agl store``, a shell command), and a process may
+ask for ``fsync`` on a store that does not require it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from store_fs._disk import codec, fsio
+from store_fs._disk.context import Durability
+from store_fs._disk.layout import FORMAT_VERSION, Layout
+from store_fs._disk.maintenance import maintenance_lock
+from store_fs.errors import CorruptRecordError, FormatVersionError, StoreNotFoundError
+
+__all__ = [
+    "DURABILITIES",
+    "StoreFormat",
+    "effective_durability",
+    "format_body",
+    "read_format",
+    "set_durability",
+]
+
+DURABILITIES: Final[tuple[Durability, ...]] = ("process", "fsync")
+
+
+@dataclass(frozen=True)
+class StoreFormat:
+    """What ``FORMAT.json`` says."""
+
+    version: int
+    durability: Durability  # "process" when the file names none (stores made before the setting)
+
+
+def format_body(durability: Durability, *, created_by: str) -> bytes:
+    """The bytes of a new store's ``FORMAT.json``, of this build's format, set to ``durability``."""
+    return codec.dumps_record(
+        {"format": "agl-store", "version": FORMAT_VERSION, "durability": durability, "created_by": created_by}
+    )
+
+
+def _read_body(layout: Layout) -> dict[str, Any]:
+    path = layout.format_file
+    try:
+        data = fsio.read_bytes(path)
+    except IsADirectoryError:
+        raise CorruptRecordError(str(path), "a directory, not the store's format file") from None
+    if data is None:
+        raise StoreNotFoundError(str(layout.root))
+    try:
+        body = codec.loads(data)
+    except ValueError:
+        raise CorruptRecordError(str(path), "not JSON (torn or damaged)") from None
+    if not isinstance(body, dict):
+        raise CorruptRecordError(str(path), "no format version in it")
+    return body
+
+
+def read_format(layout: Layout) -> StoreFormat:
+    """The store's format. :class:`StoreNotFoundError` without a ``FORMAT.json``,
+    :class:`FormatVersionError` for another format version, :class:`CorruptRecordError` for a
+    file that does not say (not JSON, no version, an unknown durability)."""
+    body = _read_body(layout)
+    version = body.get("version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise CorruptRecordError(str(layout.format_file), "no format version in it")
+    if version != FORMAT_VERSION:
+        raise FormatVersionError(str(layout.root), version, FORMAT_VERSION)
+    durability = body.get("durability", "process")
+    if durability not in DURABILITIES:
+        raise CorruptRecordError(
+            str(layout.format_file), f"durability must be 'process' or 'fsync', not {durability!r}"
+        )
+    return StoreFormat(version, durability)
+
+
+def effective_durability(asked: Durability | None, store: Durability) -> Durability:
+    """What a process that asked for ``asked`` (None: nothing) uses on a store set to ``store``."""
+    return "fsync" if "fsync" in (asked, store) else "process"
+
+
+def set_durability(root: Path, durability: Durability) -> Durability:
+    """Set the store's durability; the setting it had. Processes that have the store open keep
+    theirs until they open it again.
+
+    Takes the maintenance lock (:class:`~store_fs.errors.MaintenanceBusyError` while a repair
+    or compaction holds it). The new file is fsynced and published by rename, so a crash or
+    power cut leaves the old setting or the new one, never a torn file.
+    """
+    layout = Layout(root)
+    with maintenance_lock(layout):
+        before = read_format(layout).durability
+        if before != durability:
+            body = _read_body(layout)  # every other key as it was, unknown ones included
+            body["durability"] = durability
+            fsio.publish(layout.format_file, codec.dumps_record(body), durable=True)
+        return before
