@@ -1,13 +1,14 @@
 """The stores under comparison, and how each process opens one.
 
-=============  ==============================================================
-``fs``         our ``FileStore`` on a local directory, default durability
-``fs-fsync``   the same with ``durability="fsync"``
-``agl-http``   our ``agl store`` server process, upstream's ``LightningStoreClient``
-``agl-own``    our ``agl store`` server process, our ``store_fs.client.LightningStoreClient``
-``up-mem``     upstream's ``InMemoryLightningStore``, in the measuring process
-``up-http``    upstream's ``agl store`` server process, upstream's client
-=============  ==============================================================
+===================  ==============================================================
+``fs``               our ``FileStore`` on a local directory, default durability
+``fs-fsync``         the same with ``durability="fsync"``
+``agl-http``         our ``agl store`` server process, upstream's ``LightningStoreClient``
+``agl-own``          our ``agl store`` server process, our ``store_fs.client.LightningStoreClient``
+``agl-http-fsync``   ``agl-http`` on a store set to ``durability="fsync"`` (``agl init --durability``)
+``up-mem``           upstream's ``InMemoryLightningStore``, in the measuring process
+``up-http``          upstream's ``agl store`` server process, upstream's client
+===================  ==============================================================
 
 Every measurement gets a fresh :class:`Deployment` (new directory, new server).
 A deployment has a *spec*, a string a child process turns back into a store with
@@ -60,6 +61,7 @@ BACKENDS: dict[str, Backend] = {
         Backend("fs-fsync", "FileStore, durability=fsync", "fs", durability="fsync"),
         Backend("agl-http", "agl store (ours) + upstream client", "http", server="ours"),
         Backend("agl-own", "agl store (ours) + agl client", "http", server="ours", client="agl"),
+        Backend("agl-http-fsync", "agl store on an fsync store + upstream client", "http", "fsync", "ours"),
         Backend("up-mem", "upstream InMemoryLightningStore, one process", "memory"),
         Backend("up-http", "upstream agl store + upstream client", "http", server="upstream"),
     )
@@ -168,10 +170,15 @@ class Deployment:
         if backend.kind == "fs":
             from store_fs import init_store
 
-            init_store(self.dir / "store")
+            init_store(self.dir / "store", durability=backend.durability)
             self.spec: str | None = f"fs:{backend.durability}:{self.dir / 'store'}"
         elif backend.kind == "http":
             assert backend.server is not None
+            if backend.durability != "process":
+                from store_fs import init_store
+
+                # The store's setting, which `agl store` follows.
+                init_store(self.dir / "store", durability=backend.durability)
             self.server = ServerProcess(
                 backend.server, self.dir / "store", self.dir / "server.log", backend.workers
             )

@@ -67,17 +67,28 @@ async def _fill(store: Any, n: int) -> list[str]:
 
 
 def _children(target: Callable[..., None], spec: str, count: int, *args: Any) -> tuple[list[Any], Any, Any]:
-    """Start ``count`` processes running ``target(spec, index, go, stop, results, *args)``.
+    """Start ``count`` processes running ``target(spec, index, go, stop, ready, results, *args)``.
 
+    A child that waits for ``go`` first puts its index on ``ready`` (see :func:`_go_when_ready`).
     Callers must keep the returned events alive until the children are done: a
     collected ``multiprocessing`` event unlinks its semaphore, and a child still
     starting up then fails to attach to it.
     """
-    go, stop, results = _CTX.Event(), _CTX.Event(), _CTX.Queue()
-    procs = [_CTX.Process(target=target, args=(spec, i, go, stop, results, *args)) for i in range(count)]
+    go, stop, ready, results = _CTX.Event(), _CTX.Event(), _CTX.Queue(), _CTX.Queue()
+    procs = [
+        _CTX.Process(target=target, args=(spec, i, go, stop, ready, results, *args)) for i in range(count)
+    ]
     for proc in procs:
         proc.start()
-    return procs, (go, stop), results
+    return procs, (go, stop, ready), results
+
+
+async def _go_when_ready(go: Any, ready: Any, count: int) -> None:
+    """Set ``go`` once ``count`` children are ready: the clock must not count an interpreter
+    start (importing upstream's client takes seconds on a busy machine), however long it takes."""
+    for _ in range(count):
+        await asyncio.to_thread(ready.get, True, 300)
+    go.set()
 
 
 def _collect(procs: list[Any], results: Any, count: int, timeout: float = 600) -> list[Any]:
@@ -131,11 +142,12 @@ async def _drain(store: Any, worker: str, go: Callable[[], Awaitable[object]]) -
     return start, time.perf_counter(), got
 
 
-def _dequeue_child(spec: str, index: int, go: Any, stop: Any, results: Any) -> None:
-    async def ready() -> None:
+def _dequeue_child(spec: str, index: int, go: Any, stop: Any, ready: Any, results: Any) -> None:
+    async def started() -> None:
+        ready.put(index)  # the store is open: the clock may start
         await asyncio.to_thread(go.wait, 120)
 
-    _child_main(lambda store: _drain(store, f"runner-{index}", ready), spec, index, results)
+    _child_main(lambda store: _drain(store, f"runner-{index}", started), spec, index, results)
 
 
 async def dequeue(dep: Deployment, n: int, procs: int) -> dict[str, Any]:
@@ -149,9 +161,8 @@ async def dequeue(dep: Deployment, n: int, procs: int) -> dict[str, Any]:
             event.set()
             spans = await asyncio.gather(*tasks)
         else:
-            children, (go, _stop), results = _children(_dequeue_child, dep.spec, procs)
-            await asyncio.sleep(1.0 + 0.5 * procs)  # let the interpreters start before the clock does
-            go.set()
+            children, (go, _stop, ready), results = _children(_dequeue_child, dep.spec, procs)
+            await _go_when_ready(go, ready, procs)
             spans = await asyncio.to_thread(_collect, children, results, procs)
         got = sum(s[2] for s in spans)
         if got != n:
@@ -247,7 +258,7 @@ async def _timed_queries(store: Any, rid: str, count: int) -> list[float]:
     return times
 
 
-def _query_child(spec: str, index: int, go: Any, stop: Any, results: Any, rid: str) -> None:
+def _query_child(spec: str, index: int, go: Any, stop: Any, ready: Any, results: Any, rid: str) -> None:
     _child_main(lambda store: _timed_queries(store, rid, 2), spec, index, results)
 
 
@@ -295,7 +306,7 @@ async def _complete(store: Any, rid: str, aid: str) -> tuple[float, float]:
     return start, time.perf_counter()
 
 
-def _complete_child(spec: str, index: int, go: Any, stop: Any, results: Any, jobs: Any) -> None:
+def _complete_child(spec: str, index: int, go: Any, stop: Any, ready: Any, results: Any, jobs: Any) -> None:
     """Complete each (rollout, attempt) from ``jobs`` as it arrives; report the times."""
 
     async def body(store: Any) -> int:
@@ -379,10 +390,12 @@ async def _runner(store: Any, worker: str, stop: Callable[[], bool], model: Any)
         done += 1
 
 
-def _runner_child(spec: str, index: int, go: Any, stop: Any, results: Any) -> None:
+def _runner_child(spec: str, index: int, go: Any, stop: Any, ready: Any, results: Any) -> None:
     async def body(store: Any) -> tuple[int, int | None]:
+        model = span_model(spec)
+        ready.put(index)  # the store is open and the span model imported: the clock may start
         await asyncio.to_thread(go.wait, 120)
-        done = await _runner(store, f"runner-{index}", stop.is_set, span_model(spec))
+        done = await _runner(store, f"runner-{index}", stop.is_set, model)
         return done, peak_rss_kb()
 
     _child_main(body, spec, index, results)
@@ -399,9 +412,8 @@ async def loop(dep: Deployment, n: int, runners: int) -> dict[str, Any]:
                 for i in range(runners)
             ]
         else:
-            children, (go, stop), results = _children(_runner_child, dep.spec, runners)
-            await asyncio.sleep(1.0 + 0.5 * runners)  # interpreters up and stores open
-            go.set()
+            children, (go, stop, ready), results = _children(_runner_child, dep.spec, runners)
+            await _go_when_ready(go, ready, runners)
         start, cpu = time.perf_counter(), time.process_time()
         remaining = set(await _fill(store, n))
         while remaining:

@@ -8,6 +8,8 @@ invariant it keeps.
 Foundations (no store knowledge):
     fsio             every write: temp file + rename/link; ``publish`` appears whole, ``create_exclusive``
                      succeeds for exactly one writer, ``move`` (rename) for exactly one mover.
+    group_sync       group commit: threads of a process syncing one path at once share one sync,
+                     each returning only after a sync that began after its write.
     codec            every byte of every record and log line: orjson, sorted keys for records but revisions.
     layout           every path: only it turns (validated) ids into paths.
     format_file      ``FORMAT.json``: the format version and the store's durability setting, which

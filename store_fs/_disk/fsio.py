@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeAlias
 
+from store_fs._disk import group_sync
+
 StrPath: TypeAlias = "str | os.PathLike[str]"
 
 __all__ = [
@@ -120,11 +122,9 @@ def _fresh_tmp(path: Path, make: Callable[[Path], None]) -> Path:
 
 
 def fsync_dir(directory: StrPath) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """Return once ``directory``'s entries as they are now are on disk (threads of this
+    process syncing the same directory at once share one ``fsync``: group commit)."""
+    group_sync.DIRECTORIES.sync(directory)
 
 
 def _write_tmp(path: Path, data: bytes, durable: bool, mode: int = 0o644) -> Path:

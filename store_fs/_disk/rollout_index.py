@@ -73,7 +73,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, get_args
 
-from store_fs._disk import codec, fsio, log_segments
+from store_fs._disk import codec, fsio, group_sync, log_segments
 from store_fs._disk.context import Context
 from store_fs._disk.ids import ROLLOUT_ID_RE
 from store_fs._disk.index_snapshot import Snapshot
@@ -419,16 +419,16 @@ class RolloutIndex:
         with holder.lock:
             for retry in (False, True):
                 try:
-                    fd = self._open(holder)
-                    fsio.append(fd, data)
-                    if self._ctx.durable:
-                        os.fdatasync(fd)
-                    return
+                    fsio.append(self._open(holder), data)
+                    break
                 except OSError as err:
                     # Deleted under us (ENOENT, or ESTALE over NFS): the index was reset.
                     if retry or err.errno not in (errno.ENOENT, errno.ESTALE):
                         raise
                     self._drop(holder)
+        if self._ctx.durable:
+            # Outside the lock, shared with the threads appending at the same time.
+            group_sync.FILES.sync(self._path())
 
     def _open(self, holder: _Writer) -> int:
         now = time.monotonic()  # the real clock: a test's frozen clock must not freeze the check
@@ -439,7 +439,7 @@ class RolloutIndex:
                 holder.checked = now
                 return holder.fd
         self._drop(holder)  # our file was deleted: appending to it would reach nobody
-        path = self._dir / f"{self._ctx.log_writer}.jsonl"
+        path = self._path()
         fd = fsio.open_making_dirs(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, durable=self._ctx.durable)
         size = os.fstat(fd).st_size
         if size and os.pread(fd, 1, size - 1) != b"\n":
@@ -448,6 +448,10 @@ class RolloutIndex:
             fsio.append(fd, b"\n")
         holder.fd, holder.checked = fd, now
         return fd
+
+    def _path(self) -> Path:
+        """This process's log."""
+        return self._dir / f"{self._ctx.log_writer}.jsonl"
 
     @staticmethod
     def _drop(holder: _Writer) -> None:

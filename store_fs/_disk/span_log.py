@@ -34,7 +34,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from store_fs._disk import codec, fsio
+from store_fs._disk import codec, fsio, group_sync
 from store_fs._disk.context import Context
 from store_fs._disk.server_clock import server_offset
 from store_fs._disk.span_decode import copy_span
@@ -112,42 +112,6 @@ def read_span_file(path: Path, bad: list[BadLine] | None = None) -> Iterator[dic
         offset += len(line) + 1
 
 
-class _GroupSync:
-    """Group commit: concurrent callers share one ``fdatasync`` round per file."""
-
-    def __init__(self) -> None:
-        self.cond = threading.Condition()
-        self.dirty: set[Path] = set()
-        self.requested = 0
-        self.synced = 0
-        self.flushing = False
-
-    def sync(self, path: Path) -> None:
-        with self.cond:
-            self.dirty.add(path)
-            self.requested += 1
-            ticket = self.requested
-            while self.synced < ticket:
-                if self.flushing:
-                    self.cond.wait()
-                    continue
-                self.flushing = True
-                batch, self.dirty, upto = self.dirty, set(), self.requested
-                self.cond.release()
-                try:
-                    for p in batch:
-                        fd = os.open(p, os.O_RDONLY)
-                        try:
-                            os.fdatasync(fd)
-                        finally:
-                            os.close(fd)
-                finally:
-                    self.cond.acquire()
-                    self.flushing = False
-                    self.synced = max(self.synced, upto)
-                    self.cond.notify_all()
-
-
 class _WriterState:
     def __init__(self) -> None:
         self.fds: OrderedDict[Path, int] = OrderedDict()
@@ -158,7 +122,6 @@ class _WriterState:
         self.heartbeats: dict[Path, tuple[int, float]] = {}
         self.torn: set[Path] = set()  # logs whose last append failed (maybe midway)
         self.lock = threading.Lock()
-        self.group = _GroupSync()
 
 
 def _span_line(span: Span) -> bytes:
@@ -473,7 +436,7 @@ class SpanLog:
 
     def sync(self, path: Path) -> None:
         """Block until ``path`` is on stable storage (shared with concurrent callers)."""
-        self._state().group.sync(path)
+        group_sync.FILES.sync(path)
 
     def heartbeat(self, attempt_dir: Path, *, force: bool = False) -> None:
         """Bump this process's heartbeat counter for the attempt (throttled unless ``force``)."""

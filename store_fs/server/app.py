@@ -129,8 +129,12 @@ class StoreServer:
         self.port = port
         self.api = StoreApi(store)
         # On a network filesystem each of those calls is several round trips to the file
-        # server (milliseconds): run on the loop they would hold up every other connection.
+        # server (milliseconds), and with durability="fsync" a write waits for the disk: run on
+        # the loop they would hold up every other connection.
         self._inline = frozenset() if store.network_filesystem else self.api.inline
+        self._durable = store.durability == "fsync"
+        if self._durable:
+            self._inline -= self.api.synced_writes
         self._has_token = bool(token)
         self._draining = asyncio.Event()
         self.http = HttpServer(
@@ -182,7 +186,7 @@ class StoreServer:
         """A dequeue of one rollout from a queue this process has listed already: inline too.
         Its store call then costs about what a span's does, and the trip to a store thread
         and back cost more than the call (BENCHMARKS.md, "the HTTP loop")."""
-        if self.store.network_filesystem or not self.store.dequeue_is_cheap():
+        if self.store.network_filesystem or self._durable or not self.store.dequeue_is_cheap():
             return False
         try:
             body = call.json()

@@ -62,12 +62,13 @@ class FileStore(
         create: create the store if ``root`` holds none (else :class:`StoreNotFoundError`).
         durability: ``"process"`` survives ``kill -9`` of any process: every call's data
             is handed to the kernel before it returns. ``"fsync"`` also survives power
-            loss: data and directories are fsynced (span writes of concurrent callers
-            share one fsync). The store has a setting of its own (``FORMAT.json``, set by
-            ``init_store(root, durability=...)`` or ``agl init --durability``; a store
-            made here records this argument, ``"process"`` when None), and this process
-            uses the stronger of the two: it may ask for ``"fsync"`` on any store, and
-            cannot weaken a store set to ``"fsync"``. The result is :attr:`durability`.
+            loss: data and directories are fsynced (threads syncing one file or
+            directory at once share one sync). The store has a setting of its own
+            (``FORMAT.json``, set by ``init_store(root, durability=...)`` or ``agl init
+            --durability``; a store made here records this argument, ``"process"`` when
+            None), and this process uses the stronger of the two: it may ask for
+            ``"fsync"`` on any store, and cannot weaken a store set to ``"fsync"``. The
+            result is :attr:`durability`.
         scan_debounce_seconds: at most one reaper scan per this many seconds per process
             (0: before every eligible call, like upstream's tests).
         claim_grace_seconds: how long a decision or claim may stay half-applied before

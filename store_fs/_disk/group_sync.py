@@ -1,0 +1,118 @@
+"""Group commit: threads that need the same file or directory on disk share one sync.
+
+A caller writes first, then calls :meth:`GroupSync.sync`. If a sync of that path is
+already under way it began before the caller's write, so the caller waits for the next
+one; that next one, started by whichever waiter gets there first, covers every caller
+that arrived in between. So N threads writing one log (the rollout index, a span log) or
+renaming entries of one directory (``queue/claimed/``) at once cost about two syncs
+instead of N, and each still returns only once its own write is durable. Different paths
+never wait for each other.
+
+A sync that fails raises in the thread that ran it; the others wake and try again
+themselves, so an error is never taken for success. Everything here is per process: a
+forked child starts with no syncs in flight (the forking thread held none of the locks
+the others did).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from typing import Final
+
+__all__ = ["DIRECTORIES", "FILES", "GroupSync", "fdatasync_path", "fsync_directory"]
+
+StrPath = str | os.PathLike[str]
+
+
+def fsync_directory(path: StrPath) -> None:
+    """``fsync`` of a directory by name: its entries are on disk."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fdatasync_path(path: StrPath) -> None:
+    """``fdatasync`` of a file by name: its data (and size) are on disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+
+
+class _Round:
+    """The syncs of one path: how many callers asked, up to which the last sync covered."""
+
+    __slots__ = ("cond", "flushing", "requested", "synced", "users")
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self.cond = threading.Condition(lock)
+        self.requested = 0
+        self.synced = 0
+        self.flushing = False
+        self.users = 0
+
+
+class GroupSync:
+    """Shares ``flush(path)`` among the threads that need the same path synced at once."""
+
+    def __init__(self, flush: Callable[[str], None]) -> None:
+        self._flush = flush
+        self._lock = threading.Lock()
+        self._rounds: dict[str, _Round] = {}
+
+    def forget(self) -> None:
+        """Drop every sync in flight (in a forked child, where no thread runs them)."""
+        self._lock = threading.Lock()
+        self._rounds = {}
+
+    def sync(self, path: StrPath) -> None:
+        """Return once everything written to ``path`` before this call is on disk."""
+        key = os.fspath(path)
+        with self._lock:
+            state = self._rounds.get(key)
+            if state is None:
+                state = self._rounds[key] = _Round(self._lock)
+            state.users += 1
+            state.requested += 1
+            ticket = state.requested
+            try:
+                while state.synced < ticket:
+                    if state.flushing:
+                        state.cond.wait()  # one started before our write: wait for the next
+                        continue
+                    state.flushing, covers, done = True, state.requested, False
+                    self._lock.release()
+                    try:
+                        self._flush(key)
+                        done = True
+                    finally:
+                        self._lock.acquire()
+                        state.flushing = False
+                        if done:
+                            state.synced = max(state.synced, covers)
+                        state.cond.notify_all()
+            finally:
+                state.users -= 1
+                if state.users == 0:
+                    del self._rounds[key]
+
+
+#: The process's shared syncs: data of files (span logs, index logs) and directories
+#: (after a rename, link, create or unlink in them). Two instances, made once: a
+#: forked child resets them.
+FILES: Final = GroupSync(fdatasync_path)
+DIRECTORIES: Final = GroupSync(fsync_directory)
+
+
+def _reset_in_child() -> None:
+    FILES.forget()
+    DIRECTORIES.forget()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_in_child)

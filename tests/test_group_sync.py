@@ -1,0 +1,201 @@
+"""Group commit (store_fs/_disk/group_sync.py): threads syncing one path at once share
+syncs, each returns only after a sync that began after its call, different paths do not
+wait for each other, a failed sync is never taken for success, and a forked child starts
+clean."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from store_fs import EnqueueRolloutRequest, FileStore
+from store_fs._disk import group_sync
+from store_fs._disk.group_sync import GroupSync
+
+
+class SlowFlush:
+    """A flush that takes ``seconds`` and records when each one started."""
+
+    def __init__(self, seconds: float = 0.05) -> None:
+        self.seconds = seconds
+        self.lock = threading.Lock()
+        self.started: list[tuple[str, float]] = []
+        self.finished: list[tuple[str, float, float]] = []  # (path, started, finished)
+
+    def __call__(self, path: str) -> None:
+        start = time.monotonic()
+        with self.lock:
+            self.started.append((path, start))
+        time.sleep(self.seconds)
+        with self.lock:
+            self.finished.append((path, start, time.monotonic()))
+
+
+def _run_together(count: int, target: object) -> list[BaseException | None]:
+    errors: list[BaseException | None] = [None] * count
+    barrier = threading.Barrier(count)
+
+    def body(i: int) -> None:
+        barrier.wait()
+        try:
+            target(i)  # type: ignore[operator]
+        except BaseException as err:  # recorded for the test to look at
+            errors[i] = err
+
+    threads = [threading.Thread(target=body, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    return errors
+
+
+def test_threads_on_one_path_share_syncs_and_each_waits_for_one_begun_after_its_call() -> None:
+    flush = SlowFlush()
+    group = GroupSync(flush)
+    calls: list[tuple[float, float]] = [(0.0, 0.0)] * 16
+
+    def call(i: int) -> None:
+        asked = time.monotonic()
+        group.sync("/log")
+        calls[i] = (asked, time.monotonic())
+
+    assert _run_together(16, call) == [None] * 16
+    assert 1 <= len(flush.finished) <= 3, flush.finished  # 16 without group commit
+    for asked, returned in calls:
+        # Some whole sync ran between this call and its return.
+        assert any(asked <= start and end <= returned for _, start, end in flush.finished)
+
+
+def test_different_paths_do_not_wait_for_each_other() -> None:
+    release = threading.Event()
+
+    def flush(path: str) -> None:
+        if path == "/slow":
+            assert release.wait(10)
+
+    group = GroupSync(flush)
+    slow = threading.Thread(target=group.sync, args=("/slow",))
+    slow.start()
+    try:
+        started = time.monotonic()
+        group.sync("/fast")  # would hang if paths shared rounds
+        assert time.monotonic() - started < 5
+        assert slow.is_alive()
+    finally:
+        release.set()
+        slow.join(10)
+
+
+def test_a_failed_sync_raises_where_it_ran_and_the_others_sync_again() -> None:
+    flush = SlowFlush(0.05)
+    failures = [OSError(5, "Input/output error")]
+
+    def failing_once(path: str) -> None:
+        flush(path)
+        if failures:
+            raise failures.pop()
+
+    group = GroupSync(failing_once)
+    errors = _run_together(8, lambda i: group.sync("/log"))
+    failed = [e for e in errors if e is not None]
+    assert len(failed) == 1
+    assert isinstance(failed[0], OSError)
+    # Whoever did not fail returned after a sync that succeeded: there was one more.
+    assert len(flush.finished) >= 2
+
+
+def test_a_forked_child_starts_with_no_sync_in_flight() -> None:
+    """A child forked while another thread is inside a directory sync syncs on its own."""
+    release = threading.Event()
+    entered = threading.Event()
+    real = group_sync.DIRECTORIES._flush
+
+    def stuck(path: str) -> None:
+        entered.set()
+        assert release.wait(10)
+
+    group_sync.DIRECTORIES._flush = stuck
+    holder = threading.Thread(target=group_sync.DIRECTORIES.sync, args=("/stuck",))
+    holder.start()
+    try:
+        assert entered.wait(10)
+        pid = os.fork()
+        if pid == 0:  # the child: the lock and round the parent's thread holds must not block it
+            code = 1
+            try:
+                group_sync.DIRECTORIES._flush = real
+                group_sync.DIRECTORIES.sync("/")
+                code = 0
+            finally:
+                os._exit(code)
+        deadline = time.monotonic() + 10
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+                pytest.fail("the forked child hung on its parent's sync")
+            time.sleep(0.01)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        release.set()
+        holder.join(10)
+        group_sync.DIRECTORIES._flush = real
+
+
+def test_concurrent_durable_writes_share_the_index_and_queue_syncs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Eight threads of one process (as the server's) dequeuing on an fsync store: the rollout
+    index log and ``queue/`` directories are synced fewer times than there were writes, and
+    every rollout is claimed once with its index entry in place."""
+    store = FileStore(tmp_path / "store", durability="fsync")
+
+    requests = [EnqueueRolloutRequest(input=i) for i in range(64)]
+    rollouts = asyncio.run(store.enqueue_many_rollouts(requests))
+    counts: dict[str, int] = {}
+    lock = threading.Lock()
+    real_fsync, real_fdatasync = os.fsync, os.fdatasync
+
+    def counting(real: object) -> object:
+        def sync(fd: int) -> None:
+            name = os.readlink(f"/proc/self/fd/{fd}")
+            with lock:
+                counts[name] = counts.get(name, 0) + 1
+            time.sleep(0.002)  # a disk's flush: long enough for callers to meet
+            real(fd)  # type: ignore[operator]
+
+        return sync
+
+    monkeypatch.setattr(os, "fsync", counting(real_fsync))
+    monkeypatch.setattr(os, "fdatasync", counting(real_fdatasync))
+    claimed: list[str] = []
+
+    def worker(i: int) -> None:
+        while True:
+            got = asyncio.run(store.dequeue_rollout(worker_id=f"w{i}"))
+            if got is None:
+                return
+            with lock:
+                claimed.append(got.rollout_id)
+
+    assert _run_together(8, worker) == [None] * 8
+    monkeypatch.undo()
+    assert sorted(claimed) == sorted(r.rollout_id for r in rollouts)
+    index_syncs = sum(n for name, n in counts.items() if "/index/rollouts/" in name)
+    claimed_dir_syncs = counts.get(str(store.layout.root / "queue" / "claimed"), 0)
+    assert 0 < index_syncs < 64, counts
+    assert 0 < claimed_dir_syncs < 64, counts
+    stats = asyncio.run(store.statistics())
+    assert stats["total_rollouts"] == 64
+    running = asyncio.run(store.query_rollouts(status_in=["preparing"]))
+    assert len(running) == 64  # every index entry is there: listings by status agree
+    assert store.check() == []
