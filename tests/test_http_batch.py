@@ -177,6 +177,51 @@ def test_one_rollout_calls_leave_the_http_loop_only_on_a_network_filesystem(
     store.close()
 
 
+def test_on_a_durable_store_writes_that_wait_for_the_disk_leave_the_http_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With durability="fsync" a span, an attempt update or a dequeue waits for the disk: on the
+    HTTP loop each would hold up every connection, so they run on store threads (where threads
+    syncing the same file share one sync). Reads, heartbeats and worker updates, never synced,
+    stay on the loop."""
+    monkeypatch.setenv("AGL_NETWORK_FS", "0")
+    store = FileStore(tmp_path / "store", durability="fsync")
+    ids = [asyncio.run(store.enqueue_rollout({"i": i})).rollout_id for i in range(2)]
+    ran_on: list[tuple[str, str]] = []
+    for name in ("dequeue_rollout", "add_span", "update_attempt", "get_rollout_by_id"):
+        original = getattr(store, name)
+
+        async def recorded(*args: Any, _name: str = name, _call: Any = original, **kwargs: Any) -> Any:
+            ran_on.append((_name, threading.current_thread().name))
+            return await _call(*args, **kwargs)
+
+        monkeypatch.setattr(store, name, recorded)
+    with ServerThread(store) as srv:
+        url = f"http://127.0.0.1:{srv.port}"
+        dequeue = PREFIX + "/queues/rollouts/dequeue"
+        for _ in ids:  # the second dequeue comes from the first one's listing
+            status, answer, _ = raw_request(url, "POST", dequeue, json.dumps({"worker_id": "w"}), JSON)
+            assert status == 200, answer
+        rid, aid = answer[0]["rollout_id"], answer[0]["attempt"]["attempt_id"]
+        body = span(rid, aid, 1).model_dump_json()
+        status, answer, _ = raw_request(url, "POST", PREFIX + "/spans", body, JSON)
+        assert status == 201, answer
+        update = json.dumps({"status": "succeeded"})
+        status, answer, _ = raw_request(url, "POST", f"{PREFIX}/rollouts/{rid}/attempts/{aid}", update, JSON)
+        assert status == 200, answer
+        status, answer, _ = raw_request(url, "GET", f"{PREFIX}/rollouts/{rid}")
+        assert status == 200, answer
+    loop = srv.thread.name
+    assert [(name, thread == loop) for name, thread in ran_on] == [
+        ("dequeue_rollout", False),
+        ("dequeue_rollout", False),
+        ("add_span", False),
+        ("update_attempt", False),
+        ("get_rollout_by_id", True),
+    ]
+    store.close()
+
+
 def test_a_dequeue_runs_on_the_http_loop_once_the_queue_is_listed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
