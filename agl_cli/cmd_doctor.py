@@ -20,7 +20,8 @@ def doctor(
     ] = None,
 ) -> None:
     """Check the filesystem under a store: mount type and options, exclusive create, link and
-    rename behaviour, this host's clock against the file server's, how waits wake up, free space.
+    rename behaviour, this host's clock against the file server's, how waits wake up, what the
+    store's durability setting protects against here (agl init --durability), free space.
 
     Exits 1 when a check fails (the filesystem cannot hold a store); warnings say what to change
     (docs/nfs.md explains the advice). JSON lines when piped.

@@ -4,8 +4,9 @@ Each check tries the real thing in a scratch directory (``locks/doctor-<host>-<p
 afterwards) rather than trusting the filesystem's name: an exclusive create must refuse a second
 creator, ``link(2)`` must refuse an existing name, ``rename(2)`` must replace atomically and report
 a vanished source. It also reads the mount (type and options, from ``/proc/mounts``), measures this
-host's clock against the file server's, and says how waits will learn of changes (inotify or
-polling). docs/nfs.md explains the advice.
+host's clock against the file server's, says how waits will learn of changes (inotify or
+polling) and what the store's durability setting protects against on this mount. docs/nfs.md
+explains the advice.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from typing import Literal
 
 from store_fs._disk import fsio
 from store_fs._disk.context import Context
+from store_fs._disk.format_file import read_format
 from store_fs._disk.layout import Layout
 from store_fs._disk.server_clock import server_offset
 from store_fs._disk.watch import is_network_fs, resolve_mode
 from store_fs.clock import SystemClock
-from store_fs.errors import StoreNotFoundError
+from store_fs.errors import AglError, StoreNotFoundError
 
 __all__ = ["Finding", "Level", "MountInfo", "diagnose", "mount_of"]
 
@@ -35,6 +37,10 @@ _NFS_ADVICE = {
     "lookupcache=all": "prefer 'lookupcache=positive': cached misses delay new rollouts and revisions",
 }
 _SLOW_CACHE_SECONDS = 5.0
+# Filesystems in memory: nothing on them outlives a reboot, whatever is fsynced.
+_VOLATILE = frozenset({"tmpfs", "ramfs"})
+# Mount options that let a disk keep "synced" writes in its volatile cache.
+_NO_BARRIER = ("nobarrier", "barrier=0")
 
 
 @dataclass(frozen=True)
@@ -170,6 +176,43 @@ def _watch(root: Path) -> Finding:
     )
 
 
+def _durability(layout: Layout, info: MountInfo | None) -> Finding | None:
+    """What the store's durability setting (docs/format.md, "Durability") protects against on
+    this mount; None for a directory that holds no store yet."""
+    try:
+        setting = read_format(layout).durability
+    except StoreNotFoundError:
+        return None
+    except AglError as err:
+        return Finding("durability", "fail", str(err))
+    if info is not None and info.fstype in _VOLATILE:
+        return Finding(
+            "durability",
+            "warn",
+            f"{setting}, but the store is in memory ({info.fstype}): a reboot or power cut loses all of it",
+            "keep a store you cannot lose on a disk",
+        )
+    if setting == "process":
+        return Finding(
+            "durability",
+            "ok",
+            "process: survives kill -9 of any process; a power cut can lose the last writes",
+            f"to survive power loss too: agl init --durability fsync {layout.root}"
+            " (writes then wait for the disk)",
+        )
+    unsafe = [option for option in _NO_BARRIER if info is not None and option in info.options]
+    if unsafe:
+        return Finding(
+            "durability",
+            "warn",
+            f"fsync, but mounted with {unsafe[0]}: the disk may keep synced writes in its volatile cache",
+            "remount with write barriers for fsync to survive power loss",
+        )
+    return Finding(
+        "durability", "ok", "fsync: every write is on disk when its call returns (survives power loss)"
+    )
+
+
 def _space(root: Path) -> Finding:
     stats = os.statvfs(root)
     free_bytes = stats.f_bavail * stats.f_frsize
@@ -202,5 +245,8 @@ def diagnose(root: str | Path) -> list[Finding]:
         shutil.rmtree(scratch, ignore_errors=True)
     findings.append(_clock(ctx))
     findings.append(_watch(root))
+    durability = _durability(layout, mount_of(root))
+    if durability is not None:
+        findings.append(durability)
     findings.append(_space(root))
     return findings

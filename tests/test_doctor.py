@@ -10,7 +10,7 @@ import pytest
 from two_hosts import TwoHosts, two_hosts  # noqa: F401
 
 from store_fs import FileStore
-from store_fs.doctor import Finding, _nfs_option_findings, diagnose, mount_of
+from store_fs.doctor import Finding, MountInfo, _durability, _nfs_option_findings, diagnose, mount_of
 
 
 def by_check(findings: list[Finding]) -> dict[str, Finding]:
@@ -80,3 +80,33 @@ def test_agl_doctor_through_the_installed_command(tmp_path: Path) -> None:
     missing = agl("doctor", str(tmp_path / "nowhere"))
     assert missing.code == 5, str(missing)
     assert missing.stderr.startswith("agl: no store at")
+
+
+def test_durability_says_what_the_setting_protects_against_on_this_mount(tmp_path: Path) -> None:
+    plain = FileStore(tmp_path / "plain")
+    durable = FileStore(tmp_path / "durable", durability="fsync")
+    disk = MountInfo("/", "ext4", ("rw", "relatime"))
+    finding = _durability(plain.layout, disk)
+    assert finding is not None
+    assert (finding.level, finding.message.split(":")[0]) == ("ok", "process")
+    assert f"agl init --durability fsync {plain.root}" in finding.advice
+    finding = _durability(durable.layout, disk)
+    assert finding is not None
+    assert (finding.level, finding.advice) == ("ok", "")
+    assert "survives power loss" in finding.message
+    finding = _durability(durable.layout, MountInfo("/", "ext4", ("rw", "nobarrier")))
+    assert finding is not None
+    assert finding.level == "warn"
+    assert "nobarrier" in finding.message
+    for store in (plain, durable):  # in memory: nothing survives a reboot, whatever the setting
+        finding = _durability(store.layout, MountInfo("/dev/shm", "tmpfs", ("rw",)))
+        assert finding is not None
+        assert finding.level == "warn"
+        assert "in memory (tmpfs)" in finding.message
+    # Through diagnose, on the real mount of tmp_path.
+    assert "durability" in by_check(diagnose(durable.root))
+    (plain.root / "FORMAT.json").write_text('{"version": 1, "durability": "sometimes"}')
+    finding = _durability(plain.layout, disk)
+    assert finding is not None
+    assert finding.level == "fail"
+    assert "durability" in finding.message
