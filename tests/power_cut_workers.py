@@ -28,7 +28,7 @@ from typing import Any
 
 from mp_workers import make_span
 
-from store_fs import FileStore
+from store_fs import EnqueueRolloutRequest, FileStore
 from store_fs.models import AttemptStatus
 
 
@@ -59,14 +59,20 @@ def _guarded(journal_path: str, body: Any) -> None:
 
 
 def algorithm(root: str, journal_path: str, pause: float) -> None:
-    """Enqueue rollouts (``pause`` seconds apart) until killed."""
+    """Enqueue rollouts (``pause`` seconds apart) until killed: one, then a batch of three
+    (``enqueue_many_rollouts``, which syncs once at its end), in turn."""
 
     async def body(journal: Journal) -> None:
         store = _open(root)
         serial = 0
         while True:
-            rollout = await store.enqueue_rollout(input={"task": serial})
-            journal.log("enqueued", rollout_id=rollout.rollout_id)
+            if serial % 2 == 0:
+                rollouts = [await store.enqueue_rollout(input={"task": serial})]
+            else:
+                batch = [EnqueueRolloutRequest(input={"task": serial, "part": i}) for i in range(3)]
+                rollouts = list(await store.enqueue_many_rollouts(batch))
+            for rollout in rollouts:
+                journal.log("enqueued", rollout_id=rollout.rollout_id)
             serial += 1
             await asyncio.sleep(pause)
 

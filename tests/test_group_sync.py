@@ -10,6 +10,7 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -199,3 +200,69 @@ def test_concurrent_durable_writes_share_the_index_and_queue_syncs(
     running = asyncio.run(store.query_rollouts(status_in=["preparing"]))
     assert len(running) == 64  # every index entry is there: listings by status agree
     assert store.check() == []
+
+
+def test_a_batch_syncs_each_directory_and_log_once_at_its_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``enqueue_many_rollouts`` on an fsync store defers the syncs of ``queue/pending/`` and of
+    its index log to the end of the batch (fsio.syncs_deferred): each is synced once for twenty
+    rollouts, while each record is still synced before its index line is written."""
+    store = FileStore(tmp_path / "store", durability="fsync")
+    asyncio.run(store.enqueue_rollout({"warm": True}))  # shards and logs of a first rollout exist
+    synced: list[str] = []
+    real_fsync, real_fdatasync = os.fsync, os.fdatasync
+
+    def counting(real: Any) -> Any:
+        def sync(fd: int) -> None:
+            synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+            real(fd)
+
+        return sync
+
+    monkeypatch.setattr(os, "fsync", counting(real_fsync))
+    monkeypatch.setattr(os, "fdatasync", counting(real_fdatasync))
+    batch = [EnqueueRolloutRequest(input=i) for i in range(20)]
+    rollouts = asyncio.run(store.enqueue_many_rollouts(batch))
+    monkeypatch.undo()
+    pending = str(store.layout.pending)
+    assert synced.count(pending) == 1
+    assert len([p for p in synced if "/index/rollouts/" in p]) == 1
+    for rollout in rollouts:  # each record's own syncs still happen
+        history = store.layout.history_dir(rollout.rollout_id)
+        assert synced.count(str(history)) == 1
+        assert any(p.startswith(str(history) + "/.") for p in synced)  # the revision's content
+    # The records' directories are synced as they are made, the index log once after them all.
+    index_sync = next(i for i, p in enumerate(synced) if "/index/rollouts/" in p)
+    last_history = max(i for i, p in enumerate(synced) if p.endswith("/history"))
+    assert last_history < index_sync
+    assert len(synced) < 8 * 20  # each rollout synced 8 times when synced one by one
+
+
+def test_deferred_syncs_run_once_at_the_end_of_the_block_even_after_an_error() -> None:
+    from store_fs._disk import fsio
+
+    ran: list[tuple[str, str]] = []
+    real_dirs, real_files = group_sync.DIRECTORIES._flush, group_sync.FILES._flush
+    group_sync.DIRECTORIES._flush = lambda p: ran.append(("dir", p))
+    group_sync.FILES._flush = lambda p: ran.append(("file", p))
+
+    def failing_batch() -> None:
+        with fsio.syncs_deferred("/a", "/log"):
+            fsio.fsync_dir("/a")
+            fsio.sync_data("/log")
+            fsio.fsync_dir("/a")
+            fsio.fsync_dir("/b")  # not deferred: synced at once
+            assert ran == [("dir", "/b")]
+            raise RuntimeError("the batch failed halfway")
+
+    try:
+        with pytest.raises(RuntimeError, match="halfway"):
+            failing_batch()
+        assert ran == [("dir", "/b"), ("dir", "/a"), ("file", "/log")]
+        fsio.fsync_dir("/a")  # outside a block: at once
+        assert ran[-1] == ("dir", "/a")
+        with fsio.syncs_deferred("/a"), pytest.raises(RuntimeError, match="nest"), fsio.syncs_deferred("/b"):
+            pass
+    finally:
+        group_sync.DIRECTORIES._flush, group_sync.FILES._flush = real_dirs, real_files

@@ -58,7 +58,7 @@ from mp_workers import make_span
 from test_multiprocess import children
 from two_hosts import fusermount, unavailable_reason
 
-from store_fs import FileStore, init_store
+from store_fs import EnqueueRolloutRequest, FileStore, init_store
 from store_fs._disk.context import Durability
 from store_fs._disk.ids import new_rollout_id
 from store_fs._disk.layout import Layout
@@ -653,6 +653,21 @@ async def _verify_enqueue(store: FileStore, rid: str) -> None:
     assert await store.get_rollout_by_id(rid) is not None, f"enqueued rollout {rid} is gone"
 
 
+async def _call_enqueue_many(store: FileStore, _: None) -> list[str]:
+    batch = [EnqueueRolloutRequest(input={"task": i}) for i in range(20)]
+    return [r.rollout_id for r in await store.enqueue_many_rollouts(batch)]
+
+
+async def _verify_enqueue_many(store: FileStore, rids: list[str]) -> None:
+    # Each record, its queue token and its index line: listed as queued, and handed out.
+    listed = {r.rollout_id for r in await store.query_rollouts(status_in=["queuing"])}
+    assert listed == set(rids), f"queued after the cut: {sorted(listed)}, enqueued: {rids}"
+    handed = []
+    while (attempted := await store.dequeue_rollout(worker_id="w")) is not None:
+        handed.append(attempted.rollout_id)
+    assert handed == rids, f"handed out after the cut: {handed}, enqueued: {rids}"
+
+
 async def _call_dequeue(store: FileStore, _: None) -> tuple[str, str]:
     attempted = await store.dequeue_rollout(worker_id="w")
     assert attempted is not None
@@ -717,6 +732,7 @@ async def _verify_complete(store: FileStore, ids: tuple[str, str]) -> None:
 
 CALLS = {
     "enqueue_rollout": CallCase(_nothing, _call_enqueue, _verify_enqueue),
+    "enqueue_many_rollouts": CallCase(_nothing, _call_enqueue_many, _verify_enqueue_many),
     "dequeue_rollout": CallCase(_enqueued, _call_dequeue, _verify_dequeue),
     "get_next_span_sequence_id": CallCase(_dequeued, _call_next_seq, _verify_next_seq),
     "add_span": CallCase(_dequeued, _call_add_span, _verify_add_span),

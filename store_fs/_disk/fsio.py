@@ -21,7 +21,9 @@ import itertools
 import os
 import secrets
 import socket
+import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeAlias
 
@@ -47,6 +49,8 @@ __all__ = [
     "publish_link",
     "publish_symlink",
     "read_bytes",
+    "sync_data",
+    "syncs_deferred",
     "writer_tag",
 ]
 
@@ -123,8 +127,63 @@ def _fresh_tmp(path: Path, make: Callable[[Path], None]) -> Path:
 
 def fsync_dir(directory: StrPath) -> None:
     """Return once ``directory``'s entries as they are now are on disk (threads of this
-    process syncing the same directory at once share one ``fsync``: group commit)."""
-    group_sync.DIRECTORIES.sync(directory)
+    process syncing the same directory at once share one ``fsync``: group commit).
+    A directory named by an enclosing :func:`syncs_deferred` is synced when that block ends."""
+    if not _deferred(directory, True):
+        group_sync.DIRECTORIES.sync(directory)
+
+
+def sync_data(path: StrPath) -> None:
+    """Return once the data appended to the file ``path`` so far is on disk (shared like
+    :func:`fsync_dir`; deferred like it)."""
+    if not _deferred(path, False):
+        group_sync.FILES.sync(path)
+
+
+class _Deferral(threading.local):
+    trees: tuple[str, ...] = ()  # what the block defers: these paths and everything under them
+    asked: dict[str, bool] | None = None  # asked inside it: path -> is a directory (None: no block)
+
+
+_deferral = _Deferral()
+
+
+def _deferred(path: StrPath, directory: bool) -> bool:
+    if _deferral.asked is None:
+        return False
+    key = os.fspath(path)
+    if not any(key == tree or key.startswith(tree + os.sep) for tree in _deferral.trees):
+        return False
+    _deferral.asked[key] = directory
+    return True
+
+
+@contextmanager
+def syncs_deferred(*trees: StrPath) -> Iterator[None]:
+    """Sync each path under ``trees`` (a directory or file and everything under it) that this
+    thread asks to sync inside the block (:func:`fsync_dir`, :func:`sync_data`, and so every
+    ``durable=True`` helper here) once, when the block ends, instead of every time: a batch
+    that creates N entries in one directory (``queue/pending/``) then syncs it once.
+
+    A file's own content is still synced before the rename or link that publishes it (that
+    ``fsync`` is not deferred), so no name the disk keeps can show a file it does not hold.
+    But until the block ends a power cut may keep any part of what the block did under
+    ``trees``, while other processes already see it and act on it, and what they make
+    durable must not depend on it. So defer only syncs whose loss ``agl check --fix``
+    repairs and nothing builds on: a queue token (a claimer syncs the queue directories
+    itself), an index line (a cache). Blocks do not nest.
+    """
+    if _deferral.asked is not None:
+        raise RuntimeError("syncs_deferred blocks do not nest")
+    _deferral.trees = tuple(os.fspath(p).rstrip(os.sep) for p in trees)
+    asked: dict[str, bool] = {}
+    _deferral.asked = asked
+    try:
+        yield
+    finally:
+        _deferral.trees, _deferral.asked = (), None
+        for path, directory in asked.items():
+            (group_sync.DIRECTORIES if directory else group_sync.FILES).sync(path)
 
 
 def _write_tmp(path: Path, data: bytes, durable: bool, mode: int = 0o644) -> Path:

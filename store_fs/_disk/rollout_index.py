@@ -73,7 +73,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, get_args
 
-from store_fs._disk import codec, fsio, group_sync, log_segments
+from store_fs._disk import codec, fsio, log_segments
 from store_fs._disk.context import Context
 from store_fs._disk.ids import ROLLOUT_ID_RE
 from store_fs._disk.index_snapshot import Snapshot
@@ -428,7 +428,7 @@ class RolloutIndex:
                     self._drop(holder)
         if self._ctx.durable:
             # Outside the lock, shared with the threads appending at the same time.
-            group_sync.FILES.sync(self._path())
+            fsio.sync_data(self.log_path())
 
     def _open(self, holder: _Writer) -> int:
         now = time.monotonic()  # the real clock: a test's frozen clock must not freeze the check
@@ -439,7 +439,7 @@ class RolloutIndex:
                 holder.checked = now
                 return holder.fd
         self._drop(holder)  # our file was deleted: appending to it would reach nobody
-        path = self._path()
+        path = self.log_path()
         fd = fsio.open_making_dirs(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, durable=self._ctx.durable)
         size = os.fstat(fd).st_size
         if size and os.pread(fd, 1, size - 1) != b"\n":
@@ -449,7 +449,7 @@ class RolloutIndex:
         holder.fd, holder.checked = fd, now
         return fd
 
-    def _path(self) -> Path:
+    def log_path(self) -> Path:
         """This process's log."""
         return self._dir / f"{self._ctx.log_writer}.jsonl"
 

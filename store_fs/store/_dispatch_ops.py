@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from store_fs._disk import fsio
 from store_fs._disk.ids import check_name_id, new_attempt_id, new_rollout_id, rollout_id_for_key
 from store_fs._disk.queue_tokens import ClaimToken
 from store_fs._disk.rollout_history import RolloutRecord
@@ -134,9 +135,17 @@ class DispatchMethods(StoreCore):
             what = f"rollout {i} of the batch"
             planned.append((key, self._queued_record(rollout_id, request, resources_id, what)))
         out: list[Rollout] = []
-        for key, record in planned:
-            existing = self._keyed(record.rollout_id, key)
-            out.append(existing if existing is not None else self._publish_new(record))
+        # With durability="fsync", the batch syncs queue/pending/ and its index log once, at its
+        # end, instead of once per rollout. Each record's own directories are still synced as
+        # it is made: runners may claim it before the batch ends, and what they make durable
+        # must not stand on a record that is not (their index lines, their attempts). A power
+        # cut before the batch returns may keep a rollout without its token (`not-queued`) or
+        # lose an index line (`stale-index`), which `agl check --fix` repairs (docs/format.md,
+        # "Durability"). No await in the block: the deferral is per thread.
+        with fsio.syncs_deferred(self.layout.pending, self._index.log_path()):
+            for key, record in planned:
+                existing = self._keyed(record.rollout_id, key)
+                out.append(existing if existing is not None else self._publish_new(record))
         return out
 
     async def dequeue_rollout(self, worker_id: str | None = None) -> AttemptedRollout | None:
