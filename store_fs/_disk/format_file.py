@@ -99,6 +99,8 @@ def set_durability(root: Path, durability: Durability) -> Durability:
     power cut leaves the old setting or the new one, never a torn file.
     """
     layout = Layout(root)
+    if read_format(layout).durability == durability:
+        return durability  # nothing to change: no need to wait for a repair's lock
     with maintenance_lock(layout):
         before = read_format(layout).durability
         if before != durability:
