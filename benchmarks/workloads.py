@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import queue
 import statistics
 import subprocess
 import sys
@@ -43,6 +44,7 @@ LOWER_IS_BETTER = {"ms"}
 QUERY_SPANS = 1000
 LOOP_SPANS = 5
 IDLE_POLL = 0.005  # a runner with nothing to do asks again after 5 ms
+READY_TIMEOUT = 300.0  # how long child processes may take to start (import, open the store)
 WAIT_POLL = 0.1  # upstream's client refuses wait_for_rollouts timeouts above 0.1 s
 ALGO_POLL = 0.05  # an algorithm polling for finished rollouts asks every 50 ms (upstream's APO: 2 s)
 
@@ -83,11 +85,27 @@ def _children(target: Callable[..., None], spec: str, count: int, *args: Any) ->
     return procs, (go, stop, ready), results
 
 
-async def _go_when_ready(go: Any, ready: Any, count: int) -> None:
-    """Set ``go`` once ``count`` children are ready: the clock must not count an interpreter
-    start (importing upstream's client takes seconds on a busy machine), however long it takes."""
-    for _ in range(count):
-        await asyncio.to_thread(ready.get, True, 300)
+async def _go_when_ready(go: Any, ready: Any, procs: list[Any], results: Any) -> None:
+    """Set ``go`` once every child in ``procs`` is ready: the clock must not count an interpreter
+    start (importing upstream's client takes seconds on a busy machine). A child that dies first
+    ends the measurement with its error, at once."""
+    waiting, deadline = len(procs), time.monotonic() + READY_TIMEOUT
+    while waiting:
+        try:
+            await asyncio.to_thread(ready.get, True, 0.5)
+            waiting -= 1
+            continue
+        except queue.Empty:
+            pass
+        dead = [p for p in procs if p.exitcode is not None]
+        if dead or time.monotonic() > deadline:
+            try:
+                reason = results.get_nowait()
+            except queue.Empty:
+                reason = f"exit code {dead[0].exitcode}" if dead else f"not ready in {READY_TIMEOUT:.0f} s"
+            for proc in procs:
+                proc.kill()
+            raise RuntimeError(f"a child did not start: {reason}")
     go.set()
 
 
@@ -145,7 +163,7 @@ async def _drain(store: Any, worker: str, go: Callable[[], Awaitable[object]]) -
 def _dequeue_child(spec: str, index: int, go: Any, stop: Any, ready: Any, results: Any) -> None:
     async def started() -> None:
         ready.put(index)  # the store is open: the clock may start
-        await asyncio.to_thread(go.wait, 120)
+        await asyncio.to_thread(go.wait, READY_TIMEOUT + 60)
 
     _child_main(lambda store: _drain(store, f"runner-{index}", started), spec, index, results)
 
@@ -162,7 +180,7 @@ async def dequeue(dep: Deployment, n: int, procs: int) -> dict[str, Any]:
             spans = await asyncio.gather(*tasks)
         else:
             children, (go, _stop, ready), results = _children(_dequeue_child, dep.spec, procs)
-            await _go_when_ready(go, ready, procs)
+            await _go_when_ready(go, ready, children, results)
             spans = await asyncio.to_thread(_collect, children, results, procs)
         got = sum(s[2] for s in spans)
         if got != n:
@@ -206,7 +224,7 @@ def _add_span_child(
 ) -> None:
     async def started() -> None:
         ready.put(index)  # the store is open and the spans are built: the clock may start
-        await asyncio.to_thread(go.wait, 120)
+        await asyncio.to_thread(go.wait, READY_TIMEOUT + 60)
 
     _child_main(lambda store: _add_spans(store, spec, rid, aid, n, started), spec, index, results)
 
@@ -394,7 +412,7 @@ def _runner_child(spec: str, index: int, go: Any, stop: Any, ready: Any, results
     async def body(store: Any) -> tuple[int, int | None]:
         model = span_model(spec)
         ready.put(index)  # the store is open and the span model imported: the clock may start
-        await asyncio.to_thread(go.wait, 120)
+        await asyncio.to_thread(go.wait, READY_TIMEOUT + 60)
         done = await _runner(store, f"runner-{index}", stop.is_set, model)
         return done, peak_rss_kb()
 
@@ -413,7 +431,7 @@ async def loop(dep: Deployment, n: int, runners: int) -> dict[str, Any]:
             ]
         else:
             children, (go, stop, ready), results = _children(_runner_child, dep.spec, runners)
-            await _go_when_ready(go, ready, runners)
+            await _go_when_ready(go, ready, children, results)
         start, cpu = time.perf_counter(), time.process_time()
         remaining = set(await _fill(store, n))
         while remaining:

@@ -12,6 +12,7 @@ explains the advice.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import time
 from dataclasses import dataclass
@@ -197,7 +198,7 @@ def _durability(layout: Layout, info: MountInfo | None) -> Finding | None:
             "durability",
             "ok",
             "process: survives kill -9 of any process; a power cut can lose the last writes",
-            f"to survive power loss too: agl init --durability fsync {layout.root}"
+            f"to survive power loss too: agl init --durability fsync {shlex.quote(str(layout.root))}"
             " (writes then wait for the disk)",
         )
     unsafe = [option for option in _NO_BARRIER if info is not None and option in info.options]
@@ -209,7 +210,10 @@ def _durability(layout: Layout, info: MountInfo | None) -> Finding | None:
             "remount with write barriers for fsync to survive power loss",
         )
     return Finding(
-        "durability", "ok", "fsync: every write is on disk when its call returns (survives power loss)"
+        "durability",
+        "ok",
+        "fsync: records, queue changes, index lines and spans are on disk when their call returns"
+        " (survives power loss; heartbeats and events are not synced)",
     )
 
 

@@ -94,6 +94,10 @@ def test_durability_says_what_the_setting_protects_against_on_this_mount(tmp_pat
     assert finding is not None
     assert (finding.level, finding.advice) == ("ok", "")
     assert "survives power loss" in finding.message
+    spaced = FileStore(tmp_path / "a store")
+    finding = _durability(spaced.layout, disk)
+    assert finding is not None
+    assert f"--durability fsync '{spaced.root}'" in finding.advice
     finding = _durability(durable.layout, MountInfo("/", "ext4", ("rw", "nobarrier")))
     assert finding is not None
     assert finding.level == "warn"

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from cli_helpers import Agl, assert_error
 from server_helpers import ServerProcess, raw_request
 
 from store_fs import FileStore, init_store
+from store_fs._disk import format_file as format_file_module
 from store_fs.errors import CorruptRecordError, ExitCode, MaintenanceBusyError
 
 FIXTURE = Path(__file__).with_name("fixtures") / "store-7ad8760"
@@ -100,26 +102,80 @@ from store_fs._disk.layout import Layout
 from store_fs._disk.maintenance import maintenance_lock
 with maintenance_lock(Layout(Path(sys.argv[1]))):
     print("held", flush=True)
-    time.sleep(60)
+    time.sleep(float(sys.argv[2]))
 """
 
 
-def test_the_setting_changes_under_the_maintenance_lock(tmp_path: Path) -> None:
+def _hold_lock(root: Path, seconds: float) -> subprocess.Popen[str]:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(root), str(seconds)], stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout is not None
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def _release(holder: subprocess.Popen[str]) -> None:
+    holder.kill()
+    holder.wait(10)
+    if holder.stdout is not None:
+        holder.stdout.close()
+
+
+def test_the_setting_changes_under_the_maintenance_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     root = FileStore(tmp_path / "store").root
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(root)], stdout=subprocess.PIPE, text=True)
+    monkeypatch.setattr(format_file_module, "LOCK_WAIT_SECONDS", 0.3)
+    holder = _hold_lock(root, 60)
     try:
-        assert holder.stdout is not None
-        assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(MaintenanceBusyError):
+        with pytest.raises(MaintenanceBusyError):  # a repair that does not end
             init_store(root, durability="fsync")
         assert format_file(root)["durability"] == "process"
+        init_store(root, durability="process")  # already so: no lock needed
     finally:
-        holder.kill()
-        holder.wait(10)
-        if holder.stdout is not None:
-            holder.stdout.close()
-    init_store(root, durability="fsync")
+        _release(holder)
+    holder = _hold_lock(root, 0.1)  # a repair that ends soon: the change waits for it
+    try:
+        monkeypatch.setattr(format_file_module, "LOCK_WAIT_SECONDS", 30.0)
+        init_store(root, durability="fsync")
+    finally:
+        _release(holder)
     assert format_file(root)["durability"] == "fsync"
+
+
+CREATE = """
+import sys, time
+from store_fs import FileStore
+start = float(sys.argv[2])
+while time.time() < start:
+    pass
+store = FileStore(sys.argv[1], durability=sys.argv[3])
+print(store.created, store.durability, flush=True)
+"""
+
+
+def test_of_processes_creating_one_store_at_once_exactly_one_created_it(tmp_path: Path) -> None:
+    """The first to write FORMAT.json created the store and set it; the others opened it."""
+    root = tmp_path / "store"
+    start = time.time() + 1.5
+    asked = ["process", "fsync", "process", "fsync"]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", CREATE, str(root), str(start), setting], stdout=subprocess.PIPE, text=True
+        )
+        for setting in asked
+    ]
+    answers = []
+    for proc in procs:
+        out, _ = proc.communicate(timeout=60)
+        answers.append(out.split())
+    assert [created for created, _ in answers].count("True") == 1, answers
+    setting = format_file(root)["durability"]
+    creator = next(i for i, (created, _) in enumerate(answers) if created == "True")
+    assert setting == asked[creator]
+    for (_, used), wanted in zip(answers, asked, strict=True):
+        assert used == ("fsync" if "fsync" in (wanted, setting) else "process")
 
 
 def test_agl_init_sets_shows_and_changes_the_durability(tmp_path: Path) -> None:

@@ -617,7 +617,9 @@ def test_a_changed_durability_setting_survives_a_cut(crash_mount: Callable[..., 
         init_store(root, durability=setting)
         mount.cut()
         mount.reboot()
-        assert FileStore(root, create=False).durability == setting
+        reopened = FileStore(root, create=False)
+        assert reopened.durability == setting
+        reopened.close()
 
 
 @dataclass

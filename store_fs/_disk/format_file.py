@@ -13,6 +13,7 @@ ask for ``fsync`` on a store that does not require it.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -33,6 +34,8 @@ __all__ = [
 ]
 
 DURABILITIES: Final[tuple[Durability, ...]] = ("process", "fsync")
+# How long a change of the setting waits for the maintenance lock (a compaction or repair).
+LOCK_WAIT_SECONDS: Final = 10.0
 
 
 @dataclass(frozen=True)
@@ -94,16 +97,20 @@ def set_durability(root: Path, durability: Durability) -> Durability:
     """Set the store's durability; the setting it had. Processes that have the store open keep
     theirs until they open it again.
 
-    Takes the maintenance lock (:class:`~store_fs.errors.MaintenanceBusyError` while a repair
-    or compaction holds it). The new file is fsynced and published by rename, so a crash or
-    power cut leaves the old setting or the new one, never a torn file.
+    Takes the maintenance lock, waiting up to ``LOCK_WAIT_SECONDS`` for a repair or another
+    change to end (then :class:`~store_fs.errors.MaintenanceBusyError`). Going to ``fsync``
+    first flushes everything written so far (``sync(2)``), so what the store held before is
+    as durable as what comes after. The new file is fsynced and published by rename, so a
+    crash or power cut leaves the old setting or the new one, never a torn file.
     """
     layout = Layout(root)
     if read_format(layout).durability == durability:
         return durability  # nothing to change: no need to wait for a repair's lock
-    with maintenance_lock(layout):
+    with maintenance_lock(layout, timeout=LOCK_WAIT_SECONDS):
         before = read_format(layout).durability
         if before != durability:
+            if durability == "fsync":
+                os.sync()
             body = _read_body(layout)  # every other key as it was, unknown ones included
             body["durability"] = durability
             fsio.publish(layout.format_file, codec.dumps_record(body), durable=True)

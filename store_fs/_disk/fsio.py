@@ -23,7 +23,7 @@ import secrets
 import socket
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TypeAlias
 
@@ -180,10 +180,15 @@ def syncs_deferred(*trees: StrPath) -> Iterator[None]:
     _deferral.asked = asked
     try:
         yield
-    finally:
+    except BaseException:
         _deferral.trees, _deferral.asked = (), None
-        for path, directory in asked.items():
-            (group_sync.DIRECTORIES if directory else group_sync.FILES).sync(path)
+        for path, directory in asked.items():  # what the block did is synced all the same,
+            with suppress(OSError):  # but the block's own error is the one to report
+                (group_sync.DIRECTORIES if directory else group_sync.FILES).sync(path)
+        raise
+    _deferral.trees, _deferral.asked = (), None
+    for path, directory in asked.items():
+        (group_sync.DIRECTORIES if directory else group_sync.FILES).sync(path)
 
 
 def _write_tmp(path: Path, data: bytes, durable: bool, mode: int = 0o644) -> Path:

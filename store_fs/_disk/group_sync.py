@@ -8,8 +8,9 @@ renaming entries of one directory (``queue/claimed/``) at once cost about two sy
 instead of N, and each still returns only once its own write is durable. Different paths
 never wait for each other.
 
-A sync that fails raises in the thread that ran it; the others wake and try again
-themselves, so an error is never taken for success. Everything here is per process: a
+A sync that fails raises in the thread that ran it and in every thread registered by
+then, whose write it may have carried: Linux reports a failed writeback to one ``fsync``
+only, so syncing again would report success for data the disk does not hold. Everything here is per process: a
 forked child starts with no syncs in flight (the forking thread held none of the locks
 the others did).
 """
@@ -45,16 +46,36 @@ def fdatasync_path(path: StrPath) -> None:
 
 
 class _Round:
-    """The syncs of one path: how many callers asked, up to which the last sync covered."""
+    """The syncs of one path: how many callers asked, up to which the last sync covered, and
+    up to which callers a failed sync condemned."""
 
-    __slots__ = ("cond", "flushing", "requested", "synced", "users")
+    __slots__ = ("cond", "error", "failed_through", "flushing", "requested", "synced", "users")
 
     def __init__(self, lock: threading.Lock) -> None:
         self.cond = threading.Condition(lock)
         self.requested = 0
         self.synced = 0
+        self.failed_through = 0
+        self.error: BaseException | None = None
         self.flushing = False
         self.users = 0
+
+
+def _reacquire(lock: threading.Lock) -> BaseException | None:
+    """Take ``lock`` even if a signal handler raises meanwhile (Ctrl-C); what it raised."""
+    interrupted: BaseException | None = None
+    while True:
+        try:
+            lock.acquire()
+            return interrupted
+        except BaseException as err:  # KeyboardInterrupt and the like: the lock comes first
+            interrupted = err
+
+
+def _failed(path: str, error: BaseException) -> BaseException:
+    if isinstance(error, OSError):
+        return OSError(error.errno, f"a shared sync of {path} failed: {error.strerror or error}")
+    return RuntimeError(f"a shared sync of {path} failed: {error!r}")
 
 
 class GroupSync:
@@ -71,7 +92,8 @@ class GroupSync:
         self._rounds = {}
 
     def sync(self, path: StrPath) -> None:
-        """Return once everything written to ``path`` before this call is on disk."""
+        """Return once everything written to ``path`` before this call is on disk; raise if a
+        sync that may have carried it failed."""
         key = os.fspath(path)
         with self._lock:
             state = self._rounds.get(key)
@@ -82,24 +104,41 @@ class GroupSync:
             ticket = state.requested
             try:
                 while state.synced < ticket:
+                    if ticket <= state.failed_through:
+                        assert state.error is not None
+                        raise _failed(key, state.error)
                     if state.flushing:
                         state.cond.wait()  # one started before our write: wait for the next
                         continue
-                    state.flushing, covers, done = True, state.requested, False
-                    self._lock.release()
-                    try:
-                        self._flush(key)
-                        done = True
-                    finally:
-                        self._lock.acquire()
-                        state.flushing = False
-                        if done:
-                            state.synced = max(state.synced, covers)
-                        state.cond.notify_all()
+                    self._run(key, state)
             finally:
                 state.users -= 1
                 if state.users == 0:
                     del self._rounds[key]
+
+    def _run(self, key: str, state: _Round) -> None:
+        """One flush of ``key``, for every caller registered so far (lock held on entry and exit)."""
+        state.flushing, covers = True, state.requested
+        self._lock.release()
+        error: BaseException | None = None
+        try:
+            self._flush(key)
+        except BaseException as err:
+            error = err
+        interrupted = _reacquire(self._lock)
+        state.flushing = False
+        if error is None:
+            state.synced = max(state.synced, covers)
+        else:
+            # Every caller registered by now may have had its write in the writeback that
+            # failed, and the kernel reports such an error once: a second sync would say all
+            # is well. So they all fail with it; callers that come later sync afresh.
+            state.failed_through, state.error = state.requested, error
+        state.cond.notify_all()
+        if interrupted is not None:
+            raise interrupted
+        if error is not None:
+            raise error
 
 
 #: The process's shared syncs: data of files (span logs, index logs) and directories

@@ -69,6 +69,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, get_args
@@ -397,6 +398,8 @@ class RolloutIndex:
         self._ctx = ctx
         self._dir = ctx.layout.rollout_index
         self._after_refresh_hook = after_refresh
+        # .appended: None outside a one_sync() block; inside it, whether a line was appended.
+        self._batch = threading.local()
 
     # -- writing -------------------------------------------------------------------
     def record(self, rev: int, record: RolloutRecord) -> None:
@@ -427,8 +430,30 @@ class RolloutIndex:
                         raise
                     self._drop(holder)
         if self._ctx.durable:
-            # Outside the lock, shared with the threads appending at the same time.
-            fsio.sync_data(self.log_path())
+            if getattr(self._batch, "appended", None) is not None:
+                self._batch.appended = True  # synced once when the one_sync() block ends
+            else:
+                # Outside the lock, shared with the threads appending at the same time.
+                fsio.sync_data(self.log_path())
+
+    @contextmanager
+    def one_sync(self) -> Iterator[None]:
+        """Inside the block, this thread's lines are not synced one by one: the log is synced
+        once when the block ends, if a line was appended (a batch's revisions). A failure of
+        that sync is logged, not raised, as :meth:`record` does: the revisions are the truth,
+        and their entries are only stale until ``agl check --fix``."""
+        if getattr(self._batch, "appended", None) is not None:
+            raise RuntimeError("one_sync blocks do not nest")
+        self._batch.appended = False
+        try:
+            yield
+        finally:
+            appended, self._batch.appended = self._batch.appended, None
+            if appended:
+                try:
+                    fsio.sync_data(self.log_path())
+                except OSError as err:
+                    log.warning("rollout index log %s not synced: %s", self.log_path(), err)
 
     def _open(self, holder: _Writer) -> int:
         now = time.monotonic()  # the real clock: a test's frozen clock must not freeze the check

@@ -129,12 +129,12 @@ class StoreServer:
         self.port = port
         self.api = StoreApi(store)
         # On a network filesystem each of those calls is several round trips to the file
-        # server (milliseconds), and with durability="fsync" a write waits for the disk: run on
-        # the loop they would hold up every other connection.
-        self._inline = frozenset() if store.network_filesystem else self.api.inline
+        # server (milliseconds), and with durability="fsync" a write waits for the disk (the
+        # reads too may: the watchdog scan they start can expire attempts): run on the loop
+        # they would hold up every other connection.
         self._durable = store.durability == "fsync"
-        if self._durable:
-            self._inline -= self.api.synced_writes
+        slow = store.network_filesystem or self._durable
+        self._inline = frozenset() if slow else self.api.inline
         self._has_token = bool(token)
         self._draining = asyncio.Event()
         self.http = HttpServer(

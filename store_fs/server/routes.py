@@ -223,12 +223,6 @@ class StoreApi:
                 self.latest_resources,
             }
         )
-        # Those of them that wait for the disk on a store set to durability="fsync" (the
-        # heartbeat and worker writes are never synced): on the HTTP loop, each sync would
-        # hold up every other connection, and no two could share one (group commit).
-        self.synced_writes: frozenset[Handler] = frozenset(
-            {self.add_span, self.update_attempt, self.update_rollout, self.next_sequence_id}
-        )
         # Routes without parameters, by (method, path): a dict look-up instead of trying each pattern
         # in turn. Only those no earlier route would take first, so the answer is the same.
         self._literal: dict[tuple[str, str], Handler] = {}

@@ -89,14 +89,14 @@ def _make_store(layout: Layout, durability: Durability) -> bool:
     return created
 
 
-def _restore_directories(layout: Layout) -> None:
+def _restore_directories(layout: Layout, *, durable: bool) -> None:
     """Make the store's empty directories again where they are missing: git and some copies
     keep no empty directory (and a store's ``.gitignore`` leaves out ``queue/``), and every
     write assumes its directory exists. A store this process cannot write to stays as it is."""
     for directory in layout.directories():
         if not directory.is_dir():
             try:
-                fsio.make_dirs(directory)
+                fsio.make_dirs(directory, durable=durable)
             except OSError:
                 return  # read-only: readers need none of them
 
@@ -137,15 +137,17 @@ class StoreCore(LightningStore):
                 "span_cache_bytes": span_cache_bytes,
             }
         layout = Layout(self.root)
-        #: True when this call created the store (``create=True`` and none was there).
-        self.created = create and not layout.format_file.exists()
-        if self.created:
-            _make_store(layout, durability or "process")
+        #: True when this call created the store (``create=True`` and none was there). Of two
+        #: processes creating one store at once, the one that writes ``FORMAT.json`` first
+        #: created it, and its setting is the store's.
+        self.created = False
+        if create and not layout.format_file.exists():
+            self.created = _make_store(layout, durability or "process")
         #: What this process does before a call returns: the stronger of the store's
         #: setting and ``durability`` (docs/format.md, "Durability").
         self.durability: Durability = effective_durability(durability, read_format(layout).durability)
         if not self.created:
-            _restore_directories(layout)
+            _restore_directories(layout, durable=self.durability == "fsync")
         self._clock = clock or SystemClock()
         self._ctx = Context(
             layout, self._clock, self.durability, clock_skew_seconds, shared_fs=is_network_fs(self.root)

@@ -141,8 +141,8 @@ class DispatchMethods(StoreCore):
         # must not stand on a record that is not (their index lines, their attempts). A power
         # cut before the batch returns may keep a rollout without its token (`not-queued`) or
         # lose an index line (`stale-index`), which `agl check --fix` repairs (docs/format.md,
-        # "Durability"). No await in the block: the deferral is per thread.
-        with fsio.syncs_deferred(self.layout.pending, self._index.log_path()):
+        # "Durability"). No await in the block: both deferrals are per thread.
+        with self._index.one_sync(), fsio.syncs_deferred(self.layout.pending):
             for key, record in planned:
                 existing = self._keyed(record.rollout_id, key)
                 out.append(existing if existing is not None else self._publish_new(record))
