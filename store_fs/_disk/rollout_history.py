@@ -301,7 +301,8 @@ class RecordStore:
         durable = self._ctx.durable
         # Parent first: mkdir(parents=True) on ``history`` would try it, fail, and climb (a
         # wasted round trip per rollout on NFS).
-        fsio.make_dirs(hist.parent, durable=durable)
+        # The rollout directory is synced once, after history/ is made in it, not also when made.
+        fsio.make_dirs(hist.parent, durable=durable, sync_leaf=False)
         hist.mkdir(exist_ok=True)
         if durable:
             fsio.fsync_dir(hist.parent)  # the name history/
