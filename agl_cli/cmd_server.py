@@ -10,7 +10,7 @@ from store_fs.errors import ExitCode
 
 from . import output
 from .exit_codes import CliError
-from .params import LogLevel, megabytes, seconds
+from .params import Durability, LogLevel, megabytes, seconds
 from .state import CliState, check_directories, check_store_path
 
 
@@ -78,6 +78,15 @@ def store(
             "(each with --threads store threads).",
         ),
     ] = 1,
+    durability: Annotated[
+        Durability | None,
+        typer.Option(
+            help="'fsync': every write is on disk before its answer (survives power loss), even if "
+            "the store does not require it; a store created here records it. [default: the "
+            "store's setting, see agl init --durability]",
+            show_default=False,
+        ),
+    ] = None,
     shutdown_grace: Annotated[
         float,
         typer.Option(
@@ -92,7 +101,8 @@ def store(
 
     Upstream's LightningStoreClient, its OTLP exporters and store_fs.client.LightningStoreClient
     can all talk to it. Several servers, CLI calls and runners may share one store directory.
-    Writes are as durable as the store's setting says (agl init --durability fsync: power loss).
+    Writes are as durable as the store's setting says (agl init --durability fsync: power loss),
+    or --durability asks.
 
     \b
     Example:
@@ -113,6 +123,7 @@ def store(
         scan_debounce_seconds=scan_debounce_seconds,
         claim_grace_seconds=claim_grace_seconds,
         clock_skew_seconds=clock_skew_seconds,
+        durability=durability,
     )
     check_directories(opened)
     output.info(

@@ -238,3 +238,16 @@ def test_commands_and_the_server_fsync_exactly_on_a_durable_store(
     stats = agl("stats")
     assert stats.code == 0, str(stats)
     assert json.loads(stats.stdout)["total_rollouts"] == 2
+
+
+def test_agl_store_durability_option_records_it_in_a_store_it_creates(tmp_path: Path) -> None:
+    store = tmp_path / "new"
+    with ServerProcess(store, tmp_path / "server.log", args=["--durability", "fsync"]) as server:
+        assert "created a new store" in server.log_text()
+        assert "(durability: fsync)" in server.log_text()
+    assert format_file(store)["durability"] == "fsync"
+    # On an existing process store, the option makes this server sync; the store stays as it is.
+    plain = FileStore(tmp_path / "plain").root
+    with ServerProcess(plain, tmp_path / "plain.log", args=["--durability", "fsync"]) as server:
+        assert "(durability: fsync)" in server.log_text()
+    assert format_file(plain)["durability"] == "process"
