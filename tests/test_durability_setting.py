@@ -18,6 +18,7 @@ from server_helpers import ServerProcess, raw_request
 
 from store_fs import FileStore, init_store
 from store_fs._disk import format_file as format_file_module
+from store_fs._disk import fsio
 from store_fs.errors import CorruptRecordError, ExitCode, MaintenanceBusyError
 
 FIXTURE = Path(__file__).with_name("fixtures") / "store-7ad8760"
@@ -251,3 +252,31 @@ def test_agl_store_durability_option_records_it_in_a_store_it_creates(tmp_path: 
     with ServerProcess(plain, tmp_path / "plain.log", args=["--durability", "fsync"]) as server:
         assert "(durability: fsync)" in server.log_text()
     assert format_file(plain)["durability"] == "process"
+
+
+def test_going_to_fsync_first_flushes_what_the_store_already_holds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Data written while the store was `process` may still be in the page cache: the change to
+    `fsync` runs sync(2) before it publishes the new setting (the crash filesystem of
+    tests/test_power_cut.py cannot see sync(2), so this checks the call, not its effect)."""
+    root = FileStore(tmp_path / "store").root
+    order: list[str] = []
+    real_sync, real_publish = os.sync, fsio.publish
+
+    def sync() -> None:
+        order.append("sync(2)")
+        real_sync()
+
+    def publish(path: Path, data: bytes, *, durable: bool = False) -> None:
+        order.append(f"publish {path.name} durable={durable}")
+        real_publish(path, data, durable=durable)
+
+    monkeypatch.setattr(os, "sync", sync)
+    monkeypatch.setattr(fsio, "publish", publish)
+    init_store(root, durability="fsync")
+    assert order == ["sync(2)", "publish FORMAT.json durable=True"]
+    order.clear()
+    init_store(root, durability="fsync")  # no change: nothing to flush or write
+    init_store(root, durability="process")  # going down needs no flush
+    assert order == ["publish FORMAT.json durable=True"]
