@@ -135,6 +135,153 @@ def test_a_failed_sync_fails_every_caller_it_may_have_carried_and_later_ones_syn
     assert group._rounds == {}
 
 
+class _SlowToWake:
+    """The GroupSync lock, but thread ``late`` takes it back (after a wait) only once ``hold`` is
+    cleared: a caller that is slow to wake up on a loaded machine."""
+
+    def __init__(self) -> None:
+        self.real = threading.RLock()
+        self.hold = threading.Event()
+        self.late: threading.Thread | None = None
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        while threading.current_thread() is self.late and self.hold.is_set():
+            time.sleep(0.001)
+        return self.real.acquire(blocking, timeout)
+
+    def release(self) -> None:
+        self.real.release()
+
+    def _is_owned(self) -> bool:
+        owned: bool = getattr(self.real, "_is_owned")()  # noqa: B009
+        return owned
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def test_a_success_after_a_failure_does_not_clear_the_callers_the_failure_carried() -> None:
+    """A fails; before B (registered during A's sync) wakes, C comes and syncs successfully on a
+    fresh descriptor, after the kernel has reported the error. B must still fail."""
+    flushes: list[str] = []
+    fail_now = threading.Event()
+
+    def flush(path: str) -> None:
+        flushes.append(path)
+        if len(flushes) == 1:
+            assert fail_now.wait(10)
+            raise OSError(5, "writeback failed")
+
+    group = GroupSync(flush)
+    lock = _SlowToWake()
+    group._lock = lock  # type: ignore[assignment]
+    results: dict[str, str] = {}
+
+    def call(name: str) -> None:
+        try:
+            group.sync("/log")
+            results[name] = "ok"
+        except OSError as err:
+            results[name] = f"OSError {err.errno}"
+
+    a = threading.Thread(target=call, args=("A",))
+    a.start()
+    _until_flushed = time.monotonic() + 10
+    while not flushes:
+        assert time.monotonic() < _until_flushed
+        time.sleep(0.001)
+    b = threading.Thread(target=call, args=("B",))
+    lock.late = b
+    b.start()
+    _until_registered(group, "/log", 2)
+    lock.hold.set()  # B will be slow to take the lock back after A's failure wakes it
+    fail_now.set()
+    a.join(10)
+    c = threading.Thread(target=call, args=("C",))
+    c.start()
+    c.join(10)
+    lock.hold.clear()
+    b.join(10)
+    assert results == {"A": "OSError 5", "C": "ok", "B": "OSError 5"}, results
+    assert len(flushes) == 2
+
+
+class _InterruptAfter:
+    """The GroupSync lock, raising KeyboardInterrupt in thread ``victim`` right after its
+    ``nth`` ``op`` ("acquire" or "release") returns: where Python may run a signal handler."""
+
+    def __init__(self, op: str, nth: int) -> None:
+        self.real = threading.RLock()
+        self.op, self.nth, self.count = op, nth, 0
+        self.victim: threading.Thread | None = None
+
+    def _after(self, op: str) -> None:
+        if op == self.op and threading.current_thread() is self.victim:
+            self.count += 1
+            if self.count == self.nth:
+                raise KeyboardInterrupt
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        got = self.real.acquire(blocking, timeout)
+        self._after("acquire")
+        return got
+
+    def release(self) -> None:
+        self.real.release()
+        self._after("release")
+
+    def _is_owned(self) -> bool:
+        owned: bool = getattr(self.real, "_is_owned")()  # noqa: B009
+        return owned
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+@pytest.mark.parametrize(("op", "nth"), [("release", 1), ("acquire", 2)])
+def test_an_interrupt_right_after_a_lock_call_leaves_nobody_stuck(op: str, nth: int) -> None:
+    """release #1: the flushing thread lets the lock go; acquire #2: it takes it back."""
+    flushing = threading.Event()
+
+    def flush(path: str) -> None:
+        flushing.set()
+        time.sleep(0.2)
+
+    group = GroupSync(flush)
+    lock = _InterruptAfter(op, nth)
+    group._lock = lock  # type: ignore[assignment]
+    results: dict[str, str] = {}
+
+    def call(name: str, after: threading.Event | None = None) -> None:
+        if after is not None:
+            after.wait(2)
+        try:
+            group.sync("/log")
+            results[name] = "ok"
+        except BaseException as err:  # the interrupt, or a failed sync
+            results[name] = type(err).__name__
+
+    a = threading.Thread(target=call, args=("A",))
+    b = threading.Thread(target=call, args=("B", flushing))
+    lock.victim = a
+    a.start()
+    b.start()
+    a.join(10)
+    b.join(10)
+    assert not a.is_alive(), "the interrupted thread hung"
+    assert not b.is_alive(), "the other caller hung"
+    assert results["A"] == "KeyboardInterrupt", results
+    assert results["B"] in ("ok", "OSError"), results
+    assert group._rounds == {}
+    assert lock._is_owned() is False
+
+
 CTRL_C_IN_A_FLUSH = r"""
 import os, signal, sys, threading, time
 from store_fs._disk.group_sync import GroupSync

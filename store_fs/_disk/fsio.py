@@ -152,7 +152,7 @@ def _deferred(path: StrPath, directory: bool) -> bool:
     if _deferral.asked is None:
         return False
     key = os.fspath(path)
-    if not any(key == tree or key.startswith(tree + os.sep) for tree in _deferral.trees):
+    if not any(key == tree or key.startswith(tree.rstrip(os.sep) + os.sep) for tree in _deferral.trees):
         return False
     _deferral.asked[key] = directory
     return True
@@ -175,7 +175,7 @@ def syncs_deferred(*trees: StrPath) -> Iterator[None]:
     """
     if _deferral.asked is not None:
         raise RuntimeError("syncs_deferred blocks do not nest")
-    _deferral.trees = tuple(os.fspath(p).rstrip(os.sep) for p in trees)
+    _deferral.trees = tuple(os.fspath(p).rstrip(os.sep) or os.sep for p in trees)
     asked: dict[str, bool] = {}
     _deferral.asked = asked
     try:
@@ -183,12 +183,18 @@ def syncs_deferred(*trees: StrPath) -> Iterator[None]:
     except BaseException:
         _deferral.trees, _deferral.asked = (), None
         for path, directory in asked.items():  # what the block did is synced all the same,
-            with suppress(OSError):  # but the block's own error is the one to report
+            with suppress(Exception):  # but the block's own error is the one to report
                 (group_sync.DIRECTORIES if directory else group_sync.FILES).sync(path)
         raise
     _deferral.trees, _deferral.asked = (), None
-    for path, directory in asked.items():
-        (group_sync.DIRECTORIES if directory else group_sync.FILES).sync(path)
+    failed: Exception | None = None
+    for path, directory in asked.items():  # every one is tried, the first failure raised
+        try:
+            (group_sync.DIRECTORIES if directory else group_sync.FILES).sync(path)
+        except Exception as err:
+            failed = failed or err
+    if failed is not None:
+        raise failed
 
 
 def _write_tmp(path: Path, data: bytes, durable: bool, mode: int = 0o644) -> Path:

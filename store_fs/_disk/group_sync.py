@@ -8,15 +8,17 @@ renaming entries of one directory (``queue/claimed/``) at once cost about two sy
 instead of N, and each still returns only once its own write is durable. Different paths
 never wait for each other.
 
-A sync that fails raises in the thread that ran it and in every thread registered by
-then, whose write it may have carried: Linux reports a failed writeback to one ``fsync``
-only, so syncing again would report success for data the disk does not hold. Everything here is per process: a
-forked child starts with no syncs in flight (the forking thread held none of the locks
-the others did).
+A sync that fails raises in the thread that ran it and in every thread registered by then
+and not covered by an earlier success, whose write it may have carried: Linux reports a
+failed writeback to one ``fsync`` only, so a later sync, even one that succeeds, says
+nothing of data the disk does not hold. A Ctrl-C in the thread running a sync is raised
+there once the round's state is restored, so no other caller is left waiting. Everything
+here is per process: a forked child starts with no syncs in flight.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from collections.abc import Callable
@@ -47,35 +49,44 @@ def fdatasync_path(path: StrPath) -> None:
 
 class _Round:
     """The syncs of one path: how many callers asked, up to which the last sync covered, and
-    up to which callers a failed sync condemned."""
+    the callers failed syncs condemned."""
 
-    __slots__ = ("cond", "error", "failed_through", "flushing", "requested", "synced", "users")
+    __slots__ = ("cond", "failures", "flushing", "requested", "synced", "users")
 
-    def __init__(self, lock: threading.Lock) -> None:
+    def __init__(self, lock: threading.RLock) -> None:
         self.cond = threading.Condition(lock)
         self.requested = 0
         self.synced = 0
-        self.failed_through = 0
-        self.error: BaseException | None = None
+        # (after, through, error): a failed sync condemns the callers with after < ticket <=
+        # through, those registered when it failed and not covered by an earlier success.
+        self.failures: list[tuple[int, int, BaseException]] = []
         self.flushing = False
         self.users = 0
 
 
-def _reacquire(lock: threading.Lock) -> BaseException | None:
-    """Take ``lock`` even if a signal handler raises meanwhile (Ctrl-C); what it raised."""
+def _owned(lock: threading.RLock) -> bool:
+    owned: bool = getattr(lock, "_is_owned")()  # noqa: B009 (private on every RLock, not typed)
+    return owned
+
+
+def _reacquire(lock: threading.RLock) -> BaseException | None:
+    """Take ``lock`` back even if a signal handler raises meanwhile (Ctrl-C); what it raised.
+    A handler may run just after ``acquire`` returns: ownership, not the return, tells."""
     interrupted: BaseException | None = None
-    while True:
+    while not _owned(lock):
         try:
             lock.acquire()
-            return interrupted
         except BaseException as err:  # KeyboardInterrupt and the like: the lock comes first
             interrupted = err
+    return interrupted
 
 
-def _failed(path: str, error: BaseException) -> BaseException:
+def _failed(path: str, error: BaseException) -> OSError:
+    """What a caller whose write a failed sync may have carried raises: an OSError, whatever
+    stopped the sync (an interrupted one leaves the write's fate as unknown as an EIO)."""
     if isinstance(error, OSError):
         return OSError(error.errno, f"a shared sync of {path} failed: {error.strerror or error}")
-    return RuntimeError(f"a shared sync of {path} failed: {error!r}")
+    return OSError(errno.EIO, f"a shared sync of {path} did not finish: {error!r}")
 
 
 class GroupSync:
@@ -83,12 +94,12 @@ class GroupSync:
 
     def __init__(self, flush: Callable[[str], None]) -> None:
         self._flush = flush
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entrant: see _reacquire
         self._rounds: dict[str, _Round] = {}
 
     def forget(self) -> None:
         """Drop every sync in flight (in a forked child, where no thread runs them)."""
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._rounds = {}
 
     def sync(self, path: StrPath) -> None:
@@ -103,10 +114,14 @@ class GroupSync:
             state.requested += 1
             ticket = state.requested
             try:
-                while state.synced < ticket:
-                    if ticket <= state.failed_through:
-                        assert state.error is not None
-                        raise _failed(key, state.error)
+                while True:
+                    # Failures first: a later success (a new caller's sync, on a fresh file
+                    # descriptor) does not say the failed writeback reached the disk.
+                    for after, through, error in state.failures:
+                        if after < ticket <= through:
+                            raise _failed(key, error)
+                    if state.synced >= ticket:
+                        return
                     if state.flushing:
                         state.cond.wait()  # one started before our write: wait for the next
                         continue
@@ -119,9 +134,9 @@ class GroupSync:
     def _run(self, key: str, state: _Round) -> None:
         """One flush of ``key``, for every caller registered so far (lock held on entry and exit)."""
         state.flushing, covers = True, state.requested
-        self._lock.release()
         error: BaseException | None = None
         try:
+            self._lock.release()  # inside the try: an interrupt after it is caught below
             self._flush(key)
         except BaseException as err:
             error = err
@@ -130,10 +145,10 @@ class GroupSync:
         if error is None:
             state.synced = max(state.synced, covers)
         else:
-            # Every caller registered by now may have had its write in the writeback that
-            # failed, and the kernel reports such an error once: a second sync would say all
-            # is well. So they all fail with it; callers that come later sync afresh.
-            state.failed_through, state.error = state.requested, error
+            # Every caller registered by now and not covered by an earlier success may have had
+            # its write in the writeback that failed, and the kernel reports such an error once:
+            # a second sync would say all is well. So they all fail; later callers sync afresh.
+            state.failures.append((state.synced, state.requested, error))
         state.cond.notify_all()
         if interrupted is not None:
             raise interrupted
