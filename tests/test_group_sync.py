@@ -135,18 +135,13 @@ def test_a_failed_sync_fails_every_caller_it_may_have_carried_and_later_ones_syn
     assert group._rounds == {}
 
 
-class _SlowToWake:
-    """The GroupSync lock, but thread ``late`` takes it back (after a wait) only once ``hold`` is
-    cleared: a caller that is slow to wake up on a loaded machine."""
+class _LockProxy:
+    """A re-entrant lock that a test can slow down or break at the calls GroupSync makes."""
 
     def __init__(self) -> None:
         self.real = threading.RLock()
-        self.hold = threading.Event()
-        self.late: threading.Thread | None = None
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
-        while threading.current_thread() is self.late and self.hold.is_set():
-            time.sleep(0.001)
         return self.real.acquire(blocking, timeout)
 
     def release(self) -> None:
@@ -161,6 +156,21 @@ class _SlowToWake:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+class _SlowToWake(_LockProxy):
+    """Thread ``late`` takes the lock (back, after a wait) only once ``hold`` is cleared: a caller
+    that is slow to wake up on a loaded machine."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hold = threading.Event()
+        self.late: threading.Thread | None = None
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        while threading.current_thread() is self.late and self.hold.is_set():
+            time.sleep(0.001)
+        return super().acquire(blocking, timeout)
 
 
 def test_a_success_after_a_failure_does_not_clear_the_callers_the_failure_carried() -> None:
@@ -209,12 +219,12 @@ def test_a_success_after_a_failure_does_not_clear_the_callers_the_failure_carrie
     assert len(flushes) == 2
 
 
-class _InterruptAfter:
-    """The GroupSync lock, raising KeyboardInterrupt in thread ``victim`` right after its
-    ``nth`` ``op`` ("acquire" or "release") returns: where Python may run a signal handler."""
+class _InterruptAfter(_LockProxy):
+    """Raises KeyboardInterrupt in thread ``victim`` right after its ``nth`` ``op`` ("acquire" or
+    "release") returns: where Python may run a signal handler."""
 
     def __init__(self, op: str, nth: int) -> None:
-        self.real = threading.RLock()
+        super().__init__()
         self.op, self.nth, self.count = op, nth, 0
         self.victim: threading.Thread | None = None
 
@@ -225,23 +235,13 @@ class _InterruptAfter:
                 raise KeyboardInterrupt
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
-        got = self.real.acquire(blocking, timeout)
+        got = super().acquire(blocking, timeout)
         self._after("acquire")
         return got
 
     def release(self) -> None:
-        self.real.release()
+        super().release()
         self._after("release")
-
-    def _is_owned(self) -> bool:
-        owned: bool = getattr(self.real, "_is_owned")()  # noqa: B009
-        return owned
-
-    def __enter__(self) -> bool:
-        return self.acquire()
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
 
 
 @pytest.mark.parametrize(("op", "nth"), [("release", 1), ("acquire", 2)])
