@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, get_args
 
 from store_fs._disk import codec, fsio
 from store_fs._disk.context import Durability
@@ -27,13 +27,14 @@ from store_fs.errors import CorruptRecordError, FormatVersionError, StoreNotFoun
 __all__ = [
     "DURABILITIES",
     "StoreFormat",
+    "check_durability",
     "effective_durability",
     "format_body",
     "read_format",
     "set_durability",
 ]
 
-DURABILITIES: Final[tuple[Durability, ...]] = ("process", "fsync")
+DURABILITIES: Final[tuple[Durability, ...]] = get_args(Durability)
 # How long a change of the setting waits for the maintenance lock (a compaction or repair).
 LOCK_WAIT_SECONDS: Final = 10.0
 
@@ -80,12 +81,18 @@ def read_format(layout: Layout) -> StoreFormat:
         raise CorruptRecordError(str(layout.format_file), "no format version in it")
     if version != FORMAT_VERSION:
         raise FormatVersionError(str(layout.root), version, FORMAT_VERSION)
-    durability = body.get("durability", "process")
-    if durability not in DURABILITIES:
-        raise CorruptRecordError(
-            str(layout.format_file), f"durability must be 'process' or 'fsync', not {durability!r}"
-        )
+    try:
+        durability = check_durability(body.get("durability", "process"))
+    except ValueError as err:
+        raise CorruptRecordError(str(layout.format_file), str(err)) from None
     return StoreFormat(version, durability)
+
+
+def check_durability(value: object) -> Durability:
+    """``value`` if it names a durability; ValueError (naming it) otherwise."""
+    if value not in DURABILITIES:
+        raise ValueError(f"durability must be 'process' or 'fsync', not {value!r}")
+    return value
 
 
 def effective_durability(asked: Durability | None, store: Durability) -> Durability:

@@ -152,7 +152,7 @@ def _deferred(path: StrPath, directory: bool) -> bool:
     if _deferral.asked is None:
         return False
     key = os.fspath(path)
-    if not any(key == tree or key.startswith(tree.rstrip(os.sep) + os.sep) for tree in _deferral.trees):
+    if not any(os.path.join(key, "").startswith(tree) for tree in _deferral.trees):
         return False
     _deferral.asked[key] = directory
     return True
@@ -175,7 +175,7 @@ def syncs_deferred(*trees: StrPath) -> Iterator[None]:
     """
     if _deferral.asked is not None:
         raise RuntimeError("syncs_deferred blocks do not nest")
-    _deferral.trees = tuple(os.fspath(p).rstrip(os.sep) or os.sep for p in trees)
+    _deferral.trees = tuple(os.path.join(os.fspath(p), "") for p in trees)  # each ends in a separator
     asked: dict[str, bool] = {}
     _deferral.asked = asked
     try:

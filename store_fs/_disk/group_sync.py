@@ -29,22 +29,22 @@ __all__ = ["DIRECTORIES", "FILES", "GroupSync", "fdatasync_path", "fsync_directo
 StrPath = str | os.PathLike[str]
 
 
-def fsync_directory(path: StrPath) -> None:
-    """``fsync`` of a directory by name: its entries are on disk."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+def _sync_by_name(path: StrPath, flags: int, sync: Callable[[int], None]) -> None:
+    fd = os.open(path, os.O_RDONLY | flags)
     try:
-        os.fsync(fd)
+        sync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_directory(path: StrPath) -> None:
+    """``fsync`` of a directory by name: its entries are on disk."""
+    _sync_by_name(path, os.O_DIRECTORY, os.fsync)
 
 
 def fdatasync_path(path: StrPath) -> None:
     """``fdatasync`` of a file by name: its data (and size) are on disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fdatasync(fd)
-    finally:
-        os.close(fd)
+    _sync_by_name(path, 0, os.fdatasync)
 
 
 class _Round:

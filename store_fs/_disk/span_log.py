@@ -34,7 +34,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from store_fs._disk import codec, fsio, group_sync
+from store_fs._disk import codec, fsio
 from store_fs._disk.context import Context
 from store_fs._disk.server_clock import server_offset
 from store_fs._disk.span_decode import copy_span
@@ -436,7 +436,7 @@ class SpanLog:
 
     def sync(self, path: Path) -> None:
         """Block until ``path`` is on stable storage (shared with concurrent callers)."""
-        group_sync.FILES.sync(path)
+        fsio.sync_data(path)
 
     def heartbeat(self, attempt_dir: Path, *, force: bool = False) -> None:
         """Bump this process's heartbeat counter for the attempt (throttled unless ``force``)."""

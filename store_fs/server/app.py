@@ -132,9 +132,8 @@ class StoreServer:
         # server (milliseconds), and with durability="fsync" a write waits for the disk (the
         # reads too may: the watchdog scan they start can expire attempts): run on the loop
         # they would hold up every other connection.
-        self._durable = store.durability == "fsync"
-        slow = store.network_filesystem or self._durable
-        self._inline = frozenset() if slow else self.api.inline
+        self._slow_calls = store.network_filesystem or store.durability == "fsync"
+        self._inline = frozenset() if self._slow_calls else self.api.inline
         self._has_token = bool(token)
         self._draining = asyncio.Event()
         self.http = HttpServer(
@@ -186,7 +185,7 @@ class StoreServer:
         """A dequeue of one rollout from a queue this process has listed already: inline too.
         Its store call then costs about what a span's does, and the trip to a store thread
         and back cost more than the call (BENCHMARKS.md, "the HTTP loop")."""
-        if self.store.network_filesystem or self._durable or not self.store.dequeue_is_cheap():
+        if self._slow_calls or not self.store.dequeue_is_cheap():
             return False
         try:
             body = call.json()

@@ -15,7 +15,7 @@ from store_fs._disk.check import Problem, check_store
 from store_fs._disk.claims import Engine
 from store_fs._disk.context import Context, Durability
 from store_fs._disk.format_file import (
-    DURABILITIES,
+    check_durability,
     effective_durability,
     format_body,
     read_format,
@@ -57,8 +57,8 @@ def init_store(root: str | Path, *, durability: Durability | None = None) -> Pat
     existing one is changed to it under the maintenance lock (None: left as it is). With
     ``"fsync"``, every directory and file made is on disk when this returns.
     """
-    if durability is not None and durability not in DURABILITIES:
-        raise ValueError(f"durability must be 'process' or 'fsync', not {durability!r}")
+    if durability is not None:
+        check_durability(durability)
     root = Path(root)
     if not _make_store(Layout(root), durability or "process") and durability is not None:
         set_durability(root, durability)
@@ -121,8 +121,8 @@ class StoreCore(LightningStore):
         span_cache_bytes: int = 16 * 2**20,
         clock: Clock | None = None,
     ) -> None:
-        if durability is not None and durability not in DURABILITIES:
-            raise ValueError(f"durability must be 'process' or 'fsync', not {durability!r}")
+        if durability is not None:
+            check_durability(durability)
         self.root = Path(root)
         #: How this store was opened, to open it again in another process (the server's
         #: worker processes); None when a clock was injected, which cannot cross a process.
