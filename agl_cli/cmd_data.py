@@ -149,6 +149,18 @@ def _filter(
     )
 
 
+def _check_file_arg(option: str, path: Path | None, *, parent_must_exist: bool) -> None:
+    """Refuse a path that cannot be a file before anything is read: the error would otherwise
+    come at the end, naming a temporary file."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise CliError(f"{option} {path} is a directory, not a file")
+    parent = path.parent
+    if parent_must_exist and not parent.is_dir():
+        raise CliError(f"{option} {path}: {parent} is not a directory")
+
+
 def _export(
     ctx: typer.Context,
     view: str,
@@ -165,6 +177,8 @@ def _export(
     store = cli.open_store()
     if follow and out is not None:
         raise CliError("--follow writes to stdout; leave out --output")
+    _check_file_arg("--output", out, parent_must_exist=True)
+    _check_file_arg("--cursor", cursor, parent_must_exist=False)  # saving makes its directory
     if follow:
         output.info(f"following finished rollouts ({view}); Ctrl-C to stop")
     counts = run(

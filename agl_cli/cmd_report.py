@@ -103,7 +103,7 @@ def report(
     if full_check and not check:
         raise typer.BadParameter("cannot be used with --no-check", param_hint="--full-check")
     cli = CliState.of(ctx)
-    opened = (dataclasses.replace(cli, store=store) if store else cli).open_store()
+    opened = (dataclasses.replace(cli, store=store) if store is not None else cli).open_store()
     options = ReportOptions(
         rollout_ids=tuple(rollout or ()),
         run_check=check,

@@ -100,7 +100,9 @@ def update(
     ctx: typer.Context,
     resources_id: Annotated[
         str,
-        typer.Argument(help="Snapshot to update (created if new).", autocompletion=completion.resources_ids),
+        typer.Argument(
+            help="Snapshot to update (created if new), or 'latest'.", autocompletion=completion.resources_ids
+        ),
     ],
     body: Body = None,
     name: Name = "main_prompt",
@@ -114,10 +116,20 @@ def update(
 
     \b
     agl resources update prompt-v1 --template-file prompt.txt
+    agl resources update latest --template "Answer in one word: {any_question}"
     """
     cli = CliState.of(ctx)
     store = cli.open_store()
     resources = _named_resources(body, name, template, template_file, engine, llm_endpoint, model)
+    if resources_id == "latest":
+        # As in `show`: a snapshot named "latest" could never be shown once another is published.
+        latest = run(store.get_latest_resources())
+        if latest is None:
+            raise CliError(
+                "no resources yet, so no 'latest' to update (agl resources add publishes one)",
+                ExitCode.NOT_FOUND,
+            )
+        resources_id = latest.resources_id
     result = run(store.update_resources(resources_id, resources))
     cli.out.emit_json(result)
     output.info(f"{result.resources_id} is now version {result.version}")

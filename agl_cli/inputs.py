@@ -7,15 +7,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import orjson
+from store_fs import json_input
 
 from .exit_codes import CliError
 
 
 def parse_json(text: str | bytes, where: str) -> Any:
     try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError as err:
+        return json_input.loads_exact(text)
+    except json_input.DecodeError as err:
         raise CliError(f"malformed JSON in {where}: {err}") from None
 
 

@@ -45,7 +45,12 @@ class CliState:
         return Output(force_json=self.json)
 
     def store_location(self) -> str:
-        """The store as given (--store, else AGL_STORE, else runs/default): a path or a URL."""
+        """The store as given (--store, else AGL_STORE, else runs/default): a path or a URL.
+        An empty one given on the line is refused rather than read as "the default store"."""
+        if self.store is not None and not self.store.strip():
+            from .exit_codes import CliError
+
+            raise CliError("the store's path is empty")
         return self.store or os.environ.get("AGL_STORE") or DEFAULT_STORE
 
     def store_path(self) -> Path:

@@ -69,6 +69,7 @@ def _finish(proc: subprocess.Popen[str], timeout: float = CALL_TIMEOUT) -> tuple
 def test_init_and_resources(tmp_path: Path) -> None:
     agl = Agl(tmp_path / "store", tmp_path)
     res = agl.ok("init")
+    assert_error(agl("resources", "update", "latest", "--template", "x"), 3, "no resources yet")
     assert res.stdout == ""
     assert "store ready" in res.stderr
     assert (tmp_path / "store" / "FORMAT.json").is_file()
@@ -93,6 +94,11 @@ def test_init_and_resources(tmp_path: Path) -> None:
     assert f"version {data['version']}" in updated.stderr
     assert agl.ok("resources", "show", rid).json()["version"] == 2
     assert agl.ok("resources", "show", "latest").json()["version"] == 2
+    # 'latest' names the latest snapshot here too, never a new one called "latest"
+    again = agl.ok("resources", "update", "latest", "--template", "Answer: {any_question}").json()
+    assert (again["resources_id"], again["version"]) == (rid, 3)
+    back = agl.ok("resources", "update", rid, "--template", "Answer at length: {any_question}").json()
+    assert back["version"] == 4
 
     # new rollouts use the latest snapshot by default
     assert agl.enqueue("q")["resources_id"] == rid

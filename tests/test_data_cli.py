@@ -93,6 +93,13 @@ def test_bad_input_is_refused(made: tuple[Agl, dict[str, str]], tmp_path: Path) 
     assert_error(agl("data", "triplets", "--redact", "("), 4, "not a regular expression")
     assert_error(agl("data", "triplets", "--since", "yesterday"), 4, "not a time")
     assert_error(agl("data", "triplets", "--follow", "-o", str(tmp_path / "x.jsonl")), 4, "stdout")
+    missing = tmp_path / "no-such-dir" / "x.jsonl"
+    assert_error(agl("data", "triplets", "-o", str(missing)), 4, f"{missing.parent} is not a directory")
+    assert_error(agl("data", "triplets", "-o", str(tmp_path)), 4, "is a directory, not a file")
+    assert_error(agl("data", "triplets", "--cursor", str(tmp_path)), 4, "is a directory, not a file")
+    cursor = tmp_path / "new-dir" / "c.json"  # a cursor's directory is made when it is saved
+    agl.ok("data", "triplets", "--cursor", str(cursor))
+    assert cursor.is_file()
     assert_error(agl("prune"), 4, "say what to remove")
     existing = tmp_path / "exists.tar"
     existing.write_text("")

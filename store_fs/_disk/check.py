@@ -14,13 +14,15 @@ counter is then remade from the stored spans). What is taken out is never delete
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import stat
 import time
 from pathlib import Path
 
-from store_fs._disk import fsio
+from store_fs._disk import fsio, log_segments
+from store_fs._disk.change_feed import EVENT_LOGS
 from store_fs._disk.check_findings import Problem, cut_lines
 from store_fs._disk.check_resources import resource_problems
 from store_fs._disk.check_workers import worker_problems
@@ -30,9 +32,10 @@ from store_fs._disk.quarantine import Quarantine
 from store_fs._disk.queue_tokens import ClaimToken
 from store_fs._disk.removal import recover, trashed_rollouts, unfinished_runs
 from store_fs._disk.rollout_history import RolloutRecord
-from store_fs._disk.rollout_index import PRUNED, Entry, IndexView, RolloutIndex, entry_of
+from store_fs._disk.rollout_index import INDEX_LOGS, PRUNED, Entry, IndexView, RolloutIndex, entry_of
 from store_fs._disk.span_log import BadLine
 from store_fs._disk.status_rules import LIVE_ATTEMPT_STATUSES
+from store_fs._disk.worker_logs import WORKER_LOGS
 from store_fs.errors import CorruptRecordError
 from store_fs.models import Attempt
 
@@ -70,7 +73,7 @@ def _rollouts(
 ) -> list[Problem]:
     """Problems of each rollout; fills ``heads`` with each one's index entry (None: unreadable).
     ``pruned``: rollouts the index has a tombstone for (removed by ``agl prune``)."""
-    out: list[Problem] = []
+    out = _misshapen_rollout_dirs(engine, quarantine)
     pending = {(t.rollout_id, t.sequence_id) for t in engine.queue.list_pending()}
     for rollout_id in engine.records.all_ids():
         if rollout_id in pruned and not engine.records.exists(rollout_id):
@@ -79,9 +82,54 @@ def _rollouts(
         heads[rollout_id] = None
         found = _readable_head(engine, rollout_id, quarantine, out)
         if found is None:
+            if not os.path.lexists(engine.ctx.layout.rollout_dir(rollout_id)):
+                del heads[rollout_id]  # moved to quarantine: gone, so the index is fixed in this pass too
             continue
         heads[rollout_id] = entry_of(*found)
         out.extend(_rollout_problems(engine, found[1].model_copy(deep=True), pending, quarantine))
+    return out
+
+
+def _misshapen_rollout_dirs(engine: Engine, quarantine: Quarantine | None) -> list[Problem]:
+    """Names under ``rollouts/`` that are not directories where a fan-out or a rollout directory
+    belongs. Listings of rollouts pass over them, so nothing else would report the damage,
+    while the rollout's readers and writers fail on it. ``fix`` moves them to quarantine."""
+    out: list[Problem] = []
+    for bucket in _non_directories(engine.ctx.layout.rollouts, out, quarantine):
+        _non_directories(Path(bucket.path), out, quarantine)
+    return out
+
+
+def _non_directories(
+    directory: Path, out: list[Problem], quarantine: Quarantine | None
+) -> list[os.DirEntry[str]]:
+    """The sub-directories of ``directory``; every other visible name is judged by :func:`_misshapen`
+    (reported, and with ``quarantine`` moved there)."""
+    subdirs: list[os.DirEntry[str]] = []
+    try:
+        with os.scandir(directory) as it:
+            entries = [e for e in it if not e.name.startswith(".")]
+    except (FileNotFoundError, NotADirectoryError):
+        return subdirs
+    for entry in entries:
+        if fsio.is_dir_entry(entry):
+            subdirs.append(entry)
+        else:
+            out += _misshapen(Path(entry.path), quarantine, directory=True)
+    return subdirs
+
+
+def _misshapen_logs(engine: Engine, quarantine: Quarantine | None) -> list[Problem]:
+    """Names of per-process logs (rollout index, change feed, worker logs) that are no regular
+    file: every reader leaves them out, so only this reports them. ``fix`` moves them to
+    quarantine."""
+    layout = engine.ctx.layout
+    places = [(layout.rollout_index, INDEX_LOGS), (layout.events, EVENT_LOGS)]
+    places += [(Path(w.path), WORKER_LOGS) for w in fsio.iter_dirs(layout.workers)]
+    out: list[Problem] = []
+    for directory, kind in places:
+        for name in log_segments.scan(directory, kind).not_files:
+            out += _misshapen(directory / name, quarantine, directory=False)
     return out
 
 
@@ -145,8 +193,14 @@ def _unfinished_removals(engine: Engine, index: RolloutIndex | None, fix: bool) 
 
 
 def _has_earlier_revision(revision: Path) -> bool:
+    """Whether a readable-looking revision below ``revision`` exists (not only the one just
+    below: a damaged name may sit several numbers above the newest good revision)."""
     stem = revision.stem
-    return stem.isdigit() and int(stem) > 1 and (revision.parent / f"{int(stem) - 1:08d}.json").exists()
+    if not stem.isdigit():
+        return False
+    below = (n[:-5] for n in fsio.list_names(revision.parent) if n.endswith(".json"))
+    earlier = (n for n in below if n.isdigit() and int(n) < int(stem))
+    return any((revision.parent / f"{n}.json").is_file() for n in earlier)
 
 
 def _rollout_problems(
@@ -197,7 +251,13 @@ def _misshapen(path: Path, quarantine: Quarantine | None, *, directory: bool) ->
     try:
         mode = os.stat(path).st_mode
     except (FileNotFoundError, NotADirectoryError):
-        return []
+        if not os.path.islink(path):
+            return []
+        mode = 0  # a symbolic link to nothing
+    except OSError as err:
+        if err.errno != errno.ELOOP:
+            raise
+        mode = 0  # a symbolic link loop
     if stat.S_ISDIR(mode) if directory else stat.S_ISREG(mode):
         return []
     wanted = "a directory" if directory else "a file"
@@ -440,7 +500,7 @@ def _check(engine: Engine, index: RolloutIndex | None, quarantine: Quarantine | 
     heads: dict[str, Entry | None] = {}
     # First: a finished removal leaves fewer rollouts, and no half-removed one, to look at.
     removing = set() if fix else trashed_rollouts(engine.ctx)
-    out = _unfinished_removals(engine, index, fix)
+    out = _unfinished_removals(engine, index, fix) + _misshapen_logs(engine, quarantine)
     pruned = set() if index is None else set(index.load().by_status.get(PRUNED, ()))
     out += _tokens(engine, fix, removing) + _rollouts(engine, quarantine, heads, pruned)
     if index is not None:

@@ -39,6 +39,7 @@ __all__ = [
     "current_pid",
     "fsync_dir",
     "host_tag",
+    "is_dir_entry",
     "iter_dirs",
     "list_names",
     "log_tag",
@@ -435,14 +436,23 @@ def list_names(directory: Path) -> list[str]:
 
 
 def iter_dirs(directory: Path) -> Iterator[os.DirEntry[str]]:
-    """Visible sub-directories of ``directory`` (none if it does not exist)."""
+    """Visible sub-directories of ``directory`` (none if it does not exist). A symbolic link
+    loop is no directory (``agl check`` reports it)."""
     try:
         with os.scandir(directory) as it:
             for entry in it:
-                if not entry.name.startswith(".") and entry.is_dir():
+                if not entry.name.startswith(".") and is_dir_entry(entry):
                     yield entry
     except FileNotFoundError:
         return
+
+
+def is_dir_entry(entry: os.DirEntry[str]) -> bool:
+    """``entry.is_dir()`` (d_type: no stat unless it is a symbolic link), False for a link loop."""
+    try:
+        return entry.is_dir()
+    except OSError:  # ELOOP: a symbolic link loop
+        return False
 
 
 def append(fd: int, data: bytes) -> None:

@@ -118,20 +118,26 @@ def _finishing_revision(layout: Layout, records: RecordStore, rollout_id: str) -
 
 def read_finished(layout: Layout, position: IndexPosition, records: RecordStore) -> list[str]:
     """Rollouts that finished since ``position`` (which is advanced), in the order the logs
-    name them. See the module's docstring for what "finished" means and when it is reported."""
+    name them. See the module's docstring for what "finished" means and when it is reported.
+
+    A record that cannot be read raises :class:`CorruptRecordError` and leaves ``position``
+    where it was: skipping the rollout would lose it for good from every reader that saves
+    its place (``agl data --cursor``), and after ``agl check --fix`` the same call reads on.
+    """
     directory = layout.rollout_index
+    before = dict(position.files)
     chunks, rebuilt = log_segments.read_new(directory, INDEX_LOGS, position.files)
     if rebuilt:
         log.warning("the rollout index was rebuilt: following on from its end (%s)", directory)
         position.files = IndexPosition.at_end(directory).files
         return []
     out = []
-    for rollout_id, revs in _new_finished_lines(chunks).items():
-        try:
+    try:
+        for rollout_id, revs in _new_finished_lines(chunks).items():
             finished_at = _finishing_revision(layout, records, rollout_id)
-        except CorruptRecordError as err:  # reported by check; skipped here
-            log.warning("skipping %s: %s", rollout_id, err)
-            continue
-        if finished_at is not None and finished_at in revs:
-            out.append(rollout_id)
+            if finished_at is not None and finished_at in revs:
+                out.append(rollout_id)
+    except CorruptRecordError:
+        position.files = before
+        raise
     return out

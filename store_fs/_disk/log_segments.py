@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -154,6 +155,9 @@ class Listing:
     covered: dict[tuple[str, int], int] = field(default_factory=dict)
     #: name -> the same, for names that are never reused (:meth:`Kind.unique`)
     covered_names: dict[str, int] = field(default_factory=dict)
+    #: names of logs that are no regular file (a directory, a symbolic link loop): left out of
+    #: every read, reported by ``agl check``
+    not_files: list[str] = field(default_factory=list)
 
     def covered_end(self, name: str, ino: int) -> int | None:
         """The end of the bytes of file ``name`` (inode ``ino``) that a segment holds, if any."""
@@ -260,11 +264,17 @@ def scan(directory: Path, kind: Kind) -> Listing:
     for entry in entries:
         try:
             st = entry.stat()
+            if not stat.S_ISREG(st.st_mode):
+                listing.not_files.append(entry.name)
+                continue
             segment = _read_header(directory / entry.name, st.st_ino) if kind.is_segment(entry.name) else None
         except OSError as err:
-            if _gone(err):
-                raise _Vanished from None  # absorbed since the listing: its segment may be new
-            raise
+            if err.errno != errno.ELOOP and not (_gone(err) and entry.is_symlink()):
+                if _gone(err):
+                    raise _Vanished from None  # absorbed since the listing: its segment may be new
+                raise
+            listing.not_files.append(entry.name)  # a symbolic link loop, or to nothing
+            continue
         listing.files[entry.name] = LogFile(entry.name, st.st_ino, st.st_size, st.st_mtime, segment)
     for log in listing.files.values():
         if log.segment is not None:

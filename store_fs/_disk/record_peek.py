@@ -1,41 +1,80 @@
-"""The newest revision of a rollout record as plain JSON, read without any cache.
+"""The newest revision of a rollout record as plain JSON, read without any cache; and how any
+reader reads one revision file.
 
 :class:`~store_fs._disk.rollout_history.RecordStore` keeps every record it reads (a process reads
 the same rollouts again and again) and validates it into models. A bulk reader that reads each
 rollout once (the data views, ``store_fs/datasets``) needs neither: :func:`newest_revision` lists
 ``history/`` once, reads the highest revision and parses its JSON, nothing kept. Revisions are
-immutable and the highest is the truth (docs/format.md), so this reads what ``RecordStore`` would.
+immutable and the highest is the truth (docs/format.md), so this reads what ``RecordStore`` would,
+and fails where it fails: a newest revision that cannot be read is damage to report, never a
+reason to show the rollout as it was one revision earlier.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 from typing import Any
 
 from store_fs._disk import codec
 from store_fs._disk.layout import Layout
+from store_fs.errors import CorruptRecordError
 
-__all__ = ["newest_revision"]
+__all__ = ["newest_revision", "read_revision_file"]
+
+# Listings that name a revision gone by the time it is read (``agl prune`` moving the rollout
+# away) before the rollout counts as absent.
+_RELISTS = 3
+
+
+def read_revision_file(path: str) -> bytes | None:
+    """The bytes of a revision file; None if no such name exists.
+
+    A name that exists yet is no readable file is damage (a revision is only ever a regular
+    file, docs/format.md): a directory, a symbolic link loop or one pointing nowhere raises
+    :class:`CorruptRecordError` naming it, so that ``agl check`` reports it and ``--fix`` can
+    move it aside, instead of every reader failing with an error about the filesystem.
+    """
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except (FileNotFoundError, NotADirectoryError):
+        if os.path.islink(path):
+            raise CorruptRecordError(path, "a symbolic link to nothing, not a revision file") from None
+        return None
+    except IsADirectoryError:
+        raise CorruptRecordError(path, "a directory, not a revision file") from None
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise CorruptRecordError(path, "a symbolic link loop, not a revision file") from None
+        raise
 
 
 def newest_revision(layout: Layout, rollout_id: str) -> tuple[int, dict[str, Any]] | None:
-    """(revision number, parsed JSON) of the rollout's newest readable revision; None if the
-    rollout does not exist. A revision that does not parse as a JSON object is skipped for the
-    one before it (``agl check`` reports it)."""
+    """(revision number, parsed JSON object) of the rollout's newest revision; None if the rollout
+    does not exist. A newest revision that is not a JSON object raises
+    :class:`CorruptRecordError` (``agl check --fix`` moves it aside)."""
     history = f"{layout.rollout_dir_str(rollout_id)}/history"
-    try:
-        names = os.listdir(history)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    revs = sorted((int(n[:-5]) for n in names if n.endswith(".json") and n[:-5].isdigit()), reverse=True)
-    for rev in revs:
+    for _ in range(_RELISTS):
         try:
-            with open(f"{history}/{rev:08d}.json", "rb") as f:
-                body = codec.loads(f.read())
+            names = os.listdir(history)
         except FileNotFoundError:
-            return newest_revision(layout, rollout_id)  # removed meanwhile: look again
-        except codec.DecodeError:
-            continue
-        if isinstance(body, dict):
-            return rev, body
+            return None
+        except NotADirectoryError:
+            raise CorruptRecordError(history, "not a directory") from None
+        revs = [int(n[:-5]) for n in names if n.endswith(".json") and n[:-5].isdigit()]
+        if not revs:
+            return None
+        rev = max(revs)
+        path = f"{history}/{rev:08d}.json"
+        data = read_revision_file(path)
+        if data is None:
+            continue  # removed meanwhile: look again
+        try:
+            body = codec.loads(data)
+        except codec.DecodeError as err:
+            raise CorruptRecordError(path, f"not JSON: {err}") from None
+        if not isinstance(body, dict):
+            raise CorruptRecordError(path, "not a JSON object")
+        return rev, body
     return None

@@ -16,6 +16,7 @@ crash leaves the smallest window), then, after the mirror, ``on_change`` (events
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import time
@@ -26,6 +27,7 @@ from pydantic import ValidationError
 
 from store_fs._disk import codec, fsio
 from store_fs._disk.context import Context
+from store_fs._disk.record_peek import read_revision_file
 from store_fs.errors import CorruptRecordError, RolloutNotFoundError
 from store_fs.models import Attempt, AttemptedRollout, Rollout
 
@@ -150,6 +152,10 @@ class RecordStore:
             # absent rollout: reading on as "no such rollout" would let `agl export --all`
             # leave it out and exit 0.
             raise CorruptRecordError(str(hist), "not a directory") from None
+        except OSError as err:
+            if err.errno != errno.ELOOP:
+                raise
+            raise CorruptRecordError(str(hist), "a symbolic link loop") from None
         revs = [n for n in names if n.endswith(".json") and not n.startswith(".")]
         return max((int(n[:-5]) for n in revs if n[:-5].isdigit()), default=0)
 
@@ -203,7 +209,7 @@ class RecordStore:
         """
         for candidate in range(rev, 0, -1):
             path = hist / _rev_name(candidate)
-            data = fsio.read_bytes(path)
+            data = read_revision_file(str(path))  # raises for a name that is no file
             if data is not None:
                 return candidate, path, data
         return None
@@ -247,7 +253,7 @@ class RecordStore:
         while newer and os.path.exists(self._rev_str(rollout_id, newest + 1)):
             newest += 1
         path = self._path(rollout_id, newest)
-        data = fsio.read_bytes(path)
+        data = read_revision_file(str(path))
         if data is None:  # removed meanwhile, or the line was wrong: look the usual way
             return self.head(rollout_id, cached_ok=False)
         head = _Head(newest, data, _parse(path, data))

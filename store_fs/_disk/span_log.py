@@ -32,6 +32,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from math import isfinite
 from pathlib import Path
 
 from store_fs._disk import codec, fsio
@@ -125,12 +126,19 @@ class _WriterState:
 
 
 def _span_line(span: Span) -> bytes:
-    """The span's log line; :class:`UnstorableValueError` if an attribute holds NaN or an infinity.
+    """The span's log line; :class:`UnstorableValueError` if an attribute or a time holds NaN or
+    an infinity.
 
     JSON has no form for them and orjson writes ``null``; an attribute may not be null, so the
     line would be stored and then refused by every reader: the span (a reward, maybe) lost
-    without a word.
+    without a word. A time may be null, so it would be read back as "no time", another value
+    than the caller's.
     """
+    times = [("start_time", span.start_time), ("end_time", span.end_time)]
+    times += [(f"event {i} timestamp", event.timestamp) for i, event in enumerate(span.events)]
+    for what, value in times:
+        if value is not None and not isfinite(value):
+            raise UnstorableValueError(f"span {span.span_id}'s {what}", codec.NON_FINITE)
     line = span.model_dump(mode="json")
     maps = [("", line["attributes"]), ("resource ", line["resource"]["attributes"])]
     maps += [(f"event {i} ", event["attributes"]) for i, event in enumerate(line["events"])]

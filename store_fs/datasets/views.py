@@ -42,6 +42,7 @@ from store_fs.datasets.message_builder import MessagesError, build_messages
 from store_fs.datasets.redaction import Redactor
 from store_fs.datasets.rollout_filter import RolloutFilter, ending_of
 from store_fs.datasets.triplet_builder import TripletError, triplets_of_rows
+from store_fs.errors import CorruptRecordError
 from store_fs.models import Span
 from store_fs.rewards import find_final_reward
 
@@ -114,12 +115,14 @@ def _record(store: FileStore, rollout_id: str) -> _Brief | None:
     reads every rollout once, and caching them would grow with the store."""
     if not store._known_rollout(rollout_id):  # raises InvalidIdError for an id unsafe in a path
         return None
-    found = newest_revision(store.layout, rollout_id)
+    found = newest_revision(store.layout, rollout_id)  # raises for an unreadable one
     if found is None:
         return None
     record = _Brief.of(rollout_id, found[1])
     if record is None:
-        log.warning("%s: revision %d is not a rollout record; skipped (see agl check)", rollout_id, found[0])
+        # Left out quietly, a rollout would be missing from training data with nothing said.
+        path = store.layout.history_dir(rollout_id) / f"{found[0]:08d}.json"
+        raise CorruptRecordError(str(path), "not a rollout record (agl check --fix moves it aside)")
     return record
 
 

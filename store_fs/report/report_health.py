@@ -32,6 +32,7 @@ from store_fs._disk.layout import Layout
 from store_fs._disk.queue_tokens import ClaimToken, JournalEntry, PendingToken
 from store_fs._disk.record_peek import newest_revision
 from store_fs._disk.status_rules import LIVE_ATTEMPT_STATUSES
+from store_fs.errors import CorruptRecordError
 from store_fs.report._span_digest import BadSpanLine
 from store_fs.report.report_scan import RolloutRow
 
@@ -98,7 +99,11 @@ def _journal_problems(layout: Layout) -> list[Problem]:
 def _claim_problems(layout: Layout, records: _Records, claimed: Sequence[ClaimToken]) -> list[Problem]:
     out: list[Problem] = []
     for token in claimed:
-        _exists, status = records.attempt_status(token)
+        try:
+            _exists, status = records.attempt_status(token)
+        except CorruptRecordError as err:  # the page shows the damage instead of failing
+            out.append(Problem("corrupt-record", err.path, err.reason))
+            continue
         if status in LIVE_ATTEMPT_STATUSES:
             continue
         detail = "no attempt recorded; the reaper expires it" if status is None else f"attempt is {status}"

@@ -84,8 +84,10 @@ def response_for_exception(err: Exception) -> Response:
     if isinstance(err, BadRequest):
         return error_response(err.status, err.detail)
     if isinstance(err, ValidationError):
-        detail = orjson.loads(err.json(include_url=False, include_context=False))
-        return json_response(422, {"detail": detail})
+        # pydantic's own JSON, not decoded and dumped again: the errors repeat the offending
+        # input, which may be nested deeper than orjson writes (a 500 for a client's mistake).
+        detail = err.json(include_url=False, include_context=False).encode()
+        return Response(422, b'{"detail":' + detail + b"}")
     row = mapping_for(err)
     if row is None:
         log.exception("unexpected error", exc_info=err)

@@ -67,7 +67,7 @@ Also: ``Expect: 100-continue``, optional bearer-token auth (compared in constant
 ``X-Request-ID`` (the client's, if it is a short token, else a new one) on every answer and
 in the access log line (method, path, status, milliseconds, id). Not supported: TLS (put a
 proxy in front), HTTP/2, upgrades (an upgrade request is answered as an ordinary one, then
-the connection closes).
+the connection closes; one with a body gets 501, as its body could not be read).
 """
 
 from __future__ import annotations
@@ -605,6 +605,11 @@ class _Connection(asyncio.BufferedProtocol):
         length = request.header("content-length")
         if length and int(length) > self.limits.max_body_bytes:
             return self._too_large(request, announced=int(length))
+        if self.parser.should_upgrade() and (coding or (length and int(length) > 0)):
+            # llhttp hands what follows an upgrade request's head over as the new protocol's
+            # bytes: served, the request would be acted on without its body.
+            detail = "a request asking to switch protocols (Upgrade) cannot carry a body here"
+            return _Refusal(501, detail, request)
         if not self.server.authorized(request):
             return _Refusal(401, "missing or wrong bearer token", request)
         return None

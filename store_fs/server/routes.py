@@ -8,14 +8,15 @@ The handlers keep nothing between requests: the store directory is the only stat
 from __future__ import annotations
 
 import re
+import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 from urllib.parse import unquote
 
-import orjson
 from pydantic import BaseModel
 
+from store_fs import json_input
 from store_fs.lightning_store import LightningStore
 from store_fs.models import Attempt, ResourcesUpdate, Rollout, Span, Worker
 from store_fs.server.http import Request
@@ -76,8 +77,8 @@ class Call:
             # first: refusing them keeps a web page from writing to a token-less local store.
             raise BadRequest(f"Content-Type {content_type!r} is not JSON: send application/json", status=415)
         try:
-            return orjson.loads(body)
-        except orjson.JSONDecodeError as err:
+            return json_input.loads_exact(body)
+        except json_input.DecodeError as err:
             raise BadRequest(f"invalid JSON body: {err}") from None
 
     def body(self, model: type[M], *, required: bool = True) -> M:
@@ -276,17 +277,12 @@ class StoreApi:
             return 201, [one]
         if all(k is None for k in keys):
             return 201, list(await store.enqueue_many_rollouts(requests))
-        if all(k is not None for k in keys):
-            given = [k for k in keys if k is not None]
-            return 201, list(await store.enqueue_many_rollouts(requests, idempotency_keys=given))
-        # Mixed keyed and unkeyed items: one call each, in order, so queue order is kept.
-        out = [
-            await store.enqueue_rollout(
-                r.input, r.mode, r.resources_id, r.config, r.metadata, idempotency_key=k
-            )
-            for r, k in zip(requests, keys, strict=True)
-        ]
-        return 201, out
+        # Keyed items; in a batch that mixes both, each unkeyed item gets a fresh random key,
+        # which no retry repeats: a new rollout, as without a key. One call, in order, which
+        # checks every item before storing any (one call per item stored those before a
+        # refused one, under a 400).
+        given = [k if k is not None else f"agl-unkeyed-{secrets.token_hex(16)}" for k in keys]
+        return 201, list(await store.enqueue_many_rollouts(requests, idempotency_keys=given))
 
     async def dequeue(self, call: Call) -> Result:
         body = call.body(DequeueBody, required=False)

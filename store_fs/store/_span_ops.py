@@ -50,6 +50,13 @@ class SpanMethods(StoreCore):
     def _store_group(
         self, rollout_id: str, attempt_id: str, spans: Sequence[Span]
     ) -> tuple[list[Span], Path | None]:
+        return self._write_group(*self._group_target(rollout_id, attempt_id, spans), spans)
+
+    def _group_target(
+        self, rollout_id: str, attempt_id: str, spans: Sequence[Span]
+    ) -> tuple[RolloutRecord, Attempt]:
+        """The record and attempt spans of one attempt go to, after every check that refuses
+        them (writing nothing)."""
         if not self._known_rollout(rollout_id):
             raise RolloutNotFoundError(rollout_id)
         found = self._records.head(rollout_id)  # shared, read only: updates go through ``update``
@@ -68,7 +75,13 @@ class SpanMethods(StoreCore):
             raise UnstorableValueError(
                 "span sequence_id", f"{top} is above {MAX_SEQUENCE_ID}, the counter's last number"
             )
-        self._spans.bump(rollout_id, top)
+        return record, attempt
+
+    def _write_group(
+        self, record: RolloutRecord, attempt: Attempt, spans: Sequence[Span]
+    ) -> tuple[list[Span], Path | None]:
+        rollout_id = record.rollout_id
+        self._spans.bump(rollout_id, max(s.sequence_id for s in spans))
         attempt_dir = self._engine.attempt_dir(attempt)
         written, path = self._spans.append(attempt_dir, spans)
         if written:
@@ -158,13 +171,20 @@ class SpanMethods(StoreCore):
         groups: dict[tuple[str, str], list[Span]] = {}
         for span in spans:
             groups.setdefault((span.rollout_id, span.attempt_id), []).append(span)
+        # Every group is checked before the first is written: a call refused for one attempt's
+        # ids stores nothing (upstream keeps the groups before it; docs/deviations.md).
+        for (rollout_id, attempt_id), group in groups.items():
+            self._group_target(rollout_id, attempt_id, group)
         stored: list[Span] = []
         paths: list[Path | None] = []
-        for (rollout_id, attempt_id), group in groups.items():
-            written, path = self._store_group(rollout_id, attempt_id, group)
-            stored.extend(written)
-            paths.append(path)
-        await self._durable(paths)
+        try:
+            for (rollout_id, attempt_id), group in groups.items():
+                # Looked up again: an earlier group's revision may be the rollout's newest now.
+                written, path = self._store_group(rollout_id, attempt_id, group)
+                stored.extend(written)
+                paths.append(path)
+        finally:
+            await self._durable(paths)  # what was written is synced before any error is raised
         return stored
 
     async def add_otel_span(

@@ -1,0 +1,346 @@
+"""Damage that used to go unseen or break everything: a name where a file or directory belongs
+that is something else (a directory, a file, a symbolic link loop or one to nothing), a newest
+revision that cannot be read by the data views, an empty store path, and integers JSON text
+holds but orjson would round.
+
+Each case: the readers that meet it fail with one line naming the path (exit 7) or leave it out
+as documented, ``agl check`` reports it, one ``agl check --fix`` repairs it (moving what was
+there to quarantine), and nothing else stored is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from cli_helpers import Agl, Result, WarmAgl, assert_error, diff_snapshots, snapshot
+from http_helpers import RawClient, ServerThread, http_request
+from hypothesis import given
+from hypothesis import strategies as st
+
+from store_fs import CorruptRecordError, FileStore
+from store_fs.datasets.views import TrainingData
+from store_fs.json_input import DecodeError, loads_exact
+
+
+async def _finished_rollout(root: Path, *, runs: int = 1) -> list[str]:
+    """``runs`` rollouts, each dequeued by worker w1 and succeeded; their ids."""
+    store = FileStore(root)
+    try:
+        ids = []
+        for i in range(runs):
+            rollout = await store.enqueue_rollout(input=f"q{i}")
+            attempted = await store.dequeue_rollout(worker_id="w1")
+            assert attempted is not None
+            assert attempted.rollout_id == rollout.rollout_id
+            await store.update_attempt(rollout.rollout_id, attempted.attempt.attempt_id, status="succeeded")
+            ids.append(rollout.rollout_id)
+        return ids
+    finally:
+        store.close()
+
+
+@pytest.fixture
+def agl(tmp_path: Path, warm_agl: WarmAgl) -> Agl:
+    asyncio.run(_finished_rollout(tmp_path / "st", runs=2))
+    return Agl(tmp_path / "st", tmp_path, warm=warm_agl)
+
+
+def _problems(res: Result) -> list[dict[str, object]]:
+    assert "Traceback" not in res.stderr, str(res)
+    return res.lines()
+
+
+def _kinds(res: Result) -> set[tuple[object, object, object]]:
+    return {(p["kind"], p["path"], p["fixed"]) for p in _problems(res)}
+
+
+def _newest_revision(store: Path, rollout_id: str) -> Path:
+    (directory,) = store.glob(f"rollouts/*/{rollout_id}")
+    return max((directory / "history").glob("*.json"))
+
+
+def _quarantined_notes(store: Path) -> list[str]:
+    return sorted(json.loads(n.read_bytes())["path"] for n in store.glob("quarantine/*/**/*.note.json"))
+
+
+def _lost(before: dict[str, bytes], after: dict[str, bytes], *allowed: str) -> list[str]:
+    """What ``before`` held that ``after`` lacks or holds otherwise, outside ``allowed`` prefixes
+    and the operational directories a repair rewrites."""
+    skip = (*allowed, "index/", "events/", "quarantine/")
+    return [
+        line
+        for line in diff_snapshots(before, after)
+        if not line.startswith("+ ") and not line[2:].startswith(skip)
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# the data views: a damaged newest revision is an error, never the rollout one revision earlier
+# --------------------------------------------------------------------------------------------
+
+
+def _above_newest(kind: str) -> Callable[[Path], Path]:
+    def damage(newest: Path) -> Path:
+        path = newest.with_name(f"{int(newest.stem) + 5:08d}.json")
+        if kind == "directory":
+            path.mkdir()
+        elif kind == "loop":
+            path.symlink_to(path.name)
+        else:
+            path.symlink_to("/nonexistent/revision.json")
+        return path
+
+    return damage
+
+
+@pytest.mark.parametrize(
+    ("kind", "reason"),
+    [
+        ("directory", "a directory"),
+        ("loop", "a symbolic link loop"),
+        ("dangling", "a symbolic link to nothing"),
+    ],
+)
+def test_a_name_in_history_that_is_no_file_stops_the_data_views_until_check_moves_it(
+    agl: Agl, kind: str, reason: str
+) -> None:
+    rid = sorted(d.name for d in agl.store.glob("rollouts/*/ro-*"))[0]
+    bad = _above_newest(kind)(_newest_revision(agl.store, rid))
+    cursor = agl.cwd / "cursor.json"
+    for view in ("rollouts", "triplets", "messages"):
+        res = agl("data", view, "--cursor", str(cursor), "-o", str(agl.cwd / "out.jsonl"))
+        assert_error(res, 7, str(bad), reason)
+    assert not cursor.exists()  # nothing read: no place saved past the rollout
+    assert_error(agl("rollouts", "show", rid), 7, str(bad), reason)
+
+    res = agl("check")
+    assert res.code == 7, str(res)
+    assert ("corrupt-record", str(bad), False) in _kinds(res)
+    assert ("corrupt-record", str(bad), True) in _kinds(agl.ok("check", "--fix"))
+    assert _problems(agl.ok("check")) == []
+    agl.ok("data", "rollouts", "--cursor", str(cursor), "-o", str(agl.cwd / "out.jsonl"))
+    rows = [json.loads(line) for line in (agl.cwd / "out.jsonl").read_text().splitlines()]
+    assert sorted(r["rollout_id"] for r in rows)[0] == rid  # delivered after all
+    assert len(rows) == 2
+
+
+async def test_a_cursor_stays_before_a_rollout_whose_record_cannot_be_read(tmp_path: Path) -> None:
+    """The defect: the newest revision cut short, a reader with a cursor skipped the rollout
+    (reading the revision before, not finished) and never delivered it once the file was good."""
+    root = tmp_path / "st"
+    (rid,) = await _finished_rollout(root)
+    newest = _newest_revision(root, rid)
+    good = newest.read_bytes()
+    newest.chmod(0o644)
+    newest.write_bytes(good[:100])
+    store = FileStore(root)
+    try:
+        data = TrainingData(store, "rollouts")
+        with pytest.raises(CorruptRecordError) as err:
+            await data.read_new()
+        assert err.value.path == str(newest)
+        with pytest.raises(CorruptRecordError):
+            await data.read_new()  # the same place again, not past it
+        newest.write_bytes(good)  # repaired by hand
+        assert [row["rollout_id"] for row in await data.read_new()] == [rid]
+        assert await data.read_new() == []
+    finally:
+        store.close()
+
+
+def test_a_revision_that_is_no_rollout_record_stops_the_data_views(agl: Agl) -> None:
+    rid = sorted(d.name for d in agl.store.glob("rollouts/*/ro-*"))[0]
+    newest = _newest_revision(agl.store, rid)
+    newest.chmod(0o644)
+    newest.write_text('{"rollout_id": "someone-else", "status": 3}\n')
+    out = agl.cwd / "out.jsonl"
+    assert_error(agl("data", "rollouts", "-o", str(out)), 7, str(newest), "not a rollout record")
+    assert not out.exists()  # the file is published whole or not at all
+
+
+# --------------------------------------------------------------------------------------------
+# a rollout's or fan-out directory's name that is no directory
+# --------------------------------------------------------------------------------------------
+
+
+def _file(path: Path) -> None:
+    shutil.rmtree(path)
+    path.write_bytes(b"not a directory\n")
+
+
+def _loop(path: Path) -> None:
+    shutil.rmtree(path)
+    path.symlink_to(path.name)
+
+
+@pytest.mark.parametrize("make", [_file, _loop], ids=["file", "loop"])
+@pytest.mark.parametrize("level", ["rollout", "fan-out"])
+def test_a_rollout_name_that_is_no_directory_is_reported_and_repaired_in_one_pass(
+    agl: Agl, make: Callable[[Path], None], level: str
+) -> None:
+    rid = sorted(d.name for d in agl.store.glob("rollouts/*/ro-*"))[0]
+    (directory,) = agl.store.glob(f"rollouts/*/{rid}")
+    target = directory if level == "rollout" else directory.parent
+    if level == "fan-out":
+        survivors = {d.name for d in agl.store.glob("rollouts/*/ro-*") if d.parent != target}
+    else:
+        survivors = {d.name for d in agl.store.glob("rollouts/*/ro-*") if d != target}
+    make(target)
+    before = snapshot(agl.store)
+
+    res = agl("check")
+    assert res.code == 7, str(res)
+    assert ("wrong-file-type", str(target), False) in _kinds(res)
+    fixed = _kinds(agl.ok("check", "--fix"))
+    assert ("wrong-file-type", str(target), True) in fixed
+    assert all(done for _kind, _path, done in fixed)
+    assert _problems(agl.ok("check")) == []  # the index was rebuilt in the same pass
+    assert _quarantined_notes(agl.store) == [target.relative_to(agl.store).as_posix()]
+    assert not os.path.lexists(target)
+    listed = {r["rollout_id"] for r in agl.ok("rollouts", "list", "--json").lines()}
+    assert listed == survivors
+    agl.ok("stats")
+    assert _lost(before, snapshot(agl.store), target.relative_to(agl.store).as_posix(), "queue/") == []
+
+
+def test_a_rollout_without_history_leaves_no_problem_for_a_second_pass(agl: Agl) -> None:
+    rid = sorted(d.name for d in agl.store.glob("rollouts/*/ro-*"))[0]
+    (directory,) = agl.store.glob(f"rollouts/*/{rid}")
+    shutil.rmtree(directory / "history")
+    assert all(done for _k, _p, done in _kinds(agl.ok("check", "--fix")))
+    assert _problems(agl.ok("check")) == []
+
+
+# --------------------------------------------------------------------------------------------
+# per-process logs: a name that is no file is left out by readers and reported by check
+# --------------------------------------------------------------------------------------------
+
+
+def _index_dir(store: Path) -> Path:
+    path = store / "index" / "rollouts" / "x.jsonl"
+    path.mkdir()
+    return path
+
+
+def _worker_log_dir(store: Path) -> Path:
+    (workers,) = store.glob("workers/*")
+    path = workers / "log.x.jsonl"
+    path.mkdir()
+    return path
+
+
+def _events_loop(store: Path) -> Path:
+    path = store / "events" / "y.jsonl"
+    path.symlink_to(path.name)
+    return path
+
+
+def _index_dangling(store: Path) -> Path:
+    path = store / "index" / "rollouts" / "z.jsonl"
+    path.symlink_to("/nonexistent/log.jsonl")
+    return path
+
+
+@pytest.mark.parametrize("damage", [_index_dir, _worker_log_dir, _events_loop, _index_dangling])
+def test_a_log_name_that_is_no_file_is_left_out_and_reported(
+    agl: Agl, damage: Callable[[Path], Path]
+) -> None:
+    path = damage(agl.store)
+    for args in (("stats",), ("rollouts", "list"), ("workers", "list"), ("events",), ("data", "rollouts")):
+        res = agl(*args)
+        assert res.code == 0, str(res)
+        assert "Traceback" not in res.stderr, str(res)
+    assert len(agl.ok("rollouts", "list", "--json").lines()) == 2
+
+    res = agl("check")
+    assert res.code == 7, str(res)
+    assert _kinds(res) == {("wrong-file-type", str(path), False)}
+    assert _kinds(agl.ok("check", "--fix")) == {("wrong-file-type", str(path), True)}
+    assert not os.path.lexists(path)
+    assert _problems(agl.ok("check")) == []
+
+
+# --------------------------------------------------------------------------------------------
+# an empty store path
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("--store", "", "enqueue", '"x"'), ("--store", " ", "stats"), ("report", ""), ("doctor", "")],
+)
+def test_an_empty_store_path_is_refused_not_read_as_the_default_store(
+    tmp_path: Path, warm_agl: WarmAgl, args: tuple[str, ...]
+) -> None:
+    agl = Agl(tmp_path / "runs" / "default", tmp_path, warm=warm_agl)
+    agl.ok("init", str(agl.store))
+    before = snapshot(agl.store)
+    env = {k: v for k, v in agl.env.items() if k != "AGL_STORE"}
+    res = agl(*args, env=env)
+    assert_error(res, 4, "the store's path is empty")
+    assert diff_snapshots(before, snapshot(agl.store)) == []
+
+
+# --------------------------------------------------------------------------------------------
+# integers beyond 64 bits: refused by name, never rounded into floats
+# --------------------------------------------------------------------------------------------
+
+
+def test_the_cli_refuses_integers_beyond_64_bits(agl: Agl) -> None:
+    before = snapshot(agl.store)
+    res = agl("enqueue", '{"id": 18446744073709551616}', "--metadata", '{"n": 99999999999999999999}')
+    assert_error(res, 4, "64-bit")
+    assert diff_snapshots(before, snapshot(agl.store)) == []
+    # The largest integer JSON can hold here is stored as it is, next to a long digit string.
+    stored = agl.ok("enqueue", '{"id": 18446744073709551615, "s": "123456789012345678901234"}').json()
+    assert stored["input"] == {"id": 18446744073709551615, "s": "123456789012345678901234"}
+
+
+def test_the_server_refuses_integers_beyond_64_bits(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "st")
+    try:
+        with ServerThread(store) as srv, RawClient(srv.port) as client:
+            body = '{"rollouts": [{"input": {"id": 18446744073709551616}}]}'
+            client.send(
+                http_request(
+                    "POST", "/v1/agl/queues/rollouts/enqueue", body, {"Content-Type": "application/json"}
+                )
+            )
+            answer = client.answer()
+        assert answer.status == 400, answer
+        assert "64-bit" in answer.json()["detail"]
+        assert asyncio.run(store.query_rollouts()).total == 0
+    finally:
+        store.close()
+
+
+_JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.text(max_size=30)
+    | st.floats(allow_nan=False, allow_infinity=False),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(_JSON)
+def test_loads_exact_reads_what_the_standard_library_reads(value: object) -> None:
+    text = json.dumps(value)
+    assert loads_exact(text) == json.loads(text)
+    assert loads_exact(text.encode()) == json.loads(text)
+
+
+@pytest.mark.parametrize(
+    "text", ["[NaN, 123456789012345678901]", "[Infinity, 123456789012345678901]", "[1, 2"]
+)
+def test_loads_exact_refuses_what_orjson_refuses(text: str) -> None:
+    with pytest.raises(DecodeError):
+        loads_exact(text)
