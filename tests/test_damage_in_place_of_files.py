@@ -344,3 +344,32 @@ def test_loads_exact_reads_what_the_standard_library_reads(value: object) -> Non
 def test_loads_exact_refuses_what_orjson_refuses(text: str) -> None:
     with pytest.raises(DecodeError):
         loads_exact(text)
+
+
+# --------------------------------------------------------------------------------------------
+# a span log's name that is no file: readers pass over it (warning), check moves it aside
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["directory", "loop"])
+def test_a_span_log_name_that_is_no_file_does_not_stop_readers(agl: Agl, kind: str) -> None:
+    rid = sorted(d.name for d in agl.store.glob("rollouts/*/ro-*"))[0]
+    aid = agl.ok("rollouts", "show", rid).json()["attempts"][-1]["attempt_id"]
+    agl.ok("spans", "add", rid, aid, input='{"name": "kept"}\n')
+    (attempt_dir,) = agl.store.glob(f"rollouts/*/{rid}/attempts/*")
+    bad = attempt_dir / "spans.zz-damage.jsonl"
+    if kind == "directory":
+        bad.mkdir()
+    else:
+        bad.symlink_to(bad.name)
+    listed = agl.ok("spans", "list", rid)
+    assert [s["name"] for s in listed.lines()] == ["kept"]
+    assert str(bad) in listed.stderr
+    assert [s["name"] for s in agl.ok("export", rid).json()["spans"]] == ["kept"]
+    agl.ok("data", "rollouts", "--ended", "any")
+    res = agl("check")
+    assert res.code == 7, str(res)
+    assert _kinds(res) == {("wrong-file-type", str(bad), False)}
+    agl.ok("check", "--fix")
+    assert _problems(agl.ok("check")) == []
+    assert not os.path.lexists(bad)

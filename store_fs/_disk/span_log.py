@@ -39,7 +39,7 @@ from store_fs._disk import codec, fsio
 from store_fs._disk.context import Context
 from store_fs._disk.server_clock import server_offset
 from store_fs._disk.span_decode import copy_span
-from store_fs._disk.span_read import BLANK, UNPARSED, SpanReadCache, collector_paused
+from store_fs._disk.span_read import BLANK, UNPARSED, SpanReadCache, collector_paused, read_span_bytes
 from store_fs.errors import CorruptRecordError, RolloutNotFoundError, UnstorableValueError
 from store_fs.models import Span
 
@@ -91,7 +91,11 @@ def read_span_file(path: Path, bad: list[BadLine] | None = None) -> Iterator[dic
     silently; a complete line that does not parse is logged (and appended to
     ``bad`` when given) and skipped.
     """
-    data = fsio.read_bytes(path)
+    data, reason = read_span_bytes(path)
+    if reason is not None:
+        log.warning("skipping %s: %s", path, reason)
+        if bad is not None:
+            bad.append(BadLine(path, 0, reason))
     if not data:
         return
     end = data.rfind(b"\n")

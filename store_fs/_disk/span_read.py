@@ -18,6 +18,7 @@ a writer that reused a dead one's pid) sees what a fresh reader would.
 
 from __future__ import annotations
 
+import errno
 import gc
 import logging
 import os
@@ -34,7 +35,7 @@ from store_fs._disk import codec, fsio
 from store_fs._disk.span_decode import decode_span
 from store_fs.models import Span
 
-__all__ = ["BLANK", "UNPARSED", "Line", "SpanReadCache", "collector_paused", "read_lines"]
+__all__ = ["BLANK", "UNPARSED", "Line", "SpanReadCache", "collector_paused", "read_lines", "read_span_bytes"]
 
 log = logging.getLogger(__name__)
 
@@ -153,9 +154,33 @@ def _invalid_reason(err: ValidationError) -> str:
     return f"does not validate as a Span: {where}: {first['msg']}{more}"
 
 
+def _not_a_file(err: OSError) -> str | None:
+    """Why a span file's name cannot be read as a file, or None for any other error."""
+    if err.errno == errno.EISDIR:
+        return "a directory, not a span file"
+    if err.errno == errno.ELOOP:
+        return "a symbolic link loop, not a span file"
+    return None
+
+
+def read_span_bytes(path: Path) -> tuple[bytes, str | None]:
+    """The bytes of one span file (none if it does not exist); or none, and why, when the name is
+    no file (a directory, a link loop): a problem of that one name, which its readers report and
+    pass over (``agl check --fix`` moves it aside), not a reason to fail every read of the rollout."""
+    try:
+        return fsio.read_bytes(path) or b"", None
+    except OSError as err:
+        reason = _not_a_file(err)
+        if reason is None:
+            raise
+        return b"", reason
+
+
 def read_lines(path: Path) -> list[Line]:
-    """The decoded complete lines of one span file (none if it does not exist)."""
-    return _decode_lines(fsio.read_bytes(path) or b"")
+    """The decoded complete lines of one span file (none if it does not exist; one unparsed line
+    at byte 0 saying why if the name is no file)."""
+    data, reason = read_span_bytes(path)
+    return _decode_lines(data) if reason is None else [(UNPARSED, None, reason, 0)]
 
 
 class _Decoded:
@@ -207,6 +232,15 @@ class SpanReadCache:
         """
         if self.budget <= 0:
             return read_lines(path), False
+        try:
+            return self._read_cached(path)
+        except OSError as err:
+            reason = _not_a_file(err)
+            if reason is None:
+                raise
+            return [(UNPARSED, None, reason, 0)], False
+
+    def _read_cached(self, path: Path) -> tuple[list[Line], bool]:
         try:
             fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from store_fs._disk import codec, fsio
+from store_fs._disk import codec
 from store_fs._disk.span_decode import (
     CONTEXT_KEYS,
     CONTEXT_TYPES,
@@ -41,6 +41,7 @@ from store_fs._disk.span_decode import (
     attributes_kept,
     decode_span,
 )
+from store_fs._disk.span_read import read_span_bytes
 
 if TYPE_CHECKING:
     from store_fs.store import FileStore
@@ -121,7 +122,9 @@ def row_of(obj: dict[str, Any]) -> tuple[int, SpanRow]:
 
 
 def _file_rows(path: Path, seen: set[object], out: list[tuple[int, SpanRow]]) -> None:
-    data = fsio.read_bytes(path) or b""
+    data, reason = read_span_bytes(path)
+    if reason is not None:
+        log.warning("skipping %s: %s", path, reason)
     offset = 0
     for line in data[: data.rfind(b"\n") + 1].split(b"\n")[:-1]:
         at, offset = offset, offset + len(line) + 1
