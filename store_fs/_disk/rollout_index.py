@@ -221,11 +221,12 @@ class IndexView:
         self.by_status.setdefault(entry.status, {})[entry.rollout_id] = entry
         self.attempts += entry.attempts
 
-    def refresh(self, directory: Path, *, partial: bool = False) -> None:
+    def refresh(self, directory: Path, *, partial: bool = False, from_snapshot: bool = True) -> None:
         """Read what the logs gained since the last refresh (callers hold ``lock``). A cold view
-        starts from the directory's snapshot when there is one (``index_snapshot``); with
-        ``partial`` its sections are left for :meth:`merge_sections`, else all are merged."""
-        if not self.files and self.snapshot is None and not self.entries:
+        starts from the directory's snapshot when there is one (``index_snapshot``) unless
+        ``from_snapshot`` is False; with ``partial`` its sections are left for
+        :meth:`merge_sections`, else all are merged."""
+        if from_snapshot and not self.files and self.snapshot is None and not self.entries:
             snapshot = Snapshot.open(directory)
             if snapshot is not None and log_segments.position_holds(directory, INDEX_LOGS, snapshot.position):
                 self.files.update(snapshot.position)
@@ -527,9 +528,10 @@ class RolloutIndex:
             self._after_refresh_hook(*counts)
 
     def load(self) -> IndexView:
-        """A fresh view read from every log from the start (for ``check``)."""
+        """A fresh view read from every log from the start (for ``check``): not from the snapshot,
+        which holds only the lines that parsed, so a bad line behind it would go unreported."""
         view = IndexView()
-        view.refresh(self._dir)
+        view.refresh(self._dir, from_snapshot=False)
         return view
 
     def select(
