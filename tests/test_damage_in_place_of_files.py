@@ -16,6 +16,7 @@ import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cli_helpers import Agl, Result, WarmAgl, assert_error, diff_snapshots, snapshot
@@ -391,3 +392,30 @@ def test_a_bad_index_line_behind_the_snapshot_is_still_reported_and_repaired(agl
     compacted = agl.ok("compact")
     assert "not a valid" not in compacted.stderr
     assert len(agl.ok("rollouts", "list", "--json").lines()) == 2
+
+
+async def test_a_reader_with_a_cursor_reads_the_revision_the_index_names_past_a_stale_listing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On NFS a listing of history/ may come from the client's cache, made before the finishing
+    revision was; the index line read by the cursor names it. Read through the listing, the
+    rollout looked unfinished, was left out, and the cursor moved past it for good."""
+    root = tmp_path / "st"
+    (rid,) = await _finished_rollout(root)
+    newest = _newest_revision(root, rid)
+    listdir = os.listdir
+
+    def stale(path: Any) -> list[str]:
+        names = listdir(path)
+        if str(path).endswith("/history"):
+            return [n for n in names if n != newest.name]  # the cache's view: not there yet
+        return names
+
+    store = FileStore(root)
+    try:
+        monkeypatch.setattr(os, "listdir", stale)
+        data = TrainingData(store, "rollouts")
+        rows = await data.read_new()
+        assert [(r["rollout_id"], r["status"]) for r in rows] == [(rid, "succeeded")]
+    finally:
+        store.close()

@@ -40,7 +40,7 @@ from store_fs._disk.rollout_index import INDEX_LOGS, parse_entry
 from store_fs._disk.status_rules import TERMINAL_ROLLOUT_STATUSES
 from store_fs.errors import CorruptRecordError
 
-__all__ = ["IndexPosition", "read_finished"]
+__all__ = ["IndexPosition", "read_finished", "read_finished_at"]
 
 log = logging.getLogger(__name__)
 
@@ -104,21 +104,32 @@ def _status_at(layout: Layout, rollout_id: str, rev: int) -> str | None:
     return status if isinstance(status, str) else None
 
 
-def _finishing_revision(layout: Layout, records: RecordStore, rollout_id: str) -> int | None:
-    """The first revision of the run of finished revisions that ends at the newest; None
-    when the rollout is gone or not finished now."""
-    found = records.head(rollout_id, cached_ok=False)
+def _finishing_revision(
+    layout: Layout, records: RecordStore, rollout_id: str, named: int
+) -> tuple[int, int] | None:
+    """(the first revision of the run of finished revisions that ends at the newest, the
+    newest); None when the rollout is gone or not finished now. ``named``: the highest revision
+    the new lines name, read by name (with those after it): on NFS a listing of ``history/``
+    may come from a cache that does not show it yet, and the rollout would look unfinished."""
+    found = records.head_at_least(rollout_id, named)
     if found is None or found[1].status not in TERMINAL_ROLLOUT_STATUSES:
         return None
-    rev = found[0]
+    newest = rev = found[0]
     while rev > 1 and _status_at(layout, rollout_id, rev - 1) in TERMINAL_ROLLOUT_STATUSES:
         rev -= 1
-    return rev
+    return rev, newest
 
 
 def read_finished(layout: Layout, position: IndexPosition, records: RecordStore) -> list[str]:
+    """Rollouts that finished since ``position`` (which is advanced): :func:`read_finished_at`
+    without the revisions."""
+    return [rollout_id for rollout_id, _rev in read_finished_at(layout, position, records)]
+
+
+def read_finished_at(layout: Layout, position: IndexPosition, records: RecordStore) -> list[tuple[str, int]]:
     """Rollouts that finished since ``position`` (which is advanced), in the order the logs
-    name them. See the module's docstring for what "finished" means and when it is reported.
+    name them, each with the newest revision read (a reader of the record must read at least
+    that one). See the module's docstring for what "finished" means and when it is reported.
 
     A record that cannot be read raises :class:`CorruptRecordError` and leaves ``position``
     where it was: skipping the rollout would lose it for good from every reader that saves
@@ -134,9 +145,9 @@ def read_finished(layout: Layout, position: IndexPosition, records: RecordStore)
     out = []
     try:
         for rollout_id, revs in _new_finished_lines(chunks).items():
-            finished_at = _finishing_revision(layout, records, rollout_id)
-            if finished_at is not None and finished_at in revs:
-                out.append(rollout_id)
+            finished = _finishing_revision(layout, records, rollout_id, max(revs))
+            if finished is not None and finished[0] in revs:
+                out.append((rollout_id, finished[1]))
     except CorruptRecordError:
         position.files = before
         raise

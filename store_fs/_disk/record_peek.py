@@ -50,31 +50,53 @@ def read_revision_file(path: str) -> bytes | None:
         raise
 
 
-def newest_revision(layout: Layout, rollout_id: str) -> tuple[int, dict[str, Any]] | None:
+def newest_revision(
+    layout: Layout, rollout_id: str, *, at_least: int = 0
+) -> tuple[int, dict[str, Any]] | None:
     """(revision number, parsed JSON object) of the rollout's newest revision; None if the rollout
     does not exist. A newest revision that is not a JSON object raises
-    :class:`CorruptRecordError` (``agl check --fix`` moves it aside)."""
+    :class:`CorruptRecordError` (``agl check --fix`` moves it aside).
+
+    ``at_least``: a revision the caller knows exists (an index line named it). It and those
+    after it are looked up by name: on NFS a listing may come from the client's cache, made
+    before they were, while a name never looked up is asked of the file server."""
     history = f"{layout.rollout_dir_str(rollout_id)}/history"
     for _ in range(_RELISTS):
-        try:
-            names = os.listdir(history)
-        except FileNotFoundError:
+        rev = _newest_name(history, at_least)
+        if rev is None:
             return None
-        except NotADirectoryError:
-            raise CorruptRecordError(history, "not a directory") from None
-        revs = [int(n[:-5]) for n in names if n.endswith(".json") and n[:-5].isdigit()]
-        if not revs:
-            return None
-        rev = max(revs)
         path = f"{history}/{rev:08d}.json"
         data = read_revision_file(path)
-        if data is None:
-            continue  # removed meanwhile: look again
-        try:
-            body = codec.loads(data)
-        except codec.DecodeError as err:
-            raise CorruptRecordError(path, f"not JSON: {err}") from None
-        if not isinstance(body, dict):
-            raise CorruptRecordError(path, "not a JSON object")
-        return rev, body
+        if data is not None:
+            return rev, _json_object(path, data)
+        # removed meanwhile: look again
     return None
+
+
+def _newest_name(history: str, at_least: int) -> int | None:
+    """The highest revision number listed in ``history`` (or ``at_least`` and those found after
+    it by name); None when there is none."""
+    try:
+        names = os.listdir(history)
+    except FileNotFoundError:
+        return None
+    except NotADirectoryError:
+        raise CorruptRecordError(history, "not a directory") from None
+    revs = [int(n[:-5]) for n in names if n.endswith(".json") and n[:-5].isdigit()]
+    if not revs:
+        return None
+    rev = max(*revs, at_least)
+    if at_least:
+        while os.path.exists(f"{history}/{rev + 1:08d}.json"):
+            rev += 1
+    return rev
+
+
+def _json_object(path: str, data: bytes) -> dict[str, Any]:
+    try:
+        body = codec.loads(data)
+    except codec.DecodeError as err:
+        raise CorruptRecordError(path, f"not JSON: {err}") from None
+    if not isinstance(body, dict):
+        raise CorruptRecordError(path, "not a JSON object")
+    return body

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from store_fs._disk import codec, fsio
-from store_fs._disk.index_cursor import IndexPosition, read_finished
+from store_fs._disk.index_cursor import IndexPosition, read_finished_at
 from store_fs.errors import CorruptRecordError
 
 if TYPE_CHECKING:
@@ -54,13 +54,19 @@ class Cursor:
 
     def finished(self, store: FileStore) -> list[str]:
         """Ids of the rollouts that finished since the last call, and move past them."""
+        return [rollout_id for rollout_id, _rev in self.finished_at(store)]
+
+    def finished_at(self, store: FileStore) -> list[tuple[str, int]]:
+        """:meth:`finished`, each id with the revision of the record that was read finished: a
+        reader of the rollout reads at least that one (on NFS a listing of its history may come
+        from a cache that does not show it yet)."""
         if not store.layout.rollout_index_marker.exists():
             log.warning(
                 "the rollout index of %s is incomplete (a store from an older build?): rollouts "
                 "without index lines are not seen until `agl check --fix` rebuilds it",
                 store.root,
             )
-        return read_finished(store.layout, self._position, store._records)
+        return read_finished_at(store.layout, self._position, store._records)
 
     # -- saving ----------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:

@@ -110,12 +110,13 @@ class _Brief:
         )
 
 
-def _record(store: FileStore, rollout_id: str) -> _Brief | None:
-    """The rollout's newest record, read without keeping it in the process's caches: a view
-    reads every rollout once, and caching them would grow with the store."""
+def _record(store: FileStore, rollout_id: str, at_least: int = 0) -> _Brief | None:
+    """The rollout's newest record (revision ``at_least`` or later), read without keeping it in
+    the process's caches: a view reads every rollout once, and caching them would grow with the
+    store."""
     if not store._known_rollout(rollout_id):  # raises InvalidIdError for an id unsafe in a path
         return None
-    found = newest_revision(store.layout, rollout_id)  # raises for an unreadable one
+    found = newest_revision(store.layout, rollout_id, at_least=at_least)  # raises for an unreadable one
     if found is None:
         return None
     record = _Brief.of(rollout_id, found[1])
@@ -195,9 +196,11 @@ async def rollout_rows(
     *,
     redactor: Redactor | None = None,
     counts: ViewCounts | None = None,
+    at_least: int = 0,
 ) -> list[dict[str, Any]]:
-    """The rows one rollout gives in ``view`` ([] when the filter leaves it out)."""
-    record = _record(store, rollout_id)
+    """The rows one rollout gives in ``view`` ([] when the filter leaves it out), from its
+    record at revision ``at_least`` or later."""
+    record = _record(store, rollout_id, at_least)
     if record is None or not flt.admits_record(record):
         return []
     try:
@@ -281,9 +284,15 @@ class TrainingData:
     async def read_new(self) -> list[dict[str, Any]]:
         """Rows of the rollouts that finished since the last read, in the order they finished."""
         out: list[dict[str, Any]] = []
-        for rollout_id in self.cursor.finished(self.store):
+        for rollout_id, rev in self.cursor.finished_at(self.store):
             out += await rollout_rows(
-                self.store, rollout_id, self.view, self.filter, redactor=self._redactor, counts=self.counts
+                self.store,
+                rollout_id,
+                self.view,
+                self.filter,
+                redactor=self._redactor,
+                counts=self.counts,
+                at_least=rev,
             )
         return out
 
