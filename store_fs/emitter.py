@@ -14,6 +14,7 @@ from typing import Any
 
 from store_fs.models import SpanCoreFields, TraceStatus
 from store_fs.rewards import ANNOTATION_SPAN_NAME, reward_attributes
+from store_fs.tracing.rollout_binding import lose_unattributed
 from store_fs.tracing.tracer import active_tracer
 from store_fs.tracing.upstream_bridge import upstream_active_tracer
 
@@ -39,6 +40,12 @@ def _emit(name: str, attributes: dict[str, Any], propagate: bool) -> SpanCoreFie
     if upstream is not None:  # under upstream's runner: its tracer records the span
         core = upstream.create_span(name=name, attributes=attributes, status=TraceStatus(status_code="OK"))
         return SpanCoreFields.model_validate(core)
+    if lose_unattributed(f"{name!r} emitted"):
+        raise RuntimeError(
+            f"{name!r} emitted outside any rollout's trace context while several rollouts run in "
+            "this process: each of them fails (start threads with contextvars.copy_context().run, "
+            "or use asyncio.to_thread)"
+        )
     raise RuntimeError(
         f"no active tracer to record {name!r}: emit inside a runner's rollout, or propagate=False"
     )

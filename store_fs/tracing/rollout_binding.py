@@ -390,10 +390,60 @@ class RolloutBinding:
 
 _current: contextvars.ContextVar[RolloutBinding | None] = contextvars.ContextVar("agl_rollout", default=None)
 
+# The bindings whose trace context is open in this process (a tuple, replaced whole under the
+# lock, so readers need none).
+_open: tuple[RolloutBinding, ...] = ()
+_open_lock = threading.Lock()
+
 
 def current_binding() -> RolloutBinding | None:
-    """The binding of the trace context the caller runs in, if any."""
+    """The binding of the trace context the caller runs in.
+
+    Code outside any (a ``threading.Thread`` or a thread pool's worker, which do not inherit
+    context variables) is attributed to the process's only open binding, as upstream's
+    process-wide tracer records it. None when no binding is open, or several: which rollout
+    such code works for cannot be told (:func:`lose_unattributed`).
+    """
+    binding = _current.get()
+    if binding is not None:
+        return binding
+    open_now = _open
+    return open_now[0] if len(open_now) == 1 else None
+
+
+def context_binding() -> RolloutBinding | None:
+    """The binding of the caller's own trace context only (no process-wide fallback)."""
     return _current.get()
+
+
+def opened(binding: RolloutBinding) -> None:
+    """``binding``'s trace context is open: code outside any context may be attributed to it."""
+    global _open
+    with _open_lock:
+        _open = (*_open, binding)
+
+
+def closed(binding: RolloutBinding) -> None:
+    global _open
+    with _open_lock:
+        _open = tuple(b for b in _open if b is not binding)
+
+
+def lose_unattributed(what: str) -> int:
+    """Count ``what`` (a span recorded outside any trace context while several are open) as
+    lost by every open binding, so that none of their attempts ends ``succeeded`` without it;
+    returns how many. One warning says how to keep the context."""
+    open_now = _open
+    if len(open_now) < 2:
+        return 0
+    err = RuntimeError(
+        f"{what} outside any rollout's trace context while {len(open_now)} rollouts run in this "
+        "process: which one it belongs to cannot be told (start threads with "
+        "contextvars.copy_context().run, or use asyncio.to_thread)"
+    )
+    for binding in open_now:
+        binding._count_lost(1, err)
+    return len(open_now)
 
 
 def bind(binding: RolloutBinding | None) -> contextvars.Token[RolloutBinding | None]:

@@ -27,7 +27,10 @@ from store_fs.tracing.rollout_binding import (
     SpanTransport,
     StoreWriter,
     bind,
+    closed,
+    context_binding,
     current_binding,
+    opened,
     unbind,
 )
 from store_fs.tracing.root_span import rollout_root_span
@@ -108,7 +111,7 @@ class Tracer:
         """
         if (rollout_id is None) != (attempt_id is None):
             raise ValueError("rollout_id and attempt_id must be given together")
-        if current_binding() is not None:
+        if context_binding() is not None:
             raise RuntimeError("a trace context is already open in this task")
         binding = RolloutBinding(
             rollout_id,
@@ -123,10 +126,12 @@ class Tracer:
         from store_fs.tracing.upstream_bridge import upstream_emitters
 
         token = bind(binding)
+        opened(binding)
         try:
             with upstream_emitters():  # upstream's emit_* record here too
                 yield binding
         finally:
+            closed(binding)
             unbind(token)
             self.flush_instrumentation()
             await binding.drain()
