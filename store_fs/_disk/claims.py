@@ -25,7 +25,12 @@ from store_fs._disk.queue_tokens import ClaimToken, JournalEntry, PendingToken, 
 from store_fs._disk.rollout_history import RecordStore, RolloutRecord
 from store_fs._disk.server_clock import server_offset
 from store_fs._disk.span_log import SpanLog
-from store_fs._disk.status_rules import FINAL_ATTEMPT_STATUSES, LIVE_ATTEMPT_STATUSES, set_attempt_status
+from store_fs._disk.status_rules import (
+    FINAL_ATTEMPT_STATUSES,
+    LIVE_ATTEMPT_STATUSES,
+    keep_heartbeat,
+    set_attempt_status,
+)
 from store_fs._disk.worker_logs import WorkerStore
 from store_fs.errors import AttemptNotFoundError, ConflictError, NotFoundError, RolloutNotFoundError
 from store_fs.models import Attempt, AttemptedRollout, AttemptStatus
@@ -63,6 +68,12 @@ class Engine:
 
     def attempt_dir(self, attempt: Attempt) -> Path:
         return self.ctx.layout.attempt_dir(attempt.rollout_id, attempt.sequence_id, attempt.attempt_id)
+
+    def beat_time(self, attempt: Attempt) -> float | None:
+        """The newest heartbeat any process wrote to the attempt's heartbeat files (spans and
+        ``heartbeat()`` of a live attempt land there, not in its record)."""
+        beats = self.spans.heartbeats(self.attempt_dir(attempt))
+        return max((b.time for b in beats if b.counter > 0), default=None)  # -1: caught mid-rewrite
 
     # -- starting attempts ---------------------------------------------------------
     def begin(
@@ -160,6 +171,7 @@ class Engine:
                 if relisted[0]:
                     return None
                 relisted[0] = True
+                self.queue.forget_discarded()
                 cache.tokens = self.queue.list_pending()
                 cache.tokens.reverse()  # pop() from the end takes the oldest
                 if not cache.tokens:
@@ -187,9 +199,12 @@ class Engine:
             # stale token (its attempt already exists, or the rollout left the queue) is
             # recognised by ``begin`` and dropped from ``claimed/``.
             claim = self.queue.claim(token, new_attempt_id())
-            cache.contended = claim is None
+            # Lost to another runner, unless this process took the token away itself (a span
+            # reviving a requeued rollout): no contention then, and the next pick stays the
+            # oldest (FIFO, docs/behaviour.md §2.2).
+            cache.contended = claim is None and not self.queue.discarded_here(token)
             if claim is None:
-                continue  # another runner was faster
+                continue
             result = self.begin(claim, worker_id, pending=token)
             if result is not None:
                 return result
@@ -242,6 +257,8 @@ class Engine:
         if record is None:
             self.queue.close_journal(entry)
             return
+        known = record.find(token.attempt_id)
+        beat = None if known is None else self.beat_time(known)
         synced: list[Attempt] = []
 
         def decide(rec: RolloutRecord) -> RolloutRecord | None:
@@ -266,6 +283,7 @@ class Engine:
                 return None  # finished before the verdict landed
             elif attempt.status == outcome:
                 return None  # already applied
+            keep_heartbeat(attempt, beat)
             set_attempt_status(rec, attempt, outcome, now)  # type: ignore[arg-type]
             synced.append(attempt)
             return rec

@@ -88,6 +88,12 @@ class _Stamp:
         self.lock = threading.Lock()
 
 
+# Tokens this process discarded that it remembers, for :meth:`Queue.discarded_here` (most are
+# never asked about: a token is only asked about when a cached listing still held it; each new
+# listing forgets them all).
+_DISCARDED_KEPT = 10_000
+
+
 class Queue:
     def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
@@ -126,9 +132,28 @@ class Queue:
     def discard_pending(self, token: PendingToken) -> bool:
         try:
             os.unlink(self.pending_path(token))
-            return True
         except FileNotFoundError:
             return False
+        discarded: set[PendingToken] = self._ctx.local("pending-discarded", set)
+        if len(discarded) >= _DISCARDED_KEPT:
+            discarded.clear()
+        discarded.add(token)
+        return True
+
+    def forget_discarded(self) -> None:
+        """A new listing of ``pending/`` holds none of the tokens discarded before it."""
+        discarded: set[PendingToken] = self._ctx.local("pending-discarded", set)
+        discarded.clear()
+
+    def discarded_here(self, token: PendingToken) -> bool:
+        """Whether this process removed ``token`` (:meth:`discard_pending`; asked once): a claim
+        of it that fails then lost no race to another runner."""
+        discarded: set[PendingToken] = self._ctx.local("pending-discarded", set)
+        try:
+            discarded.remove(token)
+        except KeyError:
+            return False
+        return True
 
     def pending_age(self, token: PendingToken) -> float | None:
         try:

@@ -18,6 +18,7 @@ __all__ = [
     "FINAL_ATTEMPT_STATUSES",
     "LIVE_ATTEMPT_STATUSES",
     "TERMINAL_ROLLOUT_STATUSES",
+    "keep_heartbeat",
     "mark_running",
     "rollout_status_for",
     "set_attempt_status",
@@ -26,6 +27,14 @@ __all__ = [
 LIVE_ATTEMPT_STATUSES: frozenset[str] = frozenset({"preparing", "running"})
 FINAL_ATTEMPT_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "timeout", "unresponsive"})
 TERMINAL_ROLLOUT_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+
+
+def keep_heartbeat(attempt: Attempt, beat: float | None) -> None:
+    """Before an attempt leaves the live statuses: record in it the newest heartbeat from its
+    heartbeat files (``beat``), which readers stop consulting once it has a final status, so
+    that its ``last_heartbeat_time`` stays what it was (upstream keeps the field as is)."""
+    if beat is not None and (attempt.last_heartbeat_time is None or beat > attempt.last_heartbeat_time):
+        attempt.last_heartbeat_time = beat
 
 
 def rollout_status_for(attempt: Attempt, config: RolloutConfig) -> RolloutStatus:

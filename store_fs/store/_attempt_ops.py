@@ -11,6 +11,7 @@ from store_fs._disk.rollout_history import RolloutRecord
 from store_fs._disk.status_rules import (
     FINAL_ATTEMPT_STATUSES,
     LIVE_ATTEMPT_STATUSES,
+    keep_heartbeat,
     set_attempt_status,
     touch_attempt,
 )
@@ -69,10 +70,12 @@ class AttemptMethods(StoreCore):
         if not isinstance(status, Unset):
             status = Attempt.model_validate({**current.model_dump(), "status": status}).status
         journal = None
+        beat = None
         if not isinstance(status, Unset) and status in FINAL_ATTEMPT_STATUSES:
             _refuse_late_outcome(current, status)
             self._spans.flush(self._engine.attempt_dir(current))
             journal = self._engine.settle(current, status)
+            beat = self._engine.beat_time(current)
         now = self._clock.time()
         requeued: list[bool] = []
 
@@ -82,6 +85,8 @@ class AttemptMethods(StoreCore):
             if attempt is None:  # cannot happen: attempts are never removed
                 raise RolloutNotFoundError(rollout_id)
             before = record.status
+            if isinstance(last_heartbeat_time, Unset):
+                keep_heartbeat(attempt, beat)
             _overwrite(attempt, worker_id, last_heartbeat_time, metadata)
             if isinstance(status, Unset):
                 touch_attempt(record, attempt, now)

@@ -242,9 +242,8 @@ class StoreCore(LightningStore):
     def _with_heartbeat(self, attempt: Attempt) -> Attempt:
         """Live attempts report the latest heartbeat written by any process."""
         if attempt.status in FINAL_ATTEMPT_STATUSES - {"unresponsive"}:
-            return attempt
-        beats = self._spans.heartbeats(self._engine.attempt_dir(attempt))
-        latest = max((b.time for b in beats if b.counter > 0), default=None)  # -1: caught mid-rewrite
+            return attempt  # its last heartbeat was kept in its record (``keep_heartbeat``)
+        latest = self._engine.beat_time(attempt)
         if latest is not None and (
             attempt.last_heartbeat_time is None or latest > attempt.last_heartbeat_time
         ):
