@@ -127,4 +127,6 @@ def run(
     pool.wait()
     output.info("runners stopped")
     if pool.failed:
+        why = "; ".join(pool.failures) or "a runner exited with an error or had to be terminated"
+        output.problem(f"{why} (--max-restarts restarts runners that die)")
         raise typer.Exit(1)

@@ -228,6 +228,9 @@ class RunnerPool:
         self._procs: list[Any] = []
         #: Some runner exited with an error (or had to be terminated) and was not restarted.
         self.failed = False
+        #: Why, one line per runner that was not restarted (also logged when it happens).
+        self.failures: list[str] = []
+        self._reported: set[int] = set()  # pids of the runners in ``failures``
         self._killed = False
         self._signals_seen = 0
 
@@ -263,6 +266,11 @@ class RunnerPool:
             if proc.is_alive() or proc.exitcode == 0 or self._stop.is_set():
                 continue
             if self.restarts_left <= 0:
+                if proc.pid not in self._reported:
+                    self._reported.add(proc.pid)
+                    why = f"runner {proc.name} exited with code {proc.exitcode}: not restarted (none left)"
+                    self.failures.append(why)
+                    log.warning("%s; %d runner(s) still running", why, sum(p.is_alive() for p in self._procs))
                 self.failed = True
                 continue
             self.restarts_left -= 1

@@ -289,3 +289,11 @@ def stuck_sync(task: Any, prompt_template: PromptTemplate) -> float:
     emit_message("started")
     time.sleep(3600)  # a blocking call: no signal or cancellation reaches it
     return 1.0
+
+
+@rollout
+def exits_at_once(task: Any, prompt_template: PromptTemplate) -> None:
+    """An agent whose runner process dies with exit code 3 (tests/test_runner_pool.py)."""
+    import os
+
+    os._exit(3)

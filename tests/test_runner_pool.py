@@ -42,6 +42,8 @@ def test_a_crashing_runner_is_restarted_as_often_as_allowed(tmp_path: Path) -> N
     pool.wait()
     assert pool.restarts_left == 0
     assert pool.failed
+    assert len(pool.failures) == 1
+    assert "not restarted" in pool.failures[0]
     assert time.monotonic() - started < 60
 
 
@@ -60,3 +62,42 @@ def test_stopping_from_a_condition(tmp_path: Path) -> None:
 def test_bad_arguments_are_refused(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         RunnerPool("runs/x", echo_agent, **kwargs)
+
+
+def test_agl_run_says_which_runners_died_and_why_it_exits_1(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    store = tmp_path / "store"
+
+    async def prepare() -> None:
+        fs = FileStore(store)
+        try:
+            await fs.add_resources({"main_prompt": PromptTemplate(template="Q", engine="f-string")})
+            for i in range(2):
+                await fs.enqueue_rollout(input=i)
+        finally:
+            fs.close()
+
+    asyncio.run(prepare())
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])
+    )
+    agl = str(Path(sys.executable).with_name("agl"))
+    args = [
+        agl,
+        "--store",
+        str(store),
+        "run",
+        "fault_helpers:exits_at_once",
+        "--workers",
+        "2",
+        "--poll-interval",
+        "0.1",
+    ]
+    done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.count("exited with code 3: not restarted") == 4, done.stderr  # logged, then summed up
+    assert done.stderr.splitlines()[-1].startswith("agl: runner agl-runner-"), done.stderr
+    assert "--max-restarts" in done.stderr.splitlines()[-1]
