@@ -210,12 +210,32 @@ def test_a_rollout_name_that_is_no_directory_is_reported_and_repaired_in_one_pas
     assert _lost(before, snapshot(agl.store), target.relative_to(agl.store).as_posix(), "queue/") == []
 
 
-def test_a_rollout_without_history_leaves_no_problem_for_a_second_pass(agl: Agl) -> None:
+def test_a_rollout_whose_history_was_removed_is_restored_from_its_mirror(agl: Agl) -> None:
+    rid = sorted(d.name for d in agl.store.glob("rollouts/*/ro-*"))[0]
+    before = agl.ok("rollouts", "show", rid).json()
+    (directory,) = agl.store.glob(f"rollouts/*/{rid}")
+    shutil.rmtree(directory / "history")
+    res = agl("check")
+    assert res.code == 7, str(res)
+    assert "--fix restores it" in str(_problems(res))
+    assert all(done for _k, _p, done in _kinds(agl.ok("check", "--fix")))
+    assert _problems(agl.ok("check")) == []  # the index too, in that one pass
+    assert agl.ok("rollouts", "show", rid).json() == before
+    assert not list(agl.store.glob("quarantine/*"))
+
+
+@pytest.mark.parametrize("mirror", ["gone", "garbage"])
+def test_a_rollout_without_history_or_mirror_is_quarantined_in_one_pass(agl: Agl, mirror: str) -> None:
     rid = sorted(d.name for d in agl.store.glob("rollouts/*/ro-*"))[0]
     (directory,) = agl.store.glob(f"rollouts/*/{rid}")
     shutil.rmtree(directory / "history")
+    (directory / "rollout.json").unlink()
+    if mirror == "garbage":
+        (directory / "rollout.json").write_text("{not json\n")
     assert all(done for _k, _p, done in _kinds(agl.ok("check", "--fix")))
     assert _problems(agl.ok("check")) == []
+    assert _quarantined_notes(agl.store) == [directory.relative_to(agl.store).as_posix()]
+    assert rid not in {r["rollout_id"] for r in agl.ok("rollouts", "list", "--json").lines()}
 
 
 # --------------------------------------------------------------------------------------------

@@ -152,6 +152,10 @@ def _readable_head(
             engine.records.republish_mirror(rollout_id)  # rollout.json was the moved file
             continue
         if found is None:
+            if quarantine is not None and engine.records.restore_from_mirror(rollout_id):
+                detail = "no history revision; revision 1 restored from rollout.json"
+                out.append(Problem("no-record", str(engine.ctx.layout.rollout_dir(rollout_id)), detail, True))
+                continue
             out.append(_no_record(engine, rollout_id, quarantine))
             return None
         return found
@@ -161,10 +165,14 @@ def _no_record(engine: Engine, rollout_id: str, quarantine: Quarantine | None) -
     """A rollout directory without any revision: an enqueue that never finished (killed, or a
     power cut that kept the directories but not the first revision). Nothing of it was ever
     returned to anyone, so ``fix`` moves it to quarantine. (An enqueue running right now
-    would fail loudly rather than lose anything: run ``check --fix`` on a quiet store.)"""
+    would fail loudly rather than lose anything: run ``check --fix`` on a quiet store.)
+    When ``rollout.json`` still holds the record (``history/`` removed by hand), ``fix``
+    restores the record from it instead (:func:`_readable_head`)."""
     directory = engine.ctx.layout.rollout_dir(rollout_id)
     detail = "no readable history revision"
     if quarantine is None:
+        if engine.records.mirror_record(rollout_id) is not None:
+            detail += " (rollout.json holds its record: --fix restores it from there)"
         return Problem("no-record", str(directory), detail)
     where = quarantine.quarantine_file(directory, "an enqueue that never finished: no revision")
     return Problem("no-record", str(directory), f"{detail}; moved to {where}", True)

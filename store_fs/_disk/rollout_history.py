@@ -435,3 +435,28 @@ class RecordStore:
         found = self.head(rollout_id)
         if found is not None:
             self._publish_mirror(rollout_id, found[0])
+
+    def mirror_record(self, rollout_id: str) -> bytes | None:
+        """The bytes of ``rollout.json`` when it holds this rollout's record, else None."""
+        mirror = self._layout.mirror_file(rollout_id)
+        try:
+            data = fsio.read_bytes(mirror)
+            return data if data and _parse(mirror, data).rollout_id == rollout_id else None
+        except (OSError, CorruptRecordError):  # a directory, a link loop; not a record
+            return None
+
+    def restore_from_mirror(self, rollout_id: str) -> bool:
+        """Make revision 1 of a rollout without any revision from its ``rollout.json``, when that
+        holds this rollout's record (``agl check --fix``: a ``history/`` removed by hand). True
+        if this call made it. The older revisions are gone; the record is what it was."""
+        data = self.mirror_record(rollout_id)
+        if data is None:
+            return False
+        fsio.make_dirs(self._layout.history_dir(rollout_id), durable=self._ctx.durable)
+        made = fsio.create_exclusive(
+            self._path(rollout_id, 1), data, durable=self._ctx.durable, mode=REVISION_MODE
+        )
+        self._cache().heads.pop(rollout_id, None)
+        if made:
+            self.republish_mirror(rollout_id)
+        return made
