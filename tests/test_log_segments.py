@@ -699,3 +699,33 @@ def test_store_compaction_keeps_every_answer(tmp_path: Path) -> None:
             child.kill()
             child.wait()
         store.close()
+
+
+def test_a_listing_that_loses_a_file_to_another_hosts_compaction_lists_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A compaction on another host (where flock is not shared, NFS with local_lock) absorbed a
+    file while this one listed: ``agl compact`` failed with the private "_Vanished" error."""
+    _write_lines(tmp_path / f"{HOST}-1.jsonl", "x")
+    once = log_segments._scan_once
+    calls = []
+
+    def vanishing_once(directory: Path, kind: Kind) -> log_segments.Listing:
+        calls.append(directory)
+        if len(calls) == 1:
+            raise log_segments._Vanished
+        return once(directory, kind)
+
+    monkeypatch.setattr(log_segments, "_scan_once", vanishing_once)
+    assert list(scan(tmp_path, KIND).files) == [f"{HOST}-1.jsonl"]
+    assert len(calls) == 2
+    result = compact_directory(tmp_path, KIND, take=_take_all, writer="c-1")
+    assert result.inputs == 1
+
+    def always(directory: Path, kind: Kind) -> log_segments.Listing:
+        raise log_segments._Vanished
+
+    monkeypatch.setattr(log_segments, "_scan_once", always)
+    monkeypatch.setattr(log_segments, "_RELIST_PAUSES", (0.0, 0.0))
+    with pytest.raises(OSError, match="kept vanishing"):
+        scan(tmp_path, KIND)

@@ -254,7 +254,18 @@ def _parse_header(line: bytes) -> Segment | None:
 
 
 def scan(directory: Path, kind: Kind) -> Listing:
-    """The logs of ``directory`` now (an absent directory has none)."""
+    """The logs of ``directory`` now (an absent directory has none). A file absorbed by a
+    compaction (on any host) while it was listed makes it list again."""
+    for pause in _RELIST_PAUSES:
+        time.sleep(pause)
+        try:
+            return _scan_once(directory, kind)
+        except _Vanished:
+            continue
+    raise OSError(f"{directory}: logs kept vanishing while listed (is a compaction looping?)")
+
+
+def _scan_once(directory: Path, kind: Kind) -> Listing:
     listing = Listing(directory, kind)
     try:
         with os.scandir(directory) as it:
@@ -355,10 +366,7 @@ def _complete_end(path: Path, size: int) -> int:
 def position_holds(directory: Path, kind: Kind, position: Position) -> bool:
     """Whether reading on from ``position`` is possible now (one listing, no waiting): every file
     it names is there, or held by a segment. A saved position of a copied store does not hold."""
-    try:
-        return not _replaced(scan(directory, kind), position)
-    except _Vanished:
-        return False
+    return not _replaced(scan(directory, kind), position)
 
 
 def _replaced(listing: Listing, position: Position) -> bool:
