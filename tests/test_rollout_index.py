@@ -125,13 +125,18 @@ async def test_listing_reads_only_the_page(store: FileStore, clock: FakeClock) -
         rollouts.append(await store.enqueue_rollout(input=i))
     cold = FileStore(store.root, create=False, clock=clock)
     reads: list[str] = []
-    head = cold._records.head
+    head, head_at_least = cold._records.head, cold._records.head_at_least
 
     def counting_head(rollout_id: str, *, cached_ok: bool = True) -> Any:
         reads.append(rollout_id)
         return head(rollout_id, cached_ok=cached_ok)
 
+    def counting_head_at_least(rollout_id: str, rev: int, *, newer: bool = True) -> Any:
+        reads.append(rollout_id)
+        return head_at_least(rollout_id, rev, newer=newer)
+
     cold._records.head = counting_head  # type: ignore[method-assign]
+    cold._records.head_at_least = counting_head_at_least  # type: ignore[method-assign]
     cold._records.iter_records = None  # type: ignore[assignment,method-assign]  # a full scan would fail
     page = await cold.query_rollouts(status_in=["queuing"], limit=5, offset=10)
     assert [r.rollout_id for r in page.items] == [r.rollout_id for r in rollouts[10:15]]

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from store_fs import FakeClock, FileStore, RolloutConfig, Span
+from store_fs._disk import record_peek, rollout_history
 
 
 def span(rid: str, aid: str, span_id: str = "1" * 16) -> Span:
@@ -91,3 +92,32 @@ async def test_the_watchdogs_timeout_keeps_the_last_heartbeat_time(
     assert latest is not None
     assert latest.status == "timeout"
     assert latest.last_heartbeat_time == beat
+
+
+async def test_on_a_network_filesystem_a_lagging_record_is_not_taken_for_a_restored_store(
+    store: FileStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An NFS client may answer a listing and a lookup of the newest revision from its caches for
+    seconds: a query read the record a revision behind its index line and warned that the store
+    had been restored from an older copy, pointing at `agl check --fix` (found by a two-host
+    stress run this session). On a local filesystem the warning stays: there it means that."""
+    import os
+
+    attempted = await store.start_rollout("x")
+    await store.update_attempt(attempted.rollout_id, attempted.attempt.attempt_id, status="succeeded")
+    (history,) = store.root.glob(f"rollouts/*/{attempted.rollout_id}/history")
+    newest = str(max(history.iterdir()))
+    listdir, exists, read = os.listdir, os.path.exists, record_peek.read_revision_file
+
+    monkeypatch.setattr(os, "listdir", lambda p: [n for n in listdir(p) if f"{p}/{n}" != newest])
+    monkeypatch.setattr(os.path, "exists", lambda p: str(p) != newest and exists(p))
+    monkeypatch.setattr(rollout_history, "read_revision_file", lambda p: None if p == newest else read(p))
+    for network, warned in ((True, False), (False, True)):
+        caplog.clear()
+        monkeypatch.setenv("AGL_NETWORK_FS", "1" if network else "0")
+        cold = FileStore(store.root, create=False)
+        try:
+            await cold.query_rollouts(status_in=["succeeded"])
+            assert ("index is ahead" in caplog.text) == warned, caplog.text
+        finally:
+            cold.close()

@@ -149,14 +149,18 @@ class RolloutMethods(StoreCore):
     def _verified(self, entry: Entry, filters: dict[str, Any]) -> RolloutRecord | None:
         """The record of an index candidate if it really matches ``filters``, else None."""
         try:
-            found = self._records.head(entry.rollout_id)
+            # The revision the index names, by name: on NFS a cached listing may not show it yet
+            # (the record would read a revision behind, and the warning below cry wolf).
+            found = self._records.head_at_least(entry.rollout_id, entry.rev)
         except CorruptRecordError as err:
             log.warning("%s", err)  # like the full scan: skipped here, reported by check
             return None
         if found is None:
             return None
         rev, record = found
-        if rev < entry.rev and not self._warned_index_ahead:
+        # On a network filesystem a record read a revision behind its index line is this host's
+        # caches lagging (a negative lookup kept for seconds), not a store restored from a copy.
+        if rev < entry.rev and not self._warned_index_ahead and not self._ctx.shared_fs:
             self._warned_index_ahead = True
             log.warning(
                 "the rollout index is ahead of %s (revision %d, index %d): if `agl check` agrees, "
