@@ -44,9 +44,12 @@ def test_data_views_print_json_lines(made: tuple[Agl, dict[str, str]]) -> None:
     assert {t["ended"] for t in triplets} == {"succeeded", "no_reward"}
     everything = agl.ok("data", "messages", "--ended", "any").lines()
     assert {m["rollout_id"] for m in everything} == set(ids.values())
-    failed = agl.ok("data", "rollouts", "--ended", "failed").lines()
-    assert [r["rollout_id"] for r in failed] == [ids["failed"]]
-    assert failed[0]["attempts"][0]["status"] == "failed"
+    failed = agl.ok("data", "rollouts", "--ended", "failed")
+    assert [r["rollout_id"] for r in failed.lines()] == [ids["failed"]]
+    assert "from 1 rollout(s)" in failed.stderr  # those written, not those read
+    no_reward = agl.ok("data", "triplets", "--ended", "no_reward")
+    assert "wrote 2 triplets row(s) from 1 rollout(s)" in no_reward.stderr
+    assert failed.lines()[0]["attempts"][0]["status"] == "failed"
     res = agl.ok(
         "data",
         "triplets",

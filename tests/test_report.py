@@ -439,3 +439,50 @@ def test_the_report_benchmark_runs_at_a_tiny_size(tmp_path: Path) -> None:
         (60, "full", "next", 0),
     ]
     assert "page MB" in done.stdout
+
+
+def test_the_embedded_data_stays_one_json_block_whatever_the_values_hold(tmp_path: Path) -> None:
+    """A value holding "<!--<script>" kept the block's real end tag from ending it under the
+    HTML parsing rules, so tools reading the block got invalid JSON (found this session)."""
+    store = FileStore(tmp_path / "odd<!--<script>")
+    try:
+
+        async def make() -> None:
+            await store.start_rollout(input="x", worker_id="w<!--<script>")
+
+        asyncio.run(make())
+        page = render_page(asyncio.run(gather(store)))
+    finally:
+        store.close()
+    start = page.index('<script type="application/json" id="agl-report-data">')
+    block = page[start:].split(">", 1)[1]
+    body, end = block.split("</script>", 1)
+    assert "<" not in body  # nothing the HTML tokenizer could take for a tag or a comment
+    assert end.strip().endswith("</html>")
+    assert "odd<!--<script>" in json.dumps(json.loads(body))
+
+
+def test_a_resource_version_without_its_body_is_a_problem_on_the_page_not_a_failure(tmp_path: Path) -> None:
+    """The report failed with exit 7 and wrote nothing when one resource version's body was
+    missing (found this session); the rest of the store is readable, so the page is made."""
+    import shutil
+
+    from store_fs import PromptTemplate
+
+    store = FileStore(tmp_path / "st")
+    try:
+
+        async def make() -> None:
+            await store.add_resources({"p": PromptTemplate(template="a {x}", engine="f-string")})
+            await store.start_rollout(input="x")
+
+        asyncio.run(make())
+        shutil.rmtree(store.root / "resources" / "objects")
+        data = asyncio.run(gather(store))
+    finally:
+        store.close()
+    assert data.problems is not None
+    damaged = [p for p in data.problems if "resources/by-id" in p.path]
+    assert [p.kind for p in damaged] == ["corrupt-record"]
+    assert "missing" in damaged[0].detail
+    assert "resources/by-id" in render_page(data)

@@ -215,7 +215,7 @@ async def rollout_rows(
         return []
     if redactor:
         rows = [redactor.apply(row) for row in rows]
-    if counts is not None:
+    if counts is not None and rows:  # rollouts that gave rows (--ended may leave one out here)
         counts.rollouts += 1
         counts.rows += len(rows)
     return rows

@@ -24,7 +24,8 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from store_fs.errors import RolloutNotFoundError
+from store_fs._disk import fsio
+from store_fs.errors import CorruptRecordError, RolloutNotFoundError
 from store_fs.models import ResourcesUpdate, Span, Worker
 from store_fs.report.report_fastscan import FastScan, buckets, scan_buckets, scan_buckets_in_worker
 from store_fs.report.report_health import quick_check
@@ -137,16 +138,30 @@ class _Read:
     workers: list[Worker]
 
 
-async def _registry(store: FileStore) -> tuple[list[ResourcesUpdate], list[Worker]]:
-    """Resource versions (oldest first) and workers, through the API."""
-    resources = sorted(await store.query_resources(), key=lambda r: (r.create_time, r.resources_id))
+async def _registry(store: FileStore, scan: FastScan) -> tuple[list[ResourcesUpdate], list[Worker]]:
+    """Resource versions (oldest first) and workers, through the API. A damaged version is left
+    out and named among ``scan``'s corrupt records (the page's health section), rather than
+    taking the whole page with it."""
+    try:
+        found = list(await store.query_resources())
+    except CorruptRecordError:
+        found = []
+        for entry in fsio.iter_dirs(store.layout.resource_ids):
+            try:
+                one = await store.get_resources_by_id(entry.name)
+            except CorruptRecordError as err:
+                scan.corrupt_records.append((err.path, err.reason))
+                continue
+            if one is not None:
+                found.append(one)
+    resources = sorted(found, key=lambda r: (r.create_time, r.resources_id))
     return resources, list(await store.query_workers(sort_by="worker_id"))
 
 
 async def _read_in_process(store: FileStore, names: list[str], full_check: bool, cache: bool) -> _Read:
     scan = await scan_buckets(str(store.root), names, cache=cache)
     problems = store.check() if full_check else None
-    return _Read(scan, problems, *await _registry(store))
+    return _Read(scan, problems, *await _registry(store, scan))
 
 
 async def _read_in_pool(
@@ -165,8 +180,8 @@ async def _read_in_pool(
             loop.run_in_executor(pool, scan_buckets_in_worker, root, names[i::shares], cache)
             for i in range(shares)
         ]
-        resources, workers = await _registry(store)
         scan = FastScan()
+        resources, workers = await _registry(store, scan)
         for part in await asyncio.gather(*parts):
             scan.extend(part)
         problems = await check if check is not None else None

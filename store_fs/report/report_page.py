@@ -440,7 +440,9 @@ def _embedded(
         "check": data.check_scope,
         "waterfalls": [w.row.rollout_id for w in data.waterfalls],
     }
-    text = json.dumps(doc, sort_keys=True).replace("</", "<\\/")
+    # Every "<" as \u003c (still the same JSON): "</script" would end the block early, and
+    # "<!--<script" would keep the real end tag from ending it.
+    text = json.dumps(doc, sort_keys=True).replace("<", "\\u003c")
     return f'<script type="application/json" id="agl-report-data">{text}</script>'
 
 
