@@ -14,7 +14,6 @@ counter is then remade from the stored spans). What is taken out is never delete
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 import stat
@@ -258,14 +257,12 @@ def _misshapen(path: Path, quarantine: Quarantine | None, *, directory: bool) ->
     writers make anew."""
     try:
         mode = os.stat(path).st_mode
-    except (FileNotFoundError, NotADirectoryError):
-        if not os.path.islink(path):
-            return []
-        mode = 0  # a symbolic link to nothing
     except OSError as err:
-        if err.errno != errno.ELOOP:
+        if fsio.broken_name(err, path) is None:
+            if isinstance(err, (FileNotFoundError, NotADirectoryError)):
+                return []
             raise
-        mode = 0  # a symbolic link loop
+        mode = 0  # a symbolic link loop or to nothing: neither a directory nor a file
     if stat.S_ISDIR(mode) if directory else stat.S_ISREG(mode):
         return []
     wanted = "a directory" if directory else "a file"

@@ -34,6 +34,7 @@ StrPath: TypeAlias = "str | os.PathLike[str]"
 __all__ = [
     "Staged",
     "append",
+    "broken_name",
     "create_empty",
     "create_exclusive",
     "current_pid",
@@ -445,6 +446,19 @@ def iter_dirs(directory: Path) -> Iterator[os.DirEntry[str]]:
                     yield entry
     except FileNotFoundError:
         return
+
+
+def broken_name(err: OSError, path: StrPath) -> str | None:
+    """What ``path`` is when opening or stat-ing it failed with ``err`` although the name is
+    there: "a directory" (opened as a file), "a symbolic link loop" or "a symbolic link to
+    nothing". None when ``err`` says anything else (no such name, a permission, an I/O error)."""
+    if err.errno == errno.EISDIR:
+        return "a directory"
+    if err.errno == errno.ELOOP:
+        return "a symbolic link loop"
+    if err.errno in (errno.ENOENT, errno.ENOTDIR, errno.ESTALE) and os.path.islink(path):
+        return "a symbolic link to nothing"
+    return None
 
 
 def is_dir_entry(entry: os.DirEntry[str]) -> bool:

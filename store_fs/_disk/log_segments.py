@@ -280,7 +280,7 @@ def _scan_once(directory: Path, kind: Kind) -> Listing:
                 continue
             segment = _read_header(directory / entry.name, st.st_ino) if kind.is_segment(entry.name) else None
         except OSError as err:
-            if err.errno != errno.ELOOP and not (_gone(err) and entry.is_symlink()):
+            if fsio.broken_name(err, entry.path) is None:
                 if _gone(err):
                     raise _Vanished from None  # absorbed since the listing: its segment may be new
                 raise

@@ -12,11 +12,10 @@ reason to show the rollout as it was one revision earlier.
 
 from __future__ import annotations
 
-import errno
 import os
 from typing import Any
 
-from store_fs._disk import codec
+from store_fs._disk import codec, fsio
 from store_fs._disk.layout import Layout
 from store_fs.errors import CorruptRecordError
 
@@ -38,15 +37,12 @@ def read_revision_file(path: str) -> bytes | None:
     try:
         with open(path, "rb") as f:
             return f.read()
-    except (FileNotFoundError, NotADirectoryError):
-        if os.path.islink(path):
-            raise CorruptRecordError(path, "a symbolic link to nothing, not a revision file") from None
-        return None
-    except IsADirectoryError:
-        raise CorruptRecordError(path, "a directory, not a revision file") from None
     except OSError as err:
-        if err.errno == errno.ELOOP:
-            raise CorruptRecordError(path, "a symbolic link loop, not a revision file") from None
+        what = fsio.broken_name(err, path)
+        if what is not None:
+            raise CorruptRecordError(path, f"{what}, not a revision file") from None
+        if isinstance(err, (FileNotFoundError, NotADirectoryError)):
+            return None
         raise
 
 

@@ -18,7 +18,6 @@ a writer that reused a dead one's pid) sees what a fresh reader would.
 
 from __future__ import annotations
 
-import errno
 import gc
 import logging
 import os
@@ -154,13 +153,10 @@ def _invalid_reason(err: ValidationError) -> str:
     return f"does not validate as a Span: {where}: {first['msg']}{more}"
 
 
-def _not_a_file(err: OSError) -> str | None:
+def _not_a_file(err: OSError, path: Path) -> str | None:
     """Why a span file's name cannot be read as a file, or None for any other error."""
-    if err.errno == errno.EISDIR:
-        return "a directory, not a span file"
-    if err.errno == errno.ELOOP:
-        return "a symbolic link loop, not a span file"
-    return None
+    what = fsio.broken_name(err, path)
+    return None if what is None else f"{what}, not a span file"
 
 
 def read_span_bytes(path: Path) -> tuple[bytes, str | None]:
@@ -170,7 +166,7 @@ def read_span_bytes(path: Path) -> tuple[bytes, str | None]:
     try:
         return fsio.read_bytes(path) or b"", None
     except OSError as err:
-        reason = _not_a_file(err)
+        reason = _not_a_file(err, path)
         if reason is None:
             raise
         return b"", reason
@@ -235,7 +231,7 @@ class SpanReadCache:
         try:
             return self._read_cached(path)
         except OSError as err:
-            reason = _not_a_file(err)
+            reason = _not_a_file(err, path)
             if reason is None:
                 raise
             return [(UNPARSED, None, reason, 0)], False
