@@ -6,7 +6,11 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from store_fs import damaged_reads
+from store_fs.errors import ExitCode
+
 from . import output
+from .exit_codes import CliError
 from .params import Limit, Offset, RolloutArg, RolloutArgs, RolloutSortField, StatusFilter, values
 from .state import CliState, require_rollout, run
 from .tables import ROLLOUT_COLUMNS
@@ -67,10 +71,19 @@ def list_rollouts(
     if watch:
         run(_watch(cli, store, query))
         return
-    result = run(store.query_rollouts(**query))
+    with damaged_reads.collecting() as damaged:
+        result = run(store.query_rollouts(**query))
     cli.out.emit_records(list(result), ROLLOUT_COLUMNS)
     if not cli.out.machine:
         output.info(f"{len(result)} of {result.total} rollout(s)")
+    if damaged:  # a partial list must not pass for the whole one in a script
+        paths = sorted(damaged)
+        raise CliError(
+            f"{len(paths)} rollout(s) left out, their records are damaged: {', '.join(paths[:3])}"
+            + (" ..." if len(paths) > 3 else "")
+            + " (`agl check` reports them)",
+            ExitCode.CORRUPT,
+        )
 
 
 async def _watch(cli: CliState, store: FileStore, query: dict[str, Any]) -> None:

@@ -76,3 +76,25 @@ def index_reader(root: str, out: str, go: Any, stop: str) -> None:
     except BaseException:
         write_json(out, {"error": traceback.format_exc()})
         raise
+
+
+def index_finisher(root: str, out: str, index: int, go: Any) -> None:
+    """Dequeue and finish rollouts (succeeded and failed in turn) until the queue is empty:
+    revisions and their index lines, no new rollout directories."""
+    try:
+        store = FileStore(root, create=False)
+        go.wait(60)
+
+        async def body() -> list[str]:
+            finished: list[str] = []
+            while (attempted := await store.dequeue_rollout(worker_id=f"finisher-{index}")) is not None:
+                status: AttemptStatus = "succeeded" if len(finished) % 2 else "failed"
+                await store.update_attempt(attempted.rollout_id, attempted.attempt.attempt_id, status=status)
+                finished.append(attempted.rollout_id)
+            return finished
+
+        write_json(out, {"finished": asyncio.run(body())})
+        store.close()
+    except BaseException:
+        write_json(out, {"error": traceback.format_exc()})
+        raise

@@ -245,6 +245,23 @@ def test_export_all_and_by_status(seeded: tuple[Agl, Ids]) -> None:
     assert_error(agl("export"), 4, "--all")
 
 
+def rollouts_list_names_the_damage(agl: Agl, ids: Ids, damaged: Path, *, indexed: bool) -> None:
+    """``agl rollouts list`` lists the others and exits 7 naming the damaged record (it exited
+    0 after a warning: a script took the partial list for the whole). Without a complete index
+    every listing reads every record, so it meets the damage whatever its filter."""
+    for args in ([], ["--status", "running"], ["--id-contains", ids.running[3:9]]):
+        res = agl("rollouts", "list", *args)
+        assert res.code == 7, str(res)
+        assert [d["rollout_id"] for d in res.lines()] == ([ids.done, ids.queued] if not args else [])
+        last = res.stderr.splitlines()[-1]
+        assert last.startswith("agl: 1 rollout(s) left out, their records are damaged:"), str(res)
+        assert str(damaged) in last, str(res)
+        assert "Traceback" not in res.stderr, str(res)
+    succeeded = agl("rollouts", "list", "--status", "succeeded")
+    assert succeeded.code == (0 if indexed else 7), str(succeeded)
+    assert [d["rollout_id"] for d in succeeded.lines()] == [ids.done]
+
+
 def test_export_names_a_damaged_record_exports_the_rest_and_exits_7(seeded: tuple[Agl, Ids]) -> None:
     """A backup made with ``export --all`` must not look complete when a record could not be read."""
     agl, ids = seeded
@@ -265,9 +282,11 @@ def test_export_names_a_damaged_record_exports_the_rest_and_exits_7(seeded: tupl
         assert "Traceback" not in res.stderr
     # A filter the damaged rollout was not in before the damage: nothing to report.
     assert [d["rollout_id"] for d in agl.ok("export", "--status", "succeeded").lines()] == [ids.done]
+    rollouts_list_names_the_damage(agl, ids, newest, indexed=True)
     # A store whose rollout index is not known complete (one from before the index): the ids
     # come from the records, and the damaged one is still listed, so still reported.
     (agl.store / "index" / "rollouts" / "complete.json").unlink()
+    rollouts_list_names_the_damage(agl, ids, newest, indexed=False)
     for args in (["--all"], ["--status", "running"]):
         res = agl("export", *args)
         assert res.code == 7, str(res)

@@ -443,8 +443,12 @@ def _index(
 
     Entries behind their record are repaired by appending the record's entry from this
     process; entries ahead of it, of rollouts that do not exist, and corrupt lines by
-    rebuilding the index from the records (which assumes a quiet store, like all of
-    ``fix``). A missing ``complete.json`` is one problem, not one per rollout.
+    rebuilding the index from the records. A missing ``complete.json`` is one problem,
+    not one per rollout.
+
+    A rebuild keeps the tombstones of pruned rollouts, and then reads every record once
+    more: a writer's line that went to a log the rebuild removed names a revision written
+    before that removal, so the second pass finds it and indexes it again.
     """
     fix = quarantine is not None
     where = str(engine.ctx.layout.rollout_index)
@@ -458,8 +462,11 @@ def _index(
             if line:
                 why = "a rollout index line that does not parse"
                 quarantine.quarantine_bytes(bad.path, line, bad.offset, why)
+        tombstones = [e for e in view.entries.values() if e.status == PRUNED and e.rollout_id not in heads]
         index.remove()
-        index.append(e for e in heads.values() if e is not None)
+        rebuilt = {e.rollout_id: e for e in (*tombstones, *(h for h in heads.values() if h is not None))}
+        index.append(rebuilt.values())
+        index.append(_written_meanwhile(engine, rebuilt))
     elif fix:
         index.append(entry for entry, _why in behind.values())
     if fix and (rebuild or not complete):
@@ -474,6 +481,19 @@ def _index(
     else:
         out += [Problem("stale-index", where, why, fix) for _entry, why in behind.values()]
     return out
+
+
+def _written_meanwhile(engine: Engine, indexed: dict[str, Entry]) -> list[Entry]:
+    """Entries of the records that differ from ``indexed``, read again now (uncached)."""
+    late: list[Entry] = []
+    for rid in engine.records.all_ids():
+        try:
+            found = engine.records.head(rid, cached_ok=False)
+        except CorruptRecordError:
+            continue  # reported as corrupt-record
+        if found is not None and indexed.get(rid) != (entry := entry_of(*found)):
+            late.append(entry)
+    return late
 
 
 def _line_at(path: Path, offset: int) -> bytes:

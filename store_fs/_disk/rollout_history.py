@@ -25,6 +25,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from store_fs import damaged_reads
 from store_fs._disk import codec, fsio
 from store_fs._disk.context import Context
 from store_fs._disk.record_peek import read_revision_file
@@ -294,7 +295,7 @@ class RecordStore:
             try:
                 record = self.get(rollout_id)
             except CorruptRecordError as err:
-                log.warning("%s", err)
+                damaged_reads.passed_over(err)
                 continue
             if record is not None:
                 yield record

@@ -8,6 +8,7 @@ import warnings
 from collections.abc import Collection, Sequence
 from typing import Any
 
+from store_fs import damaged_reads
 from store_fs._disk import codec
 from store_fs._disk.rollout_history import RolloutRecord
 from store_fs._disk.rollout_index import Entry
@@ -153,7 +154,7 @@ class RolloutMethods(StoreCore):
             # (the record would read a revision behind, and the warning below cry wolf).
             found = self._records.head_at_least(entry.rollout_id, entry.rev)
         except CorruptRecordError as err:
-            log.warning("%s", err)  # like the full scan: skipped here, reported by check
+            damaged_reads.passed_over(err)  # like the full scan: skipped here, reported by check
             return None
         if found is None:
             return None

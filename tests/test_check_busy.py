@@ -1,0 +1,78 @@
+"""``agl check --fix`` rebuilding the rollout index while other processes write.
+
+The rebuild removes every index log, so the lines writers append meanwhile (to the
+logs being removed) are gone; the records are not. Real processes: two runners
+dequeue and finish rollouts while this process forces rebuilds with a corrupt line.
+Afterwards the index must agree with the records without another ``--fix``. (The
+runners make no new rollouts: ``--fix`` takes a rollout directory without a revision
+for an enqueue a crash cut short, docs/behaviour.md.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import mp_index_workers
+from test_multiprocess import SPAWN, children, read_result
+from test_rollout_index import dump, index_logs, reference
+
+from store_fs import FileStore
+from store_fs._disk.rollout_index import PRUNED, Entry
+from store_fs.models import EnqueueRolloutRequest, RolloutStatus
+
+
+def _corrupt_line(store: FileStore) -> None:
+    logs = index_logs(store)
+    with open(logs[0] if logs else store._index.log_path(), "ab") as f:
+        f.write(b"not json\n")
+
+
+def test_a_rebuild_during_writes_keeps_every_rollout_indexed(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    checker = FileStore(root)
+    asyncio.run(checker.enqueue_many_rollouts([EnqueueRolloutRequest(input=i) for i in range(600)]))
+    go = SPAWN.Event()
+    writers = [tmp_path / f"runner-{i}.json" for i in range(2)]
+    rebuilds = 0
+    with children() as kids:
+        for i, out in enumerate(writers):
+            kids.start(mp_index_workers.index_finisher, str(root), str(out), i, go)
+        time.sleep(0.2)
+        go.set()
+        while any(p.is_alive() for p in kids.procs):
+            _corrupt_line(checker)
+            kinds = {p.kind for p in checker.check(fix=True) if p.fixed}
+            rebuilds += "corrupt-index-line" in kinds
+        kids.join(time.monotonic() + 60)
+        assert [p.exitcode for p in kids.procs] == [0, 0]
+    assert rebuilds >= 2  # the writers were still writing during at least one rebuild
+    finished = [rid for out in writers for rid in read_result(out)["finished"]]
+    assert len(set(finished)) == len(finished) == 600
+
+    fresh = FileStore(root, create=False)
+    stale = [p.detail for p in fresh.check() if p.kind != "temp-file"]
+    assert stale == []
+    statuses: list[RolloutStatus | None] = ["queuing", "preparing", "succeeded", "failed", None]
+    for status in statuses:
+        status_in = None if status is None else [status]
+        got = dump(asyncio.run(fresh.query_rollouts(status_in=status_in)))
+        assert got == asyncio.run(reference(fresh, status_in=status_in))
+    assert asyncio.run(fresh.statistics())["total_rollouts"] == 600
+    fresh.close()
+    checker.close()
+
+
+async def test_a_rebuild_keeps_the_tombstones_of_pruned_rollouts(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "store")
+    kept = await store.enqueue_rollout(input=1)
+    gone = "ro-00000000dead"
+    tomb = Entry(gone, 4, PRUNED, kept.start_time, 0)
+    store._index.append([tomb])  # as `agl prune` leaves it: no record, a tombstone
+    _corrupt_line(store)
+    assert {p.kind for p in store.check(fix=True)} == {"corrupt-index-line"}
+    assert store._index.load().entries[gone] == tomb
+    assert store.check() == []
+    assert [r.rollout_id for r in await store.query_rollouts()] == [kept.rollout_id]
+    store.close()
