@@ -486,3 +486,27 @@ def test_a_resource_version_without_its_body_is_a_problem_on_the_page_not_a_fail
     assert [p.kind for p in damaged] == ["corrupt-record"]
     assert "missing" in damaged[0].detail
     assert "resources/by-id" in render_page(data)
+
+
+def test_controls_and_bidirectional_overrides_show_as_code_points(tmp_path: Path) -> None:
+    """A raw NUL (an HTML parse error) and U+202E (which shows the text after it reversed, so a
+    worker id could read as another) were written into the page as they were."""
+    store = FileStore(tmp_path / "st")
+    try:
+
+        async def make() -> None:
+            from store_fs import PromptTemplate
+
+            await store.add_resources({"p": PromptTemplate(template="Q\x00 {x}", engine="f-string")})
+            await store.start_rollout(input="x", worker_id="w-\u202egnp.exe")
+
+        asyncio.run(make())
+        page = render_page(asyncio.run(gather(store)))
+    finally:
+        store.close()
+    start = page.index('<script type="application/json" id="agl-report-data">')
+    markup = page[:start] + page[start:].split("</script>", 1)[1]
+    assert "\x00" not in page
+    assert "\u202e" not in markup  # the JSON block keeps the value exactly (it is not shown)
+    assert "w-\\u202egnp.exe" in markup
+    assert "Q\\u0000 {x}" in markup
