@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 import orjson
 
+from store_fs.display_text import visible
+
 Kind = Literal["text", "json", "time", "age", "duration", "status"]
 
 _COLORS = {
@@ -102,9 +104,11 @@ def _text(value: Any, column: Column, row: dict[str, Any], now: float) -> str:
         return date(epoch)
     if column.kind == "age" and epoch is not None:
         return age(epoch, now)
+    # Stored text may hold terminal escape sequences (an agent's worker id, an error message):
+    # shown as codes, never sent to the terminal as they are.
     if column.kind == "json" or not isinstance(value, (str, int, float)):
-        return orjson.dumps(value).decode()
-    return " ".join(str(value).split())
+        return visible(orjson.dumps(value).decode())
+    return visible(" ".join(str(value).split()))
 
 
 def _fit(text: str, width: int) -> str:

@@ -210,3 +210,55 @@ def test_export_messages_stay_off_stdout(seeded: tuple[Agl, Ids]) -> None:
     assert code == 0, screen
     assert [d["rollout_id"] for d in json_lines(out.read_text())] == [ids.done, ids.running, ids.queued]
     assert ANSI.sub("", screen).strip().splitlines()[-1] == "exported 3 rollout(s)"
+
+
+HOSTILE_NAME = "s\x1b]0;o\x07\x1b[2J\u202egnp"  # fits the NAME column as codes
+
+
+def test_stored_text_reaches_the_terminal_as_codes_not_escape_sequences(tmp_path: Path) -> None:
+    """A span name (free text from an agent) holding escape sequences went to the terminal as
+    it was: it could retitle the window, clear the screen, or (U+202E) read reversed."""
+    import asyncio
+
+    from store_fs import FileStore, Span
+
+    async def seed() -> str:
+        store = FileStore(tmp_path / "store")
+        attempted = await store.start_rollout(input={"q": "\x9b1m"})  # CSI, in 8 bits
+        rid, aid = attempted.rollout_id, attempted.attempt.attempt_id
+        seq = await store.get_next_span_sequence_id(rid, aid)
+        await store.add_span(Span.model_validate(_span(rid, aid, seq, HOSTILE_NAME)))
+        store.close()
+        return rid
+
+    rid = asyncio.run(seed())
+    agl = Agl(tmp_path / "store", tmp_path)
+    for args in (["spans", "list", rid], ["rollouts", "list"]):
+        code, screen, err = run_on_tty(agl, *args)
+        assert code == 0, err
+        shown = ANSI.sub("", screen)  # the table's own colours
+        assert not any(c in shown for c in "\x1b\x07\x9b\u202e"), repr(shown)
+        assert ("\\u009b1m" if args[0] == "rollouts" else "s\\u001b]0;o\\u0007\\u001b[2J\\u202egnp") in shown
+    [line] = agl.ok("spans", "list", rid).lines()
+    assert line["name"] == HOSTILE_NAME  # piped JSON keeps the value exactly
+
+
+def _span(rid: str, aid: str, seq: int, name: str) -> dict[str, Any]:
+    return {
+        "rollout_id": rid,
+        "attempt_id": aid,
+        "sequence_id": seq,
+        "trace_id": "0" * 31 + "1",
+        "span_id": "0" * 15 + "1",
+        "parent_id": None,
+        "name": name,
+        "status": {"status_code": "OK", "description": None},
+        "attributes": {},
+        "events": [],
+        "links": [],
+        "start_time": 1.0,
+        "end_time": 2.0,
+        "context": None,
+        "parent": None,
+        "resource": {"attributes": {}, "schema_url": ""},
+    }

@@ -17,7 +17,8 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Final
+
+from store_fs.display_text import visible
 
 __all__ = [
     "Bar",
@@ -45,31 +46,10 @@ MARGIN_TOP = 36
 MARGIN_BOTTOM = 52
 
 
-# Characters that would not show as themselves, written as their code points instead: control
-# characters (a NUL is an HTML parse error, and XML, so an SVG saved on its own, forbids most
-# C0 controls) and the bidirectional controls, which reorder the text around them (a worker
-# id or span name holding U+202E could make the page show another name than the store holds).
-_SHOWN_AS_CODES: Final = {
-    code: f"\\u{code:04x}"
-    for code in (
-        *range(0x00, 0x09),
-        0x0B,
-        0x0C,
-        *range(0x0E, 0x20),
-        *range(0x7F, 0xA0),
-        0x061C,
-        0x200E,
-        0x200F,
-        *range(0x202A, 0x202F),
-        *range(0x2066, 0x206A),
-    )
-}
-
-
 def esc(text: object) -> str:
     """Text made safe for HTML and SVG, attributes included; characters that would not show as
-    themselves (controls, bidirectional overrides) are written as ``\\uXXXX``."""
-    return html.escape(str(text).translate(_SHOWN_AS_CODES), quote=True)
+    themselves (controls, bidirectional overrides) are written as codes (:mod:`store_fs.display_text`)."""
+    return html.escape(visible(str(text)), quote=True)
 
 
 def fmt_num(value: float | None, digits: int = 3) -> str:
