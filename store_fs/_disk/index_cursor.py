@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from store_fs._disk import codec, fsio, log_segments
-from store_fs._disk.layout import Layout
+from store_fs._disk.layout import Layout, revision_name
 from store_fs._disk.rollout_history import RecordStore
 from store_fs._disk.rollout_index import INDEX_LOGS, parse_entry
 from store_fs._disk.status_rules import TERMINAL_ROLLOUT_STATUSES
@@ -95,7 +95,7 @@ def _new_finished_lines(chunks: list[log_segments.Chunk]) -> dict[str, set[int]]
 
 def _status_at(layout: Layout, rollout_id: str, rev: int) -> str | None:
     # Revision file names: store_fs/_disk/rollout_history.py.
-    data = fsio.read_bytes(layout.history_dir(rollout_id) / f"{rev:08d}.json")
+    data = fsio.read_bytes(layout.history_dir(rollout_id) / revision_name(rev))
     try:
         body = codec.loads(data) if data else None
     except codec.DecodeError:

@@ -11,9 +11,15 @@ from functools import cached_property
 from pathlib import Path
 from typing import Final
 
-__all__ = ["FORMAT_VERSION", "Layout"]
+__all__ = ["FORMAT_VERSION", "Layout", "revision_name"]
 
 FORMAT_VERSION: Final = 1
+
+
+def revision_name(number: int) -> str:
+    """The file name of revision (or resources version) ``number`` in ``history/`` or
+    ``versions/``: eight digits, zero-padded, so that names sort in number order."""
+    return f"{number:08d}.json"
 
 
 @dataclass(frozen=True)

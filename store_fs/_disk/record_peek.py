@@ -16,7 +16,7 @@ import os
 from typing import Any
 
 from store_fs._disk import codec, fsio
-from store_fs._disk.layout import Layout
+from store_fs._disk.layout import Layout, revision_name
 from store_fs.errors import CorruptRecordError
 
 __all__ = ["newest_revision", "read_revision_file"]
@@ -61,7 +61,7 @@ def newest_revision(
         rev = _newest_name(history, at_least)
         if rev is None:
             return None
-        path = f"{history}/{rev:08d}.json"
+        path = f"{history}/{revision_name(rev)}"
         data = read_revision_file(path)
         if data is not None:
             return rev, _json_object(path, data)
@@ -83,7 +83,7 @@ def _newest_name(history: str, at_least: int) -> int | None:
         return None
     rev = max(*revs, at_least)
     if at_least:
-        while os.path.exists(f"{history}/{rev + 1:08d}.json"):
+        while os.path.exists(f"{history}/{revision_name(rev + 1)}"):
             rev += 1
     return rev
 

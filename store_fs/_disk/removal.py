@@ -44,6 +44,7 @@ from pathlib import Path
 
 from store_fs._disk import codec, fsio
 from store_fs._disk.context import Context
+from store_fs._disk.layout import revision_name
 from store_fs._disk.queue_tokens import Queue
 from store_fs._disk.rollout_index import PRUNED, Entry, RolloutIndex, tombstone
 from store_fs._disk.status_rules import LIVE_ATTEMPT_STATUSES, TERMINAL_ROLLOUT_STATUSES
@@ -88,7 +89,7 @@ def read_head(rollout_dir: Path) -> TrashedRollout | None:
     history = rollout_dir / "history"
     revs = sorted(int(n[:-5]) for n in fsio.list_names(history) if n.endswith(".json") and n[:-5].isdigit())
     for rev in reversed(revs):
-        data = fsio.read_bytes(history / f"{rev:08d}.json")
+        data = fsio.read_bytes(history / revision_name(rev))
         try:
             body = codec.loads(data) if data else None
         except codec.DecodeError:

@@ -23,6 +23,7 @@ from pydantic import TypeAdapter, ValidationError
 from store_fs._disk import codec, fsio
 from store_fs._disk.context import Context
 from store_fs._disk.ids import check_name_id, new_resources_id
+from store_fs._disk.layout import revision_name
 from store_fs.errors import CorruptRecordError, InvalidIdError
 from store_fs.models import NamedResources, ResourcesUpdate
 
@@ -89,7 +90,7 @@ class ResourceStore:
         with cursor.lock:
             n = max(cursor.global_version, _highest(self._layout.resource_versions)) + 1
             while not fsio.create_exclusive(
-                self._layout.resource_versions / f"{n:08d}.json", body, durable=self._ctx.durable
+                self._layout.resource_versions / revision_name(n), body, durable=self._ctx.durable
             ):
                 n += 1
             cursor.global_version = n
@@ -180,12 +181,12 @@ class ResourceStore:
         cursor = self._cursor()
         with cursor.lock:
             n = cursor.global_version
-            if n < 0 or (self._layout.resource_versions / f"{n + 1:08d}.json").exists():
+            if n < 0 or (self._layout.resource_versions / revision_name(n + 1)).exists():
                 n = _highest(self._layout.resource_versions)
             cursor.global_version = n
         if n <= 0:
             return None
-        pointer = self.read_pointer(self._layout.resource_versions / f"{n:08d}.json")
+        pointer = self.read_pointer(self._layout.resource_versions / revision_name(n))
         return None if pointer is None else self.get(pointer[0])
 
     def latest_id(self) -> str | None:

@@ -28,6 +28,7 @@ from pydantic import ValidationError
 from store_fs import damaged_reads
 from store_fs._disk import codec, fsio
 from store_fs._disk.context import Context
+from store_fs._disk.layout import revision_name
 from store_fs._disk.record_peek import read_revision_file
 from store_fs.errors import CorruptRecordError, RolloutNotFoundError
 from store_fs.models import Attempt, AttemptedRollout, Rollout
@@ -78,10 +79,6 @@ class RolloutRecord(Rollout):
 # Revisions are read-only: rollout.json is the newest, and writing "through" it
 # (an editor saving in place, ``echo > rollout.json``) must fail rather than rewrite history.
 REVISION_MODE = 0o444
-
-
-def _rev_name(rev: int) -> str:
-    return f"{rev:08d}.json"
 
 
 class _Head:
@@ -209,7 +206,7 @@ class RecordStore:
         is what this host's caches still show, and the next look after they expire reads on.
         """
         for candidate in range(rev, 0, -1):
-            path = hist / _rev_name(candidate)
+            path = hist / revision_name(candidate)
             data = read_revision_file(str(path))  # raises for a name that is no file
             if data is not None:
                 return candidate, path, data
@@ -217,10 +214,10 @@ class RecordStore:
 
     def _rev_str(self, rollout_id: str, rev: int) -> str:
         # A string, not a Path: every cached read and every write stats the next revision.
-        return f"{self._layout.rollout_dir_str(rollout_id)}/history/{_rev_name(rev)}"
+        return f"{self._layout.rollout_dir_str(rollout_id)}/history/{revision_name(rev)}"
 
     def _path(self, rollout_id: str, rev: int) -> Path:
-        return self._layout.history_dir(rollout_id) / _rev_name(rev)
+        return self._layout.history_dir(rollout_id) / revision_name(rev)
 
     def head(self, rollout_id: str, *, cached_ok: bool = True) -> tuple[int, RolloutRecord] | None:
         """The newest revision number and record, or None if the rollout does not exist.
@@ -407,11 +404,11 @@ class RecordStore:
 
     def _link_mirror(self, mirror: Path, hist: Path, rev: int) -> None:
         try:
-            fsio.publish_link(mirror, hist / _rev_name(rev), durable=self._ctx.durable)
+            fsio.publish_link(mirror, hist / revision_name(rev), durable=self._ctx.durable)
         except PermissionError:
             # fs.protected_hardlinks: only its owner may hard-link a read-only file, so a
             # revision another user wrote gets a symlink (readers cannot tell the difference).
-            fsio.publish_symlink(mirror, f"history/{_rev_name(rev)}", durable=self._ctx.durable)
+            fsio.publish_symlink(mirror, f"history/{revision_name(rev)}", durable=self._ctx.durable)
 
     def mirror_matches(self, rollout_id: str) -> bool:
         """Whether ``rollout.json`` is the newest revision (used by ``check``).

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
+from store_fs._disk.layout import revision_name
 from store_fs._disk.record_peek import newest_revision
 from store_fs.datasets._row_rewards import final_reward
 from store_fs.datasets._span_rows import SpanRow, read_span_rows
@@ -122,7 +123,7 @@ def _record(store: FileStore, rollout_id: str, at_least: int = 0) -> _Brief | No
     record = _Brief.of(rollout_id, found[1])
     if record is None:
         # Left out quietly, a rollout would be missing from training data with nothing said.
-        path = store.layout.history_dir(rollout_id) / f"{found[0]:08d}.json"
+        path = store.layout.history_dir(rollout_id) / revision_name(found[0])
         raise CorruptRecordError(str(path), "not a rollout record (agl check --fix moves it aside)")
     return record
 

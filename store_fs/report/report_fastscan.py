@@ -31,7 +31,7 @@ from typing import Any
 
 from store_fs._disk import codec
 from store_fs._disk.ids import ROLLOUT_ID_RE
-from store_fs._disk.layout import Layout
+from store_fs._disk.layout import Layout, revision_name
 from store_fs._disk.status_rules import LIVE_ATTEMPT_STATUSES
 from store_fs.errors import CorruptRecordError
 from store_fs.report._record_rows import row_of_record
@@ -88,7 +88,7 @@ def _newest_rev(history: str) -> int:
 def _revision(history: str, rev: int) -> dict[str, Any] | bool:
     """Revision ``rev``'s parsed JSON object; False if it is gone or does not parse as an object
     (the API path decides what that is)."""
-    data = read_file(f"{history}/{rev:08d}.json")
+    data = read_file(f"{history}/{revision_name(rev)}")
     if data is None:
         return False  # removed meanwhile (a prune): the API path knows what to do
     try:
