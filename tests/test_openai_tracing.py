@@ -537,3 +537,28 @@ async def test_each_rollouts_calls_are_recorded_by_its_own_tracer(server: MockOp
         assert {a["agentlightning.rollout_id"] for a in recorded} == {f"ro-{name}"}
         calls = [s for s in stored[name] if s.name == SPAN_NAME]
         assert [s.attributes["gen_ai.request.model"] for s in calls] == [f"model-{name}"] * 2, name
+
+
+async def test_a_long_conversation_keeps_every_prompt_message(
+    server: MockOpenAIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """OpenTelemetry's default limit of 128 attributes a span dropped the first prompt messages
+    (the system prompt) and the model of a 70-message call, and the attempt still succeeded."""
+    messages: Any = [{"role": "system", "content": "be brief"}]
+    messages += [{"role": "user" if i % 2 else "assistant", "content": f"turn {i}"} for i in range(1, 70)]
+    tracer = OtelTracer()
+    client = openai.AsyncOpenAI(api_key="sk-mock", base_url=server.base_url, max_retries=0)
+    with tracer.lifespan():
+        async with tracer.trace_context(rollout_id="ro-long", attempt_id="at-long") as binding, client as c:
+            await c.chat.completions.create(model="m-long", messages=messages)
+    [call] = [s for s in binding.spans if s.name == SPAN_NAME]
+    assert len(call.attributes) > 140
+    assert call.attributes["gen_ai.request.model"] == "m-long"
+    assert call.attributes["gen_ai.prompt.0.content"] == "be brief"
+    assert call.attributes["gen_ai.prompt.69.content"] == "turn 69"
+    assert call.attributes["agentlightning.rollout_id"] == "ro-long"
+    # A limit asked for by its environment variable is still the user's to set.
+    monkeypatch.setenv("OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT", "7")
+    limited = OtelTracer()
+    with limited.lifespan():
+        assert limited.provider._span_limits.max_span_attributes == 7

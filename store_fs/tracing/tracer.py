@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from typing import Any, Final
 
 from opentelemetry import trace as otel_trace
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import SpanLimits, TracerProvider
 from opentelemetry.trace import Status, StatusCode
 
 from store_fs.models import Attributes, Span, SpanCoreFields, TraceStatus
@@ -274,6 +275,26 @@ class SpanRecorder:
         )
 
 
+# OpenTelemetry's SDK keeps 128 attributes, events and links per span by default and drops the
+# rest without a word: a chat call of 70 messages lost its first prompt messages (the system
+# prompt) and its model name. The limits are lifted, each unless an environment variable sets
+# it (the attribute counts also follow OTEL_ATTRIBUTE_COUNT_LIMIT): a user who asks gets a limit.
+_COUNT_LIMITS: Final = {
+    "max_span_attributes": ("OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT", "OTEL_ATTRIBUTE_COUNT_LIMIT"),
+    "max_event_attributes": ("OTEL_EVENT_ATTRIBUTE_COUNT_LIMIT", "OTEL_ATTRIBUTE_COUNT_LIMIT"),
+    "max_link_attributes": ("OTEL_LINK_ATTRIBUTE_COUNT_LIMIT", "OTEL_ATTRIBUTE_COUNT_LIMIT"),
+    "max_events": ("OTEL_SPAN_EVENT_COUNT_LIMIT",),
+    "max_links": ("OTEL_SPAN_LINK_COUNT_LIMIT",),
+}
+
+
+def unlimited_span_limits() -> SpanLimits:
+    """Span limits without the SDK's default counts (those set by environment variables stay)."""
+    unset: Any = SpanLimits.UNSET
+    chosen = {name: None if set(envs) & os.environ.keys() else unset for name, envs in _COUNT_LIMITS.items()}
+    return SpanLimits(**chosen)
+
+
 class OtelTracer(ProviderTracer):
     """OpenTelemetry SDK + our OpenAI instrumentation; spans go to the rollout's store.
 
@@ -306,7 +327,7 @@ class OtelTracer(ProviderTracer):
     def init(self) -> None:
         if self._provider is not None:
             return
-        self._provider = TracerProvider()
+        self._provider = TracerProvider(span_limits=unlimited_span_limits())
         self._provider.add_span_processor(LightningSpanProcessor())
         if self._instrument_openai:
             from store_fs.tracing.openai_instrument import instrument_openai
