@@ -293,7 +293,8 @@ class LightningStoreClient(LightningStore):
             "mode": mode,
             "resources_id": resources_id,
             "status": status,
-            "config": config.model_dump(mode="json") if isinstance(config, RolloutConfig) else config,
+            # Upstream's RolloutConfig too (any model: by its field values, as in process).
+            "config": config.model_dump(mode="json") if isinstance(config, BaseModel) else config,
             "metadata": metadata,
         }
         body = {k: v for k, v in fields.items() if not isinstance(v, Unset)}

@@ -63,25 +63,46 @@ def test_resources(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
 
 
 def test_rollout_configs_and_requests(tmp_path: Path) -> None:
-    store = FileStore(tmp_path / "s")
+    asyncio.run(_rollout_configs_and_requests(FileStore(tmp_path / "s")))
+
+
+def test_rollout_configs_and_requests_through_agls_client(tmp_path: Path) -> None:
+    """``update_rollout(config=<upstream RolloutConfig>)`` through agl's client failed: "Type is
+    not JSON serializable: RolloutConfig" (only agl's class was dumped)."""
+    from server_helpers import ServerProcess
+
+    from store_fs.client import LightningStoreClient
+
+    server = ServerProcess(tmp_path / "s", tmp_path / "server.log").start()
+    try:
+
+        async def main() -> None:
+            client = LightningStoreClient(server.url)
+            try:
+                await _rollout_configs_and_requests(client)
+            finally:
+                await client.close()
+
+        asyncio.run(main())
+    finally:
+        server.stop()
+
+
+async def _rollout_configs_and_requests(store: Any) -> None:
     config = agl.RolloutConfig(timeout_seconds=5.0, max_attempts=3, retry_condition=["failed", "timeout"])
-
-    async def main() -> None:
-        queued = await store.enqueue_rollout(input={"q": 1}, config=config)
-        assert isinstance(queued.config, RolloutConfig)
-        assert same_json(queued.config, config)
-        started = await store.start_rollout(input=2, config=config)
-        assert same_json(started.config, config)
-        many = await store.enqueue_many_rollouts(
-            [agl.EnqueueRolloutRequest(input=i, mode="train", config=config) for i in range(3)]
-        )
-        assert [r.input for r in many] == [0, 1, 2]
-        assert all(same_json(r.config, config) for r in many)
-        changed = await store.update_rollout(queued.rollout_id, config=agl.RolloutConfig(max_attempts=7))
-        assert changed.config.max_attempts == 7
-        assert EnqueueRolloutRequest.model_validate(agl.EnqueueRolloutRequest(input="x")).input == "x"
-
-    asyncio.run(main())
+    queued = await store.enqueue_rollout(input={"q": 1}, config=config)
+    assert isinstance(queued.config, RolloutConfig)
+    assert same_json(queued.config, config)
+    started = await store.start_rollout(input=2, config=config)
+    assert same_json(started.config, config)
+    many = await store.enqueue_many_rollouts(
+        [agl.EnqueueRolloutRequest(input=i, mode="train", config=config) for i in range(3)]
+    )
+    assert [r.input for r in many] == [0, 1, 2]
+    assert all(same_json(r.config, config) for r in many)
+    changed = await store.update_rollout(queued.rollout_id, config=agl.RolloutConfig(max_attempts=7))
+    assert changed.config.max_attempts == 7
+    assert EnqueueRolloutRequest.model_validate(agl.EnqueueRolloutRequest(input="x")).input == "x"
 
 
 def test_spans(tmp_path: Path) -> None:
