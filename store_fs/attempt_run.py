@@ -34,7 +34,7 @@ import inspect
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from store_fs.agent import AgentLike
@@ -48,7 +48,14 @@ from store_fs.upstream_compat import retyped
 if TYPE_CHECKING:
     from store_fs.runner import LitAgentRunner
 
-__all__ = ["ACCEPTED_RESULTS", "INTERRUPTED", "AttemptRun", "result_spans", "start_in_daemon_thread"]
+__all__ = [
+    "ACCEPTED_RESULTS",
+    "INTERRUPTED",
+    "AgentExit",
+    "AttemptRun",
+    "result_spans",
+    "start_in_daemon_thread",
+]
 
 log = logging.getLogger("store_fs.runner")
 
@@ -119,7 +126,7 @@ class AttemptRun:
                 raise
             except Exception as err:
                 failure = err
-                self.error = f"{type(err).__name__}: {err}"
+                self.error = str(err) if isinstance(err, AgentExit) else f"{type(err).__name__}: {err}"
             await self._finish()
         finally:
             keeper.cancel()
@@ -320,6 +327,24 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
+class AgentExit(Exception):
+    """The agent raised ``SystemExit`` (``sys.exit()``), or ``KeyboardInterrupt`` on its own
+    thread. Either would end the runner's event loop, leaving the attempt running and never
+    reported: they are turned into this error, which fails the attempt like any other, and
+    the runner goes on. (``KeyboardInterrupt`` in an async agent is left alone: on the
+    runner's thread it may be a real Ctrl-C, which must stop the runner.)"""
+
+    def __init__(self, err: BaseException) -> None:
+        super().__init__(f"{type(err).__name__}: {err}")
+
+
+async def _exit_contained(agent_call: Awaitable[Any]) -> Any:
+    try:
+        return await agent_call
+    except SystemExit as err:
+        raise AgentExit(err) from err
+
+
 def start_agent(
     agent: AgentLike, attempted: AttemptedRollout, resources: NamedResources
 ) -> asyncio.Future[Any]:
@@ -332,7 +357,7 @@ def start_agent(
     args = (attempted.input, retyped(resources), retyped(attempted))
     if agent.is_async():
         method = agent.training_rollout_async if train else agent.validation_rollout_async
-        return asyncio.ensure_future(method(*args))
+        return asyncio.ensure_future(_exit_contained(method(*args)))
     sync = agent.training_rollout if train else agent.validation_rollout
     return start_in_daemon_thread(sync, *args)
 
@@ -357,7 +382,12 @@ def start_in_daemon_thread(func: Callable[..., Any], *args: Any) -> asyncio.Futu
         try:
             result = context.run(func, *args)
         except BaseException as err:  # the agent's failure, delivered to the awaiting loop
-            outcome: tuple[Callable[[Any], None], Any] = (future.set_exception, err)
+            # (as an Exception: a SystemExit set on the future would end the loop awaiting it)
+            failure = err
+            if not isinstance(err, Exception):
+                failure = AgentExit(err)
+                failure.__cause__ = err
+            outcome: tuple[Callable[[Any], None], Any] = (future.set_exception, failure)
         else:
             outcome = (future.set_result, result)
         try:

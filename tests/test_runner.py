@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 import time
 from pathlib import Path
@@ -94,6 +95,39 @@ async def test_an_exception_fails_the_attempt_with_the_error_recorded(fs: FileSt
     got = await fs.get_rollout_by_id(r.rollout_id)
     assert got is not None
     assert got.status == "failed"
+
+
+@rollout
+def sync_exits(task: str, prompt_template: PromptTemplate) -> float:
+    if task == "exit":
+        sys.exit(3)
+    if task == "interrupt":
+        raise KeyboardInterrupt
+    return 1.0
+
+
+@rollout
+async def async_exits(task: str, prompt_template: PromptTemplate) -> float:
+    if task == "exit":
+        sys.exit(3)
+    return 1.0
+
+
+@pytest.mark.parametrize("agent", [sync_exits, async_exits], ids=["sync", "async"])
+async def test_an_agent_calling_sys_exit_fails_its_attempt_and_the_runner_goes_on(
+    fs: FileStore, agent: Any
+) -> None:
+    """SystemExit from an agent ended the runner's event loop: the attempt stayed running,
+    never reported, and the next rollout was never run (found by an adversarial pass)."""
+    tasks = ["exit", "ok"] + (["interrupt", "ok"] if agent is sync_exits else [])
+    ids = [(await fs.enqueue_rollout(input=t)).rollout_id for t in tasks]
+    await _drain(fs, agent, len(ids))  # returns: the runner was not taken down
+    errors = {"exit": "SystemExit: 3", "interrupt": "KeyboardInterrupt: ", "ok": None}
+    for rid, task in zip(ids, tasks, strict=True):
+        attempt = await fs.get_latest_attempt(rid)
+        assert attempt is not None
+        assert attempt.status == ("succeeded" if task == "ok" else "failed"), task
+        assert (attempt.metadata or {}).get("error") == errors[task]
 
 
 async def test_failures_are_retried_per_config(fs: FileStore) -> None:
