@@ -240,6 +240,25 @@ def test_agl_runner_runs_upstream_agents_and_keeps_their_upstream_rewards(tmp_pa
         agl.emit_reward(1.0)
 
 
+def test_agl_runner_over_upstreams_in_memory_store_stores_every_span() -> None:
+    """Upstream's in-memory store checks that a span is its own ``Span`` class: every span agl's
+    runner sent was refused, so every attempt failed with nothing stored (found by an
+    adversarial pass)."""
+    store = agl.InMemoryLightningStore()
+
+    async def main() -> None:
+        await store.add_resources(resources())
+        tasks: list[dict[str, Any]] = [{"q": q, "score": s} for q, s in (("a", 3), ("b", 1))]
+        ids = await enqueue(store, tasks)
+        await agl_runner(store, operation_agent, 2)
+        for rid, task in zip(ids, tasks, strict=True):
+            status, reward, names = await outcome(store, rid)
+            assert (status, reward) == ("succeeded", task["score"])
+            assert names == ["agentlightning.operation", MESSAGE, REWARD, f"{rid}.session", REWARD]
+
+    asyncio.run(main())
+
+
 def test_agl_runner_runs_upstream_lit_agents(tmp_path: Path) -> None:
     store = FileStore(tmp_path / "s")
 

@@ -45,9 +45,11 @@ from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from store_fs.lightning_store import LightningStore as AglStore
 from store_fs.models import Span, SpanContext
 from store_fs.retrying import RetryPolicy, call_with_retry, is_transient
 from store_fs.tracing.credential_scrub import scrub_span
+from store_fs.upstream_compat import retyped
 
 __all__ = ["RolloutBinding", "SpanSink", "SpanTransport", "StoreWriter", "current_binding"]
 
@@ -380,12 +382,17 @@ class RolloutBinding:
 
     async def _add(self, entries: Sequence[_Entry]) -> None:
         assert self.store is not None
+        spans = [entry.span for entry in entries]
+        if AglStore not in type(self.store).__mro__:  # a Protocol: no isinstance
+            # Upstream's own stores check that a span is their Span class (its in-memory store
+            # refused every one): theirs as well as ours, same fields (upstream_compat.py).
+            spans = retyped(spans)
         many = getattr(self.store, "add_many_spans", None)
-        if many is not None and len(entries) > 1:
-            await many([entry.span for entry in entries])
+        if many is not None and len(spans) > 1:
+            await many(spans)
             return
-        for entry in entries:
-            await self.store.add_span(entry.span)
+        for span in spans:
+            await self.store.add_span(span)
 
 
 _current: contextvars.ContextVar[RolloutBinding | None] = contextvars.ContextVar("agl_rollout", default=None)
