@@ -150,6 +150,9 @@ class AttemptRun:
         result = await self._traced(resources)
         if self.abandoned is not None or self.binding is None:
             return
+        # The returned value is the final word: a span from a task or thread the agent left
+        # running, arriving from now on, would follow it (a late reward would become final).
+        self.binding.seal("emitted after the agent returned, by a task or thread it did not wait for")
         # After the trace context, as upstream: the result's spans follow every span the
         # context produced (an AgentOps session span ends only when the context closes).
         for span, numbered in result_spans(result, self.rollout_id, self.attempt_id):

@@ -274,3 +274,36 @@ def test_emit_reward_outside_a_rollout_is_an_error() -> None:
     core = emit_reward({"acc": 1, "eff": 0.5}, primary_key="eff", propagate=False)
     assert core.attributes["agentlightning.reward.0.name"] == "eff"
     assert core.attributes["agentlightning.reward.1.value"] == 1.0
+
+
+_left_running: list[asyncio.Task[None]] = []
+
+
+@rollout
+async def leaves_a_rewarding_task(task: dict[str, Any], prompt_template: PromptTemplate) -> float:
+    async def late() -> None:
+        await asyncio.sleep(task["delay"])
+        emit_reward(0.0)
+
+    _left_running.append(asyncio.get_running_loop().create_task(late()))
+    return 1.0
+
+
+async def test_a_reward_from_a_task_the_agent_left_running_never_becomes_final(fs: FileStore) -> None:
+    """A fire-and-forget task's reward, arriving just after the agent returned 1.0, was stored
+    after the runner's reward span and so became the final reward of a succeeded attempt
+    (found by an adversarial pass). It is stored before the agent returns, or the attempt
+    fails, saying why; it is never final."""
+    delays = [0.0, 0.0002, 0.0005, 0.0008, 0.001, 0.0015, 0.002, 0.003] * 2
+    ids = [(await fs.enqueue_rollout(input={"delay": d})).rollout_id for d in delays]
+    await _drain(fs, leaves_a_rewarding_task, len(ids))
+    for rid in ids:
+        attempt = await fs.get_latest_attempt(rid)
+        assert attempt is not None
+        spans = list(await fs.query_spans(rid))
+        if attempt.status == "succeeded":
+            assert find_final_reward(spans) == 1.0, [s.name for s in spans]
+        else:
+            assert attempt.status == "failed"
+            assert "emitted after the agent returned" in (attempt.metadata or {})["error"]
+    _left_running.clear()

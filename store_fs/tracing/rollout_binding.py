@@ -141,6 +141,7 @@ class RolloutBinding:
         lost: spans that could not be stored; ``lost_error`` is the last reason.
         dropped: spans dropped because the binding was closed (the attempt was settled).
         closed: why the binding was closed, or None while it is open.
+        sealed: why the agent's spans are no longer taken (:meth:`seal`), or None.
         flush_deadline: a ``time.monotonic()`` instant after which :meth:`drain` gives up.
         root: (trace id, span id) in hex of the attempt's root span, once it is open.
     """
@@ -170,6 +171,7 @@ class RolloutBinding:
         self.lost_error: str | None = None
         self.dropped = 0
         self.closed: str | None = None
+        self.sealed: str | None = None
         self.flush_deadline: float | None = None
         self.root: tuple[str, str] | None = None
         self._queue: deque[_Entry] = deque()
@@ -199,6 +201,9 @@ class RolloutBinding:
             return
         if self.closed is not None and self.root is not None and span.span_id == self.root[1]:
             return  # the root of an attempt settled early is no span of its agent: not counted
+        if self.sealed is not None and self.closed is None:
+            self._count_lost(1, RuntimeError(self.sealed))
+            return
         prepared = self._prepared(span)
         # The OTLP transport exports the SDK span as it is: only when nothing had to change.
         keep = self.span_transport == "otlp" and prepared is span
@@ -249,6 +254,14 @@ class RolloutBinding:
         )
 
     # -- settling ---------------------------------------------------------------------------
+    def seal(self, why: str) -> None:
+        """From now on the spans the agent emits (:meth:`deliver`) are not stored but counted in
+        :attr:`lost`, with ``why``: the runner calls this when the agent has returned, so that a
+        task or thread the agent left running cannot add a reward after the one it returned
+        (the attempt fails instead). The runner's own spans (:meth:`submit`) still go."""
+        with self._lock:
+            self.sealed = why
+
     def close(self, reason: str) -> None:
         """End delivery: queued and later spans are dropped (counted, one warning). Idempotent."""
         with self._lock:
