@@ -20,6 +20,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from store_fs.models import Span
 from store_fs.testing.mock_openai import MockOpenAIServer
 from store_fs.tracing.openai_instrument import SPAN_NAME, instrument_openai
+from store_fs.tracing.rollout_binding import UNFINISHED_KEY
 from store_fs.tracing.tracer import OtelTracer
 
 ORIGINAL_SYNC = SyncAPIClient.request
@@ -562,3 +563,30 @@ async def test_a_long_conversation_keeps_every_prompt_message(
     limited = OtelTracer()
     with limited.lifespan():
         assert limited.provider._span_limits.max_span_attributes == 7
+
+
+@pytest.mark.parametrize("how", ["read", "left", "unread"])
+async def test_a_stream_not_read_to_its_end_is_still_recorded(server: MockOpenAIServer, how: str) -> None:
+    """A streamed call the agent left after its first chunk (a ``break``, no ``close``), or never
+    read, never ended its span: the call was missing from the trace of an attempt that
+    succeeded (found by an adversarial pass). The trace context ends such spans, marked."""
+    tracer = OtelTracer()
+    client = openai.OpenAI(api_key="sk-mock", base_url=server.base_url, max_retries=0)
+    streams = []  # kept referenced: a collected stream would not close it either
+    with tracer.lifespan():
+        async with tracer.trace_context(rollout_id="ro-stream", attempt_id="at-stream") as binding:
+            stream = client.chat.completions.create(model="m-stream", messages=USER, stream=True)
+            streams.append(stream)
+            if how == "read":
+                for _chunk in stream:
+                    pass
+            elif how == "left":
+                for _chunk in stream:
+                    break
+    [call] = [s for s in binding.spans if s.name == SPAN_NAME]
+    assert call.attributes["gen_ai.request.model"] == "m-stream"
+    assert (UNFINISHED_KEY in call.attributes) == (how != "read")
+    assert (binding.lost, binding.dropped) == (0, 0)
+    root = [s for s in binding.spans if s.name.endswith(".session")]
+    assert [s.parent_id for s in [call]] == [root[0].span_id]
+    client.close()

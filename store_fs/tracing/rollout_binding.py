@@ -51,12 +51,23 @@ from store_fs.retrying import RetryPolicy, call_with_retry, is_transient
 from store_fs.tracing.credential_scrub import scrub_span
 from store_fs.upstream_compat import retyped
 
-__all__ = ["RolloutBinding", "SpanSink", "SpanTransport", "StoreWriter", "current_binding"]
+__all__ = [
+    "UNFINISHED_KEY",
+    "RolloutBinding",
+    "SpanSink",
+    "SpanTransport",
+    "StoreWriter",
+    "current_binding",
+]
 
 log = logging.getLogger(__name__)
 
 SpanTransport = Literal["api", "otlp"]
 _MAX_BATCH = 256
+
+#: The attribute :meth:`RolloutBinding.end_unfinished` marks the spans it ends with.
+UNFINISHED_KEY = "agentlightning.span.unfinished"
+UNFINISHED_NOTE = "still open when the trace context closed, and ended then (a stream not read to its end?)"
 
 
 class SpanSink(Protocol):
@@ -172,6 +183,8 @@ class RolloutBinding:
         self.dropped = 0
         self.closed: str | None = None
         self.sealed: str | None = None
+        # OpenTelemetry spans started in this binding's context and not ended yet, by span id.
+        self._unfinished: dict[int, Any] = {}
         self.flush_deadline: float | None = None
         self.root: tuple[str, str] | None = None
         self._queue: deque[_Entry] = deque()
@@ -252,6 +265,29 @@ class RolloutBinding:
             self.rollout_id,
             self.closed,
         )
+
+    # -- spans still open ------------------------------------------------------------------
+    def started(self, otel_span: Any) -> None:
+        """An OpenTelemetry span opened in this binding's context (the span processor)."""
+        with self._lock:
+            self._unfinished[otel_span.context.span_id] = otel_span
+
+    def ended(self, span_id: int) -> None:
+        with self._lock:
+            self._unfinished.pop(span_id, None)
+
+    def end_unfinished(self) -> int:
+        """End the spans opened in this context that are still open (the root excepted), marked
+        with :data:`UNFINISHED_KEY`, so that they are stored: a streamed LLM call the agent did not
+        read to its end (or close) never ended, and its call was missing from an attempt that
+        succeeded. Returns how many. Ending one later again is a no-op of OpenTelemetry's."""
+        root = int(self.root[1], 16) if self.root is not None else None
+        with self._lock:
+            left = [span for span_id, span in self._unfinished.items() if span_id != root]
+        for span in left:
+            span.set_attribute(UNFINISHED_KEY, UNFINISHED_NOTE)
+            span.end()
+        return len(left)
 
     # -- settling ---------------------------------------------------------------------------
     def seal(self, why: str) -> None:

@@ -48,6 +48,7 @@ class LightningSpanProcessor(SpanProcessor):
             span.set_attribute(ATTEMPT_ID_KEY, binding.attempt_id)
         with self._lock:
             self._open[span.context.span_id] = binding
+        binding.started(span)
 
     def on_end(self, span: ReadableSpan) -> None:
         context = span.context
@@ -55,8 +56,10 @@ class LightningSpanProcessor(SpanProcessor):
             return
         with self._lock:
             binding = self._open.pop(context.span_id, None)
-        if binding is not None and context.trace_flags.sampled:
-            binding.deliver(storable(span))
+        if binding is not None:
+            binding.ended(context.span_id)
+            if context.trace_flags.sampled:
+                binding.deliver(storable(span))
 
     def shutdown(self) -> None:
         with self._lock:

@@ -132,6 +132,7 @@ class Tracer:
             with upstream_emitters():  # upstream's emit_* record here too
                 yield binding
         finally:
+            binding.end_unfinished()
             closed(binding)
             unbind(token)
             self.flush_instrumentation()
@@ -355,7 +356,10 @@ class OtelTracer(ProviderTracer):
         context = super().trace_context(name, store=store, rollout_id=rollout_id, attempt_id=attempt_id)
         async with context as binding:
             with rollout_root_span(tracer, binding, name or rollout_id or "agentlightning"):
-                yield binding
+                try:
+                    yield binding
+                finally:
+                    binding.end_unfinished()  # before the root, which they descend from
 
     @contextlib.contextmanager
     def operation(self, name: str, attributes: dict[str, Any] | None = None) -> Iterator[Any]:
