@@ -1,10 +1,12 @@
-"""Rewards and LLM calls from threads that did not inherit the rollout's context.
+"""Rewards and LLM calls from threads.
 
-A ``threading.Thread`` or a thread pool's worker starts without the caller's context variables,
-so it is in no trace context. Such code used to lose its rewards and LLM calls without a word
-while the attempt ended ``succeeded``; upstream's process-wide tracer records them. Now: with one
-rollout running in the process they are its own; with several, every open attempt fails, saying
-how to carry the context (docs/behaviour.md, the tracer).
+A ``threading.Thread`` or a thread pool's worker starts without the caller's context variables.
+Such code used to lose its rewards and LLM calls without a word while the attempt ended
+``succeeded``; upstream's process-wide tracer records them. Now threads and pool tasks carry
+the trace context of the code that starts them (store_fs/tracing/thread_context.py), so each
+belongs to its own rollout however many run. Code in a thread started outside every trace
+context belongs to the only open one; with several open, every open attempt fails, saying how to
+carry the context (docs/behaviour.md, the tracer).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from store_fs.runner import LitAgentRunner
 from store_fs.testing.mock_openai import MockOpenAIServer
 from store_fs.tracing.tracer import OtelTracer
 
+REWARD = "agentlightning.reward.0.value"
 PROMPT: NamedResources = {"main_prompt": PromptTemplate(template="Q: {any_question}", engine="f-string")}
 
 
@@ -117,29 +120,107 @@ async def test_llm_calls_from_a_thread_pool_are_traced(fs: FileStore) -> None:
 
 
 @rollout
-async def rewarded_from_a_thread_together(task: str, prompt_template: PromptTemplate) -> None:
-    await asyncio.sleep(0.3)  # both rollouts are running when the threads emit
-    errors: list[BaseException] = []
-
-    def emit() -> None:
-        try:
-            emit_reward(0.5)
-        except RuntimeError as err:
-            errors.append(err)
-
-    thread = threading.Thread(target=emit)
+async def rewarded_from_its_own_threads(task: str, prompt_template: PromptTemplate) -> None:
+    await asyncio.sleep(0.2)  # both rollouts are running when the threads emit
+    reward = float(task[1:]) / 10
+    thread = threading.Thread(target=emit_reward, args=(reward,))
     thread.start()
     await asyncio.to_thread(thread.join)
-    assert errors, "a reward that no rollout can own must not pass unnoticed"
+    with ThreadPoolExecutor(1) as pool:  # a pool's worker, reused by the other rollout's task
+        await asyncio.wrap_future(pool.submit(emit_reward, reward + 0.05))
+    await asyncio.sleep(0.2)
+
+
+async def test_with_several_rollouts_running_each_threads_rewards_are_its_own(fs: FileStore) -> None:
+    """With two rollouts at once a thread's reward could not be told apart and failed both
+    attempts; threads and pool tasks now carry the trace context of the code starting them."""
+    ids = [(await fs.enqueue_rollout(input=f"t{i}")).rollout_id for i in (1, 2)]
+    await _drain(fs, rewarded_from_its_own_threads, 2, max_parallel=2)
+    for i, rid in zip((1, 2), ids, strict=True):
+        attempt = await fs.get_latest_attempt(rid)
+        assert attempt is not None
+        assert attempt.status == "succeeded", attempt.metadata
+        spans = list(await fs.query_spans(rid))
+        rewards = [s.attributes[REWARD] for s in spans if s.name == "agentlightning.annotation"]
+        assert rewards == [i / 10, i / 10 + 0.05]
+
+
+def _worker_started_outside_every_rollout() -> threading.Thread:
+    """A long-lived worker thread (as a library's), started before any trace context opened."""
+    import queue
+
+    jobs: queue.Queue[tuple[Any, threading.Event] | None] = queue.Queue()
+
+    def work() -> None:
+        while (job := jobs.get()) is not None:
+            fn, done = job
+            try:
+                fn()
+            except RuntimeError as err:
+                errors.append(err)
+            done.set()
+
+    errors: list[BaseException] = []
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    thread.jobs = jobs  # type: ignore[attr-defined]
+    thread.errors = errors  # type: ignore[attr-defined]
+    return thread
+
+
+@rollout
+async def rewarded_from_an_outside_worker(task: str, prompt_template: PromptTemplate) -> None:
+    await asyncio.sleep(0.3)  # both rollouts are running when the worker emits
+    worker = _outside_worker[0]
+    done = threading.Event()
+    worker.jobs.put((lambda: emit_reward(0.5), done))
+    await asyncio.to_thread(done.wait, 10)
+    assert worker.errors, "a reward that no rollout can own must not pass unnoticed"
     await asyncio.sleep(0.3)
 
 
+_outside_worker: list[Any] = []
+
+
 async def test_with_several_rollouts_running_an_unattributable_reward_fails_each(fs: FileStore) -> None:
+    _outside_worker[:] = [_worker_started_outside_every_rollout()]
     ids = [(await fs.enqueue_rollout(input=f"t{i}")).rollout_id for i in range(2)]
-    await _drain(fs, rewarded_from_a_thread_together, 2, max_parallel=2)
+    await _drain(fs, rewarded_from_an_outside_worker, 2, max_parallel=2)
+    _outside_worker[0].jobs.put(None)
     for rid in ids:
         attempt = await fs.get_latest_attempt(rid)
         assert attempt is not None
         assert attempt.status == "failed", attempt
         reason = str((attempt.metadata or {}).get("error", ""))
         assert "copy_context" in reason, attempt.metadata
+
+
+_stray_gate = threading.Event()
+_strays: list[threading.Thread] = []
+
+
+@rollout
+async def leaves_a_thread_behind(task: str, prompt_template: PromptTemplate) -> float | None:
+    if task == "first":
+        _strays.append(threading.Thread(target=lambda: (_stray_gate.wait(10), emit_reward(0.0))))
+        _strays[-1].start()
+        return 1.0
+    emit_reward(0.5)
+    _stray_gate.set()  # the first rollout's thread emits while this one runs
+    await asyncio.to_thread(_strays[0].join, 10)
+    return None
+
+
+async def test_a_thread_that_outlives_its_rollout_cannot_set_the_next_ones_reward(fs: FileStore) -> None:
+    """Its reward was attributed to the only rollout open when it came, the next one, and
+    became that one's final reward (found by an adversarial pass)."""
+    first = (await fs.enqueue_rollout(input="first")).rollout_id
+    second = (await fs.enqueue_rollout(input="second")).rollout_id
+    await _drain(fs, leaves_a_thread_behind, 2)
+    assert find_final_reward(list(await fs.query_spans(second))) == 0.5
+    attempt = await fs.get_latest_attempt(second)
+    assert attempt is not None
+    assert attempt.status == "succeeded"
+    assert find_final_reward(list(await fs.query_spans(first))) == 1.0
+    _strays.clear()
+    _stray_gate.clear()

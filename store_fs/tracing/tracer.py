@@ -36,6 +36,7 @@ from store_fs.tracing.rollout_binding import (
 )
 from store_fs.tracing.root_span import rollout_root_span
 from store_fs.tracing.span_processor import LightningSpanProcessor
+from store_fs.tracing.thread_context import carry_trace_contexts
 
 __all__ = ["OtelTracer", "ProviderTracer", "SpanRecorder", "Tracer", "active_tracer"]
 
@@ -126,6 +127,7 @@ class Tracer:
         )
         from store_fs.tracing.upstream_bridge import upstream_emitters
 
+        carry_trace_contexts()  # threads the agent starts belong to its rollout (thread_context.py)
         token = bind(binding)
         opened(binding)
         try:
