@@ -100,20 +100,33 @@ def stats(ctx: typer.Context) -> None:
 
 
 def check(
-    ctx: typer.Context, fix: Annotated[bool, typer.Option(help="Repair what is safe to repair.")] = False
+    ctx: typer.Context,
+    fix: Annotated[bool, typer.Option(help="Repair what is safe to repair.")] = False,
+    grace: Annotated[
+        float | None,
+        typer.Option(
+            parser=seconds,
+            metavar="SECONDS",
+            help="Pass over what an enqueue in flight leaves (a queue token without its rollout, a "
+            "rollout directory without a revision) while younger than this (default: the claim "
+            "grace, 30 s); 0 after a crash.",
+        ),
+    ] = None,
 ) -> None:
     """Look for torn span lines, orphan tokens, temp files, stale rollout.json links, rollout index
     gaps, corrupt records, resources and worker log lines, misplaced files and span counters.
 
-    Exits 7 if problems remain (after --fix: those it could not repair). Run --fix on a quiet store.
+    Exits 7 if problems remain (after --fix: those it could not repair). Prefer a quiet store
+    for --fix; after a crash, with nothing running, add --grace 0.
 
     \b
     agl check || agl check --fix
+    agl check --fix --grace 0      # after a power cut: nothing is in flight
     """
     cli = CliState.of(ctx)
     store = cli.open_store()
     with Progress("checking" + (" and fixing" if fix else ""), quiet=cli.quiet, ticking=True):
-        problems = store.check(fix=fix)
+        problems = store.check(fix=fix, grace=grace)
     for problem in problems:
         if cli.out.machine:
             cli.out.emit_line(

@@ -98,3 +98,19 @@ def index_finisher(root: str, out: str, index: int, go: Any) -> None:
     except BaseException:
         write_json(out, {"error": traceback.format_exc()})
         raise
+
+
+def enqueuer(root: str, out: str, n: int, go: Any) -> None:
+    """Enqueue ``n`` rollouts one call at a time; report their ids."""
+    try:
+        store = FileStore(root, create=False)
+        go.wait(60)
+
+        async def body() -> list[str]:
+            return [(await store.enqueue_rollout(input={"i": i})).rollout_id for i in range(n)]
+
+        write_json(out, {"enqueued": asyncio.run(body())})
+        store.close()
+    except BaseException:
+        write_json(out, {"error": traceback.format_exc()})
+        raise

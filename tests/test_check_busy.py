@@ -76,3 +76,54 @@ async def test_a_rebuild_keeps_the_tombstones_of_pruned_rollouts(tmp_path: Path)
     assert store.check() == []
     assert [r.rollout_id for r in await store.query_rollouts()] == [kept.rollout_id]
     store.close()
+
+
+async def test_what_an_enqueue_in_flight_leaves_is_passed_over_for_the_grace(tmp_path: Path) -> None:
+    """A pending token without its rollout, and a rollout directory without its first revision,
+    are how every enqueue looks for a moment. ``check --fix`` took them for a crash's leftovers:
+    it deleted the token (the rollout then stayed queuing, never dequeued) or moved the directory
+    away with the revision linked meanwhile (a rollout whose enqueue returned was gone)."""
+    store = FileStore(tmp_path / "store")
+    layout = store.layout
+    token_only = "ro-00000000aaaa"
+    store._queue.publish_pending(token_only, 1)
+    no_revision = "ro-00000000bbbb"
+    layout.history_dir(no_revision).mkdir(parents=True)
+    assert store.check(fix=True) == []  # default grace: the claim grace (30 s)
+    assert [t.rollout_id for t in store._queue.list_pending()] == [token_only]
+    assert layout.history_dir(no_revision).is_dir()
+    found = store.check(fix=True, grace=0)  # after a crash, nothing running
+    assert sorted((p.kind, p.fixed) for p in found) == [("no-record", True), ("orphan-pending", True)]
+    assert store._queue.list_pending() == []
+    assert not layout.rollout_dir(no_revision).exists()
+    store.close()
+
+
+def test_check_fix_beside_an_enqueuer_loses_no_rollout(tmp_path: Path) -> None:
+    """Real processes: one enqueues rollouts one by one while this one runs ``check --fix`` in
+    a loop. Every rollout whose enqueue returned is readable and dequeued exactly once."""
+    root = tmp_path / "store"
+    FileStore(root).close()
+    go = SPAWN.Event()
+    out = tmp_path / "enqueuer.json"
+    checker = FileStore(root, create=False)
+    checks = 0
+    with children() as kids:
+        kids.start(mp_index_workers.enqueuer, str(root), str(out), 300, go)
+        time.sleep(0.2)
+        go.set()
+        while kids.procs[0].is_alive():
+            found = checker.check(fix=True)
+            assert [p for p in found if p.kind in ("no-record", "orphan-pending", "not-queued")] == []
+            checks += 1
+        kids.join(time.monotonic() + 60)
+        assert [p.exitcode for p in kids.procs] == [0]
+    assert checks >= 2
+    enqueued = read_result(out)["enqueued"]
+    assert len(enqueued) == 300
+    drained: list[str] = []
+    while (attempted := asyncio.run(checker.dequeue_rollout())) is not None:
+        drained.append(attempted.rollout_id)
+    assert sorted(drained) == sorted(enqueued)
+    assert checker.check() == []
+    checker.close()

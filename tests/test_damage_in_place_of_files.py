@@ -123,7 +123,7 @@ def test_a_name_in_history_that_is_no_file_stops_the_data_views_until_check_move
     res = agl("check")
     assert res.code == 7, str(res)
     assert ("corrupt-record", str(bad), False) in _kinds(res)
-    assert ("corrupt-record", str(bad), True) in _kinds(agl.ok("check", "--fix"))
+    assert ("corrupt-record", str(bad), True) in _kinds(agl.ok("check", "--fix", "--grace", "0"))
     assert _problems(agl.ok("check")) == []
     agl.ok("data", "rollouts", "--cursor", str(cursor), "-o", str(agl.cwd / "out.jsonl"))
     rows = [json.loads(line) for line in (agl.cwd / "out.jsonl").read_text().splitlines()]
@@ -198,7 +198,7 @@ def test_a_rollout_name_that_is_no_directory_is_reported_and_repaired_in_one_pas
     res = agl("check")
     assert res.code == 7, str(res)
     assert ("wrong-file-type", str(target), False) in _kinds(res)
-    fixed = _kinds(agl.ok("check", "--fix"))
+    fixed = _kinds(agl.ok("check", "--fix", "--grace", "0"))
     assert ("wrong-file-type", str(target), True) in fixed
     assert all(done for _kind, _path, done in fixed)
     assert _problems(agl.ok("check")) == []  # the index was rebuilt in the same pass
@@ -218,7 +218,7 @@ def test_a_rollout_whose_history_was_removed_is_restored_from_its_mirror(agl: Ag
     res = agl("check")
     assert res.code == 7, str(res)
     assert "--fix restores it" in str(_problems(res))
-    assert all(done for _k, _p, done in _kinds(agl.ok("check", "--fix")))
+    assert all(done for _k, _p, done in _kinds(agl.ok("check", "--fix", "--grace", "0")))
     assert _problems(agl.ok("check")) == []  # the index too, in that one pass
     assert agl.ok("rollouts", "show", rid).json() == before
     assert not list(agl.store.glob("quarantine/*"))
@@ -232,7 +232,7 @@ def test_a_rollout_without_history_or_mirror_is_quarantined_in_one_pass(agl: Agl
     (directory / "rollout.json").unlink()
     if mirror == "garbage":
         (directory / "rollout.json").write_text("{not json\n")
-    assert all(done for _k, _p, done in _kinds(agl.ok("check", "--fix")))
+    assert all(done for _k, _p, done in _kinds(agl.ok("check", "--fix", "--grace", "0")))
     assert _problems(agl.ok("check")) == []
     assert _quarantined_notes(agl.store) == [directory.relative_to(agl.store).as_posix()]
     assert rid not in {r["rollout_id"] for r in agl.ok("rollouts", "list", "--json").lines()}
@@ -282,7 +282,7 @@ def test_a_log_name_that_is_no_file_is_left_out_and_reported(
     res = agl("check")
     assert res.code == 7, str(res)
     assert _kinds(res) == {("wrong-file-type", str(path), False)}
-    assert _kinds(agl.ok("check", "--fix")) == {("wrong-file-type", str(path), True)}
+    assert _kinds(agl.ok("check", "--fix", "--grace", "0")) == {("wrong-file-type", str(path), True)}
     assert not os.path.lexists(path)
     assert _problems(agl.ok("check")) == []
 
@@ -391,7 +391,7 @@ def test_a_span_log_name_that_is_no_file_does_not_stop_readers(agl: Agl, kind: s
     res = agl("check")
     assert res.code == 7, str(res)
     assert _kinds(res) == {("wrong-file-type", str(bad), False)}
-    agl.ok("check", "--fix")
+    agl.ok("check", "--fix", "--grace", "0")
     assert _problems(agl.ok("check")) == []
     assert not os.path.lexists(bad)
 
@@ -407,7 +407,7 @@ def test_a_bad_index_line_behind_the_snapshot_is_still_reported_and_repaired(agl
     res = agl("check")
     assert res.code == 7, str(res)
     assert [p["kind"] for p in _problems(res)] == ["corrupt-index-line"]
-    assert all(done for _k, _p, done in _kinds(agl.ok("check", "--fix")))
+    assert all(done for _k, _p, done in _kinds(agl.ok("check", "--fix", "--grace", "0")))
     assert _problems(agl.ok("check")) == []
     compacted = agl.ok("compact")
     assert "not a valid" not in compacted.stderr

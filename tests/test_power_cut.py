@@ -285,7 +285,7 @@ def check_then_fix(root: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any
     left to the reaper (a dequeue cut short: a claim with no attempt recorded), one reaper scan
     (no grace); then, if anything was found, ``agl check`` must say what is left (nothing, for a
     clean store). (problems found, problems left)."""
-    found = _problems(agl(root, "check", "--fix"))
+    found = _problems(agl(root, "check", "--fix", "--grace", "0"))  # nothing runs after the cut
     if not found:
         return [], []
     if any(_left_for_the_reaper(p) and not p["fixed"] for p in found):
@@ -294,7 +294,7 @@ def check_then_fix(root: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any
             store.reap()
         finally:
             store.close()
-    return found, _problems(agl(root, "check"))
+    return found, _problems(agl(root, "check", "--grace", "0"))
 
 
 # -- the scenario ------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from store_fs._disk.queue_tokens import ClaimToken
 from store_fs._disk.removal import recover, trashed_rollouts, unfinished_runs
 from store_fs._disk.rollout_history import RolloutRecord
 from store_fs._disk.rollout_index import INDEX_LOGS, PRUNED, Entry, IndexView, RolloutIndex, entry_of
+from store_fs._disk.server_clock import server_age
 from store_fs._disk.span_log import BadLine
 from store_fs._disk.status_rules import LIVE_ATTEMPT_STATUSES
 from store_fs._disk.worker_logs import WORKER_LOGS
@@ -41,6 +42,8 @@ from store_fs.models import Attempt
 __all__ = ["Problem", "check_store"]
 
 TEMP_FILE_AGE = 3600.0
+#: Default of ``check_store(grace=...)``: the reaper's default claim grace.
+IN_FLIGHT_GRACE = 30.0
 
 
 def _temp_files(root: Path, fix: bool) -> list[Problem]:
@@ -68,24 +71,58 @@ def _temp_files(root: Path, fix: bool) -> list[Problem]:
 
 
 def _rollouts(
-    engine: Engine, quarantine: Quarantine | None, heads: dict[str, Entry | None], pruned: set[str]
+    engine: Engine,
+    quarantine: Quarantine | None,
+    heads: dict[str, Entry | None],
+    pruned: set[str],
+    grace: float,
 ) -> list[Problem]:
     """Problems of each rollout; fills ``heads`` with each one's index entry (None: unreadable).
-    ``pruned``: rollouts the index has a tombstone for (removed by ``agl prune``)."""
+    ``pruned``: rollouts the index has a tombstone for (removed by ``agl prune``); ``grace``:
+    see :func:`check_store`."""
     out = _misshapen_rollout_dirs(engine, quarantine)
     pending = {(t.rollout_id, t.sequence_id) for t in engine.queue.list_pending()}
+    unqueued: list[RolloutRecord] = []
     for rollout_id in engine.records.all_ids():
         if rollout_id in pruned and not engine.records.exists(rollout_id):
             out.append(_pruned_leftover(engine, rollout_id, quarantine))
             continue
         heads[rollout_id] = None
-        found = _readable_head(engine, rollout_id, quarantine, out)
+        found = _readable_head(engine, rollout_id, quarantine, out, grace)
         if found is None:
             if not os.path.lexists(engine.ctx.layout.rollout_dir(rollout_id)):
                 del heads[rollout_id]  # moved to quarantine: gone, so the index is fixed in this pass too
             continue
         heads[rollout_id] = entry_of(*found)
-        out.extend(_rollout_problems(engine, found[1].model_copy(deep=True), pending, quarantine))
+        out.extend(_rollout_problems(engine, found[1].model_copy(deep=True), pending, quarantine, unqueued))
+    return out + _not_queued(engine, unqueued, quarantine is not None)
+
+
+def _not_queued(engine: Engine, suspects: list[RolloutRecord], fix: bool) -> list[Problem]:
+    """Queued rollouts whose pending token was missing from the listing made before the walk:
+    those still without one in a listing made now. (A rollout enqueued during the walk has its
+    token by then: it is no damage, and re-queueing it one by one listed the queue each time.)"""
+    if not suspects:
+        return []
+    pending = {(t.rollout_id, t.sequence_id) for t in engine.queue.list_pending()}
+    claimed = {t.rollout_id for t in engine.queue.list_claimed()}
+    out: list[Problem] = []
+    for suspect in suspects:
+        try:
+            found = engine.records.head(suspect.rollout_id, cached_ok=False)
+        except CorruptRecordError:
+            continue  # reported as corrupt-record
+        if found is None:
+            continue
+        record = found[1]
+        if record.status not in ("queuing", "requeuing") or record.rollout_id in claimed:
+            continue
+        if (record.rollout_id, len(record.attempts) + 1) in pending:
+            continue
+        if fix:
+            engine.ensure_pending(record.model_copy(deep=True))
+        mirror = str(engine.ctx.layout.mirror_file(record.rollout_id))
+        out.append(Problem("not-queued", mirror, f"{record.status} but no pending token", fix))
     return out
 
 
@@ -133,10 +170,12 @@ def _misshapen_logs(engine: Engine, quarantine: Quarantine | None) -> list[Probl
 
 
 def _readable_head(
-    engine: Engine, rollout_id: str, quarantine: Quarantine | None, out: list[Problem]
+    engine: Engine, rollout_id: str, quarantine: Quarantine | None, out: list[Problem], grace: float
 ) -> tuple[int, RolloutRecord] | None:
     """The newest readable revision. With a quarantine, an unreadable newest revision is moved
-    into it (while an earlier one exists), so the rollout reads at the revision before it."""
+    into it (while an earlier one exists), so the rollout reads at the revision before it.
+    A directory without any revision changed less than ``grace`` seconds ago is an enqueue
+    that may be writing its first revision right now: passed over, not reported."""
     while True:
         try:
             found = engine.records.head(rollout_id, cached_ok=False)
@@ -151,6 +190,8 @@ def _readable_head(
             engine.records.republish_mirror(rollout_id)  # rollout.json was the moved file
             continue
         if found is None:
+            if _enqueue_in_flight(engine, rollout_id, grace):
+                return None
             if quarantine is not None and engine.records.restore_from_mirror(rollout_id):
                 detail = "no history revision; revision 1 restored from rollout.json"
                 out.append(Problem("no-record", str(engine.ctx.layout.rollout_dir(rollout_id)), detail, True))
@@ -158,6 +199,23 @@ def _readable_head(
             out.append(_no_record(engine, rollout_id, quarantine))
             return None
         return found
+
+
+def _enqueue_in_flight(engine: Engine, rollout_id: str, grace: float) -> bool:
+    """Whether a rollout directory without a revision may be an enqueue writing its first one:
+    no ``rollout.json`` (written after revision 1) and the directory or its ``history/``
+    changed less than ``grace`` seconds ago, by the file server's clock. (Taking such a
+    directory away took a rollout whose enqueue then returned.)"""
+    rollout_dir = engine.ctx.layout.rollout_dir(rollout_id)
+    if grace <= 0 or os.path.lexists(engine.ctx.layout.mirror_file(rollout_id)):
+        return False
+    stamps = []
+    for directory in (rollout_dir, rollout_dir / "history"):
+        try:
+            stamps.append(os.stat(directory).st_mtime)
+        except OSError:
+            continue
+    return bool(stamps) and server_age(engine.ctx, max(stamps)) < grace
 
 
 def _no_record(engine: Engine, rollout_id: str, quarantine: Quarantine | None) -> Problem:
@@ -211,9 +269,14 @@ def _has_earlier_revision(revision: Path) -> bool:
 
 
 def _rollout_problems(
-    engine: Engine, record: RolloutRecord, pending: set[tuple[str, int]], quarantine: Quarantine | None
+    engine: Engine,
+    record: RolloutRecord,
+    pending: set[tuple[str, int]],
+    quarantine: Quarantine | None,
+    unqueued: list[RolloutRecord],
 ) -> list[Problem]:
-    """What is wrong around one readable rollout: its mirror, its queue token, its span files."""
+    """What is wrong around one readable rollout: its mirror, its span files; a queued one
+    without a pending token in ``pending`` is added to ``unqueued`` (:func:`_not_queued`)."""
     fix = quarantine is not None
     out: list[Problem] = []
     rollout_id = record.rollout_id
@@ -224,11 +287,7 @@ def _rollout_problems(
         out.append(Problem("stale-mirror", mirror, "does not link to the newest history revision", fix))
     queued = record.status in ("queuing", "requeuing")
     if queued and (rollout_id, len(record.attempts) + 1) not in pending:
-        claimed = any(t.rollout_id == rollout_id for t in engine.queue.list_claimed())
-        if not claimed:
-            if fix:
-                engine.ensure_pending(record)
-            out.append(Problem("not-queued", mirror, f"{record.status} but no pending token", fix))
+        unqueued.append(record)
     return out + _attempt_files(engine, record, quarantine) + _span_counter(engine, rollout_id, quarantine)
 
 
@@ -347,8 +406,10 @@ def _torn_tails(attempt_dir: Path, quarantine: Quarantine | None) -> list[Proble
     return out
 
 
-def _tokens(engine: Engine, fix: bool, removing: set[str]) -> list[Problem]:
-    """``removing``: rollouts an unfinished prune holds; their pending tokens go with its recovery."""
+def _tokens(engine: Engine, fix: bool, removing: set[str], grace: float) -> list[Problem]:
+    """``removing``: rollouts an unfinished prune holds; their pending tokens go with its recovery.
+    A pending token without a rollout, younger than ``grace`` seconds, is an enqueue in flight
+    (the token is written first): passed over, as the reaper does."""
     out: list[Problem] = []
     for entry in engine.queue.list_journal():
         if fix:
@@ -358,6 +419,9 @@ def _tokens(engine: Engine, fix: bool, removing: set[str]) -> list[Problem]:
         out.extend(_orphan_claim(engine, token, fix))
     for pending in engine.queue.list_pending():
         if pending.rollout_id not in removing and not engine.records.exists(pending.rollout_id):
+            age = engine.queue.pending_age(pending)
+            if age is None or (grace > 0 and age < grace):
+                continue  # gone, or an enqueue in flight
             if fix:
                 engine.queue.discard_pending(pending)
             out.append(
@@ -506,13 +570,19 @@ def _line_at(path: Path, offset: int) -> bytes:
         return b""
 
 
-def check_store(engine: Engine, index: RolloutIndex | None = None, *, fix: bool = False) -> list[Problem]:
+def check_store(
+    engine: Engine, index: RolloutIndex | None = None, *, fix: bool = False, grace: float = IN_FLIGHT_GRACE
+) -> list[Problem]:
     """Every problem found in the store; with ``fix``, repaired where that is safe, under the
-    maintenance lock (:class:`~store_fs.errors.MaintenanceBusyError` if another repair runs)."""
+    maintenance lock (:class:`~store_fs.errors.MaintenanceBusyError` if another repair runs).
+
+    ``grace``: what an enqueue in flight leaves for a moment (a pending token without its
+    rollout, a rollout directory without its first revision) is passed over while younger
+    than this many seconds; 0 (after a crash, with nothing running) takes it too."""
     if not fix:
-        return _check(engine, index, None)
+        return _check(engine, index, None, grace)
     with maintenance_lock(engine.ctx.layout):
-        found = _check(engine, index, Quarantine(engine.ctx.layout, engine.ctx.writer))
+        found = _check(engine, index, Quarantine(engine.ctx.layout, engine.ctx.writer), grace)
         if any(p.fixed for p in found):
             # A repair changes span files without a new revision: rows kept by reports may
             # no longer hold (store_fs/report/_row_cache.py).
@@ -520,14 +590,16 @@ def check_store(engine: Engine, index: RolloutIndex | None = None, *, fix: bool 
         return found
 
 
-def _check(engine: Engine, index: RolloutIndex | None, quarantine: Quarantine | None) -> list[Problem]:
+def _check(
+    engine: Engine, index: RolloutIndex | None, quarantine: Quarantine | None, grace: float
+) -> list[Problem]:
     fix = quarantine is not None
     heads: dict[str, Entry | None] = {}
     # First: a finished removal leaves fewer rollouts, and no half-removed one, to look at.
     removing = set() if fix else trashed_rollouts(engine.ctx)
     out = _unfinished_removals(engine, index, fix) + _misshapen_logs(engine, quarantine)
     pruned = set() if index is None else set(index.load().by_status.get(PRUNED, ()))
-    out += _tokens(engine, fix, removing) + _rollouts(engine, quarantine, heads, pruned)
+    out += _tokens(engine, fix, removing, grace) + _rollouts(engine, quarantine, heads, pruned, grace)
     if index is not None:
         out += _index(engine, index, heads, quarantine, removing)
     out += resource_problems(engine.ctx) + worker_problems(engine.ctx, engine.workers, quarantine)

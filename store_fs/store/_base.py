@@ -200,14 +200,18 @@ class StoreCore(LightningStore):
     def _healthcheck(self) -> None:
         self._reaper.maybe_scan()
 
-    def check(self, *, fix: bool = False) -> list[Problem]:
+    def check(self, *, fix: bool = False, grace: float | None = None) -> list[Problem]:
         """Look for damage and half-finished work; with ``fix``, repair what is safe to repair.
 
-        Orphan-pending tokens are only safe to remove when no enqueue is in flight, and a
-        rollout index that appending cannot correct is rebuilt: run ``check(fix=True)`` on
-        a quiet store.
+        What an enqueue in flight leaves for a moment (a pending token without its rollout, a
+        rollout directory without its first revision) is passed over while younger than
+        ``grace`` seconds (default: this store's ``claim_grace_seconds``); after a crash, with
+        nothing running, ``grace=0`` takes it too. Other repairs assume no writer is in the
+        middle of the same change: prefer a quiet store for ``fix``.
         """
-        return check_store(self._engine, self._index, fix=fix)
+        return check_store(
+            self._engine, self._index, fix=fix, grace=self._reaper.grace if grace is None else grace
+        )
 
     def compact(
         self,
