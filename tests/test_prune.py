@@ -336,3 +336,51 @@ def _check_after_recovery(root: Path, original: set[str], archive: Path) -> None
             archived = {n.split("/")[2] for n in tar.getnames() if n.count("/") >= 2}
         assert archived == removed
     assert not list(root.joinpath("trash").glob("*"))
+
+
+async def test_a_rollout_that_changed_while_being_removed_is_put_back_with_what_was_written_meanwhile(
+    store: FileStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rollout changed (no longer finished) while prune moved it away, and a late writer
+    made files under its old name meanwhile: prune logged "left in trash", reported it kept,
+    then deleted the run's directory with it (found by an adversarial pass). It is put back,
+    the late files merged into it; one both hold goes to quarantine."""
+    import threading
+
+    from store_fs._disk import fsio
+
+    rid = await make_rollout(store, end="failed")
+    before = [s.span_id for s in await store.query_spans(rid)]
+    home = store.layout.rollout_dir(rid)
+    (attempt_dir,) = (home / "attempts").iterdir()
+    other = FileStore(store.root, create=False)
+    real_move = fsio.move
+
+    def move(source: Any, target: Any, **kwargs: Any) -> bool:
+        if Path(source) == home:
+            # Another process revives it first (a retry, an update), then writes late files.
+            revive = other.update_rollout(rid, status="running")
+            reviving = threading.Thread(target=asyncio.run, args=(revive,))
+            reviving.start()
+            reviving.join()
+        moved: bool = real_move(source, target, **kwargs)
+        if Path(source) == home:
+            (home / "attempts" / attempt_dir.name).mkdir(parents=True)
+            (home / "attempts" / attempt_dir.name / "heartbeat.late-1").write_text("1 0 0\n")
+            (home / "rollout.json").write_text('{"late": true}\n')
+        return moved
+
+    monkeypatch.setattr(fsio, "move", move)
+    report = prune_store(store, _by_status("failed"))
+    monkeypatch.undo()
+    assert report.rollouts == []
+    back = await store.get_rollout_by_id(rid)
+    assert back is not None
+    assert back.status == "running"
+    assert [s.span_id for s in await store.query_spans(rid)] == before
+    assert (home / "attempts" / attempt_dir.name / "heartbeat.late-1").read_text() == "1 0 0\n"
+    assert list(store.layout.trash.iterdir()) == []
+    kept = [p for p in (store.root / "quarantine").rglob("rollout.json") if p.is_file()]
+    assert [p.read_text() for p in kept] == ['{"late": true}\n']
+    assert store.check() == []
+    other.close()

@@ -45,6 +45,7 @@ from pathlib import Path
 from store_fs._disk import codec, fsio
 from store_fs._disk.context import Context
 from store_fs._disk.layout import revision_name
+from store_fs._disk.quarantine import Quarantine
 from store_fs._disk.queue_tokens import Queue
 from store_fs._disk.rollout_index import PRUNED, Entry, RolloutIndex, tombstone
 from store_fs._disk.status_rules import LIVE_ATTEMPT_STATUSES, TERMINAL_ROLLOUT_STATUSES
@@ -128,6 +129,46 @@ def _trashed_dirs(run: Path) -> Iterator[Path]:
             yield Path(entry.path)
 
 
+_RESTORE_TRIES = 5
+
+
+def _merge_into(source: Path, target: Path, quarantine: Quarantine) -> None:
+    """Move what ``source`` holds into ``target``: names ``target`` lacks are moved over,
+    directories both hold are merged, anything else both hold goes to quarantine."""
+    try:
+        entries = list(os.scandir(source))
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    for entry in entries:
+        there = target / entry.name
+        if not os.path.lexists(there):
+            try:
+                os.rename(entry.path, there)
+            except FileNotFoundError:
+                pass  # gone meanwhile
+        elif entry.is_dir(follow_symlinks=False) and there.is_dir() and not there.is_symlink():
+            _merge_into(Path(entry.path), there, quarantine)
+        else:
+            quarantine.quarantine_file(
+                Path(entry.path), f"written under the name of {there} while it was being removed"
+            )
+
+
+def _remove_empty_dirs(directory: Path) -> None:
+    """Remove ``directory`` if it holds only (nested) empty directories; else leave what is left."""
+    try:
+        entries = list(os.scandir(directory))
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            _remove_empty_dirs(Path(entry.path))
+    try:
+        os.rmdir(directory)
+    except OSError:
+        pass  # written to meanwhile: the next try merges it
+
+
 class RemovalRun:
     """One removal: rollouts are moved into its trash directory, then archived and deleted."""
 
@@ -140,6 +181,7 @@ class RemovalRun:
         archive = body.get("archive") if isinstance(body, dict) else None
         self.archive = Path(archive) if isinstance(archive, str) else None
         self._events_fd: int | None = None
+        self._quarantined: Quarantine | None = None
 
     @classmethod
     def begin(cls, ctx: Context, index: RolloutIndex, queue: Queue, archive: Path | None) -> RemovalRun:
@@ -185,17 +227,38 @@ class RemovalRun:
         return head
 
     def _restore(self, trashed: Path) -> None:
+        """Put a rollout that changed while it was being removed back under its name.
+
+        A writer that had looked for the rollout just before it was moved (a span or heartbeat
+        of an attempt that was live after all) may have made files under the old name
+        meanwhile: they are merged into the rollout first (a file both hold goes to
+        quarantine). Failing that, the rollout goes to quarantine: the run's directory is
+        deleted when the run finishes, and the rollout must not go with it.
+        """
         home = self._ctx.layout.rollout_dir(trashed.name)
-        try:
-            os.rename(trashed, home)
-            log.info("%s changed while it was being removed; put back", trashed.name)
-        except OSError as err:
-            if err.errno not in (errno.EEXIST, errno.ENOTEMPTY):
-                raise
-            # Something wrote under the old name meanwhile: keep both for a person to look at.
-            log.error(
-                "%s changed while it was being removed and %s exists; left in %s", trashed.name, home, trashed
-            )
+        for _ in range(_RESTORE_TRIES):
+            try:
+                os.rename(trashed, home)  # onto nothing, or onto the empty directories a merge left
+                log.info("%s changed while it was being removed; put back", trashed.name)
+                return
+            except OSError as err:
+                if err.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
+            _merge_into(home, trashed, self._quarantine())
+            _remove_empty_dirs(home)
+        where = self._quarantine().quarantine_file(
+            trashed, f"changed while being removed, and {home} kept being written to: not put back"
+        )
+        log.error(
+            "%s changed while it was being removed and could not be put back: moved to %s",
+            trashed.name,
+            where,
+        )
+
+    def _quarantine(self) -> Quarantine:
+        if self._quarantined is None:
+            self._quarantined = Quarantine(self._ctx.layout, self._ctx.writer)
+        return self._quarantined
 
     def _tombstone(self, head: TrashedRollout, known: dict[str, Entry] | None) -> None:
         if known is not None:
