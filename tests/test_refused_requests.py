@@ -27,7 +27,7 @@ from fault_helpers import PROMPT, quick_runner
 from mp_workers import make_span
 from server_helpers import ServerProcess, raw_request, store_snapshot
 
-from store_fs import FileStore, InvalidIdError, PromptTemplate, UnstorableValueError, init_store
+from store_fs import LLM, FileStore, InvalidIdError, PromptTemplate, UnstorableValueError, init_store
 from store_fs.agent import rollout
 from store_fs.models import EnqueueRolloutRequest, Event, RolloutConfig
 
@@ -35,6 +35,7 @@ API = "/v1/agl"
 JSON = {"Content-Type": "application/json"}
 HUGE = "100000000000000000000000"  # a digit string pydantic turns into an int past 64 bits
 DEEP = '{"a":' * 300 + "1" + "}" * 300  # orjson reads 1,024 levels, writes 254
+LLM_FIELDS = '"resource_type": "llm", "endpoint": "e", "model": "m"'
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +76,16 @@ def check_clean(store: Path) -> None:
         ("/rollouts", f'{{"input": {DEEP}}}'),
         # JSON has no NaN or infinity, but pydantic reads a float field's string "-inf" as one.
         ("/rollouts", '{"input": 1, "config": {"timeout_seconds": "-inf"}}'),
+        ("/resources", f'{{"llm": {{{LLM_FIELDS}, "sampling_parameters": {DEEP}}}}}'),
     ],
-    ids=["start-huge-int", "enqueue-huge-int", "batch-second-too-deep", "start-too-deep", "start-minus-inf"],
+    ids=[
+        "start-huge-int",
+        "enqueue-huge-int",
+        "batch-second-too-deep",
+        "start-too-deep",
+        "start-minus-inf",
+        "resources-too-deep",
+    ],
 )
 def test_a_value_json_cannot_hold_is_refused_and_nothing_is_written(
     server: ServerProcess, path: str, body: str
@@ -109,6 +118,12 @@ async def test_in_process_calls_refuse_unstorable_values_with_the_store_unchange
                     EnqueueRolloutRequest(input=2, config=RolloutConfig(max_attempts=2**64)),
                 ]
             )
+        deep: Any = 0
+        for _ in range(300):
+            deep = [deep]
+        llm = LLM(endpoint="http://127.0.0.1:1/v1", model="m", sampling_parameters={"t": deep})
+        with pytest.raises(UnstorableValueError, match="resources"):  # was a plain ValueError (exit 1)
+            await store.add_resources({"llm": llm})
         assert store_snapshot(store.root) == before
         assert (await store.query_rollouts()).total == 0
         # The refusal is a ValueError, as a caller of upstream's API would catch.

@@ -24,7 +24,7 @@ from store_fs._disk import codec, fsio
 from store_fs._disk.context import Context
 from store_fs._disk.ids import check_name_id, new_resources_id
 from store_fs._disk.layout import revision_name
-from store_fs.errors import CorruptRecordError, InvalidIdError
+from store_fs.errors import CorruptRecordError, InvalidIdError, UnstorableValueError
 from store_fs.models import NamedResources, ResourcesUpdate
 
 __all__ = ["ResourceStore"]
@@ -76,7 +76,11 @@ class ResourceStore:
         return obj
 
     def _write_object(self, resources: NamedResources) -> str:
-        body = codec.dumps_record(_named().dump_python(resources, mode="json"))
+        try:
+            data = _named().dump_python(resources, mode="json")
+        except ValueError as err:  # pydantic's serializer: nesting deeper than it goes
+            raise UnstorableValueError("the resources", str(err)) from None
+        body = codec.dumps_record(data)
         digest = hashlib.sha256(body).hexdigest()
         path = self._layout.resource_object(digest)
         if not path.exists():
