@@ -6,6 +6,7 @@ import errno
 import logging
 import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -167,3 +168,21 @@ async def test_a_mirror_that_cannot_be_updated_fails_no_update(
     assert [p.fixed for p in store.check(fix=True)] == [True]
     assert store.check() == []
     assert r.rollout_id == attempted.rollout_id
+
+
+async def test_a_resources_id_without_a_version_is_neither_counted_nor_silent(tmp_path: Path) -> None:
+    """The directory an add makes before its first version (a kill in between leaves it) was
+    counted by statistics() though no listing showed it, and check said nothing (found by an
+    adversarial pass). Old enough, check names it; it is never counted."""
+    from store_fs import PromptTemplate
+
+    store = FileStore(tmp_path / "store")
+    await store.add_resources({"p": PromptTemplate(template="Q: {q}", engine="f-string")})
+    empty = store.layout.resource_id_dir("rs-00000000dead")
+    empty.mkdir(parents=True)
+    assert (await store.statistics())["total_resources"] == len(await store.query_resources()) == 1
+    assert store.check() == []  # new: an add in flight
+    old = time.time() - 3600
+    os.utime(empty, (old, old))
+    assert [(p.kind, p.path) for p in store.check()] == [("empty-resources-id", str(empty))]
+    store.close()

@@ -203,4 +203,6 @@ class ResourceStore:
         return sorted((r for r in out if r is not None), key=lambda r: (r.create_time, r.resources_id))
 
     def count(self) -> int:
-        return sum(1 for _ in fsio.iter_dirs(self._layout.resource_ids))
+        """Resources ids with a version, as listings show them (a directory without one is an
+        add that never finished: ``agl check`` reports it)."""
+        return sum(1 for entry in fsio.iter_dirs(self._layout.resource_ids) if _highest(Path(entry.path)))
