@@ -22,12 +22,13 @@ validating their other fields: ``agl report --full-check`` runs ``agl check`` it
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Final
 
 from store_fs._disk import fsio
-from store_fs._disk.check import Problem
+from store_fs._disk.check import IN_FLIGHT_GRACE, Problem
 from store_fs._disk.layout import Layout
 from store_fs._disk.queue_tokens import ClaimToken, JournalEntry, PendingToken
 from store_fs._disk.record_peek import newest_revision
@@ -111,14 +112,28 @@ def _claim_problems(layout: Layout, records: _Records, claimed: Sequence[ClaimTo
     return out
 
 
+def _in_flight(token: Path, grace: float) -> bool:
+    """A token younger than ``grace`` is an enqueue's first write, not an orphan (as ``agl check``)."""
+    try:
+        return grace > 0 and time.time() - token.stat().st_ctime < grace
+    except OSError:
+        return True  # gone meanwhile
+
+
 def _pending_problems(
-    layout: Layout, records: _Records, pending: Sequence[PendingToken], claimed: Sequence[ClaimToken]
+    layout: Layout,
+    records: _Records,
+    pending: Sequence[PendingToken],
+    claimed: Sequence[ClaimToken],
+    grace: float,
 ) -> list[Problem]:
     trashed = _trashed(layout)
     out = [
         Problem("orphan-pending", str(layout.pending / token.name), "no such rollout")
         for token in pending
-        if token.rollout_id not in trashed and not records.exists(token.rollout_id)
+        if token.rollout_id not in trashed
+        and not records.exists(token.rollout_id)
+        and not _in_flight(layout.pending / token.name, grace)
     ]
     waiting = {(t.rollout_id, t.sequence_id) for t in pending}
     owners = {t.rollout_id for t in claimed}
@@ -135,13 +150,13 @@ def _pending_problems(
     return out
 
 
-def _queue_problems(layout: Layout, records: _Records) -> list[Problem]:
+def _queue_problems(layout: Layout, records: _Records, grace: float) -> list[Problem]:
     claimed = [t for t in map(ClaimToken.parse, fsio.list_names(layout.claimed)) if t is not None]
     pending = [t for t in map(PendingToken.parse, sorted(fsio.list_names(layout.pending))) if t is not None]
     return (
         _journal_problems(layout)
         + _claim_problems(layout, records, claimed)
-        + _pending_problems(layout, records, pending, claimed)
+        + _pending_problems(layout, records, pending, claimed, grace)
     )
 
 
@@ -164,13 +179,15 @@ def quick_check(
     rows: Sequence[RolloutRow],
     bad_spans: Iterable[BadSpanLine],
     corrupt_records: Iterable[tuple[str, str]],
+    grace: float = IN_FLIGHT_GRACE,
 ) -> list[Problem]:
     """The problems found by the report's reading (``rows``, ``bad_spans``, ``corrupt_records``
     from :func:`~store_fs.report.report_fastscan.scan_buckets`) and in the queue, the trash and
-    the index marker, as :class:`~store_fs._disk.check.Problem` objects like ``agl check``'s."""
+    the index marker, as :class:`~store_fs._disk.check.Problem` objects like ``agl check``'s
+    (``grace`` as its: a newer queue token without its rollout is an enqueue in flight)."""
     detail = "a prune was interrupted: its rollouts are out of the store, their removal unfinished"
     out = [Problem("unfinished-prune", str(run), detail) for run in _trash_runs(layout)]
-    out += _queue_problems(layout, _Records(layout, rows))
+    out += _queue_problems(layout, _Records(layout, rows), grace)
     out += [Problem("corrupt-record", path, reason) for path, reason in sorted(corrupt_records)]
     out += _span_problems(bad_spans)
     if not layout.rollout_index_marker.exists():
