@@ -195,7 +195,8 @@ def wait(
     """Wait until rollouts finish ('-': read their ids from stdin); print them; exit 0 only if all
     succeeded.
 
-    Exits 11 if the timeout passed first, 12 if all finished but some failed or were cancelled.
+    Exits 11 if the timeout passed first, 12 if all finished but some failed or were cancelled;
+    0 at once when '-' reads no id (a filter that matched nothing).
 
     \b
     agl wait ro-0123456789ab ro-ba9876543210 --timeout 600
@@ -205,6 +206,9 @@ def wait(
     ids = list(rollout_ids)
     if ids == ["-"]:
         ids = _ids_from_stdin()
+        if not ids:  # as a filter's empty output: every one of none has finished
+            output.info("no rollout ids on stdin: nothing to wait for")
+            return
     store = cli.open_store()
     for rid in dict.fromkeys(ids):
         if run(store.get_rollout_by_id(rid)) is None:
@@ -225,10 +229,7 @@ def _ids_from_stdin() -> list[str]:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
         raise CliError(f"stdin is not UTF-8 text (byte {err.start})") from None
-    ids = [line.strip() for line in text.splitlines() if line.strip()]
-    if not ids:
-        raise CliError("no rollout ids on stdin")
-    return ids
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 async def _wait_with_progress(

@@ -26,6 +26,10 @@ import os
 import re
 from typing import Any
 
+# Upstream's import pulls in LiteLLM, which otherwise spends seconds trying to download its model
+# price list (this example runs offline).
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
 import agentlightning as agl
 from openai import AsyncOpenAI
 

@@ -368,6 +368,13 @@ def test_fail_retry_and_wait_exit_codes(agl: Agl) -> None:
     assert "not finished" in timed_out.stderr
 
     assert_error(agl("wait", UNKNOWN_ID, "--timeout", "1"), 3, UNKNOWN_ID)
+    # A filter that matched nothing: none to wait for, so done (it was exit 4, and a script's
+    # `agl rollouts list --status running | jq -r .rollout_id | agl wait - && next` stopped).
+    nothing = agl("wait", "-", "--timeout", "1", input="")
+    assert (nothing.code, nothing.stdout) == (0, ""), str(nothing)
+    assert "nothing to wait for" in nothing.stderr
+    piped = agl("wait", "-", "--timeout", "10", input=f"{good}\n\n")
+    assert piped.code == 0, str(piped)
 
 
 def test_attempts_update_status_drives_the_rollout(agl: Agl) -> None:
