@@ -234,7 +234,7 @@ SEMANTIC: dict[tuple[str, ...], list[tuple[list[Unit], str | None, frozenset[int
         ([("--all",), ("--status", "failed")], None, frozenset({4})),
         ([("{done}",), ("ro-000000000000",)], None, frozenset({3})),
     ],
-    ("wait",): [([("-",)], "", frozenset({4})), ([("-",)], "\udcff\n", frozenset({4}))],
+    ("wait",): [([("-",)], "\udcff\n", frozenset({4}))],  # no id at all: nothing to wait for, 0
     ("spans", "add"): [
         ([], '{"name": "x"}\n', frozenset({4})),
         ([("{running}",), ("{attempt}",)], '{"name": "x", "colour": 1}\n', frozenset({4})),
