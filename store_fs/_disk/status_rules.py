@@ -22,6 +22,7 @@ __all__ = [
     "mark_running",
     "rollout_status_for",
     "set_attempt_status",
+    "superseded",
 ]
 
 LIVE_ATTEMPT_STATUSES: frozenset[str] = frozenset({"preparing", "running"})
@@ -74,14 +75,26 @@ def touch_attempt(record: RolloutRecord, attempt: Attempt, now: float) -> None:
     _propagate(record, attempt, now)
 
 
+def superseded(record: RolloutRecord, attempt: Attempt) -> bool:
+    """Whether ``attempt`` was settled by the watchdog (``timeout``, ``unresponsive``) and a newer
+    attempt has started: its retry runs, so nothing of it may land any more (a late span, or
+    its outcome, would come after its retry's and read as the rollout's)."""
+    if attempt.status not in ("timeout", "unresponsive"):
+        return False
+    latest = record.latest()
+    return latest is not None and latest.sequence_id > attempt.sequence_id
+
+
 def mark_running(record: RolloutRecord, attempt: Attempt, now: float) -> bool:
-    """A span arrived for ``attempt``: the heartbeat rule. Returns whether anything changed."""
+    """A span arrived for ``attempt``: the heartbeat rule. Returns whether anything changed.
+    An ``unresponsive`` attempt comes back to life only while it is the latest (its retry not
+    started: :func:`superseded`)."""
     changed = False
-    if attempt.status in ("preparing", "unresponsive"):
-        attempt.status = "running"
-        changed = True
     latest = record.latest()
     is_latest = latest is not None and latest.attempt_id == attempt.attempt_id
+    if attempt.status == "preparing" or (attempt.status == "unresponsive" and is_latest):
+        attempt.status = "running"
+        changed = True
     # Upstream also means to promote "queuing" but misspells it; like upstream we do not.
     if is_latest and record.status in ("preparing", "requeuing"):
         record.status = "running"

@@ -10,9 +10,9 @@ from typing import Any
 from store_fs._disk.ids import check_attempt_id
 from store_fs._disk.queue_tokens import ClaimToken
 from store_fs._disk.rollout_history import RolloutRecord
-from store_fs._disk.status_rules import FINAL_ATTEMPT_STATUSES, mark_running
+from store_fs._disk.status_rules import FINAL_ATTEMPT_STATUSES, mark_running, superseded
 from store_fs._filtering import build_filter, check_page_args, has_conditions, matches, paginate, sort_items
-from store_fs.errors import AttemptNotFoundError, RolloutNotFoundError, UnstorableValueError
+from store_fs.errors import AttemptNotFoundError, ConflictError, RolloutNotFoundError, UnstorableValueError
 from store_fs.models import Attempt, FilterLogic, PaginatedResult, SortOrder, Span
 from store_fs.store._base import StoreCore
 
@@ -67,6 +67,12 @@ class SpanMethods(StoreCore):
         attempt = record.find(attempt_id)
         if attempt is None:
             raise AttemptNotFoundError(rollout_id, attempt_id)
+        if superseded(record, attempt):
+            raise ConflictError(
+                f"attempt {attempt_id} of rollout {rollout_id} was found {attempt.status} and the rollout "
+                "retried: its spans are no longer taken",
+                rollout_id=rollout_id,
+            )
         # Upstream syncs the counter before validating; here a span refused for its ids or its
         # sequence number leaves the counter alone. (One refused later, for a value JSON cannot
         # hold, may have pushed it up: numbers are then skipped, never handed out twice.)
@@ -109,8 +115,10 @@ class SpanMethods(StoreCore):
         now = self._clock.time()
         latest = record.latest()
         is_latest = latest is not None and latest.attempt_id == attempt.attempt_id
-        revive = attempt.status in ("preparing", "unresponsive") or (
-            is_latest and record.status in ("preparing", "requeuing")
+        revive = (
+            attempt.status == "preparing"
+            or (attempt.status == "unresponsive" and is_latest)
+            or (is_latest and record.status in ("preparing", "requeuing"))
         )
         stamp = (
             attempt.status in FINAL_ATTEMPT_STATUSES and now - (attempt.last_heartbeat_time or 0.0) >= 0.25
