@@ -331,11 +331,12 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
 
 
 class AgentExit(Exception):
-    """The agent raised ``SystemExit`` (``sys.exit()``), or ``KeyboardInterrupt`` on its own
-    thread. Either would end the runner's event loop, leaving the attempt running and never
-    reported: they are turned into this error, which fails the attempt like any other, and
-    the runner goes on. (``KeyboardInterrupt`` in an async agent is left alone: on the
-    runner's thread it may be a real Ctrl-C, which must stop the runner.)"""
+    """The agent raised ``SystemExit`` (``sys.exit()``), another ``BaseException`` that is no
+    ``Exception``, or ``KeyboardInterrupt`` on its own thread. Any of them would end the
+    runner's event loop or its task unreported, leaving the attempt running: they are turned
+    into this error, which fails the attempt like any other, and the runner goes on.
+    (``KeyboardInterrupt`` in an async agent is left alone: on the runner's thread it may be a
+    real Ctrl-C, which must stop the runner.)"""
 
     def __init__(self, err: BaseException) -> None:
         super().__init__(f"{type(err).__name__}: {err}")
@@ -344,7 +345,11 @@ class AgentExit(Exception):
 async def _exit_contained(agent_call: Awaitable[Any]) -> Any:
     try:
         return await agent_call
-    except SystemExit as err:
+    except (asyncio.CancelledError, KeyboardInterrupt, GeneratorExit):
+        raise  # cancellation, a real Ctrl-C, the coroutine being closed: not the agent's failure
+    except BaseException as err:  # SystemExit, or an agent's own BaseException subclass
+        if isinstance(err, Exception):
+            raise
         raise AgentExit(err) from err
 
 

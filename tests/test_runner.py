@@ -106,10 +106,16 @@ def sync_exits(task: str, prompt_template: PromptTemplate) -> float:
     return 1.0
 
 
+class _AgentsOwnBaseException(BaseException):
+    pass
+
+
 @rollout
 async def async_exits(task: str, prompt_template: PromptTemplate) -> float:
     if task == "exit":
         sys.exit(3)
+    if task == "own":
+        raise _AgentsOwnBaseException("not an Exception")
     return 1.0
 
 
@@ -119,10 +125,15 @@ async def test_an_agent_calling_sys_exit_fails_its_attempt_and_the_runner_goes_o
 ) -> None:
     """SystemExit from an agent ended the runner's event loop: the attempt stayed running,
     never reported, and the next rollout was never run (found by an adversarial pass)."""
-    tasks = ["exit", "ok"] + (["interrupt", "ok"] if agent is sync_exits else [])
+    tasks = ["exit", "ok"] + (["interrupt", "ok"] if agent is sync_exits else ["own", "ok"])
     ids = [(await fs.enqueue_rollout(input=t)).rollout_id for t in tasks]
     await _drain(fs, agent, len(ids))  # returns: the runner was not taken down
-    errors = {"exit": "SystemExit: 3", "interrupt": "KeyboardInterrupt: ", "ok": None}
+    errors = {
+        "exit": "SystemExit: 3",
+        "interrupt": "KeyboardInterrupt: ",
+        "own": "_AgentsOwnBaseException: not an Exception",
+        "ok": None,
+    }
     for rid, task in zip(ids, tasks, strict=True):
         attempt = await fs.get_latest_attempt(rid)
         assert attempt is not None
