@@ -64,16 +64,25 @@ class _StopOnSignal:
 
 
 class _StopEvent:
-    """Set once this process got a signal or the pool's shared stop event is set; from then
+    """Set once this process got a signal, the pool's shared stop event is set, or the process
+    that started this runner is gone (``parent_pid`` is no longer its parent: killed with -9,
+    it could forward no signal, and an orphan would go on taking work for good); from then
     on, a signal (e.g. the pool terminating a late runner) is a second one."""
 
-    def __init__(self, shared: Any, signals: _StopOnSignal) -> None:
+    def __init__(self, shared: Any, signals: _StopOnSignal, parent_pid: int) -> None:
         self.shared = shared
         self.signals = signals
+        self.parent_pid = parent_pid
 
     def is_set(self) -> bool:
-        if not self.signals.stopping and self.shared.is_set():
-            self.signals.stopping = True
+        if not self.signals.stopping:
+            if self.shared.is_set():
+                self.signals.stopping = True
+            elif os.getppid() != self.parent_pid:
+                log.warning(
+                    "the process that started this runner (pid %d) is gone: stopping", self.parent_pid
+                )
+                self.signals.stopping = True
         return self.signals.stopping
 
 
@@ -155,13 +164,16 @@ def run_runner_process(
     stop: Any,
     tracer: Any = None,
     runner_kwargs: Any = None,
+    parent_pid: int | None = None,
 ) -> None:
-    """Body of one runner process: run until ``stop`` is set or SIGINT/SIGTERM arrives.
+    """Body of one runner process: run until ``stop`` is set, SIGINT/SIGTERM arrives, or the
+    process ``parent_pid`` (default: this one's parent now) is no longer its parent.
 
-    Either one stops the runner (attempts in flight are reported failed, "runner
-    interrupted") and returns; a second signal ends the process at once. ``runner_kwargs``
-    are :class:`~store_fs.runner.LitAgentRunner` arguments, plus ``hooks`` (for ``run_context``).
+    Each stops the runner (attempts in flight are reported failed, "runner interrupted") and
+    returns; a second signal ends the process at once. ``runner_kwargs`` are
+    :class:`~store_fs.runner.LitAgentRunner` arguments, plus ``hooks`` (for ``run_context``).
     """
+    parent = os.getppid() if parent_pid is None else parent_pid
     from store_fs.runner import LitAgentRunner
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -176,7 +188,7 @@ def run_runner_process(
     runner = LitAgentRunner(tracer=tracer, **kwargs)
     store = _open_runner_store(store_location)
     with runner.run_context(agent=agent, store=store, hooks=hooks, worker_id=worker_index):
-        asyncio.run(_iterate(runner, store, _StopEvent(stop, signals)))
+        asyncio.run(_iterate(runner, store, _StopEvent(stop, signals, parent)))
 
 
 async def _iterate(runner: Any, store: Any, event: _StopEvent) -> None:
@@ -237,7 +249,15 @@ class RunnerPool:
     def _spawn(self, index: int) -> Any:
         proc = self._ctx.Process(
             target=run_runner_process,
-            args=(self.store_location, self.agent, index, self._stop, self.tracer, self.runner_kwargs),
+            args=(
+                self.store_location,
+                self.agent,
+                index,
+                self._stop,
+                self.tracer,
+                self.runner_kwargs,
+                os.getpid(),
+            ),
             name=f"agl-runner-{index}",
         )
         proc.start()

@@ -101,3 +101,88 @@ def test_agl_run_says_which_runners_died_and_why_it_exits_1(tmp_path: Path) -> N
     assert done.stderr.count("exited with code 3: not restarted") == 4, done.stderr  # logged, then summed up
     assert done.stderr.splitlines()[-1].startswith("agl: runner agl-runner-"), done.stderr
     assert "--max-restarts" in done.stderr.splitlines()[-1]
+
+
+def _children(pid: int) -> set[int]:
+    """Pids whose parent is ``pid`` (Linux /proc)."""
+    found: set[int] = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.add(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_runners_stop_when_agl_run_is_killed(tmp_path: Path) -> None:
+    """After kill -9 of ``agl run`` its runner processes lived on as orphans and kept taking
+    work for good (found by an adversarial pass). They notice their parent is gone and stop."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    store = tmp_path / "store"
+    fs = FileStore(store)
+    asyncio.run(fs.add_resources({"prompt": PromptTemplate(template="{q}", engine="f-string")}))
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])
+    )
+    agl = str(Path(sys.executable).with_name("agl"))
+    args = [
+        agl,
+        "--store",
+        str(store),
+        "run",
+        "test_runner_pool:echo_agent",
+        "--workers",
+        "2",
+        "--poll-interval",
+        "0.1",
+    ]
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    runners: set[int] = set()
+    try:
+        rid = asyncio.run(fs.enqueue_rollout(input=1)).rollout_id
+        done = asyncio.run(fs.wait_for_rollouts(rollout_ids=[rid], timeout=60))  # the runners are up
+        assert [r.status for r in done] == ["succeeded"]
+        runners = {pid for pid in _children(proc.pid) if "agl-runner" in _cmdline(pid) or _is_python(pid)}
+        assert runners
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        deadline = time.monotonic() + 30
+        while any(_alive(pid) for pid in runners) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [pid for pid in runners if _alive(pid)]
+    finally:
+        proc.kill()
+        proc.wait(10)
+        for pid in runners:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        fs.close()
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return (
+            (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        )
+    except OSError:
+        return ""
+
+
+def _is_python(pid: int) -> bool:
+    return "python" in _cmdline(pid)
