@@ -39,6 +39,17 @@ def load_agent(spec: str) -> Any:
     return obj
 
 
+def _check_agent(spec: str, obj: Any) -> None:
+    """Refuse, here, an object no runner can use: else every runner process dies on it with a
+    traceback, and again after each restart."""
+    from store_fs.agent import as_agent
+
+    try:
+        as_agent(obj)
+    except (TypeError, ValueError, NotImplementedError) as err:
+        raise CliError(f"{spec} cannot be run: {err}") from None
+
+
 def _make_tracer(name: str) -> Any:
     if name == "otel":
         return None  # the runner's default
@@ -105,6 +116,7 @@ def run(
         raise CliError("--heartbeat-seconds must be positive")
     tracer_obj = _make_tracer(tracer)
     agent_obj = load_agent(agent)
+    _check_agent(agent, agent_obj)
     store = cli.store_location()
     if not is_url(store):
         from store_fs import FileStore

@@ -186,3 +186,27 @@ def _cmdline(pid: int) -> str:
 
 def _is_python(pid: int) -> bool:
     return "python" in _cmdline(pid)
+
+
+def test_agl_run_refuses_an_agent_no_runner_can_use_before_starting_any(tmp_path: Path) -> None:
+    """Every runner process died on such an agent with a traceback, again after each restart
+    (found by an adversarial pass). One line, exit 4, no runner started."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "bad_agents.py").write_text("def only_task(task):\n    return 1.0\n\nNUMBER = 42\n")
+    FileStore(tmp_path / "store").close()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    agl = str(Path(sys.executable).with_name("agl"))
+    for name, why in (
+        ("only_task", "takes neither 'llm' nor 'prompt_template'"),
+        ("NUMBER", "is not an agent"),
+    ):
+        args = [agl, "--store", str(tmp_path / "store"), "run", f"bad_agents:{name}", "--workers", "2"]
+        done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=60)
+        assert done.returncode == 4, done.stderr
+        [line] = done.stderr.splitlines()
+        assert line.startswith(f"agl: bad_agents:{name} cannot be run: "), line
+        assert why in done.stderr
+        assert "Traceback" not in done.stderr
