@@ -15,8 +15,10 @@ are refused with a :class:`TypeError` naming what to use instead.
 
 from __future__ import annotations
 
+import _thread
 import asyncio
 import inspect
+import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,6 +26,8 @@ from typing import Any, Protocol
 from store_fs.lightning_store import LightningStore, open_store
 from store_fs.models import RolloutMode
 from store_fs.runner_pool import RunnerPool, run_runner_process
+
+_WATCH_SECONDS = 0.5
 
 __all__ = [
     "Algorithm",
@@ -271,8 +275,13 @@ class Trainer:
             tracer=self.tracer,
             runner_kwargs=self.runner_kwargs,
         )
-        with pool:
-            return self._run_algorithm(algorithm, train_dataset, val_dataset)
+        with pool, _RunnerWatch(pool) as watch:
+            try:
+                return self._run_algorithm(algorithm, train_dataset, val_dataset)
+            except KeyboardInterrupt:
+                if watch.dead is not None:  # the watch interrupted it: say why
+                    raise RuntimeError(watch.dead) from None
+                raise
 
     def _run_algorithm(self, algorithm: AlgorithmLike, train_dataset: Any, val_dataset: Any) -> Any:
         store = open_store(self.store_location)
@@ -288,6 +297,36 @@ class Trainer:
         if inspect.isawaitable(result):
             return asyncio.run(_await(result))
         return result
+
+
+class _RunnerWatch:
+    """While the algorithm runs: restarts runners that die, as the pool allows, and when every
+    runner has died with an error (none left to restart) interrupts the algorithm, which would
+    otherwise wait for its rollouts forever; :attr:`dead` then says why. (Runners that stopped
+    by themselves, at ``max_rollouts``, are not an error.)"""
+
+    def __init__(self, pool: RunnerPool) -> None:
+        self.pool = pool
+        self.dead: str | None = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="agl-runner-watch", daemon=True)
+
+    def __enter__(self) -> _RunnerWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _watch(self) -> None:
+        while not self._done.wait(_WATCH_SECONDS):
+            if self.pool.poll() or not self.pool.failed or self.pool.stopping:
+                continue
+            failures = "; ".join(self.pool.failures) or "every runner process exited with an error"
+            self.dead = f"no runner left to run the algorithm's rollouts: {failures}"
+            _thread.interrupt_main()
+            return
 
 
 def _check_tracer(tracer: Any) -> None:

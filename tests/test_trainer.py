@@ -130,3 +130,16 @@ def test_dev_runs_a_baseline_over_both_datasets(tmp_path: Path) -> None:
     rollouts = asyncio.run(FileStore(tmp_path / "s").query_rollouts())
     assert sorted(str(r.mode) for r in rollouts) == ["train", "val"]
     assert isinstance(Baseline(), Algorithm)
+
+
+def test_a_run_whose_runners_all_died_fails_instead_of_waiting_forever(tmp_path: Path) -> None:
+    """With every runner process dead (killed, or failing at start) the algorithm waited for
+    its rollouts forever (found by an adversarial pass). It is interrupted, saying why."""
+    import time
+
+    trainer = Trainer(store=tmp_path / "s", initial_resources=RESOURCES, runner_kwargs={"no_such_option": 1})
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="no runner left") as info:
+        trainer.dev(scoring_agent, [{"score": 1.0}])
+    assert "exited with code" in str(info.value)
+    assert time.monotonic() - started < 60
