@@ -40,6 +40,7 @@ import inspect
 import logging
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
@@ -444,6 +445,10 @@ class RolloutBinding:
             await self.store.add_span(span)
 
 
+# Set in a thread started inside a trace context (thread_context.py), to that context's binding.
+_inherited: contextvars.ContextVar[weakref.ref[RolloutBinding] | None] = contextvars.ContextVar(
+    "agl_inherited_rollout", default=None
+)
 _current: contextvars.ContextVar[RolloutBinding | None] = contextvars.ContextVar("agl_rollout", default=None)
 
 # The bindings whose trace context is open in this process (a tuple, replaced whole under the
@@ -455,16 +460,39 @@ _open_lock = threading.Lock()
 def current_binding() -> RolloutBinding | None:
     """The binding of the trace context the caller runs in.
 
-    Code outside any (a ``threading.Thread`` or a thread pool's worker, which do not inherit
-    context variables) is attributed to the process's only open binding, as upstream's
-    process-wide tracer records it. None when no binding is open, or several: which rollout
-    such code works for cannot be told (:func:`lose_unattributed`).
+    Then, in a thread started inside a trace context (:func:`inherit`), that context's binding
+    while it is open. Other code outside any (a thread started outside every rollout, or one
+    whose rollout has ended, as a worker thread reused by later rollouts is) is attributed to
+    the process's only open binding, as upstream's process-wide tracer records it. None when
+    no binding is open, or several: which rollout such code works for cannot be told
+    (:func:`lose_unattributed`).
     """
     binding = _current.get()
     if binding is not None:
         return binding
+    inherited = _inherited_open()
+    if inherited is not None:
+        return inherited
     open_now = _open
     return open_now[0] if len(open_now) == 1 else None
+
+
+def _inherited_open() -> RolloutBinding | None:
+    ref = _inherited.get()
+    binding = ref() if ref is not None else None
+    return binding if binding is not None and binding.closed is None and binding in _open else None
+
+
+def binding_to_inherit() -> RolloutBinding | None:
+    """What a thread started now inherits (:mod:`store_fs.tracing.thread_context`): the
+    caller's own trace context, or the one its own thread inherited while that is open."""
+    return _current.get() or _inherited_open()
+
+
+def inherit(binding: RolloutBinding) -> None:
+    """This thread was started inside ``binding``'s trace context: its code belongs there while
+    that context is open (a weak reference: a long-lived thread keeps no rollout's spans)."""
+    _inherited.set(weakref.ref(binding))
 
 
 def context_binding() -> RolloutBinding | None:

@@ -3,16 +3,18 @@
 The rollout a span belongs to is a context variable (:mod:`store_fs.tracing.rollout_binding`).
 asyncio tasks and ``asyncio.to_thread`` copy it, but a ``threading.Thread`` starts with an empty
 context and a thread pool's worker runs every task in its own, so code an agent runs there was
-in no trace context: attributed to the process's only open one, which is wrong when the thread
-outlives its rollout (its late reward became the next rollout's), and lost by every open one
+in no trace context: attributed to the process's only open one, and lost by every open one
 when several run (``max_parallel > 1``: each attempt failed).
 
 Once a trace context has been opened in the process (:func:`carry_trace_contexts`), so that
 nothing changes for programs that never trace:
 
-* ``Thread.start`` notes the caller's trace context, and the new thread runs in it, subclasses
-  with their own ``run`` included (the note is taken where the thread's bootstrap calls
-  ``run``);
+* ``Thread.start`` notes the caller's trace context, and the new thread belongs to it while it
+  is open, subclasses with their own ``run`` included (the note is taken where the thread's
+  bootstrap calls ``run``). Once that rollout has ended the thread is like any other (the only
+  open rollout, :func:`~store_fs.tracing.rollout_binding.current_binding`): a helper thread
+  started by one rollout and reused by the next ones works for each. The note is a weak
+  reference, so a long-lived thread keeps no rollout's spans in memory;
 * ``ThreadPoolExecutor.submit`` (``map`` and asyncio's ``run_in_executor`` go through it) runs
   each task in the trace context of its caller, whatever its worker thread noted when it was
   started, since workers are reused across rollouts.
@@ -26,10 +28,11 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any
 
-from store_fs.tracing.rollout_binding import RolloutBinding, bind, context_binding, unbind
+from store_fs.tracing.rollout_binding import RolloutBinding, bind, binding_to_inherit, inherit, unbind
 
 __all__ = ["carry_trace_contexts"]
 
@@ -41,15 +44,16 @@ _originals: dict[str, Any] = {}
 
 def _start(self: threading.Thread, *args: Any, **kwargs: Any) -> Any:
     if not hasattr(self, _NOTE):
-        setattr(self, _NOTE, context_binding())
+        binding = binding_to_inherit()
+        setattr(self, _NOTE, None if binding is None else weakref.ref(binding))
     return _originals["start"](self, *args, **kwargs)
 
 
 def _bootstrap_inner(self: threading.Thread) -> Any:
-    binding: RolloutBinding | None = getattr(self, _NOTE, None)
-    if binding is None:
-        return _originals["bootstrap"](self)
-    bind(binding)  # the thread's own context, which ends with it
+    note: weakref.ref[RolloutBinding] | None = getattr(self, _NOTE, None)
+    binding = note() if note is not None else None
+    if binding is not None:
+        inherit(binding)  # in the thread's own context, which ends with it
     return _originals["bootstrap"](self)
 
 
@@ -64,7 +68,7 @@ def _in_context(binding: RolloutBinding | None, fn: Callable[..., Any], /, *args
 def _submit(
     self: concurrent.futures.ThreadPoolExecutor, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
 ) -> Any:
-    task = functools.partial(_in_context, context_binding(), fn)
+    task = functools.partial(_in_context, binding_to_inherit(), fn)
     return _originals["submit"](self, task, *args, **kwargs)
 
 
