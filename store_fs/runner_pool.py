@@ -69,7 +69,7 @@ class _StopEvent:
     it could forward no signal, and an orphan would go on taking work for good); from then
     on, a signal (e.g. the pool terminating a late runner) is a second one."""
 
-    def __init__(self, shared: Any, signals: _StopOnSignal, parent_pid: int) -> None:
+    def __init__(self, shared: Any, signals: _StopOnSignal, parent_pid: int | None) -> None:
         self.shared = shared
         self.signals = signals
         self.parent_pid = parent_pid
@@ -78,7 +78,7 @@ class _StopEvent:
         if not self.signals.stopping:
             if self.shared.is_set():
                 self.signals.stopping = True
-            elif os.getppid() != self.parent_pid:
+            elif self.parent_pid is not None and os.getppid() != self.parent_pid:
                 log.warning(
                     "the process that started this runner (pid %d) is gone: stopping", self.parent_pid
                 )
@@ -167,13 +167,13 @@ def run_runner_process(
     parent_pid: int | None = None,
 ) -> None:
     """Body of one runner process: run until ``stop`` is set, SIGINT/SIGTERM arrives, or the
-    process ``parent_pid`` (default: this one's parent now) is no longer its parent.
+    process ``parent_pid`` (a pool's: a runner started otherwise, from a shell, is not
+    watched) is no longer its parent.
 
     Each stops the runner (attempts in flight are reported failed, "runner interrupted") and
     returns; a second signal ends the process at once. ``runner_kwargs`` are
     :class:`~store_fs.runner.LitAgentRunner` arguments, plus ``hooks`` (for ``run_context``).
     """
-    parent = os.getppid() if parent_pid is None else parent_pid
     from store_fs.runner import LitAgentRunner
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -188,7 +188,7 @@ def run_runner_process(
     runner = LitAgentRunner(tracer=tracer, **kwargs)
     store = _open_runner_store(store_location)
     with runner.run_context(agent=agent, store=store, hooks=hooks, worker_id=worker_index):
-        asyncio.run(_iterate(runner, store, _StopEvent(stop, signals, parent)))
+        asyncio.run(_iterate(runner, store, _StopEvent(stop, signals, parent_pid)))
 
 
 async def _iterate(runner: Any, store: Any, event: _StopEvent) -> None:

@@ -210,3 +210,18 @@ def test_agl_run_refuses_an_agent_no_runner_can_use_before_starting_any(tmp_path
         assert line.startswith(f"agl: bad_agents:{name} cannot be run: "), line
         assert why in done.stderr
         assert "Traceback" not in done.stderr
+
+
+def test_only_a_runner_a_pool_started_watches_its_parent() -> None:
+    """A runner started from a shell (run_runner_process without parent_pid, as
+    examples/apo_custom_algorithm.py does) stopped as soon as its launcher exited (found in
+    review); one started by a pool stops when the pool's process is gone."""
+    import multiprocessing
+    import os
+
+    from store_fs.runner_pool import _StopEvent, _StopOnSignal
+
+    shared = multiprocessing.get_context("spawn").Event()
+    assert not _StopEvent(shared, _StopOnSignal(), None).is_set()
+    assert not _StopEvent(shared, _StopOnSignal(), os.getppid()).is_set()
+    assert _StopEvent(shared, _StopOnSignal(), os.getpid()).is_set()  # not our parent: "gone"
