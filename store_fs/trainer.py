@@ -18,6 +18,7 @@ from __future__ import annotations
 import _thread
 import asyncio
 import inspect
+import logging
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -28,6 +29,8 @@ from store_fs.models import RolloutMode
 from store_fs.runner_pool import RunnerPool, run_runner_process
 
 _WATCH_SECONDS = 0.5
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "Algorithm",
@@ -275,13 +278,21 @@ class Trainer:
             tracer=self.tracer,
             runner_kwargs=self.runner_kwargs,
         )
-        with pool, _RunnerWatch(pool) as watch:
+        with pool:
+            watch = _RunnerWatch(pool)
             try:
-                return self._run_algorithm(algorithm, train_dataset, val_dataset)
+                result = self._run_algorithm(algorithm, train_dataset, val_dataset)
             except KeyboardInterrupt:
-                if watch.dead is not None:  # the watch interrupted it: say why
+                if watch.finish() is not None:  # the watch interrupted it: say why
                     raise RuntimeError(watch.dead) from None
                 raise
+            try:
+                watch.finish()
+            except KeyboardInterrupt:
+                if watch.dead is None:  # a real Ctrl-C
+                    raise
+                # else the watch's interrupt came as the algorithm returned: its result stands
+            return result
 
     def _run_algorithm(self, algorithm: AlgorithmLike, train_dataset: Any, val_dataset: Any) -> Any:
         store = open_store(self.store_location)
@@ -300,32 +311,46 @@ class Trainer:
 
 
 class _RunnerWatch:
-    """While the algorithm runs: restarts runners that die, as the pool allows, and when every
-    runner has died with an error (none left to restart) interrupts the algorithm, which would
-    otherwise wait for its rollouts forever; :attr:`dead` then says why. (Runners that stopped
-    by themselves, at ``max_rollouts``, are not an error.)"""
+    """While the algorithm runs (started on creation, until :meth:`finish`): restarts runners
+    that die, as the pool allows, and when every runner has died with an error (none left to
+    restart) says so in :attr:`dead` and interrupts the algorithm, which would otherwise wait
+    for its rollouts forever. (Runners that stopped by themselves, at ``max_rollouts``, are
+    not an error.) Only the main thread can be interrupted (``_thread.interrupt_main``); a
+    Trainer running in another thread gets the error logged instead."""
 
     def __init__(self, pool: RunnerPool) -> None:
         self.pool = pool
         self.dead: str | None = None
+        self._main = threading.current_thread() is threading.main_thread()
+        self._lock = threading.Lock()
+        self._running = True
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="agl-runner-watch", daemon=True)
-
-    def __enter__(self) -> _RunnerWatch:
         self._thread.start()
-        return self
 
-    def __exit__(self, *exc: object) -> None:
+    def finish(self) -> str | None:
+        """Stop watching (no interrupt comes after this returns); :attr:`dead`."""
+        with self._lock:
+            self._running = False
         self._done.set()
         self._thread.join()
+        return self.dead
 
     def _watch(self) -> None:
         while not self._done.wait(_WATCH_SECONDS):
             if self.pool.poll() or not self.pool.failed or self.pool.stopping:
                 continue
             failures = "; ".join(self.pool.failures) or "every runner process exited with an error"
-            self.dead = f"no runner left to run the algorithm's rollouts: {failures}"
-            _thread.interrupt_main()
+            with self._lock:  # decided and sent while the algorithm still runs, or not at all
+                if not self._running:
+                    return
+                self.dead = f"no runner left to run the algorithm's rollouts: {failures}"
+                if self._main:
+                    _thread.interrupt_main()
+                else:
+                    log.error(
+                        "%s (the Trainer runs outside the main thread: it cannot be interrupted)", self.dead
+                    )
             return
 
 

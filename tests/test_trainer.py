@@ -143,3 +143,41 @@ def test_a_run_whose_runners_all_died_fails_instead_of_waiting_forever(tmp_path:
         trainer.dev(scoring_agent, [{"score": 1.0}])
     assert "exited with code" in str(info.value)
     assert time.monotonic() - started < 60
+
+
+def test_an_algorithm_that_returns_as_every_runner_dies_keeps_its_result(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The watch decided "every runner died", the algorithm returned meanwhile, and the watch's
+    interrupt then escaped fit() as a KeyboardInterrupt: the result was lost (found in review).
+    The window is widened here: poll() dawdles once the pool has failed."""
+    import multiprocessing
+    import time
+
+    from store_fs.runner_pool import RunnerPool
+
+    real_poll = RunnerPool.poll
+
+    def slow_poll(self: RunnerPool) -> bool:
+        alive = real_poll(self)
+        if self.failed:
+            time.sleep(1.0)
+        return alive
+
+    monkeypatch.setattr(RunnerPool, "poll", slow_poll)
+
+    @algo
+    def finishes_late() -> str:
+        time.sleep(0.5)
+        while multiprocessing.active_children():  # the runner dies at start
+            time.sleep(0.02)
+        time.sleep(0.4)  # then a little more work
+        return "result"
+
+    trainer = Trainer(
+        algorithm=finishes_late,
+        store=tmp_path / "s",
+        initial_resources=RESOURCES,
+        runner_kwargs={"no_such_option": 1},
+    )
+    assert trainer.fit(scoring_agent) == "result"
