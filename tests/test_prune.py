@@ -353,6 +353,9 @@ async def test_a_rollout_that_changed_while_being_removed_is_put_back_with_what_
     before = [s.span_id for s in await store.query_spans(rid)]
     home = store.layout.rollout_dir(rid)
     (attempt_dir,) = (home / "attempts").iterdir()
+    (span_log,) = attempt_dir.glob("spans.*.jsonl")
+    late_span = json.loads(span_log.read_text().splitlines()[0])
+    late_span.update(span_id="00000000000000ff", sequence_id=99, name="late")
     other = FileStore(store.root, create=False)
     real_move = fsio.move
 
@@ -367,6 +370,8 @@ async def test_a_rollout_that_changed_while_being_removed_is_put_back_with_what_
         if Path(source) == home:
             (home / "attempts" / attempt_dir.name).mkdir(parents=True)
             (home / "attempts" / attempt_dir.name / "heartbeat.late-1").write_text("1 0 0\n")
+            # A writer whose open file was gone re-made its span log under the old name.
+            (home / "attempts" / attempt_dir.name / span_log.name).write_text(json.dumps(late_span) + "\n")
             (home / "rollout.json").write_text('{"late": true}\n')
         return moved
 
@@ -377,7 +382,7 @@ async def test_a_rollout_that_changed_while_being_removed_is_put_back_with_what_
     back = await store.get_rollout_by_id(rid)
     assert back is not None
     assert back.status == "running"
-    assert [s.span_id for s in await store.query_spans(rid)] == before
+    assert sorted(s.span_id for s in await store.query_spans(rid)) == sorted([*before, "00000000000000ff"])
     assert (home / "attempts" / attempt_dir.name / "heartbeat.late-1").read_text() == "1 0 0\n"
     assert list(store.layout.trash.iterdir()) == []
     kept = [p for p in (store.root / "quarantine").rglob("rollout.json") if p.is_file()]

@@ -33,6 +33,7 @@ was not written, and ``agl check`` reports the run as ``unfinished-prune``.
 from __future__ import annotations
 
 import errno
+import itertools
 import logging
 import os
 import shutil
@@ -134,7 +135,9 @@ _RESTORE_TRIES = 5
 
 def _merge_into(source: Path, target: Path, quarantine: Quarantine) -> None:
     """Move what ``source`` holds into ``target``: names ``target`` lacks are moved over,
-    directories both hold are merged, anything else both hold goes to quarantine."""
+    directories both hold are merged, a span log both hold is kept beside the other
+    (:func:`_beside`), a heartbeat file both hold is the newer one; anything else both hold
+    goes to quarantine."""
     try:
         entries = list(os.scandir(source))
     except (FileNotFoundError, NotADirectoryError):
@@ -148,10 +151,32 @@ def _merge_into(source: Path, target: Path, quarantine: Quarantine) -> None:
                 pass  # gone meanwhile
         elif entry.is_dir(follow_symlinks=False) and there.is_dir() and not there.is_symlink():
             _merge_into(Path(entry.path), there, quarantine)
+        elif _both_files(entry, there) and entry.name.startswith("spans.") and entry.name.endswith(".jsonl"):
+            _beside(Path(entry.path), there)
+        elif _both_files(entry, there) and entry.name.startswith("heartbeat."):
+            if entry.stat().st_mtime > there.stat().st_mtime:
+                os.replace(entry.path, there)
+            else:
+                os.unlink(entry.path)
         else:
             quarantine.quarantine_file(
                 Path(entry.path), f"written under the name of {there} while it was being removed"
             )
+
+
+def _both_files(entry: os.DirEntry[str], there: Path) -> bool:
+    return entry.is_file(follow_symlinks=False) and there.is_file() and not there.is_symlink()
+
+
+def _beside(late: Path, log: Path) -> None:
+    """Move span log ``late`` next to ``log`` under a free name readers also read
+    (``spans.*.jsonl``; they keep the first copy of a span id). A rename, so a writer still
+    holding ``late`` open goes on appending where readers look."""
+    for n in itertools.count(1):
+        free = log.with_name(f"{log.name[: -len('.jsonl')]}.late-{n}.jsonl")
+        if not os.path.lexists(free):
+            os.rename(late, free)
+            return
 
 
 def _remove_empty_dirs(directory: Path) -> None:
