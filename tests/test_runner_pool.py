@@ -64,10 +64,22 @@ def test_bad_arguments_are_refused(kwargs: dict[str, Any], message: str) -> None
         RunnerPool("runs/x", echo_agent, **kwargs)
 
 
-def test_agl_run_says_which_runners_died_and_why_it_exits_1(tmp_path: Path) -> None:
+def _agl_run(
+    store: Path, agent: str, *options: str, path: Path | None = None
+) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment of ``agl run`` (the agent's module found on ``path``,
+    default this directory)."""
     import os
-    import subprocess
     import sys
+
+    where = str(path or Path(__file__).parent)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([where, os.environ.get("PYTHONPATH", "")]))
+    agl = str(Path(sys.executable).with_name("agl"))
+    return [agl, "--store", str(store), "run", agent, *options], env
+
+
+def test_agl_run_says_which_runners_died_and_why_it_exits_1(tmp_path: Path) -> None:
+    import subprocess
 
     store = tmp_path / "store"
 
@@ -81,21 +93,7 @@ def test_agl_run_says_which_runners_died_and_why_it_exits_1(tmp_path: Path) -> N
             fs.close()
 
     asyncio.run(prepare())
-    env = dict(
-        os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])
-    )
-    agl = str(Path(sys.executable).with_name("agl"))
-    args = [
-        agl,
-        "--store",
-        str(store),
-        "run",
-        "fault_helpers:exits_at_once",
-        "--workers",
-        "2",
-        "--poll-interval",
-        "0.1",
-    ]
+    args, env = _agl_run(store, "fault_helpers:exits_at_once", "--workers", "2", "--poll-interval", "0.1")
     done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 1, done.stderr
     assert done.stderr.count("exited with code 3: not restarted") == 4, done.stderr  # logged, then summed up
@@ -132,26 +130,11 @@ def test_runners_stop_when_agl_run_is_killed(tmp_path: Path) -> None:
     import os
     import signal
     import subprocess
-    import sys
 
     store = tmp_path / "store"
     fs = FileStore(store)
     asyncio.run(fs.add_resources({"prompt": PromptTemplate(template="{q}", engine="f-string")}))
-    env = dict(
-        os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])
-    )
-    agl = str(Path(sys.executable).with_name("agl"))
-    args = [
-        agl,
-        "--store",
-        str(store),
-        "run",
-        "test_runner_pool:echo_agent",
-        "--workers",
-        "2",
-        "--poll-interval",
-        "0.1",
-    ]
+    args, env = _agl_run(store, "test_runner_pool:echo_agent", "--workers", "2", "--poll-interval", "0.1")
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     runners: set[int] = set()
     try:
@@ -191,19 +174,15 @@ def _is_python(pid: int) -> bool:
 def test_agl_run_refuses_an_agent_no_runner_can_use_before_starting_any(tmp_path: Path) -> None:
     """Every runner process died on such an agent with a traceback, again after each restart
     (found by an adversarial pass). One line, exit 4, no runner started."""
-    import os
     import subprocess
-    import sys
 
     (tmp_path / "bad_agents.py").write_text("def only_task(task):\n    return 1.0\n\nNUMBER = 42\n")
     FileStore(tmp_path / "store").close()
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
-    agl = str(Path(sys.executable).with_name("agl"))
     for name, why in (
         ("only_task", "takes neither 'llm' nor 'prompt_template'"),
         ("NUMBER", "is not an agent"),
     ):
-        args = [agl, "--store", str(tmp_path / "store"), "run", f"bad_agents:{name}", "--workers", "2"]
+        args, env = _agl_run(tmp_path / "store", f"bad_agents:{name}", "--workers", "2", path=tmp_path)
         done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=60)
         assert done.returncode == 4, done.stderr
         [line] = done.stderr.splitlines()

@@ -17,19 +17,13 @@ import pytest
 
 from store_fs import ConflictError, FakeClock, FileStore, Span
 from store_fs.models import RolloutConfig
-from store_fs.rewards import find_final_reward
+from store_fs.rewards import find_final_reward, reward_span
 
 CONFIG = RolloutConfig(unresponsive_seconds=1, max_attempts=3, retry_condition=["unresponsive"])
 
 
 def _reward(rollout_id: str, attempt_id: str, sequence_id: int, value: float) -> Span:
-    return Span.from_attributes(
-        attributes={"agentlightning.reward.0.name": "primary", "agentlightning.reward.0.value": value},
-        rollout_id=rollout_id,
-        attempt_id=attempt_id,
-        sequence_id=sequence_id,
-        name="agentlightning.annotation",
-    )
+    return reward_span(value, rollout_id=rollout_id, attempt_id=attempt_id, sequence_id=sequence_id)
 
 
 @pytest.fixture
