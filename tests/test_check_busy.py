@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import mp_index_workers
+import pytest
 from test_multiprocess import SPAWN, children, read_result
 from test_rollout_index import dump, index_logs, reference
 
@@ -127,3 +129,28 @@ def test_check_fix_beside_an_enqueuer_loses_no_rollout(tmp_path: Path) -> None:
     assert sorted(drained) == sorted(enqueued)
     assert checker.check() == []
     checker.close()
+
+
+async def test_an_enqueue_that_finishes_while_check_looks_is_not_taken_away(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """check read no revision, then the enqueue linked revision 1 and made rollout.json before
+    check asked whether an enqueue was in flight (no: rollout.json is there): the rollout, whose
+    enqueue had returned, went to quarantine (seen once in CI). Check reads the revision again."""
+    store = FileStore(tmp_path / "store")
+    rid = (await store.enqueue_rollout(input=1)).rollout_id
+    records = store._engine.records
+    real_head = records.head
+    missed: list[str] = []
+
+    def head(rollout_id: str, **kwargs: Any) -> Any:
+        if rollout_id == rid and not missed:
+            missed.append(rollout_id)
+            return None  # as read just before the revision was linked
+        return real_head(rollout_id, **kwargs)
+
+    monkeypatch.setattr(records, "head", head)
+    assert store.check(fix=True) == []
+    assert missed == [rid]
+    assert (await store.get_rollout_by_id(rid)) is not None
+    store.close()

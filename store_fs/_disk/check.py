@@ -192,6 +192,10 @@ def _readable_head(
         if found is None:
             if _enqueue_in_flight(engine, rollout_id, grace):
                 return None
+            # rollout.json comes after revision 1: seen now, the revision may have come since
+            # the read above (an enqueue finishing meanwhile), and is read again.
+            if engine.records.head(rollout_id, cached_ok=False) is not None:
+                continue
             if quarantine is not None and engine.records.restore_from_mirror(rollout_id):
                 detail = "no history revision; revision 1 restored from rollout.json"
                 out.append(Problem("no-record", str(engine.ctx.layout.rollout_dir(rollout_id)), detail, True))
