@@ -343,3 +343,45 @@ async def test_otlp_mapping(store_dir: Path) -> None:
     assert first.attributes["blob"] == "ab"
     assert first.attributes["nested"] == '{"a":1}'
     assert first.resource.attributes[ROLLOUT_KEY] == "ro-ffffffffffff"
+
+
+async def test_an_otlp_batch_keeps_other_attempts_when_one_is_refused(store_dir: Path) -> None:
+    """An exporter's batch mixes attempts. A span of an attempt whose retry has started is
+    refused (409, docs/behaviour.md §5.3), and the whole batch, other attempts' spans with it,
+    was refused too (found in review). Those are stored; the refused ones are a partial success."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+        ExportTraceServiceResponse,
+    )
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+
+    from store_fs import RolloutConfig
+    from store_fs.server import otlp
+
+    store = FileStore(store_dir, create=False)
+    config = RolloutConfig(max_attempts=2, retry_condition=["unresponsive"])
+    await store.enqueue_rollout(input="stalled", config=config)
+    stale = await store.dequeue_rollout()
+    assert stale is not None
+    await store.update_attempt(stale.rollout_id, stale.attempt.attempt_id, status="unresponsive")
+    retry = await store.dequeue_rollout()
+    assert retry is not None
+    assert retry.rollout_id == stale.rollout_id
+    other = await store.start_rollout(input="other")
+    request = ExportTraceServiceRequest()
+    spans = request.resource_spans.add().scope_spans.add().spans
+    for name, attempted in (("late", stale), ("fine", other)):
+        span = spans.add(name=name, trace_id=b"\x01" * 16, span_id=os.urandom(8), start_time_unix_nano=10**18)
+        span.attributes.extend(
+            [
+                KeyValue(key=ROLLOUT_KEY, value=AnyValue(string_value=attempted.rollout_id)),
+                KeyValue(key=ATTEMPT_KEY, value=AnyValue(string_value=attempted.attempt.attempt_id)),
+            ]
+        )
+    reply = ExportTraceServiceResponse()
+    reply.ParseFromString(await otlp.export(store, request.SerializeToString()))
+    assert reply.partial_success.rejected_spans == 1
+    assert "retried" in reply.partial_success.error_message
+    assert [s.name for s in await store.query_spans(other.rollout_id)] == ["fine"]
+    assert list(await store.query_spans(stale.rollout_id)) == []
+    store.close()

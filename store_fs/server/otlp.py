@@ -28,6 +28,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span as ProtoSpan
 from opentelemetry.proto.trace.v1.trace_pb2 import Status as ProtoStatus
 from pydantic import ValidationError
 
+from store_fs.errors import ConflictError
 from store_fs.models import (
     Event,
     Link,
@@ -215,6 +216,27 @@ async def spans_from_request(store: FileStore, request: ExportTraceServiceReques
     return spans, skipped
 
 
+async def _store(store: FileStore, spans: list[Span]) -> tuple[int, str]:
+    """Store ``spans``; returns how many were refused, and why. An exporter's batch mixes
+    attempts: the spans of one the store refuses (its retry has started, docs/behaviour.md §5.3)
+    are left out and counted, instead of taking the other attempts' spans with them."""
+    try:
+        await store.add_many_spans(spans)
+        return 0, ""
+    except ConflictError:
+        pass
+    groups: dict[tuple[str, str], list[Span]] = {}
+    for span in spans:
+        groups.setdefault((span.rollout_id, span.attempt_id), []).append(span)
+    refused, why = 0, ""
+    for group in groups.values():
+        try:
+            await store.add_many_spans(group)
+        except ConflictError as err:
+            refused, why = refused + len(group), str(err)
+    return refused, why
+
+
 async def export(store: FileStore, payload: bytes) -> bytes:
     """Store the spans of a serialized ``ExportTraceServiceRequest``; returns the serialized reply.
 
@@ -229,11 +251,11 @@ async def export(store: FileStore, payload: bytes) -> bytes:
         spans, skipped = await spans_from_request(store, request)
     except ValidationError as err:
         raise ValueError(f"span does not fit the span model: {err.errors()[0]['msg']}") from None
-    if spans:
-        await store.add_many_spans(spans)
+    refused, why = await _store(store, spans) if spans else (0, "")
     response = ExportTraceServiceResponse()
-    if skipped:
-        response.partial_success.rejected_spans = skipped
-        response.partial_success.error_message = f"spans need {ROLLOUT_KEY} and {ATTEMPT_KEY} attributes"
+    if skipped or refused:
+        response.partial_success.rejected_spans = skipped + refused
+        reasons = [f"spans need {ROLLOUT_KEY} and {ATTEMPT_KEY} attributes"] if skipped else []
+        response.partial_success.error_message = "; ".join([*reasons, *([why] if refused else [])])
     reply: bytes = response.SerializeToString()
     return reply
