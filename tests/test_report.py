@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Coroutine
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -441,20 +442,34 @@ def test_the_report_benchmark_runs_at_a_tiny_size(tmp_path: Path) -> None:
     assert "page MB" in done.stdout
 
 
+DATA_BLOCK = '<script type="application/json" id="agl-report-data">'
+
+
+def _gathered(
+    root: Path,
+    fill: Callable[[FileStore], Coroutine[Any, Any, object]],
+    damage: Callable[[FileStore], object] | None = None,
+) -> ReportData:
+    """The report's data of a store at ``root`` that ``fill`` wrote (then ``damage`` changed)."""
+    store = FileStore(root)
+    try:
+        asyncio.run(fill(store))
+        if damage is not None:
+            damage(store)
+        return asyncio.run(gather(store))
+    finally:
+        store.close()
+
+
 def test_the_embedded_data_stays_one_json_block_whatever_the_values_hold(tmp_path: Path) -> None:
     """A value holding "<!--<script>" kept the block's real end tag from ending it under the
     HTML parsing rules, so tools reading the block got invalid JSON (found this session)."""
-    store = FileStore(tmp_path / "odd<!--<script>")
-    try:
 
-        async def make() -> None:
-            await store.start_rollout(input="x", worker_id="w<!--<script>")
+    async def fill(store: FileStore) -> None:
+        await store.start_rollout(input="x", worker_id="w<!--<script>")
 
-        asyncio.run(make())
-        page = render_page(asyncio.run(gather(store)))
-    finally:
-        store.close()
-    start = page.index('<script type="application/json" id="agl-report-data">')
+    page = render_page(_gathered(tmp_path / "odd<!--<script>", fill))
+    start = page.index(DATA_BLOCK)
     block = page[start:].split(">", 1)[1]
     body, end = block.split("</script>", 1)
     assert "<" not in body  # nothing the HTML tokenizer could take for a tag or a comment
@@ -469,18 +484,11 @@ def test_a_resource_version_without_its_body_is_a_problem_on_the_page_not_a_fail
 
     from store_fs import PromptTemplate
 
-    store = FileStore(tmp_path / "st")
-    try:
+    async def fill(store: FileStore) -> None:
+        await store.add_resources({"p": PromptTemplate(template="a {x}", engine="f-string")})
+        await store.start_rollout(input="x")
 
-        async def make() -> None:
-            await store.add_resources({"p": PromptTemplate(template="a {x}", engine="f-string")})
-            await store.start_rollout(input="x")
-
-        asyncio.run(make())
-        shutil.rmtree(store.root / "resources" / "objects")
-        data = asyncio.run(gather(store))
-    finally:
-        store.close()
+    data = _gathered(tmp_path / "st", fill, lambda store: shutil.rmtree(store.root / "resources" / "objects"))
     assert data.problems is not None
     damaged = [p for p in data.problems if "resources/by-id" in p.path]
     assert [p.kind for p in damaged] == ["corrupt-record"]
@@ -491,20 +499,14 @@ def test_a_resource_version_without_its_body_is_a_problem_on_the_page_not_a_fail
 def test_controls_and_bidirectional_overrides_show_as_code_points(tmp_path: Path) -> None:
     """A raw NUL (an HTML parse error) and U+202E (which shows the text after it reversed, so a
     worker id could read as another) were written into the page as they were."""
-    store = FileStore(tmp_path / "st")
-    try:
+    from store_fs import PromptTemplate
 
-        async def make() -> None:
-            from store_fs import PromptTemplate
+    async def fill(store: FileStore) -> None:
+        await store.add_resources({"p": PromptTemplate(template="Q\x00 {x}", engine="f-string")})
+        await store.start_rollout(input="x", worker_id="w-\u202egnp.exe")
 
-            await store.add_resources({"p": PromptTemplate(template="Q\x00 {x}", engine="f-string")})
-            await store.start_rollout(input="x", worker_id="w-\u202egnp.exe")
-
-        asyncio.run(make())
-        page = render_page(asyncio.run(gather(store)))
-    finally:
-        store.close()
-    start = page.index('<script type="application/json" id="agl-report-data">')
+    page = render_page(_gathered(tmp_path / "st", fill))
+    start = page.index(DATA_BLOCK)
     markup = page[:start] + page[start:].split("</script>", 1)[1]
     assert "\x00" not in page
     assert "\u202e" not in markup  # the JSON block keeps the value exactly (it is not shown)
