@@ -345,12 +345,24 @@ class AgentExit(Exception):
 async def _exit_contained(agent_call: Awaitable[Any]) -> Any:
     try:
         return await agent_call
-    except (asyncio.CancelledError, KeyboardInterrupt, GeneratorExit):
-        raise  # cancellation, a real Ctrl-C, the coroutine being closed: not the agent's failure
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        raise  # cancellation, a real Ctrl-C: not the agent's failure
+    except GeneratorExit as err:
+        if _thrown_here(err):
+            raise  # this coroutine is being closed (``close()`` throws it in at the ``await``)
+        raise AgentExit(err) from err  # raised by the agent's own code
     except BaseException as err:  # SystemExit, or an agent's own BaseException subclass
         if isinstance(err, Exception):
             raise
         raise AgentExit(err) from err
+
+
+def _thrown_here(err: BaseException) -> bool:
+    """Whether ``err`` was thrown into the frame that caught it rather than raised below it.
+
+    Closing a coroutine closes the one it awaits first, then throws ``GeneratorExit`` at the
+    closed one's own ``await``: its traceback then holds that frame alone."""
+    return err.__traceback__ is None or err.__traceback__.tb_next is None
 
 
 def start_agent(

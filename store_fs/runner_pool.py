@@ -16,6 +16,13 @@ each runner stops taking work, cancels its agents and reports their attempts ``f
 at once: a runner process calls ``os._exit``, the pool kills its runners and raises
 ``KeyboardInterrupt``. A runner that exits with an error is restarted up to
 ``max_restarts`` times in all (0: never).
+
+Each runner leads its own process group, so what its agents start (tools, sandboxes, servers)
+is in that group too, and ends with the runner: once a runner process is gone (stopped,
+crashed, killed), the pool sends SIGTERM to what is left of its group and, after
+``_GROUP_GRACE_SECONDS``, SIGKILL. A terminal's Ctrl-C therefore reaches the pool only, which
+stops the runners through the stop event. A process an agent detaches itself (a new session)
+is its own business.
 """
 
 from __future__ import annotations
@@ -43,6 +50,8 @@ __all__ = ["RunnerPool", "run_runner_process", "shippable_agent"]
 log = logging.getLogger(__name__)
 
 _POLL_SECONDS = 0.2
+# How long what is left of a finished runner's process group has between SIGTERM and SIGKILL.
+_GROUP_GRACE_SECONDS = 1.0
 # The runner retries every call itself, so its HTTP client keeps its own retries short.
 _CLIENT_RETRY_DELAYS = (0.2, 0.5, 1.0)
 
@@ -179,6 +188,9 @@ def run_runner_process(
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("store_fs").setLevel(logging.INFO)  # completed rollouts, with durations
 
+    if parent_pid is not None:
+        with contextlib.suppress(OSError):  # a group of its own, which its pool ends after it
+            os.setpgid(0, 0)
     signals = _StopOnSignal()
     if threading.current_thread() is threading.main_thread():  # handlers can be set only there
         signal.signal(signal.SIGINT, signals)
@@ -198,6 +210,44 @@ async def _iterate(runner: Any, store: Any, event: _StopEvent) -> None:
         close = getattr(store, "close", None)
         if inspect.iscoroutinefunction(close):
             await close()  # the HTTP client's connections on this loop
+
+
+def _end_groups(procs: list[Any], ended: set[int]) -> None:
+    """End what is left of the process groups of finished runners (``procs``, each at most once
+    as recorded in ``ended``): SIGTERM, then SIGKILL to whatever is still there after
+    ``_GROUP_GRACE_SECONDS``.
+
+    A group outlives its leader while any member lives, and its id, the runner's pid, is not
+    handed to another process meanwhile; a runner that died before making its group has none
+    to signal (``ProcessLookupError``)."""
+    signalled = []
+    for proc in procs:
+        if proc.pid is None or proc.pid in ended or proc.exitcode is None:
+            continue
+        ended.add(proc.pid)
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except OSError:
+            continue  # no such group: nothing the runner started is left
+        log.info("ending the processes runner %s left behind", proc.name)
+        signalled.append(proc.pid)
+    deadline = time.monotonic() + _GROUP_GRACE_SECONDS
+    while signalled and time.monotonic() < deadline:
+        time.sleep(0.05)
+        signalled = [pid for pid in signalled if _group_exists(pid)]
+    for pid in signalled:
+        with contextlib.suppress(OSError):
+            os.killpg(pid, signal.SIGKILL)
+
+
+def _group_exists(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # it exists; signalling it is not allowed
+    return True
 
 
 class RunnerPool:
@@ -245,6 +295,7 @@ class RunnerPool:
         self._reported: set[int] = set()  # pids of the runners in ``failures``
         self._killed = False
         self._signals_seen = 0
+        self._groups_ended: set[int] = set()  # pids of runners whose process group was ended
 
     def _spawn(self, index: int) -> Any:
         proc = self._ctx.Process(
@@ -282,6 +333,7 @@ class RunnerPool:
 
     def poll(self) -> bool:
         """Restart runners that failed, as ``max_restarts`` allows; True while any runner runs."""
+        _end_groups([proc for proc in self._procs if not proc.is_alive()], self._groups_ended)
         for index, proc in enumerate(self._procs):
             if proc.is_alive() or proc.exitcode == 0 or self._stop.is_set():
                 continue
@@ -346,6 +398,7 @@ class RunnerPool:
             self.kill()
             raise
         self._terminate_late()
+        _end_groups(self._procs, self._groups_ended)
         if any(proc.exitcode != 0 for proc in self._procs):
             self.failed = True
 
@@ -366,6 +419,8 @@ class RunnerPool:
         for proc in self._procs:
             if proc.is_alive():
                 proc.kill()
+                with contextlib.suppress(OSError):  # not reaped yet: the group is the runner's
+                    os.killpg(proc.pid, signal.SIGKILL)
 
     def __enter__(self) -> RunnerPool:
         return self.start()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import _thread
 import asyncio
+import ctypes
 import inspect
 import logging
 import threading
@@ -282,13 +283,13 @@ class Trainer:
             watch = _RunnerWatch(pool)
             try:
                 result = self._run_algorithm(algorithm, train_dataset, val_dataset)
-            except KeyboardInterrupt:
+            except (KeyboardInterrupt, _NoRunnerLeft):
                 if watch.finish() is not None:  # the watch interrupted it: say why
                     raise RuntimeError(watch.dead) from None
                 raise
             try:
                 watch.finish()
-            except KeyboardInterrupt:
+            except (KeyboardInterrupt, _NoRunnerLeft):
                 if watch.dead is None:  # a real Ctrl-C
                     raise
                 # else the watch's interrupt came as the algorithm returned: its result stands
@@ -310,18 +311,34 @@ class Trainer:
         return result
 
 
+class _NoRunnerLeft(BaseException):
+    """Raised in a Trainer's thread other than the main one when its runners have all died
+    (a BaseException, so that an algorithm's ``except Exception`` does not swallow it)."""
+
+
+def _raise_in_thread(thread_id: int, exc_type: type[BaseException] | None) -> None:
+    """Have ``exc_type`` raised in the thread ``thread_id`` when it next runs Python code (None:
+    withdraw one not raised yet). CPython's ``PyThreadState_SetAsyncExc``: a signal, what
+    interrupts the main thread, reaches no other thread."""
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(thread_id), ctypes.py_object(exc_type) if exc_type else None
+    )
+
+
 class _RunnerWatch:
     """While the algorithm runs (started on creation, until :meth:`finish`): restarts runners
     that die, as the pool allows, and when every runner has died with an error (none left to
     restart) says so in :attr:`dead` and interrupts the algorithm, which would otherwise wait
     for its rollouts forever. (Runners that stopped by themselves, at ``max_rollouts``, are
-    not an error.) Only the main thread can be interrupted (``_thread.interrupt_main``); a
-    Trainer running in another thread gets the error logged instead."""
+    not an error.) The main thread is interrupted with ``KeyboardInterrupt``
+    (``_thread.interrupt_main``), another thread with :class:`_NoRunnerLeft`; either when it
+    next runs Python code (a wait for rollouts does, a blocking call in C only once it returns)."""
 
     def __init__(self, pool: RunnerPool) -> None:
         self.pool = pool
         self.dead: str | None = None
         self._main = threading.current_thread() is threading.main_thread()
+        self._owner = threading.get_ident()
         self._lock = threading.Lock()
         self._running = True
         self._done = threading.Event()
@@ -332,6 +349,8 @@ class _RunnerWatch:
         """Stop watching (no interrupt comes after this returns); :attr:`dead`."""
         with self._lock:
             self._running = False
+            if self.dead is not None and not self._main:
+                _raise_in_thread(self._owner, None)  # if still pending: the caller is told anyway
         self._done.set()
         self._thread.join()
         return self.dead
@@ -348,9 +367,7 @@ class _RunnerWatch:
                 if self._main:
                     _thread.interrupt_main()
                 else:
-                    log.error(
-                        "%s (the Trainer runs outside the main thread: it cannot be interrupted)", self.dead
-                    )
+                    _raise_in_thread(self._owner, _NoRunnerLeft)
             return
 
 

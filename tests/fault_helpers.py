@@ -297,3 +297,18 @@ def exits_at_once(task: Any, prompt_template: PromptTemplate) -> None:
     import os
 
     os._exit(3)
+
+
+@rollout
+async def starts_a_subprocess(task: Any, prompt_template: PromptTemplate) -> float:
+    """Start ``sleep 600``, write its pid to the file named by ``task``, and wait for good: an
+    agent whose tool process outlives it unless the runner's supervisor ends it."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    tool = subprocess.Popen(["sleep", "600"])
+    Path(task + ".tmp").write_text(str(tool.pid))
+    os.replace(task + ".tmp", task)
+    await asyncio.sleep(3600)
+    return 1.0

@@ -13,6 +13,7 @@ import pytest
 
 from store_fs import FileStore, PromptTemplate, RolloutConfig
 from store_fs.agent import LitAgent, rollout
+from store_fs.attempt_run import _exit_contained
 from store_fs.emitter import emit_message, emit_reward
 from store_fs.models import NamedResources
 from store_fs.rewards import find_final_reward
@@ -116,6 +117,8 @@ async def async_exits(task: str, prompt_template: PromptTemplate) -> float:
         sys.exit(3)
     if task == "own":
         raise _AgentsOwnBaseException("not an Exception")
+    if task == "generator-exit":
+        raise GeneratorExit("closed by the agent")
     return 1.0
 
 
@@ -125,13 +128,16 @@ async def test_an_agent_calling_sys_exit_fails_its_attempt_and_the_runner_goes_o
 ) -> None:
     """SystemExit from an agent ended the runner's event loop: the attempt stayed running,
     never reported, and the next rollout was never run (found by an adversarial pass)."""
-    tasks = ["exit", "ok"] + (["interrupt", "ok"] if agent is sync_exits else ["own", "ok"])
+    tasks = ["exit", "ok"] + (
+        ["interrupt", "ok"] if agent is sync_exits else ["own", "ok", "generator-exit", "ok"]
+    )
     ids = [(await fs.enqueue_rollout(input=t)).rollout_id for t in tasks]
     await _drain(fs, agent, len(ids))  # returns: the runner was not taken down
     errors = {
         "exit": "SystemExit: 3",
         "interrupt": "KeyboardInterrupt: ",
         "own": "_AgentsOwnBaseException: not an Exception",
+        "generator-exit": "GeneratorExit: closed by the agent",
         "ok": None,
     }
     for rid, task in zip(ids, tasks, strict=True):
@@ -139,6 +145,23 @@ async def test_an_agent_calling_sys_exit_fails_its_attempt_and_the_runner_goes_o
         assert attempt is not None
         assert attempt.status == ("succeeded" if task == "ok" else "failed"), task
         assert (attempt.metadata or {}).get("error") == errors[task]
+
+
+def test_closing_a_running_agent_still_closes_it() -> None:
+    """Only a ``GeneratorExit`` the agent raises is its failure: one that ``close()`` throws in
+    (a pending task's coroutine collected at shutdown) must still end the coroutine."""
+
+    class Pending:
+        def __await__(self) -> Any:
+            yield None
+
+    async def agent() -> float:
+        await Pending()
+        return 1.0
+
+    running = _exit_contained(agent())
+    running.send(None)  # now suspended inside the agent
+    running.close()  # raises if GeneratorExit was turned into an AgentExit
 
 
 async def test_failures_are_retried_per_config(fs: FileStore) -> None:

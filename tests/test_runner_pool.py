@@ -115,6 +115,10 @@ def _children(pid: int) -> set[int]:
     return found
 
 
+def _parent(pid: int) -> int:
+    return int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
 def _alive(pid: int) -> bool:
     try:
         state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -153,6 +157,67 @@ def test_runners_stop_when_agl_run_is_killed(tmp_path: Path) -> None:
         proc.kill()
         proc.wait(10)
         for pid in runners:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        fs.close()
+
+
+def _pid_in(path: Path, timeout: float = 60) -> int:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path.name} never written"
+        time.sleep(0.05)
+    return int(path.read_text())
+
+
+def _gone(pid: int, timeout: float = 15) -> bool:
+    deadline = time.monotonic() + timeout
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not _alive(pid)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_an_agents_subprocesses_end_with_its_runner(tmp_path: Path) -> None:
+    """A process an agent started (a tool, a sandbox) lived on after its runner was killed, and
+    after ``agl run`` stopped on SIGTERM (noted in review). Each runner leads its own process
+    group, which the pool ends once the runner is gone: killed, or stopped."""
+    import os
+    import signal
+    import subprocess
+
+    store = tmp_path / "store"
+    fs = FileStore(store)
+    asyncio.run(fs.add_resources({"prompt": PromptTemplate(template="{q}", engine="f-string")}))
+    args, env = _agl_run(
+        store,
+        "fault_helpers:starts_a_subprocess",
+        "--workers",
+        "1",
+        "--max-restarts",
+        "1",
+        "--poll-interval",
+        "0.1",
+    )
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tools: list[int] = []
+    try:
+        asyncio.run(fs.enqueue_rollout(input=str(tmp_path / "first.pid")))
+        tools.append(_pid_in(tmp_path / "first.pid"))
+        runner = _parent(tools[0])
+        assert runner in _children(proc.pid)
+        os.kill(runner, signal.SIGKILL)
+        assert _gone(tools[0]), "the killed runner's tool process lived on"
+
+        asyncio.run(fs.enqueue_rollout(input=str(tmp_path / "second.pid")))
+        tools.append(_pid_in(tmp_path / "second.pid"))  # the restarted runner's
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        assert _gone(tools[1]), "the tool process lived on after agl run stopped"
+    finally:
+        proc.kill()
+        proc.wait(10)
+        for pid in tools:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
         fs.close()

@@ -145,6 +145,30 @@ def test_a_run_whose_runners_all_died_fails_instead_of_waiting_forever(tmp_path:
     assert time.monotonic() - started < 60
 
 
+def test_a_trainer_outside_the_main_thread_fails_too_when_its_runners_all_died(tmp_path: Path) -> None:
+    """Only the main thread could be interrupted: a Trainer run from another thread (a service,
+    a notebook's worker) logged the error and waited forever (noted in review)."""
+    import threading
+
+    trainer = Trainer(store=tmp_path / "s", initial_resources=RESOURCES, runner_kwargs={"no_such_option": 1})
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            trainer.dev(scoring_agent, [{"score": 1.0}])
+        except BaseException as err:  # what the thread saw, whatever it was, is the subject
+            outcome.append(err)
+        else:
+            outcome.append(None)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(30)
+    assert outcome, "the Trainer's thread still waits"
+    assert isinstance(outcome[0], RuntimeError), outcome
+    assert "no runner left" in str(outcome[0])
+
+
 def test_an_algorithm_that_returns_as_every_runner_dies_keeps_its_result(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
