@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -131,7 +132,6 @@ def _alive(pid: int) -> bool:
 def test_runners_stop_when_agl_run_is_killed(tmp_path: Path) -> None:
     """After kill -9 of ``agl run`` its runner processes lived on as orphans and kept taking
     work for good (found by an adversarial pass). They notice their parent is gone and stop."""
-    import os
     import signal
     import subprocess
 
@@ -149,16 +149,9 @@ def test_runners_stop_when_agl_run_is_killed(tmp_path: Path) -> None:
         assert runners
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
-        deadline = time.monotonic() + 30
-        while any(_alive(pid) for pid in runners) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert not [pid for pid in runners if _alive(pid)]
+        assert all(_gone(pid, timeout=30) for pid in runners)
     finally:
-        proc.kill()
-        proc.wait(10)
-        for pid in runners:
-            if _alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        _kill_all(proc, runners)
         fs.close()
 
 
@@ -215,12 +208,20 @@ def test_an_agents_subprocesses_end_with_its_runner(tmp_path: Path) -> None:
         assert proc.wait(30) == 0
         assert _gone(tools[1]), "the tool process lived on after agl run stopped"
     finally:
-        proc.kill()
-        proc.wait(10)
-        for pid in tools:
-            if _alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        _kill_all(proc, tools)
         fs.close()
+
+
+def _kill_all(proc: Any, pids: Iterable[int]) -> None:
+    """Stop ``agl run`` (``proc``) and whichever of ``pids`` a failed test left alive."""
+    import os
+    import signal
+
+    proc.kill()
+    proc.wait(10)
+    for pid in pids:
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
 
 
 def _cmdline(pid: int) -> str:
