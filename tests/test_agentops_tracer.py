@@ -90,9 +90,20 @@ ROLLOUT_SCRIPT = textwrap.dedent(
         }
 
 
+    def attributes_kept(count):
+        # How many of ``count`` attributes a span of agentops' provider keeps.
+        tracer = AgentOpsTracer()
+        tracer.init()
+        span = tracer.provider.get_tracer("limits").start_span("many attributes")
+        for i in range(count):
+            span.set_attribute(f"gen_ai.prompt.{i}.content", f"turn {i}")
+        span.end()
+        return len(span.attributes)
+
+
     with MockOpenAIServer() as mock:
         rollouts = asyncio.run(main(Path(sys.argv[1]), mock.base_url, sys.argv[2].split(",")))
-    result = {"rollouts": rollouts, "targets": targets}
+    result = {"rollouts": rollouts, "targets": targets, "attributes_kept": attributes_kept(300)}
     sys.stdout.write("RESULT " + json.dumps(result) + "\\n")
     """
 )
@@ -185,6 +196,13 @@ def test_a_rollout_is_traced_offline_into_the_store(children: dict[str, Any]) ->
     _assert_loopback_only(result["targets"])
     assert not (result["cwd"] / "agentops.log").exists()
     _assert_agentops_rollout(result["rollouts"][0])
+
+
+def test_agentops_spans_keep_more_than_128_attributes(children: dict[str, Any]) -> None:
+    """agentops' provider had OpenTelemetry's default limit of 128 attributes a span: a long
+    conversation lost its first prompt messages (the system prompt) without a word, as agl's own
+    tracer did before (tests/test_openai_tracing.py)."""
+    assert children["sequence"]["attributes_kept"] == 300
 
 
 def test_an_api_key_in_the_environment_is_ignored_and_restored(children: dict[str, Any]) -> None:

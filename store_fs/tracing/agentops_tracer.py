@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import functools
 import importlib
 import importlib.util
 import logging
@@ -40,7 +41,7 @@ from store_fs.tracing._agentops_openai import acquire, patch_token_ids, share_op
 from store_fs.tracing.rollout_binding import RolloutBinding, SpanSink, current_binding
 from store_fs.tracing.root_span import adopt_root_span
 from store_fs.tracing.span_processor import LightningSpanProcessor
-from store_fs.tracing.tracer import ProviderTracer
+from store_fs.tracing.tracer import ProviderTracer, unlimited_span_limits
 
 __all__ = ["AgentOpsTracer"]
 
@@ -136,6 +137,10 @@ class AgentOpsTracer(ProviderTracer):
     @staticmethod
     def _start_agentops(agentops: Any, core: Any, *, offline: bool) -> None:
         saved = core.AuthenticatedOTLPExporter, core.OTLPMetricExporter
+        saved_provider = core.TracerProvider
+        # Its provider with OpenTelemetry's default limit of 128 attributes a span would drop a
+        # long conversation's first prompt messages, as agl's own tracer's would (unlimited_span_limits).
+        core.TracerProvider = functools.partial(TracerProvider, span_limits=unlimited_span_limits())
         if offline:
             core.AuthenticatedOTLPExporter, core.OTLPMetricExporter = _NullSpanExporter, _NullMetricExporter
             # Stays patched: agentops' InternalSpanProcessor uploads its log when a root span ends.
@@ -145,8 +150,9 @@ class AgentOpsTracer(ProviderTracer):
         os.environ.setdefault(_LOG_FILE_ENV, "false")
         try:
             agentops.init(auto_start_session=False, log_session_replay_url=False, log_level="ERROR")
-        finally:  # only setup_telemetry() uses the exporter classes
+        finally:  # only setup_telemetry() uses the exporter and provider classes
             core.AuthenticatedOTLPExporter, core.OTLPMetricExporter = saved
+            core.TracerProvider = saved_provider
             if no_log_file:
                 os.environ.pop(_LOG_FILE_ENV, None)
         # agentops buffers every print() for the upload; with no upload the buffer only grows.
