@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from store_fs.errors import ExitCode
+
 from . import completion, output
 from .exit_codes import CliError
 from .params import MAX_COUNT, StatusFilter, seconds, values
@@ -196,6 +198,14 @@ def _export(
     where = f" to {out}" if out is not None else ""
     skipped = f"; {len(counts.skipped)} rollout(s) skipped (--verbose says why)" if counts.skipped else ""
     output.info(f"wrote {counts.rows} {view} row(s) from {counts.rollouts} rollout(s){where}{skipped}")
+    if counts.damaged:  # rows without them must not pass for the whole view in a script
+        ids = [rollout_id for rollout_id, _why in counts.damaged]
+        raise CliError(
+            f"{len(ids)} rollout(s) left out, their spans are damaged: {', '.join(ids[:3])}"
+            + (" ..." if len(ids) > 3 else "")
+            + f" ({counts.damaged[0][1]}; `agl check --fix` moves the damage aside)",
+            ExitCode.CORRUPT,
+        )
 
 
 def _view_command(view: str) -> Any:

@@ -121,44 +121,58 @@ def row_of(obj: dict[str, Any]) -> tuple[int, SpanRow]:
     )
 
 
-def _file_rows(path: Path, seen: set[object], out: list[tuple[int, SpanRow]]) -> None:
+def _parsed(line: bytes) -> tuple[dict[str, Any] | None, str]:
+    """The span line's JSON object, or None and why it cannot be one."""
+    try:
+        obj = codec.loads(line)
+    except ValueError as err:
+        return None, str(err).splitlines()[0] if line.strip(b"\x00 \t\r") else "NUL or blank bytes"
+    if type(obj) is not dict:
+        return None, "not a JSON object"
+    if type(obj.get("span_id")) is not str:
+        return None, "span_id is not a string"  # cannot validate; nor can later lines sharing it
+    return obj, ""
+
+
+def _file_rows(path: Path, seen: set[object], out: list[tuple[int, SpanRow]], bad: list[str]) -> None:
     data, reason = read_span_bytes(path)
     if reason is not None:
         log.warning("skipping %s: %s", path, reason)
+        bad.append(f"{path}: {reason}")
+    end = data.rfind(b"\n") + 1
+    if end < len(data):
+        bad.append(f"{path}: {len(data) - end} bytes after the last newline")
     offset = 0
-    for line in data[: data.rfind(b"\n") + 1].split(b"\n")[:-1]:
+    for line in data[:end].split(b"\n")[:-1]:
         at, offset = offset, offset + len(line) + 1
         if not line:
             continue
-        try:
-            obj = codec.loads(line)
-        except ValueError as err:
-            if line.strip(b"\x00 \t\r"):
-                log.warning(
-                    "skipping corrupt span line in %s at byte %d: %s", path, at, str(err).splitlines()[0]
-                )
-            continue
-        if type(obj) is not dict:
-            log.warning("skipping corrupt span line in %s at byte %d: not a JSON object", path, at)
-            continue
-        key = obj.get("span_id")
-        if type(key) is not str:
-            log.warning("skipping invalid span in %s at byte %d: span_id is not a string", path, at)
-            continue  # cannot validate; whatever later lines share it cannot either
-        if key in seen:
-            continue
-        seen.add(key)
-        try:
-            out.append(row_of(obj))
-        except ValidationError as err:
-            log.warning("skipping invalid span in %s at byte %d: %s", path, at, str(err).splitlines()[0])
+        obj, why = _parsed(line)
+        if obj is not None:
+            key = obj["span_id"]
+            if key in seen:
+                continue
+            seen.add(key)
+            try:
+                out.append(row_of(obj))
+                continue
+            except ValidationError as err:
+                why = str(err).splitlines()[0]
+        if why != "NUL or blank bytes":
+            log.warning("skipping a span line in %s at byte %d: %s", path, at, why)
+        bad.append(f"{path} at byte {at}: {why}")
 
 
-def read_span_rows(store: FileStore, attempt_dir: Path) -> list[SpanRow]:
-    """The rows of the spans ``query_spans`` returns for the attempt stored in ``attempt_dir``."""
+def read_span_rows(store: FileStore, attempt_dir: Path, bad: list[str] | None = None) -> list[SpanRow]:
+    """The rows of the spans ``query_spans`` returns for the attempt stored in ``attempt_dir``.
+
+    What the store would skip (a line that does not parse or validate, a name that is no file)
+    and the bytes after a file's last newline (a write in progress, or a writer killed in one)
+    are described in ``bad``, one string each."""
     seen: set[object] = set()
     keyed: list[tuple[int, SpanRow]] = []
+    problems: list[str] = [] if bad is None else bad
     for path in store._spans._span_files(attempt_dir):
-        _file_rows(path, seen, keyed)
+        _file_rows(path, seen, keyed, problems)
     keyed.sort(key=_by_sequence)
     return [row for _seq, row in keyed]

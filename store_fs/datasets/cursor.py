@@ -52,6 +52,14 @@ class Cursor:
         """After everything written so far: only rollouts that finish from now on are returned."""
         return cls(IndexPosition.at_end(store.layout.rollout_index))
 
+    def copy(self) -> Cursor:
+        """A cursor at the same place, moving on its own."""
+        return Cursor(IndexPosition(dict(self._position.files)))
+
+    def rewind(self, to: Cursor) -> None:
+        """Go back (or forward) to where ``to`` is."""
+        self._position = IndexPosition(dict(to._position.files))
+
     def finished(self, store: FileStore) -> list[str]:
         """Ids of the rollouts that finished since the last call, and move past them."""
         return [rollout_id for rollout_id, _rev in self.finished_at(store)]

@@ -35,14 +35,13 @@ async def _write_all(sink: RowSink, data: TrainingData, cursor_path: Path | None
         async for row in data.rows():
             sink.write(row)
         return
-    for row in await data.read_new():
-        sink.write(row)
+    await data.for_each_new(sink.write)  # row by row: a first run over a big store holds no list
 
 
 def _write_parallel(sink: RowSink, data: TrainingData, redact: list[str], jobs: int, ids: list[str]) -> None:
     encode = isinstance(sink, JsonLinesSink)
     root = str(data.store.root)
-    for payload, rollouts, rows, skipped in parallel_rows(
+    for payload, rollouts, rows, skipped, damaged in parallel_rows(
         root, data.view, data.filter, redact, ids, jobs=jobs, encode=encode
     ):
         if isinstance(payload, bytes):
@@ -54,6 +53,7 @@ def _write_parallel(sink: RowSink, data: TrainingData, redact: list[str], jobs: 
         data.counts.rollouts += rollouts
         data.counts.rows += rows
         data.counts.skipped += skipped
+        data.counts.damaged += damaged
 
 
 def auto_jobs(candidates: int) -> int:
@@ -67,6 +67,10 @@ def auto_jobs(candidates: int) -> int:
 async def _follow(
     sink: RowSink, data: TrainingData, cursor_path: Path | None, idle_timeout: float | None
 ) -> None:
+    await data.for_each_new(sink.write)  # the backlog row by row, not as one first batch
+    sink.flush()
+    if cursor_path is not None:
+        data.save_cursor(cursor_path)
     async for batch in data.follow(idle_timeout=idle_timeout):
         for row in batch:
             sink.write(row)

@@ -84,7 +84,10 @@ def _listify(node: dict[str, Any]) -> dict[str, Any] | list[Any]:
         if type(value) is dict:
             node[key] = _listify(value)
     if node and all(k.isdigit() for k in node):
-        indices = sorted(int(k) for k in node)
+        try:
+            indices = sorted(int(k) for k in node)
+        except ValueError:  # a digit int() does not read ("²")
+            raise AttributeShapeError(f"list indices {sorted(node)} are not all numbers") from None
         if indices == list(range(len(indices))):
             try:
                 return [node[str(i)] for i in range(len(indices))]

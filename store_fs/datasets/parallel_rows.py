@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
@@ -27,8 +30,8 @@ __all__ = ["CHUNK", "Chunk", "parallel_rows"]
 CHUNK = 256
 _LINE = orjson.OPT_NON_STR_KEYS | orjson.OPT_APPEND_NEWLINE
 
-# (rows: encoded JSON Lines or row dicts, rollouts, rows, skipped)
-Chunk = tuple[bytes | list[dict[str, Any]], int, int, list[tuple[str, str]]]
+# (rows: encoded JSON Lines or row dicts, rollouts, rows, skipped, damaged)
+Chunk = tuple[bytes | list[dict[str, Any]], int, int, list[tuple[str, str]], list[tuple[str, str]]]
 
 _STORES: dict[str, Any] = {}  # per worker process: its store object
 
@@ -59,7 +62,19 @@ def _chunk(
     payload: bytes | list[dict[str, Any]] = (
         b"".join(orjson.dumps(r, option=_LINE) for r in made) if encode else made
     )
-    return payload, counts.rollouts, counts.rows, counts.skipped
+    return payload, counts.rollouts, counts.rows, counts.skipped, counts.damaged
+
+
+def _exit_with(parent: int) -> None:
+    """In a worker: exit once ``parent`` (the exporting process) is gone. Killed with -9, it
+    can tell no worker to stop, and one blocked writing its result would wait for good."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="agl-export-parent-watch", daemon=True).start()
 
 
 def parallel_rows(
@@ -75,7 +90,9 @@ def parallel_rows(
     """The chunks of ``ids`` made by ``jobs`` worker processes, in order."""
     chunks = [list(ids[i : i + CHUNK]) for i in range(0, len(ids), CHUNK)]
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+    with ProcessPoolExecutor(
+        max_workers=jobs, mp_context=context, initializer=_exit_with, initargs=(os.getpid(),)
+    ) as pool:
         futures = []
         window = jobs * 4  # chunks in flight: enough to keep workers busy, few to hold in memory
         for i, chunk in enumerate(chunks):

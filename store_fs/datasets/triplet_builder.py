@@ -407,3 +407,5 @@ def triplets_of_rows(
         return out
     except AttributeShapeError as err:
         raise TripletError(str(err)) from err
+    except RecursionError:  # upstream's adapter walks the tree recursively too, and fails alike
+        raise TripletError("the spans nest too deep to walk their tree") from None

@@ -17,7 +17,12 @@ starts with the rollout's ``rollout_id``, ``attempt_id`` (the latest attempt), `
 
 Rollouts are read one after the other and nothing is kept, so memory stays flat however big
 the store. A rollout whose spans the adapters cannot read (upstream's would raise) gives no rows
-and is counted in :attr:`ViewCounts.skipped`.
+and is counted in :attr:`ViewCounts.skipped`. A rollout whose finished latest attempt has damaged
+span files (what ``agl check`` reports: a line that does not parse or validate, bytes after the
+last newline, a name that is no file or directory) gives no rows either, and is counted in
+:attr:`ViewCounts.damaged`: read as the store reads it, it would lose the damaged spans, and a
+lost reward span makes an earlier reward final without a word. A rollout removed while it is
+read (``agl prune``) gives no rows.
 
 :class:`TrainingData` is the trainer's entry point: the same views and filters, over everything
 now (:meth:`~TrainingData.rows`), or with a :class:`~store_fs.datasets.cursor.Cursor`, what
@@ -27,15 +32,20 @@ finished since the last read (:meth:`~TrainingData.read_new`) and, as they finis
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import stat
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from store_fs._disk.layout import revision_name
 from store_fs._disk.record_peek import newest_revision
+from store_fs._disk.span_log import BadLine
+from store_fs._disk.status_rules import LIVE_ATTEMPT_STATUSES
 from store_fs.datasets._row_rewards import final_reward
 from store_fs.datasets._span_rows import SpanRow, read_span_rows
 from store_fs.datasets.cursor import Cursor
@@ -65,6 +75,12 @@ class ViewCounts:
     rollouts: int = 0
     rows: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    #: Rollouts left out because their finished latest attempt's span files are damaged (id, why).
+    damaged: list[tuple[str, str]] = field(default_factory=list)
+
+
+class _DamagedSpans(Exception):
+    """The finished latest attempt's span files are damaged (the message says where)."""
 
 
 async def _document(store: FileStore, rollout_id: str) -> dict[str, Any] | None:
@@ -135,11 +151,15 @@ def _attempt_dir(store: FileStore, record: _Brief) -> Path | None:
 
 
 def _spans(store: FileStore, record: _Brief) -> list[Span]:
-    """The latest attempt's spans in ``query_spans`` order (sequence id, ties in storage order)."""
+    """The latest attempt's spans in ``query_spans`` order (sequence id, ties in storage order);
+    raises :class:`_DamagedSpans` for a finished attempt's damaged files."""
     attempt_dir = _attempt_dir(store, record)
     if attempt_dir is None:
         return []
-    spans = store._spans.read([attempt_dir])
+    lines: list[BadLine] = []
+    spans = store._spans.read([attempt_dir], lines)
+    bad = [f"{line.path} at byte {line.offset}: {line.reason}" for line in lines]
+    _raise_if_damaged(store, record, attempt_dir, bad + _torn_tails(store, attempt_dir))
     spans.sort(key=_sequence_id)
     return spans
 
@@ -147,7 +167,51 @@ def _spans(store: FileStore, record: _Brief) -> list[Span]:
 def _span_rows(store: FileStore, record: _Brief) -> list[SpanRow]:
     """:func:`_spans` as plain rows (what triplets need), without building span objects."""
     attempt_dir = _attempt_dir(store, record)
-    return [] if attempt_dir is None else read_span_rows(store, attempt_dir)
+    if attempt_dir is None:
+        return []
+    bad: list[str] = []
+    rows = read_span_rows(store, attempt_dir, bad)
+    _raise_if_damaged(store, record, attempt_dir, bad)
+    return rows
+
+
+def _raise_if_damaged(store: FileStore, record: _Brief, attempt_dir: Path, bad: list[str]) -> None:
+    """Raise :class:`_DamagedSpans` when the attempt is finished (nobody appends to its files:
+    bytes after a last newline are a writer killed mid-line) and its files are damaged, or its
+    directory's name is no directory (the store reads it as empty)."""
+    if record.attempt_status in LIVE_ATTEMPT_STATUSES:
+        return
+    with contextlib.suppress(FileNotFoundError):  # no span or heartbeat yet: no directory
+        if not stat.S_ISDIR(os.lstat(attempt_dir).st_mode):
+            bad = [f"{attempt_dir}: not a directory", *bad]
+    if bad:
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise _DamagedSpans(f"{bad[0]}{more}")
+
+
+def _torn_tails(store: FileStore, attempt_dir: Path) -> list[str]:
+    """The span files of ``attempt_dir`` whose last byte is no newline (the rows reader sees
+    these itself)."""
+    return [
+        f"{path}: bytes after the last newline"
+        for path in store._spans._span_files(attempt_dir)
+        if _torn(path)
+    ]
+
+
+def _torn(path: Path) -> bool:
+    try:
+        with path.open("rb") as file:
+            size = file.seek(0, os.SEEK_END)
+            return size > 0 and os.pread(file.fileno(), 1, size - 1) != b"\n"
+    except OSError:  # gone, or no file: the read reported it
+        return False
+
+
+def _removed(store: FileStore, record: _Brief) -> bool:
+    """Whether the rollout is gone now (``agl prune`` renames a rollout's directory away in one
+    step: spans read before this says no were all read before the rename)."""
+    return not store.layout.history_dir(record.rollout_id).is_dir()
 
 
 def _sequence_id(span: Span) -> int:
@@ -167,6 +231,8 @@ def _head(record: _Brief, final_reward: float | None, ending: str | None) -> dic
 
 def _triplet_rows(store: FileStore, record: _Brief, flt: RolloutFilter) -> list[dict[str, Any]]:
     spans = _span_rows(store, record)
+    if _removed(store, record):
+        return []
     reward = final_reward(spans)
     ending = ending_of(record.status, record.attempt_status, reward)
     if not flt.admits_ending(ending):
@@ -179,6 +245,8 @@ async def _other_rows(
     store: FileStore, record: _Brief, view: View, flt: RolloutFilter
 ) -> list[dict[str, Any]]:
     spans = _spans(store, record)
+    if _removed(store, record):
+        return []
     reward = find_final_reward(spans)
     ending = ending_of(record.status, record.attempt_status, reward)
     if not flt.admits_ending(ending):
@@ -186,7 +254,9 @@ async def _other_rows(
     if view == "messages":
         return [{**_head(record, reward, ending), "conversations": build_messages(spans)}]
     document = await _document(store, record.rollout_id)
-    return [] if document is None else [{**document, "final_reward": reward, "ended": ending}]
+    if document is None:
+        return []
+    return [{**document, "attempt_id": record.attempt_id, "final_reward": reward, "ended": ending}]
 
 
 async def rollout_rows(
@@ -213,6 +283,13 @@ async def rollout_rows(
         log.warning("%s: no %s: %s", rollout_id, view, err)
         if counts is not None:
             counts.skipped.append((rollout_id, str(err)))
+        return []
+    except _DamagedSpans as err:
+        log.error(
+            "%s: left out, its spans are damaged: %s (agl check --fix moves them aside)", rollout_id, err
+        )
+        if counts is not None:
+            counts.damaged.append((rollout_id, str(err)))
         return []
     if redactor:
         rows = [redactor.apply(row) for row in rows]
@@ -283,26 +360,46 @@ class TrainingData:
         return view_rows(self.store, self.view, self.filter, redact=self._redact, counts=self.counts)
 
     async def read_new(self) -> list[dict[str, Any]]:
-        """Rows of the rollouts that finished since the last read, in the order they finished."""
+        """Rows of the rollouts that finished since the last read (see :meth:`for_each_new`)."""
         out: list[dict[str, Any]] = []
-        for rollout_id, rev in self.cursor.finished_at(self.store):
-            out += await rollout_rows(
-                self.store,
-                rollout_id,
-                self.view,
-                self.filter,
-                redactor=self._redactor,
-                counts=self.counts,
-                at_least=rev,
-            )
+        await self.for_each_new(out.append)
         return out
+
+    async def for_each_new(self, handle: Callable[[dict[str, Any]], object]) -> None:
+        """Call ``handle`` on each row of the rollouts that finished since the last read, as each
+        rollout's rows are built (memory: one rollout's rows, however many finished), rollouts in
+        the order the store's index logs name them (each process's log in the order its writes
+        finished them; across processes, log by log).
+
+        If this fails part-way (a row that cannot be built or handled), the cursor goes back to
+        where it was before the call: the rows handled already come again on the next read
+        (at least once, as after a crash), none is lost.
+        """
+        before = self.cursor.copy()
+        try:
+            for rollout_id, rev in self.cursor.finished_at(self.store):
+                rows = await rollout_rows(
+                    self.store,
+                    rollout_id,
+                    self.view,
+                    self.filter,
+                    redactor=self._redactor,
+                    counts=self.counts,
+                    at_least=rev,
+                )
+                for row in rows:
+                    handle(row)
+        except BaseException:
+            self.cursor.rewind(before)
+            raise
 
     async def follow(
         self, *, idle_timeout: float | None = None, tick: float = 0.25
     ) -> AsyncIterator[list[dict[str, Any]]]:
         """Batches of new rows as rollouts finish (never an empty batch), until the caller stops,
         or ``idle_timeout`` seconds pass without one. Wakes on the store's change feed, and
-        looks at least every ``tick`` seconds."""
+        looks at least every ``tick`` seconds. The first batch holds every rollout finished
+        since the cursor: over a big backlog, go through it with :meth:`for_each_new` first."""
         from store_fs._disk.watch import ChangeFeed, resolve_mode
 
         mode = resolve_mode("auto", self.store.root)
