@@ -192,11 +192,9 @@ def reward(
 ) -> None:
     """Record a reward as upstream's annotation span, so algorithms read it unchanged.
 
-    A negative reward goes after --, as any argument starting with a dash.
-
     \b
     agl reward "$RID" 0.85 --attempt "$AID"
-    agl reward "$RID" --attempt "$AID" -- -1
+    agl reward "$RID" -1 --attempt "$AID"
     """
     cli = CliState.of(ctx)
     from store_fs.rewards import reward_span

@@ -110,7 +110,7 @@ app.command("wait")(cmd_queue.wait)
 app.command("complete")(cmd_attempts.complete)
 app.command("fail")(cmd_attempts.fail)
 app.command("heartbeat")(cmd_attempts.heartbeat)
-app.command("reward")(cmd_spans.reward)
+app.command("reward", context_settings={"ignore_unknown_options": True})(cmd_spans.reward)  # -1 is a reward
 app.command("stats")(cmd_admin.stats)
 app.command("check")(cmd_admin.check)
 app.command("compact")(cmd_admin.compact)

@@ -196,6 +196,16 @@ def test_dequeue_wait_returns_when_something_is_enqueued(agl: Agl) -> None:
     assert waited < 3.0, f"dequeue returned {waited:.2f}s after the enqueue"
 
 
+def test_a_negative_reward_needs_no_double_dash(agl: Agl) -> None:
+    """``agl reward RID -0.25`` failed with "no such option: -0": a penalty needed ``--``."""
+    rid = agl.enqueue({"question": "2+2"})["rollout_id"]
+    aid = agl.ok("dequeue", "--worker-id", "w1").json()["attempt"]["attempt_id"]
+    assert "reward -0.25 recorded" in agl.ok("reward", rid, "-0.25", "--attempt", aid).stderr
+    assert "reward -1.0 recorded" in agl.ok("reward", rid, "--attempt", aid, "-1").stderr
+    spans = agl.ok("spans", "list", rid).lines()
+    assert [s["attributes"][REWARD_VALUE] for s in spans] == [-0.25, -1.0]
+
+
 def test_runner_loop(agl: Agl) -> None:
     agl.ok("resources", "add", "--template", "Q: {any_question}")
     queued = agl.enqueue({"question": "2+2"}, "--mode", "train")
