@@ -2,7 +2,20 @@
 
 A file is published whole: rows go to a temporary file beside it (``.<name>.<host>-<pid>.tmp``),
 renamed over the target when the export ends, so a reader never sees half an export and an
-interrupted one leaves the old file as it was.
+interrupted one leaves the old file as it was. What the name is decides (:func:`open_sink`):
+
+* a regular file, or a name that does not exist yet: published whole there;
+* a symbolic link to a regular file or to a name that does not exist yet: published whole at the
+  path the link names (the temporary file goes beside that one); the link stays as it was;
+* anything else that exists and is not a directory (a FIFO, a character device such as
+  ``/dev/null``, a terminal), or a link through ``/proc`` to a process's open file (as
+  ``/dev/stdout`` and ``/dev/fd/N`` are): JSON Lines is written straight into it as a stream
+  (opened for appending, as the shell's ``>>`` does: nothing is truncated or renamed; opening a
+  FIFO waits for its reader, as the shell's redirection does), so it cannot be published whole:
+  its reader sees the rows as they come, and an interrupted export leaves the rows written so far.
+  Parquet is refused there (:class:`OutputTargetError`): a Parquet file is readable only once its
+  footer is written, so it is only ever published whole;
+* a directory, or a loop of symbolic links: refused (:class:`OutputTargetError`).
 
 **Parquet** (a file name ending in ``.parquet``) needs the optional extra ``agl[parquet]``, which
 is `pyarrow <https://arrow.apache.org/docs/python/>`_: its ``ParquetWriter`` appends row groups one
@@ -19,23 +32,66 @@ as JSON text (``json.loads`` gives back exactly the JSON Lines value):
 * ``messages``: ``rollout_id, attempt_id, resources_id, mode, final_reward, ended, conversations``
 * ``rollouts``: ``rollout_id, status, ended, final_reward, resources_id, mode, start_time,
   end_time, document`` (the whole JSON Lines row)
+
+The store takes any JSON, so a row may hold a value its view's schema cannot: a token id outside
+int64 (up to ``2**64 - 1`` is valid JSON and stored), a boolean where a token id goes, an image URL
+that is not text. :meth:`ParquetSink.write` refuses such a row with :class:`ParquetRowError`
+(naming the rollout, the column and why) before taking any of it, so the sink stays usable: the
+rows written before and after it are in the file. JSON Lines writes every row as it is.
 """
 
 from __future__ import annotations
 
+import array
 import os
+import stat
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any, Literal, Protocol
 
 import orjson
 
 from store_fs._disk import fsio
+from store_fs.errors import AglError, UnstorableValueError
 
-__all__ = ["ROW_GROUP", "JsonLinesSink", "ParquetSink", "RowSink", "open_sink"]
+__all__ = [
+    "ROW_GROUP",
+    "JsonLinesSink",
+    "OutputTargetError",
+    "ParquetRowError",
+    "ParquetSink",
+    "RowSink",
+    "open_sink",
+]
 
 ROW_GROUP = 1000
 _JSON = orjson.OPT_NON_STR_KEYS
+_LINK_HOPS = 40  # as the kernel's limit on links followed in one lookup
+
+
+class ParquetRowError(UnstorableValueError):
+    """A row whose ``column`` holds a value the view's Parquet schema cannot (``reason`` says
+    which and why). Raised by :meth:`ParquetSink.write` before the row is taken: nothing of it
+    is in the file, and the sink takes further rows. A bad-input error (exit 4) if uncaught."""
+
+    def __init__(self, rollout_id: str, column: str, reason: str) -> None:
+        AglError.__init__(self, f"rollout {rollout_id}: {column} cannot go in a Parquet file: {reason}")
+        self.what = f"{column} of rollout {rollout_id}"
+        self.reason = reason
+        self.rollout_id = rollout_id
+        self.column = column
+
+
+class OutputTargetError(UnstorableValueError):
+    """An output name rows cannot be written to in the format asked for (Parquet into a FIFO or
+    a device, anything into a directory or a loop of symbolic links). A bad-input error (exit 4)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        AglError.__init__(self, f"cannot write to {path}: {reason}")
+        self.what = f"output {path}"
+        self.reason = reason
+        self.path = path
 
 
 class RowSink(Protocol):
@@ -44,10 +100,69 @@ class RowSink(Protocol):
     def flush(self) -> None: ...
 
     def close(self) -> None:
-        """Finish: a file appears at its name now."""
+        """Finish: a file published whole appears at its name now (a stream is flushed)."""
 
     def abort(self) -> None:
-        """Give up: a file is not published (the temporary file is removed)."""
+        """Give up: a file is not published (the temporary file is removed); what went into a
+        stream stays there."""
+
+
+@dataclass(frozen=True)
+class _Place:
+    """Where rows for an output name go: ``file``, published whole at ``path``; ``stream``,
+    written straight into ``path`` (what the name was given as)."""
+
+    kind: Literal["file", "stream"]
+    path: Path
+    what: str = "a regular file"
+
+
+_SPECIAL = (
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _special(mode: int) -> str:
+    return next((name for test, name in _SPECIAL if test(mode)), "not a regular file")
+
+
+def _through_proc(path: Path) -> bool:
+    """Whether following the links of ``path`` passes a link in ``/proc`` (a process's open file,
+    as ``/dev/stdout`` is: its target is no name to publish at)."""
+    for _ in range(_LINK_HOPS):
+        if not path.is_symlink():
+            return False
+        if os.path.realpath(path.parent).startswith("/proc/"):
+            return True
+        path = path.parent / os.readlink(path)
+    return False
+
+
+def _place(path: Path) -> _Place:
+    """Where rows for the output name ``path`` go (see the module's doc)."""
+    try:
+        mode: int | None = os.stat(path).st_mode
+    except FileNotFoundError:
+        mode = None
+    except OSError as err:
+        if path.is_symlink():  # a loop (ELOOP), or a link through something not a directory
+            raise OutputTargetError(str(path), f"its symbolic links lead nowhere ({err.strerror})") from None
+        raise
+    if mode is not None and stat.S_ISDIR(mode):
+        raise OutputTargetError(str(path), "it is a directory")
+    if mode is not None and not stat.S_ISREG(mode):
+        return _Place("stream", path, f"it is {_special(mode)}")
+    if not path.is_symlink():
+        return _Place("file", path)
+    if mode is not None and _through_proc(path):
+        return _Place("stream", path, "it is a link to a process's open file (in /proc)")
+    target = Path(os.path.realpath(path))
+    if not target.parent.is_dir():
+        raise OutputTargetError(str(path), f"it is a link to {target}, whose directory does not exist")
+    return _Place("file", target)
 
 
 def _tmp_for(path: Path) -> Path:
@@ -55,13 +170,21 @@ def _tmp_for(path: Path) -> Path:
 
 
 class JsonLinesSink:
-    """One compact JSON object per line, to a binary stream or (published whole) a file."""
+    """One compact JSON object per line, to a binary stream or to a file name: published whole
+    (a regular file, a new name, a link to one of those), or written straight into it as a
+    stream (a FIFO, a device, ``/dev/stdout``...: see the module's doc; not published whole)."""
 
     def __init__(self, target: IO[bytes] | Path) -> None:
-        self._path: Path | None = None
+        self._path: Path | None = None  # the file published whole at close
+        self._owned = False  # the stream is ours to close
         if isinstance(target, Path):
-            self._path = target
-            self._stream: IO[bytes] = open(_tmp_for(target), "wb")  # noqa: SIM115 - closed in close/abort
+            place = _place(target)
+            self._owned = True
+            if place.kind == "file":
+                self._path = place.path
+                self._stream: IO[bytes] = open(_tmp_for(place.path), "wb")  # noqa: SIM115 - closed in close/abort
+            else:
+                self._stream = open(place.path, "ab")  # noqa: SIM115 - closed in close/abort
         else:
             self._stream = target
 
@@ -77,18 +200,101 @@ class JsonLinesSink:
 
     def close(self) -> None:
         self._stream.flush()
-        if self._path is not None:
+        if self._owned:
             self._stream.close()
+        if self._path is not None:
             os.replace(_tmp_for(self._path), self._path)
 
     def abort(self) -> None:
-        if self._path is not None:
-            self._stream.close()
-            _tmp_for(self._path).unlink(missing_ok=True)
+        if self._owned:
+            try:
+                self._stream.close()
+            finally:
+                if self._path is not None:
+                    _tmp_for(self._path).unlink(missing_ok=True)
 
 
-def _json_text(value: Any) -> str | None:
-    return None if value is None else orjson.dumps(value, option=_JSON).decode()
+# The kinds of Parquet column, each a check-and-convert of a row's value (None stays None).
+_Kind = Literal["text", "json", "number", "integer", "integers", "texts"]
+_INT64 = 2**63
+
+
+class _Unfit(Exception):
+    """A value a column cannot hold; the message says why."""
+
+
+def _what(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 40 else text[:37] + '...'}"
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise _Unfit(f"{_what(value)} is not text")
+    if not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise _Unfit("text that is not valid UTF-8 (a lone surrogate)") from None
+    return value
+
+
+def _json(value: Any) -> str:
+    try:
+        return orjson.dumps(value, option=_JSON).decode()
+    except orjson.JSONEncodeError as err:
+        raise _Unfit(f"not JSON: {err}") from None
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, float):
+        return value
+    if type(value) is not int:
+        raise _Unfit(f"{_what(value)} is not a number")
+    return float(value)
+
+
+def _integer(value: Any) -> int:
+    if type(value) is not int:
+        raise _Unfit(f"{_what(value)} is not an integer")
+    if not -_INT64 <= value < _INT64:
+        raise _Unfit(f"{value} is outside int64")
+    return value
+
+
+def _integers(value: Any) -> array.array[int]:
+    """A list of int64 (no bool, no float: pyarrow would take 1.5 as 1), as a C array."""
+    if not isinstance(value, list | tuple):
+        raise _Unfit(f"{_what(value)} is not a list")
+    if not set(map(type, value)) <= {int}:
+        bad = next(i for i, v in enumerate(value) if type(v) is not int)
+        raise _Unfit(f"item {bad}: {_what(value[bad])} is not an integer")
+    try:
+        return array.array("q", value)
+    except OverflowError:
+        bad = next(i for i, v in enumerate(value) if not -_INT64 <= v < _INT64)
+        raise _Unfit(f"item {bad}: {value[bad]} is outside int64") from None
+
+
+def _texts(value: Any) -> list[str]:
+    if not isinstance(value, list | tuple):
+        raise _Unfit(f"{_what(value)} is not a list")
+    for i, item in enumerate(value):
+        try:
+            _text(item)
+        except _Unfit as err:
+            raise _Unfit(f"item {i}: {err}") from None
+    return list(value)
+
+
+_CONVERT: dict[_Kind, Callable[[Any], Any]] = {
+    "text": _text,
+    "json": _json,
+    "number": _number,
+    "integer": _integer,
+    "integers": _integers,
+    "texts": _texts,
+}
 
 
 def _triplet_columns(row: dict[str, Any]) -> dict[str, Any]:
@@ -104,43 +310,55 @@ def _triplet_columns(row: dict[str, Any]) -> dict[str, Any]:
         "reward": row["reward"],
         "prompt_token_ids": prompt.get("token_ids") or [],
         "response_token_ids": response.get("token_ids") or [],
-        "prompt_raw_content": _json_text(prompt.get("raw_content")),
-        "response_raw_content": _json_text(response.get("raw_content")),
+        "prompt_raw_content": prompt.get("raw_content"),
+        "response_raw_content": response.get("raw_content"),
         "prompt_image_urls": prompt.get("image_urls") or [],
-        "response_logprobs": _json_text(response.get("logprobs")),
-        "metadata": _json_text(row.get("metadata")),
+        "response_logprobs": response.get("logprobs"),
+        "metadata": row.get("metadata"),
     }
 
 
 def _message_columns(row: dict[str, Any]) -> dict[str, Any]:
     keys = ("rollout_id", "attempt_id", "resources_id", "mode", "final_reward", "ended")
-    return {**{k: row[k] for k in keys}, "conversations": _json_text(row["conversations"])}
+    return {**{k: row[k] for k in keys}, "conversations": row["conversations"]}
 
 
 def _rollout_columns(row: dict[str, Any]) -> dict[str, Any]:
     keys = ("rollout_id", "status", "ended", "final_reward", "resources_id", "mode", "start_time", "end_time")
-    return {**{k: row.get(k) for k in keys}, "document": _json_text(row)}
+    return {**{k: row.get(k) for k in keys}, "document": row}
 
 
-def _schema(view: str) -> Any:
-    import pyarrow as pa
+_HEAD: dict[str, _Kind] = {"rollout_id": "text", "attempt_id": "text"}
+_TAIL: dict[str, _Kind] = {"resources_id": "text", "mode": "text", "final_reward": "number", "ended": "text"}
 
-    text, number = pa.string(), pa.float64()
-    head = [("rollout_id", text), ("attempt_id", text)]
-    tail = [("resources_id", text), ("mode", text), ("final_reward", number), ("ended", text)]
-    if view == "triplets":
-        fields = [*head, ("step", pa.int64()), *tail, ("reward", number)]
-        fields += [("prompt_token_ids", pa.list_(pa.int64())), ("response_token_ids", pa.list_(pa.int64()))]
-        fields += [("prompt_raw_content", text), ("response_raw_content", text)]
-        fields += [("prompt_image_urls", pa.list_(text)), ("response_logprobs", text), ("metadata", text)]
-    elif view == "messages":
-        fields = [*head, *tail, ("conversations", text)]
-    else:
-        fields = [("rollout_id", text), ("status", text), ("ended", text), ("final_reward", number)]
-        fields += [("resources_id", text), ("mode", text), ("start_time", number), ("end_time", number)]
-        fields += [("document", text)]
-    return pa.schema(fields)
-
+# Each view's columns, in the file's order, and their kinds.
+_KINDS: dict[str, dict[str, _Kind]] = {
+    "triplets": {
+        **_HEAD,
+        "step": "integer",
+        **_TAIL,
+        "reward": "number",
+        "prompt_token_ids": "integers",
+        "response_token_ids": "integers",
+        "prompt_raw_content": "json",
+        "response_raw_content": "json",
+        "prompt_image_urls": "texts",
+        "response_logprobs": "json",
+        "metadata": "json",
+    },
+    "messages": {**_HEAD, **_TAIL, "conversations": "json"},
+    "rollouts": {
+        "rollout_id": "text",
+        "status": "text",
+        "ended": "text",
+        "final_reward": "number",
+        "resources_id": "text",
+        "mode": "text",
+        "start_time": "number",
+        "end_time": "number",
+        "document": "json",
+    },
+}
 
 _COLUMNS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "triplets": _triplet_columns,
@@ -149,8 +367,43 @@ _COLUMNS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
 }
 
 
+def _arrow_type(kind: _Kind) -> Any:
+    import pyarrow as pa
+
+    return {
+        "text": pa.string(),
+        "json": pa.string(),
+        "number": pa.float64(),
+        "integer": pa.int64(),
+        "integers": pa.list_(pa.int64()),
+        "texts": pa.list_(pa.string()),
+    }[kind]
+
+
+def _schema(view: str) -> Any:
+    import pyarrow as pa
+
+    return pa.schema([(name, _arrow_type(kind)) for name, kind in _KINDS[view].items()])
+
+
+def _int_lists(values: list[array.array[int]]) -> Any:
+    """``list<int64>`` of C arrays, their items copied once (no Python int per item)."""
+    import pyarrow as pa
+
+    flat: array.array[int] = array.array("q")
+    offsets = [0]
+    for items in values:
+        flat.extend(items)
+        offsets.append(len(flat))
+    items_array = pa.Array.from_buffers(pa.int64(), len(flat), [None, pa.py_buffer(flat)])
+    return pa.ListArray.from_arrays(pa.array(offsets, type=pa.int32()), items_array)
+
+
 class ParquetSink:
-    """Rows of one view into a Parquet file, a row group at a time (published whole)."""
+    """Rows of one view into a Parquet file, a row group at a time (published whole).
+
+    :meth:`write` raises :class:`ParquetRowError` for a row the view's schema cannot hold, and
+    takes nothing of it; the rows before and after it go in the file as usual."""
 
     def __init__(self, path: Path, view: str) -> None:
         try:
@@ -159,14 +412,30 @@ class ParquetSink:
             raise RuntimeError(
                 "writing Parquet needs pyarrow: pip install 'agl[parquet]' (or pip install pyarrow)"
             ) from None
-        self._path = path
+        place = _place(path)
+        if place.kind == "stream":
+            why = f"{place.what}; Parquet goes to a regular file or a new name (published whole)"
+            raise OutputTargetError(str(path), why)
+        self._path = place.path
         self._columns = _COLUMNS[view]
+        self._kinds = _KINDS[view]
         self._schema = _schema(view)
-        self._writer = pq.ParquetWriter(_tmp_for(path), self._schema, compression="zstd")
+        self._writer = pq.ParquetWriter(_tmp_for(self._path), self._schema, compression="zstd")
         self._pending: list[dict[str, Any]] = []
 
+    def _converted(self, row: dict[str, Any]) -> dict[str, Any]:
+        values = self._columns(row)
+        out: dict[str, Any] = {}
+        for name, kind in self._kinds.items():
+            value = values[name]
+            try:
+                out[name] = None if value is None else _CONVERT[kind](value)
+            except _Unfit as err:
+                raise ParquetRowError(str(row.get("rollout_id")), name, str(err)) from None
+        return out
+
     def write(self, row: dict[str, Any]) -> None:
-        self._pending.append(self._columns(row))
+        self._pending.append(self._converted(row))
         if len(self._pending) >= ROW_GROUP:
             self.flush()
 
@@ -174,7 +443,14 @@ class ParquetSink:
         if self._pending:
             import pyarrow as pa
 
-            self._writer.write_table(pa.Table.from_pylist(self._pending, schema=self._schema))
+            arrays = []
+            for field in self._schema:
+                values = [r[field.name] for r in self._pending]
+                if self._kinds[field.name] == "integers":
+                    arrays.append(_int_lists(values))
+                else:
+                    arrays.append(pa.array(values, type=field.type))
+            self._writer.write_table(pa.Table.from_arrays(arrays, schema=self._schema))
             self._pending = []
 
     def close(self) -> None:
@@ -191,7 +467,10 @@ class ParquetSink:
 
 
 def open_sink(target: IO[bytes] | Path, view: str) -> RowSink:
-    """A sink for ``view``'s rows: Parquet for a path ending in ``.parquet``, else JSON Lines."""
+    """A sink for ``view``'s rows: Parquet for a path ending in ``.parquet``, else JSON Lines.
+
+    A path is resolved as the module's doc says; :class:`OutputTargetError` for one that cannot
+    take the rows (Parquet into a FIFO or a device, a directory, a loop of links)."""
     if isinstance(target, Path) and target.suffix == ".parquet":
         return ParquetSink(target, view)
     return JsonLinesSink(target)
