@@ -89,7 +89,10 @@ Redact = Annotated[
 OutputFile = Annotated[
     Path | None,
     typer.Option(
-        "--output", "-o", help="Write to this file instead of stdout (.parquet: Parquet), published whole."
+        "--output",
+        "-o",
+        help="Write to this file instead of stdout (.parquet: Parquet), published whole (a FIFO or "
+        "device: written into as a stream).",
     ),
 ]
 CursorFile = Annotated[
