@@ -235,17 +235,22 @@ def _ids_from_stdin() -> list[str]:
 async def _wait_with_progress(
     store: Any, ids: list[str], timeout: float | None, quiet: bool = False
 ) -> list[Any]:
-    """Wait in short slices so a terminal can show progress."""
+    """Wait in short slices so a terminal can show progress. A rollout seen finished is kept,
+    and not asked for again: one removed meanwhile (``agl prune``) would drop out of a later
+    answer, and the wait would never see every rollout finished."""
     bar = Progress("finished", len(set(ids)), quiet=quiet)
     if not bar.enabled:
         result: list[Any] = await store.wait_for_rollouts(rollout_ids=ids, timeout=timeout)
         return result
     start = time.monotonic()
+    finished: dict[str, Any] = {}
     with bar:
         while True:
             remaining = None if timeout is None else timeout - (time.monotonic() - start)
             step = 1.0 if remaining is None else max(min(1.0, remaining), 0.0)
-            done = await store.wait_for_rollouts(rollout_ids=ids, timeout=step)
-            bar.advance(len({r.rollout_id for r in done}) - bar.done)
+            waiting = list(dict.fromkeys(i for i in ids if i not in finished))
+            for rollout in await store.wait_for_rollouts(rollout_ids=waiting, timeout=step):
+                finished.setdefault(rollout.rollout_id, rollout)
+            bar.advance(len(finished) - bar.done)
             if bar.done == bar.total or (remaining is not None and remaining <= 0):
-                return list(done)
+                return [finished[i] for i in ids if i in finished]

@@ -21,7 +21,7 @@ import asyncio
 import ssl
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -266,18 +266,38 @@ class Transport:
         if pool is not None:
             pool.close()
 
+    @staticmethod
+    def _encode(method: str, path: str, json: Any) -> bytes | None:
+        try:
+            body = None if json is None else orjson.dumps(json, option=_JSON_OPTIONS)
+        except orjson.JSONEncodeError as err:  # refused here as the server would refuse it
+            raise errors.UnstorableValueError(f"the body of {method} {path}", str(err)) from None
+        if body is not None and not codec.all_finite(json):  # orjson sent them as null
+            raise errors.UnstorableValueError(f"the body of {method} {path}", codec.NON_FINITE)
+        return body
+
     def _request(self, method: str, target: str, body: bytes | None, content_type: str) -> bytes:
         head = f"{method} {target} HTTP/1.1\r\n{self._fixed_headers}"
         if body is not None or method == "POST":
             head += f"Content-Type: {content_type}\r\nContent-Length: {len(body or b'')}\r\n"
         return (head + "\r\n").encode("latin-1") + (body or b"")
 
-    async def _send(self, request: bytes, timeout: float | None, idempotent: bool, what: str) -> Reply:
-        """One request with the retry rules of the module docstring; the reply, whatever its status."""
+    async def _send(
+        self,
+        request: bytes | Callable[[], tuple[bytes, float | None]],
+        timeout: float | None,
+        idempotent: bool,
+        what: str,
+    ) -> Reply:
+        """One request with the retry rules of the module docstring; the reply, whatever its status.
+
+        ``request`` may be made anew for each try, with its own timeout (a wait sends the time
+        it has left)."""
         pool = self._pool()
         for attempt in range(len(self._retry_delays) + 1):
+            payload, limit = request() if callable(request) else (request, timeout)
             try:
-                return await _once(pool, request, timeout)
+                return await _once(pool, payload, limit)
             except (_NeverSent, _Lost) as err:
                 never_sent = isinstance(err, _NeverSent)
                 if attempt >= len(self._retry_delays) or not (never_sent or idempotent):
@@ -295,20 +315,24 @@ class Transport:
         params: Any = None,
         idempotent: bool,
         timeout: float | Unset | None = UNSET,
+        per_try: Callable[[], tuple[Any, float | None]] | None = None,
     ) -> Any:
-        """Send one request; the decoded JSON of a 2xx reply, else the error of :func:`error_for_response`."""
+        """Send one request; the decoded JSON of a 2xx reply, else the error of :func:`error_for_response`.
+
+        ``per_try``: instead of ``json`` and ``timeout``, called before each try for the body and
+        the timeout of that try."""
         target = self._prefix + path
         if params:
             target += "?" + urlencode(params, doseq=True)
-        try:
-            body = None if json is None else orjson.dumps(json, option=_JSON_OPTIONS)
-        except orjson.JSONEncodeError as err:  # refused here as the server would refuse it
-            raise errors.UnstorableValueError(f"the body of {method} {path}", str(err)) from None
-        if body is not None and not codec.all_finite(json):  # orjson sent them as null
-            raise errors.UnstorableValueError(f"the body of {method} {path}", codec.NON_FINITE)
-        request = self._request(method, target, body, "application/json")
         limit = self.timeout if isinstance(timeout, Unset) else timeout
-        reply = await self._send(request, limit, idempotent, f"{method} {path}")
+
+        def request() -> tuple[bytes, float | None]:
+            body, try_limit = (json, limit) if per_try is None else per_try()
+            encoded = self._encode(method, path, body)
+            return self._request(method, target, encoded, "application/json"), try_limit
+
+        once = request()[0] if per_try is None else request  # bodies that do not change: encoded once
+        reply = await self._send(once, limit, idempotent, f"{method} {path}")
         if 200 <= reply.status < 300:
             return reply.json()
         raise error_for_response(reply)

@@ -23,7 +23,9 @@ and, on a server without that route, finds that out once and sends one ``add_spa
 from __future__ import annotations
 
 import logging
+import math
 import os
+import time
 import uuid
 from collections.abc import Sequence
 from typing import Any, TypeVar
@@ -76,6 +78,11 @@ def _refuse_non_finite(values: Any) -> None:
     and infinities into ``null``, a value the caller never gave, before the request is sent."""
     if not codec.all_finite(values):
         raise UnstorableValueError("the rollout's input, config or metadata", codec.NON_FINITE)
+
+
+def _look_once(timeout: float) -> float:
+    """A finite wait timeout as FileStore takes it: NaN and anything <= 0 are one look (0)."""
+    return timeout if timeout > 0 else 0.0  # NaN > 0 is False
 
 
 def _seg(value: str) -> str:
@@ -500,10 +507,20 @@ class LightningStoreClient(LightningStore):
     async def wait_for_rollouts(
         self, *, rollout_ids: list[str], timeout: float | None = None
     ) -> list[Rollout]:
-        # Unlike upstream's client, any timeout is sent as given (upstream caps it at 0.1 s).
-        body = {"rollout_ids": list(rollout_ids), "timeout": timeout}
-        http_timeout = None if timeout is None else timeout + self._http.timeout
-        data = await self._call("POST", "/waits/rollouts", json=body, idempotent=True, timeout=http_timeout)
+        # Unlike upstream's client, any timeout is sent as given (upstream caps it at 0.1 s), as
+        # FileStore reads it: <= 0 or NaN one look, +inf or None until done. A retry after a lost
+        # answer sends the time left, not the whole timeout again.
+        ids = list(rollout_ids)
+        deadline = None if timeout is None or timeout == math.inf else time.monotonic() + _look_once(timeout)
+        margin = self._http.timeout
+
+        def per_try() -> tuple[dict[str, Any], float | None]:
+            if deadline is None:
+                return {"rollout_ids": ids, "timeout": None}, None
+            left = max(deadline - time.monotonic(), 0.0)
+            return {"rollout_ids": ids, "timeout": left}, left + margin
+
+        data = await self._call("POST", "/waits/rollouts", idempotent=True, per_try=per_try)
         return _ROLLOUTS.validate_python(data)
 
     # -- workers -------------------------------------------------------------------

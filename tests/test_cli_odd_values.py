@@ -10,8 +10,10 @@ damaged cursor, template and FORMAT.json files, and odd ``agl run`` targets, end
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cli_helpers import Agl, Ids, WarmAgl, assert_error, run_on_tty, seed_store, snapshot
@@ -232,3 +234,25 @@ def test_ctrl_c_stops_a_store_call_that_is_blocked_waiting(seeded: tuple[Agl, Id
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+async def test_a_wait_with_progress_keeps_what_it_saw_finish(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a terminal ``agl wait A B`` re-asks in 1 s slices: A, seen finished and then pruned,
+    dropped out of every later answer, and the wait never ended (found by an adversarial pass)."""
+    from types import SimpleNamespace
+
+    from agl_cli import cmd_queue, progress
+
+    monkeypatch.setattr(progress, "_on_terminal", lambda: True)
+    a, b = SimpleNamespace(rollout_id="ro-aaaaaaaaaaaa"), SimpleNamespace(rollout_id="ro-bbbbbbbbbbbb")
+    answers = iter([[a], [], [b]])  # A finished, then pruned; B finishes later
+
+    class Store:
+        async def wait_for_rollouts(self, *, rollout_ids: list[str], timeout: float | None) -> list[Any]:
+            got = [r for r in next(answers, []) if r.rollout_id in rollout_ids]
+            return got
+
+    done = await asyncio.wait_for(
+        cmd_queue._wait_with_progress(Store(), [a.rollout_id, b.rollout_id], 30), 10
+    )
+    assert done == [a, b]

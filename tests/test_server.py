@@ -201,6 +201,52 @@ async def test_own_client_full_loop(server: ServerProcess) -> None:
             await client.update_worker("w1", None)  # type: ignore[arg-type]
 
 
+async def test_own_client_waits_take_every_timeout_and_a_retry_sends_the_time_left(
+    server: ServerProcess, store_dir: Path
+) -> None:
+    """The client sent ``timeout + 30`` s as its HTTP limit: a negative timeout failed after
+    7 s of retries, inf and NaN were refused; and a wait retried after a server restart started
+    the whole timeout again (found by an adversarial pass). It reads a timeout as FileStore does."""
+    store = FileStore(store_dir)
+    rid = (await store.enqueue_rollout(input=1)).rollout_id
+    async with LightningStoreClient(server.url, retry_delays=(0.1, 0.2, 0.4, 0.8, 1.6, 3.2)) as client:
+        for one_look in (-30.0, -1e9, float("nan"), 0.0):
+            started = time.monotonic()
+            assert await client.wait_for_rollouts(rollout_ids=[rid], timeout=one_look) == []
+            assert time.monotonic() - started < 2, one_look
+
+        async def finish_later() -> None:
+            await asyncio.sleep(0.5)
+            attempted = await store.dequeue_rollout()
+            assert attempted is not None
+            await store.update_attempt(rid, attempted.attempt.attempt_id, status="succeeded")
+
+        task = asyncio.create_task(finish_later())
+        done = await client.wait_for_rollouts(rollout_ids=[rid], timeout=float("inf"))
+        await task
+        assert [r.status for r in done] == ["succeeded"]
+
+        other = (await store.enqueue_rollout(input=2)).rollout_id
+        assert server.proc is not None
+        port, proc = server.port, server.proc
+
+        async def restart_later() -> float:
+            await asyncio.sleep(1.0)
+            proc.kill()  # mid-wait: the answer is lost
+            await asyncio.to_thread(proc.wait)
+            server.port = port
+            await asyncio.to_thread(server.start)
+            return time.monotonic() - started  # back up (the old client waited 4 s from here)
+
+        started = time.monotonic()
+        restarting = asyncio.create_task(restart_later())
+        assert await client.wait_for_rollouts(rollout_ids=[other], timeout=4.0) == []
+        waited = time.monotonic() - started
+        back_up = await restarting
+        assert waited < max(4.0, back_up) + 0.75, f"waited {waited:.1f} s (server back at {back_up:.1f} s)"
+    store.close()
+
+
 async def test_two_servers_share_one_directory(store_dir: Path, tmp_path: Path) -> None:
     with (
         ServerProcess(store_dir, tmp_path / "a.log") as a,

@@ -8,18 +8,24 @@ watches on big stores).
 inotify cannot see changes made by other NFS clients, so on network
 filesystems (detected from ``/proc/mounts``) watchfiles polls instead; the
 ``AGL_WATCH`` environment variable (``auto``, ``inotify`` or ``poll``) or the
-``watch_mode`` store setting overrides the choice.
+``watch_mode`` store setting overrides the choice. Each feed is one inotify
+instance, and the kernel allows a user 128 of them (``fs.inotify.max_user_instances``)
+across all its processes: a feed that cannot have one polls instead, so a server
+with hundreds of waiters serves them all, a little later.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any, Literal
 
 __all__ = ["ChangeFeed", "WatchMode", "is_network_fs", "resolve_mode"]
+
+log = logging.getLogger(__name__)
 
 WatchMode = Literal["auto", "inotify", "poll"]
 
@@ -87,8 +93,20 @@ class ChangeFeed:
         self._task: asyncio.Future[set[tuple[Any, str]]] | None = None
 
     async def __aenter__(self) -> ChangeFeed:
+        await self._start()
+        failed = self._task is not None and self._task.done() and not self._task.cancelled()
+        err = self._task.exception() if failed and self._task is not None else None
+        if isinstance(err, RuntimeError) and self._mode == "inotify":  # no inotify instance left
+            _warn_polling(self._directory, err)
+            await self._close_generator()
+            self._mode = "poll"
+            await self._start()
+        return self
+
+    async def _start(self) -> None:
         import watchfiles  # imported lazily: only waiters need it
 
+        self._stop = asyncio.Event()
         self._gen = watchfiles.awatch(
             self._directory,
             stop_event=self._stop,
@@ -106,10 +124,10 @@ class ChangeFeed:
             watch_filter=None,
         )
         self._task = asyncio.ensure_future(self._gen.__anext__())
-        # Let the generator run up to its first wait: the watcher exists from then on.
+        # Let the generator run up to its first wait: the watcher exists from then on (or its
+        # creation failed: the task holds the error).
         for _ in range(3):
             await asyncio.sleep(0)
-        return self
 
     async def next(self, timeout: float | None = None) -> bool:
         """Wait one tick, until a change, or at most ``timeout`` seconds; True if something changed.
@@ -130,11 +148,30 @@ class ChangeFeed:
         return bool(changes)
 
     async def __aexit__(self, *exc: object) -> None:
+        await self._close_generator()
+
+    async def _close_generator(self) -> None:
         self._stop.set()
         if self._task is not None:
             try:
                 await self._task
-            except (StopAsyncIteration, asyncio.CancelledError):
-                pass
+            except (StopAsyncIteration, asyncio.CancelledError, RuntimeError):
+                pass  # RuntimeError: the watcher could not be made
         if self._gen is not None:
             await self._gen.aclose()
+
+
+_warned: set[Path] = set()
+
+
+def _warn_polling(directory: Path, err: BaseException) -> None:
+    """Say once per directory and process that its feeds poll for want of inotify instances."""
+    if directory not in _warned:
+        _warned.add(directory)
+        log.warning(
+            "cannot watch %s with inotify (%s): polling it every %d ms instead "
+            "(raise fs.inotify.max_user_instances to have more)",
+            directory,
+            err,
+            POLL_DELAY_MS,
+        )

@@ -99,11 +99,15 @@ class _Waiting:
                 self.settle(rollout_id, self.records.head(rollout_id))
             return
         # Read the revision the index names, by name: this process's cached view (and, on NFS,
-        # its cached listing or "no such revision" answer) may be the running one. That revision
-        # finished the rollout; a newer one would have its own index line, so none is asked for.
+        # its cached listing or "no such revision" answer) may be the running one. A newer
+        # revision would have its own index line, unless its writer died before writing it (a
+        # revival, `agl rollouts retry`, cut short): on a local disk, where asking costs a stat,
+        # the next one is asked for. On NFS it would cost a round trip per rollout, and is not:
+        # there a waiter may take such a rollout for finished until `agl check --fix`.
         finished = [(r, e.rev) for r, e in entries.items()]
         newest = self.records.head_at_least
-        for (rid, _rev), found in self._read(lambda key: newest(*key, newer=False), finished):
+        newer = not self.shared_fs
+        for (rid, _rev), found in self._read(lambda key: newest(*key, newer=newer), finished):
             self.settle(rid, found)
         self._recheck_due()
 
