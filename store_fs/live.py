@@ -46,8 +46,12 @@ class EventReader:
     def read_new(self) -> list[dict[str, Any]]:
         """Events appended since the last call, by time."""
         chunks, replaced = log_segments.read_new(self.directory, EVENT_LOGS, self.position)
-        if replaced:  # the feed was deleted and begun again: read it from the start
-            self.position.clear()
+        if replaced:
+            # Logs deleted, cut short or replaced (the whole feed begun again, or a file
+            # rotated away): those are read from their start, the others go on where they were.
+            listing = log_segments.scan(self.directory, EVENT_LOGS)
+            for name in log_segments.replaced_names(listing, self.position):
+                del self.position[name]
             chunks, _ = log_segments.read_new(self.directory, EVENT_LOGS, self.position)
         events = []
         for chunk in chunks:

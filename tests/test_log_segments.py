@@ -729,3 +729,37 @@ def test_a_listing_that_loses_a_file_to_another_hosts_compaction_lists_again(
     monkeypatch.setattr(log_segments, "_RELIST_PAUSES", (0.0, 0.0))
     with pytest.raises(OSError, match="kept vanishing"):
         scan(tmp_path, KIND)
+
+
+@pytest.mark.parametrize("how", ["removed", "truncated", "renamed"])
+def test_an_event_reader_rereads_only_the_log_that_was_replaced(tmp_path: Path, how: str) -> None:
+    """One writer's feed file removed, cut short or rotated away made a follower re-read every
+    other writer's file from its start: ``agl events --follow`` printed their events twice
+    (found by an adversarial pass)."""
+    from store_fs.live import EventReader
+
+    events = tmp_path / "events"
+    events.mkdir()
+
+    def line(rollout: int, status: str) -> bytes:
+        return (
+            json.dumps({"rollout_id": f"ro-{rollout:012x}", "status": status, "time": rollout}).encode()
+            + b"\n"
+        )
+
+    (events / "host-1.jsonl").write_bytes(line(1, "queuing") + line(2, "queuing"))
+    (events / "host-2.jsonl").write_bytes(line(3, "queuing"))
+    reader = EventReader(events)
+    assert len(reader.read_new()) == 3
+    victim = events / "host-1.jsonl"
+    if how == "removed":
+        victim.unlink()
+    elif how == "truncated":
+        victim.write_bytes(b"")
+    else:
+        victim.rename(events / "host-1.jsonl.1")
+    with (events / "host-2.jsonl").open("ab") as log:
+        log.write(line(4, "running"))
+    assert [(e["rollout_id"], e["status"]) for e in reader.read_new()] == [("ro-000000000004", "running")]
+    victim.write_bytes(line(5, "queuing"))  # the writer begins its file again
+    assert [e["rollout_id"] for e in reader.read_new()] == ["ro-000000000005"]

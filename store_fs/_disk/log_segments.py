@@ -370,14 +370,21 @@ def position_holds(directory: Path, kind: Kind, position: Position) -> bool:
 
 
 def _replaced(listing: Listing, position: Position) -> bool:
+    return bool(replaced_names(listing, position))
+
+
+def replaced_names(listing: Listing, position: Position) -> list[str]:
+    """The logs ``position`` knows that vanished, shrank or changed inode, with no segment
+    holding what was read of them."""
+    out = []
     for name, (ino, offset) in position.items():
         log = listing.files.get(name)
         if log is not None and log.ino == ino and log.size >= offset:
             continue
         if listing.covered_end(name, ino) is not None:
             continue  # absorbed by a segment
-        return True
-    return False
+        out.append(name)
+    return out
 
 
 def _read_listing(listing: Listing, position: Position, advanced: Position) -> list[Chunk]:
