@@ -387,7 +387,11 @@ def test_a_span_log_name_that_is_no_file_does_not_stop_readers(agl: Agl, kind: s
     assert [s["name"] for s in listed.lines()] == ["kept"]
     assert str(bad) in listed.stderr
     assert [s["name"] for s in agl.ok("export", rid).json()["spans"]] == ["kept"]
-    agl.ok("data", "rollouts", "--ended", "any")
+    # Training data is stricter: the rollout is left out, named, and the rest written (exit 7).
+    data = agl("data", "rollouts", "--ended", "any")
+    assert data.code == 7, str(data)
+    assert rid not in data.stdout and data.stdout.strip()
+    assert f"their spans are damaged: {rid}" in data.stderr
     res = agl("check")
     assert res.code == 7, str(res)
     assert _kinds(res) == {("wrong-file-type", str(bad), False)}
