@@ -49,12 +49,27 @@ def is_transient(err: BaseException) -> bool:
     timeouts). Everything else (unknown ids, conflicts, bad values, 4xx) is permanent.
     """
     if isinstance(err, RemoteStoreError):
-        return err.status is None or err.status >= 500 or err.status in (408, 429)
+        return err.status is None or _retryable_status(err.status)
     if isinstance(err, StoreNotFoundError):
         return True  # a network mount that went away comes back
     if isinstance(err, AglError):
         return False
-    return isinstance(err, OSError)
+    return isinstance(err, OSError) or _aiohttp_transient(err)
+
+
+def _retryable_status(status: int) -> bool:
+    return status >= 500 or status in (408, 429)
+
+
+def _aiohttp_transient(err: BaseException) -> bool:
+    """The same rule for upstream's HTTP client, which raises aiohttp's errors: a connection
+    lost mid-request (``ServerDisconnectedError``), a reply cut short, or a 5xx/408/429 reply.
+    Told by class name: aiohttp is upstream's dependency, not ours."""
+    names = {cls.__name__ for cls in type(err).__mro__ if cls.__module__.startswith("aiohttp")}
+    if names & {"ClientConnectionError", "ClientPayloadError"}:
+        return True
+    status = getattr(err, "status", None)
+    return "ClientResponseError" in names and isinstance(status, int) and _retryable_status(status)
 
 
 def _is_server_error(err: BaseException) -> bool:
@@ -231,14 +246,36 @@ def describe_store(store: Any) -> str:
 
 
 async def attempt_alive_by_status(store: Any, rollout_id: str, attempt_id: str) -> bool:
-    """Is the attempt still live and the latest of an open rollout? (Read-only; any store.)"""
-    rollout = await store.get_rollout_by_id(rollout_id)
+    """Is the attempt still live and the latest of an open rollout? (Read-only; any store.)
+
+    Upstream's HTTP client answers ``get_rollout_by_id`` and ``get_latest_attempt`` with None
+    when the server cannot be reached, as for a rollout that does not exist; a None is
+    therefore asked again of ``query_rollouts`` / ``query_attempts``, which raise then (a
+    transient error: the caller retries), so an outage is never taken for a removed rollout.
+    """
+    rollout = await store.get_rollout_by_id(rollout_id) or await _queried_rollout(store, rollout_id)
     if rollout is None or rollout.status in CLOSED_ROLLOUT_STATUSES:
         return False
     latest = getattr(rollout, "attempt", None)
     if latest is None or latest.attempt_id != attempt_id:
-        latest = await store.get_latest_attempt(rollout_id)
+        latest = await store.get_latest_attempt(rollout_id) or await _queried_latest(store, rollout_id)
     return latest is not None and latest.attempt_id == attempt_id and latest.status in LIVE_ATTEMPT_STATUSES
+
+
+async def _queried_rollout(store: Any, rollout_id: str) -> Any:
+    query = getattr(store, "query_rollouts", None)
+    if query is None:
+        return None
+    found = list(await query(rollout_id_in=[rollout_id]))
+    return found[0] if found else None
+
+
+async def _queried_latest(store: Any, rollout_id: str) -> Any:
+    query = getattr(store, "query_attempts", None)
+    if query is None:
+        return None
+    found = list(await query(rollout_id))
+    return found[-1] if found else None
 
 
 async def heartbeat_by_update(store: Any, rollout_id: str, attempt_id: str) -> bool:

@@ -209,6 +209,54 @@ async def test_an_outcome_computed_during_an_outage_is_delivered_when_the_store_
     assert len([line for line in lines if "answers again" in line]) == 1
 
 
+class LikeUpstreamsClient(FaultyStore):
+    """A store as upstream's HTTP client is one: no ``heartbeat`` (the runner reads statuses
+    instead), and ``get_rollout_by_id`` / ``get_latest_attempt`` answer None when the server
+    cannot be reached, as for a rollout that does not exist."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "heartbeat":
+            raise AttributeError(name)
+        attr = super().__getattr__(name)
+        if name not in ("get_rollout_by_id", "get_latest_attempt"):
+            return attr
+
+        async def swallowed(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return await attr(*args, **kwargs)
+            except OSError:
+                return None
+
+        return swallowed
+
+
+class OutageWhileRunning(Outage):
+    async def on_trace_start(self, **kwargs: Any) -> None:
+        await Outage.on_trace_end(self)  # down from the agent's start, for ``seconds``
+
+    async def on_trace_end(self, **kwargs: Any) -> None:
+        pass
+
+
+async def test_a_store_answering_none_in_an_outage_does_not_drop_the_attempt(fs: FileStore) -> None:
+    """With upstream's client, a heartbeat during a 1 s outage read "no such rollout" and the
+    runner dropped its attempt unreported: the rollout stayed running for good (found by an
+    adversarial pass). None from a getter is now confirmed by a call that raises when the
+    store cannot answer."""
+    r = await fs.enqueue_rollout(input={"n": 3, "pause": 0.3})
+    outage = OutageWhileRunning(0.6)
+    store = LikeUpstreamsClient(
+        fs, methods=(*STORE_CALLS, "query_rollouts", "query_attempts"), fault=outage.fault
+    )
+    runner = quick_runner(max_rollouts=1)
+    with runner.run_context(agent=numbered_messages, store=store, hooks=[outage]):
+        await asyncio.wait_for(runner.iter(), 30)
+    got = await fs.get_rollout_by_id(r.rollout_id)
+    assert got is not None
+    assert got.status == "succeeded"
+    assert _bodies(list(await fs.query_spans(r.rollout_id))) == ["m0", "m1", "m2"]
+
+
 class CancelDuringOutage(Outage):
     def __init__(self, seconds: float, store: FileStore) -> None:
         super().__init__(seconds)
@@ -345,3 +393,23 @@ async def test_a_list_of_span_dicts_is_accepted_and_a_bad_one_refused(fs: FileSt
     assert attempt.status == "failed"
     assert attempt.metadata is not None
     assert "SpanCoreFields" in attempt.metadata["error"]
+
+
+def test_upstream_clients_connection_errors_are_transient() -> None:
+    """A server killed mid-request makes upstream's client raise aiohttp's errors, which the
+    runner took for permanent: a span or an outcome given up at once (found by an adversarial pass)."""
+    aiohttp = pytest.importorskip("aiohttp")
+    from store_fs.retrying import is_transient
+
+    request = aiohttp.RequestInfo(url=aiohttp.client.URL("http://127.0.0.1:1/x"), method="GET", headers={})
+
+    def reply(status: int) -> Exception:
+        err: Exception = aiohttp.ClientResponseError(request, (), status=status)
+        return err
+
+    assert is_transient(aiohttp.ServerDisconnectedError())
+    assert is_transient(aiohttp.ClientPayloadError("cut short"))
+    assert is_transient(reply(503))
+    assert is_transient(reply(429))
+    assert not is_transient(reply(404))
+    assert not is_transient(ValueError("bad"))
