@@ -43,14 +43,21 @@ MAX_IDLE_CONNECTIONS = 16
 _JSON_OPTIONS = orjson.OPT_NON_STR_KEYS
 
 
+# The server's mark on a wait's answer cut short by its stop (store_fs/server/app.py).
+WAIT_CUT_HEADER = "X-Agl-Wait-Cut"
+_WAIT_CUT = WAIT_CUT_HEADER.lower().encode()
+
+
 class Reply:
-    """A complete HTTP reply: status code and body bytes."""
+    """A complete HTTP reply: status code and body bytes; ``cut``: a wait's answer cut short by
+    the server's stop."""
 
-    __slots__ = ("body", "status")
+    __slots__ = ("body", "cut", "status")
 
-    def __init__(self, status: int, body: bytes) -> None:
+    def __init__(self, status: int, body: bytes, cut: bool = False) -> None:
         self.status = status
         self.body = body
+        self.cut = cut
 
     def json(self) -> Any:
         """The body decoded as JSON; None for an empty body. Raises ``ValueError`` if it is not JSON."""
@@ -106,6 +113,7 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.body: list[bytes] = []
+        self.cut = False
         self.reply: asyncio.Future[Reply] | None = None
         self.dead = False  # closed, or in a state no next request may use
         self.keep_alive = True
@@ -134,13 +142,18 @@ class _Connection(asyncio.Protocol):
         self._fail(_Lost(f"connection lost: {exc or 'closed by the server'}"))
 
     # -- llhttp callbacks ---------------------------------------------------------
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() == _WAIT_CUT:
+            self.cut = True
+
     def on_body(self, data: bytes) -> None:
         self.body.append(data)
 
     def on_message_complete(self) -> None:
         self.keep_alive = self.parser.should_keep_alive()
-        reply = Reply(self.parser.get_status_code(), b"".join(self.body))
+        reply = Reply(self.parser.get_status_code(), b"".join(self.body), self.cut)
         self.body = []
+        self.cut = False
         if self.reply is not None and not self.reply.done():
             self.reply.set_result(reply)
 
@@ -297,7 +310,15 @@ class Transport:
         for attempt in range(len(self._retry_delays) + 1):
             payload, limit = request() if callable(request) else (request, timeout)
             try:
-                return await _once(pool, payload, limit)
+                reply = await _once(pool, payload, limit)
+                if not (reply.cut and callable(request)):
+                    return reply
+                # A wait answered early by a stopping server: asked again (its new body holds
+                # the time left) of the server that comes back, as after a lost answer.
+                if attempt >= len(self._retry_delays):
+                    raise RemoteStoreError(f"{what}: the server stopped before the wait ended")
+                await asyncio.sleep(self._retry_delays[attempt])
+                continue
             except (_NeverSent, _Lost) as err:
                 never_sent = isinstance(err, _NeverSent)
                 if attempt >= len(self._retry_delays) or not (never_sent or idempotent):

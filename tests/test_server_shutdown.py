@@ -75,6 +75,7 @@ def test_sigterm_finishes_requests_in_flight_and_loses_nothing(tmp_path: Path, w
             assert idle.is_closed(5.0)  # idle: closed at once
             answer = waiter.answer()  # the long wait: answered now, with what has finished
             assert (answer.status, answer.json(), answer.headers["connection"]) == (200, [], "close")
+            assert answer.headers["x-agl-wait-cut"] == "stopping"  # agl's client asks again
             assert time.monotonic() - started < 5.0
             assert wait_until(lambda: _refused(server.port))  # no new connections (every worker's)
             slow.send(body[-half:])  # the rest of the body, after the signal
@@ -88,6 +89,45 @@ def test_sigterm_finishes_requests_in_flight_and_loses_nothing(tmp_path: Path, w
     assert store.check() == []
     assert {r.rollout_id for r in asyncio.run(store.query_rollouts()).items} == {waited_for, stored}
     assert "agl store server stopping" in server.log_text()
+
+
+def test_a_wait_cut_by_a_stop_goes_on_at_the_server_that_comes_back(tmp_path: Path) -> None:
+    """A SIGTERM answered agl's client's long wait at once with what had finished, and the client
+    returned that as the answer, [] even with timeout=None (found by an adversarial pass). It
+    asks again, with the time left, of the server that comes back."""
+    from store_fs.client import LightningStoreClient
+
+    store_dir = init_store(tmp_path / "store")
+    store = FileStore(store_dir, create=False)
+    waited_for = asyncio.run(store.enqueue_rollout(input="queued")).rollout_id
+    server = ServerProcess(store_dir, tmp_path / "server.log")
+
+    async def wait() -> list[Any]:
+        async with LightningStoreClient(server.url, retry_delays=(0.2, 0.4, 0.8, 1.6, 3.2)) as client:
+            return list(await client.wait_for_rollouts(rollout_ids=[waited_for], timeout=None))
+
+    async def stop_restart_finish() -> None:
+        await asyncio.sleep(1.0)
+        assert server.proc is not None
+        port = server.port
+        server.proc.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(server.proc.wait, 10)
+        server.port = port
+        await asyncio.to_thread(server.start)
+        attempted = await store.dequeue_rollout()
+        assert attempted is not None
+        await store.update_attempt(waited_for, attempted.attempt.attempt_id, status="succeeded")
+
+    async def both() -> list[Any]:
+        done, _ = await asyncio.gather(wait(), stop_restart_finish())
+        return done
+
+    try:
+        server.start()
+        done = asyncio.run(asyncio.wait_for(both(), 60))
+    finally:
+        server.stop()
+    assert [r.status for r in done] == ["succeeded"]
 
 
 def test_the_grace_period_ends_by_cutting_what_is_left(tmp_path: Path) -> None:

@@ -40,6 +40,7 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ValidationError
 
+from store_fs._transport import WAIT_CUT_HEADER
 from store_fs.errors import AglError, mapping_for
 from store_fs.server import otlp
 from store_fs.server.http import HttpServer, Limits, Request, Response
@@ -228,7 +229,9 @@ class StoreServer:
     async def _long_poll(self, handler: Handler, call: Call) -> Response:
         """A wait, unless the server starts a graceful stop or the client leaves first: then the
         wait is cancelled and asked again with timeout 0, which answers with the rollouts
-        finished by now (a wait of hours must not outlive the client that asked)."""
+        finished by now (a wait of hours must not outlive the client that asked). An answer cut
+        short by a stop says so in the header ``X-Agl-Wait-Cut`` (agl's client asks again, with
+        the time left; upstream's, which polls every 0.1 s, reads it as any answer)."""
         work = asyncio.ensure_future(self.pool.run(_respond(handler, call)))
         draining = asyncio.ensure_future(self._draining.wait())
         left = asyncio.ensure_future(call.request.client_left.wait())
@@ -250,7 +253,10 @@ class StoreServer:
             body = None
         if isinstance(body, dict):  # else it is refused again, at once
             request = dataclasses.replace(request, body=orjson.dumps({**body, "timeout": 0}))
-        return await self.pool.run(_respond(handler, Call(request, call.params, call.store)))
+        response = await self.pool.run(_respond(handler, Call(request, call.params, call.store)))
+        if self._draining.is_set() and response.status == 200:
+            response.headers[WAIT_CUT_HEADER] = "stopping"
+        return response
 
     async def _traces(self, request: Request) -> Response:
         content_type = request.header("content-type").split(";")[0].strip().lower()
