@@ -104,7 +104,8 @@ def test_a_wait_cut_by_a_stop_goes_on_at_the_server_that_comes_back(tmp_path: Pa
 
     async def wait() -> list[Any]:
         async with LightningStoreClient(server.url, retry_delays=(0.2, 0.4, 0.8, 1.6, 3.2)) as client:
-            return list(await client.wait_for_rollouts(rollout_ids=[waited_for], timeout=None))
+            done: list[Any] = await client.wait_for_rollouts(rollout_ids=[waited_for], timeout=None)
+            return done
 
     async def stop_restart_finish() -> None:
         await asyncio.sleep(1.0)
@@ -119,8 +120,9 @@ def test_a_wait_cut_by_a_stop_goes_on_at_the_server_that_comes_back(tmp_path: Pa
         await store.update_attempt(waited_for, attempted.attempt.attempt_id, status="succeeded")
 
     async def both() -> list[Any]:
-        done, _ = await asyncio.gather(wait(), stop_restart_finish())
-        return done
+        waited = asyncio.create_task(wait())
+        await stop_restart_finish()
+        return await waited
 
     try:
         server.start()

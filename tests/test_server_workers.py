@@ -147,6 +147,32 @@ def test_a_dead_worker_is_replaced_and_a_killed_parent_takes_the_workers_down(tm
     assert FileStore(tmp_path / "store", create=False).check() == []
 
 
+def test_a_replacement_killed_before_it_serves_is_replaced_in_turn(tmp_path: Path) -> None:
+    """A replacement worker that died before it said it was ready stopped the whole server with
+    "a server worker did not start" (found by an adversarial pass): only a worker failing at
+    start-up should. It counts as one more death, and another replaces it."""
+    server = ServerProcess(init_store(tmp_path / "store"), tmp_path / "server.log", args=["--workers", "2"])
+    try:
+        server.start()
+        assert server.proc is not None
+        parent = server.proc.pid
+        first = children(parent)
+        os.kill(min(first), signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while not (children(parent) - first) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        replacement = children(parent) - first
+        assert replacement, "no replacement started"
+        for pid in replacement:
+            os.kill(pid, signal.SIGKILL)  # before it serves (the parent waits ~0.1 s for its "ready")
+        assert wait_until(lambda: len(children(parent)) == 2, 20)
+        assert server.proc.poll() is None, server.log_text()
+        assert wait_until(lambda: raw_request(server.url, "GET", "/v1/agl/health")[0] == 200, 20)
+        assert [enqueue(server.url, i) for i in range(4)]
+    finally:
+        server.stop()
+
+
 BODY = b'{"rollouts": [{"input": "sent during the stop"}]}'
 
 

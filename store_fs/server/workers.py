@@ -257,15 +257,33 @@ class _Pool:
             for proc in [p for p in self.procs if p.poll() is not None]:
                 if signals.count:
                     return
-                now = time.monotonic()
-                self._deaths = [t for t in self._deaths if now - t < 60] + [now]
-                if len(self._deaths) > RESTARTS_PER_MINUTE:
-                    raise ServerStartError(f"server workers keep dying ({len(self._deaths)} in a minute)")
+                self._count_death()
                 code = proc.returncode
                 log.warning("agl store worker %d exited with code %d: starting another", proc.pid, code)
                 self.procs.remove(proc)
-                if not self._await_ready(self._spawn(), signals):
+                if not self._replace(signals):
                     return
+
+    def _count_death(self) -> None:
+        now = time.monotonic()
+        self._deaths = [t for t in self._deaths if now - t < 60] + [now]
+        if len(self._deaths) > RESTARTS_PER_MINUTE:
+            raise ServerStartError(f"server workers keep dying ({len(self._deaths)} in a minute)")
+
+    def _replace(self, signals: _Signals) -> bool:
+        """Start a worker in place of a dead one; False if a signal came first. A replacement
+        that dies before it serves is one more death (the same limit), not the end of the
+        server: only at start-up does a worker that cannot start stop it."""
+        while True:
+            proc = self._spawn()
+            try:
+                return self._await_ready(proc, signals)
+            except ServerStartError as err:
+                self.procs.remove(proc)
+                if proc.stdout is not None:
+                    proc.stdout.close()
+                self._count_death()
+                log.warning("%s: starting another", err)
 
     def stop(self, signals: _Signals, grace: float) -> None:
         """Stop every worker gracefully; on a second signal (before or during the stop) tell
