@@ -119,6 +119,7 @@ class LightningStoreClient(LightningStore):
         self._call = self._http.call
         self._heartbeat_route = True  # until the server shows it has none
         self._batch_route = True  # the same for POST /spans/batch
+        self._dequeue_failing = False  # dequeue_rollout's failures are logged once per outage
 
     def __repr__(self) -> str:
         return f"LightningStoreClient({self.url!r})"
@@ -215,7 +216,22 @@ class LightningStoreClient(LightningStore):
         return _ROLLOUTS.validate_python(data)
 
     async def dequeue_rollout(self, worker_id: str | None = None) -> AttemptedRollout | None:
-        got = await self.dequeue_many_rollouts(limit=1, worker_id=worker_id)
+        """As the store's; and, like upstream's client, None when the server cannot be reached
+        or fails (logged once per outage): upstream's runner, which dequeues with this, ends on
+        an exception here. :meth:`dequeue_many_rollouts` raises instead (agl's runner uses it,
+        to back off and say the store is unreachable)."""
+        try:
+            got = await self.dequeue_many_rollouts(limit=1, worker_id=worker_id)
+        except RemoteStoreError as err:
+            if err.status is not None and err.status < 500:
+                raise
+            if not self._dequeue_failing:
+                self._dequeue_failing = True
+                log.warning("dequeue: %s (nothing dequeued until the store answers)", err)
+            return None
+        if self._dequeue_failing:
+            self._dequeue_failing = False
+            log.warning("dequeue: the store answers again")
         return got[0] if got else None
 
     async def dequeue_many_rollouts(

@@ -48,6 +48,17 @@ def _is_set(event: StopEvent | None) -> bool:
     return event is not None and event.is_set()
 
 
+async def _dequeue_one(store: Any, worker_id: str | None) -> AttemptedRollout | None:
+    """One attempt from ``store``; ``dequeue_many_rollouts`` where there is one, which (unlike
+    an HTTP client's ``dequeue_rollout``) raises when the store cannot be reached."""
+    many = getattr(store, "dequeue_many_rollouts", None)
+    if many is None:
+        single: AttemptedRollout | None = await store.dequeue_rollout(worker_id=worker_id)
+        return single
+    got = await many(limit=1, worker_id=worker_id)
+    return got[0] if got else None
+
+
 class LitAgentRunner:
     """Runs an agent over a store's queue.
 
@@ -221,7 +232,7 @@ class LitAgentRunner:
         store = self._store
         try:
             attempted: AttemptedRollout | None = await call_with_retry(
-                lambda: store.dequeue_rollout(worker_id=self.worker_id),
+                lambda: _dequeue_one(store, self.worker_id),
                 what="dequeue",
                 policy=self.retry_policy,
                 stop=lambda: _is_set(event),

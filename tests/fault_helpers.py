@@ -47,6 +47,7 @@ STORE_CALLS = (
     "get_rollout_by_id",
     "get_latest_attempt",
     "dequeue_rollout",
+    "dequeue_many_rollouts",  # what agl's runner dequeues with
     "update_worker",
     *SPAN_METHODS,
 )

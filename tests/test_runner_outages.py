@@ -296,3 +296,18 @@ def test_stress_repeated_server_kills_lose_no_span(tmp_path: Path) -> None:
             bodies = [s.attributes.get(BODY) for s in spans if s.name == "agentlightning.message"]
             assert bodies == [f"m{i}" for i in range(n_spans)]
             assert find_final_reward(spans) == 1.0
+
+
+async def test_dequeue_rollout_over_http_is_none_while_the_server_is_down_as_upstreams() -> None:
+    """Upstream's runner dequeues with ``dequeue_rollout`` and ends on an exception there (its
+    own client answers None): on agl's client a server restart killed it with a traceback
+    (found by an adversarial pass). ``dequeue_many_rollouts`` still raises, for agl's runner."""
+    from fault_helpers import free_port
+
+    from store_fs import RemoteStoreError
+    from store_fs.client import LightningStoreClient
+
+    async with LightningStoreClient(f"http://127.0.0.1:{free_port()}", retry_delays=(0.05,)) as client:
+        assert await client.dequeue_rollout(worker_id="w") is None
+        with pytest.raises(RemoteStoreError):
+            await client.dequeue_many_rollouts(limit=1, worker_id="w")
