@@ -43,7 +43,7 @@ from store_fs.models import AttemptedRollout, NamedResources, Span, SpanCoreFiel
 from store_fs.retrying import call_with_retry, is_transient, renew_attempt
 from store_fs.rewards import find_final_reward, reward_span
 from store_fs.tracing.rollout_binding import RolloutBinding
-from store_fs.upstream_compat import retyped
+from store_fs.upstream_compat import as_ours, retyped
 
 if TYPE_CHECKING:
     from store_fs.runner import LitAgentRunner
@@ -191,7 +191,9 @@ class AttemptRun:
         )
         if update is None:
             raise LookupError(f"resources {resources_id or '(latest)'} not found")
-        return dict(update.resources)
+        # A store that is not agl's hands out upstream's classes: agl's agents look for agl's
+        # (an upstream agent gets both again from start_agent).
+        return {name: as_ours(resource) for name, resource in update.resources.items()}
 
     async def _call_agent(self, resources: NamedResources) -> Any:
         future = start_agent(self.runner.agent, self.attempted, resources)

@@ -39,6 +39,7 @@ from pydantic import BaseModel
 
 __all__ = [
     "RETYPED_METHODS",
+    "as_ours",
     "hybrid_model_class",
     "retyped",
     "store_class",
@@ -164,6 +165,20 @@ def retyped(value: T) -> T:
     elif isinstance(value, dict):  # named resources
         result = {key: retyped(item) for key, item in value.items()}
     return result  # type: ignore[no-any-return]
+
+
+def as_ours(value: Any) -> Any:
+    """An upstream model (a resource from upstream's store or HTTP client) as agl's class of
+    the same name, where agl has one: what agl's agents look for. Anything else unchanged."""
+    cls = type(value)
+    if not isinstance(value, BaseModel) or not cls.__module__.startswith("agentlightning"):
+        return value
+    from store_fs import models
+
+    ours = getattr(models, cls.__name__, None)
+    if not (isinstance(ours, type) and issubclass(ours, BaseModel)):
+        return value
+    return ours.model_validate(value.model_dump())
 
 
 def _ours(value: Any, unset: object) -> Any:

@@ -259,6 +259,28 @@ def test_agl_runner_over_upstreams_in_memory_store_stores_every_span() -> None:
     asyncio.run(main())
 
 
+@store_fs.agent.rollout
+async def agl_prompt_agent(task: dict[str, Any], prompt_template: store_fs.PromptTemplate) -> float:
+    assert isinstance(prompt_template, store_fs.PromptTemplate)
+    return float(task["score"])
+
+
+def test_agl_agents_take_upstreams_resources() -> None:
+    """Resources from a store that is not agl's (upstream's in-memory store, upstream's HTTP
+    client) are upstream's classes: an agl ``@rollout`` agent taking a prompt template failed
+    every attempt with "the rollout's resources hold no PromptTemplate" (found by an
+    adversarial pass). The runner hands agl's agents agl's classes."""
+    store = agl.InMemoryLightningStore()
+
+    async def main() -> None:
+        await store.add_resources(resources())
+        [rid] = await enqueue(store, [{"score": 2}])
+        await agl_runner(store, agl_prompt_agent, 1)
+        assert (await outcome(store, rid))[:2] == ("succeeded", 2.0)
+
+    asyncio.run(main())
+
+
 def test_agl_runner_runs_upstream_lit_agents(tmp_path: Path) -> None:
     store = FileStore(tmp_path / "s")
 
