@@ -46,18 +46,23 @@ _JSON_OPTIONS = orjson.OPT_NON_STR_KEYS
 # The server's mark on a wait's answer cut short by its stop (store_fs/server/app.py).
 WAIT_CUT_HEADER = "X-Agl-Wait-Cut"
 _WAIT_CUT = WAIT_CUT_HEADER.lower().encode()
+# The store a server serves (FORMAT.json's store_id), on every answer; a client sends back the
+# first one it saw, and a server serving another store refuses the request (421).
+STORE_HEADER = "X-Agl-Store"
+_STORE = STORE_HEADER.lower().encode()
 
 
 class Reply:
     """A complete HTTP reply: status code and body bytes; ``cut``: a wait's answer cut short by
     the server's stop."""
 
-    __slots__ = ("body", "cut", "status")
+    __slots__ = ("body", "cut", "status", "store")
 
-    def __init__(self, status: int, body: bytes, cut: bool = False) -> None:
+    def __init__(self, status: int, body: bytes, cut: bool = False, store: str = "") -> None:
         self.status = status
         self.body = body
         self.cut = cut
+        self.store = store
 
     def json(self) -> Any:
         """The body decoded as JSON; None for an empty body. Raises ``ValueError`` if it is not JSON."""
@@ -114,6 +119,7 @@ class _Connection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.body: list[bytes] = []
         self.cut = False
+        self.store = ""
         self.reply: asyncio.Future[Reply] | None = None
         self.dead = False  # closed, or in a state no next request may use
         self.keep_alive = True
@@ -143,17 +149,21 @@ class _Connection(asyncio.Protocol):
 
     # -- llhttp callbacks ---------------------------------------------------------
     def on_header(self, name: bytes, value: bytes) -> None:
-        if name.lower() == _WAIT_CUT:
+        lowered = name.lower()
+        if lowered == _WAIT_CUT:
             self.cut = True
+        elif lowered == _STORE:
+            self.store = value.decode("latin-1")
 
     def on_body(self, data: bytes) -> None:
         self.body.append(data)
 
     def on_message_complete(self) -> None:
         self.keep_alive = self.parser.should_keep_alive()
-        reply = Reply(self.parser.get_status_code(), b"".join(self.body), self.cut)
+        reply = Reply(self.parser.get_status_code(), b"".join(self.body), self.cut, self.store)
         self.body = []
         self.cut = False
+        self.store = ""
         if self.reply is not None and not self.reply.done():
             self.reply.set_result(reply)
 
@@ -263,6 +273,10 @@ class Transport:
         auth = f"Authorization: Bearer {token}\r\n" if token else ""
         self._fixed_headers = f"Host: {parts.netloc}\r\n{auth}Accept: application/json\r\n"
         self._retry_delays = tuple(retry_delays)
+        #: The store the server served at the first answer (None until then, or for a server
+        #: that does not say: upstream's). Requests carry it, so that a server restarted on
+        #: another store refuses them (421) instead of taking their writes.
+        self.store_id: str | None = None
         # Connections are bound to the loop that opened them; tracers run their own loops.
         self._pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Pool] = weakref.WeakKeyDictionary()
 
@@ -291,6 +305,8 @@ class Transport:
 
     def _request(self, method: str, target: str, body: bytes | None, content_type: str) -> bytes:
         head = f"{method} {target} HTTP/1.1\r\n{self._fixed_headers}"
+        if self.store_id is not None:
+            head += f"{STORE_HEADER}: {self.store_id}\r\n"
         if body is not None or method == "POST":
             head += f"Content-Type: {content_type}\r\nContent-Length: {len(body or b'')}\r\n"
         return (head + "\r\n").encode("latin-1") + (body or b"")
@@ -311,6 +327,8 @@ class Transport:
             payload, limit = request() if callable(request) else (request, timeout)
             try:
                 reply = await _once(pool, payload, limit)
+                if reply.store and self.store_id is None:
+                    self.store_id = reply.store  # sent back from now on (see STORE_HEADER)
                 if not (reply.cut and callable(request)):
                     return reply
                 # A wait answered early by a stopping server: asked again (its new body holds

@@ -247,6 +247,37 @@ async def test_own_client_waits_take_every_timeout_and_a_retry_sends_the_time_le
     store.close()
 
 
+async def test_a_server_back_on_another_store_refuses_its_clients(store_dir: Path, tmp_path: Path) -> None:
+    """A server restarted on another directory (another working directory: a new empty store)
+    took its clients' enqueues and answered "no such rollout" for the earlier ones, and nobody
+    noticed (found by an adversarial pass). Answers name the store; a client sends back the one
+    it began with, and another store's server refuses it (421) before changing anything."""
+    from store_fs import RemoteStoreError
+
+    other_dir = init_store(tmp_path / "other")
+    server = ServerProcess(store_dir, tmp_path / "server.log")
+    try:
+        server.start()
+        async with LightningStoreClient(server.url, retry_delays=(0.1, 0.3)) as client:
+            first = await client.enqueue_rollout({"q": 1})
+            port = server.port
+            server.stop()
+            server.store, server.port = other_dir, port
+            server.start()
+            with pytest.raises(RemoteStoreError, match="another directory") as refused:
+                await client.enqueue_rollout({"q": 2})
+            assert refused.value.status == 421
+            with pytest.raises(RemoteStoreError, match="another directory"):
+                await client.get_rollout_by_id(first.rollout_id)
+            assert (await FileStore(other_dir, create=False).query_rollouts()).total == 0
+            server.stop()
+            server.store, server.port = store_dir, port
+            server.start()
+            assert await client.get_rollout_by_id(first.rollout_id) is not None  # the right one again
+    finally:
+        server.stop()
+
+
 async def test_two_servers_share_one_directory(store_dir: Path, tmp_path: Path) -> None:
     with (
         ServerProcess(store_dir, tmp_path / "a.log") as a,

@@ -9,11 +9,17 @@ The durability a process uses is the stronger of the store's setting and what th
 process asked for (:func:`effective_durability`): a store declared durable stays durable
 whichever program opens it (a runner, ``agl store``, a shell command), and a process may
 ask for ``fsync`` on a store that does not require it.
+
+A store made by this build also has a ``store_id`` (random), which ``agl store`` shows its
+clients so that one never writes into another store by mistake; a store made before has
+none and goes by its directory's device and inode (:attr:`StoreFormat.store_id`). Older
+builds ignore the key.
 """
 
 from __future__ import annotations
 
 import os
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, get_args
@@ -45,12 +51,24 @@ class StoreFormat:
 
     version: int
     durability: Durability  # "process" when the file names none (stores made before the setting)
+    store_id: str  # FORMAT.json's, or "dir-<device>-<inode>" of a store made before the key
+
+
+def _directory_id(root: Path) -> str:
+    st = os.stat(root)
+    return f"dir-{st.st_dev}-{st.st_ino}"
 
 
 def format_body(durability: Durability, *, created_by: str) -> bytes:
     """The bytes of a new store's ``FORMAT.json``, of this build's format, set to ``durability``."""
     return codec.dumps_record(
-        {"format": "agl-store", "version": FORMAT_VERSION, "durability": durability, "created_by": created_by}
+        {
+            "format": "agl-store",
+            "version": FORMAT_VERSION,
+            "durability": durability,
+            "created_by": created_by,
+            "store_id": "st-" + uuid.uuid4().hex,
+        }
     )
 
 
@@ -85,7 +103,15 @@ def read_format(layout: Layout) -> StoreFormat:
         durability = check_durability(body.get("durability", "process"))
     except ValueError as err:
         raise CorruptRecordError(str(layout.format_file), str(err)) from None
-    return StoreFormat(version, durability)
+    store_id = body.get("store_id")
+    if not (
+        isinstance(store_id, str)
+        and store_id.isascii()
+        and store_id.isprintable()
+        and 0 < len(store_id) <= 100
+    ):
+        store_id = _directory_id(layout.root)
+    return StoreFormat(version, durability, store_id)
 
 
 def check_durability(value: object) -> Durability:

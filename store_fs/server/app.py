@@ -40,7 +40,7 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ValidationError
 
-from store_fs._transport import WAIT_CUT_HEADER
+from store_fs._transport import STORE_HEADER, WAIT_CUT_HEADER
 from store_fs.errors import AglError, mapping_for
 from store_fs.server import otlp
 from store_fs.server.http import HttpServer, Limits, Request, Response
@@ -201,7 +201,22 @@ class StoreServer:
         self.http.force_stop()
 
     async def handle(self, request: Request) -> Response:
-        """Answer one request; never raises."""
+        """Answer one request; never raises. Every answer names the store (``X-Agl-Store``);
+        a request naming another one (a client that talked to this address when it served
+        another store) is refused with 421 before it can change anything here."""
+        expected = request.header(STORE_HEADER.lower())
+        if expected and expected != self.store.store_id:
+            response = error_response(
+                421,
+                f"this server serves store {self.store.store_id} ({self.store.root}), not {expected}, "
+                "the store this client began with: was the server restarted on another directory?",
+            )
+        else:
+            response = await self._answer(request)
+        response.headers[STORE_HEADER] = self.store.store_id
+        return response
+
+    async def _answer(self, request: Request) -> Response:
         try:
             if request.path == "/v1/traces":
                 if request.method != "POST":

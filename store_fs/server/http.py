@@ -115,6 +115,7 @@ _REASONS = {
     408: "Request Timeout",
     409: "Conflict",
     413: "Content Too Large",
+    421: "Misdirected Request",
     422: "Unprocessable Content",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",

@@ -145,7 +145,11 @@ class StoreCore(LightningStore):
             self.created = _make_store(layout, durability or "process")
         #: What this process does before a call returns: the stronger of the store's
         #: setting and ``durability`` (docs/format.md, "Durability").
-        self.durability: Durability = effective_durability(durability, read_format(layout).durability)
+        found = read_format(layout)
+        self.durability: Durability = effective_durability(durability, found.durability)
+        #: Which store this is (``FORMAT.json``'s ``store_id``; docs/format.md): ``agl store``
+        #: tells its clients, so that none writes into another store after a restart.
+        self.store_id: str = found.store_id
         if not self.created:
             _restore_directories(layout, durable=self.durability == "fsync")
         self._clock = clock or SystemClock()
