@@ -216,10 +216,10 @@ class LightningStoreClient(LightningStore):
         return _ROLLOUTS.validate_python(data)
 
     async def dequeue_rollout(self, worker_id: str | None = None) -> AttemptedRollout | None:
-        """As the store's; and, like upstream's client, None when the server cannot be reached
-        or fails (logged once per outage): upstream's runner, which dequeues with this, ends on
-        an exception here. :meth:`dequeue_many_rollouts` raises instead (agl's runner uses it,
-        to back off and say the store is unreachable)."""
+        # Like upstream's client, None when the server cannot be reached or fails (logged once
+        # per outage): upstream's runner, which dequeues with this, ends on an exception here.
+        # dequeue_many_rollouts raises instead (agl's runner uses it, to back off and say the
+        # store is unreachable). docs/behaviour.md §9.6.
         try:
             got = await self.dequeue_many_rollouts(limit=1, worker_id=worker_id)
         except RemoteStoreError as err:
