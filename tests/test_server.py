@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import time
@@ -274,6 +275,17 @@ async def test_a_server_back_on_another_store_refuses_its_clients(store_dir: Pat
             server.store, server.port = store_dir, port
             server.start()
             assert await client.get_rollout_by_id(first.rollout_id) is not None  # the right one again
+        # A store made before stores had ids names none: its clients check nothing, and work.
+        old_dir = init_store(tmp_path / "old")
+        body = json.loads((old_dir / "FORMAT.json").read_text())
+        del body["store_id"]
+        (old_dir / "FORMAT.json").write_text(json.dumps(body))
+        server.stop()
+        server.store, server.port = old_dir, port
+        server.start()
+        async with LightningStoreClient(server.url, retry_delays=(0.1, 0.3)) as fresh:
+            rid = (await fresh.enqueue_rollout({"q": 3})).rollout_id
+            assert await fresh.get_rollout_by_id(rid) is not None
     finally:
         server.stop()
 

@@ -12,8 +12,9 @@ ask for ``fsync`` on a store that does not require it.
 
 A store made by this build also has a ``store_id`` (random), which ``agl store`` shows its
 clients so that one never writes into another store by mistake; a store made before has
-none and goes by its directory's device and inode (:attr:`StoreFormat.store_id`). Older
-builds ignore the key.
+none (:attr:`StoreFormat.store_id` is None: its servers name no store, and their clients
+check nothing; its directory's inode would not do, as two hosts see one NFS directory under
+two device numbers). Older builds ignore the key.
 """
 
 from __future__ import annotations
@@ -51,12 +52,7 @@ class StoreFormat:
 
     version: int
     durability: Durability  # "process" when the file names none (stores made before the setting)
-    store_id: str  # FORMAT.json's, or "dir-<device>-<inode>" of a store made before the key
-
-
-def _directory_id(root: Path) -> str:
-    st = os.stat(root)
-    return f"dir-{st.st_dev}-{st.st_ino}"
+    store_id: str | None  # None for a store made before the key
 
 
 def format_body(durability: Durability, *, created_by: str) -> bytes:
@@ -110,7 +106,7 @@ def read_format(layout: Layout) -> StoreFormat:
         and store_id.isprintable()
         and 0 < len(store_id) <= 100
     ):
-        store_id = _directory_id(layout.root)
+        store_id = None
     return StoreFormat(version, durability, store_id)
 
 

@@ -205,15 +205,17 @@ class StoreServer:
         a request naming another one (a client that talked to this address when it served
         another store) is refused with 421 before it can change anything here."""
         expected = request.header(STORE_HEADER.lower())
-        if expected and expected != self.store.store_id:
+        served = self.store.store_id  # None: a store made before stores had ids
+        if expected and expected != served:
             response = error_response(
                 421,
-                f"this server serves store {self.store.store_id} ({self.store.root}), not {expected}, "
+                f"this server serves store {served or '(no id)'} ({self.store.root}), not {expected}, "
                 "the store this client began with: was the server restarted on another directory?",
             )
         else:
             response = await self._answer(request)
-        response.headers[STORE_HEADER] = self.store.store_id
+        if served is not None:
+            response.headers[STORE_HEADER] = served
         return response
 
     async def _answer(self, request: Request) -> Response:

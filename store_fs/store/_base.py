@@ -149,7 +149,7 @@ class StoreCore(LightningStore):
         self.durability: Durability = effective_durability(durability, found.durability)
         #: Which store this is (``FORMAT.json``'s ``store_id``; docs/format.md): ``agl store``
         #: tells its clients, so that none writes into another store after a restart.
-        self.store_id: str = found.store_id
+        self.store_id: str | None = found.store_id
         if not self.created:
             _restore_directories(layout, durable=self.durability == "fsync")
         self._clock = clock or SystemClock()
