@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 from cli_helpers import Agl
 from datasets_helpers import make_rollout
+from proc_helpers import alive
 
 from store_fs import FileStore
 from store_fs.datasets import RolloutFilter, TrainingData, ViewCounts, view_rows
@@ -216,21 +217,13 @@ def test_export_workers_exit_when_the_exporting_process_is_killed(tmp_path: Path
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
         deadline = time.monotonic() + 10
-        while _alive(worker) and time.monotonic() < deadline:
+        while alive(worker) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not _alive(worker), "the export's worker outlived it"
+        assert not alive(worker), "the export's worker outlived it"
     finally:
         proc.kill()
         proc.wait(10)
         if proc.stdout is not None:
             proc.stdout.close()
-        if worker and _alive(worker):
+        if worker and alive(worker):
             os.kill(worker, signal.SIGKILL)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from proc_helpers import alive
 
 from store_fs import FileStore, PromptTemplate
 from store_fs.runner_pool import RunnerPool
@@ -120,14 +121,6 @@ def _parent(pid: int) -> int:
     return int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
 def test_runners_stop_when_agl_run_is_killed(tmp_path: Path) -> None:
     """After kill -9 of ``agl run`` its runner processes lived on as orphans and kept taking
@@ -165,9 +158,9 @@ def _pid_in(path: Path, timeout: float = 60) -> int:
 
 def _gone(pid: int, timeout: float = 15) -> bool:
     deadline = time.monotonic() + timeout
-    while _alive(pid) and time.monotonic() < deadline:
+    while alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    return not _alive(pid)
+    return not alive(pid)
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
@@ -220,7 +213,7 @@ def _kill_all(proc: Any, pids: Iterable[int]) -> None:
     proc.kill()
     proc.wait(10)
     for pid in pids:
-        if _alive(pid):
+        if alive(pid):
             os.kill(pid, signal.SIGKILL)
 
 

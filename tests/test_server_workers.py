@@ -22,6 +22,7 @@ from typing import Any, cast
 import pytest
 from cli_helpers import AGL
 from http_helpers import RawClient, http_request, wait_until
+from proc_helpers import alive
 from server_helpers import ServerProcess, raw_request
 
 from store_fs import FileStore, init_store
@@ -40,14 +41,6 @@ def children(pid: int) -> set[int]:
     for task in Path(f"/proc/{pid}/task").iterdir():
         found.update(int(child) for child in (task / "children").read_text().split())
     return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def port_is_free(port: int) -> bool:
