@@ -60,3 +60,27 @@ def test_wait_over_http_ends_at_its_deadline(tmp_path: Path) -> None:
 
         overshoots = asyncio.run(main())
     assert statistics.median(overshoots) < SLACK, overshoots
+
+
+def test_the_records_reread_do_not_carry_a_wait_past_its_deadline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A waiter re-reads every waited-for record each second; with 20,000 ids that took 1.3 s,
+    and a 1 s wait returned after 2.3 s (found by an adversarial pass). The re-reads stop at
+    the deadline (the rest are read at the next look). Here each re-read is made slow."""
+    from store_fs._disk.rollout_history import RecordStore
+
+    store = FileStore(tmp_path / "store")
+    ids = [asyncio.run(store.enqueue_rollout(input=i)).rollout_id for i in range(60)]
+    real_head = RecordStore.head
+
+    def slow_head(self: RecordStore, *args: object, **kwargs: object) -> object:
+        time.sleep(0.02)
+        return real_head(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(RecordStore, "head", slow_head)
+    started = time.monotonic()
+    assert asyncio.run(store.wait_for_rollouts(rollout_ids=ids, timeout=1.5)) == []
+    waited = time.monotonic() - started
+    # 60 re-reads of 20 ms due at 1 s would end at 2.2 s; a look's other work takes far less.
+    assert waited < 1.5 + 0.4, waited

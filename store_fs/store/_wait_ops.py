@@ -85,14 +85,15 @@ class _Waiting:
             self.finished[rollout_id] = found[1].plain()
             self.waiting.discard(rollout_id)
 
-    def check(self) -> None:
+    def check(self, deadline: float | None = None) -> None:
         """Settle what finished. The rollout index tells which waited-for rollouts finished, so
         a look costs one index refresh instead of a read of every record. Index lines are hints
         (a crash can lose one), so each record is also read again once its last read in this
         process is ``recheck`` seconds old (per process, not per call: an algorithm that waits
         with short timeouts in a loop would otherwise re-read everything at every call), for
         at most ``budget`` seconds per look (a network filesystem: the longest unread first, a
-        few at a time, so a look stays short and completions are seen while the rest wait)."""
+        few at a time, so a look stays short and completions are seen while the rest wait),
+        and never past ``deadline`` (monotonic), the caller's."""
         entries = self.index.finished_among(self.waiting, TERMINAL_ROLLOUT_STATUSES)
         if entries is None:  # no complete index: the records are all there is
             for rollout_id in list(self.waiting):
@@ -109,7 +110,7 @@ class _Waiting:
         newer = not self.shared_fs
         for (rid, _rev), found in self._read(lambda key: newest(*key, newer=newer), finished):
             self.settle(rid, found)
-        self._recheck_due()
+        self._recheck_due(deadline)
 
     def _read(self, read: Callable[[_T], _Found], keys: list[_T]) -> Iterator[tuple[_T, _Found]]:
         """``(key, read(key))`` for each key: on a network filesystem several at once (each read
@@ -124,7 +125,7 @@ class _Waiting:
         read_at = self.rechecks.read_at
         return min((read_at.get(r, now) for r in self.waiting), default=now) + self.recheck
 
-    def _recheck_due(self) -> None:
+    def _recheck_due(self, deadline: float | None = None) -> None:
         now = time.monotonic()
         if now < self.next_due:  # a look at every change: most find nothing due
             return
@@ -139,7 +140,10 @@ class _Waiting:
                 read_at[rollout_id] = now
             for rollout_id, found in self._read(self.records.head, batch):
                 self.settle(rollout_id, found)
-            if self.budget is not None and time.monotonic() - now >= self.budget:
+            spent = time.monotonic()
+            if (self.budget is not None and spent - now >= self.budget) or (
+                deadline is not None and spent >= deadline  # the caller's time is up
+            ):
                 return  # ``next_due`` stays passed: the next look goes on with the rest
         self.next_due = self._next_due(now)
 
@@ -162,14 +166,14 @@ class WaitMethods(StoreCore):
         # Waiting sleeps for real, so its deadline is on the real clock even when an
         # injected clock drives timestamps and liveness.
         deadline = None if timeout is None else time.monotonic() + timeout
-        state.check()
+        state.check(deadline)
         if state.waiting and (timeout is None or timeout > 0):
             mode = resolve_mode(self._watch_mode, self.root)
             async with ChangeFeed(self.layout.events, mode) as feed:
-                state.check()  # the feed is live: nothing that happens from here on is missed
+                state.check(deadline)  # the feed is live: nothing that happens from here on is missed
                 while state.waiting and (deadline is None or time.monotonic() < deadline):
                     # Never sleep past the deadline: a watcher tick is 250 ms.
                     await feed.next(None if deadline is None else deadline - time.monotonic())
                     watchdog()
-                    state.check()
+                    state.check(deadline)
         return [state.finished[r] for r in rollout_ids if r in state.finished]
