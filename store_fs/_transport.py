@@ -317,27 +317,33 @@ class Transport:
         timeout: float | None,
         idempotent: bool,
         what: str,
+        time_left: Callable[[], bool] | None = None,
     ) -> Reply:
         """One request with the retry rules of the module docstring; the reply, whatever its status.
 
         ``request`` may be made anew for each try, with its own timeout (a wait sends the time
-        it has left)."""
+        it has left). A wait's answer cut short by a stopping server is asked again while
+        ``time_left()``; once it is not, that answer (or the last one) stands."""
         pool = self._pool()
+        cut: Reply | None = None
         for attempt in range(len(self._retry_delays) + 1):
             payload, limit = request() if callable(request) else (request, timeout)
             try:
                 reply = await _once(pool, payload, limit)
                 if reply.store and self.store_id is None:
                     self.store_id = reply.store  # sent back from now on (see STORE_HEADER)
-                if not (reply.cut and callable(request)):
+                if not reply.cut or time_left is None or not time_left():
                     return reply
                 # A wait answered early by a stopping server: asked again (its new body holds
                 # the time left) of the server that comes back, as after a lost answer.
                 if attempt >= len(self._retry_delays):
                     raise RemoteStoreError(f"{what}: the server stopped before the wait ended")
+                cut = reply
                 await asyncio.sleep(self._retry_delays[attempt])
                 continue
             except (_NeverSent, _Lost) as err:
+                if cut is not None and time_left is not None and not time_left():
+                    return cut  # the wait's time is up: what the stopping server answered stands
                 never_sent = isinstance(err, _NeverSent)
                 if attempt >= len(self._retry_delays) or not (never_sent or idempotent):
                     kind = "ConnectError" if never_sent else "ReadError"
@@ -355,11 +361,13 @@ class Transport:
         idempotent: bool,
         timeout: float | Unset | None = UNSET,
         per_try: Callable[[], tuple[Any, float | None]] | None = None,
+        time_left: Callable[[], bool] | None = None,
     ) -> Any:
         """Send one request; the decoded JSON of a 2xx reply, else the error of :func:`error_for_response`.
 
         ``per_try``: instead of ``json`` and ``timeout``, called before each try for the body and
-        the timeout of that try."""
+        the timeout of that try. ``time_left``: for a wait, whether an answer cut short by a
+        stopping server is worth asking again."""
         target = self._prefix + path
         if params:
             target += "?" + urlencode(params, doseq=True)
@@ -371,7 +379,7 @@ class Transport:
             return self._request(method, target, encoded, "application/json"), try_limit
 
         once = request()[0] if per_try is None else request  # bodies that do not change: encoded once
-        reply = await self._send(once, limit, idempotent, f"{method} {path}")
+        reply = await self._send(once, limit, idempotent, f"{method} {path}", time_left)
         if 200 <= reply.status < 300:
             return reply.json()
         raise error_for_response(reply)

@@ -536,7 +536,12 @@ class LightningStoreClient(LightningStore):
             left = max(deadline - time.monotonic(), 0.0)
             return {"rollout_ids": ids, "timeout": left}, left + margin
 
-        data = await self._call("POST", "/waits/rollouts", idempotent=True, per_try=per_try)
+        def time_left() -> bool:
+            return deadline is None or time.monotonic() < deadline
+
+        data = await self._call(
+            "POST", "/waits/rollouts", idempotent=True, per_try=per_try, time_left=time_left
+        )
         return _ROLLOUTS.validate_python(data)
 
     # -- workers -------------------------------------------------------------------

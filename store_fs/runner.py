@@ -49,14 +49,16 @@ def _is_set(event: StopEvent | None) -> bool:
 
 
 async def _dequeue_one(store: Any, worker_id: str | None) -> AttemptedRollout | None:
-    """One attempt from ``store``; ``dequeue_many_rollouts`` where there is one, which (unlike
-    an HTTP client's ``dequeue_rollout``) raises when the store cannot be reached."""
-    many = getattr(store, "dequeue_many_rollouts", None)
-    if many is None:
-        single: AttemptedRollout | None = await store.dequeue_rollout(worker_id=worker_id)
-        return single
-    got = await many(limit=1, worker_id=worker_id)
-    return got[0] if got else None
+    """One attempt from ``store``. On agl's HTTP client with ``dequeue_many_rollouts``, which
+    (unlike its ``dequeue_rollout``, upstream's way) raises when the server cannot be reached;
+    on any other store with ``dequeue_rollout`` (a store may implement only that one)."""
+    from store_fs.client import LightningStoreClient
+
+    if isinstance(store, LightningStoreClient):
+        got = await store.dequeue_many_rollouts(limit=1, worker_id=worker_id)
+        return got[0] if got else None
+    single: AttemptedRollout | None = await store.dequeue_rollout(worker_id=worker_id)
+    return single
 
 
 class LitAgentRunner:

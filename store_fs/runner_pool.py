@@ -199,8 +199,24 @@ def run_runner_process(
     hooks = kwargs.pop("hooks", None)
     runner = LitAgentRunner(tracer=tracer, **kwargs)
     store = _open_runner_store(store_location)
-    with runner.run_context(agent=agent, store=store, hooks=hooks, worker_id=worker_index):
-        asyncio.run(_iterate(runner, store, _StopEvent(stop, signals, parent_pid)))
+    try:
+        with runner.run_context(agent=agent, store=store, hooks=hooks, worker_id=worker_index):
+            asyncio.run(_iterate(runner, store, _StopEvent(stop, signals, parent_pid)))
+    finally:
+        if parent_pid is not None:
+            _end_own_group()
+
+
+def _end_own_group() -> None:
+    """SIGTERM to what is left in this runner's process group (its agents' processes), itself
+    spared: the pool does the same once the runner is gone, but a pool killed along with its
+    group (``kill -9 -PGID``, a closed terminal's SIGHUP) cannot, and an orphaned runner stops
+    by itself."""
+    with contextlib.suppress(OSError, ValueError):
+        if os.getpgrp() != os.getpid():
+            return  # no group of its own (setpgid failed): not ours to signal
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        os.killpg(0, signal.SIGTERM)
 
 
 async def _iterate(runner: Any, store: Any, event: _StopEvent) -> None:
@@ -347,6 +363,7 @@ class RunnerPool:
                 continue
             self.restarts_left -= 1
             log.warning("runner %s exited with code %s: restarting it", proc.name, proc.exitcode)
+            _end_groups([proc], self._groups_ended)  # if it died since the pass above
             self._procs[index] = self._spawn(index)
         return any(proc.is_alive() for proc in self._procs)
 
@@ -414,12 +431,15 @@ class RunnerPool:
                 proc.join(2)
 
     def kill(self) -> None:
-        """SIGKILL every runner still alive (their attempts are left to the reaper)."""
+        """SIGKILL every runner still alive and what is left of every runner's process group
+        (their attempts are left to the reaper)."""
         self._killed = True
         for proc in self._procs:
             if proc.is_alive():
                 proc.kill()
-                with contextlib.suppress(OSError):  # not reaped yet: the group is the runner's
+            if proc.pid is not None and proc.pid not in self._groups_ended:
+                self._groups_ended.add(proc.pid)
+                with contextlib.suppress(OSError):  # a group outlives its leader while it has members
                     os.killpg(proc.pid, signal.SIGKILL)
 
     def __enter__(self) -> RunnerPool:

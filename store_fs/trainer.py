@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import _thread
 import asyncio
+import contextlib
 import ctypes
 import inspect
 import logging
@@ -287,6 +288,10 @@ class Trainer:
                 if watch.finish() is not None:  # the watch interrupted it: say why
                     raise RuntimeError(watch.dead) from None
                 raise
+            except BaseException:
+                with contextlib.suppress(KeyboardInterrupt, _NoRunnerLeft):  # a late interrupt
+                    watch.finish()  # no interrupt may land in the pool's stop
+                raise
             try:
                 watch.finish()
             except (KeyboardInterrupt, _NoRunnerLeft):
@@ -332,7 +337,10 @@ class _RunnerWatch:
     for its rollouts forever. (Runners that stopped by themselves, at ``max_rollouts``, are
     not an error.) The main thread is interrupted with ``KeyboardInterrupt``
     (``_thread.interrupt_main``), another thread with :class:`_NoRunnerLeft`; either when it
-    next runs Python code (a wait for rollouts does, a blocking call in C only once it returns)."""
+    next runs Python code (a wait for rollouts does, a blocking call in C only once it returns).
+    The other thread's exception is sent again every ``_WATCH_SECONDS`` until :meth:`finish`:
+    one that landed in an asyncio task or callback of the algorithm's loop is kept there (as a
+    task's exception) and interrupts nothing."""
 
     def __init__(self, pool: RunnerPool) -> None:
         self.pool = pool
@@ -366,9 +374,14 @@ class _RunnerWatch:
                 self.dead = f"no runner left to run the algorithm's rollouts: {failures}"
                 if self._main:
                     _thread.interrupt_main()
-                else:
+                    return
+            while True:
+                with self._lock:
+                    if not self._running:
+                        return
                     _raise_in_thread(self._owner, _NoRunnerLeft)
-            return
+                if self._done.wait(_WATCH_SECONDS):
+                    return
 
 
 def _check_tracer(tracer: Any) -> None:

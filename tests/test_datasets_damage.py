@@ -227,3 +227,57 @@ def test_export_workers_exit_when_the_exporting_process_is_killed(tmp_path: Path
             proc.stdout.close()
         if worker and alive(worker):
             os.kill(worker, signal.SIGKILL)
+
+
+async def test_a_damaged_rollout_comes_back_through_the_cursor_once_fixed(
+    store: FileStore, tmp_path: Path
+) -> None:
+    """The cursor moved past a rollout left out as damaged: after ``agl check --fix`` (what the
+    error says to run) it never came through the cursor again (found in review). It stays in
+    the cursor's retry list, saved with it, until it reads whole."""
+    from store_fs.datasets import Cursor
+
+    good = await make_rollout(store, reward=0.9)
+    damaged, path = await _with_late_reward(store, 0.95)
+    _tear_last_line(path)
+    data = TrainingData(store, "messages")
+    assert [row["rollout_id"] for row in await data.read_new()] == [good]
+    data.save_cursor(tmp_path / "c.json")
+    assert await data.read_new() == []  # still damaged: tried again, left out again
+    assert store.check(fix=True, grace=0)  # the torn tail goes to quarantine
+    resumed = TrainingData(store, "messages", cursor=Cursor.load(tmp_path / "c.json"))
+    rows = await resumed.read_new()
+    assert [row["rollout_id"] for row in rows] == [damaged]
+    assert rows[0]["final_reward"] == 0.2  # what is left of it (the fix moved the torn reward aside)
+    assert await resumed.read_new() == []
+
+
+async def test_a_late_span_being_written_is_no_damage(
+    store: FileStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A finished attempt still takes late spans; one being appended shows bytes after the last
+    newline while its write lasts, which read as damage (found in review). A read that finds
+    only that is made again a moment later."""
+    import threading
+
+    from store_fs.datasets import views
+
+    rid, path = await _with_late_reward(store, 0.95)
+    data = path.read_bytes()
+    last = data[data[:-1].rfind(b"\n") + 1 :]
+    path.write_bytes(data[: -len(last)] + last[:-30])  # the last span half written...
+    monkeypatch.setattr(views, "_SETTLE_SECONDS", 0.5)
+
+    def finish() -> None:
+        with path.open("ab") as log:
+            log.write(last[-30:])
+
+    finisher = threading.Timer(0.1, finish)  # ...then whole
+    finisher.start()
+    counts = ViewCounts()
+    try:
+        rows = await _rows(store, "messages", counts)
+    finally:
+        finisher.join()
+    assert counts.damaged == []
+    assert [(row["rollout_id"], row["final_reward"]) for row in rows] == [(rid, 0.95)]

@@ -217,6 +217,36 @@ def _kill_all(proc: Any, pids: Iterable[int]) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_an_agents_subprocesses_end_when_agl_runs_group_is_killed(tmp_path: Path) -> None:
+    """``kill -9 -PGID`` of ``agl run`` (a CI job cancelled, a supervisor's killasgroup) no longer
+    reached the runners' groups, and nothing ended their agents' tools (found in review). An
+    orphaned runner ends what is left of its own group as it exits."""
+    import os
+    import signal
+    import subprocess
+
+    store = tmp_path / "store"
+    fs = FileStore(store)
+    asyncio.run(fs.add_resources({"prompt": PromptTemplate(template="{q}", engine="f-string")}))
+    args, env = _agl_run(
+        store, "fault_helpers:starts_a_subprocess", "--workers", "1", "--poll-interval", "0.1"
+    )
+    proc = subprocess.Popen(
+        args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    tools: list[int] = []
+    try:
+        asyncio.run(fs.enqueue_rollout(input=str(tmp_path / "tool.pid")))
+        tools.append(_pid_in(tmp_path / "tool.pid"))
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        assert _gone(tools[0], timeout=20), "the tool process lived on"
+    finally:
+        _kill_all(proc, tools)
+        fs.close()
+
+
 def _cmdline(pid: int) -> str:
     try:
         return (

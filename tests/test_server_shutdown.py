@@ -132,6 +132,51 @@ def test_a_wait_cut_by_a_stop_goes_on_at_the_server_that_comes_back(tmp_path: Pa
     assert [r.status for r in done] == ["succeeded"]
 
 
+def test_a_wait_cut_by_a_stop_for_good_returns_what_finished_at_its_timeout(tmp_path: Path) -> None:
+    """Asking again after a stop must not outlast the wait's own timeout: with the server gone
+    for good the client raised after 8.7 s for a 3 s wait (found in review). Once the time is
+    up, what the stopping server answered stands."""
+    from store_fs.client import LightningStoreClient
+
+    store_dir = init_store(tmp_path / "store")
+    store = FileStore(store_dir, create=False)
+
+    async def finished_one() -> str:
+        rid = (await store.enqueue_rollout(input="done")).rollout_id
+        attempted = await store.dequeue_rollout()
+        assert attempted is not None
+        await store.update_attempt(rid, attempted.attempt.attempt_id, status="succeeded")
+        return rid
+
+    done_id = asyncio.run(finished_one())
+    queued = asyncio.run(store.enqueue_rollout(input="queued")).rollout_id
+    server = ServerProcess(store_dir, tmp_path / "server.log")
+
+    async def wait() -> tuple[list[Any], float]:
+        async with LightningStoreClient(server.url, retry_delays=(0.2, 0.4, 0.8, 1.6, 3.2)) as client:
+            started = time.monotonic()
+            done: list[Any] = await client.wait_for_rollouts(rollout_ids=[done_id, queued], timeout=3.0)
+            return done, time.monotonic() - started
+
+    async def stop_later() -> None:
+        await asyncio.sleep(1.0)
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGTERM)
+
+    async def both() -> tuple[list[Any], float]:
+        waiting = asyncio.create_task(wait())
+        await stop_later()
+        return await waiting
+
+    try:
+        server.start()
+        done, took = asyncio.run(both())
+    finally:
+        server.stop()
+    assert [r.rollout_id for r in done] == [done_id]
+    assert took < 3.0 + 2.0, took
+
+
 def test_the_grace_period_ends_by_cutting_what_is_left(tmp_path: Path) -> None:
     """A request that does not finish within the grace period is cut; a forced stop cuts at once."""
     store = FileStore(init_store(tmp_path / "store"), create=False)

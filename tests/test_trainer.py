@@ -169,6 +169,56 @@ def test_a_trainer_outside_the_main_thread_fails_too_when_its_runners_all_died(t
     assert "no runner left" in str(outcome[0])
 
 
+class _WithBackgroundTask(Algorithm):
+    """An async algorithm whose loop also runs a task that works between its awaits."""
+
+    async def run(self, train_dataset: Any = None, val_dataset: Any = None) -> Any:
+        import time
+
+        async def busy() -> None:
+            while True:
+                time.sleep(0.05)  # blocking work between awaits: where an interrupt may land
+                await asyncio.sleep(0)
+
+        task = asyncio.create_task(busy())
+        try:
+            store = self.get_store()
+            rollout = await store.enqueue_rollout(input={"score": 1.0})
+            return await store.wait_for_rollouts(rollout_ids=[rollout.rollout_id], timeout=None)
+        finally:
+            task.cancel()
+
+
+def test_the_interrupt_outside_the_main_thread_is_not_lost_in_a_task(tmp_path: Path) -> None:
+    """The one interrupt sent to a Trainer's thread landed in a task of the algorithm's loop,
+    which kept it as the task's exception: fit waited on (found in review). It is sent again
+    until fit sees it."""
+    import threading
+
+    trainer = Trainer(
+        store=tmp_path / "s",
+        initial_resources=RESOURCES,
+        runner_kwargs={"no_such_option": 1},
+        algorithm=_WithBackgroundTask(),
+    )
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            trainer.fit(scoring_agent)
+        except BaseException as err:  # what the thread saw, whatever it was, is the subject
+            outcome.append(err)
+        else:
+            outcome.append(None)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(30)
+    assert outcome, "the Trainer's thread still waits"
+    assert isinstance(outcome[0], RuntimeError), outcome
+    assert "no runner left" in str(outcome[0])
+
+
 def test_an_algorithm_that_returns_as_every_runner_dies_keeps_its_result(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

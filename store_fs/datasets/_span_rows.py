@@ -46,7 +46,11 @@ from store_fs._disk.span_read import read_span_bytes
 if TYPE_CHECKING:
     from store_fs.store import FileStore
 
-__all__ = ["SpanRow", "read_span_rows", "row_of"]
+__all__ = ["TORN_TAIL", "SpanRow", "read_span_rows", "row_of"]
+
+# How a problem report of bytes after a file's last newline ends (a write in progress, or a
+# writer killed in one).
+TORN_TAIL = "bytes after the last newline"
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +145,7 @@ def _file_rows(path: Path, seen: set[object], out: list[tuple[int, SpanRow]], ba
         bad.append(f"{path}: {reason}")
     end = data.rfind(b"\n") + 1
     if end < len(data):
-        bad.append(f"{path}: {len(data) - end} bytes after the last newline")
+        bad.append(f"{path}: {len(data) - end} {TORN_TAIL}")
     offset = 0
     for line in data[:end].split(b"\n")[:-1]:
         at, offset = offset, offset + len(line) + 1

@@ -39,8 +39,14 @@ _FORMAT = "agl-cursor"
 class Cursor:
     """Where a reader is in a store's stream of finished rollouts."""
 
-    def __init__(self, position: IndexPosition | None = None) -> None:
+    def __init__(
+        self, position: IndexPosition | None = None, retry: list[tuple[str, int]] | None = None
+    ) -> None:
         self._position = position if position is not None else IndexPosition()
+        #: Rollouts read but left out (their spans damaged), each with the revision to read at
+        #: least: a data reader tries them again at its next read, before anything new, until
+        #: they read whole (after ``agl check --fix``). Saved with the cursor.
+        self.retry: list[tuple[str, int]] = list(retry or [])
 
     @classmethod
     def start(cls) -> Cursor:
@@ -54,11 +60,12 @@ class Cursor:
 
     def copy(self) -> Cursor:
         """A cursor at the same place, moving on its own."""
-        return Cursor(IndexPosition(dict(self._position.files)))
+        return Cursor(IndexPosition(dict(self._position.files)), self.retry)
 
     def rewind(self, to: Cursor) -> None:
         """Go back (or forward) to where ``to`` is."""
         self._position = IndexPosition(dict(to._position.files))
+        self.retry = list(to.retry)
 
     def finished(self, store: FileStore) -> list[str]:
         """Ids of the rollouts that finished since the last call, and move past them."""
@@ -78,13 +85,24 @@ class Cursor:
 
     # -- saving ----------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
-        return {"format": _FORMAT, "version": 1, **self._position.to_json()}
+        retry = {"retry": [[rollout_id, rev] for rollout_id, rev in self.retry]} if self.retry else {}
+        return {"format": _FORMAT, "version": 1, **self._position.to_json(), **retry}
 
     @classmethod
     def from_json(cls, data: Any) -> Cursor:
         if not isinstance(data, dict) or data.get("format") != _FORMAT or data.get("version") != 1:
             raise ValueError("not an agl cursor (expected {'format': 'agl-cursor', 'version': 1, ...})")
-        return cls(IndexPosition.from_json(data))
+        retry = data.get("retry", [])  # optional: builds before it ignore it
+        if not isinstance(retry, list) or not all(
+            isinstance(item, list)
+            and len(item) == 2
+            and isinstance(item[0], str)
+            and type(item[1]) is int
+            and item[1] >= 0
+            for item in retry
+        ):
+            raise ValueError(f"bad cursor 'retry' list: {retry!r}")
+        return cls(IndexPosition.from_json(data), [(item[0], item[1]) for item in retry])
 
     def save(self, path: str | Path) -> None:
         """Write the cursor to ``path``, whole (temporary file, then rename)."""

@@ -40,14 +40,14 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args
 
 from store_fs._disk.layout import revision_name
 from store_fs._disk.record_peek import newest_revision
 from store_fs._disk.span_log import BadLine
 from store_fs._disk.status_rules import LIVE_ATTEMPT_STATUSES
 from store_fs.datasets._row_rewards import final_reward
-from store_fs.datasets._span_rows import SpanRow, read_span_rows
+from store_fs.datasets._span_rows import TORN_TAIL, SpanRow, read_span_rows
 from store_fs.datasets.cursor import Cursor
 from store_fs.datasets.message_builder import MessagesError, build_messages
 from store_fs.datasets.redaction import Redactor
@@ -63,6 +63,10 @@ if TYPE_CHECKING:
 __all__ = ["VIEWS", "TrainingData", "View", "ViewCounts", "rollout_rows", "view_rows"]
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+# How long a finished attempt's torn tail is given to complete (a late span being written).
+_SETTLE_SECONDS = 0.05
 
 View = Literal["triplets", "messages", "rollouts"]
 VIEWS: tuple[View, ...] = get_args(View)
@@ -156,10 +160,15 @@ def _spans(store: FileStore, record: _Brief) -> list[Span]:
     attempt_dir = _attempt_dir(store, record)
     if attempt_dir is None:
         return []
-    lines: list[BadLine] = []
-    spans = store._spans.read([attempt_dir], lines)
-    bad = [f"{line.path} at byte {line.offset}: {line.reason}" for line in lines]
-    _raise_if_damaged(store, record, attempt_dir, bad + _torn_tails(store, attempt_dir))
+
+    def read(bad: list[str]) -> list[Span]:
+        lines: list[BadLine] = []
+        spans = store._spans.read([attempt_dir], lines)
+        bad += [f"{line.path} at byte {line.offset}: {line.reason}" for line in lines]
+        bad += _torn_tails(store, attempt_dir)
+        return spans
+
+    spans = _read_settled(store, record, attempt_dir, read)
     spans.sort(key=_sequence_id)
     return spans
 
@@ -169,10 +178,22 @@ def _span_rows(store: FileStore, record: _Brief) -> list[SpanRow]:
     attempt_dir = _attempt_dir(store, record)
     if attempt_dir is None:
         return []
+    return _read_settled(store, record, attempt_dir, lambda bad: read_span_rows(store, attempt_dir, bad))
+
+
+def _read_settled(store: FileStore, record: _Brief, attempt_dir: Path, read: Callable[[list[str]], _T]) -> _T:
+    """``read(bad)``, raising :class:`_DamagedSpans` if the problems it found mean damage. A
+    finished attempt still takes late spans (docs/behaviour.md §5.3), and one being appended
+    shows bytes after the last newline for as long as its write takes: a read that finds no
+    other problem is made again once, ``_SETTLE_SECONDS`` later, and only that one counts."""
     bad: list[str] = []
-    rows = read_span_rows(store, attempt_dir, bad)
+    value = read(bad)
+    if bad and record.attempt_status not in LIVE_ATTEMPT_STATUSES and all(b.endswith(TORN_TAIL) for b in bad):
+        time.sleep(_SETTLE_SECONDS)
+        bad = []
+        value = read(bad)
     _raise_if_damaged(store, record, attempt_dir, bad)
-    return rows
+    return value
 
 
 def _raise_if_damaged(store: FileStore, record: _Brief, attempt_dir: Path, bad: list[str]) -> None:
@@ -192,11 +213,7 @@ def _raise_if_damaged(store: FileStore, record: _Brief, attempt_dir: Path, bad: 
 def _torn_tails(store: FileStore, attempt_dir: Path) -> list[str]:
     """The span files of ``attempt_dir`` whose last byte is no newline (the rows reader sees
     these itself)."""
-    return [
-        f"{path}: bytes after the last newline"
-        for path in store._spans._span_files(attempt_dir)
-        if _torn(path)
-    ]
+    return [f"{path}: {TORN_TAIL}" for path in store._spans._span_files(attempt_dir) if _torn(path)]
 
 
 def _torn(path: Path) -> bool:
@@ -373,11 +390,18 @@ class TrainingData:
 
         If this fails part-way (a row that cannot be built or handled), the cursor goes back to
         where it was before the call: the rows handled already come again on the next read
-        (at least once, as after a crash), none is lost.
+        (at least once, as after a crash), none is lost. A rollout left out because its spans
+        are damaged (:attr:`ViewCounts.damaged`) stays in the cursor's ``retry`` list and is
+        read again, first, at every read until it reads whole (after ``agl check --fix``).
         """
         before = self.cursor.copy()
         try:
+            due: dict[str, int] = dict(self.cursor.retry)
             for rollout_id, rev in self.cursor.finished_at(self.store):
+                due[rollout_id] = max(rev, due.get(rollout_id, 0))
+            still_damaged: list[tuple[str, int]] = []
+            for rollout_id, rev in due.items():
+                damaged = len(self.counts.damaged)
                 rows = await rollout_rows(
                     self.store,
                     rollout_id,
@@ -387,8 +411,11 @@ class TrainingData:
                     counts=self.counts,
                     at_least=rev,
                 )
+                if len(self.counts.damaged) > damaged:
+                    still_damaged.append((rollout_id, rev))
                 for row in rows:
                     handle(row)
+            self.cursor.retry = still_damaged
         except BaseException:
             self.cursor.rewind(before)
             raise

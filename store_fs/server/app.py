@@ -209,7 +209,7 @@ class StoreServer:
         if expected and expected != served:
             response = error_response(
                 421,
-                f"this server serves store {served or '(no id)'} ({self.store.root}), not {expected}, "
+                f"this server serves store {served or '(no id)'}, not {expected}, "
                 "the store this client began with: was the server restarted on another directory?",
             )
         else:
