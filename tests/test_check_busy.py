@@ -31,10 +31,13 @@ def _corrupt_line(store: FileStore) -> None:
         f.write(b"not json\n")
 
 
+ROLLOUTS = 1200  # enough work for the writers to outlast a rebuild or two on a busy machine
+
+
 def test_a_rebuild_during_writes_keeps_every_rollout_indexed(tmp_path: Path) -> None:
     root = tmp_path / "store"
     checker = FileStore(root)
-    asyncio.run(checker.enqueue_many_rollouts([EnqueueRolloutRequest(input=i) for i in range(600)]))
+    asyncio.run(checker.enqueue_many_rollouts([EnqueueRolloutRequest(input=i) for i in range(ROLLOUTS)]))
     go = SPAWN.Event()
     writers = [tmp_path / f"runner-{i}.json" for i in range(2)]
     rebuilds = 0
@@ -46,12 +49,14 @@ def test_a_rebuild_during_writes_keeps_every_rollout_indexed(tmp_path: Path) -> 
         while any(p.is_alive() for p in kids.procs):
             _corrupt_line(checker)
             kinds = {p.kind for p in checker.check(fix=True) if p.fixed}
-            rebuilds += "corrupt-index-line" in kinds
+            # A rebuild counts when it began and ended with the writers writing (two in a row
+            # asked for the same on an idle machine, and failed when one rebuild was slow).
+            rebuilds += "corrupt-index-line" in kinds and any(p.is_alive() for p in kids.procs)
         kids.join(time.monotonic() + 60)
         assert [p.exitcode for p in kids.procs] == [0, 0]
-    assert rebuilds >= 2  # the writers were still writing during at least one rebuild
+    assert rebuilds >= 1  # the writers were still writing during a whole rebuild
     finished = [rid for out in writers for rid in read_result(out)["finished"]]
-    assert len(set(finished)) == len(finished) == 600
+    assert len(set(finished)) == len(finished) == ROLLOUTS
 
     fresh = FileStore(root, create=False)
     stale = [p.detail for p in fresh.check() if p.kind != "temp-file"]
@@ -61,7 +66,7 @@ def test_a_rebuild_during_writes_keeps_every_rollout_indexed(tmp_path: Path) -> 
         status_in = None if status is None else [status]
         got = dump(asyncio.run(fresh.query_rollouts(status_in=status_in)))
         assert got == asyncio.run(reference(fresh, status_in=status_in))
-    assert asyncio.run(fresh.statistics())["total_rollouts"] == 600
+    assert asyncio.run(fresh.statistics())["total_rollouts"] == ROLLOUTS
     fresh.close()
     checker.close()
 
