@@ -18,11 +18,11 @@ at once: a runner process calls ``os._exit``, the pool kills its runners and rai
 ``max_restarts`` times in all (0: never).
 
 Each runner leads its own process group, so what its agents start (tools, sandboxes, servers)
-is in that group too, and ends with the runner: once a runner process is gone (stopped,
-crashed, killed), the pool sends SIGTERM to what is left of its group and, after
-``_GROUP_GRACE_SECONDS``, SIGKILL. A terminal's Ctrl-C therefore reaches the pool only, which
-stops the runners through the stop event. A process an agent detaches itself (a new session)
-is its own business.
+is in that group too, and ends with the runner: a runner sends SIGTERM to the rest of its
+group as it exits, and once a runner process is gone (stopped, crashed, killed), the pool
+sends SIGTERM to what is left of its group and, after ``_GROUP_GRACE_SECONDS``, SIGKILL. A
+terminal's Ctrl-C therefore reaches the pool only, which stops the runners through the stop
+event. A process an agent detaches itself (a new session) is its own business.
 """
 
 from __future__ import annotations

@@ -197,9 +197,9 @@ def _read_settled(store: FileStore, record: _Brief, attempt_dir: Path, read: Cal
 
 
 def _raise_if_damaged(store: FileStore, record: _Brief, attempt_dir: Path, bad: list[str]) -> None:
-    """Raise :class:`_DamagedSpans` when the attempt is finished (nobody appends to its files:
-    bytes after a last newline are a writer killed mid-line) and its files are damaged, or its
-    directory's name is no directory (the store reads it as empty)."""
+    """Raise :class:`_DamagedSpans` when the attempt is finished (its writers are done: bytes
+    after a last newline that stay there are a writer killed mid-line, see :func:`_read_settled`)
+    and its files are damaged, or its directory's name is no directory (read as empty)."""
     if record.attempt_status in LIVE_ATTEMPT_STATUSES:
         return
     with contextlib.suppress(FileNotFoundError):  # no span or heartbeat yet: no directory
