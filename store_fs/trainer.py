@@ -285,16 +285,16 @@ class Trainer:
             try:
                 result = self._run_algorithm(algorithm, train_dataset, val_dataset)
             except (KeyboardInterrupt, _NoRunnerLeft):
-                if watch.finish() is not None:  # the watch interrupted it: say why
+                if _finished(watch) is not None:  # the watch interrupted it: say why
                     raise RuntimeError(watch.dead) from None
                 raise
             except BaseException:
-                with contextlib.suppress(KeyboardInterrupt, _NoRunnerLeft):  # a late interrupt
-                    watch.finish()  # no interrupt may land in the pool's stop
+                with contextlib.suppress(KeyboardInterrupt):  # the watch's, come late
+                    _finished(watch)  # no interrupt may land in the pool's stop
                 raise
             try:
-                watch.finish()
-            except (KeyboardInterrupt, _NoRunnerLeft):
+                _finished(watch)
+            except KeyboardInterrupt:
                 if watch.dead is None:  # a real Ctrl-C
                     raise
                 # else the watch's interrupt came as the algorithm returned: its result stands
@@ -328,6 +328,15 @@ def _raise_in_thread(thread_id: int, exc_type: type[BaseException] | None) -> No
     ctypes.pythonapi.PyThreadState_SetAsyncExc(
         ctypes.c_ulong(thread_id), ctypes.py_object(exc_type) if exc_type else None
     )
+
+
+def _finished(watch: _RunnerWatch) -> str | None:
+    """``watch.finish()``, however often an interrupt the watch sent again lands in it."""
+    while True:
+        try:
+            return watch.finish()
+        except _NoRunnerLeft:
+            continue
 
 
 class _RunnerWatch:
