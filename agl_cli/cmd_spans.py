@@ -196,6 +196,8 @@ def reward(
     agl reward "$RID" 0.85 --attempt "$AID"
     agl reward "$RID" -1 --attempt "$AID"
     """
+    if rollout_id.startswith("-"):  # this command takes unknown options as arguments (for -1)
+        raise CliError(f"no such option: {rollout_id} (see 'agl reward --help')", ExitCode.USAGE)
     cli = CliState.of(ctx)
     from store_fs.rewards import reward_span
 

@@ -204,6 +204,7 @@ def test_a_negative_reward_needs_no_double_dash(agl: Agl) -> None:
     assert "reward -1.0 recorded" in agl.ok("reward", rid, "--attempt", aid, "-1").stderr
     spans = agl.ok("spans", "list", rid).lines()
     assert [s["attributes"][REWARD_VALUE] for s in spans] == [-0.25, -1.0]
+    assert_error(agl("reward", "--bogus", "1"), 2, "no such option: --bogus")
 
 
 def test_runner_loop(agl: Agl) -> None:
