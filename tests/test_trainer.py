@@ -148,14 +148,19 @@ def test_a_run_whose_runners_all_died_fails_instead_of_waiting_forever(tmp_path:
 def test_a_trainer_outside_the_main_thread_fails_too_when_its_runners_all_died(tmp_path: Path) -> None:
     """Only the main thread could be interrupted: a Trainer run from another thread (a service,
     a notebook's worker) logged the error and waited forever (noted in review)."""
+    trainer = Trainer(store=tmp_path / "s", initial_resources=RESOURCES, runner_kwargs={"no_such_option": 1})
+    _fails_in_a_thread_for_want_of_runners(lambda: trainer.dev(scoring_agent, [{"score": 1.0}]))
+
+
+def _fails_in_a_thread_for_want_of_runners(call: Any) -> None:
+    """Run ``call`` on a thread of its own: it must raise "no runner left" within 30 s."""
     import threading
 
-    trainer = Trainer(store=tmp_path / "s", initial_resources=RESOURCES, runner_kwargs={"no_such_option": 1})
     outcome: list[BaseException | None] = []
 
     def run() -> None:
         try:
-            trainer.dev(scoring_agent, [{"score": 1.0}])
+            call()
         except BaseException as err:  # what the thread saw, whatever it was, is the subject
             outcome.append(err)
         else:
@@ -193,30 +198,13 @@ def test_the_interrupt_outside_the_main_thread_is_not_lost_in_a_task(tmp_path: P
     """The one interrupt sent to a Trainer's thread landed in a task of the algorithm's loop,
     which kept it as the task's exception: fit waited on (found in review). It is sent again
     until fit sees it."""
-    import threading
-
     trainer = Trainer(
         store=tmp_path / "s",
         initial_resources=RESOURCES,
         runner_kwargs={"no_such_option": 1},
         algorithm=_WithBackgroundTask(),
     )
-    outcome: list[BaseException | None] = []
-
-    def run() -> None:
-        try:
-            trainer.fit(scoring_agent)
-        except BaseException as err:  # what the thread saw, whatever it was, is the subject
-            outcome.append(err)
-        else:
-            outcome.append(None)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    thread.join(30)
-    assert outcome, "the Trainer's thread still waits"
-    assert isinstance(outcome[0], RuntimeError), outcome
-    assert "no runner left" in str(outcome[0])
+    _fails_in_a_thread_for_want_of_runners(lambda: trainer.fit(scoring_agent))
 
 
 def test_an_algorithm_that_returns_as_every_runner_dies_keeps_its_result(
