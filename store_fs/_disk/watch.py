@@ -94,8 +94,8 @@ class ChangeFeed:
 
     async def __aenter__(self) -> ChangeFeed:
         await self._start()
-        failed = self._task is not None and self._task.done() and not self._task.cancelled()
-        err = self._task.exception() if failed and self._task is not None else None
+        task = self._task
+        err = task.exception() if task is not None and task.done() and not task.cancelled() else None
         if isinstance(err, RuntimeError) and self._mode == "inotify":  # no inotify instance left
             _warn_polling(self._directory, err)
             await self._close_generator()

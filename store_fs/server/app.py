@@ -204,7 +204,7 @@ class StoreServer:
         """Answer one request; never raises. Every answer names the store (``X-Agl-Store``);
         a request naming another one (a client that talked to this address when it served
         another store) is refused with 421 before it can change anything here."""
-        expected = request.header(STORE_HEADER.lower())
+        expected = request.header(STORE_HEADER)
         served = self.store.store_id  # None: a store made before stores had ids
         if expected and expected != served:
             response = error_response(
