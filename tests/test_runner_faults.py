@@ -145,11 +145,17 @@ class Bindings:
         self.seen.append(binding)
 
 
+# The attempt's timeout leaves a second attempt time to finish on a loaded machine (0.3 s did
+# not, once, on a 2-core CI run); the first attempt's late spans come well after its timeout.
+ATTEMPT_TIMEOUT = 0.8
+LATE_AFTER = 2.0
+
+
 @rollout
 def late_sync(task: Any, prompt_template: PromptTemplate, rollout: Any) -> float:
     emit_message("early")
     if rollout.attempt.sequence_id == 1:
-        time.sleep(0.7)  # the attempt times out meanwhile
+        time.sleep(LATE_AFTER)  # the attempt times out meanwhile
         for i in range(3):
             emit_message(f"late-{i}")
     return 1.0
@@ -160,7 +166,7 @@ async def late_stubborn(task: Any, prompt_template: PromptTemplate, rollout: Any
     emit_message("early")
     if rollout.attempt.sequence_id == 1:
         try:
-            await asyncio.sleep(0.7)
+            await asyncio.sleep(LATE_AFTER)
         except asyncio.CancelledError:
             pass  # ignores its cancellation and goes on
         for i in range(3):
@@ -171,13 +177,15 @@ async def late_stubborn(task: Any, prompt_template: PromptTemplate, rollout: Any
 
 @pytest.mark.parametrize("agent", [late_sync, late_stubborn], ids=["sync", "async-ignoring-cancel"])
 async def test_an_abandoned_agents_late_spans_are_not_stored(fs: FileStore, agent: Any) -> None:
-    config = RolloutConfig(timeout_seconds=0.3, max_attempts=2, retry_condition=["timeout"])
+    config = RolloutConfig(timeout_seconds=ATTEMPT_TIMEOUT, max_attempts=2, retry_condition=["timeout"])
     r = await fs.enqueue_rollout(input="x", config=config)
     hook = Bindings()
     runner = quick_runner(max_rollouts=2)
     with captured() as lines, runner.run_context(agent=agent, store=fs, hooks=[hook]):
+        started = time.monotonic()
         await asyncio.wait_for(runner.iter(), 30)
-        await asyncio.sleep(0.9)  # the first attempt's agent has emitted its late spans by now
+        # the first attempt's agent has emitted its late spans by then
+        await asyncio.sleep(max(0.0, started + LATE_AFTER + 0.5 - time.monotonic()))
     first, second = list(await fs.query_attempts(r.rollout_id))
     assert (first.status, second.status) == ("timeout", "succeeded")
     assert first.metadata is None  # nothing reported over the reaper's verdict
