@@ -85,6 +85,19 @@ def test_redact_output_files_and_cursor(made: tuple[Agl, dict[str, str]], tmp_pa
     json.loads(cursor.read_text())  # a JSON document, saved whole
 
 
+def test_a_reward_given_after_the_rollout_finished_comes_again_from_the_cursor(
+    made: tuple[Agl, dict[str, str]], tmp_path: Path
+) -> None:
+    agl, ids = made
+    cursor = tmp_path / "c.json"
+    first = agl.ok("data", "triplets", "--cursor", str(cursor)).lines()
+    assert {(t["rollout_id"], t["final_reward"]) for t in first} == {(ids["ok"], 1.0), (ids["silent"], None)}
+    agl.ok("reward", ids["silent"], "0.7")  # a grader, after the rollout finished
+    again = agl.ok("data", "triplets", "--cursor", str(cursor)).lines()
+    assert {(t["rollout_id"], t["final_reward"]) for t in again} == {(ids["silent"], 0.7)}
+    assert agl.ok("data", "triplets", "--cursor", str(cursor)).lines() == []
+
+
 def test_follow_stops_after_idle_timeout(made: tuple[Agl, dict[str, str]]) -> None:
     agl, ids = made
     res = agl.ok("data", "messages", "--follow", "--idle-timeout", "0.5")

@@ -26,6 +26,7 @@ from store_fs.datasets import (
     parse_time,
     view_rows,
 )
+from store_fs.rewards import reward_span
 
 
 async def _rows(
@@ -189,6 +190,40 @@ async def test_cursor_returns_each_finishing_once(tmp_path: Path) -> None:
     await store.update_attempt(first, again.attempt.attempt_id, status="failed")
     assert cursor.finished(store) == [first]
     store.close()
+
+
+async def test_a_reward_given_after_the_rollout_finished_comes_again_from_the_cursor(tmp_path: Path) -> None:
+    """A grader's reward, stored after the rollout finished, changes its rows: a reader
+    following the index gets them again (a rollout without a reward gave no succeeded row at
+    first). Metadata updates are not announced; each late reward is, stamped or not."""
+    store = FileStore(tmp_path / "s")
+    rid = await make_rollout(store, reward=None)
+    other = await make_rollout(store)
+    succeeded = RolloutFilter.of(endings=["succeeded"])
+    data = TrainingData(store, "triplets", succeeded)
+    assert {row["rollout_id"] for row in await data.read_new()} == {other}  # rid: no_reward
+    attempt = await store.get_latest_attempt(rid)
+    assert attempt is not None
+    for seq, reward in [(200, 0.8), (201, 0.25)]:  # the second within the stamp's throttle
+        await store.add_span(
+            reward_span(reward, rollout_id=rid, attempt_id=attempt.attempt_id, sequence_id=seq)
+        )
+        rows = await data.read_new()
+        assert {(row["rollout_id"], row["final_reward"]) for row in rows} == {(rid, reward)}
+        assert await data.read_new() == []
+    await store.update_rollout(rid, metadata={"graded": True})
+    assert await data.read_new() == []
+    # A process following the index from a saved cursor sees a late reward too.
+    saved = tmp_path / "cursor.json"
+    data.save_cursor(saved)
+    grader = FileStore(tmp_path / "s")
+    (graded,) = await grader.query_attempts(other)
+    await grader.add_span(reward_span(0.5, rollout_id=other, attempt_id=graded.attempt_id, sequence_id=300))
+    reader = FileStore(tmp_path / "s")
+    again = TrainingData(reader, "triplets", succeeded, cursor=saved)
+    assert {(row["rollout_id"], row["final_reward"]) for row in await again.read_new()} == {(other, 0.5)}
+    for each in (store, grader, reader):
+        each.close()
 
 
 async def test_a_saved_cursor_resumes_where_it_stopped(tmp_path: Path) -> None:

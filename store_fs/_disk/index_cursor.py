@@ -11,9 +11,12 @@ A rollout *finished* at revision ``T`` when ``T`` is finished (succeeded, failed
 with a finished line among the new bytes, the record is read afresh and the run of finished
 revisions ending at its newest one is walked back to its first revision ``T``; the rollout is
 reported when a new line is that of ``T``. So each finishing is reported once, however many
-revisions follow it (a late span's heartbeat stamp, a metadata update) and in whatever order the
-logs of several writers are read; a rollout that is retried and finishes again is reported again;
-one that is running again is not reported until it finishes again.
+revisions follow it (a metadata update) and in whatever order the logs of several writers are
+read; a rollout that is retried and finishes again is reported again; one that is running again
+is not reported until it finishes again. Spans stored after the rollout finished (a reward given
+later by a grader) change the rows built from it, so they are announced by a line marked
+``"late_spans": true`` naming the head revision (:meth:`RolloutIndex.announce_late_spans`),
+written after the spans: a new such line naming ``T`` or later reports the rollout again.
 
 Compaction (:mod:`store_fs._disk.log_segments`) moves lines into segments; a position is carried
 across it, so no line is read twice or skipped. If the logs were rebuilt (``agl check --fix``
@@ -36,7 +39,7 @@ from typing import Any
 from store_fs._disk import codec, fsio, log_segments
 from store_fs._disk.layout import Layout, revision_name
 from store_fs._disk.rollout_history import RecordStore
-from store_fs._disk.rollout_index import INDEX_LOGS, parse_entry
+from store_fs._disk.rollout_index import INDEX_LOGS, LATE_SPANS, parse_entry
 from store_fs._disk.status_rules import TERMINAL_ROLLOUT_STATUSES
 from store_fs.errors import CorruptRecordError
 
@@ -77,19 +80,24 @@ class IndexPosition:
         return cls(log_segments.end_position(directory, INDEX_LOGS))
 
 
-def _new_finished_lines(chunks: list[log_segments.Chunk]) -> dict[str, set[int]]:
-    """Per rollout, the revisions of the finished lines in ``chunks``."""
-    found: dict[str, set[int]] = {}
+def _new_finished_lines(chunks: list[log_segments.Chunk]) -> dict[str, tuple[set[int], set[int]]]:
+    """Per rollout, the revisions of the finished lines in ``chunks``, and those of the lines
+    among them that announce late spans."""
+    found: dict[str, tuple[set[int], set[int]]] = {}
     for chunk in chunks:
         for raw in chunk.data.split(b"\n"):
             if not raw.strip():
                 continue
             try:
-                entry = parse_entry(codec.loads(raw))
+                row = codec.loads(raw)
             except codec.DecodeError:
-                entry = None
+                continue
+            entry = parse_entry(row)
             if entry is not None and entry.status in TERMINAL_ROLLOUT_STATUSES:
-                found.setdefault(entry.rollout_id, set()).add(entry.rev)
+                revs, late = found.setdefault(entry.rollout_id, (set(), set()))
+                revs.add(entry.rev)
+                if row.get(LATE_SPANS) is True:
+                    late.add(entry.rev)
     return found
 
 
@@ -144,9 +152,9 @@ def read_finished_at(layout: Layout, position: IndexPosition, records: RecordSto
         return []
     out = []
     try:
-        for rollout_id, revs in _new_finished_lines(chunks).items():
+        for rollout_id, (revs, late) in _new_finished_lines(chunks).items():
             finished = _finishing_revision(layout, records, rollout_id, max(revs))
-            if finished is not None and finished[0] in revs:
+            if finished is not None and (finished[0] in revs or max(late, default=0) >= finished[0]):
                 out.append((rollout_id, finished[1]))
     except CorruptRecordError:
         position.files = before

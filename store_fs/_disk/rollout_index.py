@@ -83,6 +83,7 @@ from store_fs._disk.rollout_history import RolloutRecord
 from store_fs.models import RolloutStatus
 
 __all__ = [
+    "LATE_SPANS",
     "PRUNED",
     "BadIndexLine",
     "Entry",
@@ -129,6 +130,12 @@ def _order(entry: Entry) -> tuple[float, int]:
 
 def _line(entry: Entry) -> bytes:
     return codec.dumps_line(entry._asdict())
+
+
+#: The key marking a line that announces spans stored after the rollout finished (readers of
+#: the index as a whole take it as any line; :mod:`store_fs._disk.index_cursor` reports the
+#: rollout again).
+LATE_SPANS = "late_spans"
 
 
 def parse_entry(row: Any) -> Entry | None:
@@ -414,11 +421,23 @@ class RolloutIndex:
         except OSError as err:
             log.warning("rollout index not updated for %s revision %d: %s", record.rollout_id, rev, err)
 
+    def announce_late_spans(self, rev: int, record: RolloutRecord) -> None:
+        """Say that spans were stored after ``record`` (revision ``rev``, finished) finished:
+        its line again, marked :data:`LATE_SPANS`. Logged, not raised, on failure, as
+        :meth:`record`."""
+        line = codec.dumps_line({**entry_of(rev, record)._asdict(), LATE_SPANS: True})
+        try:
+            self._append_bytes(line)
+        except OSError as err:
+            log.warning("late spans of %s not announced in the rollout index: %s", record.rollout_id, err)
+
     def append(self, entries: Iterable[Entry]) -> None:
         """Append lines to this process's log in one write (``check`` repairs with this too)."""
         data = b"".join(_line(e) for e in entries)
-        if not data:
-            return
+        if data:
+            self._append_bytes(data)
+
+    def _append_bytes(self, data: bytes) -> None:
         holder: _Writer = self._ctx.local("rollout-index-writer", _Writer)
         with holder.lock:
             for retry in (False, True):

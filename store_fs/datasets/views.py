@@ -383,7 +383,8 @@ class TrainingData:
         return out
 
     async def for_each_new(self, handle: Callable[[dict[str, Any]], object]) -> None:
-        """Call ``handle`` on each row of the rollouts that finished since the last read, as each
+        """Call ``handle`` on each row of the rollouts that finished (or changed after they
+        finished, such as a reward given late: :class:`Cursor`) since the last read, as each
         rollout's rows are built (memory: one rollout's rows, however many finished), rollouts in
         the order the store's index logs name them (each process's log in the order its writes
         finished them; across processes, log by log).

@@ -10,7 +10,12 @@ from typing import Any
 from store_fs._disk.ids import check_attempt_id
 from store_fs._disk.queue_tokens import ClaimToken
 from store_fs._disk.rollout_history import RolloutRecord
-from store_fs._disk.status_rules import FINAL_ATTEMPT_STATUSES, mark_running, superseded
+from store_fs._disk.status_rules import (
+    FINAL_ATTEMPT_STATUSES,
+    TERMINAL_ROLLOUT_STATUSES,
+    mark_running,
+    superseded,
+)
 from store_fs._filtering import build_filter, check_page_args, has_conditions, matches, paginate, sort_items
 from store_fs.errors import AttemptNotFoundError, ConflictError, RolloutNotFoundError, UnstorableValueError
 from store_fs.models import Attempt, FilterLogic, PaginatedResult, SortOrder, Span
@@ -102,7 +107,17 @@ class SpanMethods(StoreCore):
                     self._spans.heartbeat_recorded(attempt_dir)
                 else:
                     self._spans.heartbeat(attempt_dir)
+            if attempt.status in FINAL_ATTEMPT_STATUSES:
+                self._announce_late_spans(rollout_id)
         return written, path
+
+    def _announce_late_spans(self, rollout_id: str) -> None:
+        """Spans stored after their rollout finished (a reward given later by a grader) change
+        the rows built from it: a line in the rollout index, written after the spans, tells a
+        reader following the index (:class:`store_fs.datasets.Cursor`) to read it again."""
+        found = self._records.head(rollout_id, cached_ok=False)
+        if found is not None and found[1].status in TERMINAL_ROLLOUT_STATUSES:
+            self._index.announce_late_spans(*found)
 
     def _promote(self, record: RolloutRecord, attempt: Attempt) -> bool:
         """The span-as-heartbeat rule, skipped when it would change nothing. Returns whether a
