@@ -12,6 +12,7 @@ carry the context (docs/behaviour.md, the tracer).
 from __future__ import annotations
 
 import asyncio
+import gc
 import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +28,16 @@ from store_fs.models import NamedResources
 from store_fs.rewards import find_final_reward
 from store_fs.runner import LitAgentRunner
 from store_fs.testing.mock_openai import MockOpenAIServer
+from store_fs.tracing.rollout_binding import (
+    Origin,
+    RolloutBinding,
+    StoreWriter,
+    closed,
+    current_binding,
+    inherit,
+    lose_unattributed,
+    opened,
+)
 from store_fs.tracing.tracer import OtelTracer
 
 REWARD = "agentlightning.reward.0.value"
@@ -236,3 +247,118 @@ async def test_a_helper_thread_reused_by_later_rollouts_works_for_each(fs: FileS
         assert attempt is not None
         assert attempt.status == "succeeded", attempt.metadata
         assert find_final_reward(list(await fs.query_spans(rid))) == value
+
+
+_a_ended = threading.Event()
+_straggled = threading.Event()
+
+
+class _AWaitsForItsStraggler:
+    """Rollout A's end hook: A's trace context has closed, and its verdict waits until the
+    thread A left running has emitted."""
+
+    async def on_rollout_end(self, *, agent: Any, runner: Any, rollout: Any, spans: Any) -> None:
+        if rollout.input == "A":
+            _a_ended.set()
+            await asyncio.to_thread(_straggled.wait, 10)
+
+
+def _straggler() -> None:
+    _a_ended.wait(10)
+    try:
+        emit_reward(0.99)  # A's, after A returned
+    finally:
+        _straggled.set()
+
+
+@rollout
+async def leaves_a_straggler(task: str, prompt_template: PromptTemplate) -> float | None:
+    if task == "A":
+        threading.Thread(target=_straggler, daemon=True).start()
+        return 0.1
+    emit_reward(0.5)
+    await asyncio.to_thread(_straggled.wait, 10)  # B runs while A's straggler emits
+    return None
+
+
+async def test_a_straggler_threads_reward_fails_its_own_attempt_never_a_rollout_beside_it(
+    fs: FileStore,
+) -> None:
+    """A thread rollout A left running emitted after A returned, while rollout B ran beside it:
+    the reward went to B (the only open trace context) and became B's final reward, and A
+    succeeded. It is A's, and its attempt fails (found by an adversarial pass)."""
+    _a_ended.clear()
+    _straggled.clear()
+    a = (await fs.enqueue_rollout(input="A")).rollout_id
+    b = (await fs.enqueue_rollout(input="B")).rollout_id
+    runner = LitAgentRunner(
+        tracer=OtelTracer(), poll_interval=0.05, interval_jitter=0.0, max_rollouts=2, max_parallel=2
+    )
+    with runner.run_context(agent=leaves_a_straggler, store=fs, hooks=[_AWaitsForItsStraggler()]):
+        await asyncio.wait_for(runner.iter(), 30)
+    assert _straggled.is_set()
+    b_spans = list(await fs.query_spans(b))
+    assert find_final_reward(b_spans) == 0.5
+    assert [s.attributes[REWARD] for s in b_spans if s.name == "agentlightning.annotation"] == [0.5]
+    attempt = await fs.get_latest_attempt(a)
+    assert attempt is not None
+    assert attempt.status == "failed"
+    assert "emitted after the agent returned" in str((attempt.metadata or {}).get("error")), attempt.metadata
+
+
+def test_a_thread_whose_rollout_ended_works_only_for_a_rollout_opened_after() -> None:
+    """Whom a thread started in rollout A works for once A's trace context ended: a rollout
+    opened since, when it is the only one open; never one that ran beside A; and a straggler
+    whose rollout is gone is nobody's (not counted against the rollouts running)."""
+    writer = StoreWriter()
+
+    def binding() -> RolloutBinding:
+        return RolloutBinding(None, None, None, writer)
+
+    def seen_from_a_thread_of(origin: Origin) -> RolloutBinding | None:
+        found: list[RolloutBinding | None] = []
+
+        def look() -> None:
+            inherit(origin)
+            found.append(current_binding())
+
+        thread = threading.Thread(target=look)
+        thread.start()
+        thread.join()
+        return found[0]
+
+    a, beside = binding(), binding()
+    opened(a)
+    opened(beside)
+    assert seen_from_a_thread_of(a.origin) is a
+    closed(a)
+    assert seen_from_a_thread_of(a.origin) is a  # a straggler: A's binding counts it
+    later = binding()
+    opened(later)
+    assert seen_from_a_thread_of(a.origin) is None  # two open, one opened since: cannot tell
+    closed(beside)
+    assert seen_from_a_thread_of(a.origin) is later  # a helper thread reused by a later rollout
+    closed(later)
+
+    gone, sibling, other = binding(), binding(), binding()
+    opened(gone)
+    opened(sibling)
+    opened(other)
+    origin = gone.origin
+    closed(gone)
+    del gone
+    gc.collect()
+    assert seen_from_a_thread_of(origin) is None
+    counted: list[int] = []
+
+    def lose() -> None:
+        inherit(origin)
+        counted.append(lose_unattributed("a span"))
+
+    thread = threading.Thread(target=lose)
+    thread.start()
+    thread.join()
+    assert counted == [0]
+    assert sibling.lost == other.lost == 0
+    closed(sibling)
+    closed(other)

@@ -37,12 +37,13 @@ import asyncio
 import concurrent.futures
 import contextvars
 import inspect
+import itertools
 import logging
 import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -184,6 +185,8 @@ class RolloutBinding:
         self.dropped = 0
         self.closed: str | None = None
         self.sealed: str | None = None
+        #: What threads started in this binding's trace context keep of it (thread_context.py).
+        self.origin = Origin(self)
         # OpenTelemetry spans started in this binding's context and not ended yet, by span id.
         self._unfinished: dict[int, Any] = {}
         self.flush_deadline: float | None = None
@@ -445,8 +448,22 @@ class RolloutBinding:
             await self.store.add_span(span)
 
 
-# Set in a thread started inside a trace context (thread_context.py), to that context's binding.
-_inherited: contextvars.ContextVar[weakref.ref[RolloutBinding] | None] = contextvars.ContextVar(
+class Origin:
+    """A trace context as the threads started inside it keep it: its binding (a weak reference,
+    so a long-lived thread keeps no rollout's spans in memory) and when it opened and ended,
+    as places in the order of every opening and ending in the process (:func:`opened`,
+    :func:`closed`), which outlive the binding."""
+
+    __slots__ = ("binding", "ended", "opened")
+
+    def __init__(self, binding: RolloutBinding) -> None:
+        self.binding = weakref.ref(binding)
+        self.opened: int | None = None
+        self.ended: int | None = None
+
+
+# Set in a thread started inside a trace context (thread_context.py), to that context's origin.
+_inherited: contextvars.ContextVar[Origin | None] = contextvars.ContextVar(
     "agl_inherited_rollout", default=None
 )
 _current: contextvars.ContextVar[RolloutBinding | None] = contextvars.ContextVar("agl_rollout", default=None)
@@ -455,44 +472,69 @@ _current: contextvars.ContextVar[RolloutBinding | None] = contextvars.ContextVar
 # lock, so readers need none).
 _open: tuple[RolloutBinding, ...] = ()
 _open_lock = threading.Lock()
+_order = itertools.count(1)  # places of openings and endings, taken under the lock
 
 
 def current_binding() -> RolloutBinding | None:
     """The binding of the trace context the caller runs in.
 
     Then, in a thread started inside a trace context (:func:`inherit`), that context's binding
-    while it is open. Other code outside any (a thread started outside every rollout, or one
-    whose rollout has ended, as a worker thread reused by later rollouts is) is attributed to
-    the process's only open binding, as upstream's process-wide tracer records it. None when
-    no binding is open, or several: which rollout such code works for cannot be told
-    (:func:`lose_unattributed`).
+    while it is open. Once that context has ended, the thread works for the process's only
+    open rollout if that one opened after the end (a helper thread reused by later rollouts);
+    otherwise it is a straggler of its own rollout, and gets that rollout's binding (if it
+    still exists), which counts the spans as lost or dropped: never a rollout running beside
+    it, whose final reward a straggler's reward would become. When rollouts opened after
+    the end run beside others, None.
+
+    Other code outside any trace context (a thread started outside every rollout) is
+    attributed to the process's only open binding, as upstream's process-wide tracer records
+    it. None when no binding is open, or several: which rollout such code works for cannot
+    be told (:func:`lose_unattributed`).
     """
     binding = _current.get()
     if binding is not None:
         return binding
-    inherited = _inherited_open()
-    if inherited is not None:
-        return inherited
+    origin = _inherited.get()
     open_now = _open
+    if origin is not None:
+        own = origin.binding()
+        if origin.ended is None:
+            return own
+        if _straggling(origin, open_now):
+            return own
+        return open_now[0] if len(open_now) == 1 else None
     return open_now[0] if len(open_now) == 1 else None
 
 
-def _inherited_open() -> RolloutBinding | None:
-    ref = _inherited.get()
-    binding = ref() if ref is not None else None
-    return binding if binding is not None and binding.closed is None and binding in _open else None
+def _straggling(origin: Origin, open_now: tuple[RolloutBinding, ...]) -> bool:
+    """A thread of ``origin``'s trace context, which has ended, with no rollout opened since."""
+    ended = origin.ended
+    return ended is not None and not any((b.origin.opened or 0) > ended for b in open_now)
 
 
-def binding_to_inherit() -> RolloutBinding | None:
-    """What a thread started now inherits (:mod:`store_fs.tracing.thread_context`): the
-    caller's own trace context, or the one its own thread inherited while that is open."""
-    return _current.get() or _inherited_open()
+def origin_to_inherit() -> Origin | None:
+    """What a thread started now, or a task handed to a pool now, inherits
+    (:mod:`store_fs.tracing.thread_context`): the caller's own trace context, or what its
+    own thread inherited."""
+    binding = _current.get()
+    return binding.origin if binding is not None else _inherited.get()
 
 
-def inherit(binding: RolloutBinding) -> None:
-    """This thread was started inside ``binding``'s trace context: its code belongs there while
-    that context is open (a weak reference: a long-lived thread keeps no rollout's spans)."""
-    _inherited.set(weakref.ref(binding))
+def inherit(origin: Origin) -> None:
+    """This thread was started inside the trace context of ``origin`` (:func:`current_binding`
+    says whom its code works for)."""
+    _inherited.set(origin)
+
+
+def run_inherited(origin: Origin | None, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    """Call ``fn`` as code of ``origin``'s trace context (None: of none), whatever the
+    calling thread inherited (a pool's worker runs tasks of many rollouts)."""
+    current, inherited = _current.set(None), _inherited.set(origin)
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        _inherited.reset(inherited)
+        _current.reset(current)
 
 
 def context_binding() -> RolloutBinding | None:
@@ -504,12 +546,14 @@ def opened(binding: RolloutBinding) -> None:
     """``binding``'s trace context is open: code outside any context may be attributed to it."""
     global _open
     with _open_lock:
+        binding.origin.opened = next(_order)
         _open = (*_open, binding)
 
 
 def closed(binding: RolloutBinding) -> None:
     global _open
     with _open_lock:
+        binding.origin.ended = next(_order)
         _open = tuple(b for b in _open if b is not binding)
 
 
@@ -520,6 +564,9 @@ def lose_unattributed(what: str) -> int:
     open_now = _open
     if len(open_now) < 2:
         return 0
+    origin = _inherited.get()
+    if origin is not None and _straggling(origin, open_now):
+        return 0  # a straggler of a rollout that ended (whose binding is gone): none of theirs
     err = RuntimeError(
         f"{what} outside any rollout's trace context while {len(open_now)} rollouts run in this "
         "process: which one it belongs to cannot be told (start threads with "

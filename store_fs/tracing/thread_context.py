@@ -11,10 +11,13 @@ nothing changes for programs that never trace:
 
 * ``Thread.start`` notes the caller's trace context, and the new thread belongs to it while it
   is open, subclasses with their own ``run`` included (the note is taken where the thread's
-  bootstrap calls ``run``). Once that rollout has ended the thread is like any other (the only
-  open rollout, :func:`~store_fs.tracing.rollout_binding.current_binding`): a helper thread
-  started by one rollout and reused by the next ones works for each. The note is a weak
-  reference, so a long-lived thread keeps no rollout's spans in memory;
+  bootstrap calls ``run``). Once that rollout has ended, the thread works for a rollout opened
+  since, when it is the only one open (a helper thread started by one rollout and reused by
+  the next ones works for each); else it is a straggler of its own rollout, whose binding
+  counts what it emits, and never a rollout that ran beside it
+  (:func:`~store_fs.tracing.rollout_binding.current_binding`). The note
+  (:class:`~store_fs.tracing.rollout_binding.Origin`) holds the binding by a weak reference, so
+  a long-lived thread keeps no rollout's spans in memory;
 * ``ThreadPoolExecutor.submit`` (``map`` and asyncio's ``run_in_executor`` go through it) runs
   each task in the trace context of its caller, whatever its worker thread noted when it was
   started, since workers are reused across rollouts.
@@ -28,11 +31,10 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import threading
-import weakref
 from collections.abc import Callable
 from typing import Any
 
-from store_fs.tracing.rollout_binding import RolloutBinding, bind, binding_to_inherit, inherit, unbind
+from store_fs.tracing.rollout_binding import Origin, inherit, origin_to_inherit, run_inherited
 
 __all__ = ["carry_trace_contexts"]
 
@@ -44,31 +46,21 @@ _originals: dict[str, Any] = {}
 
 def _start(self: threading.Thread, *args: Any, **kwargs: Any) -> Any:
     if not hasattr(self, _NOTE):
-        binding = binding_to_inherit()
-        setattr(self, _NOTE, None if binding is None else weakref.ref(binding))
+        setattr(self, _NOTE, origin_to_inherit())
     return _originals["start"](self, *args, **kwargs)
 
 
 def _bootstrap_inner(self: threading.Thread) -> Any:
-    note: weakref.ref[RolloutBinding] | None = getattr(self, _NOTE, None)
-    binding = note() if note is not None else None
-    if binding is not None:
-        inherit(binding)  # in the thread's own context, which ends with it
+    origin: Origin | None = getattr(self, _NOTE, None)
+    if origin is not None:
+        inherit(origin)  # in the thread's own context, which ends with it
     return _originals["bootstrap"](self)
-
-
-def _in_context(binding: RolloutBinding | None, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-    token = bind(binding)
-    try:
-        return fn(*args, **kwargs)
-    finally:
-        unbind(token)
 
 
 def _submit(
     self: concurrent.futures.ThreadPoolExecutor, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
 ) -> Any:
-    task = functools.partial(_in_context, binding_to_inherit(), fn)
+    task = functools.partial(run_inherited, origin_to_inherit(), fn)
     return _originals["submit"](self, task, *args, **kwargs)
 
 
