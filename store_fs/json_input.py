@@ -16,8 +16,10 @@ __all__ = ["DecodeError", "loads_exact"]
 
 DecodeError = orjson.JSONDecodeError
 
-# Twenty digits in a row: the only way a JSON text can hold an integer of 2**64 or more.
-_WIDE_DIGITS = re.compile(rb"[0-9]{20}")
+# Twenty digits in a row, or a minus and nineteen: the only ways a JSON text can hold an
+# integer orjson does not read as one (2**64 or more, below -2**63: -9223372036854775809 to
+# -9999999999999999999 have nineteen digits).
+_WIDE_DIGITS = re.compile(rb"[0-9]{20}|-[0-9]{19}")
 
 
 def _no_constant(name: str) -> Any:
@@ -27,9 +29,10 @@ def _no_constant(name: str) -> Any:
 def loads_exact(data: bytes | str) -> Any:
     """Parse JSON keeping every number's value; raises :data:`DecodeError` on bad input.
 
-    orjson reads an integer of 2**64 or more as the nearest float, without a word, so
-    ``{"id": 18446744073709551616}`` would be stored as ``1.8446744073709552e+19``. A text
-    that may hold such an integer (twenty digits in a row, rare: the check is one scan) is
+    orjson reads an integer of 2**64 or more, or below -2**63, as the nearest float, without a
+    word, so ``{"id": 18446744073709551616}`` would be stored as ``1.8446744073709552e+19``. A
+    text that may hold such an integer (twenty digits in a row, or a minus and nineteen; rare:
+    the check is one scan) is
     parsed again by the standard library, which keeps it an integer, so that storing it
     fails by name (``UnstorableValueError``) instead of storing another number.
     """
