@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import functools
 import importlib
 import importlib.util
 import logging
@@ -41,7 +40,7 @@ from store_fs.tracing._agentops_openai import acquire, patch_token_ids, share_op
 from store_fs.tracing.rollout_binding import RolloutBinding, SpanSink, current_binding
 from store_fs.tracing.root_span import adopt_root_span
 from store_fs.tracing.span_processor import LightningSpanProcessor
-from store_fs.tracing.tracer import ProviderTracer, unlimited_span_limits
+from store_fs.tracing.tracer import ProviderTracer, recording_provider
 
 __all__ = ["AgentOpsTracer"]
 
@@ -139,8 +138,9 @@ class AgentOpsTracer(ProviderTracer):
         saved = core.AuthenticatedOTLPExporter, core.OTLPMetricExporter
         saved_provider = core.TracerProvider
         # Its provider with OpenTelemetry's default limit of 128 attributes a span would drop a
-        # long conversation's first prompt messages, as agl's own tracer's would (unlimited_span_limits).
-        core.TracerProvider = functools.partial(TracerProvider, span_limits=unlimited_span_limits())
+        # long conversation's first prompt messages, and one following OTEL_TRACES_SAMPLER could
+        # drop its calls and rewards: it records everything, as agl's own tracer's.
+        core.TracerProvider = recording_provider
         if offline:
             core.AuthenticatedOTLPExporter, core.OTLPMetricExporter = _NullSpanExporter, _NullMetricExporter
             # Stays patched: agentops' InternalSpanProcessor uploads its log when a root span ends.

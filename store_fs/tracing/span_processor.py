@@ -58,8 +58,9 @@ class LightningSpanProcessor(SpanProcessor):
             binding = self._open.pop(context.span_id, None)
         if binding is not None:
             binding.ended(context.span_id)
-            if context.trace_flags.sampled:
-                binding.deliver(storable(span))
+            # Sampled or not (a provider set up elsewhere may record without sampling): an
+            # attempt's spans are its training data, not telemetry to thin out.
+            binding.deliver(storable(span))
 
     def shutdown(self) -> None:
         with self._lock:

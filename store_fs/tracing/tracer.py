@@ -18,6 +18,7 @@ from typing import Any, Final
 
 from opentelemetry import trace as otel_trace
 from opentelemetry.sdk.trace import SpanLimits, TracerProvider
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from opentelemetry.trace import Status, StatusCode
 
 from store_fs.models import Attributes, Span, SpanCoreFields, TraceStatus
@@ -298,6 +299,22 @@ def unlimited_span_limits() -> SpanLimits:
     return SpanLimits(**chosen)
 
 
+def recording_provider(**kwargs: Any) -> TracerProvider:
+    """A ``TracerProvider`` for training data: every span is recorded, and none loses
+    attributes to the SDK's default limits (:func:`unlimited_span_limits`).
+
+    ``OTEL_TRACES_SAMPLER`` and ``OTEL_SDK_DISABLED`` are settings of an application's own
+    telemetry: followed here, ``always_off`` or ``traceidratio`` dropped an agent's LLM calls
+    and emitted rewards without a word, and the attempt still succeeded. They do not apply.
+    """
+    provider = TracerProvider(sampler=ALWAYS_ON, span_limits=unlimited_span_limits(), **kwargs)
+    if getattr(provider, "_disabled", False):
+        # OTEL_SDK_DISABLED=true hands out no-op tracers; the SDK offers no public switch, and
+        # tests/test_tracer_environment.py fails if this stops working.
+        provider._disabled = False
+    return provider
+
+
 class OtelTracer(ProviderTracer):
     """OpenTelemetry SDK + our OpenAI instrumentation; spans go to the rollout's store.
 
@@ -330,7 +347,7 @@ class OtelTracer(ProviderTracer):
     def init(self) -> None:
         if self._provider is not None:
             return
-        self._provider = TracerProvider(span_limits=unlimited_span_limits())
+        self._provider = recording_provider()
         self._provider.add_span_processor(LightningSpanProcessor())
         if self._instrument_openai:
             from store_fs.tracing.openai_instrument import instrument_openai
