@@ -19,6 +19,7 @@ import pytest
 from http_helpers import RawClient, ServerThread, http_request
 
 from store_fs import FileStore, Span, UnstorableValueError
+from store_fs._disk import codec
 from store_fs.errors import InvalidIdError
 from store_fs.server.routes import PREFIX
 
@@ -190,3 +191,49 @@ def test_nan_in_a_span_time_is_refused_not_stored_as_null(
     assert {k: v for k, v in after.items() if "/span-seq/" not in k} == before
     with pytest.raises(UnstorableValueError):
         asyncio.run(fstore.add_span(Span.model_validate(span(rid, aid, "s2", **changes))))
+
+
+def _nested(depth: int) -> bytes:
+    return b"[" * depth + b"1" + b"]" * depth
+
+
+def test_a_value_too_deep_for_the_answers_holding_it_is_refused_before_anything_is_stored(
+    fstore: FileStore, client: RawClient
+) -> None:
+    """Values nested ~250 levels passed the store's check and were written, then the answer
+    wrapping them went past orjson's 254 levels: an enqueue answered 400 having stored its
+    rollout, a dequeue answered 400 having claimed it, a resources update answered 400 and
+    became the latest (found by an adversarial pass). Now a stored document leaves room for the
+    answers' envelopes: too deep is refused first, and what is stored can always be answered."""
+    limit = codec.MAX_STORED_DEPTH
+    for depth in (limit, 252):
+        status, answer = post(
+            client, "/queues/rollouts/enqueue", b'{"rollouts":[{"input":%s}]}' % _nested(depth)
+        )
+        assert status == 400, (depth, answer)
+        assert f"nested deeper than {limit} levels" in answer["detail"]
+        llm = b'{"llm":{"resource_type":"llm","endpoint":"e","model":"m","sampling_parameters":{"x":%s}}}'
+        status, answer = post(client, "/resources/res-deep", llm % _nested(depth))
+        assert status == 400, (depth, answer)
+    assert asyncio.run(fstore.statistics())["total_rollouts"] == 0
+    assert asyncio.run(fstore.get_latest_resources()) is None
+
+    # As deep as a stored input may be: every answer holding it is written.
+    depth = limit - 3  # the rollout's tuple check, its record, its input dict
+    status, answer = post(client, "/queues/rollouts/enqueue", b'{"rollouts":[{"input":%s}]}' % _nested(depth))
+    assert status == 201, answer
+    rid = answer[0]["rollout_id"]
+    status, claimed = post(client, "/queues/rollouts/dequeue", {"limit": 1, "worker_id": "w"})
+    assert status == 200, claimed
+    aid = claimed[0]["attempt"]["attempt_id"]
+    for path in (f"/rollouts/{rid}", "/rollouts", f"/rollouts/{rid}/attempts"):
+        answer = client.request(http_request("GET", PREFIX + path))
+        assert answer.status == 200, (path, answer)
+    update = f"/rollouts/{rid}/attempts/{aid}"
+    status, answer = post(client, update, b'{"metadata":{"x":%s}}' % _nested(limit))
+    assert status == 400, answer
+    status, answer = post(client, update, b'{"metadata":{"x":%s}}' % _nested(limit - 8))
+    assert status == 200, answer
+    for path in (f"/rollouts/{rid}", "/rollouts", f"/rollouts/{rid}/attempts"):
+        answer = client.request(http_request("GET", PREFIX + path))
+        assert answer.status == 200, (path, answer)

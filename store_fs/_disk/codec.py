@@ -25,7 +25,6 @@ NON_FINITE = "NaN and infinities have no JSON form"
 
 _IN_ORDER = orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS
 _RECORD = _IN_ORDER | orjson.OPT_SORT_KEYS
-_LINE = orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS
 
 
 def _default(obj: Any) -> Any:
@@ -38,11 +37,49 @@ def _default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+# orjson writes 254 levels of nesting at most. Answers and exports put a stored document inside
+# envelopes of their own (a page's items, an export's attempts and their spans): a document using
+# every level was stored, then every answer holding it failed (a dequeue had claimed its rollout).
+# So a stored document leaves this many levels free.
+_ENVELOPE_LEVELS = 16
+MAX_STORED_DEPTH = 254 - _ENVELOPE_LEVELS
+_TOO_DEEP = f"nested deeper than {MAX_STORED_DEPTH} levels (JSON answers holding it could not be written)"
+
+
+def _refuse(what: str, err: orjson.JSONEncodeError) -> UnstorableValueError:
+    message = str(err) or type(err).__name__
+    return UnstorableValueError(what, _TOO_DEEP if "Recursion limit" in message else message)
+
+
+def _enveloped(obj: Any) -> list[Any]:
+    for _ in range(_ENVELOPE_LEVELS - 1):
+        obj = [obj]
+    return [obj]
+
+
 def _dumps(obj: Any, option: int, what: str) -> bytes:
     try:
-        return orjson.dumps(obj, default=_default, option=option)
+        data = orjson.dumps(obj, default=_default, option=option)
     except orjson.JSONEncodeError as err:
-        raise UnstorableValueError(what, str(err) or type(err).__name__) from None
+        raise _refuse(what, err) from None
+    # Fewer brackets than that cannot nest that deep (one scan); more (JSON text inside strings)
+    # costs one more encoding.
+    if data.count(b"[") + data.count(b"{") >= MAX_STORED_DEPTH:
+        try:
+            orjson.dumps(_enveloped(obj), default=_default)
+        except orjson.JSONEncodeError as err:
+            raise _refuse(what, err) from None
+    return data
+
+
+def _dumps_line(obj: Any, what: str) -> bytes:
+    # Encoded inside the envelope levels and cut out of them: the depth check costs no second
+    # encoding on the span path.
+    try:
+        data = orjson.dumps(_enveloped(obj), default=_default, option=orjson.OPT_NON_STR_KEYS)
+    except orjson.JSONEncodeError as err:
+        raise _refuse(what, err) from None
+    return data[_ENVELOPE_LEVELS:-_ENVELOPE_LEVELS] + b"\n"
 
 
 def dumps_record(obj: Any, *, sort_keys: bool = True) -> bytes:
@@ -55,7 +92,7 @@ def dumps_record(obj: Any, *, sort_keys: bool = True) -> bytes:
 def dumps_line(obj: Any) -> bytes:
     """One compact JSON line ending in a newline (no newline may occur inside); raises like
     :func:`dumps_record`."""
-    return _dumps(obj, _LINE, type(obj).__name__)
+    return _dumps_line(obj, type(obj).__name__)
 
 
 def check_storable(what: str, value: Any) -> None:
@@ -64,11 +101,11 @@ def check_storable(what: str, value: Any) -> None:
 
     For callers that must refuse a value before their first write rather than half-way: pydantic
     accepts what orjson cannot write (an integer of 2**64 or more given as a digit string, JSON
-    nested deeper than orjson's 254 levels for writing while it reads 1,024). And orjson writes
-    NaN and the infinities as ``null``, which would store another value than the caller's
-    without a word.
+    nested deeper than :data:`MAX_STORED_DEPTH` levels, which leaves room under orjson's 254
+    for the answers holding it, while it reads 1,024). And orjson writes NaN and the
+    infinities as ``null``, which would store another value than the caller's without a word.
     """
-    _dumps(value, _LINE, what)  # first: it also refuses nesting too deep for the walk below
+    _dumps_line(value, what)  # first: it also refuses nesting too deep for the walk below
     if not all_finite(value):
         raise UnstorableValueError(what, NON_FINITE)
 
