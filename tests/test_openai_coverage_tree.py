@@ -154,3 +154,21 @@ def test_scrub_leaves_clean_spans_alone_and_masks_bearer_and_sk_keys() -> None:
 def test_short_secrets_are_not_masked() -> None:
     credential_scrub.remember_secret("EMPTY")
     assert scrub_text("EMPTY") == "EMPTY"
+
+
+def test_ordinary_words_are_never_masked() -> None:
+    """A prompt stored for training must say what was sent: "a bearer instrument" and
+    "sk-learn-compatible-estimators" read as credentials, and a local proxy's placeholder key
+    "anything" blanked that word out of every prompt (found by an adversarial pass)."""
+    credential_scrub.remember_secret("anything")
+    text = (
+        "Explain what a bearer instrument is, and how the torch-bearer position differs. "
+        "Use sk-learn-compatible-estimators. Is there anything else?"
+    )
+    assert scrub_text(text) == text
+    credential_scrub.remember_secret("a-local-proxy-placeholder")  # long: masked even so
+    assert scrub_text("key a-local-proxy-placeholder") == f"key {MASK}"
+    generated = "sk-" + "abcdefghij" * 4 + "Q7"
+    assert scrub_text(f"Authorization: Bearer {generated}") == f"Authorization: Bearer {MASK}"
+    assert scrub_text(f"key={generated}") == f"key={MASK}"
+    assert scrub_text("Bearer eyJhbGciOiJIUzI1NiJ9.e30.x") == f"Bearer {MASK}"

@@ -10,9 +10,13 @@ passes :func:`scrub_span`, which
   process (:func:`remember_client_secrets` registers a client's API key and credential
   headers, at each instrumented call), ``Bearer`` tokens and OpenAI-style ``sk-…`` keys.
 
-Masked text reads ``[REDACTED]``. Registered secrets shorter than 8 characters are not
-masked (a local server's ``api_key="EMPTY"`` must not blank that word out of prompts).
-The registry lives in memory only and keeps the 64 most recent secrets.
+Masked text reads ``[REDACTED]``. Masking must not rewrite ordinary text, or a prompt stored
+for training no longer says what was sent: so a secret is masked only when it looks like one
+(:func:`_token_like`: a digit, a capital after the first letter, or a character such as ``.``
+``_`` ``/`` ``=``), which ``sk-learn-compatible-estimators`` and the ``instrument`` of "a
+bearer instrument" do not; a registered secret also when it has 16 characters or more, and
+never below 8 (a local server's ``api_key="EMPTY"`` or ``"anything"`` must not blank those
+words out of prompts). The registry lives in memory only and keeps the 64 most recent secrets.
 """
 
 from __future__ import annotations
@@ -29,9 +33,20 @@ __all__ = ["MASK", "is_secret_key", "remember_client_secrets", "remember_secret"
 
 MASK = "[REDACTED]"
 _MIN_SECRET = 8
+_LONG_SECRET = 16  # registered secrets this long are masked even when they look like words
 _MAX_SECRETS = 64
-_BEARER = re.compile(r"(?i)(\bbearer\s+)[A-Za-z0-9._~+/=-]{8,}")
+_BEARER = re.compile(r"(?i)(\bbearer\s+)([A-Za-z0-9._~+/=-]{8,})")
 _OPENAI_KEY = re.compile(r"\bsk-[A-Za-z0-9_-]{16,}")
+_TOKEN_MARK = re.compile(r"[0-9._~+/=:]|.[A-Z]")
+
+
+def _token_like(text: str) -> bool:
+    """A digit, a capital after the first character, or a character words do not hold:
+    generated keys and tokens have one (all but a vanishing share of random 48-character keys),
+    the words of prose do not."""
+    return _TOKEN_MARK.search(text) is not None
+
+
 _SECRET_NAMES = frozenset(
     {"headers", "cookie", "set-cookie", "password", "passwd", "access_token", "refresh_token", "id_token"}
 )
@@ -54,7 +69,11 @@ def remember_secret(value: Any) -> None:
     if not isinstance(value, str):
         return
     found = [value, value.split(" ", 1)[1] if value.lower().startswith("bearer ") else ""]
-    fresh = [v for v in found if len(v) >= _MIN_SECRET and v not in _secrets]
+    fresh = [
+        v
+        for v in found
+        if len(v) >= _MIN_SECRET and (len(v) >= _LONG_SECRET or _token_like(v)) and v not in _secrets
+    ]
     if not fresh:
         return
     with _lock:
@@ -81,9 +100,9 @@ def scrub_text(text: str) -> str:
             text = text.replace(secret, MASK)
     # Substring tests first: the regular expressions would cost far more on long prompts.
     if "sk-" in text:
-        text = _OPENAI_KEY.sub(MASK, text)
+        text = _OPENAI_KEY.sub(lambda m: MASK if _token_like(m.group(0)[3:]) else m.group(0), text)
     if "earer" in text or "EARER" in text:
-        text = _BEARER.sub(lambda m: m.group(1) + MASK, text)
+        text = _BEARER.sub(lambda m: m.group(1) + MASK if _token_like(m.group(2)) else m.group(0), text)
     return text
 
 
