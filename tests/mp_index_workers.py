@@ -114,3 +114,22 @@ def enqueuer(root: str, out: str, n: int, go: Any) -> None:
     except BaseException:
         write_json(out, {"error": traceback.format_exc()})
         raise
+
+
+def metadata_updater(root: str, out: str, rollout_ids: list[str], rounds: int, go: Any) -> None:
+    """Update every rollout's metadata ``rounds`` times (a revision and an index line each)."""
+    try:
+        store = FileStore(root, create=False)
+        go.wait(60)
+
+        async def body() -> int:
+            for i in range(rounds):
+                for rollout_id in rollout_ids:
+                    await store.update_rollout(rollout_id, metadata={"round": i})
+            return rounds * len(rollout_ids)
+
+        write_json(out, {"updates": asyncio.run(body())})
+        store.close()
+    except BaseException:
+        write_json(out, {"error": traceback.format_exc()})
+        raise

@@ -159,3 +159,36 @@ async def test_an_enqueue_that_finishes_while_check_looks_is_not_taken_away(
     assert missed == [rid]
     assert (await store.get_rollout_by_id(rid)) is not None
     store.close()
+
+
+def test_check_on_a_busy_store_finds_no_index_ahead_and_never_rebuilds_it(tmp_path: Path) -> None:
+    """Real processes update rollouts while this one runs ``check``: it read a record, then the
+    index, and a revision made with its line in between read as an index ahead of its record
+    ("restored from an older copy?"): exit 7, and ``--fix`` rebuilt the whole index each time
+    (found by an adversarial pass). Now an entry ahead is read again before it is a problem."""
+    root = tmp_path / "store"
+    checker = FileStore(root)
+    rids = [
+        r.rollout_id
+        for r in asyncio.run(
+            checker.enqueue_many_rollouts([EnqueueRolloutRequest(input=i) for i in range(20)])
+        )
+    ]
+    go = SPAWN.Event()
+    outs = [tmp_path / f"updater-{i}.json" for i in range(2)]
+    kinds: list[str] = []
+    checks = 0
+    with children() as kids:
+        for out in outs:
+            kids.start(mp_index_workers.metadata_updater, str(root), str(out), rids, 40, go)
+        time.sleep(0.2)
+        go.set()
+        while any(p.is_alive() for p in kids.procs):
+            kinds += [p.kind for p in checker.check(fix=checks % 2 == 1)]
+            checks += 1
+        kids.join(time.monotonic() + 60)
+        assert [p.exitcode for p in kids.procs] == [0, 0]
+    assert checks >= 4
+    assert [k for k in kinds if k in ("index-ahead", "corrupt-index-line")] == []
+    assert checker.check() == []
+    checker.close()

@@ -19,6 +19,7 @@ import shutil
 import stat
 import time
 from pathlib import Path
+from typing import Literal
 
 from store_fs._disk import fsio, log_segments
 from store_fs._disk.change_feed import EVENT_LOGS
@@ -452,6 +453,16 @@ def _orphan_claim(engine: Engine, token: ClaimToken, fix: bool) -> list[Problem]
     return [Problem("orphan-claim", path, f"attempt is {attempt.status}", fix)]
 
 
+def _fresh_head(engine: Engine, rid: str) -> Entry | Literal[False] | None:
+    """The entry of ``rid``'s newest record read now, None if there is none, False if it is
+    corrupt (reported as corrupt-record)."""
+    try:
+        found = engine.records.head(rid, cached_ok=False)
+    except CorruptRecordError:
+        return False
+    return entry_of(*found) if found else None
+
+
 def _index_disagreements(
     engine: Engine, index: RolloutIndex, heads: dict[str, Entry | None], view: IndexView, removing: set[str]
 ) -> tuple[IndexView, dict[str, tuple[Entry, str]], dict[str, str]]:
@@ -467,37 +478,62 @@ def _index_disagreements(
     # line, or a rollout created after the first pass, is not damage.
     fresh: dict[str, Entry | None] = {}
     for rid in suspects:
-        try:
-            found = engine.records.head(rid, cached_ok=False)
-        except CorruptRecordError:
-            continue  # reported as corrupt-record
-        fresh[rid] = entry_of(*found) if found else None
+        found = _fresh_head(engine, rid)
+        if found is not False:
+            fresh[rid] = found
     view = index.load()
     behind: dict[str, tuple[Entry, str]] = {}
     wrong: dict[str, str] = {}
     for rid, record in fresh.items():
         entry = view.entries.get(rid)
-        pruned = entry is not None and entry.status == PRUNED
-        if entry == record or (record is None and pruned):
-            continue  # agrees; or removed by agl prune, and its tombstone says so
-        if record is None:
-            wrong[rid] = f"{rid}: in the index but there is no such rollout"
-        elif pruned:
-            wrong[rid] = f"{rid}: pruned in the index, but its record is there (restored from an archive?)"
-        elif entry is None:
-            behind[rid] = (record, f"{rid}: not in the index (record revision {record.rev}, {record.status})")
-        elif entry.rev < record.rev:
-            behind[rid] = (
-                record,
-                f"{rid}: index at revision {entry.rev} ({entry.status}), "
-                f"record at revision {record.rev} ({record.status})",
-            )
+        if entry is not None and entry.status != PRUNED and (record is None or entry.rev > record.rev):
+            # Ahead of the record read before the index: a writer may have made a revision and
+            # its line in between (a busy store, not one restored from an older copy). Read again.
+            again = _fresh_head(engine, rid)
+            if again is False:
+                continue
+            record = again
+        disagreement = _disagreement(rid, entry, record)
+        if disagreement is None:
+            continue
+        repaired_by, why = disagreement
+        if repaired_by is None:
+            wrong[rid] = why
         else:
-            wrong[rid] = (
-                f"{rid}: index at revision {entry.rev} ({entry.status}) but the record is revision "
-                f"{record.rev} ({record.status}); restored from an older copy?"
-            )
+            behind[rid] = (repaired_by, why)
+    if behind:
+        # A writer appends its line right after its revision: one more look at the index
+        # (new bytes only) tells such a moment from a line that never came.
+        view = index.load()
+        behind = {
+            rid: found
+            for rid, found in behind.items()
+            if (entry := view.entries.get(rid)) is None or entry.rev < found[0].rev
+        }
     return view, behind, wrong
+
+
+def _disagreement(rid: str, entry: Entry | None, record: Entry | None) -> tuple[Entry | None, str] | None:
+    """None when the index ``entry`` agrees with the ``record``; else (the record, why) when
+    appending the record's entry repairs it, (None, why) when only a rebuild does."""
+    pruned = entry is not None and entry.status == PRUNED
+    if entry == record or (record is None and pruned):
+        return None  # agrees; or removed by agl prune, and its tombstone says so
+    if record is None:
+        return None, f"{rid}: in the index but there is no such rollout"
+    if pruned:
+        return None, f"{rid}: pruned in the index, but its record is there (restored from an archive?)"
+    if entry is None:
+        return record, f"{rid}: not in the index (record revision {record.rev}, {record.status})"
+    if entry.rev < record.rev:
+        return record, (
+            f"{rid}: index at revision {entry.rev} ({entry.status}), "
+            f"record at revision {record.rev} ({record.status})"
+        )
+    return None, (
+        f"{rid}: index at revision {entry.rev} ({entry.status}) but the record is revision "
+        f"{record.rev} ({record.status}); restored from an older copy?"
+    )
 
 
 def _index(
