@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 
 import pytest
@@ -186,3 +188,58 @@ async def test_a_resources_id_without_a_version_is_neither_counted_nor_silent(tm
     os.utime(empty, (old, old))
     assert [(p.kind, p.path) for p in store.check()] == [("empty-resources-id", str(empty))]
     store.close()
+
+
+@pytest.mark.parametrize("log", ["index", "events", "workers"])
+async def test_a_log_line_cut_short_by_a_full_disk_is_taken_back(
+    store: FileStore, monkeypatch: pytest.MonkeyPatch, log: str
+) -> None:
+    """A full disk writes what fits of a line, then refuses the rest: the process kept its log
+    open and glued its next line to the fragment, a corrupt line in the rollout index, the
+    change feed or a worker log (found by an adversarial pass on a 4 MiB tmpfs). The bytes a
+    failed append wrote are taken back."""
+    r = await store.enqueue_rollout(input=1)
+    await store.update_worker("w1", heartbeat_stats={"n": 0})
+    real_write = os.write
+
+    def half_then_full(fd: int, data: bytes | memoryview) -> int:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        if f"/{log}/" in path and path.endswith(".jsonl"):
+            if len(data) > 1:
+                return real_write(fd, bytes(data)[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    async def wrote_half_then_failed(call: Awaitable[object]) -> None:
+        monkeypatch.setattr(os, "write", half_then_full)
+        raised: list[int | None] = []
+        try:
+            await call
+        except OSError as err:  # the index's and the feed's failures are logged, not raised
+            raised.append(err.errno)
+        finally:
+            monkeypatch.setattr(os, "write", real_write)
+        assert raised in ([], [errno.ENOSPC])
+
+    if log == "workers":
+        await wrote_half_then_failed(store.update_worker("w1", heartbeat_stats={"n": 1}))
+        await store.update_worker("w1", heartbeat_stats={"n": 2})
+        worker = await store.get_worker_by_id("w1")
+        assert worker is not None
+        assert worker.heartbeat_stats == {"n": 2}
+    elif log == "events":  # status changes make event lines
+        await wrote_half_then_failed(store.dequeue_rollout())
+        await store.update_rollout(r.rollout_id, status="cancelled")
+        assert [e["status"] for e in map(json.loads, _lines(store.layout.events))][-1] == "cancelled"
+    else:
+        await wrote_half_then_failed(store.update_rollout(r.rollout_id, metadata={"i": 1}))
+        await store.update_rollout(r.rollout_id, metadata={"i": 2})
+    problems = [p.kind for p in store.check()]
+    assert [k for k in problems if k.startswith("corrupt")] == [], problems
+    for logs in (store.layout.rollout_index, store.layout.events):
+        for line in _lines(logs):
+            json.loads(line)
+
+
+def _lines(directory: Path) -> list[bytes]:
+    return [line for path in sorted(directory.glob("*.jsonl")) for line in path.read_bytes().splitlines()]

@@ -51,7 +51,7 @@ class EventLog:
                 path = self._ctx.layout.events / f"{self._ctx.log_writer}.jsonl"
                 flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
                 holder.fd = fsio.open_making_dirs(path, flags, durable=self._ctx.durable)
-            fsio.append(holder.fd, line)
+            fsio.append_own(holder.fd, line)
 
     def close(self) -> None:
         holder = self._fd()

@@ -475,3 +475,21 @@ def append(fd: int, data: bytes) -> None:
     while view:
         written = os.write(fd, view)
         view = view[written:]
+
+
+def append_own(fd: int, data: bytes) -> None:
+    """:func:`append` to a log only this process appends to (under its lock). A write that fails
+    part-way (a full disk writes what fits, then raises ENOSPC) takes its bytes back, so that
+    the process's next line does not join the torn one into a corrupt line."""
+    done = 0
+    view = memoryview(data)
+    try:
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+            done += written
+    except OSError:
+        if done:
+            with suppress(OSError):  # left as a torn tail, which readers wait on and check reports
+                os.ftruncate(fd, os.fstat(fd).st_size - done)
+        raise

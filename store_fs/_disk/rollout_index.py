@@ -442,7 +442,7 @@ class RolloutIndex:
         with holder.lock:
             for retry in (False, True):
                 try:
-                    fsio.append(self._open(holder), data)
+                    fsio.append_own(self._open(holder), data)
                     break
                 except OSError as err:
                     # Deleted under us (ENOENT, or ESTALE over NFS): the index was reset.

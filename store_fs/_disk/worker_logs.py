@@ -283,7 +283,7 @@ class WorkerStore:
             try:
                 # Not synced even when durable: worker status is advisory, and re-sent by the
                 # worker's next dequeue or heartbeat (docs/format.md, "Durability").
-                fsio.append(entry[0], line)
+                fsio.append_own(entry[0], line)
             except OSError:
                 writer.forget(path)  # e.g. ESTALE after the file was replaced: reopen next time
                 raise
