@@ -237,3 +237,36 @@ def test_a_value_too_deep_for_the_answers_holding_it_is_refused_before_anything_
     for path in (f"/rollouts/{rid}", "/rollouts", f"/rollouts/{rid}/attempts"):
         answer = client.request(http_request("GET", PREFIX + path))
         assert answer.status == 200, (path, answer)
+
+
+def test_a_page_limit_or_offset_past_64_bits_is_answered(fstore: FileStore, client: RawClient) -> None:
+    """Upstream answers these; the page echoing a limit of 2**64 failed to encode after the
+    query ran, and an offset of 2**63 reached islice (400 both; an adversarial pass)."""
+    rid = asyncio.run(fstore.enqueue_rollout(input=1)).rollout_id
+    status, page = post(client, "/rollouts/search", b'{"limit": 18446744073709551616}')
+    assert status == 200, page
+    assert [r["rollout_id"] for r in page["items"]] == [rid]
+    status, page = post(client, "/rollouts/search", b'{"offset": 9223372036854775808}')
+    assert status == 200, page
+    assert (page["items"], page["total"]) == ([], 1)
+    answer = client.request(http_request("GET", PREFIX + "/workers?limit=18446744073709551616"))
+    assert answer.status == 200, answer
+
+
+def test_an_answer_that_cannot_be_encoded_after_the_store_call_is_a_500_not_a_4xx(
+    fstore: FileStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure to encode the answer came after the store call had done its work, and was
+    mapped to 400, which tells the client nothing was done."""
+    deep: Any = 1
+    for _ in range(300):
+        deep = [deep]
+
+    async def statistics() -> dict[str, Any]:
+        return {"deep": deep}
+
+    monkeypatch.setattr(fstore, "statistics", statistics)
+    with ServerThread(fstore) as srv, RawClient(srv.port) as raw:
+        answer = raw.request(http_request("GET", PREFIX + "/statistics"))
+    assert answer.status == 500, answer
+    assert "could not be written as JSON" in answer.json()["detail"]

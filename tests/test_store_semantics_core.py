@@ -246,6 +246,13 @@ async def test_b11_new_params_win_over_legacy(store: FileStore) -> None:
     assert [r.rollout_id for r in res] == [running.rollout_id]
     res = await store.query_rollouts(rollout_id_in=[queued.rollout_id, UNKNOWN_RID, "bogus"])
     assert [r.rollout_id for r in res] == [queued.rollout_id]
+    # Filter values that cannot name a rollout match none, whatever the filter logic (an
+    # empty or '..' string raised InvalidIdError on one path only: an adversarial pass).
+    for logic in ("and", "or"):
+        res = await store.query_rollouts(
+            rollout_id_in=["", "..", "a/b", queued.rollout_id], filter_logic=logic
+        )
+        assert [r.rollout_id for r in res] == [queued.rollout_id]
 
 
 async def test_b12_filter_logic_and_or(store: FileStore) -> None:

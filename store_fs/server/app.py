@@ -329,7 +329,12 @@ async def _respond(handler: Handler, call: Call) -> Response:
     """On a pool loop: the store call and the encoding of its answer (a big page of spans
     takes a while to encode, which would hold up every other request on the server's loop)."""
     status, payload = await handler(call)
-    return json_response(status, payload)
+    try:
+        return json_response(status, payload)
+    except orjson.JSONEncodeError as err:
+        # After the store call: what it did stands, so this is no client mistake (a 4xx would
+        # say nothing was done).
+        return error_response(500, f"the answer could not be written as JSON: {err}")
 
 
 def _otlp_status(status: int, message: str) -> Response:

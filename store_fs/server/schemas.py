@@ -185,8 +185,15 @@ class SpanQuery(_Page):
 LIST_PARAMS = frozenset({"status_in", "rollout_id_in"})
 
 
+# A page's limit and offset as JSON holds them: the page echoes its limit, and a limit or offset
+# of 2**64 (upstream answers it) failed to encode after the query ran. No store reaches them.
+_MAX_PAGE = 2**63 - 1
+
+
 def check_page(query: _Page, target: type[BaseModel]) -> None:
-    """Upstream's 400 checks of list/search requests, made before the store is called."""
+    """Upstream's 400 checks of list/search requests, made before the store is called; a
+    limit or offset past 64 bits is taken as the largest one (no store holds that many)."""
+    query.limit, query.offset = min(query.limit, _MAX_PAGE), min(query.offset, _MAX_PAGE)
     if query.sort_by is not None and query.sort_by not in target.model_fields:
         allowed = ", ".join(target.model_fields)
         raise BadRequest(f"Invalid sort_by: {query.sort_by}, allowed fields are: {allowed}")

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import itertools
 import logging
+import sys
 import warnings
 from collections.abc import Collection, Sequence
 from typing import Any
 
 from store_fs import damaged_reads
 from store_fs._disk import codec
+from store_fs._disk.ids import ROLLOUT_ID_RE
 from store_fs._disk.rollout_history import RolloutRecord
 from store_fs._disk.rollout_index import Entry
 from store_fs._disk.rollout_index import ordered as index_order
@@ -78,7 +80,11 @@ class RolloutMethods(StoreCore):
         if rollout_id_in is not None and filter_logic == "and" and rollout_id_contains is None:
             # Read just the named rollouts instead of the whole tree.
             # A removed rollout (agl prune) reads as None: RecordStore checks a cached head still exists.
-            ids = [r for r in dict.fromkeys(rollout_id_in) if isinstance(r, str) and self._known_rollout(r)]
+            # Filter values, not ids to write: one that cannot name a rollout ('', '..') matches
+            # none, as on the index's path, whatever filter_logic says.
+            ids = [
+                r for r in dict.fromkeys(rollout_id_in) if isinstance(r, str) and ROLLOUT_ID_RE.fullmatch(r)
+            ]
             found = [self._records.get(r) for r in ids]
             records = [r for r in found if r is not None]
         else:
@@ -135,7 +141,8 @@ class RolloutMethods(StoreCore):
         need = None if limit == -1 else offset + limit + 8  # a few spare for stale entries
         page: list[RolloutRecord] = []
         stale = 0
-        for entry in itertools.islice(index_order(picked, sort_by, sort_order == "desc", need), offset, None):
+        skip = min(offset, sys.maxsize)  # islice's bound; no store holds more
+        for entry in itertools.islice(index_order(picked, sort_by, sort_order == "desc", need), skip, None):
             if len(page) == limit:
                 break
             record = self._verified(entry, filters)
