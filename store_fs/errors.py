@@ -119,8 +119,9 @@ class InvalidIdError(AglError, ValueError):
 
 
 class UnstorableValueError(AglError, ValueError):
-    """A value JSON cannot hold as given: an integer outside 64 bits, nesting deeper than 254
-    levels, an object of no JSON type. Refused before anything of the call is written."""
+    """A value JSON cannot hold as given: an integer outside 64 bits, nesting deeper than a
+    stored document may (238 levels), a string with a lone surrogate, an object of no JSON
+    type. Refused before anything of the call is written."""
 
     def __init__(self, what: str, reason: str) -> None:
         super().__init__(f"{what} cannot be stored as JSON: {reason}")

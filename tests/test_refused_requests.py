@@ -27,7 +27,7 @@ from fault_helpers import PROMPT, quick_runner
 from mp_workers import make_span
 from server_helpers import ServerProcess, raw_request, store_snapshot
 
-from store_fs import LLM, FileStore, InvalidIdError, PromptTemplate, UnstorableValueError, init_store
+from store_fs import LLM, FileStore, InvalidIdError, PromptTemplate, Span, UnstorableValueError, init_store
 from store_fs.agent import rollout
 from store_fs.models import EnqueueRolloutRequest, Event, RolloutConfig
 
@@ -410,3 +410,26 @@ async def test_a_nan_reward_fails_the_attempt_instead_of_vanishing(tmp_path: Pat
         assert "UnstorableValueError" in attempt.metadata["error"]
     finally:
         fs.close()
+
+
+async def test_a_span_text_with_a_lone_surrogate_is_refused_naming_the_span_and_attribute(
+    tmp_path: Path,
+) -> None:
+    """An LLM server's reply may escape a lone surrogate (valid JSON, no UTF-8 form); the
+    refusal said only "dict cannot be stored as JSON" (found by an adversarial pass)."""
+    store = FileStore(tmp_path / "store")
+    attempted = await store.start_rollout(input=1)
+    span = Span.from_attributes(name="n", attributes={"ok": "x", "gen_ai.completion.0.content": "a\ud800b"})
+    span = span.model_copy(
+        update={
+            "rollout_id": attempted.rollout_id,
+            "attempt_id": attempted.attempt.attempt_id,
+            "sequence_id": 1,
+        }
+    )
+    with pytest.raises(
+        UnstorableValueError, match=f"span {span.span_id}'s attribute 'gen_ai.completion.0.content'"
+    ):
+        await store.add_span(span)
+    assert (await store.query_spans(attempted.rollout_id)).total == 0
+    store.close()

@@ -153,7 +153,19 @@ def _span_line(span: Span) -> bytes:
                 raise UnstorableValueError(
                     f"span {span.span_id}'s {where}attribute {key!r}", codec.NON_FINITE
                 )
-    return codec.dumps_line(line)
+    try:
+        return codec.dumps_line(line)
+    except UnstorableValueError as err:
+        # Name the span and the attribute (a lone surrogate in an LLM's text, say), not "dict".
+        for where, attributes in maps:
+            for key, value in attributes.items():
+                try:
+                    codec.dumps_line(value)
+                except UnstorableValueError as bad:
+                    raise UnstorableValueError(
+                        f"span {span.span_id}'s {where}attribute {key!r}", bad.reason
+                    ) from None
+        raise UnstorableValueError(f"span {span.span_id}", err.reason) from None
 
 
 class SpanLog:
