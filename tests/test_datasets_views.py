@@ -213,6 +213,21 @@ async def test_a_reward_given_after_the_rollout_finished_comes_again_from_the_cu
         assert await data.read_new() == []
     await store.update_rollout(rid, metadata={"graded": True})
     assert await data.read_new() == []
+    # A rollout cancelled while its attempt ran is finished too: a reward after that counts.
+    cancelled = await make_rollout(store, reward=None, end=None)
+    await store.cancel_rollout(cancelled)
+    everything = TrainingData(
+        store, "triplets", RolloutFilter.of(endings=["cancelled"]), cursor=data.cursor.copy()
+    )
+    assert {row["final_reward"] for row in await everything.read_new()} == {None}
+    running = await store.get_latest_attempt(cancelled)
+    assert running is not None
+    assert running.status == "running"
+    await store.add_span(
+        reward_span(0.9, rollout_id=cancelled, attempt_id=running.attempt_id, sequence_id=400)
+    )
+    rows = await everything.read_new()
+    assert {(row["rollout_id"], row["final_reward"]) for row in rows} == {(cancelled, 0.9)}
     # A process following the index from a saved cursor sees a late reward too.
     saved = tmp_path / "cursor.json"
     data.save_cursor(saved)

@@ -51,3 +51,28 @@ def test_relinking_a_name_to_the_file_it_already_is_leaves_no_temporary(tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mirror", "rev1", "rev2"]
     assert (tmp_path / "mirror").read_bytes() == b"2"
     assert (tmp_path / "rev1").stat().st_nlink == 1
+
+
+def test_append_own_takes_back_only_the_torn_line_of_a_failed_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk writes what fits, then refuses the rest: the torn last line is taken back
+    (the process's next line would join it), whole lines written before it stay (a reader
+    may have read them, and would skip what is written over them)."""
+    path = tmp_path / "own.jsonl"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    real_write = os.write
+    writes = itertools.count()
+
+    def fits_then_full(fd_: int, data: bytes | memoryview) -> int:
+        if next(writes) == 0:
+            return real_write(fd_, bytes(data)[: len(b"one\n") + 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", fits_then_full)
+    with pytest.raises(OSError, match="No space"):
+        fsio.append_own(fd, b"one\ntwo\n")
+    monkeypatch.setattr(os, "write", real_write)
+    fsio.append_own(fd, b"three\n")
+    os.close(fd)
+    assert path.read_bytes() == b"one\nthree\n"

@@ -163,7 +163,8 @@ def test_ordinary_words_are_never_masked() -> None:
     credential_scrub.remember_secret("anything")
     text = (
         "Explain what a bearer instrument is, and how the torch-bearer position differs. "
-        "Use sk-learn-compatible-estimators. Is there anything else?"
+        "Use sk-learn-compatible-estimators. Is there anything else? It is a bearer instrument. "
+        "A bearer document/title, the bearer sentence= ok."
     )
     assert scrub_text(text) == text
     credential_scrub.remember_secret("a-local-proxy-placeholder")  # long: masked even so

@@ -8,6 +8,9 @@ stored, and the attempt succeeded (found by an adversarial pass).
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import openai
@@ -63,3 +66,22 @@ def test_every_call_and_reward_is_recorded_whatever_the_sampler_settings(
         asyncio.run(run())
     finally:
         _server[0].stop()
+
+
+def test_agentops_tracer_refuses_to_start_when_the_sdk_is_switched_off(tmp_path: Path) -> None:
+    """AgentOps records through the process's global provider, which keeps the application's
+    OTEL_SDK_DISABLED: with it set, AgentOpsTracer would store nothing, so it says so at init
+    (a fresh process: AgentOps is set up once per process)."""
+    script = (
+        "from store_fs.tracing.agentops_tracer import AgentOpsTracer\n"
+        "try:\n"
+        "    AgentOpsTracer().init()\n"
+        "except RuntimeError as err:\n"
+        "    print('refused:', err)\n"
+    )
+    env = {**os.environ, "OTEL_SDK_DISABLED": "true", "AGENTOPS_API_KEY": ""}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert "refused: OTEL_SDK_DISABLED=true switches off" in done.stdout, (done.stdout, done.stderr)

@@ -504,7 +504,7 @@ def _index_disagreements(
     if behind:
         # A writer appends its line right after its revision: one more look at the index
         # (new bytes only) tells such a moment from a line that never came.
-        view = index.load()
+        view.refresh(engine.ctx.layout.rollout_index, from_snapshot=False)
         behind = {
             rid: found
             for rid, found in behind.items()

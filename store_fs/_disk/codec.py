@@ -9,6 +9,7 @@ back. Logs (spans, events) are one compact JSON object per line.
 
 from __future__ import annotations
 
+import re
 from math import isfinite
 from typing import Any
 
@@ -57,16 +58,21 @@ def _enveloped(obj: Any) -> list[Any]:
     return [obj]
 
 
+# Records are indented by 2 a level, and JSON strings hold no raw newline: a document nested
+# deeper than allowed has a line indented at least this much (an empty innermost container
+# sits one level up).
+_DEEP_INDENT = re.compile(b"\n" + b" " * (2 * MAX_STORED_DEPTH))
+
+
 def _dumps(obj: Any, option: int, what: str) -> bytes:
+    """An indented record (``option`` has ``OPT_INDENT_2``)."""
     try:
         data = orjson.dumps(obj, default=_default, option=option)
     except orjson.JSONEncodeError as err:
         raise _refuse(what, err) from None
-    # Fewer brackets than that cannot nest that deep (one scan); more (JSON text inside strings)
-    # costs one more encoding.
-    if data.count(b"[") + data.count(b"{") >= MAX_STORED_DEPTH:
+    if _DEEP_INDENT.search(data) is not None:  # one scan; only a deep record is encoded again
         try:
-            orjson.dumps(_enveloped(obj), default=_default)
+            orjson.dumps(_enveloped(obj), default=_default, option=orjson.OPT_NON_STR_KEYS)
         except orjson.JSONEncodeError as err:
             raise _refuse(what, err) from None
     return data

@@ -479,8 +479,9 @@ def append(fd: int, data: bytes) -> None:
 
 def append_own(fd: int, data: bytes) -> None:
     """:func:`append` to a log only this process appends to (under its lock). A write that fails
-    part-way (a full disk writes what fits, then raises ENOSPC) takes its bytes back, so that
-    the process's next line does not join the torn one into a corrupt line."""
+    part-way (a full disk writes what fits, then raises ENOSPC) takes back the bytes of its last,
+    torn line, so that the process's next line does not join it into a corrupt line; whole lines
+    it wrote stay (a reader may have read them already)."""
     done = 0
     view = memoryview(data)
     try:
@@ -489,7 +490,8 @@ def append_own(fd: int, data: bytes) -> None:
             view = view[written:]
             done += written
     except OSError:
-        if done:
+        torn = done - (data.rfind(b"\n", 0, done) + 1)
+        if torn:
             with suppress(OSError):  # left as a torn tail, which readers wait on and check reports
-                os.ftruncate(fd, os.fstat(fd).st_size - done)
+                os.ftruncate(fd, os.fstat(fd).st_size - torn)
         raise

@@ -16,7 +16,9 @@ read; a rollout that is retried and finishes again is reported again; one that i
 is not reported until it finishes again. Spans stored after the rollout finished (a reward given
 later by a grader) change the rows built from it, so they are announced by a line marked
 ``"late_spans": true`` naming the head revision (:meth:`RolloutIndex.announce_late_spans`),
-written after the spans: a new such line naming ``T`` or later reports the rollout again.
+written after the spans: a new such line naming ``T`` or later reports the rollout again. (A
+span whose writer read the rollout as running, and which another process finished between that
+read and the span's write, is not announced: a full read shows it.)
 
 Compaction (:mod:`store_fs._disk.log_segments`) moves lines into segments; a position is carried
 across it, so no line is read twice or skipped. If the logs were rebuilt (``agl check --fix``

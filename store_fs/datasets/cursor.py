@@ -12,9 +12,9 @@ whole) and loaded with :meth:`Cursor.load`, it lets a restarted trainer go on wh
     cursor.save("runs/exp1-cursor.json")
 
 Each finishing is reported once (a rollout retried after it failed is reported again when it
-finishes again), and a rollout that changes after it finished (a span stored late, such as a
-reward given afterwards by a grader, or a metadata update) is reported again: a reader takes a
-rollout's newest rows as the ones that count. A cursor saved after rows were consumed gives
+finishes again), and a rollout given spans after it finished (a reward from a grader) is
+reported again: a reader takes a rollout's newest rows as the ones that count. A metadata
+update is not reported. A cursor saved after rows were consumed gives
 at-least-once delivery across a crash: rows read after the last save come again.
 """
 

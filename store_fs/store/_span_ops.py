@@ -107,7 +107,7 @@ class SpanMethods(StoreCore):
                     self._spans.heartbeat_recorded(attempt_dir)
                 else:
                     self._spans.heartbeat(attempt_dir)
-            if attempt.status in FINAL_ATTEMPT_STATUSES:
+            if attempt.status in FINAL_ATTEMPT_STATUSES or record.status in TERMINAL_ROLLOUT_STATUSES:
                 self._announce_late_spans(rollout_id)
         return written, path
 

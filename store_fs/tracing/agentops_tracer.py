@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import functools
 import importlib
 import importlib.util
 import logging
@@ -40,7 +41,7 @@ from store_fs.tracing._agentops_openai import acquire, patch_token_ids, share_op
 from store_fs.tracing.rollout_binding import RolloutBinding, SpanSink, current_binding
 from store_fs.tracing.root_span import adopt_root_span
 from store_fs.tracing.span_processor import LightningSpanProcessor
-from store_fs.tracing.tracer import ProviderTracer, recording_provider
+from store_fs.tracing.tracer import ProviderTracer, provider_is_off, recording_provider
 
 __all__ = ["AgentOpsTracer"]
 
@@ -123,6 +124,12 @@ class AgentOpsTracer(ProviderTracer):
         else:
             self._start_agentops(agentops, core, offline=not self.agentops_service)
         provider: TracerProvider = core.tracer.provider
+        if provider_is_off(provider):
+            raise RuntimeError(
+                "OTEL_SDK_DISABLED=true switches off the OpenTelemetry provider AgentOps records "
+                "through: AgentOpsTracer would store no LLM call and no emitted reward (unset it "
+                "for the runners, or use OtelTracer, which does not follow it)"
+            )
         if importlib.import_module("opentelemetry.trace").get_tracer_provider() is not provider:
             log.warning("a global TracerProvider predates agentops': its traces will be split")
         # agentops has one provider per process: tracers share one processor, or spans double.
@@ -139,8 +146,9 @@ class AgentOpsTracer(ProviderTracer):
         saved_provider = core.TracerProvider
         # Its provider with OpenTelemetry's default limit of 128 attributes a span would drop a
         # long conversation's first prompt messages, and one following OTEL_TRACES_SAMPLER could
-        # drop its calls and rewards: it records everything, as agl's own tracer's.
-        core.TracerProvider = recording_provider
+        # drop its calls and rewards: it records everything, as agl's own tracer's. It is the
+        # process's global provider too, so OTEL_SDK_DISABLED keeps it off, and init refuses.
+        core.TracerProvider = functools.partial(recording_provider, keep_off_switch=True)
         if offline:
             core.AuthenticatedOTLPExporter, core.OTLPMetricExporter = _NullSpanExporter, _NullMetricExporter
             # Stays patched: agentops' InternalSpanProcessor uploads its log when a root span ends.

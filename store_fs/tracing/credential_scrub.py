@@ -12,11 +12,11 @@ passes :func:`scrub_span`, which
 
 Masked text reads ``[REDACTED]``. Masking must not rewrite ordinary text, or a prompt stored
 for training no longer says what was sent: so a secret is masked only when it looks like one
-(:func:`_token_like`: a digit, a capital after the first letter, or a character such as ``.``
-``_`` ``/`` ``=``), which ``sk-learn-compatible-estimators`` and the ``instrument`` of "a
-bearer instrument" do not; a registered secret also when it has 16 characters or more, and
-never below 8 (a local server's ``api_key="EMPTY"`` or ``"anything"`` must not blank those
-words out of prompts). The registry lives in memory only and keeps the 64 most recent secrets.
+(:func:`_token_like`: a digit, an underscore or a capital after the first letter), which
+``sk-learn-compatible-estimators`` and the ``instrument`` of "a bearer instrument" do not; a
+registered secret also when it has 16 characters or more, and never below 8 (a local
+server's ``api_key="EMPTY"`` or ``"anything"`` must not blank those words out of prompts).
+The registry lives in memory only and keeps the 64 most recent secrets.
 """
 
 from __future__ import annotations
@@ -37,13 +37,13 @@ _LONG_SECRET = 16  # registered secrets this long are masked even when they look
 _MAX_SECRETS = 64
 _BEARER = re.compile(r"(?i)(\bbearer\s+)([A-Za-z0-9._~+/=-]{8,})")
 _OPENAI_KEY = re.compile(r"\bsk-[A-Za-z0-9_-]{16,}")
-_TOKEN_MARK = re.compile(r"[0-9._~+/=:]|.[A-Z]")
+_TOKEN_MARK = re.compile(r"[0-9_]|.[A-Z]")
 
 
 def _token_like(text: str) -> bool:
-    """A digit, a capital after the first character, or a character words do not hold:
-    generated keys and tokens have one (all but a vanishing share of random 48-character keys),
-    the words of prose do not."""
+    """A digit, an underscore or a capital after the first character: generated keys and
+    tokens have one (all but a vanishing share of random 48-character keys), the words of
+    prose (with their dots, slashes and hyphens) do not."""
     return _TOKEN_MARK.search(text) is not None
 
 
@@ -102,8 +102,16 @@ def scrub_text(text: str) -> str:
     if "sk-" in text:
         text = _OPENAI_KEY.sub(lambda m: MASK if _token_like(m.group(0)[3:]) else m.group(0), text)
     if "earer" in text or "EARER" in text:
-        text = _BEARER.sub(lambda m: m.group(1) + MASK if _token_like(m.group(2)) else m.group(0), text)
+        text = _BEARER.sub(_masked_bearer, text)
     return text
+
+
+def _masked_bearer(match: re.Match[str]) -> str:
+    token = match.group(2)
+    core = token.rstrip("./=+~")  # a sentence's full stop, a path's slash: not the token's own
+    if not _token_like(core):
+        return match.group(0)
+    return match.group(1) + MASK + token[len(core) :]
 
 
 def _scrub_value(value: Any) -> Any:

@@ -480,11 +480,11 @@ def current_binding() -> RolloutBinding | None:
 
     Then, in a thread started inside a trace context (:func:`inherit`), that context's binding
     while it is open. Once that context has ended, the thread works for the process's only
-    open rollout if that one opened after the end (a helper thread reused by later rollouts);
-    otherwise it is a straggler of its own rollout, and gets that rollout's binding (if it
-    still exists), which counts the spans as lost or dropped: never a rollout running beside
-    it, whose final reward a straggler's reward would become. When rollouts opened after
-    the end run beside others, None.
+    open rollout if that one opened after the end (a helper thread reused by later rollouts).
+    If none opened since, it is a straggler of its own rollout, and gets that rollout's
+    binding (if it still exists), which counts the spans as lost or dropped: never a rollout
+    running beside it, whose final reward a straggler's reward would become. If one opened
+    since and others run too, None (whom it works for cannot be told).
 
     Other code outside any trace context (a thread started outside every rollout) is
     attributed to the process's only open binding, as upstream's process-wide tracer records

@@ -13,8 +13,8 @@ nothing changes for programs that never trace:
   is open, subclasses with their own ``run`` included (the note is taken where the thread's
   bootstrap calls ``run``). Once that rollout has ended, the thread works for a rollout opened
   since, when it is the only one open (a helper thread started by one rollout and reused by
-  the next ones works for each); else it is a straggler of its own rollout, whose binding
-  counts what it emits, and never a rollout that ran beside it
+  the next ones works for each); when none opened since, it is a straggler of its own rollout,
+  whose binding counts what it emits, and never a rollout that ran beside it
   (:func:`~store_fs.tracing.rollout_binding.current_binding`). The note
   (:class:`~store_fs.tracing.rollout_binding.Origin`) holds the binding by a weak reference, so
   a long-lived thread keeps no rollout's spans in memory;

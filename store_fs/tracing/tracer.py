@@ -299,20 +299,27 @@ def unlimited_span_limits() -> SpanLimits:
     return SpanLimits(**chosen)
 
 
-def recording_provider(**kwargs: Any) -> TracerProvider:
+def recording_provider(*, keep_off_switch: bool = False, **kwargs: Any) -> TracerProvider:
     """A ``TracerProvider`` for training data: every span is recorded, and none loses
     attributes to the SDK's default limits (:func:`unlimited_span_limits`).
 
     ``OTEL_TRACES_SAMPLER`` and ``OTEL_SDK_DISABLED`` are settings of an application's own
     telemetry: followed here, ``always_off`` or ``traceidratio`` dropped an agent's LLM calls
-    and emitted rewards without a word, and the attempt still succeeded. They do not apply.
+    and emitted rewards without a word, and the attempt still succeeded. The sampler does not
+    apply; nor does the off switch, unless ``keep_off_switch`` (a provider that is also the
+    process's global one, whose owner then refuses to record: :func:`provider_is_off`).
     """
     provider = TracerProvider(sampler=ALWAYS_ON, span_limits=unlimited_span_limits(), **kwargs)
-    if getattr(provider, "_disabled", False):
+    if not keep_off_switch and provider_is_off(provider):
         # OTEL_SDK_DISABLED=true hands out no-op tracers; the SDK offers no public switch, and
         # tests/test_tracer_environment.py fails if this stops working.
         provider._disabled = False
     return provider
+
+
+def provider_is_off(provider: TracerProvider) -> bool:
+    """``OTEL_SDK_DISABLED`` made ``provider`` hand out no-op tracers."""
+    return bool(getattr(provider, "_disabled", False))
 
 
 class OtelTracer(ProviderTracer):
