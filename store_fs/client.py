@@ -92,6 +92,19 @@ def _seg(value: str) -> str:
     return encoded.replace(".", "%2E") if encoded in (".", "..") else encoded
 
 
+# Words that follow /resources/ or /workers/ in a route of their own (GET /resources/latest,
+# POST /workers/search): an id spelled so is sent with its first letter percent-encoded, which
+# the server matches as an id and decodes (upstream's client reaches the other route).
+_ROUTE_WORDS = frozenset({"latest", "search"})
+
+
+def _id_seg(value: str) -> str:
+    """:func:`_seg` for a caller-chosen id (resources, worker) that may spell a route word."""
+    if value in _ROUTE_WORDS:
+        return f"%{ord(value[0]):02X}{value[1:]}"
+    return _seg(value)
+
+
 def _rollout(data: Any) -> Rollout | AttemptedRollout:
     return AttemptedRollout.model_validate(data) if "attempt" in data else Rollout.model_validate(data)
 
@@ -397,11 +410,11 @@ class LightningStoreClient(LightningStore):
 
     async def update_resources(self, resources_id: str, resources: NamedResources) -> ResourcesUpdate:
         body = _NAMED.dump_python(_NAMED.validate_python(resources), mode="json")
-        data = await self._call("POST", f"/resources/{_seg(resources_id)}", json=body, idempotent=True)
+        data = await self._call("POST", f"/resources/{_id_seg(resources_id)}", json=body, idempotent=True)
         return ResourcesUpdate.model_validate(data)
 
     async def get_resources_by_id(self, resources_id: str) -> ResourcesUpdate | None:
-        data = await self._call("GET", f"/resources/{_seg(resources_id)}", idempotent=True)
+        data = await self._call("GET", f"/resources/{_id_seg(resources_id)}", idempotent=True)
         return None if data is None else ResourcesUpdate.model_validate(data)
 
     async def get_latest_resources(self) -> ResourcesUpdate | None:
@@ -569,14 +582,14 @@ class LightningStoreClient(LightningStore):
         return _paginated(await self._page("/workers/search", body), Worker)
 
     async def get_worker_by_id(self, worker_id: str) -> Worker | None:
-        data = await self._call("GET", f"/workers/{_seg(worker_id)}", idempotent=True)
+        data = await self._call("GET", f"/workers/{_id_seg(worker_id)}", idempotent=True)
         return None if data is None else Worker.model_validate(data)
 
     async def update_worker(self, worker_id: str, heartbeat_stats: dict[str, Any] | Unset = UNSET) -> Worker:
         if heartbeat_stats is None:
             raise TypeError("heartbeat_stats must be a dict when given, not None")
         body = None if isinstance(heartbeat_stats, Unset) else {"heartbeat_stats": heartbeat_stats}
-        data = await self._call("POST", f"/workers/{_seg(worker_id)}", json=body, idempotent=True)
+        data = await self._call("POST", f"/workers/{_id_seg(worker_id)}", json=body, idempotent=True)
         return Worker.model_validate(data)
 
 

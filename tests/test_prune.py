@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_helpers import AGL, agl_env
 from datasets_helpers import make_rollout
 
 from store_fs import FakeClock, FileStore
@@ -389,3 +390,58 @@ async def test_a_rollout_that_changed_while_being_removed_is_put_back_with_what_
     assert [p.read_text() for p in kept] == ['{"late": true}\n']
     assert store.check() == []
     other.close()
+
+
+def _in_another_process(root: Path, body: str) -> str:
+    lines = "".join(f"    {line}\n" for line in body.strip().splitlines())
+    code = (
+        "import asyncio\nfrom store_fs import FileStore\n"
+        f"s = FileStore({str(root)!r})\nasync def m():\n{lines}asyncio.run(m())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+async def test_a_process_that_read_a_pruned_rollout_sees_the_one_recreated_under_its_id(
+    tmp_path: Path,
+) -> None:
+    """A long-lived process (an algorithm, a server worker) read a rollout at revision 4; it
+    was pruned, and another process re-created it with the same idempotency key, up to its own
+    revision 4. The long-lived process kept returning the old record, and its next update was
+    built on it, overwriting the new rollout (found by an adversarial pass). The cached
+    revision's file identity tells the new file from the old one."""
+    root = tmp_path / "store"
+    mine = FileStore(root)
+    rid = (await mine.enqueue_rollout({"v": "old"}, idempotency_key="K")).rollout_id
+    run_to_rev_4 = (
+        "r = await s.dequeue_rollout(worker_id='w')\n"
+        "await s.update_attempt(r.rollout_id, r.attempt.attempt_id, status='running')\n"
+    )
+    _in_another_process(
+        root, run_to_rev_4 + "await s.update_attempt(r.rollout_id, r.attempt.attempt_id, status='succeeded')"
+    )
+    old = await mine.get_rollout_by_id(rid)
+    assert old is not None
+    assert (old.status, old.input) == ("succeeded", {"v": "old"})
+    pruned = subprocess.run(
+        [AGL, "--store", str(root), "-q", "prune", "--rollout", rid], env=agl_env(root), timeout=60
+    )
+    assert pruned.returncode == 0
+    _in_another_process(
+        root,
+        "await s.enqueue_rollout({'v': 'new'}, idempotency_key='K')\n"
+        + run_to_rev_4
+        + "await s.update_attempt(r.rollout_id, r.attempt.attempt_id, metadata={'n': 1})",
+    )
+    seen = await mine.get_rollout_by_id(rid)
+    assert seen is not None
+    assert (seen.status, seen.input) == ("running", {"v": "new"})
+    assert (await mine.enqueue_rollout({"v": "x"}, idempotency_key="K")).input == {"v": "new"}
+    await mine.update_rollout(rid, metadata={"tag": "mine"})
+    after = _in_another_process(
+        root, f"r = await s.get_rollout_by_id({rid!r})\nprint(r.status, r.input['v'], r.metadata)"
+    )
+    assert after == "running new {'tag': 'mine'}"
+    assert mine.check() == []
+    mine.close()

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from http_helpers import ServerThread
 
-from store_fs import FileStore
+from store_fs import FileStore, PromptTemplate
 from store_fs._transport import Transport
 from store_fs.client import LightningStoreClient
 from store_fs.errors import RemoteStoreError, RolloutNotFoundError
@@ -203,5 +203,32 @@ async def test_error_replies_map_to_the_store_exceptions_through_a_real_server(t
                 assert await client.get_rollout_by_id("ro-000000000000") is None
                 with pytest.raises(RolloutNotFoundError):
                     await client.update_attempt("ro-000000000000", "at-00000000", status="failed")
+    finally:
+        store.close()
+
+
+async def test_ids_spelled_like_route_words_reach_their_own_records(tmp_path: Path) -> None:
+    """GET /resources/latest and POST /workers/search are routes of their own: the client sent
+    a resources id 'latest' (another snapshot came back) and a worker id 'search' (a 422) to
+    them (an adversarial pass). FileStore takes any safe id; so does the client now."""
+    store = FileStore(tmp_path / "store")
+    try:
+        with ServerThread(store) as srv:
+            async with LightningStoreClient(f"http://127.0.0.1:{srv.port}", retry_delays=()) as client:
+                named = await client.update_resources(
+                    "latest", {"p": PromptTemplate(template="L", engine="f-string")}
+                )
+                newer = await client.add_resources({"p": PromptTemplate(template="N", engine="f-string")})
+                got = await client.get_resources_by_id("latest")
+                assert got is not None
+                assert (got.resources_id, got.version) == ("latest", named.version)
+                latest = await client.get_latest_resources()
+                assert latest is not None
+                assert latest.resources_id == newer.resources_id
+                worker = await client.update_worker("search", heartbeat_stats={"n": 1})
+                assert worker.worker_id == "search"
+                found = await client.get_worker_by_id("search")
+                assert found is not None
+                assert found.heartbeat_stats == {"n": 1}
     finally:
         store.close()

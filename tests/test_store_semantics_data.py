@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 
 import pytest
@@ -23,6 +24,7 @@ from store_fs import (
     RolloutConfig,
     RolloutNotFoundError,
     Span,
+    UnstorableValueError,
 )
 
 UNKNOWN_RID = "ro-000000000000"
@@ -110,6 +112,29 @@ async def test_b24_add_resources(store: FileStore) -> None:
     assert got is not None
     assert got.resources == first.resources
     assert await store.get_resources_by_id("rs-nothere00000") is None
+
+
+async def test_resources_keep_the_callers_order_and_refuse_nan(store: FileStore) -> None:
+    """Names came back sorted, so the runner gave an agent another "first" prompt template
+    than upstream's would; NaN in sampling parameters was stored as null (an adversarial pass)."""
+    given: dict[str, LLM | PromptTemplate] = {
+        "main_prompt": PromptTemplate(template="MAIN", engine="f-string"),
+        "alt_prompt": PromptTemplate(template="ALT", engine="f-string"),
+        "llm": LLM(endpoint="http://h:1/v1", model="m", sampling_parameters={"top_p": 1, "max_tokens": 5}),
+    }
+    added = await store.add_resources(given)
+    for read in (await store.get_resources_by_id(added.resources_id), await store.get_latest_resources()):
+        assert read is not None
+        assert list(read.resources) == ["main_prompt", "alt_prompt", "llm"]
+        llm = read.resources["llm"]
+        assert isinstance(llm, LLM)
+        assert list(llm.sampling_parameters) == ["top_p", "max_tokens"]
+    for bad in (math.nan, math.inf):
+        with pytest.raises(UnstorableValueError, match="NaN"):
+            await store.add_resources({"llm": LLM(endpoint="e", model="m", sampling_parameters={"t": bad})})
+    latest = await store.get_latest_resources()
+    assert latest is not None
+    assert latest.resources_id == added.resources_id
 
 
 async def test_b25_update_resources_new_ids(store: FileStore) -> None:

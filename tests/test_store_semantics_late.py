@@ -107,11 +107,13 @@ async def test_on_a_network_filesystem_a_lagging_record_is_not_taken_for_a_resto
     await store.update_attempt(attempted.rollout_id, attempted.attempt.attempt_id, status="succeeded")
     (history,) = store.root.glob(f"rollouts/*/{attempted.rollout_id}/history")
     newest = str(max(history.iterdir()))
-    listdir, exists, read = os.listdir, os.path.exists, record_peek.read_revision_file
+    listdir, exists, read = os.listdir, os.path.exists, record_peek.read_identified_revision_file
 
     monkeypatch.setattr(os, "listdir", lambda p: [n for n in listdir(p) if f"{p}/{n}" != newest])
     monkeypatch.setattr(os.path, "exists", lambda p: str(p) != newest and exists(p))
-    monkeypatch.setattr(rollout_history, "read_revision_file", lambda p: None if p == newest else read(p))
+    monkeypatch.setattr(
+        rollout_history, "read_identified_revision_file", lambda p: None if p == newest else read(p)
+    )
     for network, warned in ((True, False), (False, True)):
         caplog.clear()
         monkeypatch.setenv("AGL_NETWORK_FS", "1" if network else "0")

@@ -200,6 +200,27 @@ def syncs_deferred(*trees: StrPath) -> Iterator[None]:
 
 
 def _write_tmp(path: Path, data: bytes, durable: bool, mode: int = 0o644) -> Path:
+    return _write_tmp_identified(path, data, durable, mode)[0]
+
+
+FileIdentity: TypeAlias = tuple[int, int]
+"""A file's inode and modification time (ns): a file written again under the same name (a
+rollout removed and re-created under its id) differs, even when its inode is recycled."""
+
+
+def identity(st: os.stat_result) -> FileIdentity:
+    return st.st_ino, st.st_mtime_ns
+
+
+def identity_of(path: str) -> FileIdentity | None:
+    """:func:`identity` of ``path``; None if there is no such file."""
+    try:
+        return identity(os.stat(path))
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def _write_tmp_identified(path: Path, data: bytes, durable: bool, mode: int) -> tuple[Path, FileIdentity]:
     while True:
         tmp = _tmp_path(path)
         try:
@@ -211,12 +232,13 @@ def _write_tmp(path: Path, data: bytes, durable: bool, mode: int = 0o644) -> Pat
         append(fd, data)
         if durable:
             os.fsync(fd)
+        written = identity(os.fstat(fd))
     except BaseException:
         os.close(fd)
         _unlink_quiet(tmp)
         raise
     os.close(fd)
-    return tmp
+    return tmp, written
 
 
 def _unlink_quiet(path: Path) -> None:
@@ -290,7 +312,8 @@ class Staged:
     def __init__(self, path: Path, data: bytes, *, durable: bool = False, mode: int = 0o644) -> None:
         self.path = path
         self.durable = durable
-        self._tmp: Path | None = _write_tmp(path, data, durable, mode)
+        tmp, self.identity = _write_tmp_identified(path, data, durable, mode)
+        self._tmp: Path | None = tmp
 
     def link(self) -> bool:
         """``link(2)`` the file to ``path`` unless that exists; True if this call made it."""

@@ -19,7 +19,7 @@ from store_fs._disk import codec, fsio
 from store_fs._disk.layout import Layout, revision_name
 from store_fs.errors import CorruptRecordError
 
-__all__ = ["newest_revision", "read_revision_file"]
+__all__ = ["newest_revision", "read_identified_revision_file", "read_revision_file"]
 
 # Listings that name a revision gone by the time it is read (``agl prune`` moving the rollout
 # away) before the rollout counts as absent.
@@ -34,9 +34,15 @@ def read_revision_file(path: str) -> bytes | None:
     :class:`CorruptRecordError` naming it, so that ``agl check`` reports it and ``--fix`` can
     move it aside, instead of every reader failing with an error about the filesystem.
     """
+    found = read_identified_revision_file(path)
+    return None if found is None else found[0]
+
+
+def read_identified_revision_file(path: str) -> tuple[bytes, fsio.FileIdentity] | None:
+    """:func:`read_revision_file`, with the file's :func:`~store_fs._disk.fsio.identity`."""
     try:
         with open(path, "rb") as f:
-            return f.read()
+            return f.read(), fsio.identity(os.fstat(f.fileno()))
     except OSError as err:
         what = fsio.broken_name(err, path)
         if what is not None:

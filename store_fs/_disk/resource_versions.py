@@ -1,7 +1,9 @@
 """Versioned, content-addressed resource snapshots.
 
-* ``resources/objects/<2 hex>/<sha256>.json``: the canonical JSON of a
-  ``NamedResources`` body. Immutable; the same body is stored once.
+* ``resources/objects/<2 hex>/<sha256>.json``: the JSON of a ``NamedResources`` body, its
+  names and keys in the caller's order (the runner gives an agent the *first* prompt
+  template or LLM, as upstream does; objects written before kept sorted keys). Immutable;
+  the same body is stored once.
 * ``resources/by-id/<resources_id>/<version>.json``: one file per version of a
   snapshot id (``update_resources`` on an existing id adds the next version).
   Versions are allocated by exclusive create: two writers never get one number.
@@ -76,11 +78,13 @@ class ResourceStore:
         return obj
 
     def _write_object(self, resources: NamedResources) -> str:
+        if not codec.all_finite(resources):  # the JSON dump below would make them null
+            raise UnstorableValueError("the resources", codec.NON_FINITE)
         try:
             data = _named().dump_python(resources, mode="json")
         except ValueError as err:  # pydantic's serializer: nesting deeper than it goes
             raise UnstorableValueError("the resources", str(err)) from None
-        body = codec.dumps_record(data)
+        body = codec.dumps_record(data, sort_keys=False)
         digest = hashlib.sha256(body).hexdigest()
         path = self._layout.resource_object(digest)
         if not path.exists():

@@ -29,7 +29,7 @@ from store_fs import damaged_reads
 from store_fs._disk import codec, fsio
 from store_fs._disk.context import Context
 from store_fs._disk.layout import revision_name
-from store_fs._disk.record_peek import read_revision_file
+from store_fs._disk.record_peek import read_identified_revision_file
 from store_fs.errors import CorruptRecordError, RolloutNotFoundError
 from store_fs.models import Attempt, AttemptedRollout, Rollout
 
@@ -82,18 +82,21 @@ REVISION_MODE = 0o444
 
 
 class _Head:
-    """A rollout's newest revision known to this process: its number and bytes.
+    """A rollout's newest revision known to this process: its number, bytes and file identity.
 
     The record is decoded when first asked for and then shared by readers, who must
     not change it. A private copy is decoded from the bytes again: that is several
     times cheaper than ``model_copy(deep=True)``, which walks the models in Python.
     """
 
-    __slots__ = ("_record", "data", "rev")
+    __slots__ = ("_record", "data", "ident", "rev")
 
-    def __init__(self, rev: int, data: bytes, record: RolloutRecord | None = None) -> None:
+    def __init__(
+        self, rev: int, data: bytes, ident: fsio.FileIdentity, record: RolloutRecord | None = None
+    ) -> None:
         self.rev = rev
         self.data = data
+        self.ident = ident
         self._record = record
 
     def shared(self, path: str | Path) -> RolloutRecord:
@@ -162,7 +165,9 @@ class RecordStore:
 
         Revisions are immutable, so a cached one stays right until a newer revision
         appears (one ``stat`` tells) or the rollout is removed (``agl prune`` moves its
-        directory away: a second ``stat``, of the cached revision itself). A caller that
+        directory away: a second ``stat``, of the cached revision itself, which also tells a
+        rollout re-created under its id since, by the file's identity: its revision of that
+        number is another file, whose record a write must not be built on). A caller that
         ``just_read`` the head and only writes after it (``update``) skips both: its
         compare-and-swap fails if a newer revision exists. ``cached_ok=False`` re-reads the
         file (``check``).
@@ -172,7 +177,7 @@ class RecordStore:
         if cached is not None and just_read:
             return cached
         if cached is not None and not os.path.exists(self._rev_str(rollout_id, cached.rev + 1)):
-            if os.path.exists(self._rev_str(rollout_id, cached.rev)):
+            if fsio.identity_of(self._rev_str(rollout_id, cached.rev)) == cached.ident:
                 return cached
             del cache.heads[rollout_id]  # removed: read afresh (it may also have been re-created)
         hist = self._layout.history_dir(rollout_id)
@@ -190,13 +195,13 @@ class RecordStore:
                     return None  # removed (``agl prune``) between listing and reading
                 time.sleep(0.01)  # every listed revision unreadable: caches catching up
                 continue
-            rev, path, data = found
-            head = _Head(rev, data, _parse(path, data))
+            rev, path, data, ident = found
+            head = _Head(rev, data, ident, _parse(path, data))
             cache.heads[rollout_id] = head
             return head
 
     @staticmethod
-    def _read_newest_readable(hist: Path, rev: int) -> tuple[int, Path, bytes] | None:
+    def _read_newest_readable(hist: Path, rev: int) -> tuple[int, Path, bytes, fsio.FileIdentity] | None:
         """Revision ``rev``'s bytes, or else of the newest one below it that can be read.
 
         On NFS a listing can name a revision that this host's lookups still answer "not found"
@@ -207,9 +212,9 @@ class RecordStore:
         """
         for candidate in range(rev, 0, -1):
             path = hist / revision_name(candidate)
-            data = read_revision_file(str(path))  # raises for a name that is no file
-            if data is not None:
-                return candidate, path, data
+            found = read_identified_revision_file(str(path))  # raises for a name that is no file
+            if found is not None:
+                return candidate, path, *found
         return None
 
     def _rev_str(self, rollout_id: str, rev: int) -> str:
@@ -251,10 +256,11 @@ class RecordStore:
         while newer and os.path.exists(self._rev_str(rollout_id, newest + 1)):
             newest += 1
         path = self._path(rollout_id, newest)
-        data = read_revision_file(str(path))
-        if data is None:  # removed meanwhile, or the line was wrong: look the usual way
+        found = read_identified_revision_file(str(path))
+        if found is None:  # removed meanwhile, or the line was wrong: look the usual way
             return self.head(rollout_id, cached_ok=False)
-        head = _Head(newest, data, _parse(path, data))
+        data, ident = found
+        head = _Head(newest, data, ident, _parse(path, data))
         self._cache().heads[rollout_id] = head
         return newest, head.shared(path)
 
@@ -350,7 +356,7 @@ class RecordStore:
             if not staged.link():
                 return False
             # ``record`` goes to the caller, who may change it: the cache decodes its own.
-            self._cache().heads[rollout_id] = _Head(rev, data)
+            self._cache().heads[rollout_id] = _Head(rev, data, staged.identity)
             if self._on_revision is not None:
                 self._on_revision(rev, record)
             self._publish_mirror(rollout_id, rev, staged)
