@@ -445,3 +445,41 @@ async def test_a_process_that_read_a_pruned_rollout_sees_the_one_recreated_under
     assert after == "running new {'tag': 'mine'}"
     assert mine.check() == []
     mine.close()
+
+
+async def test_a_commit_racing_prunes_move_of_a_revived_rollout_waits_for_it_to_come_back(
+    tmp_path: Path,
+) -> None:
+    """Prune moves a rollout out, sees it was revived, and puts it back; a runner's commit that
+    met the moment raised a raw FileNotFoundError (CLI: 'agl: [Errno 2]', exit 1), and its
+    decision waited for a reaper (an adversarial pass). The write now looks again meanwhile."""
+    import threading
+
+    store = FileStore(tmp_path / "store")
+    rid = (await store.enqueue_rollout(input=1)).rollout_id
+    first = await store.dequeue_rollout(worker_id="w")
+    assert first is not None
+    await store.update_attempt(rid, first.attempt.attempt_id, status="succeeded")
+    await store.update_rollout(rid, status="requeuing")  # agl rollouts retry
+    second = await store.dequeue_rollout(worker_id="w")
+    assert second is not None
+    home = store.layout.rollout_dir(rid)
+    aside = tmp_path / "trash" / rid
+    aside.parent.mkdir()
+    records = store._records
+    real_try = records._try_write
+
+    def moved_out_then_back(*args: Any, **kwargs: Any) -> bool:
+        records._try_write = real_try  # type: ignore[method-assign]
+        os.rename(home, aside)  # prune's move, right before the commit's revision
+        threading.Timer(0.05, os.rename, (aside, home)).start()  # its verify puts it back
+        return real_try(*args, **kwargs)
+
+    records._try_write = moved_out_then_back  # type: ignore[method-assign]
+    done = await store.update_attempt(rid, second.attempt.attempt_id, status="succeeded")
+    assert done.status == "succeeded"
+    rollout = await store.get_rollout_by_id(rid)
+    assert rollout is not None
+    assert rollout.status == "succeeded"
+    assert store.check() == []
+    store.close()

@@ -76,6 +76,10 @@ class RolloutRecord(Rollout):
         return Rollout.model_validate(self.model_dump(exclude={"attempts", "server_offsets"}))
 
 
+#: How long a write waits for a rollout whose directory went away under it to come back (a
+#: prune puts back a rollout it finds revived within milliseconds).
+MOVED_OUT_SECONDS = 0.5
+
 # Revisions are read-only: rollout.json is the newest, and writing "through" it
 # (an editor saving in place, ``echo > rollout.json``) must fail rather than rewrite history.
 REVISION_MODE = 0o444
@@ -331,18 +335,37 @@ class RecordStore:
         (:meth:`head_at_least`), so the first try starts from it without asking whether it
         is still the newest (the compare-and-swap tells, and the retry asks).
         Raises :class:`RolloutNotFoundError`, or whatever ``mutate`` raises.
+
+        ``agl prune`` moves a rollout it removes out in one rename, then puts back one that a
+        retry revived meanwhile (:mod:`store_fs._disk.removal`): a write that finds the
+        rollout's directory gone after reading it looks again for up to
+        :data:`MOVED_OUT_SECONDS` before it says the rollout is not found.
         """
+        gone_since: float | None = None
         while True:
             found = self._newest(rollout_id, just_read=just_read)
             just_read = False
             if found is None:
+                if gone_since is not None and time.monotonic() - gone_since < MOVED_OUT_SECONDS:
+                    time.sleep(0.01)
+                    continue
                 raise RolloutNotFoundError(rollout_id)
             rev, path = found.rev, self._path(rollout_id, found.rev)
             current = found.shared(path)
             updated = mutate(found.private(path))
             if updated is None:
                 return found.private(path)
-            if self._try_write(rollout_id, rev + 1, updated):
+            try:
+                wrote = self._try_write(rollout_id, rev + 1, updated)
+            except FileNotFoundError:  # its directory moved away since the read
+                now = time.monotonic()
+                gone_since = gone_since if gone_since is not None else now
+                if now - gone_since >= MOVED_OUT_SECONDS:
+                    raise RolloutNotFoundError(rollout_id) from None
+                self._cache().heads.pop(rollout_id, None)
+                time.sleep(0.01)
+                continue
+            if wrote:
                 self._notify(current, updated)
                 return updated
             log.debug("lost the race for %s revision %d; retrying", rollout_id, rev + 1)
