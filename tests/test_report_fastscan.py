@@ -309,3 +309,27 @@ def test_the_quick_check_finds_the_queue_problems_check_finds(tmp_path: Path) ->
     quick = quick_check(store.layout, fast.rows, fast.bad_spans, fast.corrupt_records)
     assert "index-incomplete" in {p.kind for p in quick}
     store.close()
+
+
+def test_every_kind_agl_check_reports_is_found_by_the_quick_check_or_named_as_not() -> None:
+    """The page says what its quick check does not look for; a corrupt worker-log line was
+    neither found nor named, so the page said "no problems" where ``agl check`` exited 7 (an
+    adversarial pass). Every kind in the check's modules is one or the other."""
+    import re
+
+    import store_fs._disk as disk
+    import store_fs.report.report_health as health
+
+    sources = sorted(Path(disk.__file__).parent.glob("check*.py"))
+    kinds = {k for path in sources for k in re.findall(r'Problem\(\s*"([a-z-]+)"', path.read_text())}
+    found_quickly = set(re.findall(r'Problem\(\s*"([a-z-]+)"', Path(health.__file__).read_text()))
+    found_quickly |= {
+        "corrupt-span",
+        "torn-tail",
+        "orphan-claim",
+        "orphan-pending",
+        "not-queued",
+        "unapplied-decision",
+    }
+    assert kinds, sources
+    assert kinds - found_quickly - set(health.NOT_QUICK) == set()

@@ -1,21 +1,9 @@
 """Where view rows go: JSON Lines on a stream or into a file, or Parquet.
 
-A file is published whole: rows go to a temporary file beside it (``.<name>.<host>-<pid>.tmp``),
-renamed over the target when the export ends, so a reader never sees half an export and an
-interrupted one leaves the old file as it was. What the name is decides (:func:`open_sink`):
-
-* a regular file, or a name that does not exist yet: published whole there;
-* a symbolic link to a regular file or to a name that does not exist yet: published whole at the
-  path the link names (the temporary file goes beside that one); the link stays as it was;
-* anything else that exists and is not a directory (a FIFO, a character device such as
-  ``/dev/null``, a terminal), or a link through ``/proc`` to a process's open file (as
-  ``/dev/stdout`` and ``/dev/fd/N`` are): JSON Lines is written straight into it as a stream
-  (opened for appending, as the shell's ``>>`` does: nothing is truncated or renamed; opening a
-  FIFO waits for its reader, as the shell's redirection does), so it cannot be published whole:
-  its reader sees the rows as they come, and an interrupted export leaves the rows written so far.
-  Parquet is refused there (:class:`OutputTargetError`): a Parquet file is readable only once its
-  footer is written, so it is only ever published whole;
-* a directory, or a loop of symbolic links: refused (:class:`OutputTargetError`).
+A file is published whole, or written into as a stream, as the output name decides
+(:mod:`store_fs.output_targets`, through :func:`open_sink`). Parquet is refused on a stream
+(:class:`OutputTargetError`): a Parquet file is readable only once its footer is written, so it
+is only ever published whole.
 
 **Parquet** (a file name ending in ``.parquet``) needs the optional extra ``agl[parquet]``, which
 is `pyarrow <https://arrow.apache.org/docs/python/>`_: its ``ParquetWriter`` appends row groups one
@@ -44,16 +32,14 @@ from __future__ import annotations
 
 import array
 import os
-import stat
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal, Protocol
 
 import orjson
 
-from store_fs._disk import fsio
 from store_fs.errors import AglError, UnstorableValueError
+from store_fs.output_targets import OutputTargetError, output_place, temp_beside
 
 __all__ = [
     "ROW_GROUP",
@@ -67,7 +53,6 @@ __all__ = [
 
 ROW_GROUP = 1000
 _JSON = orjson.OPT_NON_STR_KEYS
-_LINK_HOPS = 40  # as the kernel's limit on links followed in one lookup
 
 
 class ParquetRowError(UnstorableValueError):
@@ -83,17 +68,6 @@ class ParquetRowError(UnstorableValueError):
         self.column = column
 
 
-class OutputTargetError(UnstorableValueError):
-    """An output name rows cannot be written to in the format asked for (Parquet into a FIFO or
-    a device, anything into a directory or a loop of symbolic links). A bad-input error (exit 4)."""
-
-    def __init__(self, path: str, reason: str) -> None:
-        AglError.__init__(self, f"cannot write to {path}: {reason}")
-        self.what = f"output {path}"
-        self.reason = reason
-        self.path = path
-
-
 class RowSink(Protocol):
     def write(self, row: dict[str, Any]) -> None: ...
 
@@ -107,68 +81,6 @@ class RowSink(Protocol):
         stream stays there."""
 
 
-@dataclass(frozen=True)
-class _Place:
-    """Where rows for an output name go: ``file``, published whole at ``path``; ``stream``,
-    written straight into ``path`` (what the name was given as)."""
-
-    kind: Literal["file", "stream"]
-    path: Path
-    what: str = "a regular file"
-
-
-_SPECIAL = (
-    (stat.S_ISFIFO, "a FIFO"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-    (stat.S_ISSOCK, "a socket"),
-)
-
-
-def _special(mode: int) -> str:
-    return next((name for test, name in _SPECIAL if test(mode)), "not a regular file")
-
-
-def _through_proc(path: Path) -> bool:
-    """Whether following the links of ``path`` passes a link in ``/proc`` (a process's open file,
-    as ``/dev/stdout`` is: its target is no name to publish at)."""
-    for _ in range(_LINK_HOPS):
-        if not path.is_symlink():
-            return False
-        if os.path.realpath(path.parent).startswith("/proc/"):
-            return True
-        path = path.parent / os.readlink(path)
-    return False
-
-
-def _place(path: Path) -> _Place:
-    """Where rows for the output name ``path`` go (see the module's doc)."""
-    try:
-        mode: int | None = os.stat(path).st_mode
-    except FileNotFoundError:
-        mode = None
-    except OSError as err:
-        if path.is_symlink():  # a loop (ELOOP), or a link through something not a directory
-            raise OutputTargetError(str(path), f"its symbolic links lead nowhere ({err.strerror})") from None
-        raise
-    if mode is not None and stat.S_ISDIR(mode):
-        raise OutputTargetError(str(path), "it is a directory")
-    if mode is not None and not stat.S_ISREG(mode):
-        return _Place("stream", path, f"it is {_special(mode)}")
-    if not path.is_symlink():
-        return _Place("file", path)
-    if mode is not None and _through_proc(path):
-        return _Place("stream", path, "it is a link to a process's open file (in /proc)")
-    target = Path(os.path.realpath(path))
-    if not target.parent.is_dir():
-        raise OutputTargetError(str(path), f"it is a link to {target}, whose directory does not exist")
-    return _Place("file", target)
-
-
-def _tmp_for(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{fsio.writer_tag()}.tmp")
-
-
 class JsonLinesSink:
     """One compact JSON object per line, to a binary stream or to a file name: published whole
     (a regular file, a new name, a link to one of those), or written straight into it as a
@@ -178,11 +90,11 @@ class JsonLinesSink:
         self._path: Path | None = None  # the file published whole at close
         self._owned = False  # the stream is ours to close
         if isinstance(target, Path):
-            place = _place(target)
+            place = output_place(target)
             self._owned = True
             if place.kind == "file":
                 self._path = place.path
-                self._stream: IO[bytes] = open(_tmp_for(place.path), "wb")  # noqa: SIM115 - closed in close/abort
+                self._stream: IO[bytes] = open(temp_beside(place.path), "wb")  # noqa: SIM115 - closed in close/abort
             else:
                 self._stream = open(place.path, "ab")  # noqa: SIM115 - closed in close/abort
         else:
@@ -203,7 +115,7 @@ class JsonLinesSink:
         if self._owned:
             self._stream.close()
         if self._path is not None:
-            os.replace(_tmp_for(self._path), self._path)
+            os.replace(temp_beside(self._path), self._path)
 
     def abort(self) -> None:
         if self._owned:
@@ -211,7 +123,7 @@ class JsonLinesSink:
                 self._stream.close()
             finally:
                 if self._path is not None:
-                    _tmp_for(self._path).unlink(missing_ok=True)
+                    temp_beside(self._path).unlink(missing_ok=True)
 
 
 # The kinds of Parquet column, each a check-and-convert of a row's value (None stays None).
@@ -412,7 +324,7 @@ class ParquetSink:
             raise RuntimeError(
                 "writing Parquet needs pyarrow: pip install 'agl[parquet]' (or pip install pyarrow)"
             ) from None
-        place = _place(path)
+        place = output_place(path)
         if place.kind == "stream":
             why = f"{place.what}; Parquet goes to a regular file or a new name (published whole)"
             raise OutputTargetError(str(path), why)
@@ -420,7 +332,7 @@ class ParquetSink:
         self._columns = _COLUMNS[view]
         self._kinds = _KINDS[view]
         self._schema = _schema(view)
-        self._writer = pq.ParquetWriter(_tmp_for(self._path), self._schema, compression="zstd")
+        self._writer = pq.ParquetWriter(temp_beside(self._path), self._schema, compression="zstd")
         self._pending: list[dict[str, Any]] = []
 
     def _converted(self, row: dict[str, Any]) -> dict[str, Any]:
@@ -456,14 +368,14 @@ class ParquetSink:
     def close(self) -> None:
         self.flush()
         self._writer.close()
-        os.replace(_tmp_for(self._path), self._path)
+        os.replace(temp_beside(self._path), self._path)
 
     def abort(self) -> None:
         self._pending = []
         try:
             self._writer.close()
         finally:
-            _tmp_for(self._path).unlink(missing_ok=True)
+            temp_beside(self._path).unlink(missing_ok=True)
 
 
 def open_sink(target: IO[bytes] | Path, view: str) -> RowSink:

@@ -27,11 +27,12 @@ import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, get_args
 
 from store_fs._disk import codec, fsio
 from store_fs._disk.layout import Layout
 from store_fs._disk.status_rules import LIVE_ATTEMPT_STATUSES, TERMINAL_ROLLOUT_STATUSES
+from store_fs.models.rollout_types import AttemptStatus, RolloutStatus
 from store_fs.report._span_digest import BadSpanLine
 from store_fs.report.report_scan import AttemptRow, RolloutRow
 
@@ -74,7 +75,10 @@ _ATTEMPT_TYPES: Final = {
     "error": _OPT_STR,
     "verdict_time": _OPT_NUM,
 }
-_BAD_TYPES: Final = {"path": _STR, "offset": _INT, "detail": _STR, "torn": (bool,)}
+_BAD_TYPES: Final = {"path": _STR, "offset": _INT, "detail": _STR, "torn": (bool,), "kind": _OPT_STR}
+# A status goes into the page's markup (a chart's CSS class): a cached one must be one of these.
+_ROLLOUT_STATUSES: Final = frozenset(get_args(RolloutStatus))
+_ATTEMPT_STATUSES: Final = frozenset(get_args(AttemptStatus))
 # Written into each file: a file made for other fields (another build) is not used.
 _SHAPE: Final = {
     "version": 1,
@@ -147,8 +151,12 @@ class BucketCache:
             lines = [BadSpanLine(**_values(_BAD_TYPES, b)) for b in bad]
         except ValueError:
             return None  # a damaged entry: the rollout is read again
-        if row.rollout_id != rollout_id:
-            return None
+        if (
+            row.rollout_id != rollout_id
+            or row.status not in _ROLLOUT_STATUSES
+            or any(a.status not in _ATTEMPT_STATUSES for a in row.attempts)
+        ):
+            return None  # damaged or tampered with: the rollout is read again
         self._new[rollout_id] = entry
         # Paths are kept relative to the store: a copied or moved store's stay right.
         return row, [
@@ -165,7 +173,7 @@ class BucketCache:
             rev,
             [getattr(row, name) for name in _ROW_TYPES],
             [[getattr(a, name) for name in _ATTEMPT_TYPES] for a in row.attempts],
-            [[b.path.removeprefix(prefix), b.offset, b.detail, b.torn] for b in bad],
+            [[b.path.removeprefix(prefix), b.offset, b.detail, b.torn, b.kind] for b in bad],
         ]
 
     def save(self) -> None:

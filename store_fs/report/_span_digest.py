@@ -85,6 +85,8 @@ class BadSpanLine:
     offset: int
     detail: str
     torn: bool = False
+    #: The problem's kind when it is not about a line (a span log that is no file).
+    kind: str | None = None
 
 
 @dataclass(slots=True)
@@ -192,7 +194,17 @@ def read_file(path: str) -> bytes | None:
 
 
 def _file(digest: DigestOfFiles, path: str, seen: set[object], finished: bool) -> None:
-    data = read_file(path)
+    try:
+        data = read_file(path)
+    except OSError as err:
+        # One span log that cannot be read (a directory in its place, no permission) is named
+        # on the page; it aborted the whole report.
+        if isinstance(err, IsADirectoryError):
+            detail, kind = "is not a file: the rollout's readers and writers fail on it", "wrong-file-type"
+        else:
+            detail, kind = f"cannot be read ({err.strerror or err})", "corrupt-span"
+        digest.bad.append(BadSpanLine(path, 0, detail, kind=kind))
+        return
     if data is None:
         return
     end = data.rfind(b"\n") + 1

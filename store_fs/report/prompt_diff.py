@@ -2,7 +2,10 @@
 
 Prompts are usually a line or a paragraph, where a line diff says only "it changed"; a diff
 by words (whitespace kept) shows what an optimiser edited: removed words in ``<del>``, added
-ones in ``<ins>``.
+ones in ``<ins>``. Lines are matched first and words only within the lines that changed, and a
+changed block too big to compare word by word (:data:`WORD_DIFF_BUDGET`) is shown as removed
+and added whole: a word diff's time grows with the product of the two lengths, and three
+rewritten 8,000-word prompts took 26 s.
 """
 
 from __future__ import annotations
@@ -21,9 +24,30 @@ def _tokens(text: str) -> list[str]:
     return _TOKEN.findall(text)
 
 
+#: Words before times words after that one changed block may compare word by word.
+WORD_DIFF_BUDGET = 400_000
+
+
 def diff_html(before: str, after: str) -> str:
     """``after`` with the words removed from ``before`` struck out and the new ones marked."""
+    old, new = before.splitlines(keepends=True), after.splitlines(keepends=True)
+    out: list[str] = []
+    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(a=old, b=new, autojunk=False).get_opcodes():
+        if op == "equal":
+            out.append(esc("".join(new[j1:j2])))
+        elif op == "delete":
+            out.append(f"<del>{esc(''.join(old[i1:i2]))}</del>")
+        elif op == "insert":
+            out.append(f"<ins>{esc(''.join(new[j1:j2]))}</ins>")
+        else:
+            out.append(_word_diff("".join(old[i1:i2]), "".join(new[j1:j2])))
+    return "".join(out)
+
+
+def _word_diff(before: str, after: str) -> str:
     old, new = _tokens(before), _tokens(after)
+    if len(old) * len(new) > WORD_DIFF_BUDGET:
+        return f"<del>{esc(before)}</del><ins>{esc(after)}</ins>"
     out: list[str] = []
     matcher = difflib.SequenceMatcher(a=old, b=new, autojunk=False)
     for op, i1, i2, j1, j2 in matcher.get_opcodes():

@@ -14,10 +14,11 @@ so :func:`quick_check` reports, with ``agl check``'s kinds, paths and wording:
   ``orphan-claim``, ``orphan-pending``, ``not-queued``, ``unfinished-prune`` and
   ``index-incomplete``.
 
-It does not look for ``stale-mirror``, ``temp-file``, ``no-record``, ``pruned-leftover`` or the
-index's line-by-line agreement with the records (``stale-index``, ``index-ahead``,
-``corrupt-index-line``), and takes records that are in the store's own shape as valid without
-validating their other fields: ``agl report --full-check`` runs ``agl check`` itself for those.
+It does not look for what :data:`NOT_QUICK` lists (leftovers in the tree, the index's
+line-by-line agreement with the records, worker logs, the resources' own files), and takes
+records that are in the store's own shape as valid without validating their other fields:
+``agl report --full-check`` runs ``agl check`` itself for those. A span log that cannot be
+read is named too (``wrong-file-type`` for a directory in its place).
 """
 
 from __future__ import annotations
@@ -45,18 +46,29 @@ NOT_QUICK: Final = (
     "temp-file",
     "no-record",
     "pruned-leftover",
+    "wrong-file-type",
+    "no-span-counter",
     "stale-index",
     "index-ahead",
     "corrupt-index-line",
+    "corrupt-worker-log",
+    "corrupt-resource-object",
+    "corrupt-resource-pointer",
+    "corrupt-resource-version",
+    "empty-resources-id",
 )
 
 
 def _span_problems(bad: Iterable[BadSpanLine]) -> list[Problem]:
-    lines = sorted((b for b in bad if not b.torn), key=lambda b: (b.path, b.offset))
-    tails = sorted((b for b in bad if b.torn), key=lambda b: b.path)
-    return [Problem("corrupt-span", b.path, f"byte {b.offset}: {b.detail}") for b in lines] + [
-        Problem("torn-tail", b.path, b.detail) for b in tails
-    ]
+    bad = list(bad)
+    files = sorted((b for b in bad if b.kind is not None), key=lambda b: b.path)
+    lines = sorted((b for b in bad if b.kind is None and not b.torn), key=lambda b: (b.path, b.offset))
+    tails = sorted((b for b in bad if b.kind is None and b.torn), key=lambda b: b.path)
+    return (
+        [Problem(b.kind or "", b.path, b.detail) for b in files]
+        + [Problem("corrupt-span", b.path, f"byte {b.offset}: {b.detail}") for b in lines]
+        + [Problem("torn-tail", b.path, b.detail) for b in tails]
+    )
 
 
 class _Records:

@@ -10,6 +10,7 @@ tests read them without scraping.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -63,13 +64,14 @@ h3 { font-size: 14px; margin: 14px 0 6px; }
 .meta, .caption, .muted { color: var(--muted); font-size: 12.5px; }
 section { border-top: 1px solid var(--line); padding: 18px 0 10px; }
 .cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(150px, 1fr)); gap: 10px; }
-.card { background: var(--card); border-radius: 6px; padding: 10px 12px; }
+.card { background: var(--card); border-radius: 6px; padding: 10px 12px; overflow-wrap: anywhere; }
 .card .v { font-size: 20px; font-weight: 600; } .card .k { color: var(--muted); font-size: 12px; }
 table { border-collapse: collapse; width: 100%; font-size: 13px; margin: 6px 0; }
-th, td { text-align: left; padding: 4px 8px; border-bottom: 1px solid var(--line); vertical-align: top; }
+th, td { text-align: left; padding: 4px 8px; border-bottom: 1px solid var(--line); vertical-align: top;
+  overflow-wrap: anywhere; }
 th { background: var(--card); font-weight: 600; } td.n, th.n { text-align: right; white-space: nowrap; }
 code, .mono { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: 12px; }
-td code { white-space: nowrap; }
+td code { white-space: nowrap; } td code.long { white-space: normal; overflow-wrap: anywhere; }
 .prompt { white-space: pre-wrap; word-break: break-word; max-width: 460px; }
 del { background: #fde2e1; color: #8a1c15; }
 ins { background: #dcf5df; color: #15602a; text-decoration: none; }
@@ -150,7 +152,11 @@ def _summary(s: Summary) -> str:
         _card("mean reward", fmt_num(s.mean_reward), f"over {s.rewarded:,} rewarded rollouts"),
         _card("best reward", fmt_num(s.best_reward), best),
         _card("attempts", f"{s.attempts:,}", f"{s.retries:,} retries"),
-        _card("time span", fmt_duration(span), f"{fmt_time(s.first_time)} → {fmt_time(s.last_time, False)}"),
+        _card(
+            "time span",
+            fmt_duration(span),
+            f"{fmt_time(s.first_time)} → {_end_time(s.first_time, s.last_time)}",
+        ),
         _card(
             "workers", f"{len(s.workers):,}", ", ".join(s.workers[:6]) + (" …" if len(s.workers) > 6 else "")
         ),
@@ -217,7 +223,7 @@ def _version_row(s: VersionStat, before: dict[str, str] | None, first: bool) -> 
     else:
         diff = _named(diff_texts(before, s.texts)) or '<span class="muted">unchanged</span>'
     star = ' <span class="star" title="highest mean reward">★ best</span>' if s.best else ""
-    version = f"<b>{esc(s.label)}</b>{star}<br><code>{esc(s.resources_id or '-')}</code>"
+    version = f"<b>{esc(s.label)}</b>{star}<br>{_code(s.resources_id or '-')}"
     created = f'<br><span class="muted">{esc(fmt_time(s.created))}</span>'
     counts = _num(f"{s.rollouts:,}") + _num(f"{s.succeeded:,}") + _num(f"{len(s.rewards):,}")
     rewards = _num(fmt_num(s.mean_reward)) + _num(fmt_num(s.best_reward))
@@ -365,7 +371,7 @@ def _health(data: ReportData) -> str:
         return head + f'<p class="ok">✓ {who} finds no problems.</p>{caption}</section>'
     rows = "".join(
         f'<tr><td><code>{esc(g.kind)}</code></td><td class="n">{g.count:,}</td><td class="n">{g.fixed:,}</td>'
-        "<td>" + "<br>".join(f"<code>{esc(p)}</code>: {esc(d)}" for p, d in g.examples) + "</td></tr>"
+        "<td>" + "<br>".join(f"{_code(p)}: {esc(d)}" for p, d in g.examples) + "</td></tr>"
         for g in problem_groups(data.problems)
     )
     return (
@@ -441,9 +447,33 @@ def _embedded(
         "waterfalls": [w.row.rollout_id for w in data.waterfalls],
     }
     # Every "<" as \u003c (still the same JSON): "</script" would end the block early, and
-    # "<!--<script" would keep the real end tag from ending it.
-    text = json.dumps(doc, sort_keys=True).replace("<", "\\u003c")
+    # "<!--<script" would keep the real end tag from ending it. JSON has no Infinity: null.
+    text = json.dumps(_finite(doc), sort_keys=True, allow_nan=False).replace("<", "\\u003c")
     return f'<script type="application/json" id="agl-report-data">{text}</script>'
+
+
+def _end_time(first: float | None, last: float | None) -> str:
+    """The end of a time span: its clock time alone on the day it began, else with its date."""
+    same_day = first is not None and last is not None and fmt_time(first)[:10] == fmt_time(last)[:10]
+    return fmt_time(last, not same_day)
+
+
+def _code(text: str) -> str:
+    """An id or a path in a table cell: kept on one line unless it is long enough to widen the
+    page (a caller-chosen resources id, a store path)."""
+    return f'<code class="long">{esc(text)}</code>' if len(text) > 24 else f"<code>{esc(text)}</code>"
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN or infinite float made None (a mean of rewards near the
+    largest float overflowed, and ``JSON.parse`` refused the page's data)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _header(data: ReportData) -> str:

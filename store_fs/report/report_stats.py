@@ -59,7 +59,12 @@ EXAMPLES = 3
 
 
 def _mean(values: Sequence[float]) -> float | None:
-    return sum(values) / len(values) if values else None
+    if not values:
+        return None
+    total = sum(values)
+    if math.isfinite(total):
+        return total / len(values)
+    return sum(v / len(values) for v in values)  # rewards near the largest float: no overflow
 
 
 @dataclass
@@ -205,16 +210,26 @@ def _when(row: RolloutRow) -> float:
     return row.end_time or max([row.start_time] + [a.last_seen for a in row.attempts])
 
 
+def _rolling_means(values: Sequence[float], window: int, scale: float = 1.0) -> list[float]:
+    """The mean of each value and the ``window - 1`` before it (fewer at the start)."""
+    means: list[float] = []
+    total = 0.0
+    for i, value in enumerate(values):
+        total += value * scale
+        if i >= window:
+            total -= values[i - window] * scale
+        means.append(total / (scale * min(i + 1, window)))
+    if scale == 1.0 and not all(math.isfinite(m) for m in means):
+        # Rewards near the largest float overflowed the running sum: sum them scaled down.
+        return _rolling_means(values, window, 1.0 / window)
+    return means
+
+
 def reward_series(rows: Sequence[RolloutRow], max_dots: int = 800, max_points: int = 400) -> RewardSeries:
     points = sorted((_when(r), r.reward, r.rollout_id) for r in rows if r.reward is not None)
     window = max(1, min(200, max(3, len(points) // 10), len(points)))  # a tenth, at least 3, at most 200
-    rolling: list[tuple[float, float]] = []
-    total = 0.0
-    for i, (t, reward, _rid) in enumerate(points):
-        total += reward
-        if i >= window:
-            total -= points[i - window][1]
-        rolling.append((t, total / min(i + 1, window)))
+    means = _rolling_means([reward for _t, reward, _rid in points], window)
+    rolling = [(t, mean) for (t, _reward, _rid), mean in zip(points, means, strict=True)]
     step = max(1, math.ceil(len(rolling) / max_points))
     thinned = rolling[::step] + ([rolling[-1]] if rolling and (len(rolling) - 1) % step else [])
     every = max(1, math.ceil(len(points) / max_dots))
@@ -236,11 +251,18 @@ def finished_bins(rows: Sequence[RolloutRow], count: int = 40) -> list[StackedBi
 
 
 def _linear_bins(values: Sequence[float], lo: float, hi: float, count: int) -> list[Bin]:
-    width = (hi - lo) / count
-    bins = [Bin(lo + i * width, lo + (i + 1) * width, 0) for i in range(count)]
+    # A range past the largest float (rewards of -1e308 and 1e308) is measured in parts of
+    # ``count``, which do not overflow.
+    parts = 1 if math.isfinite(hi - lo) else count
+    width = (hi / parts - lo / parts) / (count / parts)
+    if parts == 1:
+        edges = [lo + i * width for i in range(count + 1)]
+    else:  # each edge between lo and hi without a sum past the largest float
+        edges = [lo * (1 - i / count) + hi * (i / count) for i in range(count + 1)]
+    bins = [Bin(edges[i], edges[i + 1], 0) for i in range(count)]
     counts = [0] * count
     for value in values:
-        counts[min(max(int((value - lo) / width), 0), count - 1)] += 1
+        counts[min(max(int((value / parts - lo / parts) / (width / parts)), 0), count - 1)] += 1
     return [Bin(b.lo, b.hi, c) for b, c in zip(bins, counts, strict=True)]
 
 

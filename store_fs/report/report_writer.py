@@ -1,8 +1,10 @@
 """Writing the report file, once or every time the store changes.
 
 The file is replaced whole (a temporary file in the same directory, then a rename), so a
-browser reloading it never sees half a page. The output location is tried before the store
-is read, so a path that cannot be written fails at once.
+browser reloading it never sees half a page; a FIFO, a device or ``/dev/stdout`` is written
+into instead, and a symbolic link is published at its target (:mod:`store_fs.output_targets`).
+The output location is tried before the store is read, so a path that cannot be written fails
+at once.
 
 ``watch_report`` regenerates on changes: it sleeps on watchfiles events of the store's
 ``events/`` directory (one line per rollout status change) and ``resources/versions/`` (new
@@ -15,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from store_fs.errors import AglError
+from store_fs.output_targets import OutputPlace, OutputTargetError, output_place, temp_beside
 from store_fs.report.report_data import ReportData, ReportOptions, gather
 from store_fs.report.report_page import render_page
 
@@ -63,43 +65,62 @@ def _reason(err: OSError) -> str:
     return err.strerror or str(err)
 
 
-def _open_temp(target: Path) -> tuple[int, str]:
-    if target.is_dir():
-        raise ReportOutputError(str(target), "is a directory")
+def _place(target: Path) -> OutputPlace:
     try:
-        return tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        return output_place(target)
+    except OutputTargetError as err:
+        raise ReportOutputError(str(target), err.reason) from None
     except OSError as err:
         raise ReportOutputError(str(target), _reason(err)) from None
 
 
+def _open_temp(target: Path, place: OutputPlace) -> Path | None:
+    """The temporary file a page published whole goes to, made now (None for a stream)."""
+    if place.kind == "stream":
+        if not os.access(place.path, os.W_OK):
+            raise ReportOutputError(str(target), "permission denied")
+        return None
+    temp = temp_beside(place.path)
+    try:
+        os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
+    except OSError as err:
+        raise ReportOutputError(str(target), _reason(err)) from None
+    return temp
+
+
 def write_report(store: FileStore, output: str | Path, options: ReportOptions | None = None) -> ReportResult:
-    """Gather, render and write the report to ``output`` (replaced whole).
+    """Gather, render and write the report to ``output`` (replaced whole; a stream is written
+    into: :mod:`store_fs.output_targets`).
 
     Raises :class:`ReportOutputError` when ``output`` cannot be written (checked first), and
     the store's errors (an unknown requested rollout: ``RolloutNotFoundError``).
     """
     started = time.perf_counter()
     target = Path(output)
-    fd, temp = _open_temp(target)
+    place = _place(target)
+    temp = _open_temp(target, place)
     try:
-        os.close(fd)
         page, data = build_report(store, options)  # the store's errors pass through as they are
-        _publish(target, temp, page)
+        _publish(target, place, temp, page)
     finally:
-        if os.path.exists(temp):
-            os.unlink(temp)
+        if temp is not None:
+            temp.unlink(missing_ok=True)
     problems = None if data.problems is None else len(data.problems)
     seconds = time.perf_counter() - started
     return ReportResult(str(target), len(page.encode()), len(data.rollouts), problems, seconds)
 
 
-def _publish(target: Path, temp: str, page: str) -> None:
-    """The page into the temporary file, then the file renamed over ``target``."""
+def _publish(target: Path, place: OutputPlace, temp: Path | None, page: str) -> None:
+    """The page into the temporary file, then the file renamed over the place's path; or
+    into the stream."""
     try:
-        with open(temp, "w", encoding="utf-8") as f:
-            f.write(page)
+        if temp is None:
+            with open(place.path, "a", encoding="utf-8") as stream:
+                stream.write(page)
+            return
+        temp.write_text(page, encoding="utf-8")
         os.chmod(temp, 0o644)
-        os.replace(temp, target)
+        os.replace(temp, place.path)
     except OSError as err:
         raise ReportOutputError(str(target), _reason(err)) from None
 

@@ -52,12 +52,25 @@ def esc(text: object) -> str:
     return html.escape(visible(str(text)), quote=True)
 
 
+#: A hover text's length at most: an error description of 20 KB on each of 300 spans made a
+#: 12 MB page.
+TIP_CHARS = 400
+
+
+def esc_tip(tip: str) -> str:
+    """A hover text, cut to :data:`TIP_CHARS`, escaped."""
+    return esc(tip if len(tip) <= TIP_CHARS else tip[: TIP_CHARS - 1] + "…")
+
+
 def fmt_num(value: float | None, digits: int = 3) -> str:
-    """A number for people: integers as such, others with ``digits`` significant decimals."""
+    """A number for people: integers as such, others with ``digits`` significant decimals,
+    huge ones in exponent form (1e308 written out is 309 digits wide)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     if float(value).is_integer() and abs(value) < 1e15:
         return f"{int(value):,}"
+    if abs(value) >= 1e15:
+        return f"{value:.{digits}g}"
     if abs(value) >= 1000:
         return f"{value:,.0f}"
     return f"{value:.{digits}f}"
@@ -100,19 +113,20 @@ def svg_text(
     x: float, y: float, content: str, cls: str = "tick", anchor: str = "start", tip: str = ""
 ) -> str:
     """A ``<text>`` element (``content`` is escaped here), with an optional hover value."""
-    hover = f"<title>{esc(tip)}</title>" if tip else ""
-    return f'<text class="{cls}" x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}">{esc(content)}{hover}</text>'
+    hover = f"<title>{esc_tip(tip)}</title>" if tip else ""
+    place = f'x="{x:.1f}" y="{y:.1f}" text-anchor="{esc(anchor)}"'
+    return f'<text class="{esc(cls)}" {place}>{esc(content)}{hover}</text>'
 
 
 def svg_line(x1: float, x2: float, y1: float, y2: float, cls: str = "axis") -> str:
-    return f'<line class="{cls}" x1="{x1:.1f}" x2="{x2:.1f}" y1="{y1:.1f}" y2="{y2:.1f}"/>'
+    return f'<line class="{esc(cls)}" x1="{x1:.1f}" x2="{x2:.1f}" y1="{y1:.1f}" y2="{y2:.1f}"/>'
 
 
 def svg_rect(x: float, y: float, width: float, height: float, cls: str, tip: str) -> str:
     """A ``<rect>`` with its hover value."""
     return (
-        f'<rect class="{cls}" x="{x:.1f}" y="{y:.1f}" width="{width:.1f}" height="{height:.1f}">'
-        f"<title>{esc(tip)}</title></rect>"
+        f'<rect class="{esc(cls)}" x="{x:.1f}" y="{y:.1f}" width="{width:.1f}" height="{height:.1f}">'
+        f"<title>{esc_tip(tip)}</title></rect>"
     )
 
 
@@ -137,6 +151,8 @@ class Scale:
         span = self.hi - self.lo
         if span <= 0:
             return (self.a + self.b) / 2
+        if not math.isfinite(span):  # from -1e308 to 1e308: measured in halves, which fit
+            return self.a + (value / 2 - self.lo / 2) / (self.hi / 2 - self.lo / 2) * (self.b - self.a)
         return self.a + (value - self.lo) / span * (self.b - self.a)
 
 
@@ -168,7 +184,12 @@ def time_ticks(lo: float, hi: float, count: int = 6) -> list[tuple[float, str]]:
     step = next((s for s in _TIME_STEPS if s >= raw), math.ceil(raw / 86400) * 86400)
     first = math.ceil(lo / step) * step
     with_date = hi - lo > 86400
-    pattern = "%m-%d %H:%M" if with_date else ("%H:%M" if step >= 60 else "%H:%M:%S")
+    if step >= 86400 * 300 or time.gmtime(lo).tm_year != time.gmtime(hi).tm_year:
+        pattern = "%Y-%m-%d"  # across years: month-day alone read as time running backwards
+    elif with_date:
+        pattern = "%m-%d %H:%M"
+    else:
+        pattern = "%H:%M" if step >= 60 else "%H:%M:%S"
     out: list[tuple[float, str]] = []
     value = float(first)
     while value <= hi:

@@ -20,6 +20,7 @@ from store_fs.report.svg_charts import (
     Chart,
     Scale,
     esc,
+    esc_tip,
     fmt_duration,
     fmt_num,
     fmt_tick,
@@ -102,13 +103,13 @@ def _bins(chart: Chart, frame: _Frame, index: int, lane: Lane) -> None:
         counts = Counter(a.status for a in attempts)
         start = lo + b * width
         left, right = frame.x(start), frame.x(start + width)
-        parts = [f"<g><title>{esc(_bin_tip(lane, start, width, attempts))}</title>"]
+        parts = [f"<g><title>{esc_tip(_bin_tip(lane, start, width, attempts))}</title>"]
         top = y
         for status in [*_SEVERITY, *sorted(set(counts) - set(_SEVERITY))]:
             if counts[status]:
                 height = (LANE_HEIGHT - 6) * counts[status] / len(attempts)
                 parts.append(
-                    f'<rect class="st-{status}" x="{left:.1f}" y="{top:.1f}" '
+                    f'<rect class="st-{esc(status)}" x="{left:.1f}" y="{top:.1f}" '
                     f'width="{max(right - left - 0.3, 0.8):.1f}" height="{height:.1f}"/>'
                 )
                 top += height
@@ -231,7 +232,7 @@ def _span_row(chart: Chart, x: Scale, y: float, span: Span, depth: int) -> None:
     px0, px1 = x(start), x(end)
     if cls == "span-reward":
         d = f"M{px0:.1f},{y + 3:.1f} l6,6 l-6,6 l-6,-6 Z"
-        chart.add(f'<path class="{cls}" d="{d}"><title>{esc(tip)}</title></path>')
+        chart.add(f'<path class="{cls}" d="{d}"><title>{esc_tip(tip)}</title></path>')
     else:
         chart.add(svg_rect(px0, y + 3, max(px1 - px0, 2.0), ROW_HEIGHT - 6, cls, tip))
     chart.add(svg_text(x.b + 10, y + 13, note, "note"))

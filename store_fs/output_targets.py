@@ -1,0 +1,112 @@
+"""Where a command's output file goes, given the name a user typed (``agl data -o``, ``agl report -o``).
+
+A file is published whole: written to a temporary file beside it (:func:`temp_beside`) and
+renamed over the name at the end, so a reader never sees half a file and an interrupted write
+leaves the old file as it was. What the name is decides (:func:`output_place`):
+
+* a regular file, or a name that does not exist yet: published whole there;
+* a symbolic link to a regular file or to a name that does not exist yet: published whole at the
+  path the link names (the temporary file goes beside that one); the link stays as it was;
+* anything else that exists and is not a directory (a FIFO, a character device such as
+  ``/dev/null``, a terminal), or a link through ``/proc`` to a process's open file (as
+  ``/dev/stdout`` and ``/dev/fd/N`` are): a *stream*, written straight into (opened for
+  appending, as the shell's ``>>`` does: nothing is truncated or renamed; opening a FIFO waits
+  for its reader, as the shell's redirection does). Renaming over it would replace a FIFO its
+  reader waits on, or (run as root) a device node, with a regular file;
+* a directory, or a loop of symbolic links: refused (:class:`OutputTargetError`).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from store_fs._disk import fsio
+from store_fs.errors import AglError, UnstorableValueError
+
+__all__ = ["OutputPlace", "OutputTargetError", "output_place", "temp_beside"]
+
+_LINK_HOPS = 40  # as the kernel's limit on links followed in one lookup
+_NAME_BYTES = 255  # a file name's limit on Linux filesystems
+
+
+class OutputTargetError(UnstorableValueError):
+    """An output name that cannot be written to as asked (a directory, a loop of symbolic links;
+    Parquet into a FIFO or a device). A bad-input error (exit 4)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        AglError.__init__(self, f"cannot write to {path}: {reason}")
+        self.what = f"output {path}"
+        self.reason = reason
+        self.path = path
+
+
+@dataclass(frozen=True)
+class OutputPlace:
+    """Where output for a name goes: ``file``, published whole at ``path``; ``stream``, written
+    straight into ``path`` (``what`` says what it is)."""
+
+    kind: Literal["file", "stream"]
+    path: Path
+    what: str = "a regular file"
+
+
+_SPECIAL = (
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _special(mode: int) -> str:
+    return next((name for test, name in _SPECIAL if test(mode)), "not a regular file")
+
+
+def _through_proc(path: Path) -> bool:
+    """Whether following the links of ``path`` passes a link in ``/proc`` (a process's open file,
+    as ``/dev/stdout`` is: its target is no name to publish at)."""
+    for _ in range(_LINK_HOPS):
+        if not path.is_symlink():
+            return False
+        if os.path.realpath(path.parent).startswith("/proc/"):
+            return True
+        path = path.parent / os.readlink(path)
+    return False
+
+
+def output_place(path: Path) -> OutputPlace:
+    """Where output for the name ``path`` goes (see the module's doc)."""
+    try:
+        mode: int | None = os.stat(path).st_mode
+    except FileNotFoundError:
+        mode = None
+    except OSError as err:
+        if path.is_symlink():  # a loop (ELOOP), or a link through something not a directory
+            raise OutputTargetError(str(path), f"its symbolic links lead nowhere ({err.strerror})") from None
+        raise
+    if mode is not None and stat.S_ISDIR(mode):
+        raise OutputTargetError(str(path), "it is a directory")
+    if mode is not None and not stat.S_ISREG(mode):
+        return OutputPlace("stream", path, f"it is {_special(mode)}")
+    if not path.is_symlink():
+        return OutputPlace("file", path)
+    if mode is not None and _through_proc(path):
+        return OutputPlace("stream", path, "it is a link to a process's open file (in /proc)")
+    target = Path(os.path.realpath(path))
+    if not target.parent.is_dir():
+        raise OutputTargetError(str(path), f"it is a link to {target}, whose directory does not exist")
+    return OutputPlace("file", target)
+
+
+def temp_beside(path: Path) -> Path:
+    """The temporary name ``path`` is written under before it is published:
+    ``.<name>.<host>-<pid>.tmp``, the name shortened when that would pass a file name's limit
+    (a valid 250-byte output name must not fail for its temporary name)."""
+    suffix = f".{fsio.writer_tag()}.tmp"
+    room = _NAME_BYTES - len(suffix.encode()) - 1
+    name = path.name.encode()[:room].decode(errors="ignore")
+    return path.with_name(f".{name}{suffix}")
