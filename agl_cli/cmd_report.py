@@ -20,12 +20,23 @@ def _default_jobs() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
+def _is_stdout(path: str) -> bool:
+    """``-o`` names this process's standard output (``/dev/stdout``, the file it is redirected
+    to): the page goes there, and the summary must not (it would overwrite the page's start)."""
+    try:
+        return os.path.samestat(os.fstat(1), os.stat(path))
+    except OSError:
+        return False
+
+
 def _written(cli: CliState, result: Any) -> None:
     problems = "not checked" if result.problems is None else f"{result.problems} problem(s)"
     output.info(
         f"report written to {result.path}: {result.rollouts:,} rollouts, {problems}, "
         f"{result.bytes / 1e6:.2f} MB in {result.seconds:.1f} s"
     )
+    if _is_stdout(result.path):
+        return  # the message above, on stderr, says it
     cli.out.emit_line(
         {
             "path": result.path,

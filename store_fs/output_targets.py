@@ -1,6 +1,6 @@
 """Where a command's output file goes, given the name a user typed (``agl data -o``, ``agl report -o``).
 
-A file is published whole: written to a temporary file beside it (:func:`temp_beside`) and
+A file is published whole: written to a temporary file beside it (:func:`create_temp_beside`) and
 renamed over the name at the end, so a reader never sees half a file and an interrupted write
 leaves the old file as it was. What the name is decides (:func:`output_place`):
 
@@ -19,6 +19,7 @@ leaves the old file as it was. What the name is decides (:func:`output_place`):
 from __future__ import annotations
 
 import os
+import secrets
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from typing import Literal
 from store_fs._disk import fsio
 from store_fs.errors import AglError, UnstorableValueError
 
-__all__ = ["OutputPlace", "OutputTargetError", "output_place", "temp_beside"]
+__all__ = ["OutputPlace", "OutputTargetError", "create_temp_beside", "output_place"]
 
 _LINK_HOPS = 40  # as the kernel's limit on links followed in one lookup
 _NAME_BYTES = 255  # a file name's limit on Linux filesystems
@@ -102,11 +103,16 @@ def output_place(path: Path) -> OutputPlace:
     return OutputPlace("file", target)
 
 
-def temp_beside(path: Path) -> Path:
-    """The temporary name ``path`` is written under before it is published:
-    ``.<name>.<host>-<pid>.tmp``, the name shortened when that would pass a file name's limit
-    (a valid 250-byte output name must not fail for its temporary name)."""
-    suffix = f".{fsio.writer_tag()}.tmp"
-    room = _NAME_BYTES - len(suffix.encode()) - 1
-    name = path.name.encode()[:room].decode(errors="ignore")
-    return path.with_name(f".{name}{suffix}")
+def create_temp_beside(path: Path) -> tuple[int, Path]:
+    """A new temporary file to write ``path`` under before it is published, open for writing:
+    ``.<name>.<host>-<pid>.<random>.tmp``, created exclusively and never through a symbolic
+    link (a name planted in a shared directory is not written through), the name shortened
+    when it would pass a file name's limit (a valid 250-byte output name must not fail)."""
+    while True:
+        suffix = f".{fsio.writer_tag()}.{secrets.token_hex(4)}.tmp".encode()
+        name = os.fsencode(path.name)[: _NAME_BYTES - len(suffix) - 1]
+        temp = path.with_name(os.fsdecode(b"." + name + suffix))
+        try:
+            return os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644), temp
+        except FileExistsError:
+            continue

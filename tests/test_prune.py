@@ -483,3 +483,53 @@ async def test_a_commit_racing_prunes_move_of_a_revived_rollout_waits_for_it_to_
     assert rollout.status == "succeeded"
     assert store.check() == []
     store.close()
+
+
+async def test_a_revision_whose_directory_moved_after_its_link_is_not_written_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a durable store the link is followed by the directory's sync: prune's move between the
+    two made the sync fail, the write was taken as not done, and its change applied again on the
+    revision it had made (two attempts for one start_attempt; found in review)."""
+    import threading
+
+    from store_fs._disk import fsio
+
+    store = FileStore(tmp_path / "store", durability="fsync")
+    rid = (await store.enqueue_rollout(input=1)).rollout_id
+    home = store.layout.rollout_dir(rid)
+    aside = tmp_path / "aside"
+    real_sync = fsio.fsync_dir
+    moved: list[bool] = []
+
+    def moved_before_the_sync(path: Any) -> None:
+        if not moved and str(path).startswith(str(home)) and str(path).endswith("history"):
+            moved.append(True)
+            os.rename(home, aside)
+            threading.Timer(0.05, os.rename, (aside, home)).start()
+        real_sync(path)
+
+    monkeypatch.setattr(fsio, "fsync_dir", moved_before_the_sync)
+    attempted = await store.start_attempt(rid, worker_id="w")
+    monkeypatch.undo()
+    assert moved
+    time.sleep(0.1)
+    attempts = await store.query_attempts(rid)
+    assert [a.attempt_id for a in attempts] == [attempted.attempt.attempt_id]
+    store.close()
+
+
+async def test_damage_behind_a_cached_record_is_named_as_damage(tmp_path: Path) -> None:
+    """From review: with the identity check, a link loop in place of a cached rollout's
+    history/ raised a raw OSError instead of the CorruptRecordError a fresh read gives."""
+    from store_fs.errors import CorruptRecordError
+
+    store = FileStore(tmp_path / "store")
+    rid = (await store.enqueue_rollout(input=1)).rollout_id
+    assert await store.get_rollout_by_id(rid) is not None  # cached
+    history = store.layout.history_dir(rid)
+    shutil.rmtree(history)
+    history.symlink_to(history)  # a loop
+    with pytest.raises(CorruptRecordError, match="symbolic link loop"):
+        await store.get_rollout_by_id(rid)
+    store.close()

@@ -13,12 +13,14 @@ import asyncio
 import json
 import os
 import re
+import subprocess
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_helpers import AGL, agl_env
 from datasets_helpers import make_rollout
 from test_report_cli import embedded
 
@@ -156,3 +158,68 @@ def test_long_rewritten_prompts_are_shown_whole_not_diffed_word_by_word() -> Non
     assert diff_html("keep this\nold words\n", "keep this\nnew words\n") == (
         "keep this\n<del>old</del><ins>new</ins> words\n"
     )
+
+
+def test_far_off_times_and_one_word_edits_in_long_paragraphs() -> None:
+    """From review: the year check called gmtime unguarded (a store written at time 1e17 failed
+    its report), and the diff budget showed a one-word edit of a 330-word paragraph as the
+    whole paragraph replaced."""
+    assert time_ticks(1e17, 1e17 + 100)
+    paragraph = " ".join(f"w{i}" for i in range(330))
+    diff = diff_html(paragraph, paragraph.replace("w100 ", "CHANGED "))
+    assert diff.count("<del>") == 1
+    assert "<del>w100</del><ins>CHANGED</ins>" in diff
+
+
+def test_a_row_read_while_a_span_log_was_unreadable_is_not_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = FileStore(tmp_path / "store")
+    rid = asyncio.run(make_rollout(store, reward=0.75))
+    later = time.time() + 3600  # settled: its row would be kept
+    monkeypatch.setattr(time, "time", lambda: later)
+    (attempt_dir,) = list(store.layout.rollout_dir(rid).joinpath("attempts").iterdir())
+    (log,) = list(attempt_dir.glob("spans.*.jsonl"))
+    kept = log.with_name("kept")
+    log.rename(kept)
+    log.mkdir()
+    assert embedded(_report(store, tmp_path / "r1.html"))["problems"] == 1
+    log.rmdir()
+    kept.rename(log)
+    page = _report(store, tmp_path / "r2.html")
+    assert embedded(page)["problems"] == 0
+    store.close()
+
+
+def test_a_page_to_standard_output_is_whole_and_watch_refuses_a_stream(tmp_path: Path) -> None:
+    """``agl report -o /dev/stdout > file``: the JSON summary went to the same file through
+    another descriptor and overwrote the page's start; ``--watch`` into a stream appended page
+    after page (found in review)."""
+    root = tmp_path / "store"
+    store = FileStore(root)
+    asyncio.run(make_rollout(store))
+    store.close()
+    page = tmp_path / "page.html"
+    with open(page, "wb") as stdout:
+        done = subprocess.run(
+            [AGL, "report", "-o", "/dev/stdout"],
+            env=agl_env(root),
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            timeout=60,
+        )
+    assert done.returncode == 0, done.stderr
+    text = page.read_text()
+    assert text.startswith("<!DOCTYPE html>")
+    assert text.rstrip().endswith("</html>")
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    refused = subprocess.run(
+        [AGL, "report", "--watch", "-o", str(fifo)],
+        env=agl_env(root),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 4, refused.stderr
+    assert "a FIFO" in refused.stderr

@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from store_fs import FileStore, Span
 from store_fs._disk.codec import dumps_line
-from store_fs._disk.span_read import SpanReadCache, read_lines
+from store_fs._disk.span_read import BLANK, UNPARSED, SpanReadCache, read_lines
 
 
 def _span(seq: int) -> Span:
@@ -36,9 +36,17 @@ def _line(seq: int) -> bytes:
     return dumps_line(_span(seq).model_dump(mode="json"))
 
 
+def _key(key: object) -> object:
+    if key is UNPARSED or key is BLANK:
+        return id(key)
+    # A span_id that cannot be hashed (a line cut and joined into a list there) is a key of
+    # its own in each read: compared by kind (hypothesis found one compared by identity).
+    return key if isinstance(key, str | int | float | bool | tuple) or key is None else "its own key"
+
+
 def _view(lines: list[Any]) -> list[tuple[object, Any, str, int]]:
     """Comparable lines: markers by identity, spans by value."""
-    return [(key if isinstance(key, str) else id(key), span, reason, at) for key, span, reason, at in lines]
+    return [(_key(key), span, reason, at) for key, span, reason, at in lines]
 
 
 def _append(path: Path, data: bytes) -> None:
@@ -65,6 +73,13 @@ _steps = st.lists(
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(steps=_steps, budget=st.sampled_from([1, 300, 1 << 20]))
+@example(  # half a line cut away and joined to another's end: a span_id that is a list
+    steps=[
+        *[("append", 1), ("partial", 1), ("trim", 0), ("append", 1), ("finish", 0)],
+        *[("partial", 1), ("trim", 0), ("truncate", 0), ("finish", 0)],
+    ],
+    budget=1,
+)
 def test_cached_reads_equal_fresh_reads(
     tmp_path_factory: pytest.TempPathFactory, steps: list[tuple[str, int]], budget: int
 ) -> None:

@@ -199,28 +199,25 @@ def syncs_deferred(*trees: StrPath) -> Iterator[None]:
         raise failed
 
 
-def _write_tmp(path: Path, data: bytes, durable: bool, mode: int = 0o644) -> Path:
-    return _write_tmp_identified(path, data, durable, mode)[0]
-
-
 FileIdentity: TypeAlias = tuple[int, int]
-"""A file's inode and modification time (ns): a file written again under the same name (a
-rollout removed and re-created under its id) differs, even when its inode is recycled."""
+"""A file's inode and size: a file written again under the same name (a rollout removed and
+re-created under its id) differs, even when its inode number is recycled, unless both match.
+(Not the modification time: a network filesystem may set it only when the writer closes it.)"""
 
 
 def identity(st: os.stat_result) -> FileIdentity:
-    return st.st_ino, st.st_mtime_ns
+    return st.st_ino, st.st_size
 
 
 def identity_of(path: str) -> FileIdentity | None:
     """:func:`identity` of ``path``; None if there is no such file."""
     try:
         return identity(os.stat(path))
-    except (FileNotFoundError, NotADirectoryError):
+    except OSError:  # gone, or damage (a link loop) that a fresh read names
         return None
 
 
-def _write_tmp_identified(path: Path, data: bytes, durable: bool, mode: int) -> tuple[Path, FileIdentity]:
+def _write_tmp(path: Path, data: bytes, durable: bool, mode: int = 0o644) -> Path:
     while True:
         tmp = _tmp_path(path)
         try:
@@ -232,13 +229,12 @@ def _write_tmp_identified(path: Path, data: bytes, durable: bool, mode: int) -> 
         append(fd, data)
         if durable:
             os.fsync(fd)
-        written = identity(os.fstat(fd))
     except BaseException:
         os.close(fd)
         _unlink_quiet(tmp)
         raise
     os.close(fd)
-    return tmp, written
+    return tmp
 
 
 def _unlink_quiet(path: Path) -> None:
@@ -312,15 +308,16 @@ class Staged:
     def __init__(self, path: Path, data: bytes, *, durable: bool = False, mode: int = 0o644) -> None:
         self.path = path
         self.durable = durable
-        tmp, self.identity = _write_tmp_identified(path, data, durable, mode)
-        self._tmp: Path | None = tmp
+        self.linked = False
+        self._tmp: Path | None = _write_tmp(path, data, durable, mode)
 
     def link(self) -> bool:
-        """``link(2)`` the file to ``path`` unless that exists; True if this call made it."""
+        """``link(2)`` the file to ``path`` unless that exists; True if this call made it.
+        :attr:`linked` tells, should the directory's sync after the link raise."""
         assert self._tmp is not None
         try:
             os.link(self._tmp, self.path)
-            created = True
+            created = self.linked = True
         except FileExistsError:
             # A lost reply to a retransmitted LINK over NFS can report EEXIST for a
             # link that was made: the temporary file's link count tells the truth.

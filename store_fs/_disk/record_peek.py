@@ -12,7 +12,9 @@ reason to show the rollout as it was one revision earlier.
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from typing import Any
 
 from store_fs._disk import codec, fsio
@@ -41,8 +43,18 @@ def read_revision_file(path: str) -> bytes | None:
 def read_identified_revision_file(path: str) -> tuple[bytes, fsio.FileIdentity] | None:
     """:func:`read_revision_file`, with the file's :func:`~store_fs._disk.fsio.identity`."""
     try:
-        with open(path, "rb") as f:
-            return f.read(), fsio.identity(os.fstat(f.fileno()))
+        # os calls, not open(): its own fstat would be a second request on NFS.
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISDIR(st.st_mode):
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+            chunks = []
+            while chunk := os.read(fd, max(st.st_size + 1, 1 << 16)):  # to the end, as read() does
+                chunks.append(chunk)
+            return b"".join(chunks), fsio.identity(st)
+        finally:
+            os.close(fd)
     except OSError as err:
         what = fsio.broken_name(err, path)
         if what is not None:

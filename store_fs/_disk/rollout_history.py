@@ -96,7 +96,7 @@ class _Head:
     __slots__ = ("_record", "data", "ident", "rev")
 
     def __init__(
-        self, rev: int, data: bytes, ident: fsio.FileIdentity, record: RolloutRecord | None = None
+        self, rev: int, data: bytes, ident: fsio.FileIdentity | None, record: RolloutRecord | None = None
     ) -> None:
         self.rev = rev
         self.data = data
@@ -127,6 +127,10 @@ class _Cache:
 Mutation = Callable[[RolloutRecord], RolloutRecord | None]
 Observer = Callable[[RolloutRecord | None, RolloutRecord], None]
 RevisionObserver = Callable[[int, RolloutRecord], None]
+
+
+class _MovedOut(Exception):
+    """A revision could not be written because the rollout's directory is gone (not written)."""
 
 
 class RecordStore:
@@ -181,7 +185,11 @@ class RecordStore:
         if cached is not None and just_read:
             return cached
         if cached is not None and not os.path.exists(self._rev_str(rollout_id, cached.rev + 1)):
-            if fsio.identity_of(self._rev_str(rollout_id, cached.rev)) == cached.ident:
+            now = fsio.identity_of(self._rev_str(rollout_id, cached.rev))
+            if now is not None and (
+                now == cached.ident or (cached.ident is None and now[1] == len(cached.data))
+            ):
+                cached.ident = now  # a head this process wrote learns its inode at its first check
                 return cached
             del cache.heads[rollout_id]  # removed: read afresh (it may also have been re-created)
         hist = self._layout.history_dir(rollout_id)
@@ -357,7 +365,7 @@ class RecordStore:
                 return found.private(path)
             try:
                 wrote = self._try_write(rollout_id, rev + 1, updated)
-            except FileNotFoundError:  # its directory moved away since the read
+            except _MovedOut:  # its directory moved away since the read
                 now = time.monotonic()
                 gone_since = gone_since if gone_since is not None else now
                 if now - gone_since >= MOVED_OUT_SECONDS:
@@ -374,12 +382,24 @@ class RecordStore:
         """Create revision ``rev`` holding ``record`` unless it exists; True if this call did."""
         # In field order, not sorted: a caller's input and metadata come back in their own order.
         data = codec.dumps_record(record, sort_keys=False)
-        staged = fsio.Staged(self._path(rollout_id, rev), data, durable=self._ctx.durable, mode=REVISION_MODE)
         try:
-            if not staged.link():
+            staged = fsio.Staged(
+                self._path(rollout_id, rev), data, durable=self._ctx.durable, mode=REVISION_MODE
+            )
+        except FileNotFoundError:
+            raise _MovedOut from None
+        try:
+            try:
+                created = staged.link()
+            except FileNotFoundError:
+                if not staged.linked:
+                    raise _MovedOut from None
+                created = True  # the revision is written; only the directory's sync met the move
+            if not created:
                 return False
             # ``record`` goes to the caller, who may change it: the cache decodes its own.
-            self._cache().heads[rollout_id] = _Head(rev, data, staged.identity)
+            # Its identity is learnt at the first check (a stat now would be one more request).
+            self._cache().heads[rollout_id] = _Head(rev, data, None)
             if self._on_revision is not None:
                 self._on_revision(rev, record)
             self._publish_mirror(rollout_id, rev, staged)

@@ -39,7 +39,7 @@ from typing import IO, Any, Literal, Protocol
 import orjson
 
 from store_fs.errors import AglError, UnstorableValueError
-from store_fs.output_targets import OutputTargetError, output_place, temp_beside
+from store_fs.output_targets import OutputTargetError, create_temp_beside, output_place
 
 __all__ = [
     "ROW_GROUP",
@@ -94,7 +94,8 @@ class JsonLinesSink:
             self._owned = True
             if place.kind == "file":
                 self._path = place.path
-                self._stream: IO[bytes] = open(temp_beside(place.path), "wb")  # noqa: SIM115 - closed in close/abort
+                fd, self._temp = create_temp_beside(place.path)
+                self._stream: IO[bytes] = os.fdopen(fd, "wb")
             else:
                 self._stream = open(place.path, "ab")  # noqa: SIM115 - closed in close/abort
         else:
@@ -115,7 +116,7 @@ class JsonLinesSink:
         if self._owned:
             self._stream.close()
         if self._path is not None:
-            os.replace(temp_beside(self._path), self._path)
+            os.replace(self._temp, self._path)
 
     def abort(self) -> None:
         if self._owned:
@@ -123,7 +124,7 @@ class JsonLinesSink:
                 self._stream.close()
             finally:
                 if self._path is not None:
-                    temp_beside(self._path).unlink(missing_ok=True)
+                    self._temp.unlink(missing_ok=True)
 
 
 # The kinds of Parquet column, each a check-and-convert of a row's value (None stays None).
@@ -332,7 +333,9 @@ class ParquetSink:
         self._columns = _COLUMNS[view]
         self._kinds = _KINDS[view]
         self._schema = _schema(view)
-        self._writer = pq.ParquetWriter(temp_beside(self._path), self._schema, compression="zstd")
+        fd, self._temp = create_temp_beside(self._path)
+        os.close(fd)  # the name is ours; pyarrow writes it
+        self._writer = pq.ParquetWriter(self._temp, self._schema, compression="zstd")
         self._pending: list[dict[str, Any]] = []
 
     def _converted(self, row: dict[str, Any]) -> dict[str, Any]:
@@ -368,14 +371,14 @@ class ParquetSink:
     def close(self) -> None:
         self.flush()
         self._writer.close()
-        os.replace(temp_beside(self._path), self._path)
+        os.replace(self._temp, self._path)
 
     def abort(self) -> None:
         self._pending = []
         try:
             self._writer.close()
         finally:
-            temp_beside(self._path).unlink(missing_ok=True)
+            self._temp.unlink(missing_ok=True)
 
 
 def open_sink(target: IO[bytes] | Path, view: str) -> RowSink:

@@ -46,17 +46,27 @@ def diff_html(before: str, after: str) -> str:
 
 def _word_diff(before: str, after: str) -> str:
     old, new = _tokens(before), _tokens(after)
-    if len(old) * len(new) > WORD_DIFF_BUDGET:
-        return f"<del>{esc(before)}</del><ins>{esc(after)}</ins>"
-    out: list[str] = []
-    matcher = difflib.SequenceMatcher(a=old, b=new, autojunk=False)
-    for op, i1, i2, j1, j2 in matcher.get_opcodes():
-        if op in ("delete", "replace"):
-            out.append(f"<del>{esc(''.join(old[i1:i2]))}</del>")
-        if op in ("insert", "replace"):
-            out.append(f"<ins>{esc(''.join(new[j1:j2]))}</ins>")
-        if op == "equal":
-            out.append(esc("".join(new[j1:j2])))
+    # Words both keep at the start and at the end are not compared (a one-word edit in a long
+    # paragraph stays within the budget).
+    head = 0
+    while head < min(len(old), len(new)) and old[head] == new[head]:
+        head += 1
+    tail = 0
+    while tail < min(len(old), len(new)) - head and old[-1 - tail] == new[-1 - tail]:
+        tail += 1
+    old_mid, new_mid = old[head : len(old) - tail], new[head : len(new) - tail]
+    out = [esc("".join(new[:head]))]
+    if len(old_mid) * len(new_mid) > WORD_DIFF_BUDGET:
+        out.append(f"<del>{esc(''.join(old_mid))}</del><ins>{esc(''.join(new_mid))}</ins>")
+    else:
+        for op, i1, i2, j1, j2 in difflib.SequenceMatcher(a=old_mid, b=new_mid, autojunk=False).get_opcodes():
+            if op in ("delete", "replace"):
+                out.append(f"<del>{esc(''.join(old_mid[i1:i2]))}</del>")
+            if op in ("insert", "replace"):
+                out.append(f"<ins>{esc(''.join(new_mid[j1:j2]))}</ins>")
+            if op == "equal":
+                out.append(esc("".join(new_mid[j1:j2])))
+    out.append(esc("".join(new[len(new) - tail :])))
     return "".join(out)
 
 

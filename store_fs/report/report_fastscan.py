@@ -139,7 +139,9 @@ def _scan_one(rollout_dir: str, rollout_id: str, out: FastScan, kept: BucketCach
         bad = digest.bad
         out.bad_spans.extend(bad)
     out.rows.append(row)
-    if kept is not None:
+    # A row made while a span log could not be read lacks its spans: kept, it would stay so
+    # after the file is readable again (a transient EACCES or EIO made permanent).
+    if kept is not None and all(b.kind is None for b in bad):
         kept.put(rollout_id, rev, row, bad)
     return True
 

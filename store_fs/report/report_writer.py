@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from store_fs.errors import AglError
-from store_fs.output_targets import OutputPlace, OutputTargetError, output_place, temp_beside
+from store_fs.output_targets import OutputPlace, OutputTargetError, create_temp_beside, output_place
 from store_fs.report.report_data import ReportData, ReportOptions, gather
 from store_fs.report.report_page import render_page
 
@@ -80,11 +80,11 @@ def _open_temp(target: Path, place: OutputPlace) -> Path | None:
         if not os.access(place.path, os.W_OK):
             raise ReportOutputError(str(target), "permission denied")
         return None
-    temp = temp_beside(place.path)
     try:
-        os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
+        fd, temp = create_temp_beside(place.path)
     except OSError as err:
         raise ReportOutputError(str(target), _reason(err)) from None
+    os.close(fd)
     return temp
 
 
@@ -139,11 +139,17 @@ def watch_report(
     stop: threading.Event | None = None,
 ) -> None:
     """Write the report now and again after every change of the store, until ``stop`` is set
-    (or KeyboardInterrupt). ``on_written`` is told about each report written."""
+    (or KeyboardInterrupt). ``on_written`` is told about each report written. An output that is
+    a stream (a FIFO, ``/dev/stdout``) is refused (:class:`ReportOutputError`): pages written
+    into it would follow each other."""
     import watchfiles
 
     from store_fs._disk.watch import POLL_DELAY_MS, resolve_mode
 
+    place = _place(Path(output))
+    if place.kind == "stream":
+        why = f"{place.what}: each new page would follow the last in it, not replace it (watch a file)"
+        raise ReportOutputError(str(output), why)
     stop = stop or threading.Event()
     mode = resolve_mode("auto", store.root)
     for directory in _watched(store):

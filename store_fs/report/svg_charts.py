@@ -176,6 +176,13 @@ def nice_ticks(lo: float, hi: float, count: int = 5, integer: bool = False) -> l
 _TIME_STEPS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
 
 
+def _year(stamp: float) -> int | None:
+    try:
+        return time.gmtime(stamp).tm_year
+    except (OverflowError, OSError, ValueError):  # no calendar date (a time of 1e17)
+        return None
+
+
 def time_ticks(lo: float, hi: float, count: int = 6) -> list[tuple[float, str]]:
     """Round wall-clock instants in ``[lo, hi]`` with labels (UTC)."""
     if hi <= lo or not math.isfinite(hi - lo):
@@ -184,7 +191,7 @@ def time_ticks(lo: float, hi: float, count: int = 6) -> list[tuple[float, str]]:
     step = next((s for s in _TIME_STEPS if s >= raw), math.ceil(raw / 86400) * 86400)
     first = math.ceil(lo / step) * step
     with_date = hi - lo > 86400
-    if step >= 86400 * 300 or time.gmtime(lo).tm_year != time.gmtime(hi).tm_year:
+    if step >= 86400 * 300 or _year(lo) != _year(hi):
         pattern = "%Y-%m-%d"  # across years: month-day alone read as time running backwards
     elif with_date:
         pattern = "%m-%d %H:%M"
