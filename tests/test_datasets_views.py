@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from datasets_helpers import make_rollout
 
-from store_fs import FakeClock, FileStore
+from store_fs import FakeClock, FileStore, RolloutConfig
 from store_fs.datasets import (
     Cursor,
     Redactor,
@@ -317,3 +317,64 @@ async def test_a_follower_sees_a_rollout_finish_within_a_second(tmp_path: Path) 
     assert {row["rollout_id"] for row in batch} == {rid}
     assert arrived - finished_at < 1.0
     store.close()
+
+
+async def test_a_late_span_on_an_older_attempt_does_not_bring_the_rollout_again(tmp_path: Path) -> None:
+    """Rows come from the latest attempt: a span on a retried rollout's first attempt changes
+    none, and was announced anyway (found by an adversarial pass)."""
+    store = FileStore(tmp_path / "s")
+    rid = (
+        await store.enqueue_rollout(
+            input={"q": 1}, config=RolloutConfig(max_attempts=2, retry_condition=["failed"])
+        )
+    ).rollout_id
+    first = await store.dequeue_rollout(worker_id="w")
+    assert first is not None
+    await store.update_attempt(rid, first.attempt.attempt_id, status="failed")
+    second = await store.dequeue_rollout(worker_id="w")
+    assert second is not None
+    await store.update_attempt(rid, second.attempt.attempt_id, status="succeeded")
+    data = TrainingData(store, "rollouts")
+    assert [row["rollout_id"] for row in await data.read_new()] == [rid]
+    await store.add_span(
+        reward_span(0.3, rollout_id=rid, attempt_id=first.attempt.attempt_id, sequence_id=50)
+    )
+    assert await data.read_new() == []
+    store.close()
+
+
+async def test_a_record_this_host_cannot_read_yet_is_tried_again_not_dropped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On NFS a reader told by the index that revision N exists may still get "not found" for
+    it (a cached negative lookup): the rollout was taken for gone and its late reward never
+    delivered (found on the two-host simulation). It stays due until it reads."""
+    from store_fs.datasets import views
+
+    store = FileStore(tmp_path / "s")
+    rid = await make_rollout(store, reward=None)
+    data = TrainingData(store, "triplets")
+    assert {row["rollout_id"] for row in await data.read_new()} == {rid}
+    attempt = await store.get_latest_attempt(rid)
+    assert attempt is not None
+    await store.add_span(reward_span(0.9, rollout_id=rid, attempt_id=attempt.attempt_id, sequence_id=200))
+    monkeypatch.setattr(views, "newest_revision", lambda layout, rollout_id, *, at_least=0: None)
+    assert await data.read_new() == []
+    assert [r for r, _rev in data.cursor.retry] == [rid]
+    monkeypatch.undo()
+    rows = await data.read_new()
+    assert {(row["rollout_id"], row["final_reward"]) for row in rows} == {(rid, 0.9)}
+    assert data.cursor.retry == []
+    store.close()
+
+
+def test_cursors_are_version_2_and_version_1_ones_still_read(tmp_path: Path) -> None:
+    """A build before late-spans announcements resumed a new cursor and skipped them silently
+    (found running old and new builds on one store): cursors are saved as version 2, which such
+    a build refuses; version 1 cursors still load."""
+    cursor = Cursor.start()
+    assert cursor.to_json()["version"] == 2
+    old = {**cursor.to_json(), "version": 1}
+    assert Cursor.from_json(old).to_json()["version"] == 2
+    with pytest.raises(ValueError, match="newer than this build reads"):
+        Cursor.from_json({**cursor.to_json(), "version": 3})

@@ -9,7 +9,6 @@ back. Logs (spans, events) are one compact JSON object per line.
 
 from __future__ import annotations
 
-import re
 from math import isfinite
 from typing import Any
 
@@ -41,15 +40,18 @@ def _default(obj: Any) -> Any:
 # orjson writes 254 levels of nesting at most. Answers and exports put a stored document inside
 # envelopes of their own (a page's items, an export's attempts and their spans): a document using
 # every level was stored, then every answer holding it failed (a dequeue had claimed its rollout).
-# So a stored document leaves this many levels free.
+# So what is newly stored (a caller's value: check_storable; a log line) leaves this many levels
+# free. A record is re-encoded at every revision and may hold a value stored before the limit
+# (by an older build): it is only held to orjson's own.
 _ENVELOPE_LEVELS = 16
 MAX_STORED_DEPTH = 254 - _ENVELOPE_LEVELS
 _TOO_DEEP = f"nested deeper than {MAX_STORED_DEPTH} levels (JSON answers holding it could not be written)"
+_ORJSON_DEPTH = "nested deeper than the 254 levels JSON is written with"
 
 
-def _refuse(what: str, err: orjson.JSONEncodeError) -> UnstorableValueError:
+def _refuse(what: str, err: orjson.JSONEncodeError, too_deep: str = _TOO_DEEP) -> UnstorableValueError:
     message = str(err) or type(err).__name__
-    return UnstorableValueError(what, _TOO_DEEP if "Recursion limit" in message else message)
+    return UnstorableValueError(what, too_deep if "Recursion limit" in message else message)
 
 
 def _enveloped(obj: Any) -> list[Any]:
@@ -58,24 +60,11 @@ def _enveloped(obj: Any) -> list[Any]:
     return [obj]
 
 
-# Records are indented by 2 a level, and JSON strings hold no raw newline: a document nested
-# deeper than allowed has a line indented at least this much (an empty innermost container
-# sits one level up).
-_DEEP_INDENT = re.compile(b"\n" + b" " * (2 * MAX_STORED_DEPTH))
-
-
 def _dumps(obj: Any, option: int, what: str) -> bytes:
-    """An indented record (``option`` has ``OPT_INDENT_2``)."""
     try:
-        data = orjson.dumps(obj, default=_default, option=option)
+        return orjson.dumps(obj, default=_default, option=option)
     except orjson.JSONEncodeError as err:
-        raise _refuse(what, err) from None
-    if _DEEP_INDENT.search(data) is not None:  # one scan; only a deep record is encoded again
-        try:
-            orjson.dumps(_enveloped(obj), default=_default, option=orjson.OPT_NON_STR_KEYS)
-        except orjson.JSONEncodeError as err:
-            raise _refuse(what, err) from None
-    return data
+        raise _refuse(what, err, _ORJSON_DEPTH) from None
 
 
 def _dumps_line(obj: Any, what: str) -> bytes:

@@ -84,6 +84,7 @@ class ResourceStore:
             data = _named().dump_python(resources, mode="json")
         except ValueError as err:  # pydantic's serializer: nesting deeper than it goes
             raise UnstorableValueError("the resources", str(err)) from None
+        codec.check_storable("the resources", data)  # new input: leaves room for answers
         body = codec.dumps_record(data, sort_keys=False)
         digest = hashlib.sha256(body).hexdigest()
         path = self._layout.resource_object(digest)

@@ -36,6 +36,11 @@ __all__ = ["Cursor"]
 log = logging.getLogger(__name__)
 
 _FORMAT = "agl-cursor"
+# Version 2: the reader follows late-spans announcements (store_fs/_disk/index_cursor.py). A
+# build before them would resume a version-2 cursor and skip those silently, so it is made to
+# refuse it; version 1 cursors are read as they are.
+_VERSION = 2
+_READ_VERSIONS = (1, 2)
 
 
 class Cursor:
@@ -88,12 +93,14 @@ class Cursor:
     # -- saving ----------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
         retry = {"retry": [[rollout_id, rev] for rollout_id, rev in self.retry]} if self.retry else {}
-        return {"format": _FORMAT, "version": 1, **self._position.to_json(), **retry}
+        return {"format": _FORMAT, "version": _VERSION, **self._position.to_json(), **retry}
 
     @classmethod
     def from_json(cls, data: Any) -> Cursor:
-        if not isinstance(data, dict) or data.get("format") != _FORMAT or data.get("version") != 1:
-            raise ValueError("not an agl cursor (expected {'format': 'agl-cursor', 'version': 1, ...})")
+        if not isinstance(data, dict) or data.get("format") != _FORMAT:
+            raise ValueError("not an agl cursor (expected {'format': 'agl-cursor', 'version': 2, ...})")
+        if data.get("version") not in _READ_VERSIONS:
+            raise ValueError(f"an agl cursor of version {data.get('version')!r}, newer than this build reads")
         retry = data.get("retry", [])  # optional: builds before it ignore it
         if not isinstance(retry, list) or not all(
             isinstance(item, list)

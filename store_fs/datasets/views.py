@@ -81,6 +81,9 @@ class ViewCounts:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     #: Rollouts left out because their finished latest attempt's span files are damaged (id, why).
     damaged: list[tuple[str, str]] = field(default_factory=list)
+    #: Rollouts whose record at the revision asked for could not be read yet, though the rollout
+    #: is there (a network filesystem's cache still hiding a revision another host made).
+    lagging: list[str] = field(default_factory=list)
 
 
 class _DamagedSpans(Exception):
@@ -145,6 +148,17 @@ def _record(store: FileStore, rollout_id: str, at_least: int = 0) -> _Brief | No
         # Left out quietly, a rollout would be missing from training data with nothing said.
         path = store.layout.history_dir(rollout_id) / revision_name(found[0])
         raise CorruptRecordError(str(path), "not a rollout record (agl check --fix moves it aside)")
+    return record
+
+
+def _record_or_lagging(
+    store: FileStore, rollout_id: str, at_least: int, counts: ViewCounts | None
+) -> _Brief | None:
+    """:func:`_record`; a rollout that is there but not readable at ``at_least`` yet is noted
+    in ``counts.lagging`` (a reader following the index tries it again)."""
+    record = _record(store, rollout_id, at_least)
+    if record is None and at_least and counts is not None and store.layout.history_dir(rollout_id).is_dir():
+        counts.lagging.append(rollout_id)
     return record
 
 
@@ -288,7 +302,7 @@ async def rollout_rows(
 ) -> list[dict[str, Any]]:
     """The rows one rollout gives in ``view`` ([] when the filter leaves it out), from its
     record at revision ``at_least`` or later."""
-    record = _record(store, rollout_id, at_least)
+    record = _record_or_lagging(store, rollout_id, at_least, counts)
     if record is None or not flt.admits_record(record):
         return []
     try:
@@ -402,7 +416,7 @@ class TrainingData:
                 due[rollout_id] = max(rev, due.get(rollout_id, 0))
             still_damaged: list[tuple[str, int]] = []
             for rollout_id, rev in due.items():
-                damaged = len(self.counts.damaged)
+                damaged, lagging = len(self.counts.damaged), len(self.counts.lagging)
                 rows = await rollout_rows(
                     self.store,
                     rollout_id,
@@ -412,7 +426,7 @@ class TrainingData:
                     counts=self.counts,
                     at_least=rev,
                 )
-                if len(self.counts.damaged) > damaged:
+                if len(self.counts.damaged) > damaged or len(self.counts.lagging) > lagging:
                     still_damaged.append((rollout_id, rev))
                 for row in rows:
                     handle(row)

@@ -107,7 +107,13 @@ class SpanMethods(StoreCore):
                     self._spans.heartbeat_recorded(attempt_dir)
                 else:
                     self._spans.heartbeat(attempt_dir)
-            if attempt.status in FINAL_ATTEMPT_STATUSES or record.status in TERMINAL_ROLLOUT_STATUSES:
+            latest = record.latest()
+            is_latest = latest is not None and latest.attempt_id == attempt.attempt_id
+            # Only the latest attempt's spans make a finished rollout's rows (an older attempt's
+            # late span changes none).
+            if is_latest and (
+                attempt.status in FINAL_ATTEMPT_STATUSES or record.status in TERMINAL_ROLLOUT_STATUSES
+            ):
                 self._announce_late_spans(rollout_id)
         return written, path
 
