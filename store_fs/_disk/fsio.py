@@ -210,10 +210,11 @@ def identity(st: os.stat_result) -> FileIdentity:
 
 
 def identity_of(path: str) -> FileIdentity | None:
-    """:func:`identity` of ``path``; None if there is no such file."""
+    """:func:`identity` of ``path``; None if it cannot be looked at (no such file, or damage
+    such as a link loop, which the caller's fresh read then names)."""
     try:
         return identity(os.stat(path))
-    except OSError:  # gone, or damage (a link loop) that a fresh read names
+    except OSError:
         return None
 
 

@@ -14,8 +14,9 @@ whole) and loaded with :meth:`Cursor.load`, it lets a restarted trainer go on wh
 Each finishing is reported once (a rollout retried after it failed is reported again when it
 finishes again), and a rollout given spans after it finished (a reward from a grader) is
 reported again: a reader takes a rollout's newest rows as the ones that count. A metadata
-update is not reported. A cursor saved after rows were consumed gives
-at-least-once delivery across a crash: rows read after the last save come again.
+update is not reported. A cursor saved after rows were consumed gives at-least-once delivery
+across a crash: rows read after the last save come again. Cursors are saved as version 2 (a
+build before late spans were announced refuses them); version 1 cursors load.
 """
 
 from __future__ import annotations
