@@ -496,13 +496,8 @@ def current_binding() -> RolloutBinding | None:
         return binding
     origin = _inherited.get()
     open_now = _open
-    if origin is not None:
-        own = origin.binding()
-        if origin.ended is None:
-            return own
-        if _straggling(origin, open_now):
-            return own
-        return open_now[0] if len(open_now) == 1 else None
+    if origin is not None and (origin.ended is None or _straggling(origin, open_now)):
+        return origin.binding()
     return open_now[0] if len(open_now) == 1 else None
 
 
