@@ -12,8 +12,10 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
+from types import FrameType
 from typing import Annotated, Any
 
 import typer
@@ -165,6 +167,15 @@ def run_cli(args: Sequence[str]) -> int:
     return result if isinstance(result, int) else ExitCode.OK
 
 
+def _stop_like_ctrl_c(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
-    """The console script."""
+    """The console script. SIGTERM (a service manager's or ``kill``'s stop) ends a command as
+    Ctrl-C does, through its clean-up: a file being written is not left half-made beside its
+    target, a cursor is saved. ``agl run`` and ``agl store`` take it over for their own graceful
+    stops; a handler someone else installed is left alone."""
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _stop_like_ctrl_c)
     sys.exit(run_cli(sys.argv[1:]))

@@ -215,7 +215,7 @@ _EXIT_MEANINGS = {
     ExitCode.WAIT_TIMED_OUT: "wait timed out",
     ExitCode.NOT_ALL_SUCCEEDED: "not all succeeded",
     ExitCode.ATTEMPT_LOST: "attempt no longer yours",
-    ExitCode.INTERRUPTED: "interrupted",
+    ExitCode.INTERRUPTED: "interrupted (Ctrl-C or SIGTERM)",
 }
 
 

@@ -27,6 +27,7 @@ from store_fs._disk.check_findings import Problem, cut_lines
 from store_fs._disk.check_resources import resource_problems
 from store_fs._disk.check_workers import worker_problems
 from store_fs._disk.claims import Engine
+from store_fs._disk.index_snapshot import SNAPSHOT_NAME
 from store_fs._disk.maintenance import maintenance_lock
 from store_fs._disk.quarantine import Quarantine
 from store_fs._disk.queue_tokens import ClaimToken
@@ -157,13 +158,15 @@ def _non_directories(
 
 
 def _misshapen_logs(engine: Engine, quarantine: Quarantine | None) -> list[Problem]:
-    """Names of per-process logs (rollout index, change feed, worker logs) that are no regular
-    file: every reader leaves them out, so only this reports them. ``fix`` moves them to
-    quarantine."""
+    """Names of per-process logs (rollout index, change feed, worker logs) and of the index's
+    snapshot that are no regular file: every reader leaves them out, so only this reports them.
+    ``fix`` moves them to quarantine."""
     layout = engine.ctx.layout
     places = [(layout.rollout_index, INDEX_LOGS), (layout.events, EVENT_LOGS)]
     places += [(Path(w.path), WORKER_LOGS) for w in fsio.iter_dirs(layout.workers)]
-    out: list[Problem] = []
+    # The index's snapshot too: readers pass over one they cannot read, compaction cannot
+    # rename a new one over a directory.
+    out = _misshapen(layout.rollout_index / SNAPSHOT_NAME, quarantine, directory=False)
     for directory, kind in places:
         for name in log_segments.scan(directory, kind).not_files:
             out += _misshapen(directory / name, quarantine, directory=False)
@@ -286,7 +289,11 @@ def _rollout_problems(
     out: list[Problem] = []
     rollout_id = record.rollout_id
     mirror = str(engine.ctx.layout.mirror_file(rollout_id))
-    if not engine.records.mirror_matches(rollout_id):
+    # A directory or a FIFO named rollout.json cannot be compared, nor replaced by a rename:
+    # moved aside first, then made anew as a missing mirror is.
+    shape = _misshapen(Path(mirror), quarantine, directory=False)
+    out += shape
+    if all(p.fixed for p in shape) and not engine.records.mirror_matches(rollout_id):
         if fix:
             engine.records.republish_mirror(rollout_id)
         out.append(Problem("stale-mirror", mirror, "does not link to the newest history revision", fix))
@@ -603,7 +610,8 @@ def _written_meanwhile(engine: Engine, indexed: dict[str, Entry]) -> list[Entry]
 def _line_at(path: Path, offset: int) -> bytes:
     """The line of ``path`` that starts at ``offset`` (without its newline; empty if gone)."""
     try:
-        with open(path, "rb") as f:
+        fd, _st = fsio.open_to_read(path)
+        with open(fd, "rb") as f:
             f.seek(offset)
             return f.readline().rstrip(b"\n")
     except OSError:

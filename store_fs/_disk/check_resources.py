@@ -65,10 +65,12 @@ def _bodies(fan: Path) -> list[Problem]:
             continue  # not a body's name: no reader asks for it
         path = fan / name
         try:
-            data = path.read_bytes()
+            data = fsio.read_bytes(path)
         except OSError as err:
             out.append(Problem("corrupt-resource-object", str(path), f"cannot be read: {err.strerror}"))
             continue
+        if data is None:
+            continue  # removed since the listing
         if hashlib.sha256(data).hexdigest() != named.group(1):
             detail = f"its {len(data)} bytes do not hash to its name (cut short or changed)"
             out.append(Problem("corrupt-resource-object", str(path), detail))

@@ -21,6 +21,7 @@ import itertools
 import os
 import secrets
 import socket
+import stat
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -32,6 +33,7 @@ from store_fs._disk import group_sync
 StrPath: TypeAlias = "str | os.PathLike[str]"
 
 __all__ = [
+    "SpecialFileError",
     "Staged",
     "append",
     "broken_name",
@@ -47,6 +49,7 @@ __all__ = [
     "make_dirs",
     "move",
     "open_making_dirs",
+    "open_to_read",
     "publish",
     "publish_link",
     "publish_symlink",
@@ -438,15 +441,58 @@ def _open_creating_durably(path: Path, flags: int, mode: int) -> int:
     return fd
 
 
-def read_bytes(path: Path) -> bytes | None:
-    """The file's content, or None if it does not exist."""
+class SpecialFileError(OSError):
+    """A FIFO, a socket or a device (``what``) under a name where the store keeps a regular
+    file: damage, named like a directory in a file's place (:func:`broken_name`)."""
+
+    def __init__(self, path: StrPath, what: str) -> None:
+        super().__init__(errno.EINVAL, f"{what}, not a regular file", os.fspath(path))
+        self.what = what
+
+
+_SPECIAL_KINDS = (
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def open_to_read(path: StrPath) -> tuple[int, os.stat_result]:
+    """A store file opened for reading, and its ``fstat``; the caller closes the descriptor.
+
+    Only a regular file is read: a directory raises ``IsADirectoryError``, anything else
+    :class:`SpecialFileError`, also through a symbolic link. A FIFO planted under the name would
+    otherwise block the open until a writer came, and a link to ``/dev/zero`` give a read without
+    end (``O_NONBLOCK`` lets the open return; on a regular file the flag changes nothing).
+    """
     try:
-        with open(path, "rb") as f:
-            return f.read()
-    except FileNotFoundError:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as err:
+        if err.errno == errno.ENXIO:  # what opening a Unix socket's name answers
+            raise SpecialFileError(path, "a socket") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            if stat.S_ISDIR(st.st_mode):
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), os.fspath(path))
+            what = next((name for test, name in _SPECIAL_KINDS if test(st.st_mode)), "no regular file")
+            raise SpecialFileError(path, what)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
+
+
+def read_bytes(path: Path) -> bytes | None:
+    """The file's content, or None if it does not exist (:func:`open_to_read`'s errors)."""
+    try:
+        fd, _st = open_to_read(path)
+    except (FileNotFoundError, NotADirectoryError):
         return None
-    except NotADirectoryError:
-        return None
+    with open(fd, "rb", buffering=0) as f:
+        return f.read()
 
 
 def list_names(directory: Path) -> list[str]:
@@ -472,7 +518,10 @@ def iter_dirs(directory: Path) -> Iterator[os.DirEntry[str]]:
 def broken_name(err: OSError, path: StrPath) -> str | None:
     """What ``path`` is when opening or stat-ing it failed with ``err`` although the name is
     there: "a directory" (opened as a file), "a symbolic link loop" or "a symbolic link to
-    nothing". None when ``err`` says anything else (no such name, a permission, an I/O error)."""
+    nothing", or :class:`SpecialFileError`'s kind ("a FIFO"...). None when ``err`` says anything
+    else (no such name, a permission, an I/O error)."""
+    if isinstance(err, SpecialFileError):
+        return err.what
     if err.errno == errno.EISDIR:
         return "a directory"
     if err.errno == errno.ELOOP:

@@ -61,7 +61,7 @@ class Snapshot:
         """The directory's snapshot, or None when there is none or it cannot be read (a reader
         then reads the logs from the start, as without one)."""
         try:
-            fd = os.open(directory / SNAPSHOT_NAME, os.O_RDONLY)
+            fd, _st = fsio.open_to_read(directory / SNAPSHOT_NAME)
         except OSError:
             return None
         try:

@@ -12,9 +12,7 @@ reason to show the rollout as it was one revision earlier.
 
 from __future__ import annotations
 
-import errno
 import os
-import stat
 from typing import Any
 
 from store_fs._disk import codec, fsio
@@ -44,11 +42,8 @@ def read_identified_revision_file(path: str) -> tuple[bytes, fsio.FileIdentity] 
     """:func:`read_revision_file`, with the file's :func:`~store_fs._disk.fsio.identity`."""
     try:
         # os calls, not open(): its own fstat would be a second request on NFS.
-        fd = os.open(path, os.O_RDONLY)
+        fd, st = fsio.open_to_read(path)
         try:
-            st = os.fstat(fd)
-            if stat.S_ISDIR(st.st_mode):
-                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
             chunks = []
             while chunk := os.read(fd, max(st.st_size + 1, 1 << 16)):  # to the end, as read() does
                 chunks.append(chunk)

@@ -238,14 +238,13 @@ class SpanReadCache:
 
     def _read_cached(self, path: Path) -> tuple[list[Line], bool]:
         try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            return [], False
-        try:
             # fstat of the opened file, not stat(path): opening makes an NFS client check the
             # file's size with the server (close-to-open), a stat may answer from a cache
             # up to a minute old. And the bytes read below are then this very file's.
-            st = os.fstat(fd)
+            fd, st = fsio.open_to_read(path)
+        except FileNotFoundError:
+            return [], False
+        try:
             ident = (st.st_dev, st.st_ino)
             with self._lock:
                 admitted = path in self._files or self._seen_once.pop(path, None) == ident

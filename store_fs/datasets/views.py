@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args
 
+from store_fs._disk import fsio
 from store_fs._disk.layout import revision_name
 from store_fs._disk.record_peek import newest_revision
 from store_fs._disk.span_log import BadLine
@@ -232,7 +233,8 @@ def _torn_tails(store: FileStore, attempt_dir: Path) -> list[str]:
 
 def _torn(path: Path) -> bool:
     try:
-        with path.open("rb") as file:
+        fd, _st = fsio.open_to_read(path)
+        with open(fd, "rb") as file:
             size = file.seek(0, os.SEEK_END)
             return size > 0 and os.pread(file.fileno(), 1, size - 1) != b"\n"
     except OSError:  # gone, or no file: the read reported it

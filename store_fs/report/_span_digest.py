@@ -36,7 +36,7 @@ from typing import Any, cast
 
 from pydantic import ValidationError
 
-from store_fs._disk import codec
+from store_fs._disk import codec, fsio
 from store_fs.datasets._span_rows import row_of
 from store_fs.models import Span
 from store_fs.report.report_scan import is_llm_span, llm_details
@@ -177,11 +177,11 @@ def _line(digest: DigestOfFiles, line: bytes, seen: set[object], path: str, at: 
 def read_file(path: str) -> bytes | None:
     """The file's bytes (None if it does not exist), with fewer calls than ``open().read()``."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd, st = fsio.open_to_read(path)
     except (FileNotFoundError, NotADirectoryError):
         return None
     try:
-        size = os.fstat(fd).st_size
+        size = st.st_size
         data = os.read(fd, size + 1)
         if len(data) == size:
             return data
@@ -199,7 +199,7 @@ def _file(digest: DigestOfFiles, path: str, seen: set[object], finished: bool) -
     except OSError as err:
         # One span log that cannot be read (a directory in its place, no permission) is named
         # on the page; it aborted the whole report.
-        if isinstance(err, IsADirectoryError):
+        if isinstance(err, (IsADirectoryError, fsio.SpecialFileError)):
             detail, kind = "is not a file: the rollout's readers and writers fail on it", "wrong-file-type"
         else:
             detail, kind = f"cannot be read ({err.strerror or err})", "corrupt-span"

@@ -88,7 +88,10 @@ def _newest_rev(history: str) -> int:
 def _revision(history: str, rev: int) -> dict[str, Any] | bool:
     """Revision ``rev``'s parsed JSON object; False if it is gone or does not parse as an object
     (the API path decides what that is)."""
-    data = read_file(f"{history}/{revision_name(rev)}")
+    try:
+        data = read_file(f"{history}/{revision_name(rev)}")
+    except OSError:
+        return False  # a directory or a FIFO in its place, say: the API path names the damage
     if data is None:
         return False  # removed meanwhile (a prune): the API path knows what to do
     try:
