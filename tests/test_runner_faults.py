@@ -133,6 +133,27 @@ async def test_a_span_that_cannot_be_stored_fails_the_attempt_naming_how_many(
     assert find_final_reward(spans) == 1.0
 
 
+async def surrogate_text(task: Any, prompt_template: PromptTemplate) -> float:
+    emit_message("cut \ud83d")  # a reply cut inside an emoji's surrogate pair
+    emit_message("pair \ud83d\ude00, lone \udfff")
+    return 1.0
+
+
+async def test_a_lone_surrogate_in_recorded_text_is_mended_not_fatal(fs: FileStore) -> None:
+    """The defect: one lone surrogate in an LLM's reply made the store refuse the span (JSON
+    cannot hold it), and the attempt failed over one character of recorded text."""
+    r = await fs.enqueue_rollout(input="x")
+    runner = quick_runner(max_rollouts=1)
+    with runner.run_context(agent=surrogate_text, store=fs):
+        await asyncio.wait_for(runner.iter(), 30)
+    attempt = await fs.get_latest_attempt(r.rollout_id)
+    assert attempt is not None
+    assert attempt.status == "succeeded", attempt.metadata
+    spans = list(await fs.query_spans(r.rollout_id))
+    assert _bodies(spans) == ["cut \ufffd", "pair \U0001f600, lone \ufffd"]
+    assert find_final_reward(spans) == 1.0
+
+
 class Bindings:
     """A hook that keeps each attempt's span binding, to read its counters afterwards."""
 

@@ -17,6 +17,11 @@ for training no longer says what was sent: so a secret is masked only when it lo
 registered secret also when it has 16 characters or more, and never below 8 (a local
 server's ``api_key="EMPTY"`` or ``"anything"`` must not blank those words out of prompts).
 The registry lives in memory only and keeps the 64 most recent secrets.
+
+The same pass mends text JSON cannot hold: a lone UTF-16 surrogate (an LLM's reply cut inside
+an emoji, bytes decoded with ``surrogateescape``) becomes U+FFFD and a pair of surrogates the
+character it encodes. The store refuses such a string by name (``UnstorableValueError``), which
+failed the whole attempt over one character of recorded text.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ _MAX_SECRETS = 64
 _BEARER = re.compile(r"(?i)(\bbearer\s+)([A-Za-z0-9._~+/=-]{8,})")
 _OPENAI_KEY = re.compile(r"\bsk-[A-Za-z0-9_-]{16,}")
 _TOKEN_MARK = re.compile(r"[0-9_]|.[A-Z]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _token_like(text: str) -> bool:
@@ -94,7 +100,10 @@ def remember_client_secrets(client: Any, headers: Mapping[str, Any] | None = Non
 
 
 def scrub_text(text: str) -> str:
-    """``text`` with every known secret and secret-looking token masked."""
+    """``text`` with every known secret and secret-looking token masked, and lone surrogates
+    mended (module doc)."""
+    if not text.isascii() and _SURROGATE.search(text) is not None:
+        text = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
     for secret in _secrets:
         if secret in text:
             text = text.replace(secret, MASK)
