@@ -333,3 +333,4 @@ def test_every_kind_agl_check_reports_is_found_by_the_quick_check_or_named_as_no
     }
     assert kinds, sources
     assert kinds - found_quickly - set(health.NOT_QUICK) == set()
+    assert set(health.QUICK_ONLY_FOR) <= set(health.NOT_QUICK)  # qualified where it is named

@@ -38,7 +38,7 @@ from store_fs.errors import CorruptRecordError
 from store_fs.report._span_digest import BadSpanLine
 from store_fs.report.report_scan import RolloutRow
 
-__all__ = ["NOT_QUICK", "quick_check"]
+__all__ = ["NOT_QUICK", "QUICK_ONLY_FOR", "quick_check"]
 
 #: What ``agl check`` looks for and :func:`quick_check` does not (shown on the page).
 NOT_QUICK: Final = (
@@ -57,6 +57,9 @@ NOT_QUICK: Final = (
     "corrupt-resource-version",
     "empty-resources-id",
 )
+
+#: Kinds of :data:`NOT_QUICK` that the quick check reports in one place all the same.
+QUICK_ONLY_FOR: Final = {"wrong-file-type": "reported for span logs only"}
 
 
 def _span_problems(bad: Iterable[BadSpanLine]) -> list[Problem]:

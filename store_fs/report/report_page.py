@@ -16,7 +16,7 @@ from typing import Any
 
 from store_fs.report.prompt_diff import diff_texts
 from store_fs.report.report_data import ReportData, Waterfall
-from store_fs.report.report_health import NOT_QUICK
+from store_fs.report.report_health import NOT_QUICK, QUICK_ONLY_FOR
 from store_fs.report.report_stats import (
     ATTEMPT_STATUSES,
     ROLLOUT_STATUSES,
@@ -356,7 +356,10 @@ def _check_name(data: ReportData) -> tuple[str, str]:
         '<p class="caption">The quick check reports what reading the rollouts for this report found '
         "(span lines that do not parse or validate, torn span files, unreadable records) and what the "
         "queue, the trash and the index marker show. It does not look for "
-        + ", ".join(f"<code>{kind}</code>" for kind in NOT_QUICK)
+        + ", ".join(
+            f"<code>{kind}</code>" + (f" ({QUICK_ONLY_FOR[kind]})" if kind in QUICK_ONLY_FOR else "")
+            for kind in NOT_QUICK
+        )
         + ": <code>agl report --full-check</code> (or <code>agl check</code>) reads every file again "
         "for those.</p>",
     )
