@@ -139,7 +139,11 @@ class LightningStoreClient(LightningStore):
 
     @property
     def capabilities(self) -> LightningStoreCapabilities:
-        return {"thread_safe": True, "async_safe": True, "zero_copy": True, "otlp_traces": True}
+        # otlp_traces False, though the server takes OTLP at /v1/traces (export_otlp): upstream's
+        # tracers read it to point their OTLP exporter at the store, which with current
+        # exporters sends to localhost:4318 instead (docs/deviations.md); told False, they
+        # store their spans through add_otel_span, which arrives.
+        return {"thread_safe": True, "async_safe": True, "zero_copy": True, "otlp_traces": False}
 
     def otlp_traces_endpoint(self) -> str:
         return self.url + "/v1/traces"

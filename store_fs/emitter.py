@@ -17,29 +17,30 @@ from store_fs.rewards import ANNOTATION_SPAN_NAME, reward_attributes
 from store_fs.tracing.rollout_binding import lose_unattributed
 from store_fs.tracing.tracer import active_tracer
 from store_fs.tracing.upstream_bridge import upstream_active_tracer
+from store_fs.upstream_compat import retyped
 
 __all__ = ["emit_annotation", "emit_message", "emit_reward"]
 
 MESSAGE_SPAN_NAME = "agentlightning.message"
 
 
-def _emit(name: str, attributes: dict[str, Any], propagate: bool) -> SpanCoreFields:
+def _emit(name: str, attributes: dict[str, Any], propagate: bool, *, ok: bool = True) -> SpanCoreFields:
+    """The span, recorded by the active tracer unless not ``propagate``. ``ok``: its status is
+    OK, as upstream sets for annotations (rewards); a message's is left UNSET, as upstream's.
+    The result is also upstream's ``SpanCoreFields`` when upstream is loaded: an agent run by
+    upstream's runner may return it."""
+    status = TraceStatus(status_code="OK" if ok else "UNSET")
     if not propagate:
         now = time.time()
-        return SpanCoreFields(
-            name=name,
-            status=TraceStatus(status_code="OK"),
-            attributes=attributes,
-            start_time=now,
-            end_time=now,
-        )
+        core = SpanCoreFields(name=name, status=status, attributes=attributes, start_time=now, end_time=now)
+        return retyped(core)
     found = active_tracer()
     if found is not None:
-        return found[0].create_span(name, attributes)
+        return retyped(found[0].create_span(name, attributes, status=status))
     upstream = upstream_active_tracer()
     if upstream is not None:  # under upstream's runner: its tracer records the span
-        core = upstream.create_span(name=name, attributes=attributes, status=TraceStatus(status_code="OK"))
-        return SpanCoreFields.model_validate(core)
+        core = upstream.create_span(name=name, attributes=attributes, status=status if ok else None)
+        return retyped(SpanCoreFields.model_validate(core.model_dump()))
     if lose_unattributed(f"{name!r} emitted"):
         raise RuntimeError(
             f"{name!r} emitted outside any rollout's trace context while several rollouts run in "
@@ -74,4 +75,5 @@ def emit_message(
     text: str, *, attributes: dict[str, Any] | None = None, propagate: bool = True
 ) -> SpanCoreFields:
     """Record a free-text message."""
-    return _emit(MESSAGE_SPAN_NAME, {"agentlightning.message.body": text, **(attributes or {})}, propagate)
+    attrs = {"agentlightning.message.body": text, **(attributes or {})}
+    return _emit(MESSAGE_SPAN_NAME, attrs, propagate, ok=False)

@@ -20,8 +20,11 @@ therefore hands out objects that are instances of both classes:
   what it passes to an agent.
 
 These subclasses add no fields and change no behaviour: JSON, equality and agl's own code see
-the same values, and a pickled copy comes back as agl's plain class. Every other result
-(rollouts, attempts, spans, workers) stays agl's class: upstream reads those by their fields.
+the same values, and a pickled copy comes back as agl's plain class. A page of results
+(``query_*``) is upstream's ``PaginatedResult`` too: upstream's HTTP server, put in front of a
+``FileStore`` by its ``Trainer``, wraps anything else again and failed every list route with a
+500. The rollouts, attempts, spans and workers in a page stay agl's class: upstream reads those
+by their fields.
 Without upstream loaded, nothing here runs.
 """
 
@@ -38,6 +41,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 
 __all__ = [
+    "PAGED_METHODS",
     "RETYPED_METHODS",
     "as_ours",
     "hybrid_model_class",
@@ -66,8 +70,11 @@ RETYPED_METHODS = frozenset(
     }
 )
 
+# The store methods whose pages (not their items) are retyped: upstream's server tests them.
+PAGED_METHODS = frozenset({"query_rollouts", "query_attempts", "query_spans", "query_workers"})
+
 # Fields whose values are retyped too (one level down).
-_NESTED = ("attempt", "config", "resources")
+_NESTED = ("attempt", "config", "resources", "status")
 
 
 def upstream_module(name: str) -> ModuleType | None:
@@ -157,7 +164,7 @@ def retyped(value: T) -> T:
     if isinstance(value, BaseModel):
         items = getattr(value, "items", None)
         if type(value).__name__ == "PaginatedResult" and isinstance(items, (list, tuple)):
-            result = value.model_copy(update={"items": [retyped(item) for item in items]})
+            result = retyped_page(value.model_copy(update={"items": [retyped(item) for item in items]}))
         else:
             result = _retype_model(value)
     elif isinstance(value, list):
@@ -165,6 +172,22 @@ def retyped(value: T) -> T:
     elif isinstance(value, dict):  # named resources
         result = {key: retyped(item) for key, item in value.items()}
     return result  # type: ignore[no-any-return]
+
+
+def retyped_page(page: T) -> T:
+    """``page`` (agl's ``PaginatedResult``) as an instance of upstream's too, its items as they
+    are; ``page`` itself without upstream loaded, or if it is no page."""
+    if not isinstance(page, BaseModel):
+        return page
+    cls = type(page)
+    if _is_hybrid(cls) or cls.__name__ != "PaginatedResult":
+        return page
+    twin = upstream_twin(cls)
+    if twin is None:
+        return page
+    clone = copy.copy(page)
+    object.__setattr__(clone, "__class__", hybrid_model_class(cls, twin))
+    return clone
 
 
 def as_ours(value: Any) -> Any:
@@ -190,15 +213,17 @@ def _ours(value: Any, unset: object) -> Any:
     return value
 
 
-def _translating(method: Callable[..., Any], unset: object, retype: bool) -> Callable[..., Any]:
-    """``method`` taking upstream's ``UNSET`` as agl's, its result :func:`retyped` if ``retype``."""
+def _translating(
+    method: Callable[..., Any], unset: object, retype: Callable[[Any], Any] | None
+) -> Callable[..., Any]:
+    """``method`` taking upstream's ``UNSET`` as agl's, its result passed through ``retype``."""
 
     @functools.wraps(method)
     async def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
         args = tuple(_ours(arg, unset) for arg in args)
         kwargs = {name: _ours(value, unset) for name, value in kwargs.items()}
         result = await method(self, *args, **kwargs)
-        return retyped(result) if retype else result
+        return retype(result) if retype is not None else result
 
     return wrapper
 
@@ -213,7 +238,8 @@ def _hybrid_store_class(ours: type, theirs: type, unset: object) -> type:
     }
     for name, method in inspect.getmembers(ours, inspect.iscoroutinefunction):
         if not name.startswith("_"):
-            namespace[name] = _translating(method, unset, name in RETYPED_METHODS)
+            retype = retyped if name in RETYPED_METHODS else retyped_page if name in PAGED_METHODS else None
+            namespace[name] = _translating(method, unset, retype)
     return type(ours)(ours.__name__, (ours, theirs), namespace)
 
 

@@ -433,3 +433,44 @@ async def test_a_span_text_with_a_lone_surrogate_is_refused_naming_the_span_and_
         await store.add_span(span)
     assert (await store.query_spans(attempted.rollout_id)).total == 0
     store.close()
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ({1: "int one", "1": "str one"}, "1"),
+        ({"nested": [{True: 1, "true": 2}]}, "true"),
+        ({None: "a", "null": "b"}, "null"),
+        ({1.0: "a", "1.0": "b"}, "1.0"),
+    ],
+    ids=["int", "bool-nested", "none", "float"],
+)
+async def test_keys_json_writes_alike_are_refused_not_merged(tmp_path: Path, value: Any, shown: str) -> None:
+    """The defect (an adversarial pass with upstream's objects): ``{1: "a", "1": "b"}`` was
+    stored as ``{"1": "b"}``: orjson writes both keys as ``"1"`` and reading keeps the last,
+    while the call returned the caller's dict. Found in inputs, metadata and worker stats."""
+    store = FileStore(tmp_path / "store")
+    try:
+        before = store_snapshot(store.root)
+        with pytest.raises(UnstorableValueError, match=f"would both be written as '{shown}'"):
+            await store.enqueue_rollout(input=value)
+        with pytest.raises(UnstorableValueError, match="would both be written"):
+            await store.start_rollout(input="x", metadata={"m": value})
+        with pytest.raises(UnstorableValueError, match="heartbeat_stats"):
+            await store.update_worker("w1", heartbeat_stats=value)
+        assert store_snapshot(store.root) == before
+        # Non-string keys that stay apart are stored as JSON has them, as before.
+        stored = await store.enqueue_rollout(input={1: "a", 2: "b"})
+        assert (await store.get_rollout_by_id(stored.rollout_id)).input == {"1": "a", "2": "b"}  # type: ignore[union-attr]
+    finally:
+        store.close()
+
+
+async def test_nan_in_worker_stats_is_refused_not_stored_as_null(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "store")
+    try:
+        with pytest.raises(UnstorableValueError, match="heartbeat_stats"):
+            await store.update_worker("w1", heartbeat_stats={"load": math.nan})
+        assert (await store.query_workers()).total == 0
+    finally:
+        store.close()

@@ -465,3 +465,115 @@ def test_stores_and_their_resources_are_also_upstream_classes(tmp_path: Path) ->
         assert rollout.metadata == {}
 
     asyncio.run(main())
+
+
+# -- found by an adversarial pass with upstream's objects (2026-12-07) --------------------------
+
+
+def test_upstreams_server_in_front_of_a_file_store_answers_every_list_route(tmp_path: Path) -> None:
+    """Upstream's ``Trainer`` puts its ``LightningStoreServer`` in front of the store; it wraps
+    a page that is not its own ``PaginatedResult`` again, and every list route answered 500."""
+    from agentlightning.store.client_server import LightningStoreClient as UpstreamClient
+    from agentlightning.store.client_server import LightningStoreServer
+    from fault_helpers import free_port
+
+    async def scenario() -> None:
+        store = FileStore(tmp_path / "s")
+        port = free_port()
+        server = LightningStoreServer(store, host="127.0.0.1", port=port)
+        await server.start()
+        client = UpstreamClient(f"http://127.0.0.1:{port}", retry_delays=(), health_retry_delays=())
+        try:
+            await client.add_resources({"p": agl.PromptTemplate(template="x", engine="f-string")})
+            started = await client.start_rollout(input="s", worker_id="w0")
+            await client.enqueue_rollout(input="q")
+            span = agl.Span.from_attributes(
+                rollout_id=started.rollout_id,
+                attempt_id=started.attempt.attempt_id,
+                sequence_id=1,
+                attributes={"k": 1},
+                span_id="1" * 16,
+                trace_id="0" * 32,
+            )
+            await client.add_span(span)
+            assert (await client.query_rollouts()).total == 2
+            assert [s.span_id for s in await client.query_spans(started.rollout_id)] == ["1" * 16]
+            assert (await client.query_attempts(started.rollout_id)).total == 1
+            assert [w.worker_id for w in await client.query_workers()] == ["w0"]
+            assert (await client.query_resources()).total == 1
+            page = await store.query_rollouts(limit=1)
+            assert isinstance(page, agl.PaginatedResult)  # and its items stay agl's
+            assert type(page.items[0]).__module__.startswith("store_fs.")
+        finally:
+            await client.close()
+            await server.stop()
+            store.close()
+
+    asyncio.run(scenario())
+
+
+class ReturnsOkAgent(UpstreamLitAgent):  # type: ignore[misc]
+    def rollout(self, task: Any, resources: Any, rollout: Any) -> Any:
+        if task == "agl":  # agl's emitters give back a span an upstream runner accepts
+            return [agl_emit_reward(0.5, propagate=False)]
+        return 1.0
+
+
+def test_upstream_runner_with_agl_objects_an_unknown_resources_id_and_message_status(tmp_path: Path) -> None:
+    """Three defects of one adversarial pass: (1) a rollout naming a resources id no resources
+    can have (``team/v1``: not checked at enqueue) made ``get_resources_by_id`` raise, which
+    ended upstream's runner loop with the next rollout left queued (upstream's stores answer
+    None); (2) ``emit_reward(propagate=False)`` of agl returned agl's ``SpanCoreFields``, which
+    upstream's runner refused ("Invalid raw result type"); (3) agl's ``emit_message`` stored
+    status OK where upstream leaves UNSET."""
+
+    async def scenario() -> None:
+        store = FileStore(tmp_path / "s")
+        try:
+            await store.add_resources({"p": agl.PromptTemplate(template="x", engine="f-string")})
+            assert await store.get_resources_by_id("team/v1") is None
+            bad = await store.enqueue_rollout(input="plain", resources_id="team/v1")
+            good = await store.enqueue_rollout(input="agl")
+            await upstream_runner(store, ReturnsOkAgent(), 2)
+            assert (await store.get_rollout_by_id(good.rollout_id)).status == "succeeded"
+            # Upstream's runner skips a rollout whose resources it cannot fetch (its attempt is
+            # left to the watchdog, as over upstream's own stores) and goes on to the next.
+            assert (await store.get_rollout_by_id(bad.rollout_id)).status == "preparing"
+            assert find_final_reward(list(await store.query_spans(good.rollout_id))) == 0.5
+            messages = await store.enqueue_rollout(input={"q": "m", "score": 1})
+            await upstream_runner(store, agl_emitting_agent, 1)
+            spans = {s.name: s for s in await store.query_spans(messages.rollout_id)}
+            assert spans[MESSAGE].status.status_code == "UNSET"  # as upstream's emit_message
+            assert spans[REWARD].status.status_code == "OK"
+        finally:
+            store.close()
+
+    asyncio.run(scenario())
+
+
+def test_upstream_tracer_over_agls_client_stores_its_spans(tmp_path: Path) -> None:
+    """agl's client said ``otlp_traces: True``, so upstream's tracers exported to an OTLP
+    endpoint their exporter then ignored (localhost:4318): every emitted span was lost while the
+    attempt succeeded. Told False, they store spans with ``add_otel_span``."""
+    from http_helpers import ServerThread
+
+    async def scenario(port: int) -> None:
+        client = LightningStoreClient(f"http://127.0.0.1:{port}")
+        try:
+            await client.add_resources(resources())
+            rollout = await client.enqueue_rollout(input={"q": "x", "score": 0.75})
+            await upstream_runner(client, prompt_agent, 1)
+            status, reward, names = await outcome(client, rollout.rollout_id)
+            assert status == "succeeded"
+            assert MESSAGE in names
+            assert names.count(REWARD) == 2  # the emitted 0.25, then the returned 0.75
+            assert reward == 0.75
+        finally:
+            await client.close()
+
+    store = FileStore(tmp_path / "s")
+    try:
+        with ServerThread(store) as server:
+            asyncio.run(scenario(server.port))
+    finally:
+        store.close()

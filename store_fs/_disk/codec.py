@@ -16,7 +16,16 @@ import orjson
 
 from store_fs.errors import UnstorableValueError
 
-__all__ = ["NON_FINITE", "DecodeError", "all_finite", "check_storable", "dumps_line", "dumps_record", "loads"]
+__all__ = [
+    "NON_FINITE",
+    "DecodeError",
+    "all_finite",
+    "check_storable",
+    "dumps_line",
+    "dumps_record",
+    "loads",
+    "unstorable_reason",
+]
 
 DecodeError = orjson.JSONDecodeError
 
@@ -101,11 +110,13 @@ def check_storable(what: str, value: Any) -> None:
     infinities as ``null``, which would store another value than the caller's without a word.
     """
     _dumps_line(value, what)  # first: it also refuses nesting too deep for the walk below
-    if not all_finite(value):
-        raise UnstorableValueError(what, NON_FINITE)
+    reason = unstorable_reason(value)
+    if reason is not None:
+        raise UnstorableValueError(what, reason)
 
 
 _SCALARS = (str, int, bool, type(None))
+_STR_KEYS = {str}
 
 
 def all_finite(value: Any) -> bool:
@@ -123,6 +134,44 @@ def all_finite(value: Any) -> bool:
         return all(all_finite(v) for v in value)
     dump = getattr(value, "model_dump", None)
     return all_finite(dump()) if dump is not None else True
+
+
+def unstorable_reason(value: Any) -> str | None:
+    """Why JSON would give back another ``value`` than this one (JSON-like data, models
+    included), or None: NaN or an infinity (written as ``null``), or a dict whose keys become
+    the same text (``{1: "a", "1": "b"}``: JSON keys are strings, and reading keeps the last)."""
+    kind = type(value)
+    if kind is float:
+        return None if isfinite(value) else NON_FINITE
+    if kind in _SCALARS:  # most values: answered before the slower checks below
+        return None
+    if isinstance(value, float):
+        return None if isfinite(value) else NON_FINITE
+    if isinstance(value, dict):
+        reason = None if set(map(type, value)) <= _STR_KEYS else _clashing_keys(value)
+        return reason or next((r for v in value.values() if (r := unstorable_reason(v)) is not None), None)
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return next((r for v in value if (r := unstorable_reason(v)) is not None), None)
+    dump = getattr(value, "model_dump", None)
+    return unstorable_reason(dump()) if dump is not None else None
+
+
+def _clashing_keys(value: dict[Any, Any]) -> str | None:
+    """Two keys of ``value`` that are written as the same JSON key, if any (orjson writes
+    ``1``, ``True``, ``None`` and ``1.0`` as ``"1"``, ``"true"``, ``"null"`` and ``"1.0"``)."""
+    seen: dict[str, Any] = {}
+    for key in value:
+        if isinstance(key, str):
+            text = key
+        else:
+            try:
+                (text,) = orjson.loads(orjson.dumps({key: None}, option=orjson.OPT_NON_STR_KEYS))
+            except orjson.JSONEncodeError:
+                return None  # a key JSON has no form for: the encoding refuses it by name
+        if text in seen:
+            return f"its keys {seen[text]!r} and {key!r} would both be written as {text!r}, keeping one"
+        seen[text] = key
+    return None
 
 
 def loads(data: bytes | bytearray | memoryview | str) -> Any:

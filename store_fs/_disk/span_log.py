@@ -149,10 +149,9 @@ def _span_line(span: Span) -> bytes:
     maps += [(f"link {i} ", link["attributes"] or {}) for i, link in enumerate(line["links"])]
     for where, attributes in maps:
         for key, value in attributes.items():
-            if not codec.all_finite(value):
-                raise UnstorableValueError(
-                    f"span {span.span_id}'s {where}attribute {key!r}", codec.NON_FINITE
-                )
+            reason = codec.unstorable_reason(value)
+            if reason is not None:
+                raise UnstorableValueError(f"span {span.span_id}'s {where}attribute {key!r}", reason)
     try:
         return codec.dumps_line(line)
     except UnstorableValueError as err:

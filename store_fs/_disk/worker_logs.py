@@ -306,6 +306,8 @@ class WorkerStore:
         check_name_id("worker", worker_id)
         fields: dict[str, Any] = {"last_heartbeat_time": self._ctx.clock.time()}
         if stats is not None:
+            # Refused before the write: NaN would be stored as null, {1: .., "1": ..} as one key.
+            codec.check_storable("the worker's heartbeat_stats", stats)
             fields["heartbeat_stats"] = dict(stats)
         self._append(worker_id, fields)
         worker = self.get(worker_id)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from store_fs._disk.ids import check_name_id
 from store_fs._filtering import build_filter, check_page_args, matches, paginate, sort_items
+from store_fs.errors import InvalidIdError
 from store_fs.models import NamedResources, PaginatedResult, ResourcesUpdate, SortOrder
 from store_fs.store._base import StoreCore
 
@@ -18,6 +20,13 @@ class ResourceMethods(StoreCore):
         return self._resources.put(resources_id, resources)
 
     async def get_resources_by_id(self, resources_id: str) -> ResourcesUpdate | None:
+        # An id no resources can have answers None, not InvalidIdError: a rollout may name
+        # any resources_id (it is not checked), and upstream's runner fetches it outside any
+        # try, so a raise ended its loop while upstream's stores answer None.
+        try:
+            check_name_id("resources", resources_id)
+        except InvalidIdError:
+            return None
         return self._resources.get(resources_id)
 
     async def get_latest_resources(self) -> ResourcesUpdate | None:

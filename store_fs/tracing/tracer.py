@@ -156,11 +156,12 @@ class Tracer:
         timestamp: float | None = None,
         status: TraceStatus | None = None,
     ) -> SpanCoreFields:
-        """Record an instant span (rewards, annotations) in the current trace context."""
+        """Record an instant span (rewards, annotations) in the current trace context; its
+        status UNSET unless given (as upstream's)."""
         now = time.time() if timestamp is None else timestamp
         return SpanCoreFields(
             name=name,
-            status=status or TraceStatus(status_code="OK"),
+            status=status or TraceStatus(status_code="UNSET"),
             attributes=dict(attributes or {}),
             start_time=now,
             end_time=now,
