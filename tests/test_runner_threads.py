@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from store_fs import FileStore, PromptTemplate
+from store_fs import FileStore, PromptTemplate, RolloutConfig
 from store_fs.agent import rollout
 from store_fs.emitter import emit_reward
 from store_fs.models import NamedResources
@@ -362,3 +362,47 @@ def test_a_thread_whose_rollout_ended_works_only_for_a_rollout_opened_after() ->
     assert sibling.lost == other.lost == 0
     closed(sibling)
     closed(other)
+
+
+_good_started = threading.Event()
+_zombie_done = threading.Event()
+
+
+@rollout
+def abandoned_then_emits(task: str, prompt_template: PromptTemplate) -> float | None:
+    """The first rollout is timed out by the store and abandoned while it waits; it then emits
+    -1.0 from a pool task and from a new thread, while the next rollout runs."""
+    if task == "zombie":
+        _good_started.wait(20)
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(emit_reward, -1.0).result()
+        _in_thread(emit_reward, -1.0)
+        _zombie_done.set()
+        return -1.0
+    emit_reward(1.0)
+    _good_started.set()
+    _zombie_done.wait(20)
+    return None
+
+
+async def test_an_abandoned_agents_new_threads_never_reward_the_next_rollout(tmp_path: Path) -> None:
+    """The defect (an adversarial pass): a sync agent the store timed out kept running, as
+    documented, and its rewards from a pool task or a thread it started then were taken for a
+    helper thread's working for the next rollout: that rollout succeeded with final reward
+    -1.0 instead of its own 1.0. A thread started after its rollout ended is a straggler."""
+    _good_started.clear()
+    _zombie_done.clear()
+    store = FileStore(tmp_path / "store", scan_debounce_seconds=0)
+    try:
+        await store.add_resources(PROMPT)
+        zombie = await store.enqueue_rollout(input="zombie", config=RolloutConfig(timeout_seconds=0.5))
+        good = await store.enqueue_rollout(input="good")
+        await _drain(store, abandoned_then_emits, 2)
+        assert _zombie_done.wait(20)
+        spans = list(await store.query_spans(good.rollout_id))
+        assert [s.attributes[REWARD] for s in spans if REWARD in s.attributes] == [1.0]
+        assert find_final_reward(spans) == 1.0
+        assert (await store.get_rollout_by_id(good.rollout_id)).status == "succeeded"  # type: ignore[union-attr]
+        assert (await store.get_rollout_by_id(zombie.rollout_id)).status == "failed"  # type: ignore[union-attr]
+    finally:
+        store.close()

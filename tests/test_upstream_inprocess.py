@@ -535,10 +535,10 @@ def test_upstream_runner_with_agl_objects_an_unknown_resources_id_and_message_st
             bad = await store.enqueue_rollout(input="plain", resources_id="team/v1")
             good = await store.enqueue_rollout(input="agl")
             await upstream_runner(store, ReturnsOkAgent(), 2)
-            assert (await store.get_rollout_by_id(good.rollout_id)).status == "succeeded"
+            assert (await outcome(store, good.rollout_id))[0] == "succeeded"
             # Upstream's runner skips a rollout whose resources it cannot fetch (its attempt is
             # left to the watchdog, as over upstream's own stores) and goes on to the next.
-            assert (await store.get_rollout_by_id(bad.rollout_id)).status == "preparing"
+            assert (await outcome(store, bad.rollout_id))[0] == "preparing"
             assert find_final_reward(list(await store.query_spans(good.rollout_id))) == 0.5
             messages = await store.enqueue_rollout(input={"q": "m", "score": 1})
             await upstream_runner(store, agl_emitting_agent, 1)

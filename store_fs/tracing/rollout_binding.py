@@ -452,14 +452,22 @@ class Origin:
     """A trace context as the threads started inside it keep it: its binding (a weak reference,
     so a long-lived thread keeps no rollout's spans in memory) and when it opened and ended,
     as places in the order of every opening and ending in the process (:func:`opened`,
-    :func:`closed`), which outlive the binding."""
+    :func:`closed`), which outlive the binding. A ``pinned`` origin is one a thread or pool task
+    was started with after the context had ended: by an agent the runner abandoned (timed out,
+    cancelled), whose threads work for no later rollout (:func:`origin_to_inherit`)."""
 
-    __slots__ = ("binding", "ended", "opened")
+    __slots__ = ("binding", "ended", "opened", "pinned")
 
     def __init__(self, binding: RolloutBinding) -> None:
         self.binding = weakref.ref(binding)
         self.opened: int | None = None
         self.ended: int | None = None
+        self.pinned = False
+
+    def pinned_copy(self) -> Origin:
+        copy = Origin.__new__(Origin)
+        copy.binding, copy.opened, copy.ended, copy.pinned = self.binding, self.opened, self.ended, True
+        return copy
 
 
 # Set in a thread started inside a trace context (thread_context.py), to that context's origin.
@@ -481,10 +489,11 @@ def current_binding() -> RolloutBinding | None:
     Then, in a thread started inside a trace context (:func:`inherit`), that context's binding
     while it is open. Once that context has ended, the thread works for the process's only
     open rollout if that one opened after the end (a helper thread reused by later rollouts).
-    If none opened since, it is a straggler of its own rollout, and gets that rollout's
-    binding (if it still exists), which counts the spans as lost or dropped: never a rollout
-    running beside it, whose final reward a straggler's reward would become. If one opened
-    since and others run too, None (whom it works for cannot be told).
+    If none opened since, or the thread was started after the context had ended (a pinned
+    origin: by an abandoned agent), it is a straggler of its own rollout, and gets that
+    rollout's binding (if it still exists), which counts the spans as lost or dropped: never a
+    rollout running beside it or after it, whose final reward a straggler's reward would
+    become. If one opened since and others run too, None (whom it works for cannot be told).
 
     Other code outside any trace context (a thread started outside every rollout) is
     attributed to the process's only open binding, as upstream's process-wide tracer records
@@ -496,7 +505,7 @@ def current_binding() -> RolloutBinding | None:
         return binding
     origin = _inherited.get()
     open_now = _open
-    if origin is not None and (origin.ended is None or _straggling(origin, open_now)):
+    if origin is not None and (origin.ended is None or origin.pinned or _straggling(origin, open_now)):
         return origin.binding()
     return open_now[0] if len(open_now) == 1 else None
 
@@ -510,9 +519,22 @@ def _straggling(origin: Origin, open_now: tuple[RolloutBinding, ...]) -> bool:
 def origin_to_inherit() -> Origin | None:
     """What a thread started now, or a task handed to a pool now, inherits
     (:mod:`store_fs.tracing.thread_context`): the caller's own trace context, or what its
-    own thread inherited."""
+    own thread inherited: the origin of the rollout the caller works for now
+    (:func:`current_binding`). One that has ended is pinned: the caller is an agent the runner
+    abandoned, or a straggler of one, and what it starts is a straggler too (it was taken for
+    a helper thread reused by the next rollout, and an abandoned agent's reward became that
+    rollout's final reward)."""
     binding = _current.get()
-    return binding.origin if binding is not None else _inherited.get()
+    origin = binding.origin if binding is not None else _inherited.get()
+    if origin is None or origin.ended is None or origin.pinned:
+        return origin
+    if binding is None:
+        working_for = current_binding()
+        if working_for is not None and working_for.origin is not origin:
+            return working_for.origin  # a helper thread reused by a later rollout: that one's
+        if working_for is None and not _straggling(origin, _open):
+            return origin  # whom it works for cannot be told: neither can its thread's
+    return origin.pinned_copy()
 
 
 def inherit(origin: Origin) -> None:
@@ -560,7 +582,7 @@ def lose_unattributed(what: str) -> int:
     if len(open_now) < 2:
         return 0
     origin = _inherited.get()
-    if origin is not None and _straggling(origin, open_now):
+    if origin is not None and (origin.pinned or _straggling(origin, open_now)):
         return 0  # a straggler of a rollout that ended (whose binding is gone): none of theirs
     err = RuntimeError(
         f"{what} outside any rollout's trace context while {len(open_now)} rollouts run in this "

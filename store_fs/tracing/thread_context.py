@@ -15,7 +15,9 @@ nothing changes for programs that never trace:
   since, when it is the only one open (a helper thread started by one rollout and reused by
   the next ones works for each); when none opened since, it is a straggler of its own rollout,
   whose binding counts what it emits, and never a rollout that ran beside it
-  (:func:`~store_fs.tracing.rollout_binding.current_binding`). The note
+  (:func:`~store_fs.tracing.rollout_binding.current_binding`). A thread or pool task started
+  after its rollout ended (by an agent the runner abandoned, which cannot be stopped) is such a
+  straggler for good, never taken for a reused helper of a later rollout. The note
   (:class:`~store_fs.tracing.rollout_binding.Origin`) holds the binding by a weak reference, so
   a long-lived thread keeps no rollout's spans in memory;
 * ``ThreadPoolExecutor.submit`` (``map`` and asyncio's ``run_in_executor`` go through it) runs
