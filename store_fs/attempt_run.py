@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import inspect
 import logging
 import threading
@@ -83,6 +84,7 @@ class AttemptRun:
         self.abandoned: str | None = None
         self.interrupted = False
         self.reported: str | None = None
+        self.started = False  # run() has begun: cancelling it now reports it (else it never runs)
         self.binding: RolloutBinding | None = None
         self.error: str | None = None
         self._deadline: float | None = None
@@ -115,6 +117,12 @@ class AttemptRun:
     async def run(self, *, raise_errors: bool = False) -> None:
         """Run the attempt and report its outcome; with ``raise_errors`` the agent's error
         (or the result's) is raised after the report."""
+        self.started = True
+        if self.interrupted:  # the runner stopped before this began (it was being dequeued)
+            self.error = INTERRUPTED
+            if await self._report("failed", INTERRUPTED):
+                self._log_outcome("failed", INTERRUPTED, [])
+            return
         keeper = asyncio.create_task(self._keep_alive())
         failure: Exception | None = None
         try:
@@ -126,8 +134,8 @@ class AttemptRun:
                 raise
             except Exception as err:
                 failure = err
-                self.error = str(err) if isinstance(err, AgentExit) else f"{type(err).__name__}: {err}"
-            await self._finish()
+                self.error = str(err) if isinstance(err, AgentExit) else describe_error(err)
+            await self._finish_even_if_stopped()
         finally:
             keeper.cancel()
             await asyncio.gather(keeper, return_exceptions=True)
@@ -137,6 +145,21 @@ class AttemptRun:
                 )
         if failure is not None and raise_errors and self.abandoned is None:
             raise failure
+
+    async def _finish_even_if_stopped(self) -> None:
+        """:meth:`_finish`; a stop that lands meanwhile (in the ``on_rollout_end`` hook, or while
+        the report waits out an outage) still reports the outcome, within the stop's grace: it
+        was lost, and the attempt stayed ``running``."""
+        try:
+            await self._finish()
+        except asyncio.CancelledError:
+            if self.abandoned is None and self.reported is None:
+                if not self.interrupted:
+                    self.interrupt(time.monotonic() + self.runner.interrupt_grace_seconds)
+                status, error = self._verdict()
+                if await self._report(status, error):
+                    self._log_outcome(status, error, list(self.binding.spans) if self.binding else [])
+            raise
 
     async def _interrupted(self) -> None:
         if not self.interrupted:  # cancelled from outside the runner: the same as a stop
@@ -226,9 +249,9 @@ class AttemptRun:
                 binding.lost_error if binding is not None and binding.lost_error else "not stored in time"
             )
             lost = f"{missing} span(s) of this attempt could not be stored ({detail})"
-            return "failed", f"{self.error}; {lost}" if self.error else lost
+            return "failed", storable_error(f"{self.error}; {lost}" if self.error else lost)
         if self.error is not None:
-            return "failed", self.error
+            return "failed", storable_error(self.error)
         return "succeeded", None
 
     async def _finish(self) -> None:
@@ -260,10 +283,14 @@ class AttemptRun:
         try:
             delivered = await (call if self._deadline is None else asyncio.wait_for(call, self._time_left()))
         except Exception as err:
-            log.warning(
-                "could not report %s for %s: %s: %s", status, self.rollout_id, type(err).__name__, err
-            )
-            return False
+            if not await self._found_reported(status):
+                log.warning(
+                    "could not report %s for %s: %s: %s", status, self.rollout_id, type(err).__name__, err
+                )
+                return False
+            delivered = True  # it landed; its answer was lost
+        if not delivered and await self._found_reported(status):
+            delivered = True  # the report landed, its answer was lost (an outage): not the store's verdict
         if not delivered:
             log.warning(
                 "attempt %s of %s was settled by the store before its outcome (%s) was reported: "
@@ -275,6 +302,15 @@ class AttemptRun:
             return False
         self.reported = status
         return True
+
+    async def _found_reported(self, status: str) -> bool:
+        """Whether the store holds this attempt with ``status`` (best effort, a few seconds at most)."""
+        limit = 5.0 if self._deadline is None else max(0.5, self._time_left())
+        try:
+            attempts = await asyncio.wait_for(self.runner.store.query_attempts(self.rollout_id), limit)
+        except Exception:
+            return False
+        return any(a.attempt_id == self.attempt_id and a.status == status for a in attempts)
 
     def _log_outcome(self, status: str, error: str | None, spans: Sequence[Span]) -> None:
         took = time.monotonic() - self._started
@@ -341,7 +377,38 @@ class AgentExit(Exception):
     real Ctrl-C, which must stop the runner.)"""
 
     def __init__(self, err: BaseException) -> None:
-        super().__init__(f"{type(err).__name__}: {err}")
+        super().__init__(describe_error(err))
+
+
+def describe_error(err: BaseException) -> str:
+    """``Type: message`` of an agent's error, whatever its ``__str__`` does (one that raises
+    made the runner itself fail where it describes the agent's failure)."""
+    try:
+        message = str(err)
+    except Exception as inner:  # the agent's own __str__, which may raise anything
+        message = f"<its message could not be read: {type(inner).__name__}>"
+    return f"{type(err).__name__}: {message}"
+
+
+# An error kept in an attempt's metadata is cut to this many characters (head and tail kept):
+# a 5 MB message was stored whole in every revision, or refused by a server's body limit, and
+# then the attempt was never reported at all.
+MAX_ERROR_CHARS = 8192
+
+
+def storable_error(text: str) -> str:
+    """``text`` as an attempt's ``metadata.error`` can hold it: valid Unicode (a lone
+    surrogate, from a file name ``os.listdir`` decoded, written as ``\\udce9``), at most
+    :data:`MAX_ERROR_CHARS` characters."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    if len(text) > MAX_ERROR_CHARS:
+        cut = len(text) - MAX_ERROR_CHARS
+        half = MAX_ERROR_CHARS // 2
+        text = f"{text[:half]} [... {cut} characters cut ...] {text[-half:]}"
+    return text
 
 
 async def _exit_contained(agent_call: Awaitable[Any]) -> Any:
@@ -376,12 +443,14 @@ def start_agent(
     upstream's classes, which its agents look for (:func:`~store_fs.upstream_compat.retyped`).
     """
     train = attempted.mode == "train"
-    args = (attempted.input, retyped(resources), retyped(attempted))
+    # resources and rollout by keyword, as upstream's runner passes them: an agent whose
+    # method names them in another order gets each where it asked for it.
+    kwargs: dict[str, Any] = {"resources": retyped(resources), "rollout": retyped(attempted)}
     if agent.is_async():
         method = agent.training_rollout_async if train else agent.validation_rollout_async
-        return asyncio.ensure_future(_exit_contained(method(*args)))
+        return asyncio.ensure_future(_exit_contained(method(attempted.input, **kwargs)))
     sync = agent.training_rollout if train else agent.validation_rollout
-    return start_in_daemon_thread(sync, *args)
+    return start_in_daemon_thread(functools.partial(sync, attempted.input, **kwargs))
 
 
 def start_in_daemon_thread(func: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
@@ -404,9 +473,11 @@ def start_in_daemon_thread(func: Callable[..., Any], *args: Any) -> asyncio.Futu
         try:
             result = context.run(func, *args)
         except BaseException as err:  # the agent's failure, delivered to the awaiting loop
-            # (as an Exception: a SystemExit set on the future would end the loop awaiting it)
+            # As an Exception a future takes: a SystemExit set on it would end the loop awaiting
+            # it, and a StopIteration cannot be set on one at all (the future never settled and
+            # the runner waited for good).
             failure = err
-            if not isinstance(err, Exception):
+            if not isinstance(err, Exception) or isinstance(err, StopIteration):
                 failure = AgentExit(err)
                 failure.__cause__ = err
             outcome: tuple[Callable[[Any], None], Any] = (future.set_exception, failure)
@@ -418,7 +489,9 @@ def start_in_daemon_thread(func: Callable[..., Any], *args: Any) -> asyncio.Futu
             pass  # the loop is gone: nobody waits for this result any more
 
     threading.Thread(
-        target=target, name=f"agl-agent-{getattr(func, '__name__', 'sync')}", daemon=True
+        target=target,
+        name=f"agl-agent-{getattr(getattr(func, 'func', func), '__name__', 'sync')}",  # a partial's function
+        daemon=True,
     ).start()
     return future
 

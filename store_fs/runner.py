@@ -256,8 +256,10 @@ class LitAgentRunner:
         deadline = time.monotonic() + grace
         tasks = list(running)
         for task in tasks:
-            running[task].interrupt(deadline)
-            task.cancel()
+            run = running[task]
+            run.interrupt(deadline)
+            if run.started:  # one not begun yet reports itself failed when it does (a cancel
+                task.cancel()  # before its first step would close it unreported: left preparing)
         _, late = await asyncio.wait(tasks, timeout=grace + 0.5)
         for task in late:  # past the grace period: left to the reaper
             task.cancel()
