@@ -201,10 +201,20 @@ def run_runner_process(
     store = _open_runner_store(store_location)
     try:
         with runner.run_context(agent=agent, store=store, hooks=hooks, worker_id=worker_index):
+            # Named by host too: the pools of several machines share a store, and their
+            # Worker-0s were one worker record, busy and idle in turn.
+            runner.worker_id = worker_name(worker_index)
             asyncio.run(_iterate(runner, store, _StopEvent(stop, signals, parent_pid)))
     finally:
         if parent_pid is not None:
             _end_own_group()
+
+
+def worker_name(index: int) -> str:
+    """The worker id of a pool's runner ``index``: ``<host>-Worker-<index>``."""
+    from store_fs._disk.fsio import host_tag
+
+    return f"{host_tag()}-Worker-{index}"
 
 
 def _end_own_group() -> None:

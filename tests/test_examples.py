@@ -16,6 +16,7 @@ import pytest
 
 from store_fs import FileStore, PromptTemplate
 from store_fs.rewards import find_final_reward
+from store_fs.runner_pool import worker_name
 from store_fs.testing.mock_openai import MockOpenAIServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -178,7 +179,9 @@ def test_agl_run_starts_runners_and_ctrl_c_stops_them(tmp_path: Path, mock: Mock
     assert code == 0, err
     assert "runners stopped" in err
     workers = asyncio.run(store.query_workers())
-    assert {w.worker_id for w in workers} <= {"Worker-0", "Worker-1"}
+    # Named by host: runners of several machines on one store are told apart.
+    assert {w.worker_id for w in workers} <= {worker_name(0), worker_name(1)}
+    assert all(w.worker_id.endswith(("-Worker-0", "-Worker-1")) for w in workers)
 
 
 def test_agl_run_rejects_a_bad_agent_spec(tmp_path: Path) -> None:
