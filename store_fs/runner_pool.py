@@ -195,6 +195,7 @@ def run_runner_process(
     if threading.current_thread() is threading.main_thread():  # handlers can be set only there
         signal.signal(signal.SIGINT, signals)
         signal.signal(signal.SIGTERM, signals)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # blocked by the pool's spawn
     kwargs = dict(runner_kwargs or {})
     hooks = kwargs.pop("hooks", None)
     runner = LitAgentRunner(tracer=tracer, **kwargs)
@@ -215,6 +216,9 @@ def worker_name(index: int) -> str:
     from store_fs._disk.fsio import host_tag
 
     return f"{host_tag()}-Worker-{index}"
+
+
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 def _end_own_group() -> None:
@@ -337,7 +341,15 @@ class RunnerPool:
             ),
             name=f"agl-runner-{index}",
         )
-        proc.start()
+        # SIGINT and SIGTERM blocked in the new process (a mask survives exec) until its
+        # handlers are set: until then it is in the terminal's process group, and a Ctrl-C while
+        # it imported the agent's module ended it with a traceback (exit 1 for the pool). Held,
+        # the signal stops it as any other stop does once it is ready.
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            proc.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         return proc
 
     def start(self) -> RunnerPool:

@@ -293,3 +293,44 @@ def test_only_a_runner_a_pool_started_watches_its_parent() -> None:
     assert not _StopEvent(shared, _StopOnSignal(), None).is_set()
     assert not _StopEvent(shared, _StopOnSignal(), os.getppid()).is_set()
     assert _StopEvent(shared, _StopOnSignal(), os.getpid()).is_set()  # not our parent: "gone"
+
+
+def test_ctrl_c_while_runners_import_the_agent_stops_cleanly(tmp_path: Path) -> None:
+    """A terminal's Ctrl-C (SIGINT to the whole foreground group) while the runners were still
+    importing a slow agent module (torch, say) ended each with a KeyboardInterrupt traceback, and
+    ``agl run`` exited 1 ("a runner exited with an error"). Found by an adversarial pass; the
+    runners now hold the signal until their handlers are set, then stop as on any stop."""
+    import os
+    import signal
+    import subprocess
+
+    (tmp_path / "slow_agent.py").write_text(
+        "import time\n"
+        "from store_fs.agent import rollout\n"
+        "open('imported.' + str(__import__('os').getpid()), 'w').close()\n"
+        "time.sleep(3)  # a heavy import\n"
+        "@rollout\n"
+        "def agent(task, prompt_template):\n"
+        "    return 1.0\n"
+    )
+    store = tmp_path / "store"
+    FileStore(store).close()
+    args, env = _agl_run(store, "slow_agent:agent", "--workers", "2", path=tmp_path)
+    proc = subprocess.Popen(
+        args, env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 60
+        # agl run imports the agent once to check it, then each runner does: all three are in.
+        while len(list(tmp_path.glob("imported.*"))) < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(list(tmp_path.glob("imported.*"))) == 3
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert "Traceback" not in err, err
+    assert proc.returncode == 0, err
+    assert "runners stopped" in err
