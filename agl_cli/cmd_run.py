@@ -12,7 +12,7 @@ import typer
 from . import output
 from .exit_codes import CliError
 from .params import interval_seconds
-from .state import CliState, is_url
+from .state import CliState
 
 TracerName = Literal["otel", "agentops"]
 
@@ -110,7 +110,7 @@ def run(
     AGL_STORE=runs/exp1 agl run examples.apo_custom_algorithm:apo_rollout --workers 4
     """
     cli = CliState.of(ctx)
-    from store_fs.runner_pool import RunnerPool
+    from store_fs.runner_pool import RunnerPool, check_runner_store
 
     if heartbeat_seconds <= 0:
         raise CliError("--heartbeat-seconds must be positive")
@@ -118,10 +118,7 @@ def run(
     agent_obj = load_agent(agent)
     _check_agent(agent, agent_obj)
     store = cli.store_location()
-    if not is_url(store):
-        from store_fs import FileStore
-
-        FileStore(store, create=False)  # fail now, not in every child
+    check_runner_store(store)  # fail now, not in every child
     pool = RunnerPool(
         store,
         agent_obj,

@@ -43,9 +43,10 @@ from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
 
+from store_fs.errors import RemoteStoreError
 from store_fs.lightning_store import open_store
 
-__all__ = ["RunnerPool", "run_runner_process", "shippable_agent"]
+__all__ = ["RunnerPool", "check_runner_store", "run_runner_process", "shippable_agent", "worker_name"]
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +165,33 @@ def _open_runner_store(location: str) -> Any:
 
         return LightningStoreClient(location, retry_delays=_CLIENT_RETRY_DELAYS)
     return open_store(location)
+
+
+def check_runner_store(location: str) -> None:
+    """Fail now, not in every runner process: a store directory that does not exist
+    (:class:`~store_fs.errors.StoreNotFoundError`), or a server that refuses this process's
+    bearer token (:class:`~store_fs.errors.RemoteStoreError`: each runner logged it at every
+    poll, forever). A server not reachable yet is fine: runners wait for it."""
+    if not location.startswith(("http://", "https://")):
+        from store_fs.store import FileStore
+
+        FileStore(location, create=False).close()
+        return
+    from store_fs.client import LightningStoreClient
+
+    async def probe() -> None:
+        client = LightningStoreClient(location, retry_delays=(), timeout=10.0)
+        try:
+            await client.query_workers(limit=1)
+        except RemoteStoreError as err:
+            if err.status in (401, 403):
+                raise
+        except OSError:
+            pass  # not up yet, or gone for a moment: the runners retry
+        finally:
+            await client.close()
+
+    asyncio.run(probe())
 
 
 def run_runner_process(

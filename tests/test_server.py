@@ -386,6 +386,33 @@ def test_token_and_cli_command(store_dir: Path, tmp_path: Path) -> None:
     assert "/v1/agl/statistics 401" in proc.log_text()
 
 
+def test_agl_run_with_a_token_the_server_refuses_stops_at_once(store_dir: Path, tmp_path: Path) -> None:
+    """Each runner logged "dequeue failed: ... bearer token" at every poll, forever (an
+    adversarial pass); agl run now asks the server once, before starting any runner."""
+    import subprocess
+    import sys
+
+    proc = ServerProcess(store_dir, tmp_path / "cli.log", args=["--token", "s3cret"])
+    with proc:
+        env = dict(
+            os.environ,
+            AGL_STORE_TOKEN="wrong",
+            PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
+        )
+        agl = str(Path(sys.executable).with_name("agl"))
+        run = subprocess.run(
+            [agl, "--store", proc.url, "run", "fault_helpers:starts_a_subprocess", "--workers", "1"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert run.returncode == 1, run.stderr
+    assert "Traceback" not in run.stderr
+    assert "401" in run.stderr or "token" in run.stderr, run.stderr
+    assert "runner(s) for" not in run.stderr  # no runner was started
+
+
 async def _enqueue_with_token(url: str) -> str:
     async with LightningStoreClient(url, token="s3cret") as client:
         return (await client.enqueue_rollout("task")).rollout_id
