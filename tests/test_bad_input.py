@@ -112,7 +112,6 @@ CALLS: dict[str, Call] = {
     "update_resources": lambda w, bad: w.store.update_resources(
         bad, {"p": store_fs.PromptTemplate(template="z", engine="f-string")}
     ),
-    "get_resources_by_id": lambda w, bad: w.store.get_resources_by_id(bad),
     "update_worker": lambda w, bad: w.store.update_worker(bad, heartbeat_stats={"a": 1}),
     "get_worker_by_id": lambda w, bad: w.store.get_worker_by_id(bad),
     "query_spans.rollout_id": lambda w, bad: w.store.query_spans(bad),
@@ -127,6 +126,18 @@ _CASES = [
     for name, bad in BAD_IDS.items()
     if not (bad == "" and call == "dequeue_rollout.worker_id")
 ]
+
+
+@pytest.mark.parametrize("bad", list(BAD_IDS.values()), ids=list(BAD_IDS))
+async def test_resources_no_id_can_name_are_none_and_touch_nothing(
+    store: FileStore, tmp_path: Path, bad: str
+) -> None:
+    """Not refused, unlike the calls above: a rollout's ``resources_id`` is not checked, and
+    upstream's runner fetches it outside any ``try`` (docs/deviations.md)."""
+    await World(store).build()
+    before = _snapshot(tmp_path)
+    assert await store.get_resources_by_id(bad) is None
+    assert _snapshot(tmp_path) == before
 
 
 async def test_empty_worker_id_means_no_worker(store: FileStore) -> None:
