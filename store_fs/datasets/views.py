@@ -85,6 +85,15 @@ class ViewCounts:
     #: Rollouts whose record at the revision asked for could not be read yet, though the rollout
     #: is there (a network filesystem's cache still hiding a revision another host made).
     lagging: list[str] = field(default_factory=list)
+    #: (rollout id, why) of the damage already logged: a reader that tries a damaged rollout
+    #: again at every read (:meth:`TrainingData.for_each_new`) logs it once, not at every tick.
+    logged: set[tuple[str, str]] = field(default_factory=set, repr=False)
+
+    def forget(self, rollout_id: str) -> None:
+        """Drop ``rollout_id`` from :attr:`damaged` and :attr:`lagging` (it is read again: what
+        that read finds is what counts). The damage logged stays logged."""
+        self.damaged = [(rid, why) for rid, why in self.damaged if rid != rollout_id]
+        self.lagging = [rid for rid in self.lagging if rid != rollout_id]
 
 
 class _DamagedSpans(Exception):
@@ -318,11 +327,14 @@ async def rollout_rows(
             counts.skipped.append((rollout_id, str(err)))
         return []
     except _DamagedSpans as err:
-        log.error(
-            "%s: left out, its spans are damaged: %s (agl check --fix moves them aside)", rollout_id, err
-        )
+        why = str(err)
+        if counts is None or (rollout_id, why) not in counts.logged:
+            log.error(
+                "%s: left out, its spans are damaged: %s (agl check --fix moves them aside)", rollout_id, why
+            )
         if counts is not None:
-            counts.damaged.append((rollout_id, str(err)))
+            counts.logged.add((rollout_id, why))
+            counts.damaged.append((rollout_id, why))
         return []
     if redactor:
         rows = [redactor.apply(row) for row in rows]
@@ -410,6 +422,9 @@ class TrainingData:
         (at least once, as after a crash), none is lost. A rollout left out because its spans
         are damaged (:attr:`ViewCounts.damaged`) stays in the cursor's ``retry`` list and is
         read again, first, at every read until it reads whole (after ``agl check --fix``).
+        :attr:`counts` holds such a rollout once, by id, as the last read found it: it leaves
+        ``damaged`` (and ``lagging``) once it reads whole, and its damage is logged once per
+        reason, however many reads find it again.
         """
         before = self.cursor.copy()
         try:
@@ -418,6 +433,7 @@ class TrainingData:
                 due[rollout_id] = max(rev, due.get(rollout_id, 0))
             still_damaged: list[tuple[str, int]] = []
             for rollout_id, rev in due.items():
+                self.counts.forget(rollout_id)  # this read says whether it is still left out
                 damaged, lagging = len(self.counts.damaged), len(self.counts.lagging)
                 rows = await rollout_rows(
                     self.store,
