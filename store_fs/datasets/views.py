@@ -337,7 +337,7 @@ async def rollout_rows(
             counts.damaged.append((rollout_id, why))
         return []
     if redactor:
-        rows = [redactor.apply(row) for row in rows]
+        rows = [redactor.row(row) for row in rows]
     if counts is not None and rows:  # rollouts that gave rows (--ended may leave one out here)
         counts.rollouts += 1
         counts.rows += len(rows)
