@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from store_fs._disk import codec, fsio
+from store_fs._disk.format_file import require_store
 from store_fs._disk.index_cursor import IndexPosition, read_finished_at
 from store_fs.errors import CorruptRecordError, CursorMismatchError
 
@@ -68,7 +69,15 @@ class StoreIdentity:
 
     @classmethod
     def of(cls, store: FileStore) -> StoreIdentity:
-        return cls(store.store_id, os.stat(store.root).st_ino)
+        """The identity of ``store``; :class:`~store_fs.errors.StoreNotFoundError` when it is
+        gone (removed or moved away)."""
+        require_store(store.layout)
+        try:
+            inode = os.stat(store.root).st_ino
+        except (FileNotFoundError, NotADirectoryError):
+            require_store(store.layout)  # gone since: raises
+            raise
+        return cls(store.store_id, inode)
 
     def describe(self) -> str:
         return f"{self.store_id or 'a store without an id'}, directory inode {self.inode}"
@@ -102,6 +111,9 @@ class Cursor:
         self.store: StoreIdentity | None = store
         #: The file the cursor was loaded from, named by the error of a foreign cursor.
         self.path: str | None = None
+        # The warning about a store without a complete index, given once: a follower reads
+        # four times a second.
+        self._warned_incomplete = False
         #: Rollouts read but left out (their spans damaged), each with the revision to read at
         #: least: a data reader tries them again at its next read, before anything new, until
         #: they read whole (after ``agl check --fix``). Saved with the cursor.
@@ -149,8 +161,9 @@ class Cursor:
         reader of the rollout reads at least that one (on NFS a listing of its history may come
         from a cache that does not show it yet). A cursor of another store raises
         :class:`~store_fs.errors.CursorMismatchError` (see the module's docstring)."""
-        self.check_store(store)
-        if not store.layout.rollout_index_marker.exists():
+        self.check_store(store)  # and the store still there: a follower must not wait on a ghost
+        if not store.layout.rollout_index_marker.exists() and not self._warned_incomplete:
+            self._warned_incomplete = True
             log.warning(
                 "the rollout index of %s is incomplete (a store from an older build?): rollouts "
                 "without index lines are not seen until `agl check --fix` rebuilds it",
