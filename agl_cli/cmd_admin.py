@@ -218,8 +218,10 @@ def export(
     """Rollouts with their attempts and spans: one JSON document for one id, else one per line.
 
     Every named rollout must exist (exit 3 before anything is printed otherwise). A rollout
-    whose record is damaged is named on stderr and the others are exported; the exit code is
-    then 7 (`agl check` says more). A progress bar shows on stderr when it is a terminal.
+    whose record is damaged is named on stderr and the others are exported; one whose span
+    files are damaged is exported with the spans that could be read and named on stderr. The
+    exit code is then 7 (`agl check` says more). A progress bar shows on stderr when it is a
+    terminal.
 
     \b
     agl export "$RID" > "$RID.json"
@@ -228,7 +230,7 @@ def export(
     """
     cli = CliState.of(ctx)
     from store_fs import CorruptRecordError, RolloutNotFoundError
-    from store_fs.exporting import rollout_document
+    from store_fs.exporting import rollout_document, span_damage
 
     store = cli.open_store()
     wanted = values(status)
@@ -241,6 +243,8 @@ def export(
     # No bar when the documents themselves go to the terminal.
     exported: list[str] = []
     damaged: list[str] = []
+    # Exported without the spans that could not be read: named, so no backup looks complete.
+    lacking: list[tuple[str, str]] = []
     with Progress("exported", len(ids), quiet=cli.quiet or sys.stdout.isatty()) as bar:
         for rid in ids:
             try:
@@ -254,15 +258,32 @@ def export(
             # None: removed since it was listed. The status is checked on the record itself:
             # the listing came from the rollout index, which a concurrent update may have passed.
             if document is not None and (wanted is None or document["status"] in wanted):
+                for damage in span_damage(store, document):
+                    output.problem(f"{rid}: exported without the spans that could not be read: {damage}")
+                    lacking.append((rid, damage))
                 emit(document)
                 exported.append(rid)
             bar.advance()
     if not one:
         output.info(f"exported {len(exported)} rollout(s)")
+    _raise_if_incomplete(damaged, lacking)
+
+
+def _raise_if_incomplete(damaged: list[str], lacking: list[tuple[str, str]]) -> None:
+    """Exit 7 when a rollout was not exported (its record is damaged) or was exported without
+    spans that could not be read: a backup that missed something must never look complete."""
     if damaged:
         raise CliError(
             f"{len(damaged)} rollout(s) not exported, their records are damaged: {', '.join(damaged[:3])}"
             + (" ..." if len(damaged) > 3 else "")
             + " (`agl check` reports them)",
+            ExitCode.CORRUPT,
+        )
+    if lacking:
+        ids = list(dict.fromkeys(rid for rid, _damage in lacking))
+        raise CliError(
+            f"{len(ids)} rollout(s) exported without spans that could not be read: {', '.join(ids[:3])}"
+            + (" ..." if len(ids) > 3 else "")
+            + f" ({lacking[0][1]}; `agl check --fix` moves the damage aside)",
             ExitCode.CORRUPT,
         )

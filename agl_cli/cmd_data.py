@@ -84,7 +84,9 @@ Since = Annotated[
 Until = Annotated[str | None, typer.Option(help="Finished before (same forms as --since).")]
 Redact = Annotated[
     list[str] | None,
-    typer.Option("--redact", metavar="REGEX", help="Mask matches in every text field (repeatable)."),
+    typer.Option(
+        "--redact", metavar="REGEX", help="Mask matches in every text field but the rows' ids (repeatable)."
+    ),
 ]
 OutputFile = Annotated[
     Path | None,

@@ -27,6 +27,7 @@ __all__ = [
     "AttemptNotFoundError",
     "ConflictError",
     "CorruptRecordError",
+    "CursorMismatchError",
     "ErrorMapping",
     "ExitCode",
     "FormatVersionError",
@@ -146,6 +147,20 @@ class CorruptRecordError(AglError, ValueError):
         self.reason = reason
 
 
+class CursorMismatchError(AglError, ValueError):
+    """A saved cursor belongs to another store (or to the store this one was copied from): its
+    positions name other files, so reading on from it would skip what this store holds."""
+
+    def __init__(self, cursor: str, saved_for: str, store: str) -> None:
+        super().__init__(
+            f"the cursor {cursor} was saved for another store ({saved_for}), not {store}: "
+            "pass that store, or remove the cursor file to read this one from its start"
+        )
+        self.cursor = cursor
+        self.saved_for = saved_for
+        self.store = store
+
+
 class StoreNotFoundError(AglError, FileNotFoundError):
     """The directory holds no store (no ``FORMAT.json``)."""
 
@@ -242,6 +257,7 @@ ERROR_TABLE: tuple[ErrorMapping, ...] = (
     ErrorMapping(MaintenanceBusyError, ExitCode.CONFLICT, 409, True),
     ErrorMapping(InvalidIdError, ExitCode.BAD_INPUT, 400, True),
     ErrorMapping(UnstorableValueError, ExitCode.BAD_INPUT, 400, True),
+    ErrorMapping(CursorMismatchError, ExitCode.BAD_INPUT, 400, True),
     # A missing store or damage on disk is the server's problem, not the caller's.
     ErrorMapping(StoreNotFoundError, ExitCode.NO_STORE, 500, False),
     ErrorMapping(FormatVersionError, ExitCode.NO_STORE, 500, False),

@@ -3,15 +3,24 @@
 What ``agl export`` and ``agl rollouts show`` print. A document is the rollout's upstream
 JSON without its ``attempt`` key, plus ``attempts`` (oldest first) and ``spans`` (in
 sequence order); read-only, over any :class:`~store_fs.lightning_store.LightningStore`.
+
+Spans are read as ``query_spans`` reads them, passing over a line that does not parse (with a
+warning): a document can lack a span, the reward maybe. :func:`span_damage` says so for a
+:class:`~store_fs.FileStore`, as the data views find it (``agl data rollouts`` leaves such a
+rollout out), so that ``agl export`` names the damage and exits 7 rather than pass the
+document for whole.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from store_fs.lightning_store import LightningStore
 
-__all__ = ["rollout_document"]
+if TYPE_CHECKING:
+    from store_fs.store import FileStore
+
+__all__ = ["rollout_document", "span_damage"]
 
 
 async def rollout_document(
@@ -27,3 +36,19 @@ async def rollout_document(
     if spans:
         data["spans"] = [s.model_dump(mode="json") for s in await store.query_spans(rollout_id)]
     return data
+
+
+def span_damage(store: FileStore, document: dict[str, Any]) -> list[str]:
+    """What is damaged in the span files of ``document``'s finished attempts (one line each, as
+    ``agl check`` and the data views name it); [] when every one reads whole. A live attempt's
+    bytes after its last newline are a write in progress, not damage."""
+    from store_fs.datasets.views import attempt_span_damage
+
+    found = []
+    for attempt in document.get("attempts", []):
+        damage = attempt_span_damage(
+            store, document["rollout_id"], attempt["sequence_id"], attempt["attempt_id"], attempt["status"]
+        )
+        if damage is not None:
+            found.append(damage)
+    return found

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from store_fs._disk import codec, log_segments
 from store_fs._disk.change_feed import EVENT_LOGS
+from store_fs._disk.format_file import require_store
 from store_fs._disk.ids import check_rollout_id
 from store_fs._disk.watch import ChangeFeed, resolve_mode
 from store_fs.models import Rollout, RolloutStatus
@@ -81,7 +82,8 @@ async def follow_events(
     store: FileStore, *, follow: bool = False, rollout_ids: Sequence[str] | None = None
 ) -> AsyncIterator[dict[str, Any]]:
     """The store's change events so far, oldest first; with ``follow``, then new ones as they
-    are written, until the caller stops iterating. ``rollout_ids`` keeps only those rollouts'."""
+    are written, until the caller stops iterating (or the store is removed or moved away:
+    :class:`~store_fs.errors.StoreNotFoundError`). ``rollout_ids`` keeps only those rollouts'."""
     wanted = None if rollout_ids is None else {check_rollout_id(rid) for rid in rollout_ids}
     reader = EventReader(store.layout.events)
     if not follow:
@@ -91,6 +93,7 @@ async def follow_events(
         return
     async with ChangeFeed(store.layout.events, resolve_mode("auto", store.root)) as feed:
         while True:  # the feed is live before the first read: nothing written after it is missed
+            require_store(store.layout)  # removed or moved away: say so, rather than wait for ever
             for event in reader.read_new():
                 if _keep(event, wanted):
                     yield event

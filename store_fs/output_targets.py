@@ -18,6 +18,7 @@ leaves the old file as it was. What the name is decides (:func:`output_place`):
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import stat
@@ -107,12 +108,52 @@ def create_temp_beside(path: Path) -> tuple[int, Path]:
     """A new temporary file to write ``path`` under before it is published, open for writing:
     ``.<name>.<host>-<pid>.<random>.tmp``, created exclusively and never through a symbolic
     link (a name planted in a shared directory is not written through), the name shortened
-    when it would pass a file name's limit (a valid 250-byte output name must not fail)."""
+    when it would pass a file name's limit (a valid 250-byte output name must not fail).
+
+    When ``path`` is a regular file already, the temporary file gets its permissions, and its
+    owner and group where this process may give them (else they stay this process's): the
+    rename that publishes it must not turn a file made private (0600) into one the umask's
+    0644 lets everyone read. A new name gets 0644 less the umask."""
+    try:
+        old: os.stat_result | None = os.stat(path)
+    except OSError:
+        old = None
+    if old is not None and not stat.S_ISREG(old.st_mode):
+        old = None
+    # Created with no more permission than the old file has (the umask may take more), so
+    # nobody can open it for reading before its mode is set.
+    mode = stat.S_IMODE(old.st_mode) & 0o777 if old is not None else 0o644
     while True:
         suffix = f".{fsio.writer_tag()}.{secrets.token_hex(4)}.tmp".encode()
         name = os.fsencode(path.name)[: _NAME_BYTES - len(suffix) - 1]
         temp = path.with_name(os.fsdecode(b"." + name + suffix))
         try:
-            return os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644), temp
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
         except FileExistsError:
             continue
+        if old is not None:
+            try:
+                _take_permissions(fd, old)
+            except BaseException:
+                os.close(fd)
+                with contextlib.suppress(OSError):
+                    os.unlink(temp)
+                raise
+        return fd, temp
+
+
+def _take_permissions(fd: int, old: os.stat_result) -> None:
+    """Give the open file ``fd`` the owner, group and mode of ``old``. The owner first: a change
+    of owner clears the set-user-id and set-group-id bits, which the mode then sets again. A
+    change this process may not make (``EPERM``: another user's file, a group it is not in) is
+    left out: the file is then this process's, as a new one would be."""
+    here = os.fstat(fd)
+    if (here.st_uid, here.st_gid) != (old.st_uid, old.st_gid):
+        for uid, gid in ((old.st_uid, old.st_gid), (-1, old.st_gid)):  # the group alone, if not both
+            try:
+                os.fchown(fd, uid, gid)
+                break
+            except PermissionError:
+                continue
+    os.fchmod(fd, stat.S_IMODE(old.st_mode))  # its own file: allowed (Linux drops a set-group-id
+    # bit of a group the process is not in, without an error)

@@ -12,6 +12,7 @@ are found.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -104,33 +105,63 @@ def get_rewards_from_span(span: Span) -> list[dict[str, Any]]:
     return [dims[i] for i in sorted(dims)]
 
 
+def _number(raw: Any) -> float | None:
+    """``raw`` as a finite float, or None when it is no usable reward.
+
+    Numbers count, and so does text holding one (upstream's ``RewardDimension.value`` is a pydantic
+    float, which reads ``"0.5"`` as 0.5; an OTLP exporter of another language, or ``agl spans add``,
+    may store the value as text). Bools count as the numbers Python makes them (pydantic reads True
+    as 1.0 too), but not text like ``"true"``. NaN and the infinities are no reward: a training row
+    cannot hold them (JSON has none; Parquet would, unlike the same rows' JSON), so a rollout whose
+    reward is one reads as having none, ``ended`` ``no_reward``, wherever rewards are read.
+    """
+    if isinstance(raw, str):
+        text = raw.strip(" \t\n\r")
+        if not text.isascii():
+            return None  # Python's float reads other scripts' digits; pydantic does not
+        try:
+            value = float(text)
+        except ValueError:
+            return None
+    elif isinstance(raw, (int, float)):
+        try:
+            value = float(raw)
+        except OverflowError:  # an int beyond a float's range
+            return None
+    else:
+        return None
+    return value if math.isfinite(value) else None
+
+
 def _legacy_value(raw: Any) -> float | None:
     if isinstance(raw, str):
         try:
-            raw = json.loads(raw)
+            raw = json.loads(raw)  # Python's json reads NaN and Infinity, which _number refuses
         except ValueError:
             return None
-    if isinstance(raw, dict) and raw.get("type") == "reward" and isinstance(raw.get("value"), (int, float)):
-        return float(raw["value"])
+    if isinstance(raw, dict) and raw.get("type") == "reward":
+        return _number(raw.get("value"))
     return None
 
 
 def get_reward_value(span: Span) -> float | None:
-    """The primary reward a span carries, in any of upstream's formats; None if it has none."""
+    """The primary reward a span carries, in any of upstream's formats; None if it has none.
+
+    A value counts when it is a finite number or text holding one (see :func:`_number`); NaN, an
+    infinity or anything else is read as no value, and the next format is tried.
+    """
     dims = get_rewards_from_span(span)
-    if dims and isinstance(dims[0].get("value"), (int, float)):
-        return float(dims[0]["value"])
+    if dims:
+        value = _number(dims[0].get("value"))
+        if value is not None:
+            return value
     for key in ("agentops.task.output", "agentops.entity.output"):
         value = _legacy_value(span.attributes.get(key))
         if value is not None:
             return value
     legacy = span.attributes.get("reward")
-    if (
-        span.name == ANNOTATION_SPAN_NAME
-        and isinstance(legacy, (int, float))
-        and not isinstance(legacy, bool)
-    ):
-        return float(legacy)
+    if span.name == ANNOTATION_SPAN_NAME and not isinstance(legacy, bool):
+        return _number(legacy)
     return None
 
 

@@ -38,6 +38,7 @@ __all__ = [
     "effective_durability",
     "format_body",
     "read_format",
+    "require_store",
     "set_durability",
 ]
 
@@ -108,6 +109,20 @@ def read_format(layout: Layout) -> StoreFormat:
     ):
         store_id = None
     return StoreFormat(version, durability, store_id)
+
+
+def require_store(layout: Layout) -> None:
+    """Raise :class:`StoreNotFoundError` unless ``layout.root`` still holds a store (its
+    ``FORMAT.json``, which is only ever replaced by rename, so never missing while the store
+    is there). A follower (``agl data --follow``, ``agl events --follow``) looks at every tick:
+    a store removed or moved away meanwhile reads as an empty one for ever otherwise."""
+    try:
+        os.stat(layout.format_file)
+    except (FileNotFoundError, NotADirectoryError):
+        root = str(layout.root)
+        raise StoreNotFoundError.rebuild(
+            f"no store at {root} any more (removed or moved away while it was read)", {"root": root}
+        ) from None
 
 
 def check_durability(value: object) -> Durability:

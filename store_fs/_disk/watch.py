@@ -133,7 +133,9 @@ class ChangeFeed:
         """Wait one tick, until a change, or at most ``timeout`` seconds; True if something changed.
 
         A wait cut short by ``timeout`` leaves the watcher running: the next call picks up
-        where it stopped, so no change is missed.
+        where it stopped, so no change is missed. A watcher that failed because its directory
+        is gone (the store removed or moved away) makes every call wait one tick and say True:
+        the caller's next look finds out what happened (a follower: the store is gone).
         """
         assert self._gen is not None
         assert self._task is not None
@@ -144,6 +146,9 @@ class ChangeFeed:
                 changes = await asyncio.wait_for(asyncio.shield(self._task), max(timeout, 0.0))
         except (StopAsyncIteration, TimeoutError):
             return False
+        except OSError:  # after TimeoutError, which is one too
+            await asyncio.sleep(self._tick if timeout is None else min(max(timeout, 0.0), self._tick))
+            return True
         self._task = asyncio.ensure_future(self._gen.__anext__())
         return bool(changes)
 
@@ -155,8 +160,10 @@ class ChangeFeed:
         if self._task is not None:
             try:
                 await self._task
-            except (StopAsyncIteration, asyncio.CancelledError, RuntimeError):
-                pass  # RuntimeError: the watcher could not be made
+            except (StopAsyncIteration, asyncio.CancelledError, RuntimeError, OSError):
+                # RuntimeError: the watcher could not be made; OSError: its directory is gone
+                # (said by next(); an error here would hide the one the caller is raising).
+                pass
         if self._gen is not None:
             await self._gen.aclose()
 

@@ -17,22 +17,33 @@ reported again: a reader takes a rollout's newest rows as the ones that count. A
 update is not reported. A cursor saved after rows were consumed gives at-least-once delivery
 across a crash: rows read after the last save come again. Cursors are saved as version 2 (a
 build before late spans were announced refuses them); version 1 cursors load.
+
+A cursor belongs to one store: its positions name that store's log files by inode, and in
+another store (or a copy of this one, whose files have other inodes) they would read as logs
+rebuilt, and the reader would go on from the end, skipping the whole backlog for good. So a
+cursor holds the identity of the store it was first used with (:class:`StoreIdentity`: the
+``store_id`` of ``FORMAT.json`` and the inode of the store's directory), and using it with
+another raises :class:`~store_fs.errors.CursorMismatchError`. A cursor saved without one (by an
+older build, or never used yet) is adopted by the store it is first used with.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from store_fs._disk import codec, fsio
+from store_fs._disk.format_file import require_store
 from store_fs._disk.index_cursor import IndexPosition, read_finished_at
-from store_fs.errors import CorruptRecordError
+from store_fs.errors import CorruptRecordError, CursorMismatchError
 
 if TYPE_CHECKING:
     from store_fs.store import FileStore
 
-__all__ = ["Cursor"]
+__all__ = ["Cursor", "StoreIdentity"]
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +55,65 @@ _VERSION = 2
 _READ_VERSIONS = (1, 2)
 
 
+@dataclass(frozen=True)
+class StoreIdentity:
+    """Which store a cursor reads: ``FORMAT.json``'s ``store_id`` (None for a store made before
+    stores had ids) and the inode of the store's directory. The id alone would not tell a copy
+    of a store (same ``FORMAT.json``, files of other inodes) from the store; the inode alone
+    could be reused by a store made after another was removed. Inode numbers are the file
+    server's, the same on every NFS client (the device number is not, so it is left out). A
+    store moved within its file system keeps both."""
+
+    store_id: str | None
+    inode: int
+
+    @classmethod
+    def of(cls, store: FileStore) -> StoreIdentity:
+        """The identity of ``store``; :class:`~store_fs.errors.StoreNotFoundError` when it is
+        gone (removed or moved away)."""
+        require_store(store.layout)
+        try:
+            inode = os.stat(store.root).st_ino
+        except (FileNotFoundError, NotADirectoryError):
+            require_store(store.layout)  # gone since: raises
+            raise
+        return cls(store.store_id, inode)
+
+    def describe(self) -> str:
+        return f"{self.store_id or 'a store without an id'}, directory inode {self.inode}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.store_id, "inode": self.inode}
+
+    @classmethod
+    def from_json(cls, data: Any) -> StoreIdentity:
+        if (
+            not isinstance(data, dict)
+            or not (data.get("id") is None or isinstance(data.get("id"), str))
+            or type(data.get("inode")) is not int
+            or data["inode"] < 0
+        ):
+            raise ValueError(f"bad cursor 'store': {data!r}")
+        return cls(data["id"], data["inode"])
+
+
 class Cursor:
     """Where a reader is in a store's stream of finished rollouts."""
 
     def __init__(
-        self, position: IndexPosition | None = None, retry: list[tuple[str, int]] | None = None
+        self,
+        position: IndexPosition | None = None,
+        retry: list[tuple[str, int]] | None = None,
+        store: StoreIdentity | None = None,
     ) -> None:
         self._position = position if position is not None else IndexPosition()
+        #: The store this cursor reads (None until it is first used: adopted then).
+        self.store: StoreIdentity | None = store
+        #: The file the cursor was loaded from, named by the error of a foreign cursor.
+        self.path: str | None = None
+        # The warning about a store without a complete index, given once: a follower reads
+        # four times a second.
+        self._warned_incomplete = False
         #: Rollouts read but left out (their spans damaged), each with the revision to read at
         #: least: a data reader tries them again at its next read, before anything new, until
         #: they read whole (after ``agl check --fix``). Saved with the cursor.
@@ -64,16 +127,30 @@ class Cursor:
     @classmethod
     def now(cls, store: FileStore) -> Cursor:
         """After everything written so far: only rollouts that finish from now on are returned."""
-        return cls(IndexPosition.at_end(store.layout.rollout_index))
+        return cls(IndexPosition.at_end(store.layout.rollout_index), store=StoreIdentity.of(store))
 
     def copy(self) -> Cursor:
         """A cursor at the same place, moving on its own."""
-        return Cursor(IndexPosition(dict(self._position.files)), self.retry)
+        twin = Cursor(IndexPosition(dict(self._position.files)), self.retry, self.store)
+        twin.path = self.path
+        return twin
 
     def rewind(self, to: Cursor) -> None:
         """Go back (or forward) to where ``to`` is."""
         self._position = IndexPosition(dict(to._position.files))
         self.retry = list(to.retry)
+        self.store = to.store
+
+    def check_store(self, store: FileStore) -> None:
+        """Adopt ``store`` if the cursor belongs to none yet; raise
+        :class:`~store_fs.errors.CursorMismatchError` if it belongs to another."""
+        found = StoreIdentity.of(store)
+        if self.store is None:
+            self.store = found
+        elif self.store != found:
+            raise CursorMismatchError(
+                self.path or "given", self.store.describe(), f"{store.root} ({found.describe()})"
+            )
 
     def finished(self, store: FileStore) -> list[str]:
         """Ids of the rollouts that finished since the last call, and move past them."""
@@ -82,8 +159,11 @@ class Cursor:
     def finished_at(self, store: FileStore) -> list[tuple[str, int]]:
         """:meth:`finished`, each id with the revision of the record that was read finished: a
         reader of the rollout reads at least that one (on NFS a listing of its history may come
-        from a cache that does not show it yet)."""
-        if not store.layout.rollout_index_marker.exists():
+        from a cache that does not show it yet). A cursor of another store raises
+        :class:`~store_fs.errors.CursorMismatchError` (see the module's docstring)."""
+        self.check_store(store)  # and the store still there: a follower must not wait on a ghost
+        if not store.layout.rollout_index_marker.exists() and not self._warned_incomplete:
+            self._warned_incomplete = True
             log.warning(
                 "the rollout index of %s is incomplete (a store from an older build?): rollouts "
                 "without index lines are not seen until `agl check --fix` rebuilds it",
@@ -94,7 +174,10 @@ class Cursor:
     # -- saving ----------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
         retry = {"retry": [[rollout_id, rev] for rollout_id, rev in self.retry]} if self.retry else {}
-        return {"format": _FORMAT, "version": _VERSION, **self._position.to_json(), **retry}
+        # "store" is optional, so the version stays 2: a build before it ignores the key (and
+        # checks nothing, as before), and a cursor without it is adopted at its first use.
+        store = {"store": self.store.to_json()} if self.store is not None else {}
+        return {"format": _FORMAT, "version": _VERSION, **store, **self._position.to_json(), **retry}
 
     @classmethod
     def from_json(cls, data: Any) -> Cursor:
@@ -112,7 +195,8 @@ class Cursor:
             for item in retry
         ):
             raise ValueError(f"bad cursor 'retry' list: {retry!r}")
-        return cls(IndexPosition.from_json(data), [(item[0], item[1]) for item in retry])
+        store = StoreIdentity.from_json(data["store"]) if data.get("store") is not None else None
+        return cls(IndexPosition.from_json(data), [(item[0], item[1]) for item in retry], store)
 
     def save(self, path: str | Path) -> None:
         """Write the cursor to ``path``, whole (temporary file, then rename)."""
@@ -140,8 +224,10 @@ class Cursor:
                 return cls.now(store)
             raise FileNotFoundError(str(path))
         try:
-            return cls.from_json(codec.loads(data))
+            cursor = cls.from_json(codec.loads(data))
         except codec.DecodeError as err:
             raise CorruptRecordError(str(path), f"not JSON: {err}") from None
         except ValueError as err:  # JSON, but not a cursor
             raise CorruptRecordError(str(path), str(err)) from None
+        cursor.path = str(path)
+        return cursor

@@ -61,7 +61,7 @@ from store_fs.rewards import find_final_reward
 if TYPE_CHECKING:
     from store_fs.store import FileStore
 
-__all__ = ["VIEWS", "TrainingData", "View", "ViewCounts", "rollout_rows", "view_rows"]
+__all__ = ["VIEWS", "TrainingData", "View", "ViewCounts", "attempt_span_damage", "rollout_rows", "view_rows"]
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,15 @@ class ViewCounts:
     #: Rollouts whose record at the revision asked for could not be read yet, though the rollout
     #: is there (a network filesystem's cache still hiding a revision another host made).
     lagging: list[str] = field(default_factory=list)
+    #: (rollout id, why) of the damage already logged: a reader that tries a damaged rollout
+    #: again at every read (:meth:`TrainingData.for_each_new`) logs it once, not at every tick.
+    logged: set[tuple[str, str]] = field(default_factory=set, repr=False)
+
+    def forget(self, rollout_id: str) -> None:
+        """Drop ``rollout_id`` from :attr:`damaged` and :attr:`lagging` (it is read again: what
+        that read finds is what counts). The damage logged stays logged."""
+        self.damaged = [(rid, why) for rid, why in self.damaged if rid != rollout_id]
+        self.lagging = [rid for rid in self.lagging if rid != rollout_id]
 
 
 class _DamagedSpans(Exception):
@@ -169,12 +178,8 @@ def _attempt_dir(store: FileStore, record: _Brief) -> Path | None:
     return store.layout.attempt_dir(record.rollout_id, record.attempt_seq, record.attempt_id)
 
 
-def _spans(store: FileStore, record: _Brief) -> list[Span]:
-    """The latest attempt's spans in ``query_spans`` order (sequence id, ties in storage order);
-    raises :class:`_DamagedSpans` for a finished attempt's damaged files."""
-    attempt_dir = _attempt_dir(store, record)
-    if attempt_dir is None:
-        return []
+def _span_reader(store: FileStore, attempt_dir: Path) -> Callable[[list[str]], list[Span]]:
+    """A read of ``attempt_dir``'s spans that adds the problems it finds to its argument."""
 
     def read(bad: list[str]) -> list[Span]:
         lines: list[BadLine] = []
@@ -183,9 +188,33 @@ def _spans(store: FileStore, record: _Brief) -> list[Span]:
         bad += _torn_tails(store, attempt_dir)
         return spans
 
-    spans = _read_settled(store, record, attempt_dir, read)
+    return read
+
+
+def _spans(store: FileStore, record: _Brief) -> list[Span]:
+    """The latest attempt's spans in ``query_spans`` order (sequence id, ties in storage order);
+    raises :class:`_DamagedSpans` for a finished attempt's damaged files."""
+    attempt_dir = _attempt_dir(store, record)
+    if attempt_dir is None:
+        return []
+    spans = _read_settled(store, record.attempt_status, attempt_dir, _span_reader(store, attempt_dir))
     spans.sort(key=_sequence_id)
     return spans
+
+
+def attempt_span_damage(
+    store: FileStore, rollout_id: str, attempt_seq: int, attempt_id: str, attempt_status: str
+) -> str | None:
+    """What is damaged in the span files of a finished attempt (the first problem, and how many
+    more), as the data views find it; None when they read whole or the attempt is still live
+    (bytes after its last newline are a write in progress). For ``agl export``, which reads
+    spans leniently (``query_spans`` passes over a bad line) and must not look complete."""
+    attempt_dir = store.layout.attempt_dir(rollout_id, attempt_seq, attempt_id)
+    try:
+        _read_settled(store, attempt_status, attempt_dir, _span_reader(store, attempt_dir))
+    except _DamagedSpans as err:
+        return str(err)
+    return None
 
 
 def _span_rows(store: FileStore, record: _Brief) -> list[SpanRow]:
@@ -193,29 +222,33 @@ def _span_rows(store: FileStore, record: _Brief) -> list[SpanRow]:
     attempt_dir = _attempt_dir(store, record)
     if attempt_dir is None:
         return []
-    return _read_settled(store, record, attempt_dir, lambda bad: read_span_rows(store, attempt_dir, bad))
+    return _read_settled(
+        store, record.attempt_status, attempt_dir, lambda bad: read_span_rows(store, attempt_dir, bad)
+    )
 
 
-def _read_settled(store: FileStore, record: _Brief, attempt_dir: Path, read: Callable[[list[str]], _T]) -> _T:
+def _read_settled(
+    store: FileStore, attempt_status: str | None, attempt_dir: Path, read: Callable[[list[str]], _T]
+) -> _T:
     """``read(bad)``, raising :class:`_DamagedSpans` if the problems it found mean damage. A
     finished attempt still takes late spans (docs/behaviour.md §5.3), and one being appended
     shows bytes after the last newline for as long as its write takes: a read that finds no
     other problem is made again once, ``_SETTLE_SECONDS`` later, and only that one counts."""
     bad: list[str] = []
     value = read(bad)
-    if bad and record.attempt_status not in LIVE_ATTEMPT_STATUSES and all(b.endswith(TORN_TAIL) for b in bad):
+    if bad and attempt_status not in LIVE_ATTEMPT_STATUSES and all(b.endswith(TORN_TAIL) for b in bad):
         time.sleep(_SETTLE_SECONDS)
         bad = []
         value = read(bad)
-    _raise_if_damaged(store, record, attempt_dir, bad)
+    _raise_if_damaged(attempt_status, attempt_dir, bad)
     return value
 
 
-def _raise_if_damaged(store: FileStore, record: _Brief, attempt_dir: Path, bad: list[str]) -> None:
+def _raise_if_damaged(attempt_status: str | None, attempt_dir: Path, bad: list[str]) -> None:
     """Raise :class:`_DamagedSpans` when the attempt is finished (its writers are done: bytes
     after a last newline that stay there are a writer killed mid-line, see :func:`_read_settled`)
     and its files are damaged, or its directory's name is no directory (read as empty)."""
-    if record.attempt_status in LIVE_ATTEMPT_STATUSES:
+    if attempt_status in LIVE_ATTEMPT_STATUSES:
         return
     with contextlib.suppress(FileNotFoundError):  # no span or heartbeat yet: no directory
         if not stat.S_ISDIR(os.lstat(attempt_dir).st_mode):
@@ -318,14 +351,17 @@ async def rollout_rows(
             counts.skipped.append((rollout_id, str(err)))
         return []
     except _DamagedSpans as err:
-        log.error(
-            "%s: left out, its spans are damaged: %s (agl check --fix moves them aside)", rollout_id, err
-        )
+        why = str(err)
+        if counts is None or (rollout_id, why) not in counts.logged:
+            log.error(
+                "%s: left out, its spans are damaged: %s (agl check --fix moves them aside)", rollout_id, why
+            )
         if counts is not None:
-            counts.damaged.append((rollout_id, str(err)))
+            counts.logged.add((rollout_id, why))
+            counts.damaged.append((rollout_id, why))
         return []
     if redactor:
-        rows = [redactor.apply(row) for row in rows]
+        rows = [redactor.row(row) for row in rows]
     if counts is not None and rows:  # rollouts that gave rows (--ended may leave one out here)
         counts.rollouts += 1
         counts.rows += len(rows)
@@ -410,6 +446,9 @@ class TrainingData:
         (at least once, as after a crash), none is lost. A rollout left out because its spans
         are damaged (:attr:`ViewCounts.damaged`) stays in the cursor's ``retry`` list and is
         read again, first, at every read until it reads whole (after ``agl check --fix``).
+        :attr:`counts` holds such a rollout once, by id, as the last read found it: it leaves
+        ``damaged`` (and ``lagging``) once it reads whole, and its damage is logged once per
+        reason, however many reads find it again.
         """
         before = self.cursor.copy()
         try:
@@ -418,6 +457,7 @@ class TrainingData:
                 due[rollout_id] = max(rev, due.get(rollout_id, 0))
             still_damaged: list[tuple[str, int]] = []
             for rollout_id, rev in due.items():
+                self.counts.forget(rollout_id)  # this read says whether it is still left out
                 damaged, lagging = len(self.counts.damaged), len(self.counts.lagging)
                 rows = await rollout_rows(
                     self.store,

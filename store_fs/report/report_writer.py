@@ -118,8 +118,7 @@ def _publish(target: Path, place: OutputPlace, temp: Path | None, page: str) -> 
             with open(place.path, "a", encoding="utf-8") as stream:
                 stream.write(page)
             return
-        temp.write_text(page, encoding="utf-8")
-        os.chmod(temp, 0o644)
+        temp.write_text(page, encoding="utf-8")  # its mode set when made: create_temp_beside
         os.replace(temp, place.path)
     except OSError as err:
         raise ReportOutputError(str(target), _reason(err)) from None

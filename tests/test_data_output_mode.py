@@ -1,0 +1,100 @@
+"""``-o`` onto an existing file keeps its permissions (``agl data -o``, ``agl report -o``).
+
+Found by an adversarial pass: the file was published by renaming a new temporary file over it,
+created 0644 less the umask, so training data made private (0600) became readable by everyone.
+The temporary file now takes the old file's mode (and owner and group where allowed) before it
+is renamed over it; a new name gets 0644 less the umask, as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from cli_helpers import Agl
+from datasets_helpers import make_rollout
+
+from store_fs import FileStore
+from store_fs.output_targets import create_temp_beside
+
+
+@pytest.fixture
+def agl(tmp_path: Path) -> Agl:
+    root = tmp_path / "store"
+
+    async def seed() -> None:
+        store = FileStore(root)
+        await make_rollout(store)
+        store.close()
+
+    asyncio.run(seed())
+    return Agl(root, tmp_path)
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+@pytest.mark.parametrize(
+    ("args", "name", "mode"),
+    [
+        (("data", "triplets"), "private.jsonl", 0o600),
+        (("data", "messages"), "shared.jsonl", 0o660),
+        (("data", "rollouts"), "odd.jsonl", 0o604),
+        (("report",), "report.html", 0o640),
+    ],
+)
+def test_output_onto_an_existing_file_keeps_its_mode(
+    agl: Agl, tmp_path: Path, args: tuple[str, ...], name: str, mode: int
+) -> None:
+    out = tmp_path / name
+    out.write_text("old\n")
+    out.chmod(mode)
+    before = out.stat().st_ino
+    agl.ok(*args, "-o", str(out))
+    assert out.stat().st_ino != before  # published whole, by rename
+    assert out.read_text() != "old\n"
+    assert _mode(out) == mode
+    link = tmp_path / f"link-{name}"
+    link.symlink_to(out)  # through a link: the file it names keeps its mode
+    agl.ok(*args, "-o", str(link))
+    assert link.is_symlink()
+    assert _mode(out) == mode
+
+
+def test_parquet_onto_an_existing_file_keeps_its_mode(agl: Agl, tmp_path: Path) -> None:
+    pytest.importorskip("pyarrow")
+    out = tmp_path / "t.parquet"
+    out.write_bytes(b"")
+    out.chmod(0o600)
+    agl.ok("data", "triplets", "-o", str(out))
+    assert out.stat().st_size > 0
+    assert _mode(out) == 0o600
+
+
+def test_a_new_output_file_gets_0644_less_the_umask(agl: Agl, tmp_path: Path) -> None:
+    out = tmp_path / "new.jsonl"
+    agl.ok("data", "triplets", "-o", str(out))
+    assert _mode(out) == 0o644 & ~_umask()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file another owner needs root")
+def test_the_temporary_file_takes_the_old_files_owner_and_group(tmp_path: Path) -> None:
+    out = tmp_path / "theirs.jsonl"
+    out.write_text("old\n")
+    os.chown(out, 12345, 23456)
+    os.chmod(out, 0o2640)  # set-group-id too: a change of owner clears it, the mode sets it again
+    fd, temp = create_temp_beside(out)
+    os.close(fd)
+    made = temp.stat()
+    assert (made.st_uid, made.st_gid) == (12345, 23456)
+    assert stat.S_IMODE(made.st_mode) == 0o2640
