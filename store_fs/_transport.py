@@ -299,8 +299,10 @@ class Transport:
             body = None if json is None else orjson.dumps(json, option=_JSON_OPTIONS)
         except orjson.JSONEncodeError as err:  # refused here as the server would refuse it
             raise errors.UnstorableValueError(f"the body of {method} {path}", str(err)) from None
-        if body is not None and not codec.all_finite(json):  # orjson sent them as null
-            raise errors.UnstorableValueError(f"the body of {method} {path}", codec.NON_FINITE)
+        # NaN orjson sent as null, keys it wrote alike (1 and "1") that the server reads as one.
+        reason = None if body is None else codec.unstorable_reason(json)
+        if reason is not None:
+            raise errors.UnstorableValueError(f"the body of {method} {path}", reason)
         return body
 
     def _request(self, method: str, target: str, body: bytes | None, content_type: str) -> bytes:

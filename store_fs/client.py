@@ -34,8 +34,9 @@ from urllib.parse import quote
 from pydantic import BaseModel, TypeAdapter
 
 from store_fs._disk import codec
+from store_fs._disk.ids import check_name_id
 from store_fs._transport import Transport
-from store_fs.errors import NotFoundError, RemoteStoreError, UnstorableValueError
+from store_fs.errors import InvalidIdError, NotFoundError, RemoteStoreError, UnstorableValueError
 from store_fs.lightning_store import LightningStore
 from store_fs.models import (
     UNSET,
@@ -73,11 +74,13 @@ _NAMED: TypeAdapter[NamedResources] = TypeAdapter(NamedResources)
 SPAN_BATCH = 500
 
 
-def _refuse_non_finite(values: Any) -> None:
+def _refuse_non_finite(values: Any, what: str = "the rollout's input, config or metadata") -> None:
     """What the store refuses in process, refused here too: a model's JSON dump would turn NaN
-    and infinities into ``null``, a value the caller never gave, before the request is sent."""
-    if not codec.all_finite(values):
-        raise UnstorableValueError("the rollout's input, config or metadata", codec.NON_FINITE)
+    and infinities into ``null``, and keys JSON writes alike (``1`` and ``"1"``) into one, a
+    value the caller never gave, before the request is sent (codec.unstorable_reason)."""
+    reason = codec.unstorable_reason(values)
+    if reason is not None:
+        raise UnstorableValueError(what, reason)
 
 
 def _look_once(timeout: float) -> float:
@@ -407,17 +410,23 @@ class LightningStoreClient(LightningStore):
 
     # -- resources -----------------------------------------------------------------
     async def add_resources(self, resources: NamedResources) -> ResourcesUpdate:
+        _refuse_non_finite(resources, "the resources")
         body = _NAMED.dump_python(_NAMED.validate_python(resources), mode="json")
         return ResourcesUpdate.model_validate(
             await self._call("POST", "/resources", json=body, idempotent=False)
         )
 
     async def update_resources(self, resources_id: str, resources: NamedResources) -> ResourcesUpdate:
+        _refuse_non_finite(resources, "the resources")
         body = _NAMED.dump_python(_NAMED.validate_python(resources), mode="json")
         data = await self._call("POST", f"/resources/{_id_seg(resources_id)}", json=body, idempotent=True)
         return ResourcesUpdate.model_validate(data)
 
     async def get_resources_by_id(self, resources_id: str) -> ResourcesUpdate | None:
+        try:  # an id no resources can have is None, as in process ('' is no route to ask)
+            check_name_id("resources", resources_id)
+        except InvalidIdError:
+            return None
         data = await self._call("GET", f"/resources/{_id_seg(resources_id)}", idempotent=True)
         return None if data is None else ResourcesUpdate.model_validate(data)
 

@@ -224,26 +224,30 @@ def run_runner_process(
         signal.signal(signal.SIGINT, signals)
         signal.signal(signal.SIGTERM, signals)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # blocked by the pool's spawn
+    if isinstance(agent, bytes):  # a pool's: its module is imported now, signals unblocked
+        agent = pickle.loads(agent)
     kwargs = dict(runner_kwargs or {})
     hooks = kwargs.pop("hooks", None)
     runner = LitAgentRunner(tracer=tracer, **kwargs)
     store = _open_runner_store(store_location)
     try:
         with runner.run_context(agent=agent, store=store, hooks=hooks, worker_id=worker_index):
-            # Named by host too: the pools of several machines share a store, and their
-            # Worker-0s were one worker record, busy and idle in turn.
-            runner.worker_id = worker_name(worker_index)
+            if parent_pid is not None:  # a pool's: named by host and pool (worker_name)
+                runner.worker_id = worker_name(worker_index, parent_pid)
             asyncio.run(_iterate(runner, store, _StopEvent(stop, signals, parent_pid)))
     finally:
         if parent_pid is not None:
             _end_own_group()
 
 
-def worker_name(index: int) -> str:
-    """The worker id of a pool's runner ``index``: ``<host>-Worker-<index>``."""
+def worker_name(index: int, pool_pid: int) -> str:
+    """The worker id of runner ``index`` of the pool in process ``pool_pid``:
+    ``<host>-<pool pid>-Worker-<index>``, so that pools on several machines, or several on one
+    (two ``agl run``, a ``Trainer`` beside one), never share a worker record. A runner the pool
+    restarts keeps its id."""
     from store_fs._disk.fsio import host_tag
 
-    return f"{host_tag()}-Worker-{index}"
+    return f"{host_tag()}-{pool_pid}-Worker-{index}"
 
 
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
@@ -360,7 +364,7 @@ class RunnerPool:
             target=run_runner_process,
             args=(
                 self.store_location,
-                self.agent,
+                pickle.dumps(self.agent),
                 index,
                 self._stop,
                 self.tracer,
@@ -372,7 +376,9 @@ class RunnerPool:
         # SIGINT and SIGTERM blocked in the new process (a mask survives exec) until its
         # handlers are set: until then it is in the terminal's process group, and a Ctrl-C while
         # it imported the agent's module ended it with a traceback (exit 1 for the pool). Held,
-        # the signal stops it as any other stop does once it is ready.
+        # the signal stops it as any other stop does once it is ready. The agent travels as
+        # bytes, unpickled (its module imported) only after that: a process or thread the
+        # module starts must not inherit the block, or it would ignore SIGTERM for good.
         previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
         try:
             proc.start()

@@ -179,8 +179,8 @@ def test_agl_run_starts_runners_and_ctrl_c_stops_them(tmp_path: Path, mock: Mock
     assert code == 0, err
     assert "runners stopped" in err
     workers = asyncio.run(store.query_workers())
-    # Named by host: runners of several machines on one store are told apart.
-    assert {w.worker_id for w in workers} <= {worker_name(0), worker_name(1)}
+    # Named by host and pool: runners of several machines, or pools, on one store are told apart.
+    assert {w.worker_id for w in workers} <= {worker_name(0, proc.pid), worker_name(1, proc.pid)}
     assert all(w.worker_id.endswith(("-Worker-0", "-Worker-1")) for w in workers)
 
 

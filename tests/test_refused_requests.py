@@ -201,6 +201,53 @@ def test_agl_client_refuses_nan_instead_of_sending_null(server: ServerProcess) -
     asyncio.run(main())
 
 
+def test_agl_client_refuses_keys_json_writes_alike(server: ServerProcess) -> None:
+    """Over agl's client they were merged before the request went out, and stored as one
+    (found in review): input, worker stats and resources, as in process."""
+
+    async def main() -> None:
+        from store_fs.client import LightningStoreClient
+
+        client = LightningStoreClient(server.url)
+        try:
+            total = (await client.query_rollouts()).total
+            with pytest.raises(UnstorableValueError, match="would both be written"):
+                await client.enqueue_rollout(input={1: "a", "1": "b"})
+            with pytest.raises(UnstorableValueError, match="would both be written"):
+                await client.update_worker("w-keys", heartbeat_stats={1: "a", "1": "b"})  # type: ignore[dict-item]
+            llm = LLM(
+                endpoint="http://127.0.0.1:1/v1",
+                model="m",
+                sampling_parameters={"logit_bias": {1: 0.1, "1": 0.2}},
+            )
+            with pytest.raises(UnstorableValueError, match="would both be written"):
+                await client.add_resources({"llm": llm})
+            assert (await client.query_rollouts()).total == total
+            assert await client.get_worker_by_id("w-keys") is None
+            # An id no resources can have is None, as in process ('' was a request to no route).
+            assert await client.get_resources_by_id("") is None
+            assert await client.get_resources_by_id("team/v1") is None
+        finally:
+            await client.close()
+
+    asyncio.run(main())
+
+
+async def test_resources_with_keys_json_writes_alike_are_refused_in_process(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "store")
+    try:
+        llm = LLM(
+            endpoint="http://127.0.0.1:1/v1",
+            model="m",
+            sampling_parameters={"logit_bias": {1: 0.1, "1": 0.2}},
+        )
+        with pytest.raises(UnstorableValueError, match="would both be written"):
+            await store.add_resources({"llm": llm})
+        assert await store.get_latest_resources() is None
+    finally:
+        store.close()
+
+
 # -- ids: file names are limited in bytes, not characters ----------------------------------
 @pytest.mark.parametrize("worker_id", ["é" * 128, "\ud800x"], ids=["256-bytes", "lone-surrogate"])
 async def test_a_worker_id_too_long_in_bytes_or_not_utf8_is_refused_before_a_claim(

@@ -174,6 +174,24 @@ def test_a_special_file_in_the_store_blocks_no_reader_and_check_moves_it(
     agl.ok("compact")  # a new snapshot can be written where the bad one was
 
 
+def test_a_fifo_as_the_format_file_is_named_like_a_directory_there(agl: Agl) -> None:
+    _fifo(agl.store / "FORMAT.json")
+    res = agl("stats", timeout=_CALL_TIMEOUT)
+    assert res.code == 7, str(res)  # a corrupt record, as a directory there is
+    assert "a FIFO, not the store's format file" in res.stderr, str(res)
+
+
+def test_a_fifo_as_this_hosts_clock_probe_blocks_no_command(agl: Agl) -> None:
+    """Found in review: every command that opens the store writes the file server's clock probe
+    ``locks/clock.<host>``, which blocked on a FIFO planted there: ``agl check --fix`` too."""
+    probe = agl.store / "locks" / f"clock.{fsio.host_tag()}"
+    probe.parent.mkdir(exist_ok=True)
+    _fifo(probe)
+    for args in (("stats",), ("rollouts", "list"), ("check",)):
+        res = agl(*args, timeout=_CALL_TIMEOUT)  # raises TimeoutExpired if it blocks
+        assert res.code == 0, str(res)
+
+
 def test_a_socket_in_place_of_a_span_log_is_named(agl: Agl, unix_socket: Callable[[Path], None]) -> None:
     bad = _span_log(agl.store)
     unix_socket(bad)

@@ -75,6 +75,8 @@ def _read_body(layout: Layout) -> dict[str, Any]:
         data = fsio.read_bytes(path)
     except IsADirectoryError:
         raise CorruptRecordError(str(path), "a directory, not the store's format file") from None
+    except fsio.SpecialFileError as err:
+        raise CorruptRecordError(str(path), f"{err.what}, not the store's format file") from None
     if data is None:
         raise StoreNotFoundError(str(layout.root))
     try:

@@ -78,8 +78,10 @@ class ResourceStore:
         return obj
 
     def _write_object(self, resources: NamedResources) -> str:
-        if not codec.all_finite(resources):  # the JSON dump below would make them null
-            raise UnstorableValueError("the resources", codec.NON_FINITE)
+        # Before the JSON dump below, which would make NaN null and keys written alike one.
+        reason = codec.unstorable_reason(resources)
+        if reason is not None:
+            raise UnstorableValueError("the resources", reason)
         try:
             data = _named().dump_python(resources, mode="json")
         except ValueError as err:  # pydantic's serializer: nesting deeper than it goes

@@ -15,8 +15,10 @@ probe's cost (an open, a write and a ``stat``) is paid once a minute, not per ag
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import stat
 import threading
 import time
 
@@ -46,8 +48,13 @@ def _measure(ctx: Context) -> float:
         # A write, not utime(path, None): every filesystem stamps a write with its own clock
         # when it lands (on NFS at close), while "set to now" is not carried faithfully by all
         # (some FUSE layers turn it into the epoch).
-        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        # Not blocking, not through a link: a FIFO planted under this fixed name hung every
+        # command that opens the store; such a name is judged by this host's clock instead.
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NONBLOCK | os.O_NOFOLLOW
+        fd = os.open(probe, flags, 0o644)
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(errno.EINVAL, "not a regular file", str(probe))
             os.write(fd, b"file server clock probe\n")
         finally:
             os.close(fd)
