@@ -93,7 +93,8 @@ async def follow_events(
         return
     async with ChangeFeed(store.layout.events, resolve_mode("auto", store.root)) as feed:
         while True:  # the feed is live before the first read: nothing written after it is missed
-            require_store(store.layout)  # removed or moved away: say so, rather than wait for ever
+            # Removed, moved away or replaced: say so, rather than wait for ever (or follow another).
+            require_store(store.layout, store.store_id)
             for event in reader.read_new():
                 if _keep(event, wanted):
                     yield event

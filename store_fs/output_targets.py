@@ -29,7 +29,7 @@ from typing import Literal
 from store_fs._disk import fsio
 from store_fs.errors import AglError, UnstorableValueError
 
-__all__ = ["OutputPlace", "OutputTargetError", "create_temp_beside", "output_place"]
+__all__ = ["OutputPlace", "OutputTargetError", "create_temp_beside", "output_place", "publish_temp"]
 
 _LINK_HOPS = 40  # as the kernel's limit on links followed in one lookup
 _NAME_BYTES = 255  # a file name's limit on Linux filesystems
@@ -113,7 +113,10 @@ def create_temp_beside(path: Path) -> tuple[int, Path]:
     When ``path`` is a regular file already, the temporary file gets its permissions, and its
     owner and group where this process may give them (else they stay this process's): the
     rename that publishes it must not turn a file made private (0600) into one the umask's
-    0644 lets everyone read. A new name gets 0644 less the umask."""
+    0644 lets everyone read. A new name gets 0644 less the umask. While it is written it stays
+    writable by its owner (a writer may reopen it by name: pyarrow does), and
+    :func:`publish_temp` gives it the old file's exact mode as it replaces it (a read-only
+    0444 output is replaced, as a rename may, rather than refused)."""
     try:
         old: os.stat_result | None = os.stat(path)
     except OSError:
@@ -122,7 +125,7 @@ def create_temp_beside(path: Path) -> tuple[int, Path]:
         old = None
     # Created with no more permission than the old file has (the umask may take more), so
     # nobody can open it for reading before its mode is set.
-    mode = stat.S_IMODE(old.st_mode) & 0o777 if old is not None else 0o644
+    mode = (stat.S_IMODE(old.st_mode) & 0o777) | 0o600 if old is not None else 0o644
     while True:
         suffix = f".{fsio.writer_tag()}.{secrets.token_hex(4)}.tmp".encode()
         name = os.fsencode(path.name)[: _NAME_BYTES - len(suffix) - 1]
@@ -155,5 +158,18 @@ def _take_permissions(fd: int, old: os.stat_result) -> None:
                 break
             except PermissionError:
                 continue
-    os.fchmod(fd, stat.S_IMODE(old.st_mode))  # its own file: allowed (Linux drops a set-group-id
-    # bit of a group the process is not in, without an error)
+    # Its own file: allowed (Linux drops a set-group-id bit of a group the process is not in,
+    # without an error). Writable by its owner until publish_temp sets the exact mode.
+    os.fchmod(fd, stat.S_IMODE(old.st_mode) | 0o600)
+
+
+def publish_temp(temp: Path, path: Path) -> None:
+    """Rename ``temp`` (made by :func:`create_temp_beside`) over ``path``, with the exact mode
+    of the regular file ``path`` was (it was kept writable by its owner while written)."""
+    try:
+        old = os.stat(path)
+    except OSError:
+        old = None
+    if old is not None and stat.S_ISREG(old.st_mode):
+        os.chmod(temp, stat.S_IMODE(old.st_mode))
+    os.replace(temp, path)

@@ -106,14 +106,15 @@ def get_rewards_from_span(span: Span) -> list[dict[str, Any]]:
 
 
 def _number(raw: Any) -> float | None:
-    """``raw`` as a finite float, or None when it is no usable reward.
+    """``raw`` as a float (NaN or an infinity included), or None when it holds no number.
 
     Numbers count, and so does text holding one (upstream's ``RewardDimension.value`` is a pydantic
     float, which reads ``"0.5"`` as 0.5; an OTLP exporter of another language, or ``agl spans add``,
     may store the value as text). Bools count as the numbers Python makes them (pydantic reads True
     as 1.0 too), but not text like ``"true"``. NaN and the infinities are no reward: a training row
     cannot hold them (JSON has none; Parquet would, unlike the same rows' JSON), so a rollout whose
-    reward is one reads as having none, ``ended`` ``no_reward``, wherever rewards are read.
+    last reward is one reads as having none, ``ended`` ``no_reward``, wherever rewards are read
+    (:func:`reward_reading` keeps them, for the readers that must stop at such a span).
     """
     if isinstance(raw, str):
         text = raw.strip(" \t\n\r")
@@ -126,11 +127,11 @@ def _number(raw: Any) -> float | None:
     elif isinstance(raw, (int, float)):
         try:
             value = float(raw)
-        except OverflowError:  # an int beyond a float's range
-            return None
+        except OverflowError:  # an int beyond a float's range: no value a row can hold either
+            return math.inf
     else:
         return None
-    return value if math.isfinite(value) else None
+    return value
 
 
 def _legacy_value(raw: Any) -> float | None:
@@ -147,9 +148,17 @@ def _legacy_value(raw: Any) -> float | None:
 def get_reward_value(span: Span) -> float | None:
     """The primary reward a span carries, in any of upstream's formats; None if it has none.
 
-    A value counts when it is a finite number or text holding one (see :func:`_number`); NaN, an
-    infinity or anything else is read as no value, and the next format is tried.
+    A value counts when it is a finite number or text holding one (see :func:`_number`); NaN or an
+    infinity is no reward.
     """
+    value = reward_reading(span)
+    return value if value is not None and math.isfinite(value) else None
+
+
+def reward_reading(span: Span) -> float | None:
+    """The primary reward value a span carries, NaN or an infinity included (a reward span
+    whose value no training row can hold); None when it carries none (a value that holds no
+    number at all: the next format is tried)."""
     dims = get_rewards_from_span(span)
     if dims:
         value = _number(dims[0].get("value"))
@@ -166,7 +175,7 @@ def get_reward_value(span: Span) -> float | None:
 
 
 def is_reward_span(span: Span) -> bool:
-    return get_reward_value(span) is not None
+    return reward_reading(span) is not None
 
 
 def find_reward_spans(spans: Sequence[Span]) -> list[Span]:
@@ -174,9 +183,10 @@ def find_reward_spans(spans: Sequence[Span]) -> list[Span]:
 
 
 def find_final_reward(spans: Sequence[Span]) -> float | None:
-    """The reward of the last reward span (with spans in sequence order: the newest)."""
+    """The reward of the last reward span (with spans in sequence order: the newest); None when
+    that one's value is NaN or an infinity (no reward: never the reward of an earlier span)."""
     for span in reversed(spans):
-        value = get_reward_value(span)
+        value = reward_reading(span)
         if value is not None:
-            return value
+            return value if math.isfinite(value) else None
     return None

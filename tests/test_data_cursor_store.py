@@ -14,6 +14,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 from cli_helpers import Agl, assert_error
 from datasets_helpers import make_rollout
 
@@ -61,7 +62,7 @@ def test_a_cursor_is_refused_by_a_copy_of_its_store(tmp_path: Path) -> None:
     assert _rollouts(Agl(tmp_path / "a", tmp_path), "--cursor", str(cursor)) == ids
     shutil.copytree(tmp_path / "a", tmp_path / "copy")
     copy = Agl(tmp_path / "copy", tmp_path)
-    assert_error(copy("data", "rollouts", "--cursor", str(cursor)), 4, store_id, "directory inode")
+    assert_error(copy("data", "rollouts", "--cursor", str(cursor)), 4, store_id, "rollouts/ inode")
     moved = tmp_path / "moved"
     (tmp_path / "a").rename(moved)  # a store moved within its file system is the same store
     assert _rollouts(Agl(moved, tmp_path), "--cursor", str(cursor)) == set()
@@ -77,5 +78,62 @@ def test_cursors_saved_without_a_store_are_adopted_by_the_first_one(tmp_path: Pa
         assert _rollouts(a, "--cursor", str(cursor)) == a_ids
         saved = json.loads(cursor.read_text())
         assert saved["store"]["id"] == a_id
-        assert saved["store"]["inode"] == (tmp_path / "a").stat().st_ino
+        assert saved["store"]["inode"] == (tmp_path / "a" / "rollouts").stat().st_ino
         assert_error(b("data", "rollouts", "--cursor", str(cursor)), 4, a_id, b_id)
+
+
+def test_an_old_cursor_naming_another_stores_logs_is_not_adopted(tmp_path: Path) -> None:
+    """Found in review: a cursor saved without a store (an older build) was adopted by whatever
+    store it was first used with, and its positions, naming another store's logs, read as logs
+    rebuilt: the backlog was skipped for good. Positions naming none of a store's index logs are
+    another store's (or this one's before a rebuild): refused."""
+    a_ids, _a_id = _store(tmp_path / "a", 1)
+    b_ids, _b_id = _store(tmp_path / "b", 2)
+    a, b = Agl(tmp_path / "a", tmp_path), Agl(tmp_path / "b", tmp_path)
+    cursor = tmp_path / "old.cursor"
+    assert _rollouts(a, "--cursor", str(cursor)) == a_ids
+    saved = json.loads(cursor.read_text())
+    del saved["store"]  # as an older build saved it
+    cursor.write_text(json.dumps(saved))
+    before = cursor.read_bytes()
+    assert_error(b("data", "rollouts", "--cursor", str(cursor)), 4, "index logs", str(tmp_path / "b"))
+    assert cursor.read_bytes() == before
+    assert _rollouts(a, "--cursor", str(cursor)) == set()  # its own store adopts it
+    assert json.loads(cursor.read_text())["store"]["id"] == _a_id
+    assert _rollouts(b, "--cursor", str(tmp_path / "new.cursor")) == b_ids
+
+
+@pytest.mark.parametrize(
+    "command",
+    [("data", "rollouts", "--follow", "--idle-timeout", "60"), ("events", "--follow")],
+    ids=["data", "events"],
+)
+def test_a_store_replaced_while_followed_stops_the_follower(tmp_path: Path, command: tuple[str, ...]) -> None:
+    """Found in review: a data follower without a cursor file said its (nonexistent) cursor was
+    another store's (exit 4), and an events follower went on with the new store's events; the
+    store at its path was replaced: that is exit 5."""
+    import subprocess
+    import time
+
+    from cli_helpers import AGL, agl_env
+
+    _store(tmp_path / "a", 1)
+    proc = subprocess.Popen(
+        [AGL, *command],
+        env=agl_env(tmp_path / "a"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(1.0)  # following (a slow start only makes the swap land before its first read)
+        (tmp_path / "a").rename(tmp_path / "old")
+        _store(tmp_path / "a", 1)  # another store at the same path
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 5, err
+    assert "Traceback" not in err
+    assert "cursor" not in err

@@ -98,3 +98,25 @@ def test_the_temporary_file_takes_the_old_files_owner_and_group(tmp_path: Path) 
     made = temp.stat()
     assert (made.st_uid, made.st_gid) == (12345, 23456)
     assert stat.S_IMODE(made.st_mode) == 0o2640
+
+
+@pytest.mark.parametrize("args", [("data", "triplets"), ("report",)], ids=["parquet", "report"])
+def test_a_read_only_output_is_replaced_and_stays_read_only(
+    agl: Agl, tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    """Found in review: the temporary file took the old file's 0444 at creation, and pyarrow and
+    the report reopen it by name, which a user without root's override was refused (exit 1, the
+    temporary file left behind). It stays writable by its owner until it is published."""
+    if args[0] == "data":
+        pytest.importorskip("pyarrow")
+    out = tmp_path / ("t.parquet" if args[0] == "data" else "r.html")
+    out.write_text("old\n")
+    out.chmod(0o444)
+    fd, temp = create_temp_beside(out)  # what a writer gets: writable by its owner
+    os.close(fd)
+    assert _mode(temp) == 0o644
+    temp.unlink()
+    agl.ok(*args, "-o", str(out))  # Parquet by the name's suffix
+    assert out.read_bytes() != b"old\n"
+    assert _mode(out) == 0o444
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []

@@ -92,7 +92,43 @@ def test_non_finite_values_are_no_reward_in_every_format(attributes: dict[str, A
         attempt_id="at-1",
         sequence_id=0,
     )
-    assert find_final_reward([earlier, span]) == 0.25  # the newest finite reward counts
+    # The last reward span's value is no reward: never an earlier span's (found in review: a
+    # NaN final reward made an intermediate 0.25 the rollout's final reward).
+    assert find_final_reward([earlier, span]) is None
+    assert find_final_reward([span, earlier]) == 0.25
+
+
+def test_a_last_reward_of_nan_is_no_reward_not_the_one_before(tmp_path: Path) -> None:
+    """Through the data views and the report too: an earlier 0.8, then a NaN reward."""
+    root = tmp_path / "store"
+
+    async def seed() -> str:
+        store = FileStore(root)
+        rid = await make_rollout(store, reward=0.8, end=None)
+        (attempt,) = await store.query_attempts(rid)
+        span = Span.from_attributes(
+            attributes=dict(NAN_TEXT),
+            rollout_id=rid,
+            attempt_id=attempt.attempt_id,
+            sequence_id=200,  # after make_rollout's reward (100)
+            name=ANNOTATION_SPAN_NAME,
+            start_time=time.time() + 2,
+            end_time=time.time() + 2,
+        )
+        await store.add_many_spans([span])
+        await store.update_attempt(rid, attempt.attempt_id, status="succeeded")
+        assert find_final_reward(list(await store.query_spans(rid))) is None
+        store.close()
+        return rid
+
+    rid = asyncio.run(seed())
+    agl = Agl(root, tmp_path)
+    for view in ("triplets", "messages", "rollouts"):
+        rows = agl.ok("data", view, "--ended", "any").lines()
+        assert {(r["rollout_id"], r["final_reward"], r["ended"]) for r in rows} == {(rid, None, "no_reward")}
+    agl.ok("report", "-o", str(tmp_path / "r.html"))
+    page = (tmp_path / "r.html").read_text()
+    assert '"reward":0.8' not in page.replace(" ", "")
 
 
 def test_a_reward_stored_as_text_is_read_as_its_number(tmp_path: Path) -> None:

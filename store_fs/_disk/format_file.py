@@ -113,18 +113,23 @@ def read_format(layout: Layout) -> StoreFormat:
     return StoreFormat(version, durability, store_id)
 
 
-def require_store(layout: Layout) -> None:
+def require_store(layout: Layout, store_id: str | None = None) -> None:
     """Raise :class:`StoreNotFoundError` unless ``layout.root`` still holds a store (its
     ``FORMAT.json``, which is only ever replaced by rename, so never missing while the store
-    is there). A follower (``agl data --follow``, ``agl events --follow``) looks at every tick:
-    a store removed or moved away meanwhile reads as an empty one for ever otherwise."""
+    is there), and with ``store_id``, that store (another put at its path has another id). A
+    follower (``agl data --follow``, ``agl events --follow``) looks at every tick: a store
+    removed, moved away or replaced meanwhile reads as an empty one, or another, otherwise."""
+    root = str(layout.root)
     try:
         os.stat(layout.format_file)
     except (FileNotFoundError, NotADirectoryError):
-        root = str(layout.root)
         raise StoreNotFoundError.rebuild(
             f"no store at {root} any more (removed or moved away while it was read)", {"root": root}
         ) from None
+    if store_id is not None and read_format(layout).store_id != store_id:
+        raise StoreNotFoundError.rebuild(
+            f"the store at {root} was replaced while it was read (it was {store_id})", {"root": root}
+        )
 
 
 def check_durability(value: object) -> Durability:

@@ -10,13 +10,14 @@ reading of upstream's reward formats.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from itertools import repeat
 from typing import Any, Final, cast
 
 from store_fs.datasets._span_rows import SpanRow
 from store_fs.models import Span
-from store_fs.rewards import get_reward_value
+from store_fs.rewards import get_reward_value, reward_reading
 
 __all__ = ["final_reward", "may_hold_reward", "reward_of"]
 
@@ -48,9 +49,12 @@ def reward_of(name: str, attributes: Mapping[str, Any]) -> float | None:
 
 
 def final_reward(rows: Sequence[SpanRow]) -> float | None:
-    """The reward of the last row that has one (rows in sequence order: the newest)."""
+    """The reward of the last row that has one (rows in sequence order: the newest); None when
+    that one's value is NaN or an infinity, as :func:`~store_fs.rewards.find_final_reward`."""
     for row in reversed(rows):
-        value = reward_of(row[2], row[3])
+        if not may_hold_reward(row[3]):
+            continue
+        value = reward_reading(cast(Span, _Named(row[2], row[3])))
         if value is not None:
-            return value
+            return value if math.isfinite(value) else None
     return None

@@ -22,9 +22,13 @@ A cursor belongs to one store: its positions name that store's log files by inod
 another store (or a copy of this one, whose files have other inodes) they would read as logs
 rebuilt, and the reader would go on from the end, skipping the whole backlog for good. So a
 cursor holds the identity of the store it was first used with (:class:`StoreIdentity`: the
-``store_id`` of ``FORMAT.json`` and the inode of the store's directory), and using it with
+``store_id`` of ``FORMAT.json`` and the inode of its ``rollouts/`` directory), and using it with
 another raises :class:`~store_fs.errors.CursorMismatchError`. A cursor saved without one (by an
-older build, or never used yet) is adopted by the store it is first used with.
+older build, or never used yet) is adopted by the store it is first used with, unless its
+positions name index logs this store has never had (none of them a log or covered by a
+segment of it): a cursor of another store, or of this one before its index was rebuilt.
+A follower whose store was replaced at its path (another ``store_id`` there now) stops with
+:class:`~store_fs.errors.StoreNotFoundError`.
 """
 
 from __future__ import annotations
@@ -35,10 +39,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from store_fs._disk import codec, fsio
-from store_fs._disk.format_file import require_store
+from store_fs._disk import codec, fsio, log_segments
+from store_fs._disk.format_file import read_format, require_store
 from store_fs._disk.index_cursor import IndexPosition, read_finished_at
-from store_fs.errors import CorruptRecordError, CursorMismatchError
+from store_fs._disk.rollout_index import INDEX_LOGS
+from store_fs.errors import CorruptRecordError, CursorMismatchError, StoreNotFoundError
 
 if TYPE_CHECKING:
     from store_fs.store import FileStore
@@ -58,29 +63,33 @@ _READ_VERSIONS = (1, 2)
 @dataclass(frozen=True)
 class StoreIdentity:
     """Which store a cursor reads: ``FORMAT.json``'s ``store_id`` (None for a store made before
-    stores had ids) and the inode of the store's directory. The id alone would not tell a copy
-    of a store (same ``FORMAT.json``, files of other inodes) from the store; the inode alone
-    could be reused by a store made after another was removed. Inode numbers are the file
-    server's, the same on every NFS client (the device number is not, so it is left out). A
-    store moved within its file system keeps both."""
+    stores had ids) and the inode of its ``rollouts/`` directory, made once with the store. The
+    id alone would not tell a copy of a store (same ``FORMAT.json``, files of other inodes) from
+    the store; the inode alone could be reused by a store made after another was removed. Not
+    the store directory's own inode: every file system's root has the same one, and a store is
+    often a volume's root (copied with rsync, it kept it). Inode numbers are the file server's,
+    the same on every NFS client (the device number is not, so it is left out). A store moved
+    within its file system keeps both."""
 
     store_id: str | None
     inode: int
 
     @classmethod
     def of(cls, store: FileStore) -> StoreIdentity:
-        """The identity of ``store``; :class:`~store_fs.errors.StoreNotFoundError` when it is
+        """The identity of the store at ``store``'s path now (``FORMAT.json`` read again: one
+        put there since has another id); :class:`~store_fs.errors.StoreNotFoundError` when it is
         gone (removed or moved away)."""
         require_store(store.layout)
         try:
-            inode = os.stat(store.root).st_ino
+            store_id = read_format(store.layout).store_id
+            inode = os.stat(store.layout.rollouts).st_ino
         except (FileNotFoundError, NotADirectoryError):
             require_store(store.layout)  # gone since: raises
             raise
-        return cls(store.store_id, inode)
+        return cls(store_id, inode)
 
     def describe(self) -> str:
-        return f"{self.store_id or 'a store without an id'}, directory inode {self.inode}"
+        return f"{self.store_id or 'a store without an id'}, rollouts/ inode {self.inode}"
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.store_id, "inode": self.inode}
@@ -146,11 +155,34 @@ class Cursor:
         :class:`~store_fs.errors.CursorMismatchError` if it belongs to another."""
         found = StoreIdentity.of(store)
         if self.store is None:
+            self._check_positions(store)
             self.store = found
         elif self.store != found:
-            raise CursorMismatchError(
-                self.path or "given", self.store.describe(), f"{store.root} ({found.describe()})"
-            )
+            if self.path is None:  # this run's own cursor: the store was replaced under it
+                root = str(store.root)
+                raise StoreNotFoundError.rebuild(
+                    f"the store at {root} was replaced while it was read ({found.describe()} there "
+                    f"now, was {self.store.describe()})",
+                    {"root": root},
+                )
+            raise CursorMismatchError(self.path, self.store.describe(), f"{store.root} ({found.describe()})")
+
+    def _check_positions(self, store: FileStore) -> None:
+        """Before adopting ``store``: a cursor whose positions name only index logs this store
+        has never had (neither a log of it nor one a segment of it covers) was saved for another."""
+        # By name and inode: one process writing two stores names its logs alike in both.
+        named = {(name, ino) for name, (ino, _offset) in self._position.files.items()}
+        if not named:
+            return
+        listing = log_segments.scan(store.layout.rollout_index, INDEX_LOGS)
+        known = {(name, log.ino) for name, log in listing.files.items()} | set(listing.covered)
+        if named & known:
+            return
+        raise CursorMismatchError(
+            self.path or "given",
+            "one whose index logs this store has none of: another, or this one before a rebuild",
+            str(store.root),
+        )
 
     def finished(self, store: FileStore) -> list[str]:
         """Ids of the rollouts that finished since the last call, and move past them."""

@@ -39,7 +39,7 @@ from typing import IO, Any, Literal, Protocol
 import orjson
 
 from store_fs.errors import AglError, UnstorableValueError
-from store_fs.output_targets import OutputTargetError, create_temp_beside, output_place
+from store_fs.output_targets import OutputTargetError, create_temp_beside, output_place, publish_temp
 
 __all__ = [
     "ROW_GROUP",
@@ -116,7 +116,7 @@ class JsonLinesSink:
         if self._owned:
             self._stream.close()
         if self._path is not None:
-            os.replace(self._temp, self._path)
+            publish_temp(self._temp, self._path)
 
     def abort(self) -> None:
         if self._owned:
@@ -335,7 +335,11 @@ class ParquetSink:
         self._schema = _schema(view)
         fd, self._temp = create_temp_beside(self._path)
         os.close(fd)  # the name is ours; pyarrow writes it
-        self._writer = pq.ParquetWriter(self._temp, self._schema, compression="zstd")
+        try:
+            self._writer = pq.ParquetWriter(self._temp, self._schema, compression="zstd")
+        except BaseException:
+            self._temp.unlink(missing_ok=True)  # no writer: nobody else would remove it
+            raise
         self._pending: list[dict[str, Any]] = []
 
     def _converted(self, row: dict[str, Any]) -> dict[str, Any]:
@@ -371,7 +375,7 @@ class ParquetSink:
     def close(self) -> None:
         self.flush()
         self._writer.close()
-        os.replace(self._temp, self._path)
+        publish_temp(self._temp, self._path)
 
     def abort(self) -> None:
         self._pending = []

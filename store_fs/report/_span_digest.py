@@ -29,6 +29,7 @@ health section, with the reasons ``agl check`` gives.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -40,7 +41,7 @@ from store_fs._disk import codec, fsio
 from store_fs.datasets._span_rows import row_of
 from store_fs.models import Span
 from store_fs.report.report_scan import is_llm_span, llm_details
-from store_fs.rewards import get_reward_value
+from store_fs.rewards import reward_reading
 
 __all__ = [
     "BadSpanLine",
@@ -121,10 +122,11 @@ def invalid_reason(err: ValidationError) -> str:
 
 
 def _note_reward(digest: DigestOfFiles, seq: int, name: str, attributes: dict[str, Any]) -> None:
-    """Keep the reward of a good span that may carry one (same rule as ``find_final_reward``)."""
-    value = get_reward_value(cast(Span, _Named(name, attributes)))
+    """Keep the reward of a good span that may carry one (same rule as ``find_final_reward``:
+    a last reward of NaN or an infinity is no reward)."""
+    value = reward_reading(cast(Span, _Named(name, attributes)))
     if value is not None and (digest.reward_seq is None or seq >= digest.reward_seq):
-        digest.reward, digest.reward_seq = value, seq
+        digest.reward, digest.reward_seq = (value if math.isfinite(value) else None), seq
 
 
 def _note_llm(digest: DigestOfFiles, name: str, attributes: dict[str, Any]) -> None:

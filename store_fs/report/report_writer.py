@@ -25,7 +25,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from store_fs.errors import AglError
-from store_fs.output_targets import OutputPlace, OutputTargetError, create_temp_beside, output_place
+from store_fs.output_targets import (
+    OutputPlace,
+    OutputTargetError,
+    create_temp_beside,
+    output_place,
+    publish_temp,
+)
 from store_fs.report.report_data import ReportData, ReportOptions, gather
 from store_fs.report.report_page import render_page
 
@@ -118,8 +124,8 @@ def _publish(target: Path, place: OutputPlace, temp: Path | None, page: str) -> 
             with open(place.path, "a", encoding="utf-8") as stream:
                 stream.write(page)
             return
-        temp.write_text(page, encoding="utf-8")  # its mode set when made: create_temp_beside
-        os.replace(temp, place.path)
+        temp.write_text(page, encoding="utf-8")
+        publish_temp(temp, place.path)
     except OSError as err:
         raise ReportOutputError(str(target), _reason(err)) from None
 
