@@ -414,3 +414,22 @@ def run_driver(sandbox: Path, specs: list[dict[str, Any]], work: Path) -> list[d
     assert proc.returncode == 0, proc.stderr
     results: list[dict[str, Any]] = json.loads(results_path.read_text())
     return results
+
+
+async def finished_rollouts(root: Path, *, runs: int = 1) -> list[str]:
+    """``runs`` rollouts, each dequeued by worker w1 and succeeded; their ids."""
+    from store_fs import FileStore
+
+    store = FileStore(root)
+    try:
+        ids = []
+        for i in range(runs):
+            rollout = await store.enqueue_rollout(input=f"q{i}")
+            attempted = await store.dequeue_rollout(worker_id="w1")
+            assert attempted is not None
+            assert attempted.rollout_id == rollout.rollout_id
+            await store.update_attempt(rollout.rollout_id, attempted.attempt.attempt_id, status="succeeded")
+            ids.append(rollout.rollout_id)
+        return ids
+    finally:
+        store.close()

@@ -7,8 +7,10 @@ given; it ends as ``end`` says (an attempt status, ``cancelled``, or ``None`` to
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
+from pathlib import Path
 from typing import Any
 
 from store_fs import FileStore, Span, TraceStatus
@@ -88,3 +90,14 @@ async def make_rollout(
     elif end is not None:
         await store.update_attempt(rid, aid, status=end)  # type: ignore[arg-type]
     return rid
+
+
+def store_with_one_rollout(root: Path) -> None:
+    """A store at ``root`` holding one finished rollout of :func:`make_rollout`."""
+
+    async def seed() -> None:
+        store = FileStore(root)
+        await make_rollout(store)
+        store.close()
+
+    asyncio.run(seed())

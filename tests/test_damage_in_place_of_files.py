@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_helpers import Agl, Result, WarmAgl, assert_error, diff_snapshots, snapshot
+from cli_helpers import Agl, Result, WarmAgl, assert_error, diff_snapshots, finished_rollouts, snapshot
 from http_helpers import RawClient, ServerThread, http_request
 from hypothesis import example, given
 from hypothesis import strategies as st
@@ -29,26 +29,9 @@ from store_fs.datasets.views import TrainingData
 from store_fs.json_input import DecodeError, loads_exact
 
 
-async def _finished_rollout(root: Path, *, runs: int = 1) -> list[str]:
-    """``runs`` rollouts, each dequeued by worker w1 and succeeded; their ids."""
-    store = FileStore(root)
-    try:
-        ids = []
-        for i in range(runs):
-            rollout = await store.enqueue_rollout(input=f"q{i}")
-            attempted = await store.dequeue_rollout(worker_id="w1")
-            assert attempted is not None
-            assert attempted.rollout_id == rollout.rollout_id
-            await store.update_attempt(rollout.rollout_id, attempted.attempt.attempt_id, status="succeeded")
-            ids.append(rollout.rollout_id)
-        return ids
-    finally:
-        store.close()
-
-
 @pytest.fixture
 def agl(tmp_path: Path, warm_agl: WarmAgl) -> Agl:
-    asyncio.run(_finished_rollout(tmp_path / "st", runs=2))
+    asyncio.run(finished_rollouts(tmp_path / "st", runs=2))
     return Agl(tmp_path / "st", tmp_path, warm=warm_agl)
 
 
@@ -135,7 +118,7 @@ async def test_a_cursor_stays_before_a_rollout_whose_record_cannot_be_read(tmp_p
     """The defect: the newest revision cut short, a reader with a cursor skipped the rollout
     (reading the revision before, not finished) and never delivered it once the file was good."""
     root = tmp_path / "st"
-    (rid,) = await _finished_rollout(root)
+    (rid,) = await finished_rollouts(root)
     newest = _newest_revision(root, rid)
     good = newest.read_bytes()
     newest.chmod(0o644)
@@ -433,7 +416,7 @@ async def test_a_reader_with_a_cursor_reads_the_revision_the_index_names_past_a_
     revision was; the index line read by the cursor names it. Read through the listing, the
     rollout looked unfinished, was left out, and the cursor moved past it for good."""
     root = tmp_path / "st"
-    (rid,) = await _finished_rollout(root)
+    (rid,) = await finished_rollouts(root)
     newest = _newest_revision(root, rid)
     listdir = os.listdir
 

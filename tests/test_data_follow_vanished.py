@@ -7,7 +7,6 @@ is still there and ends with the store-not-found error (exit 5, one line).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import shutil
 import subprocess
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from cli_helpers import Agl
-from datasets_helpers import make_rollout
+from datasets_helpers import store_with_one_rollout
 
 from store_fs import FileStore
 
@@ -24,15 +23,8 @@ WAIT = 15.0  # the follower must end well within this once the store is gone
 
 @pytest.fixture
 def agl(tmp_path: Path) -> Agl:
-    root = tmp_path / "store"
-
-    async def seed() -> None:
-        store = FileStore(root)
-        await make_rollout(store)
-        store.close()
-
-    asyncio.run(seed())
-    return Agl(root, tmp_path)
+    store_with_one_rollout(tmp_path / "store")
+    return Agl(tmp_path / "store", tmp_path)
 
 
 def _ends_with_no_store(proc: subprocess.Popen[str]) -> str:

@@ -8,30 +8,21 @@ is renamed over it; a new name gets 0644 less the umask, as before.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import stat
 from pathlib import Path
 
 import pytest
 from cli_helpers import Agl
-from datasets_helpers import make_rollout
+from datasets_helpers import store_with_one_rollout
 
-from store_fs import FileStore
 from store_fs.output_targets import create_temp_beside
 
 
 @pytest.fixture
 def agl(tmp_path: Path) -> Agl:
-    root = tmp_path / "store"
-
-    async def seed() -> None:
-        store = FileStore(root)
-        await make_rollout(store)
-        store.close()
-
-    asyncio.run(seed())
-    return Agl(root, tmp_path)
+    store_with_one_rollout(tmp_path / "store")
+    return Agl(tmp_path / "store", tmp_path)
 
 
 def _mode(path: Path) -> int:

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from cli_helpers import AGL, Agl, WarmAgl, agl_env
+from cli_helpers import AGL, Agl, WarmAgl, agl_env, finished_rollouts
 
 from store_fs import FileStore
 from store_fs._disk import fsio
@@ -36,24 +36,9 @@ from store_fs.models import EnqueueRolloutRequest
 _CALL_TIMEOUT = 20.0
 
 
-async def _finished_rollouts(root: Path, runs: int) -> list[str]:
-    store = FileStore(root)
-    try:
-        ids = []
-        for i in range(runs):
-            rollout = await store.enqueue_rollout(input=f"q{i}")
-            attempted = await store.dequeue_rollout(worker_id="w1")
-            assert attempted is not None
-            await store.update_attempt(rollout.rollout_id, attempted.attempt.attempt_id, status="succeeded")
-            ids.append(rollout.rollout_id)
-        return ids
-    finally:
-        store.close()
-
-
 @pytest.fixture
 def agl(tmp_path: Path, warm_agl: WarmAgl) -> Agl:
-    asyncio.run(_finished_rollouts(tmp_path / "st", 2))
+    asyncio.run(finished_rollouts(tmp_path / "st", runs=2))
     return Agl(tmp_path / "st", tmp_path, warm=warm_agl)
 
 
