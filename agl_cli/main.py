@@ -21,6 +21,7 @@ from typing import Annotated, Any
 import typer
 
 from store_fs.errors import ExitCode
+from store_fs.output_targets import remove_unpublished
 
 from . import (
     cmd_admin,
@@ -164,6 +165,10 @@ def run_cli(args: Sequence[str]) -> int:
         return ExitCode.INTERRUPTED
     except Exception as err:
         return report(err, verbose)
+    finally:
+        # An interruption between a temporary output file's making and the `try` that removes
+        # it (or inside its publication) would leave it beside its target for good.
+        remove_unpublished()
     return result if isinstance(result, int) else ExitCode.OK
 
 

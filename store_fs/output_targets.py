@@ -29,7 +29,15 @@ from typing import Literal
 from store_fs._disk import fsio
 from store_fs.errors import AglError, UnstorableValueError
 
-__all__ = ["OutputPlace", "OutputTargetError", "create_temp_beside", "output_place", "publish_temp"]
+__all__ = [
+    "OutputPlace",
+    "OutputTargetError",
+    "create_temp_beside",
+    "discard_temp",
+    "output_place",
+    "publish_temp",
+    "remove_unpublished",
+]
 
 _LINK_HOPS = 40  # as the kernel's limit on links followed in one lookup
 _NAME_BYTES = 255  # a file name's limit on Linux filesystems
@@ -130,9 +138,11 @@ def create_temp_beside(path: Path) -> tuple[int, Path]:
         suffix = f".{fsio.writer_tag()}.{secrets.token_hex(4)}.tmp".encode()
         name = os.fsencode(path.name)[: _NAME_BYTES - len(suffix) - 1]
         temp = path.with_name(os.fsdecode(b"." + name + suffix))
+        _unpublished.add(temp)  # before it exists: an interruption after the open finds it
         try:
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
         except FileExistsError:
+            _unpublished.discard(temp)  # another process's
             continue
         if old is not None:
             try:
@@ -140,7 +150,7 @@ def create_temp_beside(path: Path) -> tuple[int, Path]:
             except BaseException:
                 os.close(fd)
                 with contextlib.suppress(OSError):
-                    os.unlink(temp)
+                    discard_temp(temp)
                 raise
         return fd, temp
 
@@ -173,3 +183,23 @@ def publish_temp(temp: Path, path: Path) -> None:
     if old is not None and stat.S_ISREG(old.st_mode):
         os.chmod(temp, stat.S_IMODE(old.st_mode))
     os.replace(temp, path)
+    _unpublished.discard(temp)
+
+
+def discard_temp(temp: Path) -> None:
+    """Remove ``temp`` (made by :func:`create_temp_beside`), which will not be published."""
+    temp.unlink(missing_ok=True)
+    _unpublished.discard(temp)
+
+
+def remove_unpublished() -> None:
+    """Remove every temporary file this process made and neither published nor discarded. For
+    the end of a command: an interruption (Ctrl-C, SIGTERM) can land between the making of a
+    temporary file and the ``try`` that would remove it, or inside its publication."""
+    for temp in list(_unpublished):
+        discard_temp(temp)
+
+
+# The temporary files made and not yet published or discarded (a set: the GIL keeps its
+# single operations whole across threads).
+_unpublished: set[Path] = set()

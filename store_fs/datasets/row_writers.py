@@ -39,7 +39,13 @@ from typing import IO, Any, Literal, Protocol
 import orjson
 
 from store_fs.errors import AglError, UnstorableValueError
-from store_fs.output_targets import OutputTargetError, create_temp_beside, output_place, publish_temp
+from store_fs.output_targets import (
+    OutputTargetError,
+    create_temp_beside,
+    discard_temp,
+    output_place,
+    publish_temp,
+)
 
 __all__ = [
     "ROW_GROUP",
@@ -124,7 +130,7 @@ class JsonLinesSink:
                 self._stream.close()
             finally:
                 if self._path is not None:
-                    self._temp.unlink(missing_ok=True)
+                    discard_temp(self._temp)
 
 
 # The kinds of Parquet column, each a check-and-convert of a row's value (None stays None).
@@ -338,7 +344,7 @@ class ParquetSink:
         try:
             self._writer = pq.ParquetWriter(self._temp, self._schema, compression="zstd")
         except BaseException:
-            self._temp.unlink(missing_ok=True)  # no writer: nobody else would remove it
+            discard_temp(self._temp)  # no writer: nobody else would remove it
             raise
         self._pending: list[dict[str, Any]] = []
 
@@ -382,7 +388,7 @@ class ParquetSink:
         try:
             self._writer.close()
         finally:
-            self._temp.unlink(missing_ok=True)
+            discard_temp(self._temp)
 
 
 def open_sink(target: IO[bytes] | Path, view: str) -> RowSink:

@@ -29,6 +29,7 @@ from store_fs.output_targets import (
     OutputPlace,
     OutputTargetError,
     create_temp_beside,
+    discard_temp,
     output_place,
     publish_temp,
 )
@@ -110,7 +111,7 @@ def write_report(store: FileStore, output: str | Path, options: ReportOptions | 
         _publish(target, place, temp, page)
     finally:
         if temp is not None:
-            temp.unlink(missing_ok=True)
+            discard_temp(temp)
     problems = None if data.problems is None else len(data.problems)
     seconds = time.perf_counter() - started
     return ReportResult(str(target), len(page.encode()), len(data.rollouts), problems, seconds)
