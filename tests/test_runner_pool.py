@@ -310,7 +310,7 @@ def test_ctrl_c_while_runners_import_the_agent_stops_cleanly(tmp_path: Path) -> 
         "blocked = sorted(int(s) for s in signal.pthread_sigmask(signal.SIG_BLOCK, []))\n"
         "with open('imported.' + str(os.getpid()), 'w') as f:\n"
         "    f.write(repr(blocked))\n"
-        "time.sleep(3)  # a heavy import\n"
+        "time.sleep(2)  # a heavy import\n"
         "@rollout\n"
         "def agent(task, prompt_template):\n"
         "    return 1.0\n"
