@@ -156,7 +156,11 @@ def run_cli(args: Sequence[str]) -> int:
     try:
         result = command.main(args=hoisted.args, prog_name="agl", standalone_mode=False)
     except NoArgsIsHelpError as err:  # `agl` or `agl rollouts` alone: help, as gh and kubectl do
-        sys.stdout.write(err.ctx.get_help() + "\n")
+        try:
+            sys.stdout.write(err.ctx.get_help() + "\n")
+            sys.stdout.flush()
+        except OSError as failed:  # stdout full or closed: one line, as for any other output
+            return report(failed, verbose)
         return ExitCode.OK
     except typer.Exit as done:
         return done.exit_code

@@ -846,3 +846,22 @@ def test_shell_completion_suggests_subcommands(tmp_path: Path) -> None:
     result = subprocess.run([AGL], capture_output=True, text=True, timeout=30, env=env)
     assert result.returncode == 0
     assert "list" in result.stdout.split()
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize("args", [[], ["rollouts"], ["data"]], ids=["agl", "group", "data"])
+def test_help_of_a_bare_group_into_a_full_stdout_is_one_line(tmp_path: Path, args: list[str]) -> None:
+    """Found by an adversarial pass: `agl` or `agl rollouts` alone prints help, and a stdout
+    that cannot be written ended that in a traceback."""
+    with open("/dev/full", "w") as full:
+        res = subprocess.run(
+            [AGL, *args],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=agl_env(tmp_path / "s"),
+            timeout=60,
+        )
+    assert res.returncode == 1, res.stderr
+    assert "Traceback" not in res.stderr
+    assert res.stderr.strip() == "agl: No space left on device (--verbose shows the traceback)"
