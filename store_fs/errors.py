@@ -33,6 +33,7 @@ __all__ = [
     "FormatVersionError",
     "InvalidIdError",
     "MaintenanceBusyError",
+    "NestedStoreError",
     "NotFoundError",
     "RemoteStoreError",
     "ResourcesNotFoundError",
@@ -161,6 +162,16 @@ class CursorMismatchError(AglError, ValueError):
         self.store = store
 
 
+class NestedStoreError(AglError, ValueError):
+    """A new store asked for inside another store's directory, whose names belong to that store:
+    ``agl init outer/rollouts`` made what the outer store's ``check`` took for damage."""
+
+    def __init__(self, root: str, outer: str) -> None:
+        super().__init__(f"cannot make a store at {root}: it is inside the store at {outer}")
+        self.root = root
+        self.outer = outer
+
+
 class StoreNotFoundError(AglError, FileNotFoundError):
     """The directory holds no store (no ``FORMAT.json``)."""
 
@@ -258,6 +269,7 @@ ERROR_TABLE: tuple[ErrorMapping, ...] = (
     ErrorMapping(InvalidIdError, ExitCode.BAD_INPUT, 400, True),
     ErrorMapping(UnstorableValueError, ExitCode.BAD_INPUT, 400, True),
     ErrorMapping(CursorMismatchError, ExitCode.BAD_INPUT, 400, True),
+    ErrorMapping(NestedStoreError, ExitCode.BAD_INPUT, 400, True),
     # A missing store or damage on disk is the server's problem, not the caller's.
     ErrorMapping(StoreNotFoundError, ExitCode.NO_STORE, 500, False),
     ErrorMapping(FormatVersionError, ExitCode.NO_STORE, 500, False),

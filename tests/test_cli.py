@@ -865,3 +865,22 @@ def test_help_of_a_bare_group_into_a_full_stdout_is_one_line(tmp_path: Path, arg
     assert res.returncode == 1, res.stderr
     assert "Traceback" not in res.stderr
     assert res.stderr.strip() == "agl: No space left on device (--verbose shows the traceback)"
+
+
+def test_a_store_inside_another_store_is_refused(tmp_path: Path) -> None:
+    """Found by an adversarial pass: `agl init outer/rollouts` made a store among the outer
+    store's rollouts, which `agl check` then reported as hundreds of problems and `--fix`
+    could not repair (exit 1). A store is never made inside another one."""
+    from store_fs import FileStore
+    from store_fs.errors import NestedStoreError
+
+    outer = Agl(tmp_path / "outer", tmp_path)
+    outer.ok("init", str(outer.store))
+    outer.ok("enqueue", '"x"')
+    before = snapshot(outer.store)
+    for inner in (outer.store / "rollouts", outer.store / "deeper" / "store"):
+        assert_error(outer("init", str(inner)), 4, "inside the store at", str(outer.store))
+    with pytest.raises(NestedStoreError):
+        FileStore(outer.store / "index" / "x")
+    assert diff_snapshots(before, snapshot(outer.store)) == []
+    assert outer.ok("check", "--json").lines() == []

@@ -4,6 +4,7 @@ helpers its methods are written with, and creating or opening the store director
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,7 +37,7 @@ from store_fs._disk.status_rules import FINAL_ATTEMPT_STATUSES
 from store_fs._disk.watch import WatchMode, is_network_fs
 from store_fs._disk.worker_logs import WorkerStore
 from store_fs.clock import Clock, SystemClock
-from store_fs.errors import RolloutNotFoundError
+from store_fs.errors import NestedStoreError, RolloutNotFoundError
 from store_fs.lightning_store import LightningStore
 from store_fs.models import (
     Attempt,
@@ -69,6 +70,8 @@ def _make_store(layout: Layout, durability: Durability) -> bool:
     """Make whatever of the store is missing, recording ``durability`` in a new
     ``FORMAT.json``; whether this call made that file (an existing store's setting stays)."""
     durable = durability == "fsync"
+    if not layout.format_file.exists():
+        _refuse_nested(layout.root)
     for directory in layout.directories():
         fsio.make_dirs(directory, durable=durable)
     from store_fs import __version__
@@ -87,6 +90,13 @@ def _make_store(layout: Layout, durability: Durability) -> bool:
             gitignore, b"queue/\nevents/\nindex/\nlocks/\ntrash/\ncache/\n", durable=durable
         )
     return created
+
+
+def _refuse_nested(root: Path) -> None:
+    """:class:`NestedStoreError` when ``root``, a store to be made, is inside another store."""
+    for parent in Path(os.path.abspath(root)).parents:
+        if Layout(parent).format_file.is_file():
+            raise NestedStoreError(str(root), str(parent))
 
 
 def _restore_directories(layout: Layout, *, durable: bool) -> None:
