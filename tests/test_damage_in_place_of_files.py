@@ -434,3 +434,26 @@ async def test_a_reader_with_a_cursor_reads_the_revision_the_index_names_past_a_
         assert [(r["rollout_id"], r["status"]) for r in rows] == [(rid, "succeeded")]
     finally:
         store.close()
+
+
+def test_a_directory_in_the_wrong_fan_out_is_moved_aside_in_one_pass(agl: Agl) -> None:
+    """Found by an adversarial pass: `rollouts/zz/stray` was taken for rollout `stray`, whose
+    directory `check --fix` then looked for in another fan-out: ENOENT (exit 1) at every run,
+    and the rest of the repairs never done."""
+    stray = agl.store / "rollouts" / "zz" / "stray"
+    stray.mkdir(parents=True)
+    (stray / "x").write_text("kept\n")
+    misplaced = agl.store / "rollouts" / "zz" / "ro-0123456789ab"  # a rollout id, wrong fan-out
+    misplaced.mkdir()
+    before = {r["rollout_id"] for r in agl.ok("rollouts", "list", "--json").lines()}
+    res = agl("check")
+    assert res.code == 7, str(res)
+    assert _kinds(res) == {
+        ("misplaced-directory", str(stray), False),
+        ("misplaced-directory", str(misplaced), False),
+    }
+    fixed = agl.ok("check", "--fix", "--grace", "0")
+    assert all(done for _kind, _path, done in _kinds(fixed))
+    assert _problems(agl.ok("check")) == []
+    assert sorted(_quarantined_notes(agl.store)) == ["rollouts/zz/ro-0123456789ab", "rollouts/zz/stray"]
+    assert {r["rollout_id"] for r in agl.ok("rollouts", "list", "--json").lines()} == before

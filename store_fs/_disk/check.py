@@ -86,6 +86,8 @@ def _rollouts(
     pending = {(t.rollout_id, t.sequence_id) for t in engine.queue.list_pending()}
     unqueued: list[RolloutRecord] = []
     for rollout_id in engine.records.all_ids():
+        if not os.path.lexists(engine.ctx.layout.rollout_dir(rollout_id)):
+            continue  # a directory not where its name puts it, reported above (or moved away)
         if rollout_id in pruned and not engine.records.exists(rollout_id):
             out.append(_pruned_leftover(engine, rollout_id, quarantine))
             continue
@@ -133,9 +135,24 @@ def _misshapen_rollout_dirs(engine: Engine, quarantine: Quarantine | None) -> li
     belongs. Listings of rollouts pass over them, so nothing else would report the damage,
     while the rollout's readers and writers fail on it. ``fix`` moves them to quarantine."""
     out: list[Problem] = []
-    for bucket in _non_directories(engine.ctx.layout.rollouts, out, quarantine):
-        _non_directories(Path(bucket.path), out, quarantine)
+    layout = engine.ctx.layout
+    for bucket in _non_directories(layout.rollouts, out, quarantine):
+        for entry in _non_directories(Path(bucket.path), out, quarantine):
+            if entry.path != layout.rollout_dir_str(entry.name):
+                out.append(_misplaced(Path(entry.path), quarantine))
     return out
+
+
+def _misplaced(path: Path, quarantine: Quarantine | None) -> Problem:
+    """A directory in a fan-out directory that is not its name's (``rollouts/zz/stray``):
+    readers look for a rollout only where its id puts it, so it is nobody's, and a repair that
+    took its name for a rollout's reached for another path (ENOENT, every run). ``fix`` moves
+    it to quarantine."""
+    detail = "is not where its name puts a rollout: no reader finds it"
+    if quarantine is None:
+        return Problem("misplaced-directory", str(path), detail)
+    where = quarantine.quarantine_file(path, "a directory where no rollout of its name belongs")
+    return Problem("misplaced-directory", str(path), f"{detail}; moved to {where}", True)
 
 
 def _non_directories(

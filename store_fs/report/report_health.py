@@ -47,6 +47,7 @@ NOT_QUICK: Final = (
     "no-record",
     "pruned-leftover",
     "wrong-file-type",
+    "misplaced-directory",
     "no-span-counter",
     "stale-index",
     "index-ahead",
