@@ -54,8 +54,18 @@ class CliState:
         return self.store or os.environ.get("AGL_STORE") or DEFAULT_STORE
 
     def store_path(self) -> Path:
-        """The store directory (for commands that work on the directory itself)."""
-        return Path(self.store_location())
+        """The store directory (for commands that work on the directory itself). A server's
+        URL is refused: made into a path, `agl init http://host:4747` created a directory
+        `http:` and every command given that URL then worked on it without a word."""
+        location = self.store_location()
+        if is_url(location):
+            from .exit_codes import CliError
+
+            raise CliError(
+                f"{location} is a store server's URL: this command works on a store directory "
+                "(`agl run` takes a URL; `agl store --store DIR` serves one)"
+            )
+        return Path(location)
 
     def open_store(self) -> FileStore:
         """The store named by --store / AGL_STORE / runs/default; it must exist (`agl init`)."""

@@ -884,3 +884,14 @@ def test_a_store_inside_another_store_is_refused(tmp_path: Path) -> None:
         FileStore(outer.store / "index" / "x")
     assert diff_snapshots(before, snapshot(outer.store)) == []
     assert outer.ok("check", "--json").lines() == []
+
+
+def test_a_server_url_is_refused_where_a_store_directory_is_needed(tmp_path: Path) -> None:
+    """Found by an adversarial pass: `agl init http://127.0.0.1:4747` made a directory `http:`,
+    and every command given that URL then worked on it without a word."""
+    agl = Agl(tmp_path / "unused", tmp_path)
+    env = {**agl.env, "AGL_STORE": "http://127.0.0.1:4747"}
+    for args in (("init",), ("enqueue", '"x"'), ("stats",), ("check",)):
+        res = agl(*args, env=env)
+        assert_error(res, 4, "http://127.0.0.1:4747", "store server's URL")
+    assert list(tmp_path.iterdir()) == []
