@@ -39,6 +39,19 @@ def _named_resources(
     llm_endpoint: str | None,
     model: str | None,
 ) -> dict[str, Any]:
+    # One source of resources per call: given together, all but one were dropped without a word.
+    given = [
+        option
+        for option, value in (
+            ("--body", body),
+            ("--template", template),
+            ("--template-file", template_file),
+            ("--llm-endpoint/--model", llm_endpoint if llm_endpoint is not None else model),
+        )
+        if value is not None
+    ]
+    if len(given) > 1:
+        raise CliError(f"give one of {', '.join(given)}, not several (one resource per call, or --body)")
     if body is not None:
         data = read_object(body, "--body")
         assert data is not None

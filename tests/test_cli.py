@@ -895,3 +895,26 @@ def test_a_server_url_is_refused_where_a_store_directory_is_needed(tmp_path: Pat
         res = agl(*args, env=env)
         assert_error(res, 4, "http://127.0.0.1:4747", "store server's URL")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["--template", "Q: {q}", "--llm-endpoint", "http://127.0.0.1:8000/v1", "--model", "m"],
+        ["--template", "Q: {q}", "--llm-endpoint", "http://127.0.0.1:8000/v1"],
+        [
+            "--body",
+            '{"p": {"resource_type": "prompt_template", "template": "b", "engine": "f-string"}}',
+            "--template",
+            "x",
+        ],
+    ],
+    ids=["template-and-llm", "template-and-endpoint", "body-and-template"],
+)
+def test_resources_add_refuses_several_sources_at_once(tmp_path: Path, options: list[str]) -> None:
+    """Found by an adversarial pass: all but one were dropped without a word (exit 0)."""
+    agl = Agl(tmp_path / "s", tmp_path)
+    agl.ok("init", str(agl.store))
+    before = snapshot(agl.store)
+    assert_error(agl("resources", "add", *options), 4, "not several")
+    assert diff_snapshots(before, snapshot(agl.store)) == []
