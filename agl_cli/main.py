@@ -147,6 +147,10 @@ def run_cli(args: Sequence[str]) -> int:
     if bad is not None:
         sys.stderr.write(f"agl: argument {bad[0]} is not valid UTF-8: {bad[1]}\n")
         return ExitCode.BAD_INPUT
+    bad_store = undecodable([os.environ.get("AGL_STORE", "")])
+    if bad_store is not None:  # refused as the same path given on the line is
+        sys.stderr.write(f"agl: AGL_STORE is not valid UTF-8: {bad_store[1]}\n")
+        return ExitCode.BAD_INPUT
     command = cli_command()
     hoisted = hoist_globals(args, command)
     verbose = hoisted.verbose or os.environ.get("AGL_VERBOSE", "").strip().lower() in _TRUE

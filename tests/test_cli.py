@@ -918,3 +918,31 @@ def test_resources_add_refuses_several_sources_at_once(tmp_path: Path, options: 
     before = snapshot(agl.store)
     assert_error(agl("resources", "add", *options), 4, "not several")
     assert diff_snapshots(before, snapshot(agl.store)) == []
+
+
+def test_a_store_path_or_archive_path_that_is_not_utf8_is_refused_before_anything(tmp_path: Path) -> None:
+    """Found by an adversarial pass: AGL_STORE holding bytes that are not UTF-8 gave "unexpected
+    TypeError" (doctor, report), and `agl prune --archive` run in such a directory left an
+    empty removal behind, which `agl check` took for an unfinished prune (exit 7)."""
+    agl = Agl(tmp_path / "s", tmp_path)
+    bad_env = {**agl.env, "AGL_STORE": os.fsdecode(b"st\xff")}
+    for args in (("doctor",), ("report", "-o", "r.html"), ("stats",)):
+        assert_error(agl(*args, env=bad_env), 4, "AGL_STORE is not valid UTF-8")
+    agl.ok("init", str(agl.store))
+    rid = agl.enqueue("x")["rollout_id"]
+    aid = agl.dequeue()["attempt"]["attempt_id"]
+    agl.ok("complete", rid, aid)
+    odd = tmp_path / os.fsdecode(b"cwd\xff")
+    odd.mkdir()
+    res = subprocess.run(
+        [AGL, "prune", "--status", "succeeded", "--archive", "a.tar"],
+        cwd=odd,
+        env=agl.env,
+        capture_output=True,
+        text=True,
+        timeout=CALL_TIMEOUT,
+    )
+    assert res.returncode == 4, res.stderr
+    assert "Traceback" not in res.stderr
+    assert agl.ok("check", "--json").lines() == []  # nothing half done
+    assert [r["rollout_id"] for r in agl.ok("rollouts", "list", "--json").lines()] == [rid]

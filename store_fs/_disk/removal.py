@@ -212,13 +212,16 @@ class RemovalRun:
     def begin(cls, ctx: Context, index: RolloutIndex, queue: Queue, archive: Path | None) -> RemovalRun:
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         directory = ctx.layout.trash / f"{stamp}-{ctx.writer}"
-        (directory / "rollouts").mkdir(parents=True, exist_ok=True)
         body = {
             "archive": None if archive is None else str(archive.resolve()),
             "started": ctx.clock.time(),
             "by": ctx.writer,
         }
-        fsio.publish(directory / RUN_FILE, codec.dumps_record(body), durable=ctx.durable)
+        # Encoded before anything is made: an archive path JSON cannot hold (a directory name
+        # that is not UTF-8) left an empty run behind, which check took for an unfinished prune.
+        encoded = codec.dumps_record(body)
+        (directory / "rollouts").mkdir(parents=True, exist_ok=True)
+        fsio.publish(directory / RUN_FILE, encoded, durable=ctx.durable)
         return cls(ctx, index, queue, directory)
 
     # -- one rollout -----------------------------------------------------------------
