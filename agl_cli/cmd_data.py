@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -168,6 +169,14 @@ def _check_file_arg(option: str, path: Path | None, *, parent_must_exist: bool) 
         raise CliError(f"{option} {path}: {parent} is not a directory")
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` name one file (an existing one, or one path made the same)."""
+    try:
+        return a.samefile(b)
+    except OSError:
+        return os.path.abspath(a) == os.path.abspath(b)
+
+
 def _export(
     ctx: typer.Context,
     view: str,
@@ -186,6 +195,9 @@ def _export(
         raise CliError("--follow writes to stdout; leave out --output")
     _check_file_arg("--output", out, parent_must_exist=True)
     _check_file_arg("--cursor", cursor, parent_must_exist=False)  # saving makes its directory
+    if out is not None and cursor is not None and _same_file(out, cursor):
+        # The cursor, saved after the rows, replaced them, and said they were delivered.
+        raise CliError(f"--output and --cursor name the same file ({out}): the rows would be lost")
     if follow:
         output.info(f"following finished rollouts ({view}); Ctrl-C to stop")
     counts = run(

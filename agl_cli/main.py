@@ -191,4 +191,22 @@ def main() -> None:
     stops; a handler someone else installed is left alone."""
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _stop_like_ctrl_c)
+    _standard_streams_open()
     sys.exit(run_cli(sys.argv[1:]))
+
+
+def _standard_streams_open() -> None:
+    """Give a standard stream the process was started without (``agl stats >&-``) /dev/null.
+    Python leaves ``sys.stdout`` None then, and a command ended in "unexpected AttributeError"
+    after doing its work (an enqueue stored its rollout first); and the free descriptor would be
+    the next file opened, whose bytes a print would then write into."""
+    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            opened = os.open(os.devnull, os.O_RDWR)
+            if opened != fd:
+                os.dup2(opened, fd)
+                os.close(opened)
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(fd, mode, closefd=False))  # noqa: SIM115 - the process's own

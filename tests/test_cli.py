@@ -946,3 +946,35 @@ def test_a_store_path_or_archive_path_that_is_not_utf8_is_refused_before_anythin
     assert "Traceback" not in res.stderr
     assert agl.ok("check", "--json").lines() == []  # nothing half done
     assert [r["rollout_id"] for r in agl.ok("rollouts", "list", "--json").lines()] == [rid]
+
+
+def test_a_closed_standard_stream_is_taken_for_dev_null(tmp_path: Path) -> None:
+    """Found by an adversarial pass: `agl stats >&-` ended in "unexpected AttributeError", and
+    `agl enqueue 1 >&-` too, after storing its rollout."""
+    agl = Agl(tmp_path / "s", tmp_path)
+    agl.ok("init", str(agl.store))
+
+    def closed(args: list[str], fd: int) -> subprocess.CompletedProcess[str]:
+        close = {0: "<&-", 1: ">&-", 2: "2>&-"}[fd]
+        line = " ".join(f"'{a}'" for a in [AGL, *args]) + f" {close}"
+        return subprocess.run(
+            ["bash", "-c", line], env=agl.env, capture_output=True, text=True, timeout=CALL_TIMEOUT
+        )
+
+    assert closed(["stats"], 1).returncode == 0
+    assert closed(["enqueue", "1"], 1).returncode == 0
+    assert agl.ok("stats").json()["total_rollouts"] == 1
+    assert closed(["rollouts", "show", "ro-000000000000"], 2).returncode == 3
+    res = closed(["enqueue"], 0)
+    assert res.returncode == 4
+    assert "Traceback" not in res.stderr
+
+
+def test_output_and_cursor_naming_one_file_is_refused(tmp_path: Path) -> None:
+    """Found by an adversarial pass: the cursor, saved after the rows, replaced them (exit 0),
+    and the next run exported nothing: the cursor said they were delivered."""
+    agl = Agl(tmp_path / "s", tmp_path)
+    agl.ok("init", str(agl.store))
+    same = tmp_path / "rows.jsonl"
+    assert_error(agl("data", "rollouts", "-o", str(same), "--cursor", str(same)), 4, "same file")
+    assert not same.exists()
