@@ -176,7 +176,16 @@ def dequeue(
     while True:
         attempted = run(store.dequeue_rollout(worker_id=worker_id))
         if attempted is not None:
-            cli.out.emit_json(attempted)
+            try:
+                cli.out.emit_json(attempted)
+            except OSError:
+                # The claim is made: say which, or the attempt waits for a runner that never
+                # learned of it (for good, without a timeout).
+                output.problem(
+                    f"claimed attempt {attempted.attempt.attempt_id} of {attempted.rollout_id}, "
+                    "but it could not be printed: complete or fail it"
+                )
+                raise
             return
         if time.monotonic() >= deadline:
             output.info("queue is empty")

@@ -163,3 +163,23 @@ async def test_changing_a_queried_rollout_changes_no_later_answer(store: FileSto
     assert isinstance(again, AttemptedRollout)
     assert again.attempt.status == "preparing"
     assert again.attempt.worker_id is None
+
+
+async def test_a_worker_log_that_cannot_be_written_does_not_fail_a_committed_dequeue(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by an adversarial pass: with workers/ not writable, dequeue recorded the attempt,
+    then failed on the worker's log (exit 1): the attempt was nobody's, preparing for good."""
+    store = FileStore(tmp_path / "s")
+    try:
+        queued = await store.enqueue_rollout(input="x")
+
+        def unwritable(*args: object, **kwargs: object) -> None:
+            raise PermissionError(13, "Permission denied", "workers/w1")
+
+        monkeypatch.setattr(store._engine.workers, "sync", unwritable)
+        attempted = await store.dequeue_rollout(worker_id="w1")
+        assert attempted is not None
+        assert attempted.rollout_id == queued.rollout_id
+    finally:
+        store.close()

@@ -978,3 +978,20 @@ def test_output_and_cursor_naming_one_file_is_refused(tmp_path: Path) -> None:
     same = tmp_path / "rows.jsonl"
     assert_error(agl("data", "rollouts", "-o", str(same), "--cursor", str(same)), 4, "same file")
     assert not same.exists()
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_a_dequeue_whose_answer_cannot_be_printed_names_the_claimed_attempt(tmp_path: Path) -> None:
+    """Found by an adversarial pass: the claim was made, the answer lost (exit 1) without a word
+    of which attempt was now the caller's, left preparing for good."""
+    agl = Agl(tmp_path / "s", tmp_path)
+    agl.ok("init", str(agl.store))
+    rid = agl.enqueue("x")["rollout_id"]
+    with open("/dev/full", "w") as full:
+        res = subprocess.run(
+            [AGL, "dequeue", "--worker-id", "w1"], stdout=full, stderr=subprocess.PIPE, text=True, env=agl.env
+        )
+    assert res.returncode == 1, res.stderr
+    assert "Traceback" not in res.stderr
+    (rollout,) = agl.ok("rollouts", "list", "--json").lines()
+    assert f"claimed attempt {rollout['attempt']['attempt_id']} of {rid}" in res.stderr

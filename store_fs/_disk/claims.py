@@ -141,10 +141,24 @@ class Engine:
         # Its id is ours, fresh: nobody has spans for it yet. Its directory is made by the
         # first span or heartbeat; until then the reaper dates its liveness from start_time.
         self.spans.new_attempt(attempt_dir, attempt.rollout_id, attempt.sequence_id)
-        self.workers.sync(attempt, dequeue=from_queue)
+        self._note_worker(attempt, from_queue)
         public = record.public()
         assert isinstance(public, AttemptedRollout)
         return public
+
+    def _note_worker(self, attempt: Attempt, dequeue: bool) -> None:
+        """The worker's status, after the attempt is recorded: failing the call then would
+        hand the attempt to nobody, left preparing (for good, without a timeout). The status
+        is advisory, so a log that cannot be written is a warning."""
+        try:
+            self.workers.sync(attempt, dequeue=dequeue)
+        except OSError as err:
+            log.warning(
+                "attempt %s of %s: the worker's log was not written: %s",
+                attempt.attempt_id,
+                attempt.rollout_id,
+                err,
+            )
 
     def _give_back(self, claim: ClaimToken, pending: PendingToken | None) -> None:
         """The record could not be read or written (an I/O error, a corrupt file), so no
