@@ -192,3 +192,24 @@ def test_check_on_a_busy_store_finds_no_index_ahead_and_never_rebuilds_it(tmp_pa
     assert [k for k in kinds if k in ("index-ahead", "corrupt-index-line")] == []
     assert checker.check() == []
     checker.close()
+
+
+def test_a_dequeue_in_flight_is_not_reported_by_a_plain_check(tmp_path: Path) -> None:
+    """Found by an adversarial pass: `agl check` on a busy store exited 7 now and then, naming a
+    claim whose attempt a dequeue was recording that moment (or a completion's decision not yet
+    applied). Tokens and decisions changed less than ``grace`` seconds ago are passed over, as
+    an enqueue in flight already was; ``grace=0`` reports them at once."""
+    import os
+
+    from store_fs._disk.queue_tokens import ClaimToken
+
+    store = FileStore(tmp_path / "s")
+    try:
+        rid = asyncio.run(store.enqueue_rollout(input="x")).rollout_id
+        (pending,) = list(store.layout.pending.iterdir())
+        claim = ClaimToken(rid, 1, "at-00000001")
+        os.rename(pending, store.layout.claimed / claim.name)  # claimed; the attempt not written yet
+        assert store.check() == []  # the default grace: a dequeue in flight
+        assert [p.kind for p in store.check(grace=0)] == ["orphan-claim"]
+    finally:
+        store.close()

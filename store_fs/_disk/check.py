@@ -438,14 +438,19 @@ def _torn_tails(attempt_dir: Path, quarantine: Quarantine | None) -> list[Proble
 def _tokens(engine: Engine, fix: bool, removing: set[str], grace: float) -> list[Problem]:
     """``removing``: rollouts an unfinished prune holds; their pending tokens go with its recovery.
     A pending token without a rollout, younger than ``grace`` seconds, is an enqueue in flight
-    (the token is written first): passed over, as the reaper does."""
+    (the token is written first): passed over, as the reaper does. So are decisions and claim
+    tokens changed less than ``grace`` seconds ago: a completion or a dequeue in flight (a
+    plain check on a busy store reported them, exit 7, though nothing was wrong)."""
     out: list[Problem] = []
     for entry in engine.queue.list_journal():
+        if _in_flight(engine, entry.path, grace):
+            continue
         if fix:
             engine.apply(entry)
         out.append(Problem("unapplied-decision", str(entry.path), f"{entry.kind} {entry.outcome}", fix))
     for token in engine.queue.list_claimed():
-        out.extend(_orphan_claim(engine, token, fix))
+        if not _in_flight(engine, engine.queue.claimed_path(token), grace):
+            out.extend(_orphan_claim(engine, token, fix))
     for pending in engine.queue.list_pending():
         if pending.rollout_id not in removing and not engine.records.exists(pending.rollout_id):
             age = engine.queue.pending_age(pending)
@@ -457,6 +462,19 @@ def _tokens(engine: Engine, fix: bool, removing: set[str], grace: float) -> list
                 Problem("orphan-pending", str(engine.queue.pending_path(pending)), "no such rollout", fix)
             )
     return out
+
+
+def _in_flight(engine: Engine, path: Path, grace: float) -> bool:
+    """Whether ``path`` changed less than ``grace`` seconds ago by the file server's clock (its
+    ctime too: a claim is a rename of the queue token, which keeps the enqueue's mtime), or is
+    gone already (its writer finished)."""
+    if grace <= 0:
+        return False
+    try:
+        st = os.stat(path)
+    except OSError:
+        return True
+    return server_age(engine.ctx, max(st.st_mtime, st.st_ctime)) < grace
 
 
 def _orphan_claim(engine: Engine, token: ClaimToken, fix: bool) -> list[Problem]:
