@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Literal
 
 from store_fs._disk import fsio
+from store_fs._disk.layout import Layout
 from store_fs.errors import AglError, UnstorableValueError
 
 __all__ = [
@@ -88,8 +89,26 @@ def _through_proc(path: Path) -> bool:
     return False
 
 
+def _store_owned(path: Path) -> Path | None:
+    """The store whose own file or directory ``path`` (a link followed) would be, if any:
+    ``FORMAT.json`` or a name under one of its top-level names (``rollouts/``, ``index/``...).
+    A page or rows written there replaced what the store keeps (``-o STORE/FORMAT.json``)."""
+    target = Path(os.path.realpath(path))
+    for root in target.parents:
+        layout = Layout(root)
+        if layout.format_file.is_file():
+            top = target.relative_to(root).parts[0]
+            owned = {layout.format_file.name, *(d.relative_to(root).parts[0] for d in layout.directories())}
+            return root if top in owned else None
+    return None
+
+
 def output_place(path: Path) -> OutputPlace:
-    """Where output for the name ``path`` goes (see the module's doc)."""
+    """Where output for the name ``path`` goes (see the module's doc). A name a store keeps
+    its own data under is refused (:func:`_store_owned`)."""
+    owner = _store_owned(path)
+    if owner is not None:
+        raise OutputTargetError(str(path), f"it belongs to the store at {owner} (write beside it)")
     try:
         mode: int | None = os.stat(path).st_mode
     except FileNotFoundError:

@@ -111,3 +111,18 @@ def test_a_read_only_output_is_replaced_and_stays_read_only(
     assert out.read_bytes() != b"old\n"
     assert _mode(out) == 0o444
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+@pytest.mark.parametrize("name", ["FORMAT.json", "rollouts/rows.jsonl", "index/rollouts/x.jsonl"])
+@pytest.mark.parametrize("args", [("data", "triplets"), ("report",)], ids=["data", "report"])
+def test_an_output_name_the_store_keeps_its_own_data_under_is_refused(
+    agl: Agl, args: tuple[str, ...], name: str
+) -> None:
+    """Found by an adversarial pass: `agl report -o STORE/FORMAT.json` replaced the store's
+    format file (exit 0), after which no command opened the store."""
+    before = (agl.store / "FORMAT.json").read_bytes()
+    res = agl(*args, "-o", str(agl.store / name))
+    assert res.code == 4, str(res)
+    assert "belongs to the store" in res.stderr
+    assert (agl.store / "FORMAT.json").read_bytes() == before
+    agl.ok(*args, "-o", str(agl.store / "beside.out"))  # beside its own names is fine
