@@ -485,14 +485,28 @@ def open_to_read(path: StrPath) -> tuple[int, os.stat_result]:
     return fd, st
 
 
-def read_bytes(path: Path) -> bytes | None:
+def read_regular(path: StrPath) -> tuple[bytes, os.stat_result]:
+    """The content of the regular file ``path`` and its ``fstat`` (one open, one fstat, one
+    read in the common case); :func:`open_to_read`'s errors, a missing file's included."""
+    fd, st = open_to_read(path)
+    try:
+        data = os.read(fd, st.st_size + 1)
+        if len(data) <= st.st_size:
+            chunks = [data]  # grown since the fstat, or a short read: read on to the end
+            while chunk := os.read(fd, 1 << 20):
+                chunks.append(chunk)
+            data = b"".join(chunks)
+        return data, st
+    finally:
+        os.close(fd)
+
+
+def read_bytes(path: StrPath) -> bytes | None:
     """The file's content, or None if it does not exist (:func:`open_to_read`'s errors)."""
     try:
-        fd, _st = open_to_read(path)
+        return read_regular(path)[0]
     except (FileNotFoundError, NotADirectoryError):
         return None
-    with open(fd, "rb", buffering=0) as f:
-        return f.read()
 
 
 def list_names(directory: Path) -> list[str]:

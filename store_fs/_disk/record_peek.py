@@ -41,15 +41,7 @@ def read_revision_file(path: str) -> bytes | None:
 def read_identified_revision_file(path: str) -> tuple[bytes, fsio.FileIdentity] | None:
     """:func:`read_revision_file`, with the file's :func:`~store_fs._disk.fsio.identity`."""
     try:
-        # os calls, not open(): its own fstat would be a second request on NFS.
-        fd, st = fsio.open_to_read(path)
-        try:
-            chunks = []
-            while chunk := os.read(fd, max(st.st_size + 1, 1 << 16)):  # to the end, as read() does
-                chunks.append(chunk)
-            return b"".join(chunks), fsio.identity(st)
-        finally:
-            os.close(fd)
+        data, st = fsio.read_regular(path)  # one fstat: open()'s own would be a second NFS request
     except OSError as err:
         what = fsio.broken_name(err, path)
         if what is not None:
@@ -57,6 +49,7 @@ def read_identified_revision_file(path: str) -> tuple[bytes, fsio.FileIdentity] 
         if isinstance(err, (FileNotFoundError, NotADirectoryError)):
             return None
         raise
+    return data, fsio.identity(st)
 
 
 def newest_revision(

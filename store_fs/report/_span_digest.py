@@ -50,7 +50,6 @@ __all__ = [
     "invalid_reason",
     "may_be_llm_call",
     "may_carry_reward",
-    "read_file",
 ]
 
 
@@ -176,28 +175,9 @@ def _line(digest: DigestOfFiles, line: bytes, seen: set[object], path: str, at: 
         _note_llm(digest, row[2], row[3])
 
 
-def read_file(path: str) -> bytes | None:
-    """The file's bytes (None if it does not exist), with fewer calls than ``open().read()``."""
-    try:
-        fd, st = fsio.open_to_read(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    try:
-        size = st.st_size
-        data = os.read(fd, size + 1)
-        if len(data) == size:
-            return data
-        chunks = [data]  # grown since the fstat, or a short read: read on to the end
-        while chunk := os.read(fd, 1 << 20):
-            chunks.append(chunk)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
-
-
 def _file(digest: DigestOfFiles, path: str, seen: set[object], finished: bool) -> None:
     try:
-        data = read_file(path)
+        data = fsio.read_bytes(path)
     except OSError as err:
         # One span log that cannot be read (a directory in its place, no permission) is named
         # on the page; it aborted the whole report.

@@ -29,14 +29,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from store_fs._disk import codec
+from store_fs._disk import codec, fsio
 from store_fs._disk.ids import ROLLOUT_ID_RE
 from store_fs._disk.layout import Layout, revision_name
 from store_fs._disk.status_rules import LIVE_ATTEMPT_STATUSES
 from store_fs.errors import CorruptRecordError
 from store_fs.report._record_rows import row_of_record
 from store_fs.report._row_cache import BucketCache
-from store_fs.report._span_digest import BadSpanLine, DigestOfFiles, digest_attempts, read_file
+from store_fs.report._span_digest import BadSpanLine, DigestOfFiles, digest_attempts
 from store_fs.report.report_scan import RolloutRow, scan_rollout
 
 __all__ = ["FastScan", "buckets", "scan_buckets", "scan_buckets_in_worker"]
@@ -89,7 +89,7 @@ def _revision(history: str, rev: int) -> dict[str, Any] | bool:
     """Revision ``rev``'s parsed JSON object; False if it is gone or does not parse as an object
     (the API path decides what that is)."""
     try:
-        data = read_file(f"{history}/{revision_name(rev)}")
+        data = fsio.read_bytes(f"{history}/{revision_name(rev)}")
     except OSError:
         return False  # a directory or a FIFO in its place, say: the API path names the damage
     if data is None:
