@@ -115,12 +115,33 @@ def enqueue(
         keys = [key]
     elif idempotent:
         keys = [_derived_key(v, mode, resources_id) for v in inputs]
-    rollouts = _enqueue(store, requests, keys, cli.quiet)
+    rollouts: list[Any] = []
+    try:
+        _enqueue(store, requests, keys, cli.quiet, rollouts)
+    except BaseException as err:
+        if rollouts or isinstance(err, KeyboardInterrupt):
+            _say_what_was_queued(cli, rollouts, len(requests))
+        raise
     if len(rollouts) == 1 and cli.out.machine:
         cli.out.emit_json(rollouts[0])
     else:
         cli.out.emit_records(rollouts, ROLLOUT_COLUMNS)
     output.info(f"queued {len(rollouts)} rollout(s)")
+
+
+def _say_what_was_queued(cli: CliState, rollouts: list[Any], wanted: int) -> None:
+    """Print the rollouts queued before a stop (a failure, Ctrl-C), so the caller learns which
+    inputs are queued; and that the chunk being queued then may be, in part."""
+    if rollouts:
+        cli.out.emit_records(rollouts, ROLLOUT_COLUMNS)
+    in_flight = min(ENQUEUE_CHUNK, wanted - len(rollouts))
+    said = f"stopped after queueing {len(rollouts)} of {wanted} rollout(s)"
+    if rollouts:
+        said += " (printed)"
+    if in_flight:
+        said += f"; up to {in_flight} more may have been queued as it stopped"
+        said += " (--idempotent queues an input once)"
+    output.problem(said)
 
 
 def _inputs(arg: str | None, quiet: bool) -> list[Any]:
@@ -139,16 +160,17 @@ def _inputs(arg: str | None, quiet: bool) -> list[Any]:
     return inputs
 
 
-def _enqueue(store: Any, requests: list[Any], keys: list[str] | None, quiet: bool) -> list[Any]:
-    """Enqueue in chunks (one call for small inputs), with a progress bar on a terminal."""
-    rollouts: list[Any] = []
+def _enqueue(
+    store: Any, requests: list[Any], keys: list[str] | None, quiet: bool, rollouts: list[Any]
+) -> None:
+    """Enqueue in chunks (one call for small inputs), with a progress bar on a terminal, adding
+    the rollouts of each chunk to ``rollouts`` as it is queued."""
     with Progress("enqueued", len(requests), quiet=quiet) as bar:
         for start in range(0, len(requests), ENQUEUE_CHUNK):
             chunk = requests[start : start + ENQUEUE_CHUNK]
             chunk_keys = None if keys is None else keys[start : start + ENQUEUE_CHUNK]
             rollouts.extend(run(store.enqueue_many_rollouts(chunk, idempotency_keys=chunk_keys)))
             bar.advance(len(chunk))
-    return rollouts
 
 
 def dequeue(

@@ -136,7 +136,29 @@ app.add_typer(cmd_data.data_app, name="data")
 def cli_command() -> Any:
     """The click command of the app, built once per process (typer builds it from the
     signatures, ~30 ms; a process that forks per invocation, like the fuzz test's, reuses it)."""
-    return typer.main.get_command(app)
+    command = typer.main.get_command(app)
+    _say_when_interrupted(command)
+    return command
+
+
+def _say_when_interrupted(command: Any) -> None:
+    """Make every command's callback turn Ctrl-C (or SIGTERM) into ``typer.Abort``, which
+    :func:`run_cli` reports in one line. Typer itself turns a KeyboardInterrupt into a silent
+    exit 130, so an interrupted command said nothing of it. A command that handles the
+    interruption itself (a watch, a follower) still does."""
+    callback = command.callback
+    if callback is not None:
+
+        @functools.wraps(callback)
+        def aborting(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return callback(*args, **kwargs)
+            except KeyboardInterrupt:
+                raise typer.Abort() from None
+
+        command.callback = aborting
+    for sub in getattr(command, "commands", {}).values():
+        _say_when_interrupted(sub)
 
 
 def run_cli(args: Sequence[str]) -> int:

@@ -142,6 +142,7 @@ async def watch_rollouts(
     first = True
     async with ChangeFeed(store.layout.events, resolve_mode("auto", store.root)) as feed:
         while True:
+            require_store(store.layout, store.store_id)  # gone or replaced: say so, not "nothing"
             page = await store.query_rollouts(**query)
             changed = [r for r in page if seen.get(r.rollout_id) != _fingerprint(r)]
             seen.update((r.rollout_id, _fingerprint(r)) for r in changed)

@@ -24,6 +24,7 @@ from typing import Literal
 
 from store_fs._disk import codec, fsio
 from store_fs._disk.context import Context
+from store_fs._disk.format_file import require_store
 from store_fs._disk.server_clock import server_age
 
 __all__ = ["ClaimToken", "JournalEntry", "PendingToken", "Queue"]
@@ -122,8 +123,15 @@ class Queue:
         return PendingToken(name, rollout_id, sequence_id)
 
     def list_pending(self) -> list[PendingToken]:
-        """Pending tokens, oldest first."""
-        tokens = (PendingToken.parse(n) for n in sorted(fsio.list_names(self._layout.pending)))
+        """Pending tokens, oldest first. :class:`~store_fs.errors.StoreNotFoundError` when
+        the store itself is gone (removed or moved away while open): an empty queue otherwise,
+        and a runner polling it (``agl dequeue --wait``) would wait for ever."""
+        try:
+            names = os.listdir(self._layout.pending)
+        except (FileNotFoundError, NotADirectoryError):
+            require_store(self._layout)  # else only ``pending/`` is missing: ``agl check`` says so
+            names = []
+        tokens = (PendingToken.parse(n) for n in sorted(names) if not n.startswith("."))
         return [t for t in tokens if t is not None]
 
     def pending_path(self, token: PendingToken) -> Path:

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
+from store_fs._disk.format_file import require_store
 from store_fs._disk.rollout_history import RecordStore, RolloutRecord
 from store_fs._disk.rollout_index import RolloutIndex
 from store_fs._disk.status_rules import TERMINAL_ROLLOUT_STATUSES
@@ -60,8 +61,10 @@ class _Waiting:
         recheck: float,
         shared_fs: bool,
         rechecks: _Rechecks,
+        store_gone: Callable[[], None],
     ) -> None:
         self.records = records
+        self.store_gone = store_gone
         self.index = index
         self.recheck = recheck
         self.shared_fs = shared_fs
@@ -80,6 +83,9 @@ class _Waiting:
 
     def settle(self, rollout_id: str, found: tuple[int, RolloutRecord] | None) -> None:
         if found is None:  # gone (removed by ``agl prune``): nothing to wait for
+            # ... unless the whole store went (moved away, removed): that raises, where the
+            # wait would otherwise end as if every rollout had been pruned.
+            self.store_gone()
             self.waiting.discard(rollout_id)
         elif found[1].status in TERMINAL_ROLLOUT_STATUSES:
             self.finished[rollout_id] = found[1].plain()
@@ -162,7 +168,8 @@ class WaitMethods(StoreCore):
         recheck = SHARED_FS_RECHECK_SECONDS if shared else FULL_RECHECK_SECONDS
         wanted = (r for r in rollout_ids if self._known_rollout(r))
         rechecks: _Rechecks = self._ctx.local("wait-rechecks", _Rechecks)
-        state = _Waiting(self._records, self._index, wanted, recheck, shared, rechecks)
+        store_gone = functools.partial(require_store, self.layout, self.store_id)
+        state = _Waiting(self._records, self._index, wanted, recheck, shared, rechecks, store_gone)
         # Waiting sleeps for real, so its deadline is on the real clock even when an
         # injected clock drives timestamps and liveness.
         deadline = None if timeout is None else time.monotonic() + timeout
