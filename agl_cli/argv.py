@@ -49,16 +49,45 @@ def _global_width(args: Sequence[str], i: int) -> int:
     arg = args[i]
     if arg in GLOBAL_FLAGS:
         return 1
-    if arg in GLOBAL_VALUED:
+    if arg in GLOBAL_VALUED or _ends_with_store(arg):
         return 2 if i + 1 < len(args) else 0
     if arg.startswith("--store=") or (arg.startswith("-s") and not arg.startswith("--") and len(arg) > 2):
         return 1
+    if _store_in_bundle(arg):
+        return 1  # -qsDIR
     return 1 if _short_bundle(arg) else 0
 
 
 def _short_bundle(arg: str) -> bool:
     """-vq, -qv: global short flags written together."""
     return len(arg) > 2 and arg[0] == "-" and arg[1] != "-" and set(arg[1:]) <= _SHORT_FLAGS
+
+
+def _flags_then_store(arg: str) -> int:
+    """Where ``-s`` starts its value in a bundle of global short flags ending with it (``-qs``,
+    ``-vqsDIR``: the index after the ``s``), or 0 when ``arg`` is no such bundle."""
+    if len(arg) < 3 or arg[0] != "-" or arg[1] == "-" or "s" not in arg:
+        return 0
+    flags = arg[1 : arg.index("s")]
+    return arg.index("s") + 1 if flags and set(flags) <= _SHORT_FLAGS else 0
+
+
+def _bundled_flags(arg: str) -> str:
+    """The global short flags of a bundle (``-vq``: "vq"; ``-vsDIR``: "v"), else ""."""
+    if _short_bundle(arg):
+        return arg[1:]
+    start = _flags_then_store(arg)
+    return arg[1 : start - 1] if start else ""
+
+
+def _ends_with_store(arg: str) -> bool:
+    """``-qs``: global flags and ``-s``, whose value is the next token."""
+    return 0 < _flags_then_store(arg) == len(arg)
+
+
+def _store_in_bundle(arg: str) -> bool:
+    """``-qsDIR``: global flags and ``-s`` with its value attached."""
+    return 0 < _flags_then_store(arg) < len(arg)
 
 
 def _takes_value(arg: str, command: Any) -> bool:
@@ -77,7 +106,7 @@ def hoist_globals(args: Sequence[str], root: Any) -> Hoisted:
         if arg == "--":
             rest.extend(args[i:])
             break
-        if arg in GLOBAL_VALUED and i + 1 == len(args):
+        if (arg in GLOBAL_VALUED or _ends_with_store(arg)) and i + 1 == len(args):
             return Hoisted(list(args), missing_value=arg)
         width = _global_width(args, i)
         if width:
@@ -91,7 +120,7 @@ def hoist_globals(args: Sequence[str], root: Any) -> Hoisted:
             command = sub if sub is not None else command
             rest.append(arg)
         i += width
-    verbose = any(a in ("--verbose", "-v") or (_short_bundle(a) and "v" in a) for a in front)
+    verbose = any(a in ("--verbose", "-v") or "v" in _bundled_flags(a) for a in front)
     return Hoisted(front + rest, verbose=verbose)
 
 

@@ -47,7 +47,13 @@ def fail(
     ctx: typer.Context,
     rollout_id: RolloutArg,
     attempt_id: AttemptArg = "latest",
-    error: Annotated[str | None, typer.Option(help="Error message, kept in the attempt's metadata.")] = None,
+    error: Annotated[
+        str | None,
+        typer.Option(
+            help='Error message: the attempt\'s metadata becomes {"error": MESSAGE}, as a runner '
+            "reports a failure."
+        ),
+    ] = None,
 ) -> None:
     """Mark an attempt failed; the rollout is retried if its config allows.
 
@@ -69,7 +75,9 @@ def heartbeat(ctx: typer.Context, rollout_id: RolloutArg, attempt_id: AttemptArg
     cli = CliState.of(ctx)
     store = cli.open_store()
     if not run(store.heartbeat(rollout_id, attempt_id)):
-        output.info(f"attempt {attempt_id} of {rollout_id} is no longer live (cancelled or expired)")
+        output.info(
+            f"attempt {attempt_id} of {rollout_id} is no longer live (finished, cancelled or expired)"
+        )
         raise typer.Exit(ExitCode.ATTEMPT_LOST)
 
 

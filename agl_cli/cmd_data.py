@@ -80,7 +80,10 @@ Rollouts = Annotated[
 Modes = Annotated[list[ModeChoice] | None, typer.Option("--mode", help="train, val or test (repeatable).")]
 Since = Annotated[
     str | None,
-    typer.Option(help="Finished at or after: seconds since the epoch, an age (30m, 12h, 7d) or an ISO date."),
+    typer.Option(
+        help="Finished at or after: seconds since the epoch, an age (30m, 12h, 7d) or an ISO date "
+        "(2026-12-01, 20261201, 2026-12-01T08:00; UTC unless it names an offset)."
+    ),
 ]
 Until = Annotated[str | None, typer.Option(help="Finished before (same forms as --since).")]
 Redact = Annotated[
@@ -195,6 +198,9 @@ def _export(
         raise CliError("--follow writes to stdout; leave out --output")
     _check_file_arg("--output", out, parent_must_exist=True)
     _check_file_arg("--cursor", cursor, parent_must_exist=False)  # saving makes its directory
+    if cursor is not None and cursor.exists() and not cursor.is_file():
+        # /dev/null, a FIFO: read as a cursor it fails, and saving would replace it by a file.
+        raise CliError(f"--cursor {cursor} is not a regular file (a cursor is saved by replacing it)")
     if out is not None and cursor is not None and _same_file(out, cursor):
         # The cursor, saved after the rows, replaced them, and said they were delivered.
         raise CliError(f"--output and --cursor name the same file ({out}): the rows would be lost")

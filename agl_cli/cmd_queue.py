@@ -235,6 +235,8 @@ def wait(
     """
     cli = CliState.of(ctx)
     ids = list(rollout_ids)
+    if "-" in ids and ids != ["-"]:
+        raise CliError("'-' reads the rollout ids from stdin: give it alone")
     if ids == ["-"]:
         ids = _ids_from_stdin()
         if not ids:  # as a filter's empty output: every one of none has finished

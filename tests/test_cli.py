@@ -386,6 +386,8 @@ def test_fail_retry_and_wait_exit_codes(agl: Agl) -> None:
     assert "nothing to wait for" in nothing.stderr
     piped = agl("wait", "-", "--timeout", "10", input=f"{good}\n\n")
     assert piped.code == 0, str(piped)
+    # '-' among ids was taken for a rollout id ("unknown rollout -", exit 3).
+    assert_error(agl("wait", "-", good, "--timeout", "1", input=""), 4, "give it alone")
 
 
 def test_attempts_update_status_drives_the_rollout(agl: Agl) -> None:

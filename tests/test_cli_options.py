@@ -137,8 +137,16 @@ def _leaves(cmd: Any, path: tuple[str, ...]) -> None:
 
 _leaves(ROOT, ())
 GLOBAL_UNITS = (
-    [[f] for f in GLOBAL_FLAGS] + [[o, "some/dir"] for o in GLOBAL_VALUED] + [["--store=x"], ["-vq"]]
+    [[f] for f in GLOBAL_FLAGS]
+    + [[o, "some/dir"] for o in GLOBAL_VALUED]
+    + [["--store=x"], ["-vq"], ["-qs", "some/dir"], ["-vqsx"]]  # bundles ending with -s: found by a pass
 )
+
+
+def test_a_bundle_ending_with_the_store_option_is_hoisted_or_named_when_its_value_is_missing() -> None:
+    assert hoist_globals(["stats", "-qs", "d"], ROOT).args == ["-qs", "d", "stats"]
+    assert hoist_globals(["stats", "-vqsd"], ROOT).verbose
+    assert hoist_globals(["stats", "-qs"], ROOT).missing_value == "-qs"
 
 
 def test_no_command_declares_a_global_option() -> None:

@@ -83,6 +83,10 @@ def test_redact_output_files_and_cursor(made: tuple[Agl, dict[str, str]], tmp_pa
     assert {t["rollout_id"] for t in first} == {ids["ok"], ids["silent"]}
     assert agl.ok("data", "triplets", "--cursor", str(cursor)).lines() == []
     json.loads(cursor.read_text())  # a JSON document, saved whole
+    # A device as the cursor ended in "unexpected" (exit 1, a traceback with --verbose).
+    refused = agl("data", "triplets", "--cursor", "/dev/null")
+    assert refused.code == 4, str(refused)
+    assert "not a regular file" in refused.stderr
 
 
 def test_a_reward_given_after_the_rollout_finished_comes_again_from_the_cursor(

@@ -111,6 +111,10 @@ async def test_redaction_masks_every_text_field(store: FileStore) -> None:
     with pytest.raises(ValueError, match="not a regular expression"):
         Redactor(["("])
     assert Redactor([]).apply({"a": "sk-1"}) == {"a": "sk-1"}
+    # A pattern matching empty text masked between every two characters (found by a pass).
+    for empty in ("", "a*", "(?:)"):
+        with pytest.raises(ValueError, match="matches empty text"):
+            Redactor([empty])
 
 
 async def test_jsonl_and_parquet_files_hold_the_same_rows(store: FileStore, tmp_path: Path) -> None:
@@ -161,6 +165,10 @@ def test_parse_time_forms() -> None:
     assert parse_time("1712345678.5") == 1712345678.5
     assert parse_time("2026-01-01") == 1767225600.0
     assert parse_time("2026-01-01T01:00:00+01:00") == 1767225600.0
+    # Eight digits that make a date are the date (read as seconds, 20261201 was August 1970).
+    assert parse_time("20260101") == 1767225600.0
+    assert parse_time("20261399") == 20261399.0  # no such date: seconds
+    assert parse_time("1767225600") == 1767225600.0
     with pytest.raises(ValueError, match="not a time"):
         parse_time("yesterday")
 

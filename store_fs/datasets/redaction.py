@@ -61,6 +61,9 @@ class Redactor:
                 compiled.append(re.compile(pattern))
             except re.error as err:
                 raise ValueError(f"--redact {pattern!r} is not a regular expression: {err}") from None
+            if compiled[-1].fullmatch(""):
+                # Matching nothing at all, it would mask between every two characters.
+                raise ValueError(f"--redact {pattern!r} matches empty text: give what to mask")
         # Applied one after the other (not joined into one alternation, where a pattern's
         # inline flags such as "(?i)" would no longer stand at the start).
         self._regexes = compiled

@@ -19,6 +19,7 @@ Data views keep ``succeeded`` and ``no_reward`` unless asked for others
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import time
@@ -180,12 +181,16 @@ _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 def parse_time(text: str, *, now: float | None = None) -> float:
     """A point in time from the command line: seconds since the epoch (``1712345678.5``), a
     duration ago (``90s``, ``30m``, ``12h``, ``7d``, ``2w``), or an ISO 8601 date or time
-    (``2026-12-01``, ``2026-12-01T08:00``; UTC unless it names an offset)."""
+    (``2026-12-01``, ``20261201``, ``2026-12-01T08:00``; UTC unless it names an offset). Eight
+    digits that make a date are that date, not seconds in August 1970."""
     text = text.strip()
     match = _DURATION.match(text)
     if match:
         current = time.time() if now is None else now
         return current - float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if len(text) == 8 and text.isdigit() and text.isascii():
+        with contextlib.suppress(ValueError):
+            return datetime.strptime(text, "%Y%m%d").replace(tzinfo=UTC).timestamp()
     try:
         seconds = float(text)
     except ValueError:
