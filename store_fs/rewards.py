@@ -168,9 +168,8 @@ def reward_reading(span: Span) -> float | None:
         value = _legacy_value(span.attributes.get(key))
         if value is not None:
             return value
-    legacy = span.attributes.get("reward")
-    if span.name == ANNOTATION_SPAN_NAME and not isinstance(legacy, bool):
-        return _number(legacy)
+    if span.name == ANNOTATION_SPAN_NAME:
+        return _number(span.attributes.get("reward"))  # True is 1.0, as upstream reads it
     return None
 
 

@@ -284,6 +284,7 @@ CALL_KINDS_SCRIPT = textwrap.dedent(
         )
         for _ in chunks:
             pass
+        broken_and_abandoned(s, m)
         with s.chat.completions.stream(model=m, messages=ask("chat-helper-sync"), stream_options=USAGE) as st:
             for _ in st:
                 pass
@@ -305,6 +306,19 @@ CALL_KINDS_SCRIPT = textwrap.dedent(
                 pass
 
 
+    def broken_and_abandoned(s, m):
+        # A stream the server breaks part-way, then one the agent stops reading: neither may
+        # stay the parent of the calls after it (agentops makes a stream's span current).
+        mock.break_next_stream(1)
+        try:
+            for _ in s.chat.completions.create(model=m, messages=ask("chat-broken-sync"), stream=True):
+                pass
+        except openai.APIError:
+            pass
+        for _ in s.chat.completions.create(model=m, messages=ask("chat-abandoned-sync"), stream=True):
+            break
+
+
     async def async_calls(a, m):
         await a.chat.completions.create(model=m, messages=ask("chat-async"))
         stream = await a.chat.completions.create(
@@ -312,6 +326,16 @@ CALL_KINDS_SCRIPT = textwrap.dedent(
         )
         async for _ in stream:
             pass
+        mock.break_next_stream(1)
+        try:
+            broken = await a.chat.completions.create(model=m, messages=ask("chat-broken-async"), stream=True)
+            async for _ in broken:
+                pass
+        except openai.APIError:
+            pass
+        left = await a.chat.completions.create(model=m, messages=ask("chat-abandoned-async"), stream=True)
+        async for _ in left:
+            break
         helper = a.chat.completions.stream(model=m, messages=ask("chat-helper-async"), stream_options=USAGE)
         async with helper as st:
             async for _ in st:
@@ -389,6 +413,9 @@ CALLS = {
         for m in ("sync", "stream-sync", "helper-sync", "async", "stream-async", "parse-async")
     },
 }
+# Streams broken by the server part-way, and streams the agent stopped reading (agentops' own).
+BROKEN = {"chat-broken-sync", "chat-broken-async"}
+ABANDONED = {"chat-abandoned-sync", "chat-abandoned-async"}
 # agentops records plain chat.completions.create itself (its spans say gen_ai.system "OpenAI").
 BY_AGENTOPS = {"chat-sync", "chat-async", "chat-stream-sync", "chat-stream-async"}
 
@@ -411,7 +438,7 @@ def test_every_call_is_recorded_once_in_one_tree(call_kinds: dict[str, Any]) -> 
     root = call_kinds["root"]
     assert [s for s in call_kinds["spans"] if s["parent_id"] is None] == [root], "one tree under the root"
     by_prompt = call_kinds["by_prompt"]
-    assert sorted(by_prompt) == sorted([*CALLS, "tool-round-trip"])
+    assert sorted(by_prompt) == sorted([*CALLS, *BROKEN, *ABANDONED, "tool-round-trip"])
     assert {prompt: len(spans) for prompt, spans in by_prompt.items() if prompt in CALLS} == dict.fromkeys(
         CALLS, 1
     )
@@ -423,6 +450,22 @@ def test_each_call_kind_records_request_reply_usage_and_token_ids(
 ) -> None:
     (span,) = call_kinds["by_prompt"][prompt]
     _assert_llm_span(span, CALLS[prompt], call_kinds["root"], by_agentops=prompt in BY_AGENTOPS)
+
+
+def test_a_broken_or_abandoned_stream_is_not_the_parent_of_what_follows(call_kinds: dict[str, Any]) -> None:
+    """agentops made a stream's span the current one until the stream was read to its end: one
+    broken part-way (its error lost, its span never ended by the sync wrapper) or left half-read
+    was the parent of every later call and reward of the attempt (found by an adversarial pass).
+    Every later call's parent is checked by the test above; here, the streams' own spans."""
+    by_prompt, root = call_kinds["by_prompt"], call_kinds["root"]
+    for prompt in BROKEN | ABANDONED:
+        (span,) = by_prompt[prompt]
+        assert span["parent_id"] == root["span_id"], prompt
+    for prompt in BROKEN:
+        (span,) = by_prompt[prompt]
+        assert span["status"]["status_code"] == "ERROR", prompt
+        assert "injected failure mid-stream" in span["status"]["description"], prompt
+        assert "exception" in [e["name"] for e in span["events"]], prompt
 
 
 def test_a_tool_round_trip_shows_the_tools_name_arguments_and_result(call_kinds: dict[str, Any]) -> None:

@@ -168,3 +168,25 @@ def test_text_reward_values_read_as_upstream_reads_them(text: str) -> None:
     if expected is not None and not math.isfinite(expected):
         expected = None  # agl reads no reward from a non-finite value (upstream returns it)
     assert get_reward_value(spec) == expected
+
+
+@pytest.mark.upstream
+@pytest.mark.parametrize("value", [True, False, 1, 0.25], ids=["true", "false", "int", "float"])
+def test_a_legacy_reward_attribute_reads_as_upstream_reads_it(value: Any) -> None:
+    """A v0.2 ``reward`` attribute holding a bool read as no reward, where upstream (and agl, in
+    the AgentOps format) reads True as 1.0 (found by an adversarial pass)."""
+    pytest.importorskip("agentlightning")
+    import importlib
+
+    from agentlightning.types import Span as UpstreamSpan
+
+    upstream_rewards = importlib.import_module("agentlightning.emitter.reward")
+    span = Span.from_attributes(
+        attributes={"reward": value},
+        rollout_id="ro-1",
+        attempt_id="at-1",
+        sequence_id=1,
+        name=ANNOTATION_SPAN_NAME,
+    )
+    expected = upstream_rewards.get_reward_value(UpstreamSpan.model_validate(span.model_dump()))
+    assert get_reward_value(span) == float(expected)

@@ -590,3 +590,30 @@ async def test_a_stream_not_read_to_its_end_is_still_recorded(server: MockOpenAI
     root = [s for s in binding.spans if s.name.endswith(".session")]
     assert [s.parent_id for s in [call]] == [root[0].span_id]
     client.close()
+
+
+def test_a_stream_the_server_breaks_part_way_is_a_failed_span(
+    otel: Otel, server: MockOpenAIServer, client: openai.OpenAI
+) -> None:
+    """Chat: the SDK raises the error event, and the span records it."""
+    server.break_next_stream(1)
+    with pytest.raises(openai.APIError, match="injected failure mid-stream"):
+        for _ in client.chat.completions.create(model="m", messages=USER, stream=True):
+            pass
+    span = otel.only()
+    assert span.status.status_code == StatusCode.ERROR
+    assert "injected failure mid-stream" in (span.status.description or "")
+
+
+def test_a_responses_stream_ending_in_an_error_event_is_a_failed_span(
+    otel: Otel, server: MockOpenAIServer, client: openai.OpenAI
+) -> None:
+    """The Responses API's ``error`` event is handed to the agent, not raised: the span looked
+    like a normal, short reply (found by an adversarial pass)."""
+    server.break_next_stream(2)
+    kinds = [event.type for event in client.responses.create(model="m", input="hello world", stream=True)]
+    assert kinds[-1] == "error"
+    (span,) = otel.spans("openai.responses.create")
+    assert span.status.status_code == StatusCode.ERROR
+    assert span.status.description == "StreamReportedError: server_error: injected failure mid-stream"
+    assert [e.name for e in span.events] == ["exception"]

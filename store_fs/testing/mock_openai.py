@@ -26,13 +26,20 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from types import FrameType, TracebackType
 from typing import Any
 
 from store_fs.testing import _mock_chat, _mock_completions, _mock_responses
-from store_fs.testing._mock_http import BadRequest, JsonReply, MockHTTPServer, StreamReply, error_reply
+from store_fs.testing._mock_http import (
+    BadRequest,
+    JsonReply,
+    MockHTTPServer,
+    StreamReply,
+    error_reply,
+    sse_frame,
+)
 from store_fs.testing._mock_reply import Context, Responder, last_user_text
 from store_fs.testing._mock_text import score_of, text_of
 
@@ -141,6 +148,7 @@ class MockOpenAIServer:
         self._port = port
         self._lock = threading.Lock()
         self._failures: list[int] = []
+        self._stream_breaks: list[int] = []
         self._ids = itertools.count(1)
         self._httpd: MockHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -194,6 +202,16 @@ class MockOpenAIServer:
         with self._lock:
             self._failures.extend([status] * times)
 
+    def break_next_stream(self, after: int = 1) -> None:
+        """End the next streamed reply after its first ``after`` frames with an OpenAI error
+        event, as a server failing part-way through a stream does: ``data: {"error": ...}`` for
+        chat and completions (the SDK raises ``APIError``), an ``error`` event for the Responses
+        API (the SDK hands it to the caller)."""
+        if after < 0:
+            raise ValueError("after must be >= 0")
+        with self._lock:
+            self._stream_breaks.append(after)
+
     def get(self, path: str) -> JsonReply:
         """Serve a GET (the HTTP layer calls this): only ``/v1/models``."""
         if path != "/v1/models":
@@ -220,9 +238,15 @@ class MockOpenAIServer:
         if status is not None:
             return error_reply(status, f"injected failure ({status})", _ERROR_TYPES.get(status, "api_error"))
         try:
-            return api.handle(body, Context(self.responder, self.model, self._new_id))
+            reply = api.handle(body, Context(self.responder, self.model, self._new_id))
         except Exception as exc:  # a broken responder is a test bug; report it like a server fault
             return error_reply(500, f"responder failed: {exc!r}", "server_error")
+        if isinstance(reply, StreamReply):
+            with self._lock:
+                after = self._stream_breaks.pop(0) if self._stream_breaks else None
+            if after is not None:
+                reply = StreamReply(_broken_after(reply.frames, after, path.endswith("/responses")))
+        return reply
 
     def _new_id(self, prefix: str) -> str:
         return f"{prefix}{next(self._ids)}"
@@ -235,6 +259,18 @@ class MockOpenAIServer:
     def _take_failure(self) -> int | None:
         with self._lock:
             return self._failures.pop(0) if self._failures else None
+
+
+def _broken_after(frames: Iterable[bytes], after: int, responses: bool) -> Iterator[bytes]:
+    yield from itertools.islice(frames, after)
+    message = "injected failure mid-stream"
+    if responses:
+        code = "server_error"
+        yield sse_frame(
+            {"type": "error", "code": code, "message": message, "sequence_number": after}, "error"
+        )
+    else:
+        yield sse_frame({"error": {"message": message, "type": "server_error", "code": None}})
 
 
 def _raise_exit(signum: int, frame: FrameType | None) -> None:

@@ -27,10 +27,11 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.trace import NonRecordingSpan, SpanKind
+from opentelemetry.trace import NonRecordingSpan, SpanKind, Status, StatusCode
 from opentelemetry.util.types import Attributes as OtelAttributes
 
 __all__ = ["BesideAgentOps", "acquire", "agentops_records", "marking", "patch_token_ids", "share_openai"]
@@ -176,7 +177,10 @@ def _route_openai() -> Callable[[], None]:
         owner.create = routed
         saved.append((owner, wrapper, original, routed))
 
+    uncontain = _contain_streams()
+
     def undo() -> None:
+        uncontain()
         for owner, wrapper, original, routed in reversed(saved):
             wrapper.__wrapped__ = original
             if owner.__dict__.get("create") is routed:
@@ -184,6 +188,68 @@ def _route_openai() -> Callable[[], None]:
         saved.clear()
 
     return undo
+
+
+def _contain_streams() -> Callable[[], None]:
+    """Keep agentops' chat stream spans from taking over the caller's context; returns the undo.
+
+    agentops 0.4.21 makes a stream's span the current span when the stream is made, and puts
+    the caller's back only when the stream is read to its end. A stream that failed part-way
+    (the sync wrapper does not even end its span then) or that the agent stopped reading
+    stayed the parent of every later span of the attempt, its error lost, and was stored last,
+    as unfinished (found by an adversarial pass). Here the caller's context is put back as the
+    stream is made (agentops' own later detach puts back the same), and an error while the sync
+    stream is read ends its span as failed, as agentops' async wrapper does.
+    """
+    saved: list[tuple[type, str, Any]] = []
+    try:
+        wrappers: Any = importlib.import_module("agentops.instrumentation.providers.openai.stream_wrapper")
+        targets = [
+            (cls, "__init__", _leaving_context)
+            for cls in (wrappers.OpenaiStreamWrapper, wrappers.OpenAIAsyncStreamWrapper)
+        ]
+        targets.append((wrappers.OpenaiStreamWrapper, "__next__", _ending_on_error))
+        for owner, attr, make in targets:
+            original = owner.__dict__[attr]
+            setattr(owner, attr, make(original))
+            saved.append((owner, attr, original))
+    except Exception as err:  # another agentops version: its own behaviour stands
+        log.warning("cannot keep agentops' OpenAI stream spans out of the caller's context: %s", err)
+
+    def undo() -> None:
+        for owner, attr, original in reversed(saved):
+            setattr(owner, attr, original)
+        saved.clear()
+
+    return undo
+
+
+def _leaving_context(original: Callable[..., None]) -> Callable[..., None]:
+    @functools.wraps(original)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        before = otel_context.get_current()
+        original(self, *args, **kwargs)
+        otel_context.attach(before)  # the stream's span is not the caller's current span
+
+    return __init__
+
+
+def _ending_on_error(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    @functools.wraps(original)
+    def __next__(self: Any) -> Any:
+        try:
+            return original(self)
+        except StopIteration:
+            raise
+        except Exception as err:
+            span = getattr(self, "_span", None)
+            if span is not None and span.is_recording():
+                span.record_exception(err)
+                span.set_status(Status(StatusCode.ERROR, str(err)))
+                span.end()
+            raise
+
+    return __next__
 
 
 class _SkippedSpan(NonRecordingSpan):

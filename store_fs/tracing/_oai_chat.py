@@ -130,6 +130,9 @@ class ChatChunks:
         self.response_ids: list[int] | None = None
         self.logprobs: list[Any] = []
 
+    def failure(self) -> str | None:
+        return None  # its errors are raised by the SDK
+
     def add(self, chunk: Any) -> bool:
         """Fold one chunk in; True when it carried generated text or a tool call."""
         if not self.head:

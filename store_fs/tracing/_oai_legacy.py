@@ -85,6 +85,9 @@ class TextChunks:
         self.response_ids: list[int] | None = None
         self.prompt_ids: list[int] | None = None
 
+    def failure(self) -> str | None:
+        return None  # its errors are raised by the SDK
+
     def add(self, chunk: Any) -> bool:
         """Fold one chunk in; True when it carried generated text.
 

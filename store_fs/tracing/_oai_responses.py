@@ -146,15 +146,23 @@ class ResponseEvents:
         self.final: Any = None
         self.text: list[str] = []
         self.items: list[Any] = []
+        self.error: str | None = None
+
+    def failure(self) -> str | None:
+        return self.error
 
     def add(self, event: Any) -> bool:
         """Fold one event in; True when it carried generated text or tool-call arguments."""
         kind = field(event, "type")
         response = field(event, "response")
+        if kind == "error":  # the SDK yields it rather than raising: the call failed all the same
+            self.error = _error_text(event)
         if response is not None:
             header_attrs(self.head, response)
             if kind in ("response.completed", "response.incomplete", "response.failed"):
                 self.final = response
+            if kind == "response.failed":
+                self.error = _error_text(field(response, "error"))
         if kind == "response.output_text.delta":
             self.text.append(as_text(field(event, "delta") or ""))
         elif kind == "response.output_item.done":
@@ -170,3 +178,9 @@ class ResponseEvents:
         text = [{"type": "message", "content": [{"type": "output_text", "text": "".join(self.text)}]}]
         _output_attrs(attrs, [*(text if self.text else []), *calls], None)
         return attrs
+
+
+def _error_text(error: Any) -> str:
+    """``code: message`` of an error event or a failed response's ``error``."""
+    code, message = field(error, "code"), field(error, "message")
+    return f"{code or 'error'}: {message or 'no message'}"

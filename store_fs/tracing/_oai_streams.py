@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, Protocol
 
-__all__ = ["Folder", "StreamCall", "TracedAsyncStream", "TracedStream"]
+__all__ = ["Folder", "StreamCall", "StreamReportedError", "TracedAsyncStream", "TracedStream"]
 
 
 class Folder(Protocol):
@@ -22,6 +22,15 @@ class Folder(Protocol):
         ...
 
     def result(self) -> dict[str, Any]: ...
+
+    def failure(self) -> str | None:
+        """An error the stream reported as an item rather than raised (``code: message``)."""
+        ...
+
+
+class StreamReportedError(Exception):
+    """An error a stream sent as an event the SDK hands to the caller instead of raising (the
+    Responses API's ``error`` and ``response.failed``): the call failed all the same."""
 
 
 class StreamCall(Protocol):
@@ -42,6 +51,10 @@ class _Base:
         self._call.fold(self._folder, item)
 
     def _end(self, exc: BaseException | None) -> None:
+        if exc is None:
+            failure = self._folder.failure()
+            if failure is not None:
+                exc = StreamReportedError(failure)
         self._call.end(self._folder.result, exc)
 
     @property
