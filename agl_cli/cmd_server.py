@@ -112,7 +112,11 @@ def store(
     """
     cli = CliState.of(ctx)
     from store_fs import FileStore
+    from store_fs.bearer_token import check_token
     from store_fs.server import ServerStartError, log_to_stderr, run_server
+
+    if token:
+        check_token(token)  # before a store is made for a server that cannot start
 
     # The global logging setup is WARNING; the access log needs its own level and handler.
     log_to_stderr(log_level.upper())

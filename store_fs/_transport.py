@@ -30,6 +30,7 @@ import orjson
 
 from store_fs import errors
 from store_fs._disk import codec
+from store_fs.bearer_token import check_token
 from store_fs.errors import RemoteStoreError
 from store_fs.models import UNSET, Unset
 
@@ -270,7 +271,7 @@ class Transport:
         self._port = parts.port or (443 if parts.scheme == "https" else 80)
         self._tls = ssl.create_default_context() if parts.scheme == "https" else None
         self._prefix = parts.path.rstrip("/")
-        auth = f"Authorization: Bearer {token}\r\n" if token else ""
+        auth = f"Authorization: Bearer {check_token(token)}\r\n" if token else ""
         self._fixed_headers = f"Host: {parts.netloc}\r\n{auth}Accept: application/json\r\n"
         self._retry_delays = tuple(retry_delays)
         #: The store the server served at the first answer (None until then, or for a server

@@ -88,9 +88,12 @@ def _look_once(timeout: float) -> float:
     return timeout if timeout > 0 else 0.0  # NaN > 0 is False
 
 
-def _seg(value: str) -> str:
+def _seg(value: str, kind: str) -> str:
     """One percent-encoded path segment; dot segments are encoded too, or URL normalisation
-    would drop them and the request would reach another route instead of being refused."""
+    would drop them and the request would reach another route instead of being refused. An
+    id FileStore refuses (empty, a separator, ...) is refused here too, as FileStore refuses it:
+    an empty one made another route's URL (a 404 taken for a server without that route)."""
+    check_name_id(kind, value)
     encoded = quote(value, safe="")
     return encoded.replace(".", "%2E") if encoded in (".", "..") else encoded
 
@@ -101,11 +104,11 @@ def _seg(value: str) -> str:
 _ROUTE_WORDS = frozenset({"latest", "search"})
 
 
-def _id_seg(value: str) -> str:
+def _id_seg(value: str, kind: str) -> str:
     """:func:`_seg` for a caller-chosen id (resources, worker) that may spell a route word."""
     if value in _ROUTE_WORDS:
         return f"%{ord(value[0]):02X}{value[1:]}"
-    return _seg(value)
+    return _seg(value, kind)
 
 
 def _rollout(data: Any) -> Rollout | AttemptedRollout:
@@ -229,7 +232,9 @@ class LightningStoreClient(LightningStore):
             list(idempotency_keys) if idempotency_keys is not None else [uuid.uuid4().hex for _ in rollouts]
         )
         items = [
-            {**EnqueueRolloutRequest.model_validate(r).model_dump(mode="json"), "idempotency_key": k}
+            # Python values, not JSON mode (which sends bytes as text): the transport's encoder
+            # refuses what FileStore refuses.
+            {**EnqueueRolloutRequest.model_validate(r).model_dump(), "idempotency_key": k}
             for r, k in zip(rollouts, keys, strict=True)
         ]
         data = await self._call("POST", "/queues/rollouts/enqueue", json={"rollouts": items}, idempotent=True)
@@ -265,7 +270,10 @@ class LightningStoreClient(LightningStore):
 
     async def start_attempt(self, rollout_id: str, worker_id: str | None = None) -> AttemptedRollout:
         data = await self._call(
-            "POST", f"/rollouts/{_seg(rollout_id)}/attempts", json={"worker_id": worker_id}, idempotent=False
+            "POST",
+            f"/rollouts/{_seg(rollout_id, 'rollout')}/attempts",
+            json={"worker_id": worker_id},
+            idempotent=False,
         )
         return AttemptedRollout.model_validate(data)
 
@@ -317,7 +325,7 @@ class LightningStoreClient(LightningStore):
         return result
 
     async def get_rollout_by_id(self, rollout_id: str) -> Rollout | AttemptedRollout | None:
-        data = await self._call("GET", f"/rollouts/{_seg(rollout_id)}", idempotent=True)
+        data = await self._call("GET", f"/rollouts/{_seg(rollout_id, 'rollout')}", idempotent=True)
         return None if data is None else _rollout(data)
 
     async def update_rollout(
@@ -341,7 +349,12 @@ class LightningStoreClient(LightningStore):
             "metadata": metadata,
         }
         body = {k: v for k, v in fields.items() if not isinstance(v, Unset)}
-        data = await self._call("POST", f"/rollouts/{_seg(rollout_id)}", json=body, idempotent=True)
+        # Sending a rollout back to the queue is not safe to repeat: a runner may dequeue it
+        # between the first request (its answer lost) and the retry, which would queue it again
+        # beside the attempt just begun. Every other update sets the same values again.
+        requeue = status in ("queuing", "requeuing")
+        path = f"/rollouts/{_seg(rollout_id, 'rollout')}"
+        data = await self._call("POST", path, json=body, idempotent=not requeue)
         return Rollout.model_validate(data)
 
     async def cancel_rollout(self, rollout_id: str) -> Rollout:
@@ -358,11 +371,13 @@ class LightningStoreClient(LightningStore):
         offset: int = 0,
     ) -> PaginatedResult[Attempt]:
         body = {"sort_by": sort_by, "sort_order": sort_order, "limit": limit, "offset": offset}
-        data = await self._page(f"/rollouts/{_seg(rollout_id)}/attempts/search", body)
+        data = await self._page(f"/rollouts/{_seg(rollout_id, 'rollout')}/attempts/search", body)
         return _paginated(data, Attempt)
 
     async def get_latest_attempt(self, rollout_id: str) -> Attempt | None:
-        data = await self._call("GET", f"/rollouts/{_seg(rollout_id)}/attempts/latest", idempotent=True)
+        data = await self._call(
+            "GET", f"/rollouts/{_seg(rollout_id, 'rollout')}/attempts/latest", idempotent=True
+        )
         return None if data is None else Attempt.model_validate(data)
 
     async def update_attempt(
@@ -382,14 +397,14 @@ class LightningStoreClient(LightningStore):
             "metadata": metadata,
         }
         body = {k: v for k, v in fields.items() if not isinstance(v, Unset)}
-        path = f"/rollouts/{_seg(rollout_id)}/attempts/{_seg(attempt_id)}"
+        path = f"/rollouts/{_seg(rollout_id, 'rollout')}/attempts/{_seg(attempt_id, 'attempt')}"
         return Attempt.model_validate(await self._call("POST", path, json=body, idempotent=True))
 
     async def heartbeat(self, rollout_id: str, attempt_id: str) -> bool:
         # A server without the route (upstream's answers 405) is detected once; from then on
         # the heartbeat is an update_attempt(last_heartbeat_time=...) after reading the status.
         if self._heartbeat_route:
-            path = f"/rollouts/{_seg(rollout_id)}/attempts/{_seg(attempt_id)}/heartbeat"
+            path = f"/rollouts/{_seg(rollout_id, 'rollout')}/attempts/{_seg(attempt_id, 'attempt')}/heartbeat"
             try:
                 data = await self._call("POST", path, idempotent=True)
             except (RemoteStoreError, NotFoundError) as err:
@@ -419,7 +434,9 @@ class LightningStoreClient(LightningStore):
     async def update_resources(self, resources_id: str, resources: NamedResources) -> ResourcesUpdate:
         _refuse_non_finite(resources, "the resources")
         body = _NAMED.dump_python(_NAMED.validate_python(resources), mode="json")
-        data = await self._call("POST", f"/resources/{_id_seg(resources_id)}", json=body, idempotent=True)
+        data = await self._call(
+            "POST", f"/resources/{_id_seg(resources_id, 'resources')}", json=body, idempotent=True
+        )
         return ResourcesUpdate.model_validate(data)
 
     async def get_resources_by_id(self, resources_id: str) -> ResourcesUpdate | None:
@@ -427,7 +444,7 @@ class LightningStoreClient(LightningStore):
             check_name_id("resources", resources_id)
         except InvalidIdError:
             return None
-        data = await self._call("GET", f"/resources/{_id_seg(resources_id)}", idempotent=True)
+        data = await self._call("GET", f"/resources/{_id_seg(resources_id, 'resources')}", idempotent=True)
         return None if data is None else ResourcesUpdate.model_validate(data)
 
     async def get_latest_resources(self) -> ResourcesUpdate | None:
@@ -595,14 +612,16 @@ class LightningStoreClient(LightningStore):
         return _paginated(await self._page("/workers/search", body), Worker)
 
     async def get_worker_by_id(self, worker_id: str) -> Worker | None:
-        data = await self._call("GET", f"/workers/{_id_seg(worker_id)}", idempotent=True)
+        data = await self._call("GET", f"/workers/{_id_seg(worker_id, 'worker')}", idempotent=True)
         return None if data is None else Worker.model_validate(data)
 
     async def update_worker(self, worker_id: str, heartbeat_stats: dict[str, Any] | Unset = UNSET) -> Worker:
         if heartbeat_stats is None:
             raise TypeError("heartbeat_stats must be a dict when given, not None")
         body = None if isinstance(heartbeat_stats, Unset) else {"heartbeat_stats": heartbeat_stats}
-        data = await self._call("POST", f"/workers/{_id_seg(worker_id)}", json=body, idempotent=True)
+        data = await self._call(
+            "POST", f"/workers/{_id_seg(worker_id, 'worker')}", json=body, idempotent=True
+        )
         return Worker.model_validate(data)
 
 

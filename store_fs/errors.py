@@ -25,6 +25,7 @@ __all__ = [
     "ERROR_TABLE",
     "AglError",
     "AttemptNotFoundError",
+    "BadTokenError",
     "ConflictError",
     "CorruptRecordError",
     "CursorMismatchError",
@@ -129,6 +130,11 @@ class UnstorableValueError(AglError, ValueError):
         super().__init__(f"{what} cannot be stored as JSON: {reason}")
         self.what = what
         self.reason = reason
+
+
+class BadTokenError(AglError, ValueError):
+    """A bearer token that cannot travel in an ``Authorization`` header as given
+    (:func:`store_fs.bearer_token.check_token`)."""
 
 
 class ConflictError(AglError, ValueError):
@@ -267,6 +273,7 @@ ERROR_TABLE: tuple[ErrorMapping, ...] = (
     ErrorMapping(ConflictError, ExitCode.CONFLICT, 409, True),
     ErrorMapping(MaintenanceBusyError, ExitCode.CONFLICT, 409, True),
     ErrorMapping(InvalidIdError, ExitCode.BAD_INPUT, 400, True),
+    ErrorMapping(BadTokenError, ExitCode.BAD_INPUT, 400, True),
     ErrorMapping(UnstorableValueError, ExitCode.BAD_INPUT, 400, True),
     ErrorMapping(CursorMismatchError, ExitCode.BAD_INPUT, 400, True),
     ErrorMapping(NestedStoreError, ExitCode.BAD_INPUT, 400, True),

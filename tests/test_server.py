@@ -413,6 +413,34 @@ def test_agl_run_with_a_token_the_server_refuses_stops_at_once(store_dir: Path, 
     assert "runner(s) for" not in run.stderr  # no runner was started
 
 
+@pytest.mark.parametrize("token", ["tökén", " lead", "abc\r"])
+def test_a_token_that_cannot_travel_as_given_is_refused_by_server_and_client(
+    token: str, tmp_path: Path
+) -> None:
+    """The server compared the UTF-8 bytes of a token its client sent as Latin-1 (the right
+    token refused), stripped what arrived but not what it expected, and a CR made requests
+    malformed; 't€st' ended agl run with "unexpected UnicodeEncodeError" (an adversarial pass)."""
+    import subprocess
+
+    from cli_helpers import AGL, agl_env
+
+    from store_fs.errors import BadTokenError
+
+    served = subprocess.run(
+        [AGL, "store", "--port", "0"],
+        env=agl_env(tmp_path / "store", AGL_STORE_TOKEN=token),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert served.returncode == 4, served.stderr
+    assert served.stderr.strip().splitlines() == [served.stderr.strip()], served.stderr  # one line
+    assert served.stderr.startswith("agl: the bearer token holds"), served.stderr
+    assert not (tmp_path / "store").exists()  # refused before anything was made
+    with pytest.raises(BadTokenError, match="visible ASCII"):
+        LightningStoreClient("http://127.0.0.1:9", token=token)
+
+
 async def _enqueue_with_token(url: str) -> str:
     async with LightningStoreClient(url, token="s3cret") as client:
         return (await client.enqueue_rollout("task")).rollout_id
@@ -459,6 +487,24 @@ async def test_otlp_mapping(store_dir: Path) -> None:
     assert first.attributes["blob"] == "ab"
     assert first.attributes["nested"] == '{"a":1}'
     assert first.resource.attributes[ROLLOUT_KEY] == "ro-ffffffffffff"
+
+
+def test_an_otlp_body_of_several_gzip_members_is_read_whole_and_a_cut_one_refused() -> None:
+    """Concatenated gzip members are one gzip body (gzip.decompress, upstream's reader, reads
+    them all): only the first was read, its spans stored and the rest dropped with a 200
+    (found by an adversarial pass). A body cut before its checksum was taken as it stood."""
+    import gzip
+
+    from store_fs.server.otlp import decode_body
+
+    assert decode_body(gzip.compress(b"first ") + gzip.compress(b"second"), "gzip", 100) == b"first second"
+    assert decode_body(gzip.compress(b"padded") + b"\0\0", "gzip", 100) == b"padded"
+    whole = gzip.compress(b"some spans")
+    for cut in (1, 4, 8, 9):
+        with pytest.raises(ValueError, match="ends before"):
+            decode_body(whole[:-cut], "gzip", 100)
+    with pytest.raises(ValueError, match="larger than 100"):
+        decode_body(gzip.compress(b"a" * 60) * 2, "gzip", 100)  # the limit counts every member
 
 
 async def test_an_otlp_batch_keeps_other_attempts_when_one_is_refused(store_dir: Path) -> None:

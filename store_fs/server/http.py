@@ -91,6 +91,8 @@ from urllib.parse import parse_qsl
 
 import httptools
 
+from store_fs.bearer_token import check_token
+
 __all__ = ["HttpServer", "Request", "Response"]
 
 log = logging.getLogger("store_fs.server")
@@ -198,7 +200,7 @@ class HttpServer:
         self.handler = handler
         self.render_error = render_error
         # Digests of equal length: compare_digest then takes the same time whatever was sent.
-        self._token = hashlib.sha256(token.encode()).digest() if token else None
+        self._token = hashlib.sha256(check_token(token).encode()).digest() if token else None
         self.public_paths = public_paths
         self.limits = limits
         self.draining = False

@@ -65,14 +65,22 @@ def decode_body(body: bytes, encoding: str, limit: int) -> bytes:
     if encoding not in ("gzip", "x-gzip", "deflate"):
         raise ValueError(f"unsupported Content-Encoding {encoding!r}")
     # wbits 47 accepts gzip and zlib headers; a bounded output guards against zip bombs.
-    inflater = zlib.decompressobj(47 if encoding != "deflate" else zlib.MAX_WBITS)
+    wbits = 47 if encoding != "deflate" else zlib.MAX_WBITS
+    out = bytearray()
+    rest = body
     try:
-        out = inflater.decompress(body, limit + 1)
+        while True:  # gzip: one member after another, as gzip.decompress reads them
+            inflater = zlib.decompressobj(wbits)
+            out += inflater.decompress(rest, limit + 1 - len(out))
+            if len(out) > limit:
+                raise ValueError(f"decompressed body larger than {limit} bytes")
+            if not inflater.eof:  # cut short: its checksum never read
+                raise ValueError(f"bad {encoding} body: it ends before its compressed data does")
+            rest = inflater.unused_data
+            if encoding == "deflate" or not rest.strip(b"\0"):  # trailing zeros: padding
+                return bytes(out)
     except zlib.error as err:
         raise ValueError(f"bad {encoding} body: {err}") from None
-    if len(out) > limit:
-        raise ValueError(f"decompressed body larger than {limit} bytes")
-    return out
 
 
 def gzip_bytes(data: bytes) -> bytes:
