@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 
 from store_fs._disk import codec, log_segments
 from store_fs._disk.change_feed import EVENT_LOGS
-from store_fs._disk.format_file import require_store
 from store_fs._disk.ids import check_rollout_id
 from store_fs._disk.watch import ChangeFeed, resolve_mode
 from store_fs.models import Rollout, RolloutStatus
@@ -94,7 +93,7 @@ async def follow_events(
     async with ChangeFeed(store.layout.events, resolve_mode("auto", store.root)) as feed:
         while True:  # the feed is live before the first read: nothing written after it is missed
             # Removed, moved away or replaced: say so, rather than wait for ever (or follow another).
-            require_store(store.layout, store.store_id)
+            store.check_still_here()
             for event in reader.read_new():
                 if _keep(event, wanted):
                     yield event
@@ -142,7 +141,7 @@ async def watch_rollouts(
     first = True
     async with ChangeFeed(store.layout.events, resolve_mode("auto", store.root)) as feed:
         while True:
-            require_store(store.layout, store.store_id)  # gone or replaced: say so, not "nothing"
+            store.check_still_here()  # gone or replaced: say so, not "nothing"
             page = await store.query_rollouts(**query)
             changed = [r for r in page if seen.get(r.rollout_id) != _fingerprint(r)]
             seen.update((r.rollout_id, _fingerprint(r)) for r in changed)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import shutil
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -130,4 +131,30 @@ async def test_ids_and_values_the_store_refuses_are_refused_before_sending(tmp_p
                 with pytest.raises(UnstorableValueError):
                     await client.enqueue_rollout("task", metadata={"m": value})
             assert (await client.query_rollouts()).total == 1  # nothing else was stored
+    store.close()
+
+
+async def test_a_server_whose_store_was_replaced_or_removed_refuses_every_request(tmp_path: Path) -> None:
+    """The server went on serving the directory under the old store's id: a client that began
+    on the old store had its enqueues and dequeues taken into the new one (no 421), a new
+    client learned the old id, and after ``rm -r`` reads answered 200 with an empty store."""
+    root = tmp_path / "store"
+    store = FileStore(root)
+    with ServerThread(store) as server:
+        url = f"http://127.0.0.1:{server.port}"
+        async with LightningStoreClient(url, retry_delays=()) as client:
+            await client.enqueue_rollout("before")
+            root.rename(tmp_path / "moved")
+            replacement = FileStore(root)  # another store at the same path
+            with pytest.raises(RemoteStoreError, match="replaced while it was read"):
+                await client.enqueue_rollout("after")
+            assert await client.dequeue_rollout() is None  # a failing dequeue is None (as upstream's)
+            async with LightningStoreClient(url, retry_delays=()) as newcomer:
+                with pytest.raises(RemoteStoreError, match="replaced"):
+                    await newcomer.query_rollouts()
+            assert (await replacement.statistics())["total_rollouts"] == 0  # nothing written into it
+            replacement.close()
+            shutil.rmtree(root)
+            with pytest.raises(RemoteStoreError, match="any more"):
+                await client.statistics()
     store.close()

@@ -41,7 +41,7 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from store_fs._transport import STORE_HEADER, WAIT_CUT_HEADER
-from store_fs.errors import AglError, mapping_for
+from store_fs.errors import AglError, StoreNotFoundError, mapping_for
 from store_fs.server import otlp
 from store_fs.server.http import HttpServer, Limits, Request, Response
 from store_fs.server.loop_pool import LoopPool, PoolClosedError
@@ -206,7 +206,14 @@ class StoreServer:
         another store) is refused with 421 before it can change anything here."""
         expected = request.header(STORE_HEADER)
         served = self.store.store_id  # None: a store made before stores had ids
-        if expected and expected != served:
+        try:
+            self.store.check_still_here()
+            gone = None
+        except StoreNotFoundError as err:  # removed, moved away or replaced under the server
+            gone = str(err)
+        if gone is not None:
+            response = error_response(503, f"{gone}: restart the server")
+        elif expected and expected != served:
             response = error_response(
                 421,
                 f"this server serves store {served or '(no id)'}, not {expected}, "

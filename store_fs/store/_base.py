@@ -20,6 +20,7 @@ from store_fs._disk.format_file import (
     effective_durability,
     format_body,
     read_format,
+    require_store,
     set_durability,
 )
 from store_fs._disk.ids import is_rollout_id
@@ -189,6 +190,7 @@ class StoreCore(LightningStore):
         self._watch_mode = watch_mode
         self._started = self._clock.monotonic()
         self._warned_index_ahead = False
+        self._format_seen: tuple[int, ...] | None = None  # check_still_here's last look
 
     def __repr__(self) -> str:
         return f"FileStore({str(self.root)!r})"
@@ -202,6 +204,21 @@ class StoreCore(LightningStore):
         """Whether the store is on a network filesystem (detected from the mount table, or
         ``AGL_NETWORK_FS=1|0``): other hosts see changes late and each call costs round trips."""
         return self._ctx.shared_fs
+
+    def check_still_here(self) -> None:
+        """Raise :class:`~store_fs.errors.StoreNotFoundError` unless the store this object
+        opened is still at its root: removed, moved away, or replaced by another store since
+        (``agl store``, a follower, a waiter would go on with whatever is there now, writing
+        into another store under this one's id). One ``stat``; ``FORMAT.json`` is read again
+        only when it changed (a migration or a durability change rewrites it: same id)."""
+        try:
+            st = os.stat(self.layout.format_file)
+        except (FileNotFoundError, NotADirectoryError):
+            st = None
+        seen = None if st is None else (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        if seen is None or seen != self._format_seen:
+            require_store(self.layout, self.store_id)  # raises, naming what happened
+            self._format_seen = seen
 
     def close(self) -> None:
         """Close this process's open span, event, index and worker-log files (reopened on next use)."""

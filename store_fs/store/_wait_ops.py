@@ -8,7 +8,6 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from store_fs._disk.format_file import require_store
 from store_fs._disk.rollout_history import RecordStore, RolloutRecord
 from store_fs._disk.rollout_index import RolloutIndex
 from store_fs._disk.status_rules import TERMINAL_ROLLOUT_STATUSES
@@ -168,8 +167,7 @@ class WaitMethods(StoreCore):
         recheck = SHARED_FS_RECHECK_SECONDS if shared else FULL_RECHECK_SECONDS
         wanted = (r for r in rollout_ids if self._known_rollout(r))
         rechecks: _Rechecks = self._ctx.local("wait-rechecks", _Rechecks)
-        store_gone = functools.partial(require_store, self.layout, self.store_id)
-        state = _Waiting(self._records, self._index, wanted, recheck, shared, rechecks, store_gone)
+        state = _Waiting(self._records, self._index, wanted, recheck, shared, rechecks, self.check_still_here)
         # Waiting sleeps for real, so its deadline is on the real clock even when an
         # injected clock drives timestamps and liveness.
         deadline = None if timeout is None else time.monotonic() + timeout
