@@ -14,7 +14,7 @@ from store_fs.errors import ExitCode
 
 from . import completion, output
 from .exit_codes import CliError
-from .params import MAX_COUNT, StatusFilter, seconds, values
+from .params import MAX_COUNT, RolloutStatus, StatusFilter, seconds, values
 from .state import CliState, run
 
 if TYPE_CHECKING:
@@ -172,6 +172,16 @@ def _check_file_arg(option: str, path: Path | None, *, parent_must_exist: bool) 
         raise CliError(f"{option} {path}: {parent} is not a directory")
 
 
+def _refuse_inside_a_store(option: str, path: Path | None) -> None:
+    """A file agl writes may not take the name of one a store keeps (found by a pass: a cursor
+    saved as a resources version hid every published resource)."""
+    from store_fs.output_targets import store_owner
+
+    owner = None if path is None else store_owner(path)
+    if owner is not None:
+        raise CliError(f"{option} {path}: it belongs to the store at {owner} (write beside it)")
+
+
 def _same_file(a: Path, b: Path) -> bool:
     """Whether ``a`` and ``b`` name one file (an existing one, or one path made the same)."""
     try:
@@ -198,6 +208,7 @@ def _export(
         raise CliError("--follow writes to stdout; leave out --output")
     _check_file_arg("--output", out, parent_must_exist=True)
     _check_file_arg("--cursor", cursor, parent_must_exist=False)  # saving makes its directory
+    _refuse_inside_a_store("--cursor", cursor)
     if cursor is not None and cursor.exists() and not cursor.is_file():
         # /dev/null, a FIFO: read as a cursor it fails, and saving would replace it by a file.
         raise CliError(f"--cursor {cursor} is not a regular file (a cursor is saved by replacing it)")
@@ -318,6 +329,27 @@ def _report_prune(cli: CliState, report: Any) -> None:
     output.info(f"{verb} {len(report.rollouts)} rollout(s), {report.bytes / 1e6:.2f} MB{archived}")
 
 
+# prune's own words for the filters it shares with agl data: there they select rows to print,
+# here what is removed, with other defaults (a pass found the shared help wrong for prune).
+PruneStatus = Annotated[
+    list[RolloutStatus] | None,
+    typer.Option(
+        "--status",
+        help="Remove only rollouts in this status (repeatable; finished ones only).",
+        show_choices=True,
+    ),
+]
+PruneEnded = Annotated[
+    list[EndedChoice] | None,
+    typer.Option(
+        "--ended",
+        help="Remove only rollouts that ended so (repeatable) [default: any ending; unfinished "
+        "rollouts are never removed].",
+        show_choices=True,
+    ),
+]
+
+
 def prune(
     ctx: typer.Context,
     older_than: Annotated[
@@ -326,14 +358,14 @@ def prune(
             help="Rollouts that finished before this: an age (7d, 12h) or a time (ISO date, epoch)."
         ),
     ] = None,
-    status: StatusFilter = None,
+    status: PruneStatus = None,
     keep_last: Annotated[
         int | None,
         typer.Option(min=0, max=MAX_COUNT, help="Keep the newest N finished rollouts of each resources id."),
     ] = None,
     resources_id: Resources = None,
     rollout: Rollouts = None,
-    ended: Ended = None,
+    ended: PruneEnded = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Only list what would be removed, and its size.")
     ] = False,
@@ -363,6 +395,7 @@ def prune(
 
     if not any((older_than, status, keep_last is not None, ended, rollout)):
         raise CliError("say what to remove: --older-than, --status, --keep-last, --ended or --rollout")
+    _refuse_inside_a_store("--archive", archive)
     if archive is not None and archive.exists():
         raise CliError(f"--archive {archive}: the file exists (an archive is never overwritten)")
     if archive is not None and not archive.absolute().parent.is_dir():

@@ -89,10 +89,12 @@ def _through_proc(path: Path) -> bool:
     return False
 
 
-def _store_owned(path: Path) -> Path | None:
+def store_owner(path: Path) -> Path | None:
     """The store whose own file or directory ``path`` (a link followed) would be, if any:
     ``FORMAT.json`` or a name under one of its top-level names (``rollouts/``, ``index/``...).
-    A page or rows written there replaced what the store keeps (``-o STORE/FORMAT.json``)."""
+    A page, rows, a cursor or an archive written there replaced or corrupted what the store
+    keeps (``-o STORE/FORMAT.json``; ``--cursor STORE/resources/versions/9.json`` hid every
+    published resource)."""
     target = Path(os.path.realpath(path))
     for root in target.parents:
         layout = Layout(root)
@@ -105,8 +107,8 @@ def _store_owned(path: Path) -> Path | None:
 
 def output_place(path: Path) -> OutputPlace:
     """Where output for the name ``path`` goes (see the module's doc). A name a store keeps
-    its own data under is refused (:func:`_store_owned`)."""
-    owner = _store_owned(path)
+    its own data under is refused (:func:`store_owner`)."""
+    owner = store_owner(path)
     if owner is not None:
         raise OutputTargetError(str(path), f"it belongs to the store at {owner} (write beside it)")
     try:

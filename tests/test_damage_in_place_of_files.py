@@ -457,3 +457,17 @@ def test_a_directory_in_the_wrong_fan_out_is_moved_aside_in_one_pass(agl: Agl) -
     assert _problems(agl.ok("check")) == []
     assert sorted(_quarantined_notes(agl.store)) == ["rollouts/zz/ro-0123456789ab", "rollouts/zz/stray"]
     assert {r["rollout_id"] for r in agl.ok("rollouts", "list", "--json").lines()} == before
+
+
+def test_an_attempt_directory_linked_from_elsewhere_is_read_by_every_view(agl: Agl, tmp_path: Path) -> None:
+    """A directory moved to another disk and linked back: the span readers and ``agl check``
+    followed the link, the data views and export took it for damage (rows left out, exit 7
+    that ``check --fix`` never cleared). Found by an adversarial pass."""
+    rid = agl.ok("rollouts", "list").lines()[0]["rollout_id"]
+    agl.ok("reward", rid, "0.5")  # a span: the attempt's directory is made
+    (attempt,) = agl.store.glob(f"rollouts/*/{rid}/attempts/*")
+    attempt.rename(tmp_path / "elsewhere")
+    attempt.symlink_to(tmp_path / "elsewhere")
+    assert agl.ok("check").lines() == []
+    assert rid in {r["rollout_id"] for r in agl.ok("data", "rollouts", "--ended", "any").lines()}
+    assert agl("export", "--all").code == 0

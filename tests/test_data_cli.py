@@ -143,3 +143,14 @@ def test_prune_dry_run_then_for_real(made: tuple[Agl, dict[str, str]], tmp_path:
     agl.ok("check")
     # Running rollouts are never removed, whatever is asked.
     assert agl.ok("prune", "--status", "running", "--status", "succeeded", "--keep-last", "5").lines() == []
+
+
+def test_prune_help_says_what_its_filters_remove(made: tuple[Agl, dict[str, str]]) -> None:
+    """prune shared agl data's help: '--status: Keep rollouts in this status' and '--ended
+    [default: succeeded, no_reward]', both wrong for a command that removes (found by a pass)."""
+    agl, _ = made
+    text = " ".join(agl("prune", "--help").stdout.split())
+    assert "Remove only rollouts in this status" in text
+    assert "[default: any ending; unfinished rollouts are never removed]" in text
+    assert "Keep rollouts in this status" not in text
+    assert "succeeded, no_reward" not in text

@@ -126,3 +126,22 @@ def test_an_output_name_the_store_keeps_its_own_data_under_is_refused(
     assert "belongs to the store" in res.stderr
     assert (agl.store / "FORMAT.json").read_bytes() == before
     agl.ok(*args, "-o", str(agl.store / "beside.out"))  # beside its own names is fine
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("data", "rollouts", "--cursor", "resources/versions/9.json"),
+        ("data", "rollouts", "--cursor", "index/rollouts/my.jsonl"),
+        ("prune", "--older-than", "0s", "--archive", "resources/versions/7.json"),
+    ],
+    ids=["cursor-as-resources", "cursor-as-index-log", "archive-as-resources"],
+)
+def test_a_cursor_or_archive_named_inside_the_store_is_refused(agl: Agl, args: tuple[str, ...]) -> None:
+    """The same for ``--cursor`` and ``--archive`` (found by a later pass): a cursor saved as
+    ``resources/versions/9.json`` made 'latest resources' read as none published."""
+    *head, last = args
+    res = agl(*head, str(agl.store / last))
+    assert res.code == 4, str(res)
+    assert "belongs to the store" in res.stderr
+    assert not (agl.store / last).exists()

@@ -137,6 +137,18 @@ async def test_resources_keep_the_callers_order_and_refuse_nan(store: FileStore)
     assert latest.resources_id == added.resources_id
 
 
+async def test_a_stray_file_among_resources_versions_does_not_hide_the_latest(store: FileStore) -> None:
+    """``9.json`` beside ``00000001.json`` counted as version 9, whose file is not there: the
+    latest resources read as none published (found by an adversarial pass)."""
+    added = await store.add_resources({"p": PromptTemplate(template="x", engine="f-string")})
+    (store.layout.resource_versions / "9.json").write_text("{}")
+    fresh = FileStore(store.root)  # a new command: no publication number remembered
+    latest = await fresh.get_latest_resources()
+    fresh.close()
+    assert latest is not None
+    assert latest.resources_id == added.resources_id
+
+
 async def test_b25_update_resources_new_ids(store: FileStore) -> None:
     v1 = await store.update_resources("v1", prompt("one"))
     assert v1.resources_id == "v1"

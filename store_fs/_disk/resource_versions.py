@@ -41,13 +41,26 @@ def _named() -> TypeAdapter[NamedResources]:
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
-def _num(name: str) -> int | None:
+# Digits in the names of publications (``versions/00000009.json``, as ``revision_name``) and of
+# an id's versions (``by-id/<id>/000002.json``).
+_PUBLICATION_DIGITS = 8
+_VERSION_DIGITS = 6
+
+
+def _num(name: str, digits: int) -> int | None:
+    """The number a file name holds: only the store's own names (``00000009.json``). A stray
+    ``9.json`` counted as publication 9, whose file (``00000009.json``) is not there: the
+    latest resources then read as none published."""
     stem = name[:-5] if name.endswith(".json") else ""
-    return int(stem) if stem.isdigit() else None
+    if not (stem.isascii() and stem.isdigit()):
+        return None
+    number = int(stem)
+    return number if f"{number:0{digits}d}" == stem else None  # past 10**digits: more digits
 
 
-def _highest(directory: Path) -> int:
-    return max((n for n in map(_num, fsio.list_names(directory)) if n is not None), default=0)
+def _highest(directory: Path, digits: int = _VERSION_DIGITS) -> int:
+    numbers = (_num(name, digits) for name in fsio.list_names(directory))
+    return max((n for n in numbers if n is not None), default=0)
 
 
 class _Cursor:
@@ -99,7 +112,7 @@ class ResourceStore:
         cursor = self._cursor()
         body = codec.dumps_record({"resources_id": resources_id, "version": version})
         with cursor.lock:
-            n = max(cursor.global_version, _highest(self._layout.resource_versions)) + 1
+            n = max(cursor.global_version, _highest(self._layout.resource_versions, _PUBLICATION_DIGITS)) + 1
             while not fsio.create_exclusive(
                 self._layout.resource_versions / revision_name(n), body, durable=self._ctx.durable
             ):
@@ -116,7 +129,7 @@ class ResourceStore:
         now = self._ctx.clock.time()
         while True:
             version = _highest(directory)
-            latest_path = directory / f"{version:06d}.json"
+            latest_path = directory / f"{version:0{_VERSION_DIGITS}d}.json"
             latest = self._load(latest_path) if version else None
             created = latest.get("create_time") if latest is not None else now
             if isinstance(created, bool) or not isinstance(created, (int, float)):
@@ -129,7 +142,7 @@ class ResourceStore:
                 "update_time": now,
                 "object": digest,
             }
-            path = directory / f"{version + 1:06d}.json"
+            path = directory / f"{version + 1:0{_VERSION_DIGITS}d}.json"
             if fsio.create_exclusive(path, codec.dumps_record(record), durable=self._ctx.durable):
                 break
         self._publish_latest(rid, version + 1)
@@ -186,14 +199,14 @@ class ResourceStore:
         version = _highest(directory)
         if not version:
             return None
-        return self.read_version(directory / f"{version:06d}.json")
+        return self.read_version(directory / f"{version:0{_VERSION_DIGITS}d}.json")
 
     def latest(self) -> ResourcesUpdate | None:
         cursor = self._cursor()
         with cursor.lock:
             n = cursor.global_version
             if n < 0 or (self._layout.resource_versions / revision_name(n + 1)).exists():
-                n = _highest(self._layout.resource_versions)
+                n = _highest(self._layout.resource_versions, _PUBLICATION_DIGITS)
             cursor.global_version = n
         if n <= 0:
             return None

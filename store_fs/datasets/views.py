@@ -252,8 +252,10 @@ def _raise_if_damaged(attempt_status: str | None, attempt_dir: Path, bad: list[s
     and its files are damaged, or its directory's name is no directory (read as empty)."""
     if attempt_status in LIVE_ATTEMPT_STATUSES:
         return
+    # Links followed, as the span readers and ``agl check`` follow them (a directory moved to
+    # another disk and linked back is the attempt's directory).
     with contextlib.suppress(FileNotFoundError):  # no span or heartbeat yet: no directory
-        if not stat.S_ISDIR(os.lstat(attempt_dir).st_mode):
+        if not stat.S_ISDIR(os.stat(attempt_dir).st_mode):
             bad = [f"{attempt_dir}: not a directory", *bad]
     if bad:
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
