@@ -384,7 +384,12 @@ class Transport:
         once = request()[0] if per_try is None else request  # bodies that do not change: encoded once
         reply = await self._send(once, limit, idempotent, f"{method} {path}", time_left)
         if 200 <= reply.status < 300:
-            return reply.json()
+            try:
+                return reply.json()
+            except ValueError:  # another web server at that address, say
+                raise RemoteStoreError(
+                    f"the answer to {method} {path} is not JSON: is {self.base} an agl store?"
+                ) from None
         raise error_for_response(reply)
 
     async def post_bytes(self, url: str, body: bytes, content_type: str) -> bytes:

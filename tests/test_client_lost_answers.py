@@ -158,3 +158,23 @@ async def test_a_server_whose_store_was_replaced_or_removed_refuses_every_reques
             with pytest.raises(RemoteStoreError, match="any more"):
                 await client.statistics()
     store.close()
+
+
+async def test_an_answer_that_is_not_json_is_a_remote_store_error() -> None:
+    """``agl run`` pointed at another web server ended in "unexpected JSONDecodeError"."""
+
+    async def not_a_store(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(not_a_store, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with LightningStoreClient(f"http://127.0.0.1:{port}", retry_delays=()) as client:
+            with pytest.raises(RemoteStoreError, match=r"not JSON: is .* an agl store"):
+                await client.get_rollout_by_id("ro-000000000000")
+    finally:
+        server.close()
+        await server.wait_closed()
