@@ -346,3 +346,33 @@ async def test_a_junk_span_counter_without_spans_is_emptied_for_the_next_allocat
     assert attempted is not None
     assert await store.get_next_span_sequence_id(rollout.rollout_id, attempted.attempt.attempt_id) == 1
     store.close()
+
+
+async def test_a_late_span_after_check_fix_republished_the_file_is_not_lost(tmp_path: Path) -> None:
+    """``check --fix`` cuts a bad line out of a finished attempt's span file by publishing a new
+    copy; a long-lived process that wrote the file (a runner, ``agl store``) kept appending to
+    the old copy, so a grader's late reward was reported stored and lost (an adversarial pass)."""
+    import subprocess
+
+    from cli_helpers import AGL, agl_env
+
+    from store_fs.rewards import reward_span
+
+    root = tmp_path / "store"
+    store = FileStore(root)  # the long-lived writer
+    await store.enqueue_rollout(input="q")
+    attempted = await store.dequeue_rollout(worker_id="w")
+    assert attempted is not None
+    rid, aid = attempted.rollout_id, attempted.attempt.attempt_id
+    await store.add_span(reward_span(0.1, rollout_id=rid, attempt_id=aid, sequence_id=1))
+    await store.update_attempt(rid, aid, status="succeeded")
+    (log,) = root.glob(f"rollouts/*/{rid}/attempts/*/spans.*.jsonl")
+    with log.open("ab") as file:
+        file.write(b'{"rollout_id": "ro-torn\n')  # a line that does not parse
+    fixed = subprocess.run([AGL, "check", "--fix"], env=agl_env(root), capture_output=True, text=True)
+    assert fixed.returncode == 0, fixed.stderr
+    assert await store.add_span(reward_span(0.9, rollout_id=rid, attempt_id=aid, sequence_id=2)) is not None
+    reader = FileStore(root, span_cache_bytes=0)
+    assert [s.sequence_id for s in await reader.query_spans(rid)] == [1, 2]
+    reader.close()
+    store.close()

@@ -366,6 +366,23 @@ class SpanLog:
             os.close(old)
         return fd
 
+    def _forget_if_replaced(self, state: _WriterState, path: Path) -> None:
+        """Close the descriptor held for ``path`` if the file at that name is another one (or
+        none): appended to, the replaced copy would take the line out of every reader's sight
+        while the call reported it stored (found by an adversarial pass). Costs an ``fstat``
+        and a ``stat``; only late spans pay it."""
+        fd = state.fds.get(path)
+        if fd is None:
+            return
+        held = os.fstat(fd)
+        try:
+            named = os.stat(path)
+        except FileNotFoundError:
+            named = None
+        if named is None or (named.st_dev, named.st_ino) != (held.st_dev, held.st_ino):
+            del state.fds[path]
+            os.close(fd)
+
     def _known(self, state: _WriterState, attempt_dir: Path) -> set[str]:
         known = state.known_ids.get(attempt_dir)
         if known is None:
@@ -398,17 +415,23 @@ class SpanLog:
                 state.unmade.clear()
             state.unmade.add(attempt_dir)
 
-    def append(self, attempt_dir: Path, spans: Sequence[Span]) -> tuple[list[Span], Path | None]:
+    def append(
+        self, attempt_dir: Path, spans: Sequence[Span], *, settled: bool = False
+    ) -> tuple[list[Span], Path | None]:
         """Write the spans whose ``span_id`` this attempt does not hold yet, in one write.
 
         Returns the spans written and the file they went to (None if nothing was new).
         Duplicates are detected against everything this process has seen for the
         attempt; a duplicate written concurrently by another process is hidden by
-        readers, which keep the first copy.
+        readers, which keep the first copy. ``settled``: the attempt is finished, so ``agl
+        check --fix`` may have republished its files (a bad line cut out): a file this process
+        holds open is first checked to still be the one at its name.
         """
         state = self._state()
         path = attempt_dir / f"spans.{self._ctx.writer}.jsonl"
         with state.lock:
+            if settled:
+                self._forget_if_replaced(state, path)
             known = self._known(state, attempt_dir)
             fresh: list[Span] = []
             chunks: list[bytes] = []

@@ -94,7 +94,9 @@ class SpanMethods(StoreCore):
         rollout_id = record.rollout_id
         self._spans.bump(rollout_id, max(s.sequence_id for s in spans))
         attempt_dir = self._engine.attempt_dir(attempt)
-        written, path = self._spans.append(attempt_dir, spans)
+        written, path = self._spans.append(
+            attempt_dir, spans, settled=attempt.status in FINAL_ATTEMPT_STATUSES
+        )
         if written:
             stamped = False
             try:
