@@ -376,3 +376,47 @@ async def test_a_late_span_after_check_fix_republished_the_file_is_not_lost(tmp_
     assert [s.sequence_id for s in await reader.query_spans(rid)] == [1, 2]
     reader.close()
     store.close()
+
+
+async def test_a_live_attempt_left_without_its_claim_token_is_found_and_given_one_back(
+    tmp_path: Path,
+) -> None:
+    """``check --fix`` moved a torn newest revision (the attempt's ``succeeded`` commit) to
+    quarantine: the rollout read as running, its attempt live, but the commit had taken the
+    claim token, so the reaper never judged it (``timeout_seconds`` never fired) and ``agl
+    check`` reported nothing (found by an adversarial pass)."""
+    import subprocess
+
+    from cli_helpers import AGL, agl_env
+
+    from store_fs import RolloutConfig
+
+    root = tmp_path / "store"
+    store = FileStore(root, scan_debounce_seconds=0)
+    rollout = await store.enqueue_rollout(input="q", config=RolloutConfig(timeout_seconds=0.5))
+    attempted = await store.dequeue_rollout(worker_id="w")
+    assert attempted is not None
+    await store.add_span(
+        Span.from_attributes(
+            attributes={},
+            rollout_id=rollout.rollout_id,
+            attempt_id=attempted.attempt.attempt_id,
+            sequence_id=1,
+            name="step",
+        )
+    )
+    await store.update_attempt(rollout.rollout_id, attempted.attempt.attempt_id, status="succeeded")
+    store.close()
+    newest = max(root.glob(f"rollouts/*/{rollout.rollout_id}/history/*.json"))
+    newest.write_bytes(newest.read_bytes()[:40])  # torn
+    fixed = subprocess.run([AGL, "check", "--fix"], env=agl_env(root), capture_output=True, text=True)
+    kinds = [json.loads(line)["kind"] for line in fixed.stdout.splitlines()]
+    assert "untracked-attempt" in kinds, fixed.stdout
+    time.sleep(0.6)  # past timeout_seconds
+    store = FileStore(root, scan_debounce_seconds=0)
+    store.reap()
+    got = await store.get_rollout_by_id(rollout.rollout_id)
+    assert got is not None
+    assert got.status == "failed"  # the reaper judged it: timed out, no retry allowed
+    assert subprocess.run([AGL, "check"], env=agl_env(root), capture_output=True).returncode == 0
+    store.close()

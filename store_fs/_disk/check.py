@@ -464,6 +464,54 @@ def _tokens(engine: Engine, fix: bool, removing: set[str], grace: float) -> list
     return out
 
 
+def _untracked_attempts(engine: Engine, heads: dict[str, Entry | None], fix: bool) -> list[Problem]:
+    """A preparing or running rollout whose latest attempt is live but holds no claim token and
+    no decision in flight: the reaper only judges tokens, so nothing would ever end it (its
+    timeout included). Left when a repair moved the newest revision (the attempt's commit,
+    which took the token) to quarantine; ``--fix`` gives the attempt its claim token back, and
+    the reaper then judges it by its heartbeats and timeouts (found by an adversarial pass).
+
+    A dequeue or a completion in flight is not taken for one: the tokens are listed again
+    after the records were read, and a suspect's record read again after that."""
+
+    def tracked() -> set[tuple[str, str]]:
+        claims = {(t.rollout_id, t.attempt_id) for t in engine.queue.list_claimed()}
+        return claims | {(e.token.rollout_id, e.token.attempt_id) for e in engine.queue.list_journal()}
+
+    def live_latest(rid: str) -> Attempt | None:
+        try:
+            found = engine.records.head(rid, cached_ok=False)
+        except CorruptRecordError:
+            return None  # reported as such
+        latest = found[1].latest() if found else None
+        return latest if latest is not None and latest.status in LIVE_ATTEMPT_STATUSES else None
+
+    running = [rid for rid, e in heads.items() if e is not None and e.status in ("preparing", "running")]
+    if not running:
+        return []
+    before = tracked()
+    suspects = [(rid, a) for rid in running if (a := live_latest(rid)) and (rid, a.attempt_id) not in before]
+    if not suspects:
+        return []
+    after = tracked()
+    out: list[Problem] = []
+    for rid, attempt in suspects:
+        now = live_latest(rid)
+        if (rid, attempt.attempt_id) in after or now is None or now.attempt_id != attempt.attempt_id:
+            continue
+        if fix:
+            engine.queue.create_claimed(ClaimToken(rid, attempt.sequence_id, attempt.attempt_id))
+        out.append(
+            Problem(
+                "untracked-attempt",
+                str(engine.attempt_dir(attempt)),
+                f"attempt {attempt.attempt_id} is {attempt.status} with no claim token: nothing would end it",
+                fix,
+            )
+        )
+    return out
+
+
 def _in_flight(engine: Engine, path: Path, grace: float) -> bool:
     """Whether ``path`` changed less than ``grace`` seconds ago by the file server's clock (its
     ctime too: a claim is a rename of the queue token, which keeps the enqueue's mtime), or is
@@ -683,6 +731,7 @@ def _check(
     out = _unfinished_removals(engine, index, fix) + _misshapen_logs(engine, quarantine)
     pruned = set() if index is None else set(index.load().by_status.get(PRUNED, ()))
     out += _tokens(engine, fix, removing, grace) + _rollouts(engine, quarantine, heads, pruned, grace)
+    out += _untracked_attempts(engine, heads, fix)
     if index is not None:
         out += _index(engine, index, heads, quarantine, removing)
     out += resource_problems(engine.ctx) + worker_problems(engine.ctx, engine.workers, quarantine)

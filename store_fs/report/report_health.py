@@ -43,6 +43,7 @@ __all__ = ["NOT_QUICK", "QUICK_ONLY_FOR", "quick_check"]
 #: What ``agl check`` looks for and :func:`quick_check` does not (shown on the page).
 NOT_QUICK: Final = (
     "stale-mirror",
+    "untracked-attempt",
     "temp-file",
     "no-record",
     "pruned-leftover",
