@@ -13,7 +13,11 @@ so it never overlaps a repair or another prune (:class:`~store_fs.errors.Mainten
 Runners, algorithms and readers go on meanwhile: nothing on their paths takes the lock.
 ``dry_run`` takes no lock and changes nothing: it only says what would go, and its size.
 With ``archive``, a tar of what was removed (paths as in the store) is written first:
-``tar -xf ARCHIVE -C STORE && agl check --fix`` puts the rollouts back.
+``tar -xf ARCHIVE -C STORE && agl check --fix`` puts the rollouts back. Every rollout removed is
+in an archive when one is asked for: a prune whose archive path is taken by the time it holds
+the lock (the same command run again after an interrupted one, whose recovery writes the
+interrupted run's archive there first) removes nothing and raises
+:class:`~store_fs.errors.ConflictError`.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from store_fs._disk.maintenance import maintenance_lock
 from store_fs._disk.removal import RemovalRun, in_flight_rollouts, recover
 from store_fs._disk.status_rules import LIVE_ATTEMPT_STATUSES, TERMINAL_ROLLOUT_STATUSES
 from store_fs.datasets.rollout_filter import RolloutFilter, ending_of
-from store_fs.errors import CorruptRecordError
+from store_fs.errors import ConflictError, CorruptRecordError
 from store_fs.rewards import find_final_reward
 
 if TYPE_CHECKING:
@@ -138,7 +142,7 @@ def _check_archive_destination(archive: Path) -> None:
     """Raise unless a new file can be made at ``archive``: it is written after the rollouts are
     moved to the trash, and a removal that cannot write its archive cannot finish (the next
     repair or prune would try the same path again)."""
-    if archive.exists():
+    if os.path.lexists(archive):  # a dangling symbolic link too: the archive is linked, never replaced
         raise FileExistsError(errno.EEXIST, "an archive is never overwritten", str(archive))
     probe = archive.with_name(f".{archive.name}.{os.getpid()}.probe")
     try:
@@ -170,6 +174,18 @@ def prune_store(
     ctx, index, queue = store._ctx, store._index, store._queue
     with maintenance_lock(store.layout):
         report.recovered = recover(ctx, index, queue)
+        if archive is not None and os.path.lexists(archive):
+            # Checked again: the recovery just done may have written an interrupted run's
+            # archive at this very path. This run's would then never be written.
+            by = (
+                "an interrupted prune, finished first, wrote its archive there"
+                if report.recovered
+                else "made meanwhile"
+            )
+            raise ConflictError(
+                f"the archive {archive} exists now ({by}; an archive is never overwritten): "
+                "nothing more was removed; run again with another archive path"
+            )
         selected = _select(store, flt, keep_last)
         in_flight = in_flight_rollouts(queue)
         run = RemovalRun.begin(ctx, index, queue, archive)

@@ -1,9 +1,10 @@
 """``trash/``: taking finished rollouts out of a store for good (``agl prune``), crash-safely.
 
-A removal *run* owns one directory::
+A removal *run* owns one directory (``<run>`` is ``<UTC time>-<host>-<pid>``)::
 
-    trash/<UTC time>-<host>-<pid>/run.json                  {"archive": path or null, "started", "by"}
-    trash/<UTC time>-<host>-<pid>/rollouts/<2 hex>/<id>/     a removed rollout's directory, moved whole
+    trash/<run>/run.json                  {"archive": path or null, "archived", "started", "by"}
+    trash/<run>/rollouts/<2 hex>/<id>/    a removed rollout's directory, moved whole
+    trash/.<run>.deleting/                the same run, being deleted (nothing in it is read)
 
 Per rollout, **one rename is the decision**: ``rollouts/<2 hex>/<id>`` becomes
 ``trash/<run>/rollouts/<2 hex>/<id>``. Before it the rollout is in the store, after it the
@@ -20,14 +21,25 @@ gone at once). Then, in order, each step idempotent:
 
 When every rollout of the run is moved, the archive, if one was asked for, is written as a tar
 of ``trash/<run>/`` (paths as in the store: ``tar -xf ARCHIVE -C STORE`` puts them back) to a
-temporary file beside it and renamed into place, and then ``trash/<run>/`` is deleted.
+temporary file beside it and linked into place (never over an existing file: a file already there
+that is not this run's makes the run stop with :class:`~store_fs.errors.ConflictError`, its
+rollouts waiting in the trash), and ``run.json`` is republished with ``"archived": true``: only
+that says the archive at the path is this run's. Then ``trash/<run>/`` is renamed to
+``trash/.<run>.deleting/`` and deleted. The rename is the point of no return: a delete stopped
+part-way leaves rollouts with some revisions gone (directory order, newest first on ext4), whose
+older revisions must never be read again as if the rollout had changed while being removed.
 
 A process killed at any point leaves a run directory behind. :func:`recover` (run by the next
-``agl prune`` and by ``agl check --fix``, under the maintenance lock) finishes it: every rollout
-still in it is verified, tombstoned (unless its tombstone is already there) and archived, and
-the directory deleted. Until then, a rollout in the trash is already gone from records and
-listings; only counts taken from the index (``statistics``) still include one whose tombstone
-was not written, and ``agl check`` reports the run as ``unfinished-prune``.
+``agl prune`` and by ``agl check --fix``, under the maintenance lock) finishes it: a
+``.deleting`` one is only deleted; in another, every rollout still in it is verified,
+tombstoned (unless its tombstone is already there) and archived, and the directory deleted. A
+rollout whose tombstone is already in the index is never put back (an older build deleted runs
+without the rename). A run whose ``run.json`` cannot be read (torn by a power cut, missing) does
+not say whether an archive was asked for: its rollouts are verified and tombstoned, and the run's
+directory goes to ``quarantine/`` instead of being deleted. Until then, a rollout in the trash is
+already gone from records and listings; only counts taken from the index (``statistics``) still
+include one whose tombstone was not written, and ``agl check`` reports the run as
+``unfinished-prune``.
 """
 
 from __future__ import annotations
@@ -42,6 +54,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from store_fs._disk import codec, fsio
 from store_fs._disk.context import Context
@@ -50,6 +63,7 @@ from store_fs._disk.quarantine import Quarantine
 from store_fs._disk.queue_tokens import Queue
 from store_fs._disk.rollout_index import PRUNED, Entry, RolloutIndex, tombstone
 from store_fs._disk.status_rules import LIVE_ATTEMPT_STATUSES, TERMINAL_ROLLOUT_STATUSES
+from store_fs.errors import ConflictError
 
 __all__ = [
     "RemovalRun",
@@ -64,6 +78,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"
+#: The suffix a run's directory takes, with a leading ".", when its delete starts: recovery only
+#: finishes the delete. A hidden name, so that builds that knew no such name pass it over
+#: rather than recover it as a run.
+DELETING = ".deleting"
 
 
 @dataclass(frozen=True)
@@ -115,8 +133,24 @@ def in_flight_rollouts(queue: Queue) -> set[str]:
 
 
 def unfinished_runs(ctx: Context) -> list[Path]:
-    """Run directories left in ``trash/`` by removals that did not finish."""
-    return sorted(Path(entry.path) for entry in fsio.iter_dirs(ctx.layout.trash))
+    """Run directories left in ``trash/`` by removals that did not finish, ``.<run>.deleting``
+    ones included (``agl check`` reports them, and ``--fix`` finishes their delete)."""
+    runs = [Path(entry.path) for entry in fsio.iter_dirs(ctx.layout.trash)]
+    return sorted(runs + _deleting_runs(ctx.layout.trash))
+
+
+def _deleting_runs(trash: Path) -> list[Path]:
+    try:
+        with os.scandir(trash) as it:
+            return [
+                Path(entry.path)
+                for entry in it
+                if entry.name.startswith(".")
+                and entry.name.endswith(DELETING)
+                and entry.is_dir(follow_symlinks=False)
+            ]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
 
 
 def trashed_rollouts(ctx: Context) -> set[str]:
@@ -179,6 +213,52 @@ def _beside(late: Path, log: Path) -> None:
             return
 
 
+def _read_run_file(path: Path) -> tuple[dict[str, Any], str | None]:
+    """``run.json``'s body, and None; or ``{}`` and why it cannot be used (missing, torn, not a
+    regular file, not a run's fields). Errors that say nothing of the file (a permission, an
+    I/O error) are raised."""
+    try:
+        data = fsio.read_bytes(path)
+    except OSError as err:
+        what = fsio.broken_name(err, path)
+        if what is None:
+            raise
+        return {}, f"is {what}"
+    if data is None:
+        return {}, "is missing"
+    try:
+        body = codec.loads(data)
+    except codec.DecodeError as err:
+        return {}, f"does not parse ({err})"
+    if (
+        not isinstance(body, dict)
+        or "archive" not in body
+        or not (body["archive"] is None or isinstance(body["archive"], str))
+        or not isinstance(body.get("archived", False), bool)
+    ):
+        return {}, "does not hold a removal run's fields"
+    return body, None
+
+
+def _holds_files(directory: Path) -> bool:
+    """Whether anything but (nested) empty directories is under ``directory``."""
+    for parent, dirs, files in os.walk(directory):
+        if files or any(os.path.islink(os.path.join(parent, name)) for name in dirs):
+            return True
+    return False
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _archive_tmp(archive: Path, run_name: str) -> Path:
+    return archive.with_name(f".{archive.name}.{run_name}.tmp")
+
+
 def _remove_empty_dirs(directory: Path) -> None:
     """Remove ``directory`` if it holds only (nested) empty directories; else leave what is left."""
     try:
@@ -202,9 +282,16 @@ class RemovalRun:
         self._index = index
         self._queue = queue
         self.directory = directory
-        body = codec.loads(fsio.read_bytes(directory / RUN_FILE) or b"{}")
-        archive = body.get("archive") if isinstance(body, dict) else None
+        self._body, self.unreadable = _read_run_file(directory / RUN_FILE)
+        archive = self._body.get("archive")
         self.archive = Path(archive) if isinstance(archive, str) else None
+        # Whether the file at ``archive`` is this run's: only run.json says so (the path may
+        # hold another run's archive, or anyone's file). A run.json of an older build has no
+        # key: it was written when the path's existence was the rule, so that rule stays.
+        archived = self._body.get("archived")
+        self.archived = (
+            archived if isinstance(archived, bool) else bool(self.archive and self.archive.exists())
+        )
         self._events_fd: int | None = None
         self._quarantined: Quarantine | None = None
 
@@ -214,6 +301,7 @@ class RemovalRun:
         directory = ctx.layout.trash / f"{stamp}-{ctx.writer}"
         body = {
             "archive": None if archive is None else str(archive.resolve()),
+            "archived": False,
             "started": ctx.clock.time(),
             "by": ctx.writer,
         }
@@ -242,10 +330,10 @@ class RemovalRun:
         ``known`` is the index as read before, so a tombstone is not written twice)."""
         head = read_head(trashed)
         if head is None:
-            # Step 4 deletes only after every tombstone: this one is being deleted, or unreadable.
+            # Damaged (or in a run an older build was deleting): never put back as it is.
             log.warning("%s: no readable revision in %s", trashed.name, trashed)
             return None
-        if not head.removable:
+        if not head.removable and not _decided(head, known):
             self._restore(trashed)
             return None
         self._tombstone(head, known)
@@ -289,10 +377,8 @@ class RemovalRun:
         return self._quarantined
 
     def _tombstone(self, head: TrashedRollout, known: dict[str, Entry] | None) -> None:
-        if known is not None:
-            entry = known.get(head.rollout_id)
-            if entry is not None and entry.status == PRUNED and entry.start_time == head.start_time:
-                return  # written before a crash
+        if _decided(head, known):
+            return  # written before a crash
         self._index.append([tombstone(head.rollout_id, head.rev, head.start_time)])
         line = {
             "rollout_id": head.rollout_id,
@@ -312,21 +398,76 @@ class RemovalRun:
         settled = (self._settle(trashed, known) for trashed in list(_trashed_dirs(self.directory)))
         return [head for head in settled if head is not None]
 
-    def finish(self) -> None:
-        """Write the archive (if asked for and not there yet), then delete the run's directory."""
-        if self.archive is not None and not self.archive.exists():
+    def finish(self) -> Path | None:
+        """Write the archive (if asked for and this run has not written it yet), then delete the
+        run's directory; returns None. A run whose ``run.json`` cannot be read does not say
+        whether an archive was asked for: its directory, if anything is left in it, is moved to
+        quarantine instead, and where it went is returned.
+
+        Raises :class:`~store_fs.errors.ConflictError` (nothing deleted) if a file that is not
+        this run's archive is at the archive's path, and an ``OSError`` naming the way out if
+        the archive cannot be written."""
+        if self.unreadable is not None:
+            if _holds_files(self.directory / "rollouts"):
+                return self._keep()
+        elif self.archive is not None:
+            if not self.archived:
+                self._write_archive(self.archive)
+            # Left by a crash after run.json said "archived" (a hard link of the archive).
+            _archive_tmp(self.archive, self.directory.name).unlink(missing_ok=True)
+        self.close()
+        self._delete()
+        return None
+
+    def _write_archive(self, archive: Path) -> None:
+        tmp = _archive_tmp(archive, self.directory.name)
+        # A crash between linking the archive into place and recording it leaves both names.
+        if not _same_file(tmp, archive):
             try:
-                write_archive(self.directory, self.archive, self.directory.name, durable=self._ctx.durable)
+                write_archive(self.directory, archive, self.directory.name, durable=self._ctx.durable)
+            except FileExistsError:
+                raise ConflictError(
+                    f"the removal {self.directory.name} cannot write its archive: {archive} exists "
+                    "and is not its archive (an archive is never overwritten); move that file away, "
+                    f"then run 'agl check --fix' (the removed rollouts wait in {self.directory})"
+                ) from None
             except OSError as err:
                 # Said with the way out: the run's rollouts wait in the trash until it is written.
                 raise type(err)(
                     err.errno,
                     f"the removal {self.directory.name} cannot write its archive ({err.strerror}); "
                     "make its directory writable, then run 'agl check --fix'",
-                    str(self.archive),
+                    str(archive),
                 ) from None
+        self._body["archived"] = True
+        fsio.publish(self.directory / RUN_FILE, codec.dumps_record(self._body), durable=self._ctx.durable)
+        self.archived = True
+
+    def _delete(self) -> None:
+        """Delete the run's directory, first renamed so that a delete stopped part-way is only
+        ever finished: a rollout whose newest revisions are gone must not be read again."""
+        deleting = self.directory.with_name(f".{self.directory.name}{DELETING}")
+        os.rename(self.directory, deleting)
+        if self._ctx.durable:
+            fsio.fsync_dir(deleting.parent)
+        shutil.rmtree(deleting)
+
+    def _keep(self) -> Path:
+        """Move the run's directory to quarantine (its ``run.json`` is unusable): its rollouts
+        are out of the store, and may be the only copy of what no archive holds."""
         self.close()
-        shutil.rmtree(self.directory)
+        why = (
+            f"{RUN_FILE} {self.unreadable}: whether an archive of these removed rollouts was asked "
+            "for is unknown, so they are kept here instead of being deleted"
+        )
+        where = self._quarantine().quarantine_file(self.directory, why)
+        log.warning(
+            "%s %s: its removed rollouts were moved to %s, not deleted (delete them once not needed)",
+            self.directory / RUN_FILE,
+            self.unreadable,
+            where,
+        )
+        return where
 
     def close(self) -> None:
         if self._events_fd is not None:
@@ -334,9 +475,19 @@ class RemovalRun:
             self._events_fd = None
 
 
+#: link(2) refused by a filesystem that has no hard links (FAT, some SMB mounts).
+_NO_LINKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EMLINK})
+
+
 def write_archive(run: Path, archive: Path, run_name: str, *, durable: bool = False) -> None:
-    """A tar of the run's rollouts (store-relative paths), published whole at ``archive``."""
-    tmp = archive.with_name(f".{archive.name}.{run_name}.tmp")
+    """A tar of the run's rollouts (store-relative paths), published whole at ``archive``.
+
+    Written to a temporary file beside it, which is then *linked* to ``archive``: an existing
+    file is never replaced (``FileExistsError``), and the temporary name stays, so a caller
+    killed before it recorded the archive finds both names on one file. Where the filesystem
+    has no hard links, it is renamed into place instead (after a check that nothing is there).
+    """
+    tmp = _archive_tmp(archive, run_name)
     with tarfile.open(tmp, "w") as tar:
         source = run / "rollouts"
         for path in sorted(source.rglob("*")):
@@ -344,22 +495,46 @@ def write_archive(run: Path, archive: Path, run_name: str, *, durable: bool = Fa
     if durable:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
-    os.replace(tmp, archive)
+    try:
+        os.link(tmp, archive)
+    except FileExistsError:
+        tmp.unlink(missing_ok=True)
+        raise
+    except OSError as err:
+        if err.errno not in _NO_LINKS:
+            raise
+        if os.path.lexists(archive):
+            tmp.unlink(missing_ok=True)
+            raise FileExistsError(errno.EEXIST, "an archive is never overwritten", str(archive)) from None
+        os.rename(tmp, archive)
     if durable:
         fsio.fsync_dir(archive.parent)
+
+
+def _decided(head: TrashedRollout, known: dict[str, Entry] | None) -> bool:
+    """Whether ``known`` (the index) holds this rollout's tombstone: its removal was decided."""
+    entry = None if known is None else known.get(head.rollout_id)
+    return entry is not None and entry.status == PRUNED and entry.start_time == head.start_time
 
 
 def recover(ctx: Context, index: RolloutIndex, queue: Queue) -> list[str]:
     """Finish every removal a crash interrupted (callers hold the maintenance lock).
 
-    Returns one line per run finished."""
+    Returns one line per run finished. Raises as :meth:`RemovalRun.finish` does."""
     done = []
     for directory in unfinished_runs(ctx):
+        if directory.name.startswith(".") and directory.name.endswith(DELETING):
+            shutil.rmtree(directory)
+            done.append(f"{directory.name[1 : -len(DELETING)]}: finished deleting")
+            continue
         run = RemovalRun(ctx, index, queue, directory)
         try:
             settled = run.settle_all()
-            run.finish()
+            kept = run.finish()
         finally:
             run.close()
-        done.append(f"{directory.name}: finished ({len(settled)} rollouts removed)")
+        line = f"{directory.name}: finished ({len(settled)} rollouts removed)"
+        if kept is not None:
+            line += f"; {RUN_FILE} {run.unreadable}, so they were kept in {kept}"
+        done.append(line)
     return done
