@@ -292,3 +292,27 @@ async def test_a_torn_run_file_is_named_and_the_repair_goes_on(store: FileStore,
     kept = sorted(p.name for p in (store.root / "quarantine").glob("*/trash/*"))
     assert kept == [run.name, f"{run.name}.note.json"]
     await _assert_removed_for_good(store, {removed}, set())
+
+
+@pytest.mark.parametrize("alive", [True, False], ids=["prune-running", "prune-killed"])
+def test_a_plain_check_reports_the_run_of_a_prune_only_once_it_no_longer_runs(
+    tmp_path: Path, alive: bool
+) -> None:
+    """A plain ``agl check`` while a prune ran reported its run as ``unfinished-prune`` (exit 7)
+    though nothing was wrong (found by an adversarial pass)."""
+    store = FileStore(tmp_path / "store")
+    # The pruning process: running, or ended (killed) before its run finished.
+    pruner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        if not alive:
+            pruner.kill()
+            pruner.wait()
+        run = store.layout.trash / f"20261207T000000Z-{fsio.host_tag()}-{pruner.pid}"
+        (run / "rollouts").mkdir(parents=True)
+        (run / "run.json").write_text(json.dumps({"archive": None, "archived": False}))
+        kinds = [p.kind for p in store.check()]
+        assert ("unfinished-prune" in kinds) is not alive, kinds
+    finally:
+        pruner.kill()
+        pruner.wait()
+        store.close()

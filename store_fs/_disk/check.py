@@ -31,7 +31,7 @@ from store_fs._disk.index_snapshot import SNAPSHOT_NAME
 from store_fs._disk.maintenance import maintenance_lock
 from store_fs._disk.quarantine import Quarantine
 from store_fs._disk.queue_tokens import ClaimToken
-from store_fs._disk.removal import recover, trashed_rollouts, unfinished_runs
+from store_fs._disk.removal import recover, still_running, trashed_rollouts, unfinished_runs
 from store_fs._disk.rollout_history import RolloutRecord
 from store_fs._disk.rollout_index import INDEX_LOGS, PRUNED, Entry, IndexView, RolloutIndex, entry_of
 from store_fs._disk.server_clock import server_age
@@ -211,6 +211,8 @@ def _readable_head(
             engine.records.republish_mirror(rollout_id)  # rollout.json was the moved file
             continue
         if found is None:
+            if not os.path.lexists(engine.ctx.layout.rollout_dir(rollout_id)):
+                return None  # moved away meanwhile (a prune's one rename): no damage
             if _enqueue_in_flight(engine, rollout_id, grace):
                 return None
             # rollout.json comes after revision 1: seen now, the revision may have come since
@@ -271,9 +273,15 @@ def _pruned_leftover(engine: Engine, rollout_id: str, quarantine: Quarantine | N
     return Problem("pruned-leftover", str(directory), f"{detail}; moved to {where}", True)
 
 
-def _unfinished_removals(engine: Engine, index: RolloutIndex | None, fix: bool) -> list[Problem]:
-    """Removal runs (``agl prune``) a crash left in ``trash/``; ``fix`` finishes them."""
+def _unfinished_removals(
+    engine: Engine, index: RolloutIndex | None, fix: bool, grace: float
+) -> list[Problem]:
+    """Removal runs (``agl prune``) a crash left in ``trash/``; ``fix`` finishes them. Without
+    ``fix``, a run whose prune may still be running is no damage (``fix`` holds the
+    maintenance lock, so no prune runs then; ``grace`` 0 says nothing runs)."""
     runs = unfinished_runs(engine.ctx)
+    if not fix and grace > 0:
+        runs = [run for run in runs if not still_running(engine.ctx, run, grace)]
     if not runs or index is None:
         return []
     if fix:
@@ -728,7 +736,7 @@ def _check(
     heads: dict[str, Entry | None] = {}
     # First: a finished removal leaves fewer rollouts, and no half-removed one, to look at.
     removing = set() if fix else trashed_rollouts(engine.ctx)
-    out = _unfinished_removals(engine, index, fix) + _misshapen_logs(engine, quarantine)
+    out = _unfinished_removals(engine, index, fix, grace) + _misshapen_logs(engine, quarantine)
     pruned = set() if index is None else set(index.load().by_status.get(PRUNED, ()))
     out += _tokens(engine, fix, removing, grace) + _rollouts(engine, quarantine, heads, pruned, grace)
     out += _untracked_attempts(engine, heads, fix)

@@ -59,9 +59,11 @@ from typing import Any
 from store_fs._disk import codec, fsio
 from store_fs._disk.context import Context
 from store_fs._disk.layout import revision_name
+from store_fs._disk.log_segments import writer_gone
 from store_fs._disk.quarantine import Quarantine
 from store_fs._disk.queue_tokens import Queue
 from store_fs._disk.rollout_index import PRUNED, Entry, RolloutIndex, tombstone
+from store_fs._disk.server_clock import server_now
 from store_fs._disk.status_rules import LIVE_ATTEMPT_STATUSES, TERMINAL_ROLLOUT_STATUSES
 from store_fs.errors import ConflictError
 
@@ -135,8 +137,32 @@ def in_flight_rollouts(queue: Queue) -> set[str]:
 def unfinished_runs(ctx: Context) -> list[Path]:
     """Run directories left in ``trash/`` by removals that did not finish, ``.<run>.deleting``
     ones included (``agl check`` reports them, and ``--fix`` finishes their delete)."""
-    runs = [Path(entry.path) for entry in fsio.iter_dirs(ctx.layout.trash)]
-    return sorted(runs + _deleting_runs(ctx.layout.trash))
+    return run_directories(ctx.layout.trash)
+
+
+def run_directories(trash: Path) -> list[Path]:
+    """Every removal run's directory in ``trash`` (``.<run>.deleting`` ones included)."""
+    runs = [Path(entry.path) for entry in fsio.iter_dirs(trash)]
+    return sorted(runs + _deleting_runs(trash))
+
+
+def still_running(ctx: Context, run: Path, idle_seconds: float) -> bool:
+    """Whether the prune that owns ``run`` may be running now, not killed: its process is alive
+    on this host, or (another host's) the run changed less than ``idle_seconds`` ago by the file
+    server's clock. A plain ``agl check`` during a prune reported its run as unfinished."""
+    name = run.name.removeprefix(".").removesuffix(DELETING)
+    _stamp, _, writer = name.partition("-")  # <UTC time>-<host>-<pid>
+    if writer == ctx.writer:
+        return False  # this process's own prune, which raised (a check runs after it, not beside)
+    stamps = []
+    for directory in (run, run / "rollouts", *(Path(b.path) for b in fsio.iter_dirs(run / "rollouts"))):
+        try:
+            stamps.append(os.stat(directory).st_mtime)
+        except OSError:
+            continue
+    if not stamps:
+        return False  # gone meanwhile: finished
+    return not writer_gone(writer, max(stamps), now=server_now(ctx), idle_seconds=idle_seconds)
 
 
 def _deleting_runs(trash: Path) -> list[Path]:

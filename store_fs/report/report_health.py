@@ -33,6 +33,7 @@ from store_fs._disk.check import IN_FLIGHT_GRACE, Problem
 from store_fs._disk.layout import Layout
 from store_fs._disk.queue_tokens import ClaimToken, JournalEntry, PendingToken
 from store_fs._disk.record_peek import newest_revision
+from store_fs._disk.removal import run_directories
 from store_fs._disk.status_rules import LIVE_ATTEMPT_STATUSES
 from store_fs.errors import CorruptRecordError
 from store_fs.report._span_digest import BadSpanLine
@@ -178,7 +179,7 @@ def _queue_problems(layout: Layout, records: _Records, grace: float) -> list[Pro
 
 
 def _trash_runs(layout: Layout) -> list[Path]:
-    return sorted(Path(entry.path) for entry in fsio.iter_dirs(layout.trash))
+    return run_directories(layout.trash)
 
 
 def _trashed(layout: Layout) -> set[str]:
