@@ -192,6 +192,19 @@ async def test_a_new_version_over_a_damaged_latest_one_is_refused_naming_it(tmp_
         store.close()
 
 
+def test_an_index_a_killed_rebuild_set_aside_is_removed(agl: Agl) -> None:
+    """A rebuild renames the old index to ``.rollouts-<hex>.old`` and deletes it; killed in
+    between, the copy stayed for good (found by an adversarial pass)."""
+    aside = agl.store / "index" / ".rollouts-0123abcd.old"
+    (aside / "logs").mkdir(parents=True)
+    (aside / "logs" / "vm-1.jsonl").write_text("{}\n")
+    old = time.time() - 7200
+    os.utime(aside, (old, old))
+    _found(agl("check"), aside, "temp-file", fixed=False)
+    _found(agl.ok("check", "--fix"), aside, "temp-file", fixed=True)
+    assert not aside.exists()
+
+
 def test_a_stale_temporary_file_among_resources_is_removed(agl: Agl) -> None:
     (fan,) = agl.store.glob("resources/objects/*")
     torn = fan / ".0123abcd.json.vm-1.tmp"
