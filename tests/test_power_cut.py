@@ -58,10 +58,11 @@ from mp_workers import make_span
 from test_multiprocess import children
 from two_hosts import fusermount, unavailable_reason
 
-from store_fs import EnqueueRolloutRequest, FileStore, init_store
+from store_fs import EnqueueRolloutRequest, FileStore, PromptTemplate, init_store
 from store_fs._disk.context import Durability
 from store_fs._disk.ids import new_rollout_id
 from store_fs._disk.layout import Layout
+from store_fs._disk.removal import RemovalRun, trashed_rollouts
 
 CRASH_FUSE = Path(__file__).with_name("crash_fuse.py")
 CONTROL = ".crash_fuse"
@@ -732,6 +733,52 @@ async def _verify_complete(store: FileStore, ids: tuple[str, str]) -> None:
     assert rollout.status == "succeeded"
 
 
+async def _resources(store: FileStore) -> str:
+    return (
+        await store.add_resources({"p": PromptTemplate(template="first {x}", engine="f-string")})
+    ).resources_id
+
+
+async def _call_add_resources(store: FileStore, _: str) -> str:
+    added = await store.add_resources({"p": PromptTemplate(template="second {x}", engine="f-string")})
+    return added.resources_id
+
+
+async def _call_update_resources(store: FileStore, rid: str) -> str:
+    await store.update_resources(rid, {"p": PromptTemplate(template="updated {x}", engine="f-string")})
+    return rid
+
+
+async def _verify_resources(store: FileStore, rid: str) -> None:
+    # A power cut forgot the directories of the body and of the id's versions (never synced),
+    # while the publication naming them survived: the latest resources read as none, or failed.
+    got = await store.get_resources_by_id(rid)
+    assert got is not None, f"resources {rid} are gone"
+    latest = await store.get_latest_resources()
+    assert latest is not None
+    assert (latest.resources_id, latest.version) == (rid, got.version)
+
+
+async def _finished(store: FileStore) -> str:
+    rid, aid = await _dequeued(store)
+    await store.update_attempt(rid, aid, status="succeeded")
+    return rid
+
+
+async def _call_prune_one(store: FileStore, rid: str) -> str:
+    # A prune that moved one rollout to its trash (the move returned, durable) and went no further.
+    run = RemovalRun.begin(store._ctx, store._index, store._queue, None)
+    assert run.remove(rid) is not None
+    run.close()
+    return rid
+
+
+async def _verify_in_store_or_trash(store: FileStore, rid: str) -> None:
+    # The run's directories were never made durable: after the cut the rollout was in neither.
+    in_trash = rid in trashed_rollouts(store._ctx)
+    assert in_trash or await store.get_rollout_by_id(rid) is not None, f"rollout {rid} is nowhere"
+
+
 CALLS = {
     "enqueue_rollout": CallCase(_nothing, _call_enqueue, _verify_enqueue),
     "enqueue_many_rollouts": CallCase(_nothing, _call_enqueue_many, _verify_enqueue_many),
@@ -740,6 +787,9 @@ CALLS = {
     "add_span": CallCase(_dequeued, _call_add_span, _verify_add_span),
     "add_span numbered": CallCase(_dequeued, _call_add_numbered_span, _verify_numbered_span),
     "update_attempt": CallCase(_dequeued, _call_complete, _verify_complete),
+    "add_resources": CallCase(_resources, _call_add_resources, _verify_resources),
+    "update_resources": CallCase(_resources, _call_update_resources, _verify_resources),
+    "a prune's first move": CallCase(_finished, _call_prune_one, _verify_in_store_or_trash),
 }
 
 

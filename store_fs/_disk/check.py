@@ -723,7 +723,8 @@ def check_store(
     if not fix:
         return _check(engine, index, None, grace)
     with maintenance_lock(engine.ctx.layout):
-        found = _check(engine, index, Quarantine(engine.ctx.layout, engine.ctx.writer), grace)
+        quarantine = Quarantine(engine.ctx.layout, engine.ctx.writer, durable=engine.ctx.durable)
+        found = _check(engine, index, quarantine, grace)
         if any(p.fixed for p in found):
             # A repair changes span files without a new revision: rows kept by reports may
             # no longer hold (store_fs/report/_row_cache.py).

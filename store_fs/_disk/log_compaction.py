@@ -93,7 +93,7 @@ def compact_logs(
     def keep_torn(path: Path, data: bytes, offset: int) -> None:
         nonlocal quarantine
         if quarantine is None:
-            quarantine = Quarantine(ctx.layout, ctx.writer)
+            quarantine = Quarantine(ctx.layout, ctx.writer, durable=ctx.durable)
             report.quarantine = str(quarantine.directory)
         quarantine.quarantine_bytes(path, data, offset, "the torn last line of a log whose writer is gone")
         report.torn += 1

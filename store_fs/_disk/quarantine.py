@@ -26,14 +26,17 @@ __all__ = ["Quarantine"]
 class Quarantine:
     """One repair's quarantine directory, made on first use."""
 
-    def __init__(self, layout: Layout, writer: str) -> None:
+    def __init__(self, layout: Layout, writer: str, *, durable: bool = False) -> None:
         self._layout = layout
+        #: The store's durability is "fsync": what is moved here is made durable here (a move
+        #: a power cut half forgot lost the file from both places).
+        self.durable = durable
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         self.directory = layout.root / "quarantine" / f"{stamp}-{writer}"
 
     def _target(self, path: Path) -> Path:
         target = self.directory / path.relative_to(self._layout.root)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        fsio.make_dirs(target.parent, durable=self.durable, sync_leaf=False)
         return target
 
     def _note(self, target: Path, original: Path, why: str, **extra: object) -> None:
@@ -43,12 +46,17 @@ class Quarantine:
             "time": time.time(),
             **extra,
         }
-        fsio.publish(target.with_name(target.name + ".note.json"), codec.dumps_record(note))
+        fsio.publish(
+            target.with_name(target.name + ".note.json"), codec.dumps_record(note), durable=self.durable
+        )
 
     def quarantine_file(self, path: Path, why: str) -> Path:
         """Move ``path`` out of the store into quarantine; returns where it went."""
         target = self._target(path)
         os.replace(path, target)
+        if self.durable:
+            fsio.fsync_dir(target.parent)
+            fsio.fsync_dir(path.parent)
         self._note(target, path, why)
         return target
 
@@ -56,6 +64,6 @@ class Quarantine:
         """Keep ``data`` (cut from ``path`` at byte ``offset``) in quarantine; returns where."""
         target = self._target(path)
         target = target.with_name(f"{target.name}.{offset}")
-        fsio.publish(target, data)
+        fsio.publish(target, data, durable=self.durable)
         self._note(target, path, why, offset=offset, length=len(data))
         return target

@@ -334,7 +334,9 @@ class RemovalRun:
         # Encoded before anything is made: an archive path JSON cannot hold (a directory name
         # that is not UTF-8) left an empty run behind, which check took for an unfinished prune.
         encoded = codec.dumps_record(body)
-        (directory / "rollouts").mkdir(parents=True, exist_ok=True)
+        # Durable names all the way down: a rollout moved in, then a power cut that forgot the
+        # run's directory, was in neither the store nor the trash (an adversarial pass).
+        fsio.make_dirs(directory / "rollouts", durable=ctx.durable)
         fsio.publish(directory / RUN_FILE, encoded, durable=ctx.durable)
         return cls(ctx, index, queue, directory)
 
@@ -346,7 +348,7 @@ class RemovalRun:
         """Take the rollout out of the store; None if it was gone or is no longer finished."""
         source = self._ctx.layout.rollout_dir(rollout_id)
         target = self._trash_path(rollout_id)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        fsio.make_dirs(target.parent, durable=self._ctx.durable, sync_leaf=False)  # move syncs it
         if not fsio.move(source, target, durable=self._ctx.durable):
             return None  # removed meanwhile
         return self._settle(target)
@@ -399,7 +401,7 @@ class RemovalRun:
 
     def _quarantine(self) -> Quarantine:
         if self._quarantined is None:
-            self._quarantined = Quarantine(self._ctx.layout, self._ctx.writer)
+            self._quarantined = Quarantine(self._ctx.layout, self._ctx.writer, durable=self._ctx.durable)
         return self._quarantined
 
     def _tombstone(self, head: TrashedRollout, known: dict[str, Entry] | None) -> None:

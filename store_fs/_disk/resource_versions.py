@@ -103,9 +103,18 @@ class ResourceStore:
         body = codec.dumps_record(data, sort_keys=False)
         digest = hashlib.sha256(body).hexdigest()
         path = self._layout.resource_object(digest)
+        durable = self._ctx.durable
+        # The fan-out directory's name made durable too: a body whose directory a power cut
+        # forgot made the publication after it name a version whose body is missing (every
+        # read of the latest resources failed; found by an adversarial pass).
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fsio.create_exclusive(path, body, durable=self._ctx.durable)  # identical bytes if it exists
+            fsio.make_dirs(path.parent, durable=durable, sync_leaf=False)
+            fsio.create_exclusive(path, body, durable=durable)  # identical bytes if it exists
+        elif durable:
+            # Made by a writer that did not sync it (durability "process"): synced now, as it
+            # is about to be named by a durable version.
+            fsio.sync_data(path)
+            fsio.fsync_dir(path.parent)
         return digest
 
     def _publish_latest(self, resources_id: str, version: int) -> None:
@@ -125,7 +134,7 @@ class ResourceStore:
         rid = check_name_id("resources", resources_id) if resources_id is not None else new_resources_id()
         digest = self._write_object(resources)
         directory = self._layout.resource_id_dir(rid)
-        directory.mkdir(parents=True, exist_ok=True)
+        fsio.make_dirs(directory, durable=self._ctx.durable, sync_leaf=False)
         now = self._ctx.clock.time()
         while True:
             version = _highest(directory)
