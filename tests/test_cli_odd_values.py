@@ -137,6 +137,14 @@ def test_agl_init_of_an_empty_path_is_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "FORMAT.json").exists()
 
 
+def test_agl_init_over_a_format_file_linked_to_nothing_says_so(tmp_path: Path) -> None:
+    """It said "store ready" (exit 0), and every command then "no store" (an adversarial pass)."""
+    root = tmp_path / "store"
+    root.mkdir()
+    (root / "FORMAT.json").symlink_to(tmp_path / "nowhere")
+    assert_error(Agl(root, tmp_path)("init", str(root)), ExitCode.CORRUPT, "FORMAT.json", "link to nothing")
+
+
 @pytest.mark.parametrize(
     "args",
     [

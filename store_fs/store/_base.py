@@ -38,7 +38,7 @@ from store_fs._disk.status_rules import FINAL_ATTEMPT_STATUSES
 from store_fs._disk.watch import WatchMode, is_network_fs
 from store_fs._disk.worker_logs import WorkerStore
 from store_fs.clock import Clock, SystemClock
-from store_fs.errors import NestedStoreError, RolloutNotFoundError
+from store_fs.errors import CorruptRecordError, NestedStoreError, RolloutNotFoundError
 from store_fs.lightning_store import LightningStore
 from store_fs.models import (
     Attempt,
@@ -62,8 +62,16 @@ def init_store(root: str | Path, *, durability: Durability | None = None) -> Pat
     if durability is not None:
         check_durability(durability)
     root = Path(root)
-    if not _make_store(Layout(root), durability or "process") and durability is not None:
-        set_durability(root, durability)
+    created = _make_store(Layout(root), durability or "process")
+    if not created:
+        # The store there must open: a FORMAT.json that is a link to nothing was taken for
+        # one (agl init said "store ready", every command then "no store"; an adversarial pass).
+        format_file = Layout(root).format_file
+        if os.path.lexists(format_file) and not format_file.exists():
+            raise CorruptRecordError(str(format_file), "a symbolic link to nothing, not a format file")
+        read_format(Layout(root))
+        if durability is not None:
+            set_durability(root, durability)
     return root
 
 
