@@ -389,6 +389,25 @@ def test_replaced_when_a_known_file_vanishes_without_a_segment(tmp_path: Path) -
     assert read_new(tmp_path, KIND, fresh) == ([], False)
 
 
+def test_a_log_cut_short_in_place_is_read_on_and_the_others_from_where_they_were(tmp_path: Path) -> None:
+    """A power cut takes back lines a writer had not synced, leaving its log shorter under the
+    same inode. Taken for a rebuilt index, every log was followed on from its end: lines
+    written meanwhile to the other logs (rollouts finished and acknowledged) were never read
+    (found by an adversarial pass)."""
+    cut, other = tmp_path / f"{HOST}-1.jsonl", tmp_path / f"{HOST}-2.jsonl"
+    _write_lines(cut, "synced", "unsynced-1", "unsynced-2")
+    _write_lines(other, "o1")
+    position: Position = {}
+    read_new(tmp_path, KIND, position)
+    kept = len(b'{"line": "synced"}\n')
+    os.truncate(cut, kept + 4)  # the cut: one whole line and a torn piece left
+    [added] = _write_lines(other, "o2")  # acknowledged after the cursor had read
+    chunks, replaced = read_new(tmp_path, KIND, position)
+    assert not replaced
+    assert b"".join(c.data for c in chunks) == added
+    assert position[cut.name][1] == kept  # read on from its last complete line
+
+
 def test_end_position_then_read_new_returns_only_what_follows(tmp_path: Path) -> None:
     a, b = tmp_path / f"{HOST}-1.jsonl", tmp_path / f"{HOST}-2.jsonl"
     _write_lines(a, "a1")

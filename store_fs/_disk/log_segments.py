@@ -317,6 +317,7 @@ def read_new(directory: Path, kind: Kind, position: Position) -> tuple[list[Chun
         time.sleep(pause)
         try:
             listing = scan(directory, kind)
+            _clamp_cut_short(listing, position)
             replaced = _replaced(listing, position)
             if replaced:
                 continue  # or a listing from a cache, without the new segment: look again
@@ -367,6 +368,19 @@ def position_holds(directory: Path, kind: Kind, position: Position) -> bool:
     """Whether reading on from ``position`` is possible now (one listing, no waiting): every file
     it names is there, or held by a segment. A saved position of a copied store does not hold."""
     return not _replaced(scan(directory, kind), position)
+
+
+def _clamp_cut_short(listing: Listing, position: Position) -> None:
+    """A plain log that kept its inode but is now shorter than what was read of it was cut
+    short under the reader, not replaced: a power cut took back lines its writer had not synced
+    (an unfinished ``enqueue_many_rollouts``' index lines, synced at the batch's end). It is
+    read on from its last complete line, and every other log from where it was. Taken for a
+    rebuild, every log was followed on from its end, and rollouts finished meanwhile, in other
+    logs, were never delivered (found by an adversarial pass)."""
+    for name, (ino, offset) in list(position.items()):
+        log = listing.files.get(name)
+        if log is not None and log.segment is None and log.ino == ino and log.size < offset:
+            position[name] = (ino, _complete_end(listing.directory / name, log.size))
 
 
 def _replaced(listing: Listing, position: Position) -> bool:
