@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -207,4 +208,9 @@ def prune_store(
             run.finish()
         finally:
             run.close()
+        if report.rollouts:
+            # A removed rollout's id may come back (an idempotency key enqueued again) and reach
+            # the revision number of a row agl report kept for the old one: that row would be
+            # shown for the new rollout (found by an adversarial pass).
+            shutil.rmtree(store.layout.report_cache, ignore_errors=True)
     return report

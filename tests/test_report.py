@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -40,7 +41,7 @@ from store_fs.report.report_scan import AttemptRow, RolloutRow, scan_page
 from store_fs.report.report_stats import duration_bins, failure_groups, reward_series, timeline_lanes
 from store_fs.report.svg_charts import nice_ticks
 from store_fs.report.svg_timelines import MAX_BARS, timeline
-from store_fs.rewards import find_final_reward
+from store_fs.rewards import find_final_reward, reward_span
 
 
 @pytest.fixture(scope="module")
@@ -422,6 +423,61 @@ def test_watch_writes_again_when_the_store_changes(tmp_path: Path) -> None:
         stop.set()
         thread.join(timeout=10)
     assert not thread.is_alive()
+
+
+def test_watch_writes_again_for_a_late_reward_and_stops_when_the_store_goes(tmp_path: Path) -> None:
+    """A grader's reward after the rollout finished changes no status: the page kept the old
+    best reward; and a store removed meanwhile got an empty page written, then nothing (found
+    by an adversarial pass)."""
+    from datasets_helpers import make_rollout
+
+    from store_fs.errors import StoreNotFoundError
+
+    store = FileStore(tmp_path / "store")
+    rid = asyncio.run(make_rollout(store, reward=0.25))
+    out = tmp_path / "live.html"
+    best: list[float | None] = []
+    failed: list[BaseException] = []
+    stop = threading.Event()
+
+    def run() -> None:
+        try:
+            watch_report(
+                FileStore(store.root, create=False),
+                out,
+                on_written=lambda r: best.append(embedded(out.read_text())["summary"]["best_reward"]),
+                interval=0.2,
+                stop=stop,
+            )
+        except BaseException as err:
+            failed.append(err)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not best and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert best == [0.25]
+        aid = _latest_attempt(store, rid)
+        seq = asyncio.run(store.get_next_span_sequence_id(rid, aid))
+        asyncio.run(store.add_span(reward_span(0.75, rollout_id=rid, attempt_id=aid, sequence_id=seq)))
+        while best[-1] != 0.75 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert best[-1] == 0.75
+        shutil.rmtree(store.root)
+        thread.join(timeout=10)
+        assert not thread.is_alive()
+        assert [type(e) for e in failed] == [StoreNotFoundError]
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+
+
+def _latest_attempt(store: FileStore, rollout_id: str) -> str:
+    attempt = asyncio.run(store.get_latest_attempt(rollout_id))
+    assert attempt is not None
+    return attempt.attempt_id
 
 
 def test_the_report_benchmark_runs_at_a_tiny_size(tmp_path: Path) -> None:

@@ -211,3 +211,69 @@ def test_a_repair_drops_the_kept_rows(rich: tuple[FileStore, Expected]) -> None:
     assert not any(p.kind == "corrupt-span" for p in after.problems or [])
     assert after.rollouts == _report(store, cache=False).rollouts
     assert exp.corrupt_span_file
+
+
+def test_a_prune_drops_the_kept_rows(rich: tuple[FileStore, Expected], tmp_path: Path) -> None:
+    """A pruned rollout's id can come back (its idempotency key enqueued again) and reach the
+    revision number of the row kept for the old one, which was then shown for the new one
+    (found by an adversarial pass)."""
+    store, _exp = rich
+    _report(store)
+    assert _kept(store.root)
+    Agl(store.root, tmp_path).ok("prune", "--status", "failed")
+    assert not (store.root / "cache" / "report-rows").exists()
+
+
+def test_a_row_is_not_kept_while_a_late_span_may_still_come_without_a_revision() -> None:
+    """The rollout ended long ago, but a late span stamped its attempt a moment ago: a second
+    one within 0.25 s writes no revision, so a row kept between them went stale for good."""
+    now = 10_000.0
+    attempt = AttemptRow(
+        rollout_id="ro-1",
+        sequence_id=1,
+        attempt_id="at-1",
+        worker_id="w",
+        status="succeeded",
+        start_time=100.0,
+        end_time=200.0,
+        last_heartbeat_time=now - 1.0,  # a late span's stamp
+        error=None,
+    )
+    row = RolloutRow(
+        rollout_id="ro-1", status="succeeded", mode=None, resources_id=None, start_time=100.0, end_time=200.0
+    )
+    row.attempts = [attempt]
+    assert not _row_cache._settled(row, now)
+    row.attempts = [dataclasses.replace(attempt, last_heartbeat_time=300.0)]
+    assert _row_cache._settled(row, now)
+
+
+async def _retried(store: FileStore) -> str:
+    """Attempt 1 is rewarded 0.9 and fails; attempt 2 fails without a reward."""
+    from store_fs import RolloutConfig
+
+    config = RolloutConfig(max_attempts=2, retry_condition=["failed"])
+    rid = (await store.enqueue_rollout(input={"q": 1}, config=config)).rollout_id
+    first = await store.dequeue_rollout(worker_id="w")
+    assert first is not None
+    await store.add_span(reward_span(0.9, rollout_id=rid, attempt_id=first.attempt.attempt_id, sequence_id=1))
+    await store.update_attempt(rid, first.attempt.attempt_id, status="failed")
+    second = await store.dequeue_rollout(worker_id="w")
+    assert second is not None
+    await store.update_attempt(rid, second.attempt.attempt_id, status="failed")
+    return rid
+
+
+def test_a_retried_rollouts_reward_is_its_latest_attempts(tmp_path: Path) -> None:
+    """The page counted an earlier, failed attempt's reward as the rollout's (rewarded 1, best
+    0.9) where agl data and prune read none (found by an adversarial pass): both scan paths."""
+    from store_fs.report.report_scan import scan_rollout
+
+    store = FileStore(tmp_path / "store")
+    rid = asyncio.run(_retried(store))
+    (row,) = _report(store, cache=False).rollouts
+    assert (row.rollout_id, row.reward, row.spans) == (rid, None, 1)
+    rollout = asyncio.run(store.get_rollout_by_id(rid))
+    assert rollout is not None
+    assert asyncio.run(scan_rollout(store, rollout)).reward is None
+    store.close()

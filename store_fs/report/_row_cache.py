@@ -101,11 +101,16 @@ def _values(types: Mapping[str, tuple[type, ...]], values: Any) -> dict[str, Any
 
 
 def _settled(row: RolloutRow, now: float) -> bool:
+    """Whether no stamp of a late span can be recent: the rollout ended long ago, and so did
+    every attempt's last heartbeat (a late span stamps it; a second one within 0.25 s of that
+    stamp writes no revision, so a row kept between them went stale: an adversarial pass)."""
+    since = now - SETTLE_SECONDS
     return (
         row.status in TERMINAL_ROLLOUT_STATUSES
         and row.end_time is not None
-        and row.end_time < now - SETTLE_SECONDS
+        and row.end_time < since
         and not any(a.status in _LIVE for a in row.attempts)
+        and all(max(a.last_heartbeat_time or 0.0, a.end_time or 0.0) < since for a in row.attempts)
     )
 
 

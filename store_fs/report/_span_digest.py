@@ -203,9 +203,14 @@ def _file(digest: DigestOfFiles, path: str, seen: set[object], finished: bool) -
 
 def digest_attempts(attempts: Sequence[tuple[str, bool]]) -> DigestOfFiles:
     """The digest of the spans in ``attempts``: (attempt directory, whether the attempt is
-    finished) in the record's order. Torn tails are reported for finished attempts only."""
+    finished) in the record's order. Torn tails are reported for finished attempts only. The
+    counts are of every attempt's spans (as ``agl stats`` counts them), the reward is the
+    latest attempt's (as ``agl data`` and ``agl prune`` read it: an earlier attempt's reward,
+    of a try that failed, is not the rollout's)."""
     digest = DigestOfFiles()
-    for directory, finished in attempts:
+    for i, (directory, finished) in enumerate(attempts):
+        if i == len(attempts) - 1:
+            digest.reward = digest.reward_seq = None
         try:
             names = sorted(n for n in os.listdir(directory) if n.startswith("spans."))
         except (FileNotFoundError, NotADirectoryError):

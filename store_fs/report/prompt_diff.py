@@ -5,7 +5,8 @@ by words (whitespace kept) shows what an optimiser edited: removed words in ``<d
 ones in ``<ins>``. Lines are matched first and words only within the lines that changed, and a
 changed block too big to compare word by word (:data:`WORD_DIFF_BUDGET`) is shown as removed
 and added whole: a word diff's time grows with the product of the two lengths, and three
-rewritten 8,000-word prompts took 26 s.
+rewritten 8,000-word prompts took 26 s. Texts of too many lines to match line by line
+(:data:`LINE_DIFF_BUDGET`) are compared as one block the same way.
 """
 
 from __future__ import annotations
@@ -26,11 +27,18 @@ def _tokens(text: str) -> list[str]:
 
 #: Words before times words after that one changed block may compare word by word.
 WORD_DIFF_BUDGET = 400_000
+#: Lines before times lines after that are matched line by line. Matching lines that repeat
+#: (blank lines between bullets) takes far more than the product: two 2,000-line versions took
+#: 24 s, and ``agl report --watch`` paid it at every page (found by an adversarial pass);
+#: 100,000 takes about 0.1 s at worst here. Above it, the texts are compared as one block.
+LINE_DIFF_BUDGET = 100_000
 
 
 def diff_html(before: str, after: str) -> str:
     """``after`` with the words removed from ``before`` struck out and the new ones marked."""
     old, new = before.splitlines(keepends=True), after.splitlines(keepends=True)
+    if len(old) * len(new) > LINE_DIFF_BUDGET:
+        return _word_diff(before, after)  # words kept at both ends, the rest whole if too big
     out: list[str] = []
     for op, i1, i2, j1, j2 in difflib.SequenceMatcher(a=old, b=new, autojunk=False).get_opcodes():
         if op == "equal":

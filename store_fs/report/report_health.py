@@ -105,19 +105,23 @@ class _Records:
         return Path(f"{self.layout.rollout_dir_str(rollout_id)}/history/00000001.json").exists()
 
 
-def _journal_problems(layout: Layout) -> list[Problem]:
+def _journal_problems(layout: Layout, grace: float) -> list[Problem]:
     out: list[Problem] = []
     for kind, directory in (("done", layout.done), ("expired", layout.expired)):
         for name in fsio.list_names(directory):
             entry = JournalEntry.parse(kind, directory / name)  # type: ignore[arg-type]
-            if entry is not None:
+            if entry is not None and not _in_flight(entry.path, grace):  # a completion in flight
                 out.append(Problem("unapplied-decision", str(entry.path), f"{entry.kind} {entry.outcome}"))
     return out
 
 
-def _claim_problems(layout: Layout, records: _Records, claimed: Sequence[ClaimToken]) -> list[Problem]:
+def _claim_problems(
+    layout: Layout, records: _Records, claimed: Sequence[ClaimToken], grace: float
+) -> list[Problem]:
     out: list[Problem] = []
     for token in claimed:
+        if _in_flight(layout.claimed / token.name, grace):
+            continue  # a dequeue in flight: its attempt is being recorded (rows were read before)
         try:
             _exists, status = records.attempt_status(token)
         except CorruptRecordError as err:  # the page shows the damage instead of failing
@@ -131,7 +135,9 @@ def _claim_problems(layout: Layout, records: _Records, claimed: Sequence[ClaimTo
 
 
 def _in_flight(token: Path, grace: float) -> bool:
-    """A token younger than ``grace`` is an enqueue's first write, not an orphan (as ``agl check``)."""
+    """A token changed less than ``grace`` seconds ago belongs to an enqueue, a dequeue or a
+    completion in flight, not to damage, as ``agl check`` judges it: the report's rows were read
+    before the queue was listed (on a busy store it showed false problems; an adversarial pass)."""
     try:
         return grace > 0 and time.time() - token.stat().st_ctime < grace
     except OSError:
@@ -155,6 +161,7 @@ def _pending_problems(
     ]
     waiting = {(t.rollout_id, t.sequence_id) for t in pending}
     owners = {t.rollout_id for t in claimed}
+    suspects = []
     for row in records.rows.values():
         # A row holds every attempt of a retried rollout, and the only one otherwise.
         next_try = (row.rollout_id, len(row.attempts) + 1)
@@ -163,17 +170,37 @@ def _pending_problems(
             and next_try not in waiting
             and row.rollout_id not in owners
         ):
-            mirror = str(layout.mirror_file(row.rollout_id))
-            out.append(Problem("not-queued", mirror, f"{row.status} but no pending token"))
+            suspects.append(row)
+    if suspects:
+        # The rows were read before the queue was listed: one dequeued (and maybe finished)
+        # since has no token any more. Such a rollout is read again, the queue listed again.
+        waiting_now = {(t.rollout_id, t.sequence_id) for t in _pending_tokens(layout)}
+    for row in suspects:
+        try:
+            found = newest_revision(layout, row.rollout_id)
+        except CorruptRecordError:
+            continue  # damaged since: the next report names it
+        record = found[1] if found is not None else {}
+        attempts = record.get("attempts")
+        if record.get("status") not in ("queuing", "requeuing") or not isinstance(attempts, list):
+            continue
+        if (row.rollout_id, len(attempts) + 1) in waiting_now:
+            continue
+        mirror = str(layout.mirror_file(row.rollout_id))
+        out.append(Problem("not-queued", mirror, f"{row.status} but no pending token"))
     return out
+
+
+def _pending_tokens(layout: Layout) -> list[PendingToken]:
+    return [t for t in map(PendingToken.parse, sorted(fsio.list_names(layout.pending))) if t is not None]
 
 
 def _queue_problems(layout: Layout, records: _Records, grace: float) -> list[Problem]:
     claimed = [t for t in map(ClaimToken.parse, fsio.list_names(layout.claimed)) if t is not None]
-    pending = [t for t in map(PendingToken.parse, sorted(fsio.list_names(layout.pending))) if t is not None]
+    pending = _pending_tokens(layout)
     return (
-        _journal_problems(layout)
-        + _claim_problems(layout, records, claimed)
+        _journal_problems(layout, grace)
+        + _claim_problems(layout, records, claimed, grace)
         + _pending_problems(layout, records, pending, claimed, grace)
     )
 

@@ -177,8 +177,10 @@ async def scan_rollout(store: FileStore, rollout: Rollout | AttemptedRollout) ->
     attempts = [latest] if latest.sequence_id == 1 else list(await store.query_attempts(rollout.rollout_id))
     row.attempts = [attempt_row(a) for a in attempts]
     set_verdict_times(row)
-    digest = digest_spans(list(await store.query_spans(rollout.rollout_id)))
-    row.reward = digest.reward
+    spans = list(await store.query_spans(rollout.rollout_id))
+    digest = digest_spans(spans)
+    # The latest attempt's reward (see _span_digest.digest_attempts), its spans' counts all.
+    row.reward = find_final_reward([s for s in spans if s.attempt_id == latest.attempt_id])
     row.spans = digest.spans
     row.llm_calls = digest.llm_calls
     row.input_tokens = digest.input_tokens

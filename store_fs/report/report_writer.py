@@ -132,7 +132,9 @@ def _publish(target: Path, place: OutputPlace, temp: Path | None, page: str) -> 
 
 
 def _watched(store: FileStore) -> list[Path]:
-    return [store.layout.events, store.layout.resource_versions]
+    # Status changes (the change feed), resources, and the rollout index, where a late span
+    # (a grader's reward after the rollout finished) is announced: it changes no status.
+    return [store.layout.events, store.layout.resource_versions, store.layout.rollout_index]
 
 
 def watch_report(
@@ -147,7 +149,9 @@ def watch_report(
     """Write the report now and again after every change of the store, until ``stop`` is set
     (or KeyboardInterrupt). ``on_written`` is told about each report written. An output that is
     a stream (a FIFO, ``/dev/stdout``) is refused (:class:`ReportOutputError`): pages written
-    into it would follow each other."""
+    into it would follow each other. A store removed, moved away or replaced meanwhile ends it
+    with :class:`~store_fs.errors.StoreNotFoundError`, as it ends the followers: the page then
+    written showed an empty store, and a store put in its place was never watched."""
     import watchfiles
 
     from store_fs._disk.watch import POLL_DELAY_MS, resolve_mode
@@ -177,6 +181,7 @@ def watch_report(
     ):
         if stop.is_set():
             return
+        store.check_still_here()  # each round, at least every half second
         if not written or (changes and not stop.wait(pause)):  # let a burst of changes settle first
             pause = _write_and_tell(store, output, options, on_written, interval)
             written = True
