@@ -201,20 +201,32 @@ def _contain_streams() -> Callable[[], None]:
     stream is made (agentops' own later detach puts back the same), and an error while the sync
     stream is read ends its span as failed, as agentops' async wrapper does.
     """
-    saved: list[tuple[type, str, Any]] = []
-    try:
-        wrappers: Any = importlib.import_module("agentops.instrumentation.providers.openai.stream_wrapper")
-        targets = [
+
+    def targets(wrappers: Any) -> list[tuple[Any, str, Callable[[Any], Any]]]:
+        out: list[tuple[Any, str, Callable[[Any], Any]]] = [
             (cls, "__init__", _leaving_context)
             for cls in (wrappers.OpenaiStreamWrapper, wrappers.OpenAIAsyncStreamWrapper)
         ]
-        targets.append((wrappers.OpenaiStreamWrapper, "__next__", _ending_on_error))
-        for owner, attr, make in targets:
-            original = owner.__dict__[attr]
+        return [*out, (wrappers.OpenaiStreamWrapper, "__next__", _ending_on_error)]
+
+    return _wrap_stream_module(targets, "keep its OpenAI stream spans out of the caller's context")
+
+
+def _wrap_stream_module(
+    targets: Callable[[Any], list[tuple[Any, str, Callable[[Any], Any]]]], purpose: str
+) -> Callable[[], None]:
+    """Wrap each ``(owner, attribute, wrapper maker)`` that ``targets`` names in agentops' OpenAI
+    stream module; returns the undo. Another agentops version without those names keeps its
+    own behaviour (logged: what agl could not do, ``purpose``)."""
+    saved: list[tuple[Any, str, Any]] = []
+    try:
+        wrappers: Any = importlib.import_module("agentops.instrumentation.providers.openai.stream_wrapper")
+        for owner, attr, make in targets(wrappers):
+            original = getattr(owner, attr)
             setattr(owner, attr, make(original))
             saved.append((owner, attr, original))
-    except Exception as err:  # another agentops version: its own behaviour stands
-        log.warning("cannot keep agentops' OpenAI stream spans out of the caller's context: %s", err)
+    except Exception as err:
+        log.warning("cannot make agentops %s: %s", purpose, err)
 
     def undo() -> None:
         for owner, attr, original in reversed(saved):
@@ -396,22 +408,13 @@ def _stamping(original: Any) -> Any:
 
 def patch_token_ids() -> Callable[[], None]:
     """Wrap agentops' OpenAI chat attribute extraction and stream wrappers; returns the undo."""
-    saved: list[tuple[Any, str, Any]] = []
-    try:
-        wrappers: Any = importlib.import_module("agentops.instrumentation.providers.openai.stream_wrapper")
-        targets = [(wrappers, "handle_chat_attributes", _with_response_ids)]
+
+    def targets(wrappers: Any) -> list[tuple[Any, str, Callable[[Any], Any]]]:
+        out: list[tuple[Any, str, Callable[[Any], Any]]] = [
+            (wrappers, "handle_chat_attributes", _with_response_ids)
+        ]
         for cls in (wrappers.OpenaiStreamWrapper, wrappers.OpenAIAsyncStreamWrapper):
-            targets += [(cls, "_process_chunk", _collecting), (cls, "_finalize_stream", _stamping)]
-        for owner, attr, make in targets:
-            original = getattr(owner, attr)
-            setattr(owner, attr, make(original))
-            saved.append((owner, attr, original))
-    except Exception as err:  # another agentops version: its spans simply lack token ids
-        log.warning("cannot add token ids to agentops' OpenAI spans: %s", err)
+            out += [(cls, "_process_chunk", _collecting), (cls, "_finalize_stream", _stamping)]
+        return out
 
-    def undo() -> None:
-        for owner, attr, original in reversed(saved):
-            setattr(owner, attr, original)
-        saved.clear()
-
-    return undo
+    return _wrap_stream_module(targets, "add token ids to its OpenAI spans")
