@@ -47,10 +47,6 @@ _JSON_OPTIONS = orjson.OPT_NON_STR_KEYS
 # The server's mark on a wait's answer cut short by its stop (store_fs/server/app.py).
 WAIT_CUT_HEADER = "X-Agl-Wait-Cut"
 _WAIT_CUT = WAIT_CUT_HEADER.lower().encode()
-# The server's mark on a 503 to a request it received while stopping and did not run: safe to
-# send again whatever the call (store_fs/server/http.py).
-NOT_RUN_HEADER = "X-Agl-Not-Run"
-_NOT_RUN = NOT_RUN_HEADER.lower().encode()
 # The store a server serves (FORMAT.json's store_id), on every answer; a client sends back the
 # first one it saw, and a server serving another store refuses the request (421).
 STORE_HEADER = "X-Agl-Store"
@@ -61,16 +57,13 @@ class Reply:
     """A complete HTTP reply: status code and body bytes; ``cut``: a wait's answer cut short by
     the server's stop."""
 
-    __slots__ = ("body", "cut", "not_run", "status", "store")
+    __slots__ = ("body", "cut", "status", "store")
 
-    def __init__(
-        self, status: int, body: bytes, cut: bool = False, store: str = "", not_run: bool = False
-    ) -> None:
+    def __init__(self, status: int, body: bytes, cut: bool = False, store: str = "") -> None:
         self.status = status
         self.body = body
         self.cut = cut
         self.store = store
-        self.not_run = not_run
 
     def json(self) -> Any:
         """The body decoded as JSON; None for an empty body. Raises ``ValueError`` if it is not JSON."""
@@ -127,7 +120,6 @@ class _Connection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.body: list[bytes] = []
         self.cut = False
-        self.not_run = False
         self.store = ""
         self.reply: asyncio.Future[Reply] | None = None
         self.dead = False  # closed, or in a state no next request may use
@@ -161,8 +153,6 @@ class _Connection(asyncio.Protocol):
         lowered = name.lower()
         if lowered == _WAIT_CUT:
             self.cut = True
-        elif lowered == _NOT_RUN:
-            self.not_run = True
         elif lowered == _STORE:
             self.store = value.decode("latin-1")
 
@@ -171,9 +161,9 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self.keep_alive = self.parser.should_keep_alive()
-        reply = Reply(self.parser.get_status_code(), b"".join(self.body), self.cut, self.store, self.not_run)
+        reply = Reply(self.parser.get_status_code(), b"".join(self.body), self.cut, self.store)
         self.body = []
-        self.cut = self.not_run = False
+        self.cut = False
         self.store = ""
         if self.reply is not None and not self.reply.done():
             self.reply.set_result(reply)
@@ -345,12 +335,6 @@ class Transport:
                 reply = await _once(pool, payload, limit)
                 if reply.store and self.store_id is None:
                     self.store_id = reply.store  # sent back from now on (see STORE_HEADER)
-                if reply.not_run and attempt < len(self._retry_delays):
-                    # Received by a stopping server and not run: sent again, whatever the call,
-                    # to the server that comes back (a keep-alive connection it closed as the
-                    # request went out would have left a call that is not safe to repeat failed).
-                    await asyncio.sleep(self._retry_delays[attempt])
-                    continue
                 if not reply.cut or time_left is None or not time_left():
                     return reply
                 # A wait answered early by a stopping server: asked again (its new body holds

@@ -59,11 +59,9 @@ The rules (RFC 9112), each tested through raw sockets in ``tests/test_http_frami
 * After an error answer the connection closes: half-closed first and drained for up to
   :data:`LINGER_SECONDS` (at most :data:`DRAIN_LIMIT` bytes), so that a client still sending
   reads the answer instead of a connection reset.
-* :meth:`HttpServer.stop` with a grace period: stop accepting, close idle connections (once
-  their client can no longer reuse them; a request begun on one meanwhile is answered 503,
-  not run, marked ``X-Agl-Not-Run``), let the requests in flight finish (answered with
-  ``Connection: close``), cut what is left when the period ends. Requests whose head or body
-  is still arriving count as in flight.
+* :meth:`HttpServer.stop` with a grace period: stop accepting, close idle connections, let
+  the requests in flight finish (answered with ``Connection: close``), cut what is left
+  when the period ends. Requests whose head or body is still arriving count as in flight.
 
 Also: ``Expect: 100-continue``, optional bearer-token auth (compared in constant time),
 ``X-Request-ID`` (the client's, if it is a short token, else a new one) on every answer and
@@ -93,7 +91,6 @@ from urllib.parse import parse_qsl
 
 import httptools
 
-from store_fs._transport import IDLE_REUSE_SECONDS, NOT_RUN_HEADER
 from store_fs.bearer_token import check_token
 
 __all__ = ["HttpServer", "Request", "Response"]
@@ -106,10 +103,6 @@ READ_SIZE = 64 * 1024
 # After an error answer, the rest of the request is read and dropped, up to this much and this long.
 DRAIN_LIMIT = 256 * 1024 * 1024
 LINGER_SECONDS = 5.0
-# How long after its last answer a stopping server keeps an idle connection open: a client may
-# reuse it until then (agl's client: IDLE_REUSE_SECONDS; a margin for the answer's trip). A
-# request arriving on it meanwhile is answered 503, not run, rather than lost to the close.
-REUSABLE_SECONDS = IDLE_REUSE_SECONDS + 0.5
 ACCEPT_RETRY_SECONDS = 1.0  # after accept() failed for want of resources (as asyncio waits)
 
 _REASONS = {
@@ -332,7 +325,6 @@ class _Refusal:
     detail: str
     request: Request | None = None
     linger: bool = True
-    headers: dict[str, str] = field(default_factory=dict)
 
 
 class _Rejected(Exception):
@@ -342,10 +334,9 @@ class _Rejected(Exception):
 class _Message:
     """The request being parsed."""
 
-    __slots__ = ("after_stop", "body", "body_size", "head_size", "headers", "request", "started", "url")
+    __slots__ = ("body", "body_size", "head_size", "headers", "request", "started", "url")
 
-    def __init__(self, after_stop: bool = False) -> None:
-        self.after_stop = after_stop  # begun once the server was stopping: not run
+    def __init__(self) -> None:
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.head_size = 0
@@ -447,7 +438,6 @@ class _Connection(asyncio.BufferedProtocol):
         self.deadline = math.inf
         self.write_paused = False
         self.drain_waiter: asyncio.Future[None] | None = None
-        self.idle_since = self.loop.time()  # when the last answer went out (or the connection came)
 
     # -- asyncio.BufferedProtocol ----------------------------------------------------
     def get_buffer(self, sizehint: int) -> memoryview:
@@ -463,8 +453,7 @@ class _Connection(asyncio.BufferedProtocol):
         if self.server.draining:
             transport.abort()
             return
-        self.idle_since = self.loop.time()
-        self.deadline = self.idle_since + self.limits.header_timeout
+        self.deadline = self.loop.time() + self.limits.header_timeout
 
     def data_received(self, data: memoryview) -> None:
         if self.lingering:
@@ -514,7 +503,7 @@ class _Connection(asyncio.BufferedProtocol):
     # -- llhttp callbacks (called from feed_data) ------------------------------------
     def on_message_begin(self) -> None:
         self.phase = _Phase.HEAD
-        self.message = _Message(after_stop=self.server.draining)
+        self.message = _Message()
         self.raw_head = 0
         self.deadline = self.loop.time() + self.limits.header_timeout
 
@@ -562,15 +551,7 @@ class _Connection(asyncio.BufferedProtocol):
         assert request is not None
         request.body = b"".join(message.body) if len(message.body) != 1 else message.body[0]
         request.keep_alive = self.parser.should_keep_alive()
-        if message.after_stop:
-            # Begun after the stop began (on a connection kept open for a client that may reuse
-            # it): not run, and said so, so that any call may be sent again. (One begun before
-            # is in flight: finished, as the stop promises.)
-            self.broken = True
-            detail = "the server is stopping: the request was not run; send it again"
-            self.queue.append(_Refusal(503, detail, request, False, {NOT_RUN_HEADER: "stopping"}))
-        else:
-            self.queue.append(request)
+        self.queue.append(request)
         if self.task is None:
             self._next()
         elif self.transport is not None:
@@ -716,8 +697,7 @@ class _Connection(asyncio.BufferedProtocol):
             elif self.transport is not None:
                 self.transport.resume_reading()
                 if self.phase is _Phase.IDLE:  # else the next request's own deadline stands
-                    self.idle_since = self.loop.time()
-                    self.deadline = self.idle_since + self.limits.idle_timeout
+                    self.deadline = self.loop.time() + self.limits.idle_timeout
             return
         item = self.queue.popleft()
         if isinstance(item, _Refusal):
@@ -757,7 +737,6 @@ class _Connection(asyncio.BufferedProtocol):
         request = refusal.request
         rid = request.request_id if request is not None else self.server.request_id("")
         response = self.server.render_error(refusal.status, refusal.detail)
-        response.headers.update(refusal.headers)
         self._write_response(response, request, False, rid)
         method, path = (request.method, request.path) if request is not None else ("-", "-")
         _access(method, path, refusal.status, time.perf_counter(), rid)
@@ -838,18 +817,12 @@ class _Connection(asyncio.BufferedProtocol):
             self.abort()
 
     def shutdown(self) -> None:
-        """The server is stopping: close after the answers in progress; an idle connection at
-        once, unless its client may still reuse it (then when it can no longer: a request sent
-        on it meanwhile is answered 503, not run, see :data:`REUSABLE_SECONDS`)."""
+        """The server is stopping: close now if idle, else after the answers in progress."""
         self.close_after = True
         if self.lingering:
             self.abort()
         elif self.task is None and not self.queue and self.phase is _Phase.IDLE:
-            reusable_until = self.idle_since + REUSABLE_SECONDS
-            if self.loop.time() < reusable_until:
-                self.deadline = min(self.deadline, reusable_until)  # the sweep closes it then
-            else:
-                self._close()
+            self._close()
 
     def abort(self) -> None:
         self.deadline = math.inf
