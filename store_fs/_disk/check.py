@@ -80,10 +80,12 @@ def _rollouts(
     heads: dict[str, Entry | None],
     pruned: set[str],
     grace: float,
+    live: dict[str, Attempt],
 ) -> list[Problem]:
-    """Problems of each rollout; fills ``heads`` with each one's index entry (None: unreadable).
-    ``pruned``: rollouts the index has a tombstone for (removed by ``agl prune``); ``grace``:
-    see :func:`check_store`."""
+    """Problems of each rollout; fills ``heads`` with each one's index entry (None: unreadable),
+    and ``live`` with the live latest attempt of each preparing or running one. ``pruned``:
+    rollouts the index has a tombstone for (removed by ``agl prune``); ``grace``: see
+    :func:`check_store`."""
     out = _misshapen_rollout_dirs(engine, quarantine)
     pending = {(t.rollout_id, t.sequence_id) for t in engine.queue.list_pending()}
     unqueued: list[RolloutRecord] = []
@@ -100,6 +102,9 @@ def _rollouts(
                 del heads[rollout_id]  # moved to quarantine: gone, so the index is fixed in this pass too
             continue
         heads[rollout_id] = entry_of(*found)
+        latest = found[1].latest()
+        if found[1].status in _RUNNING and latest is not None and latest.status in LIVE_ATTEMPT_STATUSES:
+            live[rollout_id] = latest
         out.extend(_rollout_problems(engine, found[1].model_copy(deep=True), pending, quarantine, unqueued))
     return out + _not_queued(engine, unqueued, quarantine is not None)
 
@@ -474,15 +479,19 @@ def _tokens(engine: Engine, fix: bool, removing: set[str], grace: float) -> list
     return out
 
 
-def _untracked_attempts(engine: Engine, heads: dict[str, Entry | None], fix: bool) -> list[Problem]:
+_RUNNING = ("preparing", "running")
+
+
+def _untracked_attempts(engine: Engine, live: dict[str, Attempt], fix: bool) -> list[Problem]:
     """A preparing or running rollout whose latest attempt is live but holds no claim token and
     no decision in flight: the reaper only judges tokens, so nothing would ever end it (its
     timeout included). Left when a repair moved the newest revision (the attempt's commit,
     which took the token) to quarantine; ``--fix`` gives the attempt its claim token back, and
     the reaper then judges it by its heartbeats and timeouts (found by an adversarial pass).
 
-    A dequeue or a completion in flight is not taken for one: the tokens are listed again
-    after the records were read, and a suspect's record read again after that."""
+    ``live``: each such rollout's live latest attempt, as :func:`_rollouts` read it. A dequeue
+    or a completion in flight is not taken for one: the tokens are listed after the records
+    were read, and again, with a suspect's record read again, before it is reported."""
 
     def tracked() -> set[tuple[str, str]]:
         claims = {(t.rollout_id, t.attempt_id) for t in engine.queue.list_claimed()}
@@ -496,11 +505,10 @@ def _untracked_attempts(engine: Engine, heads: dict[str, Entry | None], fix: boo
         latest = found[1].latest() if found else None
         return latest if latest is not None and latest.status in LIVE_ATTEMPT_STATUSES else None
 
-    running = [rid for rid, e in heads.items() if e is not None and e.status in ("preparing", "running")]
-    if not running:
+    if not live:
         return []
     before = tracked()
-    suspects = [(rid, a) for rid in running if (a := live_latest(rid)) and (rid, a.attempt_id) not in before]
+    suspects = [(rid, a) for rid, a in live.items() if (rid, a.attempt_id) not in before]
     if not suspects:
         return []
     after = tracked()
@@ -741,8 +749,9 @@ def _check(
     removing = set() if fix else trashed_rollouts(engine.ctx)
     out = _unfinished_removals(engine, index, fix, grace) + _misshapen_logs(engine, quarantine)
     pruned = set() if index is None else set(index.load().by_status.get(PRUNED, ()))
-    out += _tokens(engine, fix, removing, grace) + _rollouts(engine, quarantine, heads, pruned, grace)
-    out += _untracked_attempts(engine, heads, fix)
+    live: dict[str, Attempt] = {}
+    out += _tokens(engine, fix, removing, grace) + _rollouts(engine, quarantine, heads, pruned, grace, live)
+    out += _untracked_attempts(engine, live, fix)
     if index is not None:
         out += _index(engine, index, heads, quarantine, removing)
     out += resource_problems(engine.ctx) + worker_problems(engine.ctx, engine.workers, quarantine)
